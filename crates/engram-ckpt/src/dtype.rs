@@ -1,0 +1,250 @@
+//! Element types of safetensors files and their conversion to and from f32.
+//!
+//! Every float dtype is delivered to the weight-space code as f32 and written back from f32;
+//! integer and boolean tensors are only ever copied byte for byte.
+
+use crate::fp8;
+use half::{bf16, f16};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DType {
+    F64,
+    F32,
+    F16,
+    BF16,
+    F8E4M3,
+    F8E5M2,
+    I64,
+    I32,
+    I16,
+    I8,
+    U8,
+    Bool,
+}
+
+impl DType {
+    pub const ALL: [DType; 12] = [
+        DType::F64,
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::F8E4M3,
+        DType::F8E5M2,
+        DType::I64,
+        DType::I32,
+        DType::I16,
+        DType::I8,
+        DType::U8,
+        DType::Bool,
+    ];
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F64 | DType::I64 => 8,
+            DType::F32 | DType::I32 => 4,
+            DType::F16 | DType::BF16 | DType::I16 => 2,
+            DType::F8E4M3 | DType::F8E5M2 | DType::I8 | DType::U8 | DType::Bool => 1,
+        }
+    }
+
+    /// The name used in safetensors headers.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F64 => "F64",
+            DType::F32 => "F32",
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
+            DType::F8E4M3 => "F8_E4M3",
+            DType::F8E5M2 => "F8_E5M2",
+            DType::I64 => "I64",
+            DType::I32 => "I32",
+            DType::I16 => "I16",
+            DType::I8 => "I8",
+            DType::U8 => "U8",
+            DType::Bool => "BOOL",
+        }
+    }
+
+    /// Parses a header name; also accepts the lower-case forms users type on the command line
+    /// (`bf16`, `f8_e4m3`, `fp8_e4m3`, `float32`).
+    pub fn parse(s: &str) -> Option<DType> {
+        let up = s.to_ascii_uppercase();
+        let up = match up.as_str() {
+            "FLOAT32" | "FP32" => "F32",
+            "FLOAT16" | "FP16" | "HALF" => "F16",
+            "BFLOAT16" => "BF16",
+            "FLOAT64" | "FP64" | "DOUBLE" => "F64",
+            "FP8_E4M3" | "F8E4M3" | "E4M3" => "F8_E4M3",
+            "FP8_E5M2" | "F8E5M2" | "E5M2" => "F8_E5M2",
+            other => other,
+        };
+        DType::ALL.into_iter().find(|d| d.name() == up)
+    }
+
+    pub fn is_float(self) -> bool {
+        matches!(
+            self,
+            DType::F64 | DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 | DType::F8E5M2
+        )
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Decodes `bytes` (little-endian elements of `dtype`) into `out`, one f32 per element.
+/// `bytes.len()` must equal `out.len() * dtype.size()`; callers slice both accordingly.
+pub fn decode_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) {
+    debug_assert_eq!(bytes.len(), out.len() * dtype.size());
+    match dtype {
+        DType::F32 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        DType::BF16 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+            }
+        }
+        DType::F16 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+            }
+        }
+        DType::F64 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                *o = f64::from_le_bytes(a) as f32;
+            }
+        }
+        DType::F8E4M3 => {
+            let lut = fp8::e4m3_table();
+            for (o, &b) in out.iter_mut().zip(bytes) {
+                *o = lut[b as usize];
+            }
+        }
+        DType::F8E5M2 => {
+            let lut = fp8::e5m2_table();
+            for (o, &b) in out.iter_mut().zip(bytes) {
+                *o = lut[b as usize];
+            }
+        }
+        DType::I64 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                *o = i64::from_le_bytes(a) as f32;
+            }
+        }
+        DType::I32 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32;
+            }
+        }
+        DType::I16 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = i16::from_le_bytes([b[0], b[1]]) as f32;
+            }
+        }
+        DType::I8 => {
+            for (o, &b) in out.iter_mut().zip(bytes) {
+                *o = b as i8 as f32;
+            }
+        }
+        DType::U8 | DType::Bool => {
+            for (o, &b) in out.iter_mut().zip(bytes) {
+                *o = b as f32;
+            }
+        }
+    }
+}
+
+/// Encodes f32 values into `out` as little-endian elements of the float dtype `dtype`
+/// (round to nearest even; FP8 saturates to its largest finite value).
+/// Panics only on a programming error: a non-float dtype or mismatched lengths.
+pub fn encode_f32(dtype: DType, vals: &[f32], out: &mut [u8]) {
+    assert_eq!(out.len(), vals.len() * dtype.size(), "encode_f32 length");
+    match dtype {
+        DType::F32 => {
+            for (o, v) in out.chunks_exact_mut(4).zip(vals) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        DType::BF16 => {
+            for (o, v) in out.chunks_exact_mut(2).zip(vals) {
+                o.copy_from_slice(&bf16::from_f32(*v).to_bits().to_le_bytes());
+            }
+        }
+        DType::F16 => {
+            for (o, v) in out.chunks_exact_mut(2).zip(vals) {
+                o.copy_from_slice(&f16::from_f32(*v).to_bits().to_le_bytes());
+            }
+        }
+        DType::F64 => {
+            for (o, v) in out.chunks_exact_mut(8).zip(vals) {
+                o.copy_from_slice(&(*v as f64).to_le_bytes());
+            }
+        }
+        DType::F8E4M3 => {
+            for (o, v) in out.iter_mut().zip(vals) {
+                *o = fp8::encode_e4m3(*v);
+            }
+        }
+        DType::F8E5M2 => {
+            for (o, v) in out.iter_mut().zip(vals) {
+                *o = fp8::encode_e5m2(*v);
+            }
+        }
+        other => panic!("encode_f32: {other} is not a float dtype"),
+    }
+}
+
+/// Rounds each value to what `dtype` can represent (encode then decode), in place.
+pub fn round_through(dtype: DType, vals: &mut [f32]) {
+    let mut buf = vec![0u8; vals.len() * dtype.size()];
+    encode_f32(dtype, vals, &mut buf);
+    decode_f32(dtype, &buf, vals);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for d in DType::ALL {
+            assert_eq!(DType::parse(d.name()), Some(d));
+        }
+        assert_eq!(DType::parse("bf16"), Some(DType::BF16));
+        assert_eq!(DType::parse("fp8_e4m3"), Some(DType::F8E4M3));
+        assert_eq!(DType::parse("F7"), None);
+    }
+
+    #[test]
+    fn float_round_trips() {
+        let vals = [0.0f32, 1.0, -2.5, 3.0e-3, 65504.0, -0.0];
+        for d in [DType::F32, DType::F64, DType::F16, DType::BF16] {
+            let mut bytes = vec![0u8; vals.len() * d.size()];
+            encode_f32(d, &vals, &mut bytes);
+            let mut back = vec![0f32; vals.len()];
+            decode_f32(d, &bytes, &mut back);
+            for (a, b) in vals.iter().zip(&back) {
+                assert!((a - b).abs() <= a.abs() * 0.01, "{d}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        // 1 + 2^-8 lies exactly between two bf16 values: ties go to the even mantissa (1.0).
+        let mut v = [1.0 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8)];
+        round_through(DType::BF16, &mut v);
+        assert_eq!(v, [1.0, 1.0 + 4.0 * 2f32.powi(-8)]);
+    }
+}

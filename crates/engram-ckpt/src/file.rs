@@ -1,0 +1,174 @@
+//! One safetensors file, memory-mapped and validated; tensors are borrowed views into it.
+
+use crate::dtype::{DType, decode_f32};
+use crate::error::{Error, Result};
+use crate::header::{self, Header, TensorInfo};
+use memmap2::Mmap;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+pub struct SafetensorsFile {
+    path: PathBuf,
+    mmap: Mmap,
+    header: Header,
+    by_name: HashMap<String, usize>,
+}
+
+impl SafetensorsFile {
+    /// Opens and validates `path`. The data is not read: tensors are paged in on access.
+    pub fn open(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if meta.is_dir() {
+            return Err(Error::format(
+                path,
+                "is a directory, expected a .safetensors file",
+            ));
+        }
+        let file_len = meta.len();
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        if file_len == 0 {
+            return Err(Error::format(
+                path,
+                "file is empty (0 bytes); not a safetensors file",
+            ));
+        }
+        // SAFETY: the map is read-only. Another process truncating the file while we read it
+        // would fault; that is the accepted contract of every mmap-based safetensors reader.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let mk = |e: header::HeaderError| match e.tensor {
+            Some(t) => Error::tensor(path, &t, e.msg),
+            None => Error::format(path, e.msg),
+        };
+        let header = header::parse_file_bytes(&mmap).map_err(mk)?;
+        let by_name = header
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Ok(SafetensorsFile {
+            path: path.to_path_buf(),
+            mmap,
+            header,
+            by_name,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.header.tensors
+    }
+
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.header.metadata
+    }
+
+    pub fn len_bytes(&self) -> u64 {
+        self.mmap.len() as u64
+    }
+
+    pub fn get(&self, name: &str) -> Option<TensorView<'_>> {
+        self.by_name.get(name).map(|&i| self.view(i))
+    }
+
+    pub fn view(&self, i: usize) -> TensorView<'_> {
+        let info = &self.header.tensors[i];
+        let base = self.header.data_start;
+        TensorView {
+            info,
+            bytes: &self.mmap[base + info.start..base + info.end],
+            path: &self.path,
+        }
+    }
+}
+
+/// A borrowed tensor: its header entry and its raw little-endian bytes.
+#[derive(Clone, Copy)]
+pub struct TensorView<'a> {
+    pub info: &'a TensorInfo,
+    pub bytes: &'a [u8],
+    pub path: &'a Path,
+}
+
+impl<'a> TensorView<'a> {
+    pub fn name(&self) -> &'a str {
+        &self.info.name
+    }
+    pub fn dtype(&self) -> DType {
+        self.info.dtype
+    }
+    pub fn shape(&self) -> &'a [usize] {
+        &self.info.shape
+    }
+    pub fn numel(&self) -> usize {
+        self.info.numel()
+    }
+
+    /// Decodes elements `[start, start + out.len())` into `out` as f32.
+    pub fn read_f32_into(&self, start: usize, out: &mut [f32]) -> Result<()> {
+        let end = start
+            .checked_add(out.len())
+            .filter(|&e| e <= self.numel())
+            .ok_or_else(|| {
+                Error::tensor(
+                    self.path,
+                    self.name(),
+                    format!(
+                        "read of elements {start}..{} beyond its {} elements",
+                        start.saturating_add(out.len()),
+                        self.numel()
+                    ),
+                )
+            })?;
+        let s = self.dtype().size();
+        decode_f32(self.dtype(), &self.bytes[start * s..end * s], out);
+        Ok(())
+    }
+
+    /// The whole tensor as f32 (one allocation of numel floats).
+    pub fn to_f32(&self) -> Result<Vec<f32>> {
+        let mut v = vec![0f32; self.numel()];
+        self.read_f32_into(0, &mut v)?;
+        Ok(v)
+    }
+
+    /// Counts NaN and infinite values, reading in chunks so as not to allocate the tensor.
+    pub fn count_non_finite(&self) -> Result<(usize, usize)> {
+        let (mut nan, mut inf) = (0, 0);
+        if !self.dtype().is_float() {
+            return Ok((0, 0));
+        }
+        let mut buf = vec![0f32; CHUNK.min(self.numel())];
+        let mut at = 0;
+        while at < self.numel() {
+            let n = CHUNK.min(self.numel() - at);
+            self.read_f32_into(at, &mut buf[..n])?;
+            for v in &buf[..n] {
+                nan += v.is_nan() as usize;
+                inf += v.is_infinite() as usize;
+            }
+            at += n;
+        }
+        Ok((nan, inf))
+    }
+
+    /// An error if any value is NaN or infinite, naming the tensor and the counts.
+    pub fn check_finite(&self) -> Result<()> {
+        let (nan, inf) = self.count_non_finite()?;
+        if nan + inf > 0 {
+            return Err(Error::tensor(
+                self.path,
+                self.name(),
+                format!("holds {nan} NaN and {inf} infinite values"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Elements per chunk when streaming through a tensor (1 Mi floats = 4 MiB).
+pub const CHUNK: usize = 1 << 20;

@@ -1,0 +1,335 @@
+//! A model: one safetensors file, or a Hugging Face folder (a single `model.safetensors`, or
+//! shards named by `model.safetensors.index.json`), plus the side files (config, tokenizer,
+//! generation config) that outputs carry along.
+
+use crate::error::{Error, Result};
+use crate::file::{SafetensorsFile, TensorView};
+use crate::header::Entries;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Component, Path, PathBuf};
+
+pub const INDEX_NAME: &str = "model.safetensors.index.json";
+pub const SINGLE_NAME: &str = "model.safetensors";
+
+/// Files in a model folder that are weights (never copied as side files).
+const WEIGHT_EXTENSIONS: &[&str] = &[
+    "safetensors",
+    "bin",
+    "pt",
+    "pth",
+    "ckpt",
+    "gguf",
+    "h5",
+    "msgpack",
+    "onnx",
+    "npz",
+    "npy",
+];
+
+pub struct Model {
+    /// What the user named (file, folder or index).
+    source: PathBuf,
+    files: Vec<SafetensorsFile>,
+    /// Tensor order: shards in index order, tensors in data order within each.
+    order: Vec<(usize, usize)>,
+    by_name: HashMap<String, usize>,
+    side_files: Vec<PathBuf>,
+    index_metadata: BTreeMap<String, Value>,
+}
+
+impl Model {
+    /// Opens a `.safetensors` file, a `model.safetensors.index.json`, or a model folder.
+    pub fn open(path: &Path) -> Result<Model> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if meta.is_dir() {
+            let side_files = side_files_in(path)?;
+            let index = path.join(INDEX_NAME);
+            let mut m = if index.is_file() {
+                Self::open_index(&index)?
+            } else if path.join(SINGLE_NAME).is_file() {
+                Self::from_files(path, vec![SafetensorsFile::open(&path.join(SINGLE_NAME))?])?
+            } else {
+                let mut st: Vec<PathBuf> = list_dir(path)?
+                    .into_iter()
+                    .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+                    .collect();
+                st.sort();
+                match st.len() {
+                    0 => {
+                        return Err(Error::format(
+                            path,
+                            "folder holds no .safetensors file (and no model.safetensors.index.json)",
+                        ));
+                    }
+                    1 => Self::from_files(path, vec![SafetensorsFile::open(&st[0])?])?,
+                    n => {
+                        return Err(Error::format(
+                            path,
+                            format!(
+                                "folder holds {n} .safetensors files but no {INDEX_NAME} saying how they form one model"
+                            ),
+                        ));
+                    }
+                }
+            };
+            m.source = path.to_path_buf();
+            m.side_files = side_files;
+            Ok(m)
+        } else if path.extension().is_some_and(|e| e == "json") {
+            let mut m = Self::open_index(path)?;
+            if let Some(dir) = path.parent() {
+                m.side_files = side_files_in(dir)?;
+            }
+            Ok(m)
+        } else {
+            Self::from_files(path, vec![SafetensorsFile::open(path)?])
+        }
+    }
+
+    fn open_index(index: &Path) -> Result<Model> {
+        let dir = index.parent().unwrap_or(Path::new("."));
+        let text = std::fs::read(index).map_err(|e| Error::io(index, e))?;
+        if text.is_empty() {
+            return Err(Error::format(index, "index file is empty"));
+        }
+        let Entries(top) = serde_json::from_slice(&text)
+            .map_err(|e| Error::format(index, format!("index is not valid JSON: {e}")))?;
+        let mut weight_map = None;
+        let mut index_metadata = BTreeMap::new();
+        for (k, v) in top {
+            match k.as_str() {
+                "weight_map" => weight_map = Some(v),
+                "metadata" => {
+                    if let Value::Object(o) = v {
+                        index_metadata = o.into_iter().collect();
+                    }
+                }
+                _ => {}
+            }
+        }
+        let weight_map =
+            weight_map.ok_or_else(|| Error::format(index, "index has no 'weight_map'"))?;
+        // Re-parse the weight map keeping duplicates, so that a name given twice is refused.
+        let Entries(pairs) = serde_json::from_value(weight_map)
+            .map_err(|e| Error::format(index, format!("'weight_map' is not an object: {e}")))?;
+        let mut shard_names: Vec<String> = Vec::new();
+        let mut wanted: HashMap<String, String> = HashMap::new();
+        for (tensor, shard) in pairs {
+            let Value::String(shard) = shard else {
+                return Err(Error::tensor(
+                    index,
+                    &tensor,
+                    "weight_map value is not a file name",
+                ));
+            };
+            check_relative(index, &tensor, &shard)?;
+            if wanted.insert(tensor.clone(), shard.clone()).is_some() {
+                return Err(Error::tensor(index, &tensor, "listed twice in weight_map"));
+            }
+            if !shard_names.contains(&shard) {
+                shard_names.push(shard);
+            }
+        }
+        shard_names.sort();
+        let mut files = Vec::with_capacity(shard_names.len());
+        for s in &shard_names {
+            let p = dir.join(s);
+            if !p.exists() {
+                return Err(Error::format(
+                    index,
+                    format!(
+                        "names shard '{s}', which does not exist in {}",
+                        dir.display()
+                    ),
+                ));
+            }
+            // Symlinks pointing outside the folder are refused like '../' names.
+            let canon_dir = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
+            let canon = p.canonicalize().map_err(|e| Error::io(&p, e))?;
+            if !canon.starts_with(&canon_dir) {
+                return Err(Error::format(
+                    index,
+                    format!("shard '{s}' resolves outside the model folder"),
+                ));
+            }
+            files.push(SafetensorsFile::open(&p)?);
+        }
+        // Every listed tensor must be in its shard, and every shard tensor must be listed.
+        for (fi, f) in files.iter().enumerate() {
+            for t in f.tensors() {
+                match wanted.get(&t.name) {
+                    Some(s) if *s == shard_names[fi] => {}
+                    Some(s) => {
+                        return Err(Error::tensor(
+                            f.path(),
+                            &t.name,
+                            format!("index places this tensor in '{s}', but it is (also) here"),
+                        ));
+                    }
+                    None => {
+                        return Err(Error::tensor(
+                            f.path(),
+                            &t.name,
+                            format!("not listed in {}", index.display()),
+                        ));
+                    }
+                }
+            }
+        }
+        for (t, s) in &wanted {
+            let fi = shard_names.iter().position(|n| n == s).unwrap_or(0);
+            if files[fi].get(t).is_none() {
+                return Err(Error::tensor(
+                    index,
+                    t,
+                    format!("listed in weight_map but missing from shard '{s}'"),
+                ));
+            }
+        }
+        let mut m = Self::from_files(index, files)?;
+        m.index_metadata = index_metadata;
+        Ok(m)
+    }
+
+    fn from_files(source: &Path, files: Vec<SafetensorsFile>) -> Result<Model> {
+        let mut order = Vec::new();
+        let mut by_name = HashMap::new();
+        for (fi, f) in files.iter().enumerate() {
+            for (ti, t) in f.tensors().iter().enumerate() {
+                if by_name.insert(t.name.clone(), order.len()).is_some() {
+                    return Err(Error::tensor(f.path(), &t.name, "appears in two shards"));
+                }
+                order.push((fi, ti));
+            }
+        }
+        Ok(Model {
+            source: source.to_path_buf(),
+            files,
+            order,
+            by_name,
+            side_files: Vec::new(),
+            index_metadata: BTreeMap::new(),
+        })
+    }
+
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    pub fn files(&self) -> &[SafetensorsFile] {
+        &self.files
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Tensors in model order.
+    pub fn tensors(&self) -> impl ExactSizeIterator<Item = TensorView<'_>> + '_ {
+        self.order.iter().map(|&(f, t)| self.files[f].view(t))
+    }
+
+    pub fn tensor_at(&self, i: usize) -> TensorView<'_> {
+        let (f, t) = self.order[i];
+        self.files[f].view(t)
+    }
+
+    pub fn get(&self, name: &str) -> Option<TensorView<'_>> {
+        self.by_name.get(name).map(|&i| self.tensor_at(i))
+    }
+
+    /// The tensor, or an error naming the model and the missing tensor.
+    pub fn require(&self, name: &str) -> Result<TensorView<'_>> {
+        self.get(name)
+            .ok_or_else(|| Error::tensor(&self.source, name, "not present in this model"))
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.tensors().map(|t| t.name())
+    }
+
+    pub fn param_count(&self) -> u64 {
+        self.tensors().map(|t| t.numel() as u64).sum()
+    }
+
+    pub fn data_bytes(&self) -> u64 {
+        self.tensors().map(|t| t.bytes.len() as u64).sum()
+    }
+
+    pub fn file_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.len_bytes()).sum()
+    }
+
+    /// `__metadata__` of the first file (shards of one model normally carry the same).
+    pub fn metadata(&self) -> BTreeMap<String, String> {
+        self.files
+            .first()
+            .map(|f| f.metadata().clone())
+            .unwrap_or_default()
+    }
+
+    pub fn index_metadata(&self) -> &BTreeMap<String, Value> {
+        &self.index_metadata
+    }
+
+    /// Side files (config.json, tokenizer files, ...) that outputs carry along.
+    pub fn side_files(&self) -> &[PathBuf] {
+        &self.side_files
+    }
+
+    /// Checks every float tensor for NaN and infinite values (`--check-finite`).
+    pub fn check_finite(&self) -> Result<()> {
+        use rayon::prelude::*;
+        self.order
+            .par_iter()
+            .try_for_each(|&(f, t)| self.files[f].view(t).check_finite())
+    }
+}
+
+fn check_relative(index: &Path, tensor: &str, shard: &str) -> Result<()> {
+    let p = Path::new(shard);
+    let bad = shard.is_empty()
+        || p.is_absolute()
+        || p.components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
+    if bad {
+        return Err(Error::tensor(
+            index,
+            tensor,
+            format!("shard path '{shard}' is absolute or leaves the model folder"),
+        ));
+    }
+    Ok(())
+}
+
+fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let e = e.map_err(|e| Error::io(dir, e))?;
+        out.push(e.path());
+    }
+    Ok(out)
+}
+
+/// Regular, visible, non-weight files of a model folder, sorted by name.
+fn side_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = list_dir(dir)?
+        .into_iter()
+        .filter(|p| p.is_file())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+            !name.starts_with('.')
+                && name != INDEX_NAME
+                && !name.contains(".engram-tmp")
+                && !WEIGHT_EXTENSIONS.contains(&ext)
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
