@@ -1,1 +1,72 @@
-fn main() {}
+//! The `engram` command: argument parsing, progress and exit codes. No algorithms live here;
+//! each subcommand is one file in `cmd/` that calls into the library crates.
+
+mod cmd;
+mod progress;
+
+use clap::{Parser, Subcommand};
+
+/// engram: keep what neural networks know while they learn more, and edit it in the weights.
+#[derive(Parser)]
+#[command(name = "engram", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Print no progress bars or summaries (errors still go to stderr).
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List a checkpoint's tensors, shapes, dtypes, sizes and metadata.
+    Inspect(cmd::inspect::Args),
+    /// Compare two checkpoints tensor by tensor.
+    Diff(cmd::diff::Args),
+    /// Change dtype and sharding of a checkpoint.
+    Convert(cmd::convert::Args),
+    /// Write a synthetic transformer-shaped base model and fine-tunes, for tests and benchmarks.
+    Synth(cmd::synth::Args),
+    /// Benchmarks that print ratios against baselines measured in the same run.
+    #[command(subcommand)]
+    Bench(cmd::bench::Bench),
+}
+
+/// Global settings every command receives.
+pub struct Ctx {
+    pub quiet: bool,
+    /// The command line, recorded as provenance in every file engram writes.
+    pub command_line: String,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            eprintln!("error: --threads must be at least 1");
+            std::process::exit(2);
+        }
+        // Only fails if a pool was already built, which cannot happen this early.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+    }
+    let ctx = Ctx {
+        quiet: cli.quiet,
+        command_line: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let res = match cli.command {
+        Command::Inspect(a) => cmd::inspect::run(&ctx, a),
+        Command::Diff(a) => cmd::diff::run(&ctx, a),
+        Command::Convert(a) => cmd::convert::run(&ctx, a),
+        Command::Synth(a) => cmd::synth::run(&ctx, a),
+        Command::Bench(b) => cmd::bench::run(&ctx, b),
+    };
+    if let Err(e) = res {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,11 @@
+//! `engram diff` (to be written).
+
+use crate::Ctx;
+use anyhow::{Result, bail};
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_ctx: &Ctx, _a: Args) -> Result<()> {
+    bail!("engram diff is not implemented yet")
+}

@@ -1,0 +1,5 @@
+pub mod bench;
+pub mod convert;
+pub mod diff;
+pub mod inspect;
+pub mod synth;

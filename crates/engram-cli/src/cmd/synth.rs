@@ -1,0 +1,126 @@
+//! `engram synth`: a synthetic base model and N fine-tunes, from a seed.
+
+use crate::Ctx;
+use anyhow::{Context, Result, bail};
+use engram_ckpt::DType;
+use engram_weights::synth::{ArchConfig, SynthOptions, write_family};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Output folder; receives `base/` and `ft-1/` ... `ft-N/` model folders.
+    #[arg(short, long)]
+    pub out: PathBuf,
+    /// Model size: tiny (~0.2M parameters), small (~0.1B), medium (~0.5B), 1b, 3b, 7b.
+    #[arg(long, default_value = "tiny")]
+    pub size: String,
+    /// Target parameter count instead of --size, e.g. 250M or 1.5B.
+    #[arg(long, value_name = "N")]
+    pub params: Option<String>,
+    /// Number of fine-tunes to write beside the base.
+    #[arg(short = 'n', long, default_value_t = 2)]
+    pub finetunes: usize,
+    /// Element type of every tensor (f32, f16, bf16, f64, f8_e4m3, f8_e5m2).
+    #[arg(long, default_value = "bf16")]
+    pub dtype: String,
+    /// Seed; the same seed gives the same bytes.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Typical relative size of a fine-tuning delta per tensor.
+    #[arg(long, default_value_t = 0.05)]
+    pub delta_scale: f32,
+    /// Shard outputs at this many bytes (e.g. 2GB, 500MB); default one file per model.
+    #[arg(long, value_name = "SIZE")]
+    pub shard_size: Option<String>,
+}
+
+pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
+    let arch = match &a.params {
+        Some(p) => ArchConfig::for_params(parse_count(p)?),
+        None => ArchConfig::preset(&a.size).with_context(|| {
+            format!(
+                "unknown --size '{}': use tiny, small, medium, 1b, 3b or 7b",
+                a.size
+            )
+        })?,
+    };
+    let dtype = parse_float_dtype(&a.dtype)?;
+    let opts = SynthOptions {
+        arch: arch.clone(),
+        finetunes: a.finetunes,
+        dtype,
+        seed: a.seed,
+        delta_scale: a.delta_scale,
+        max_shard_bytes: a.shard_size.as_deref().map(parse_bytes).transpose()?,
+    };
+    let params = arch.param_count();
+    let md = engram_ckpt::provenance(
+        &ctx.command_line,
+        &serde_json::json!({"arch": arch, "finetunes": a.finetunes, "dtype": dtype.name(), "seed": a.seed, "delta_scale": a.delta_scale}),
+    );
+    let pb = crate::progress::bar(ctx, params, "synth");
+    let written = write_family(&a.out, &opts, &md, &|n| pb.inc(n))?;
+    pb.finish_and_clear();
+    if !ctx.quiet {
+        println!(
+            "wrote {} models of {} parameters ({} layers, hidden {}) as {} to {} ({} files)",
+            a.finetunes + 1,
+            params,
+            arch.num_hidden_layers,
+            arch.hidden_size,
+            dtype,
+            a.out.display(),
+            written.len()
+        );
+    }
+    Ok(())
+}
+
+pub fn parse_float_dtype(s: &str) -> Result<DType> {
+    match DType::parse(s) {
+        Some(d) if d.is_float() => Ok(d),
+        Some(d) => {
+            bail!("dtype {d} is not a float type; use f32, f16, bf16, f64, f8_e4m3 or f8_e5m2")
+        }
+        None => bail!("unknown dtype '{s}'; use f32, f16, bf16, f64, f8_e4m3 or f8_e5m2"),
+    }
+}
+
+/// Parses counts like `1000`, `250M`, `1.5B`, `7b`.
+pub fn parse_count(s: &str) -> Result<u64> {
+    parse_scaled(s, &[("k", 1e3), ("m", 1e6), ("b", 1e9), ("g", 1e9)])
+        .with_context(|| format!("cannot read '{s}' as a count (e.g. 250M, 1.5B)"))
+}
+
+/// Parses sizes like `500MB`, `2GB`, `4GiB`, `1000000`.
+pub fn parse_bytes(s: &str) -> Result<u64> {
+    parse_scaled(
+        s,
+        &[
+            ("kib", 1024.0),
+            ("mib", 1048576.0),
+            ("gib", 1073741824.0),
+            ("kb", 1e3),
+            ("mb", 1e6),
+            ("gb", 1e9),
+            ("k", 1e3),
+            ("m", 1e6),
+            ("g", 1e9),
+            ("b", 1.0),
+        ],
+    )
+    .with_context(|| format!("cannot read '{s}' as a size in bytes (e.g. 500MB, 2GB)"))
+}
+
+fn parse_scaled(s: &str, units: &[(&str, f64)]) -> Result<u64> {
+    let low = s.trim().to_ascii_lowercase();
+    let (num, mult) = units
+        .iter()
+        .find_map(|(u, m)| low.strip_suffix(u).map(|n| (n.trim().to_string(), *m)))
+        .unwrap_or((low.clone(), 1.0));
+    let v: f64 = num.parse()?;
+    if !(v.is_finite() && v > 0.0) {
+        bail!("must be positive");
+    }
+    Ok((v * mult).round() as u64)
+}
