@@ -1,4 +1,8 @@
 //! engram-weights: weight-space operations on plain f32 slices, streamed over checkpoints.
 
+pub mod merge;
 pub mod rng;
+pub mod select;
 pub mod synth;
+#[cfg(test)]
+pub mod testutil;

@@ -1,0 +1,241 @@
+//! Merge methods behind a registry, with mergekit's names, parameters and semantics
+//! (card: shared/methods/merging.md).
+//!
+//! A method sees one tensor at a time through a [`TensorJob`]: it may stream over the tensor
+//! once or twice to compute statistics (top-k thresholds, norms, cosines), and then returns a
+//! [`ChunkKernel`] that the engine applies to fixed chunks of the tensor in parallel. Memory is
+//! thus a few chunks per thread whatever the model size, and results do not depend on the
+//! thread count (chunk boundaries are fixed; random draws are keyed by seed, tensor, model and
+//! chunk).
+
+pub mod engine;
+pub mod linear;
+pub mod params;
+pub mod task_arithmetic;
+
+use crate::select::{keep_count, kth_largest_abs};
+use engram_ckpt::{Result, TensorView};
+pub use params::{ParamSpec, Params};
+use rayon::prelude::*;
+use std::ops::Range;
+
+/// Elements per chunk (fixed: chunk boundaries feed random streams and must not move).
+pub const CHUNK_ELEMS: usize = 1 << 18;
+
+/// Where magnitude trimming (`density`) takes its top-k.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrimScope {
+    /// Per tensor, as mergekit.
+    Tensor,
+    /// Over the whole model, as the TIES and TALL reference code.
+    Model,
+}
+
+/// One tensor to merge: the base and the models' views, and resolved parameters.
+pub struct TensorJob<'a> {
+    pub name: &'a str,
+    pub shape: &'a [usize],
+    /// The base model's tensor; methods with `needs_base() == false` may get `None`.
+    pub base: Option<TensorView<'a>>,
+    pub models: Vec<TensorView<'a>>,
+    /// Per model, resolved for this tensor (weight, density, ...).
+    pub model_params: Vec<Params>,
+    pub global: Params,
+    pub scope: TrimScope,
+    /// With `TrimScope::Model`: per model, the |τ| threshold found over the whole model.
+    pub model_thresholds: Option<Vec<Option<f32>>>,
+    pub seed: u64,
+}
+
+/// One chunk's data, decoded to f32.
+pub struct Chunk<'a> {
+    /// Chunk number within the tensor (for keyed random streams).
+    pub index: usize,
+    /// Element offset of the chunk within the tensor.
+    pub start: usize,
+    /// Base values; empty when the job has no base.
+    pub base: &'a [f32],
+    pub models: &'a [Vec<f32>],
+}
+
+/// The per-chunk arithmetic of a method, prepared for one tensor.
+pub trait ChunkKernel: Sync {
+    fn merge(&self, chunk: &Chunk, out: &mut [f32]);
+}
+
+impl<F: Fn(&Chunk, &mut [f32]) + Sync> ChunkKernel for F {
+    fn merge(&self, chunk: &Chunk, out: &mut [f32]) {
+        self(chunk, out)
+    }
+}
+
+pub trait MergeMethod: Sync {
+    /// mergekit's `merge_method` name.
+    fn name(&self) -> &'static str;
+    /// One line for `--help` and listings.
+    fn summary(&self) -> &'static str;
+    fn params(&self) -> &'static [ParamSpec];
+    fn needs_base(&self) -> bool {
+        true
+    }
+    fn min_models(&self) -> usize {
+        1
+    }
+    fn max_models(&self) -> Option<usize> {
+        None
+    }
+    /// Whether `density` keeps the largest |τ| (so `trim_scope: model` applies).
+    fn trims_by_magnitude(&self) -> bool {
+        false
+    }
+    /// Whether chunks must hold whole rows (last dimension), e.g. for per-row ranking.
+    fn row_aligned(&self) -> bool {
+        false
+    }
+    fn prepare<'a>(&self, job: &'a TensorJob<'a>) -> Result<Box<dyn ChunkKernel + 'a>>;
+}
+
+/// Every merge method, in listing order. Adding one is one file and one line here.
+pub fn registry() -> &'static [&'static dyn MergeMethod] {
+    &[&linear::Linear, &task_arithmetic::TaskArithmetic]
+}
+
+pub fn get(name: &str) -> Option<&'static dyn MergeMethod> {
+    registry().iter().copied().find(|m| m.name() == name)
+}
+
+impl<'a> TensorJob<'a> {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Length of the last dimension (1 for scalars).
+    pub fn row_len(&self) -> usize {
+        self.shape.last().copied().unwrap_or(1).max(1)
+    }
+
+    /// Fixed chunk ranges; with `rows`, each chunk holds whole rows.
+    pub fn chunks(&self, rows: bool) -> Vec<Range<usize>> {
+        let n = self.numel();
+        let step = if rows {
+            let r = self.row_len();
+            (CHUNK_ELEMS / r).max(1) * r
+        } else {
+            CHUNK_ELEMS
+        };
+        (0..n.div_ceil(step).max(usize::from(n == 0)))
+            .map(|i| i * step..((i + 1) * step).min(n))
+            .collect()
+    }
+
+    /// Decodes the base (if any) and every model over `range`.
+    pub fn read(&self, range: Range<usize>) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+        let n = range.len();
+        let base = match &self.base {
+            Some(b) => {
+                let mut v = vec![0f32; n];
+                b.read_f32_into(range.start, &mut v)?;
+                v
+            }
+            None => Vec::new(),
+        };
+        let models = self
+            .models
+            .iter()
+            .map(|m| {
+                let mut v = vec![0f32; n];
+                m.read_f32_into(range.start, &mut v)?;
+                Ok(v)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((base, models))
+    }
+
+    /// Streams τ_i = θ_i − θ₀ of model `i` chunk by chunk.
+    pub fn each_delta(&self, i: usize, f: &mut dyn FnMut(&[f32])) -> Result<()> {
+        let base = self.base.as_ref();
+        let mut b = vec![0f32; CHUNK_ELEMS.min(self.numel())];
+        let mut m = vec![0f32; CHUNK_ELEMS.min(self.numel())];
+        for r in self.chunks(false) {
+            let n = r.len();
+            self.models[i].read_f32_into(r.start, &mut m[..n])?;
+            if let Some(base) = base {
+                base.read_f32_into(r.start, &mut b[..n])?;
+                for (x, y) in m[..n].iter_mut().zip(&b[..n]) {
+                    *x -= y;
+                }
+            }
+            f(&m[..n]);
+        }
+        Ok(())
+    }
+
+    /// The magnitude threshold of model `i` for keeping a `density` share of its delta:
+    /// the model-scope threshold if the run trims over the model, else the exact k-th
+    /// largest |τ_i| of this tensor. `None` keeps everything (density ≥ 1); `+inf` keeps
+    /// nothing. Ties at the threshold are kept (merging.md).
+    pub fn delta_threshold(&self, i: usize, density: f64) -> Result<Option<f32>> {
+        if density >= 1.0 {
+            return Ok(None);
+        }
+        if self.scope == TrimScope::Model
+            && let Some(t) = &self.model_thresholds
+        {
+            return Ok(t.get(i).copied().flatten());
+        }
+        let k = keep_count(density, self.numel() as u64);
+        if k == 0 {
+            return Ok(Some(f32::INFINITY));
+        }
+        let s = |f: &mut dyn FnMut(&[f32])| self.each_delta(i, f);
+        Ok(kth_largest_abs(&s, k)?.or(Some(f32::INFINITY)))
+    }
+
+    /// Runs `kernel` over every chunk in parallel and hands each finished chunk to `sink`.
+    pub fn apply(
+        &self,
+        kernel: &dyn ChunkKernel,
+        rows: bool,
+        sink: &(dyn Fn(usize, &[f32]) -> Result<()> + Sync),
+    ) -> Result<()> {
+        self.chunks(rows)
+            .into_par_iter()
+            .enumerate()
+            .try_for_each(|(index, r)| {
+                let (base, models) = self.read(r.clone())?;
+                let mut out = vec![0f32; r.len()];
+                kernel.merge(
+                    &Chunk {
+                        index,
+                        start: r.start,
+                        base: &base,
+                        models: &models,
+                    },
+                    &mut out,
+                );
+                sink(r.start, &out)
+            })
+    }
+}
+
+/// Keeps `x` if its magnitude reaches the threshold (`None` keeps all).
+#[inline]
+pub fn keep(x: f32, threshold: Option<f32>) -> bool {
+    threshold.is_none_or(|t| x.abs() >= t)
+}
+
+/// TIES sign election over weighted, trimmed deltas at one position (merging.md): the sign
+/// of the sum, or if the sum is 0 the sign of the sum of signs, then +.
+#[inline]
+pub fn elect_sign(vals: impl Iterator<Item = f32> + Clone) -> f32 {
+    let s: f32 = vals.clone().sum();
+    if s > 0.0 {
+        1.0
+    } else if s < 0.0 {
+        -1.0
+    } else {
+        let c: f32 = vals.map(|v| v.signum() * f32::from(v != 0.0)).sum();
+        if c < 0.0 { -1.0 } else { 1.0 }
+    }
+}

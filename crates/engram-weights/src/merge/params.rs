@@ -1,0 +1,204 @@
+//! Merge parameters: what each method accepts, and values resolved for one tensor.
+
+use std::collections::BTreeMap;
+
+/// A parameter a method accepts, with mergekit's name and default.
+#[derive(Clone, Copy, Debug)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    /// `None`: required.
+    pub default: Option<f64>,
+    /// Given per model (`models[i].parameters`) rather than globally.
+    pub per_model: bool,
+    pub help: &'static str,
+}
+
+/// Scalar parameter values for one tensor (gradients and filters already resolved).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Params(pub BTreeMap<String, f64>);
+
+impl Params {
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.0.get(name).copied()
+    }
+
+    /// The value, or the spec default of `name` in `specs`.
+    pub fn value(&self, specs: &[ParamSpec], name: &str) -> f64 {
+        self.get(name)
+            .or_else(|| {
+                specs
+                    .iter()
+                    .find(|s| s.name == name)
+                    .and_then(|s| s.default)
+            })
+            .unwrap_or(0.0)
+    }
+
+    pub fn flag(&self, specs: &[ParamSpec], name: &str) -> bool {
+        self.value(specs, name) != 0.0
+    }
+
+    pub fn set(&mut self, name: &str, v: f64) -> &mut Self {
+        self.0.insert(name.to_string(), v);
+        self
+    }
+}
+
+pub const WEIGHT: ParamSpec = ParamSpec {
+    name: "weight",
+    default: Some(1.0),
+    per_model: true,
+    help: "the model's weight in the sum",
+};
+pub const DENSITY: ParamSpec = ParamSpec {
+    name: "density",
+    default: Some(1.0),
+    per_model: true,
+    help: "share of delta entries kept (1.0 keeps all)",
+};
+pub const NORMALIZE: ParamSpec = ParamSpec {
+    name: "normalize",
+    default: Some(1.0),
+    per_model: false,
+    help: "divide by the sum of weights (1 = on)",
+};
+pub const NORMALIZE_OFF: ParamSpec = ParamSpec {
+    name: "normalize",
+    default: Some(0.0),
+    per_model: false,
+    help: "divide by the sum of weights (0 = off)",
+};
+pub const LAMBDA: ParamSpec = ParamSpec {
+    name: "lambda",
+    default: Some(1.0),
+    per_model: false,
+    help: "scale of the merged delta",
+};
+pub const RESCALE: ParamSpec = ParamSpec {
+    name: "rescale",
+    default: Some(1.0),
+    per_model: false,
+    help: "rescale kept entries by 1/density (1 = on)",
+};
+/// mergekit's memory option; the arithmetic is the same, so engram accepts and ignores it.
+pub const INT8_MASK: ParamSpec = ParamSpec {
+    name: "int8_mask",
+    default: Some(0.0),
+    per_model: false,
+    help: "accepted for mergekit compatibility; no effect (engram streams in f32)",
+};
+
+/// A parameter as written in a config: a scalar, a gradient over layers (mergekit's list
+/// form), or a filter list (`[{filter: "self_attn", value: ...}, {value: ...}]`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ParamValue {
+    Scalar(f64),
+    Gradient(Vec<f64>),
+    Filtered(Vec<(Option<String>, ParamValue)>),
+}
+
+impl ParamValue {
+    /// The value for tensor `name` at relative depth `pos` in [0, 1] (layer i of L is
+    /// i/(L−1); engram choice: tensors before the first layer take 0, after the last 1).
+    /// Filters match by substring, first match wins; `None` if no filter matches.
+    pub fn resolve(&self, name: &str, pos: f64) -> Option<f64> {
+        match self {
+            ParamValue::Scalar(v) => Some(*v),
+            ParamValue::Gradient(g) => interpolate(g, pos),
+            ParamValue::Filtered(list) => list.iter().find_map(|(f, v)| match f {
+                Some(f) if !name.contains(f.as_str()) => None,
+                _ => v.resolve(name, pos),
+            }),
+        }
+    }
+
+    /// Whether the value is the same for every tensor.
+    pub fn is_scalar(&self) -> bool {
+        matches!(self, ParamValue::Scalar(_))
+    }
+}
+
+/// mergekit's gradient: anchors spread evenly over [0, 1], linear in between.
+fn interpolate(g: &[f64], pos: f64) -> Option<f64> {
+    match g.len() {
+        0 => None,
+        1 => Some(g[0]),
+        n => {
+            let x = pos.clamp(0.0, 1.0) * (n - 1) as f64;
+            let i = (x.floor() as usize).min(n - 2);
+            let f = x - i as f64;
+            Some(g[i] * (1.0 - f) + g[i + 1] * f)
+        }
+    }
+}
+
+/// Unresolved parameters of a merge: global ones and one map per model.
+#[derive(Clone, Debug, Default)]
+pub struct ParamSource {
+    pub global: BTreeMap<String, ParamValue>,
+    pub per_model: Vec<BTreeMap<String, ParamValue>>,
+}
+
+impl ParamSource {
+    /// Scalar parameters for one tensor. A per-model parameter given globally applies to every
+    /// model unless the model sets its own (mergekit's precedence: model over global).
+    pub fn resolve(&self, specs: &[ParamSpec], name: &str, pos: f64) -> (Vec<Params>, Params) {
+        let mut global = Params::default();
+        for (k, v) in &self.global {
+            if let Some(x) = v.resolve(name, pos) {
+                global.set(k, x);
+            }
+        }
+        let per_model = self
+            .per_model
+            .iter()
+            .map(|m| {
+                let mut p = Params::default();
+                for s in specs.iter().filter(|s| s.per_model) {
+                    if let Some(x) = m
+                        .get(s.name)
+                        .and_then(|v| v.resolve(name, pos))
+                        .or_else(|| global.get(s.name))
+                    {
+                        p.set(s.name, x);
+                    }
+                }
+                p
+            })
+            .collect();
+        (per_model, global)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gradients_and_filters_resolve() {
+        let g = ParamValue::Gradient(vec![0.0, 1.0, 0.0]);
+        assert_eq!(g.resolve("x", 0.0), Some(0.0));
+        assert_eq!(g.resolve("x", 0.25), Some(0.5));
+        assert_eq!(g.resolve("x", 0.5), Some(1.0));
+        assert_eq!(g.resolve("x", 1.0), Some(0.0));
+        let f = ParamValue::Filtered(vec![
+            (Some("self_attn".into()), ParamValue::Scalar(0.3)),
+            (None, ParamValue::Scalar(0.7)),
+        ]);
+        assert_eq!(f.resolve("layers.0.self_attn.q_proj", 0.0), Some(0.3));
+        assert_eq!(f.resolve("layers.0.mlp.up_proj", 0.0), Some(0.7));
+    }
+
+    #[test]
+    fn model_parameters_override_global_ones() {
+        let mut src = ParamSource::default();
+        src.global.insert("density".into(), ParamValue::Scalar(0.5));
+        src.per_model.push(BTreeMap::new());
+        let mut m = BTreeMap::new();
+        m.insert("density".into(), ParamValue::Scalar(0.2));
+        src.per_model.push(m);
+        let (pm, _) = src.resolve(&[DENSITY], "w", 0.0);
+        assert_eq!(pm[0].get("density"), Some(0.5));
+        assert_eq!(pm[1].get("density"), Some(0.2));
+    }
+}
