@@ -3,6 +3,8 @@
 pub mod merge;
 pub mod rng;
 pub mod select;
+pub mod stream;
 pub mod synth;
+pub mod tall;
 #[cfg(test)]
 pub mod testutil;
