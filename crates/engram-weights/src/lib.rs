@@ -1,5 +1,6 @@
 //! engram-weights: weight-space operations on plain f32 slices, streamed over checkpoints.
 
+pub mod compress;
 pub mod merge;
 pub mod rng;
 pub mod select;
