@@ -82,6 +82,7 @@ impl SafetensorsFile {
             info,
             bytes: &self.mmap[base + info.start..base + info.end],
             path: &self.path,
+            map: &self.mmap,
         }
     }
 }
@@ -92,6 +93,8 @@ pub struct TensorView<'a> {
     pub info: &'a TensorInfo,
     pub bytes: &'a [u8],
     pub path: &'a Path,
+    /// The read-only file mapping `bytes` lies in (for [`TensorView::release`]).
+    map: &'a Mmap,
 }
 
 impl<'a> TensorView<'a> {
@@ -129,6 +132,34 @@ impl<'a> TensorView<'a> {
         Ok(())
     }
 
+    /// Tells the kernel that elements `[start, end)` will not be read again soon: the pages
+    /// wholly inside that range are unmapped from this process (they stay in the page cache,
+    /// and a later read faults them back in with the same contents). Streaming passes call it
+    /// after each chunk so that resident memory stays bounded by a few chunks rather than
+    /// growing to the size of the file. A hint only: failures are ignored.
+    pub fn release(&self, start: usize, end: usize) {
+        const PAGE: usize = 4096;
+        let s = self.dtype().size();
+        let end = end.min(self.numel());
+        if start >= end {
+            return;
+        }
+        let base = self.bytes.as_ptr() as usize - self.map.as_ptr() as usize;
+        // Only whole pages inside the range: a neighbouring tensor's bytes are left mapped.
+        let lo = (base + start * s).next_multiple_of(PAGE);
+        let hi = (base + end * s) / PAGE * PAGE;
+        if hi > lo {
+            // SAFETY: `map` is a read-only, shared (MAP_SHARED, PROT_READ) file mapping that we
+            // never write through. MADV_DONTNEED on such a mapping only drops page-table
+            // entries; any later access, through any outstanding borrow, faults in the same
+            // file contents, so no reference ever observes changed or zeroed bytes.
+            let _ = unsafe {
+                self.map
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo)
+            };
+        }
+    }
+
     /// The whole tensor as f32 (one allocation of numel floats).
     pub fn to_f32(&self) -> Result<Vec<f32>> {
         let mut v = vec![0f32; self.numel()];
@@ -151,6 +182,7 @@ impl<'a> TensorView<'a> {
                 nan += v.is_nan() as usize;
                 inf += v.is_infinite() as usize;
             }
+            self.release(at, at + n);
             at += n;
         }
         Ok((nan, inf))

@@ -10,13 +10,15 @@ pub mod file;
 pub mod fp8;
 pub mod header;
 pub mod model;
+pub mod stats;
 pub mod writer;
 
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use file::{CHUNK, SafetensorsFile, TensorView};
 pub use header::TensorInfo;
-pub use model::Model;
+pub use model::{Model, ParsedIndex, parse_index};
+pub use stats::{DiffStats, Stats};
 pub use writer::{ModelWriter, TensorSpec, WriteOptions, write_atomic};
 
 /// Provenance metadata for an output file: engram's version, the command and its parameters.

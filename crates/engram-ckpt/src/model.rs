@@ -4,9 +4,9 @@
 
 use crate::error::{Error, Result};
 use crate::file::{SafetensorsFile, TensorView};
-use crate::header::Entries;
+use crate::header::{Entries, HeaderError};
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
 pub const INDEX_NAME: &str = "model.safetensors.index.json";
@@ -78,9 +78,7 @@ impl Model {
             Ok(m)
         } else if path.extension().is_some_and(|e| e == "json") {
             let mut m = Self::open_index(path)?;
-            if let Some(dir) = path.parent() {
-                m.side_files = side_files_in(dir)?;
-            }
+            m.side_files = side_files_in(parent_dir(path))?;
             Ok(m)
         } else {
             Self::from_files(path, vec![SafetensorsFile::open(path)?])
@@ -88,51 +86,27 @@ impl Model {
     }
 
     fn open_index(index: &Path) -> Result<Model> {
-        let dir = index.parent().unwrap_or(Path::new("."));
+        let dir = parent_dir(index);
         let text = std::fs::read(index).map_err(|e| Error::io(index, e))?;
-        if text.is_empty() {
-            return Err(Error::format(index, "index file is empty"));
-        }
-        let Entries(top) = serde_json::from_slice(&text)
-            .map_err(|e| Error::format(index, format!("index is not valid JSON: {e}")))?;
-        let mut weight_map = None;
-        let mut index_metadata = BTreeMap::new();
-        for (k, v) in top {
-            match k.as_str() {
-                "weight_map" => weight_map = Some(v),
-                "metadata" => {
-                    if let Value::Object(o) = v {
-                        index_metadata = o.into_iter().collect();
-                    }
-                }
-                _ => {}
-            }
-        }
-        let weight_map =
-            weight_map.ok_or_else(|| Error::format(index, "index has no 'weight_map'"))?;
-        // Re-parse the weight map keeping duplicates, so that a name given twice is refused.
-        let Entries(pairs) = serde_json::from_value(weight_map)
-            .map_err(|e| Error::format(index, format!("'weight_map' is not an object: {e}")))?;
+        let parsed = parse_index(&text).map_err(|e| match e.tensor {
+            Some(t) => Error::tensor(index, &t, e.msg),
+            None => Error::format(index, e.msg),
+        })?;
+        let ParsedIndex {
+            weight_map: pairs,
+            metadata: index_metadata,
+        } = parsed;
         let mut shard_names: Vec<String> = Vec::new();
         let mut wanted: HashMap<String, String> = HashMap::new();
         for (tensor, shard) in pairs {
-            let Value::String(shard) = shard else {
-                return Err(Error::tensor(
-                    index,
-                    &tensor,
-                    "weight_map value is not a file name",
-                ));
-            };
-            check_relative(index, &tensor, &shard)?;
-            if wanted.insert(tensor.clone(), shard.clone()).is_some() {
-                return Err(Error::tensor(index, &tensor, "listed twice in weight_map"));
-            }
             if !shard_names.contains(&shard) {
-                shard_names.push(shard);
+                shard_names.push(shard.clone());
             }
+            wanted.insert(tensor, shard);
         }
         shard_names.sort();
         let mut files = Vec::with_capacity(shard_names.len());
+        let canon_dir = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
         for s in &shard_names {
             let p = dir.join(s);
             if !p.exists() {
@@ -145,7 +119,6 @@ impl Model {
                 ));
             }
             // Symlinks pointing outside the folder are refused like '../' names.
-            let canon_dir = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
             let canon = p.canonicalize().map_err(|e| Error::io(&p, e))?;
             if !canon.starts_with(&canon_dir) {
                 return Err(Error::format(
@@ -291,20 +264,93 @@ impl Model {
     }
 }
 
-fn check_relative(index: &Path, tensor: &str, shard: &str) -> Result<()> {
-    let p = Path::new(shard);
-    let bad = shard.is_empty()
-        || p.is_absolute()
-        || p.components()
-            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
-    if bad {
-        return Err(Error::tensor(
-            index,
-            tensor,
-            format!("shard path '{shard}' is absolute or leaves the model folder"),
-        ));
+/// A parsed `model.safetensors.index.json`: which shard holds each tensor.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ParsedIndex {
+    /// (tensor, shard file name) in file order; names unique, paths relative and inside the
+    /// folder.
+    pub weight_map: Vec<(String, String)>,
+    /// The index's `metadata` object (e.g. `total_size`).
+    pub metadata: BTreeMap<String, Value>,
+}
+
+/// Parses and validates an index file's bytes (pure, for fuzzing): a JSON object with a
+/// `weight_map` of tensor name to shard file name; every shard name a plain relative path,
+/// no tensor named twice. The caller adds the index's path to errors.
+pub fn parse_index(bytes: &[u8]) -> std::result::Result<ParsedIndex, HeaderError> {
+    let err = |msg: String| HeaderError { tensor: None, msg };
+    let terr = |t: &str, msg: String| HeaderError {
+        tensor: Some(t.to_string()),
+        msg,
+    };
+    if bytes.is_empty() {
+        return Err(err("index file is empty".into()));
     }
-    Ok(())
+    let Entries(top) =
+        serde_json::from_slice(bytes).map_err(|e| err(format!("index is not valid JSON: {e}")))?;
+    let mut weight_map = None;
+    let mut metadata = BTreeMap::new();
+    for (k, v) in top {
+        match k.as_str() {
+            "weight_map" => {
+                if weight_map.is_some() {
+                    return Err(err("index has two 'weight_map' entries".into()));
+                }
+                weight_map = Some(v)
+            }
+            "metadata" => {
+                if let Value::Object(o) = v {
+                    metadata = o.into_iter().collect();
+                }
+            }
+            _ => {}
+        }
+    }
+    let weight_map = weight_map.ok_or_else(|| err("index has no 'weight_map'".into()))?;
+    if weight_map.as_object().is_some_and(|m| m.is_empty()) {
+        return Err(err("index has an empty 'weight_map' (no tensors)".into()));
+    }
+    // Re-parse the weight map keeping duplicates, so that a name given twice is refused.
+    let Entries(pairs) = serde_json::from_value(weight_map)
+        .map_err(|e| err(format!("'weight_map' is not an object: {e}")))?;
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(pairs.len());
+    for (tensor, shard) in pairs {
+        let Value::String(shard) = shard else {
+            return Err(terr(&tensor, "weight_map value is not a file name".into()));
+        };
+        if !is_plain_relative(&shard) {
+            return Err(terr(
+                &tensor,
+                format!("shard path '{shard}' is absolute or leaves the model folder"),
+            ));
+        }
+        if !seen.insert(tensor.clone()) {
+            return Err(terr(&tensor, "listed twice in weight_map".into()));
+        }
+        out.push((tensor, shard));
+    }
+    Ok(ParsedIndex {
+        weight_map: out,
+        metadata,
+    })
+}
+
+fn is_plain_relative(shard: &str) -> bool {
+    let p = Path::new(shard);
+    !shard.is_empty()
+        && !p.is_absolute()
+        && p.components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        && p.components().any(|c| matches!(c, Component::Normal(_)))
+}
+
+/// The folder holding `file`; `.` for a bare file name (whose `parent()` is the empty path,
+/// which the file system refuses).
+fn parent_dir(file: &Path) -> &Path {
+    file.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {

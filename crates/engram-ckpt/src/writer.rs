@@ -81,9 +81,29 @@ pub fn is_single_file_target(out: &Path) -> bool {
     out.extension().is_some_and(|e| e == "safetensors")
 }
 
+/// A temporary name beside `dest`, unique within this process too (two writers of one process
+/// aiming at the same destination must not share, and truncate, one temporary file).
 fn tmp_name(dest: &Path) -> PathBuf {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
     let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    dest.with_file_name(format!(".{name}.engram-tmp-{}", std::process::id()))
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    dest.with_file_name(format!(".{name}.engram-tmp-{}-{seq}", std::process::id()))
+}
+
+/// `model-00001-of-00003.safetensors`: the shard names this writer (and Hugging Face) uses.
+fn is_shard_name(name: &str) -> bool {
+    let Some(mid) = name
+        .strip_prefix("model-")
+        .and_then(|n| n.strip_suffix(".safetensors"))
+    else {
+        return false;
+    };
+    let Some((a, b)) = mid.split_once("-of-") else {
+        return false;
+    };
+    [a, b]
+        .iter()
+        .all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()))
 }
 
 impl ModelWriter {
@@ -199,7 +219,7 @@ impl ModelWriter {
         let slot = self.slot(name)?;
         let size = slot.spec.dtype.size();
         let n = bytes.len() / size;
-        if bytes.len() % size != 0 || elem + n > slot.spec.numel() {
+        if bytes.len() % size != 0 || elem.checked_add(n).is_none_or(|e| e > slot.spec.numel()) {
             return Err(Error::Invalid(format!(
                 "write of {} bytes at element {elem} does not fit tensor '{name}' ({} x {})",
                 bytes.len(),
@@ -241,7 +261,10 @@ impl ModelWriter {
 
     /// Completes the output: checks every tensor was written, syncs, renames the shards into
     /// place, then writes the index, then copies `side_files` (for folder outputs).
-    /// Returns the paths written.
+    /// In a folder output, weight files of an earlier model left in the folder under the
+    /// standard names (`model.safetensors`, `model-NNNNN-of-NNNNN.safetensors`, the index) that
+    /// this output does not replace are removed, last: otherwise a stale index would make the
+    /// folder open as the old model. Returns the paths written.
     pub fn finish(mut self, side_files: &[PathBuf]) -> Result<Vec<PathBuf>> {
         for s in &self.slots {
             let w = s.written.load(Ordering::Relaxed);
@@ -284,6 +307,7 @@ impl ModelWriter {
             written.push(index.clone());
         }
         if self.folder_output {
+            self.remove_stale_weights(&written)?;
             for f in side_files {
                 let Some(name) = f.file_name() else { continue };
                 let dest = self.dir.join(name);
@@ -294,6 +318,34 @@ impl ModelWriter {
         }
         self.finished = true;
         Ok(written)
+    }
+}
+
+impl ModelWriter {
+    /// Removes earlier weight files (standard names only) that this output did not write.
+    /// A stale index goes first, so that at every moment the folder opens as one model.
+    fn remove_stale_weights(&self, written: &[PathBuf]) -> Result<()> {
+        let mut stale = Vec::new();
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        for e in entries {
+            let e = e.map_err(|e| Error::io(&self.dir, e))?;
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let path = self.dir.join(name);
+            let ours = written.iter().any(|w| w.file_name() == Some(name.as_ref()));
+            if ours || !e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()) {
+                continue;
+            }
+            if name == INDEX_NAME {
+                stale.insert(0, path);
+            } else if name == SINGLE_NAME || is_shard_name(name) {
+                stale.push(path);
+            }
+        }
+        for p in stale {
+            std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+        }
+        Ok(())
     }
 }
 

@@ -66,7 +66,7 @@ fn main() {
         Command::Bench(b) => cmd::bench::run(&ctx, b),
     };
     if let Err(e) = res {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", cmd::util::error_chain(&e));
         std::process::exit(1);
     }
 }

@@ -3,3 +3,4 @@ pub mod convert;
 pub mod diff;
 pub mod inspect;
 pub mod synth;
+pub mod util;
