@@ -12,6 +12,7 @@ pub mod engine;
 pub mod linear;
 pub mod params;
 pub mod task_arithmetic;
+pub mod ties;
 
 use crate::select::{keep_count, kth_largest_abs};
 use engram_ckpt::{Result, TensorView};
@@ -98,7 +99,11 @@ pub trait MergeMethod: Sync {
 
 /// Every merge method, in listing order. Adding one is one file and one line here.
 pub fn registry() -> &'static [&'static dyn MergeMethod] {
-    &[&linear::Linear, &task_arithmetic::TaskArithmetic]
+    &[
+        &linear::Linear,
+        &task_arithmetic::TaskArithmetic,
+        &ties::Ties,
+    ]
 }
 
 pub fn get(name: &str) -> Option<&'static dyn MergeMethod> {
@@ -192,6 +197,29 @@ impl<'a> TensorJob<'a> {
         Ok(kth_largest_abs(&s, k)?.or(Some(f32::INFINITY)))
     }
 
+    /// Maps every chunk (decoded as for [`TensorJob::apply`]) to a value, in parallel, and
+    /// returns the values in chunk order, so that folding them in order gives the same result
+    /// whatever the thread count (statistics passes: L1 norms, dot products).
+    pub fn map_chunks<T: Send>(
+        &self,
+        rows: bool,
+        f: &(dyn Fn(&Chunk) -> T + Sync),
+    ) -> Result<Vec<T>> {
+        self.chunks(rows)
+            .into_par_iter()
+            .enumerate()
+            .map(|(index, r)| {
+                let (base, models) = self.read(r.clone())?;
+                Ok(f(&Chunk {
+                    index,
+                    start: r.start,
+                    base: &base,
+                    models: &models,
+                }))
+            })
+            .collect()
+    }
+
     /// Runs `kernel` over every chunk in parallel and hands each finished chunk to `sink`.
     pub fn apply(
         &self,
@@ -217,6 +245,13 @@ impl<'a> TensorJob<'a> {
                 sink(r.start, &out)
             })
     }
+}
+
+/// Reports a non-fatal oddity of one tensor (e.g. a clamped Model Stock ratio).
+/// The merge report has no warnings list yet, so this goes to stderr; routing it into
+/// `MergeReport` needs a sink in [`TensorJob`] (one place to change).
+pub fn warn(tensor: &str, msg: &str) {
+    eprintln!("warning: tensor '{tensor}': {msg}");
 }
 
 /// Keeps `x` if its magnitude reaches the threshold (`None` keeps all).
