@@ -65,6 +65,7 @@ fn main() {
         Command::Synth(a) => cmd::synth::run(&ctx, a),
         Command::Bench(b) => cmd::bench::run(&ctx, b),
     };
+    cmd::bench::report_peak_rss();
     if let Err(e) = res {
         eprintln!("error: {}", cmd::util::error_chain(&e));
         std::process::exit(1);
