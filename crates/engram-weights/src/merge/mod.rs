@@ -8,6 +8,7 @@
 //! thread count (chunk boundaries are fixed; random draws are keyed by seed, tensor, model and
 //! chunk).
 
+pub mod dare;
 pub mod engine;
 pub mod linear;
 pub mod params;
@@ -103,6 +104,8 @@ pub fn registry() -> &'static [&'static dyn MergeMethod] {
         &linear::Linear,
         &task_arithmetic::TaskArithmetic,
         &ties::Ties,
+        &dare::DareLinear,
+        &dare::DareTies,
     ]
 }
 
