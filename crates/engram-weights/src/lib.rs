@@ -2,6 +2,7 @@
 
 pub mod compress;
 pub mod merge;
+pub mod patch;
 pub mod rng;
 pub mod select;
 pub mod stream;
@@ -9,3 +10,4 @@ pub mod synth;
 pub mod tall;
 #[cfg(test)]
 pub mod testutil;
+pub mod tv;

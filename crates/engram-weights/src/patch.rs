@@ -1,0 +1,523 @@
+//! Weight patches: Robust Weight Signatures (extract, quantize, apply with a scale, remove).
+//! Paper: Robust Weight Signatures: Gaining Robustness as Easy as Patching Weights? (arXiv 2302.12480); card: methods/patching.md.
+//!
+//! A patch is δ = θ_c − θ_pre over selected tensors, optionally with the clean fine-tuning
+//! direction a = θ_clean − θ_pre projected out (per tensor: δ − (⟨δ,a⟩/⟨a,a⟩)·a, skipped where
+//! ⟨a,a⟩ is 0), optionally quantized per tensor to L uniform min–max levels (stored as U8 codes
+//! plus a `NAME.__range` F32 [min, max]; max = min stores a constant). Applying adds
+//! Σ α_c·δ_c to the clean model; removing subtracts it. Each patch is processed one tensor at
+//! a time (a few tensors in memory).
+
+use crate::merge::engine::layer_index;
+use crate::tv::{CombineReport, Term, combine};
+use engram_ckpt::{DType, Error, Model, ModelWriter, Result, TensorSpec, WriteOptions};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub const RANGE_SUFFIX: &str = ".__range";
+
+/// Which tensors a patch covers.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    /// Substring patterns (`*` matches anything); empty = all tensors.
+    pub include: Vec<String>,
+    /// Only the first k layers: by layer number where names carry one (`layers.N.`),
+    /// otherwise the first k distinct modules (name without its last component) in model order.
+    pub first_layers: Option<usize>,
+}
+
+fn glob_match(pat: &str, s: &str) -> bool {
+    // '*' wildcards; a pattern without '*' matches as a substring.
+    if !pat.contains('*') {
+        return s.contains(pat);
+    }
+    let parts: Vec<&str> = pat.split('*').collect();
+    let mut at = 0;
+    for (i, p) in parts.iter().enumerate() {
+        if p.is_empty() {
+            continue;
+        }
+        match s[at..].find(p) {
+            Some(pos) if i > 0 || pos == 0 => at += pos + p.len(),
+            _ => return false,
+        }
+    }
+    parts.last().is_none_or(|l| l.is_empty() || s.ends_with(l))
+}
+
+impl Selection {
+    /// Names of `m`'s float tensors that the selection covers, in model order.
+    pub fn select(&self, m: &Model) -> Vec<String> {
+        let names: Vec<&str> = m
+            .tensors()
+            .filter(|v| v.dtype().is_float())
+            .map(|v| v.name())
+            .collect();
+        let by_index = names.iter().any(|n| layer_index(n).is_some());
+        let mut modules: Vec<&str> = Vec::new();
+        names
+            .into_iter()
+            .filter(|n| self.include.is_empty() || self.include.iter().any(|p| glob_match(p, n)))
+            .filter(|n| match self.first_layers {
+                None => true,
+                Some(k) if by_index => layer_index(n).is_some_and(|i| i < k),
+                Some(k) => {
+                    let module = n.rsplit_once('.').map_or(*n, |(a, _)| a);
+                    if !modules.contains(&module) {
+                        modules.push(module);
+                    }
+                    modules
+                        .iter()
+                        .position(|x| *x == module)
+                        .is_some_and(|i| i < k)
+                }
+            })
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PatchReport {
+    pub tensors: Vec<String>,
+    pub params: u64,
+    /// Tensors where the projection was skipped because ⟨a,a⟩ = 0.
+    pub projection_skipped: Vec<String>,
+    pub bytes: u64,
+    /// Bytes of the same tensors stored in full as the corrupted model's dtype.
+    pub full_copy_bytes: u64,
+}
+
+/// Quantizes to `levels` uniform min–max levels; returns codes, min, max.
+pub fn quantize(x: &[f32], levels: u32) -> (Vec<u8>, f32, f32) {
+    let min = x.iter().copied().fold(f32::INFINITY, f32::min);
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if x.is_empty() || max <= min {
+        let c = if x.is_empty() { 0.0 } else { min };
+        return (vec![0; x.len()], c, c);
+    }
+    let steps = (levels - 1) as f32;
+    let codes = x
+        .iter()
+        .map(|v| {
+            (((v - min) / (max - min)) * steps)
+                .round()
+                .clamp(0.0, steps) as u8
+        })
+        .collect();
+    (codes, min, max)
+}
+
+pub fn dequantize(codes: &[u8], min: f32, max: f32, levels: u32, out: &mut [f32]) {
+    let step = if levels > 1 {
+        (max - min) / (levels - 1) as f32
+    } else {
+        0.0
+    };
+    for (o, &c) in out.iter_mut().zip(codes) {
+        *o = min + c as f32 * step;
+    }
+}
+
+/// Extracts the patch of `corrupt` relative to `pre`, writing a safetensors file `out`.
+#[allow(clippy::too_many_arguments)]
+pub fn extract(
+    pre: &Model,
+    clean: Option<&Model>,
+    corrupt: &Model,
+    sel: &Selection,
+    levels: Option<u32>,
+    out: &Path,
+    metadata: &BTreeMap<String, String>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<PatchReport> {
+    if let Some(l) = levels
+        && !(2..=256).contains(&l)
+    {
+        return Err(Error::Invalid(format!("--levels {l}: use 2 to 256 levels")));
+    }
+    let names = sel.select(corrupt);
+    if names.is_empty() {
+        return Err(Error::Invalid(format!(
+            "the selection covers no float tensor of {}",
+            corrupt.source().display()
+        )));
+    }
+    let mut specs = Vec::new();
+    let mut full_copy_bytes = 0u64;
+    for n in &names {
+        let v = corrupt.require(n)?;
+        for m in std::iter::once(pre).chain(clean) {
+            let t = m.require(n)?;
+            if t.shape() != v.shape() {
+                return Err(Error::tensor(
+                    m.source(),
+                    n,
+                    format!("shape {:?} differs from {:?}", t.shape(), v.shape()),
+                ));
+            }
+        }
+        full_copy_bytes += v.bytes.len() as u64;
+        match levels {
+            Some(_) => {
+                specs.push(TensorSpec::new(n.clone(), DType::U8, v.shape()));
+                specs.push(TensorSpec::new(
+                    format!("{n}{RANGE_SUFFIX}"),
+                    DType::F32,
+                    &[2],
+                ));
+            }
+            None => specs.push(TensorSpec::new(n.clone(), DType::F32, v.shape())),
+        }
+    }
+    let mut md = metadata.clone();
+    md.insert("engram.patch".into(), "rws".into());
+    md.insert(
+        "patch.levels".into(),
+        levels.map_or("none".into(), |l| l.to_string()),
+    );
+    md.insert("patch.projected".into(), clean.is_some().to_string());
+    md.insert(
+        crate::tv::FINGERPRINT_KEY.into(),
+        crate::tv::fingerprint(pre),
+    );
+    let w = ModelWriter::create(
+        out,
+        specs,
+        &WriteOptions {
+            max_shard_bytes: None,
+            metadata: md,
+        },
+    )?;
+    let mut skipped = Vec::new();
+    let mut params = 0u64;
+    for n in &names {
+        let p = pre.require(n)?.to_f32()?;
+        let mut d = corrupt.require(n)?.to_f32()?;
+        for (x, b) in d.iter_mut().zip(&p) {
+            *x -= b;
+        }
+        if let Some(clean) = clean {
+            let mut a = clean.require(n)?.to_f32()?;
+            for (x, b) in a.iter_mut().zip(&p) {
+                *x -= b;
+            }
+            let aa: f64 = a.iter().map(|x| (*x as f64) * (*x as f64)).sum();
+            if aa > 0.0 {
+                let da: f64 = d
+                    .iter()
+                    .zip(&a)
+                    .map(|(x, y)| (*x as f64) * (*y as f64))
+                    .sum();
+                let c = (da / aa) as f32;
+                for (x, y) in d.iter_mut().zip(&a) {
+                    *x -= c * y;
+                }
+            } else {
+                skipped.push(n.clone());
+            }
+        }
+        match levels {
+            Some(l) => {
+                let (codes, min, max) = quantize(&d, l);
+                w.write_bytes(n, &codes)?;
+                w.write_f32(&format!("{n}{RANGE_SUFFIX}"), &[min, max])?;
+            }
+            None => w.write_f32(n, &d)?,
+        }
+        params += d.len() as u64;
+        progress(d.len() as u64);
+    }
+    let files = w.finish(&[])?;
+    let bytes = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    Ok(PatchReport {
+        tensors: names,
+        params,
+        projection_skipped: skipped,
+        bytes,
+        full_copy_bytes,
+    })
+}
+
+/// A patch opened for applying: decodes quantized tensors on the fly.
+pub struct Patch {
+    pub model: Model,
+    pub levels: Option<u32>,
+}
+
+impl Patch {
+    pub fn open(path: &Path) -> Result<Patch> {
+        let model = Model::open(path)?;
+        let md = model.metadata();
+        if md.get("engram.patch").map(String::as_str) != Some("rws") {
+            return Err(Error::format(
+                path,
+                "not an engram weight patch (no engram.patch=rws metadata)",
+            ));
+        }
+        let levels = match md.get("patch.levels").map(String::as_str) {
+            None | Some("none") => None,
+            Some(s) => Some(
+                s.parse::<u32>()
+                    .ok()
+                    .filter(|l| (2..=256).contains(l))
+                    .ok_or_else(|| Error::format(path, format!("bad patch.levels '{s}'")))?,
+            ),
+        };
+        Ok(Patch { model, levels })
+    }
+
+    /// Reads patch values of tensor `name` from element `start`; false if not covered.
+    pub fn read(&self, name: &str, start: usize, out: &mut [f32]) -> Result<bool> {
+        let Some(v) = self.model.get(name) else {
+            return Ok(false);
+        };
+        match self.levels {
+            None => v.read_f32_into(start, out)?,
+            Some(l) => {
+                let range = self
+                    .model
+                    .require(&format!("{name}{RANGE_SUFFIX}"))?
+                    .to_f32()?;
+                let (&[min, max], DType::U8) = (range.as_slice(), v.dtype()) else {
+                    return Err(Error::tensor(
+                        self.model.source(),
+                        name,
+                        "quantized patch needs U8 codes and a [min, max] range",
+                    ));
+                };
+                let end = start + out.len();
+                if end > v.numel() {
+                    return Err(Error::tensor(
+                        self.model.source(),
+                        name,
+                        "read beyond the tensor",
+                    ));
+                }
+                dequantize(&v.bytes[start..end], min, max, l, out);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Applies (sign +1) or removes (sign −1) patches, each with its scale, to `model`.
+pub fn apply(
+    model: &Model,
+    patches: &[(Patch, f32)],
+    sign: f32,
+    out: &Path,
+    metadata: &BTreeMap<String, String>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<CombineReport> {
+    for (p, _) in patches {
+        for v in p.model.tensors() {
+            let name = v.name().strip_suffix(RANGE_SUFFIX).unwrap_or(v.name());
+            let t = model.require(name)?;
+            if v.name() == name && t.shape() != v.shape() {
+                return Err(Error::tensor(
+                    p.model.source(),
+                    name,
+                    format!(
+                        "shape {:?} differs from the model's {:?}",
+                        v.shape(),
+                        t.shape()
+                    ),
+                ));
+            }
+        }
+    }
+    let decoders: Vec<Box<dyn Fn(&str, usize, &mut [f32]) -> Result<bool> + Sync + '_>> = patches
+        .iter()
+        .map(|(p, _)| Box::new(move |n: &str, s: usize, o: &mut [f32]| p.read(n, s, o)) as Box<_>)
+        .collect();
+    let mut terms = vec![Term::new(model, 1.0)];
+    for ((p, alpha), d) in patches.iter().zip(&decoders) {
+        terms.push(Term {
+            model: &p.model,
+            coef: sign * alpha,
+            decode: Some(d.as_ref()),
+        });
+    }
+    // Record what was applied, on top of what the input model already records.
+    let mut applied: Vec<serde_json::Value> = model
+        .metadata()
+        .get("engram.patches")
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    for (p, alpha) in patches {
+        applied.push(serde_json::json!({"patch": p.model.source().display().to_string(), "alpha": sign * alpha}));
+    }
+    let mut md = metadata.clone();
+    md.insert(
+        "engram.patches".into(),
+        serde_json::Value::Array(applied).to_string(),
+    );
+    combine(
+        &terms,
+        out,
+        None,
+        None,
+        &md,
+        model.side_files(),
+        true,
+        progress,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{random_family, values};
+
+    const SHAPES: &[(&str, &[usize])] = &[
+        ("layers.0.conv.weight", &[16, 3, 3, 3]),
+        ("layers.0.conv.bias", &[16]),
+        ("layers.1.conv.weight", &[16, 16, 3, 3]),
+        ("layers.2.fc.weight", &[10, 64]),
+    ];
+
+    #[test]
+    fn selection_by_layers_and_patterns() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, _) = random_family(dir.path(), SHAPES, 0, 1);
+        let s = Selection {
+            include: vec![],
+            first_layers: Some(1),
+        };
+        assert_eq!(
+            s.select(&base),
+            vec!["layers.0.conv.weight", "layers.0.conv.bias"]
+        );
+        let s = Selection {
+            include: vec!["*.weight".into()],
+            first_layers: Some(2),
+        };
+        assert_eq!(
+            s.select(&base),
+            vec!["layers.0.conv.weight", "layers.1.conv.weight"]
+        );
+        assert!(glob_match("layers.*.bias", "layers.0.conv.bias"));
+        assert!(!glob_match("layers.*.bias", "layers.0.conv.weight"));
+    }
+
+    #[test]
+    fn projection_removes_the_clean_direction_and_apply_remove_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pre, ms) = random_family(dir.path(), SHAPES, 2, 5);
+        let (clean, corrupt) = (&ms[0], &ms[1]);
+        let sel = Selection {
+            include: vec![],
+            first_layers: Some(2),
+        };
+        let p = dir.path().join("p.safetensors");
+        let rep = extract(
+            &pre,
+            Some(clean),
+            corrupt,
+            &sel,
+            None,
+            &p,
+            &BTreeMap::new(),
+            &|_| {},
+        )
+        .unwrap();
+        assert_eq!(rep.tensors.len(), 3);
+        let patch = Patch::open(&p).unwrap();
+        for n in &rep.tensors {
+            let d = values(&patch.model, n);
+            let a: Vec<f32> = values(clean, n)
+                .iter()
+                .zip(values(&pre, n))
+                .map(|(x, y)| x - y)
+                .collect();
+            let dot: f64 = d
+                .iter()
+                .zip(&a)
+                .map(|(x, y)| (*x as f64) * (*y as f64))
+                .sum();
+            assert!(dot.abs() < 1e-4, "{n}: residual {dot}");
+        }
+        let patched = dir.path().join("patched");
+        apply(
+            clean,
+            &[(patch, 0.7)],
+            1.0,
+            &patched,
+            &BTreeMap::new(),
+            &|_| {},
+        )
+        .unwrap();
+        let patched_m = Model::open(&patched).unwrap();
+        let rec: serde_json::Value =
+            serde_json::from_str(&patched_m.metadata()["engram.patches"]).unwrap();
+        assert!(
+            (rec[0]["alpha"].as_f64().unwrap() - 0.7).abs() < 1e-6,
+            "{rec}"
+        );
+        let back = dir.path().join("back");
+        apply(
+            &patched_m,
+            &[(Patch::open(&p).unwrap(), 0.7)],
+            -1.0,
+            &back,
+            &BTreeMap::new(),
+            &|_| {},
+        )
+        .unwrap();
+        let back = Model::open(&back).unwrap();
+        for (n, _) in SHAPES {
+            for (x, y) in values(&back, n).iter().zip(values(clean, n)) {
+                assert!((x - y).abs() <= 1e-6 * y.abs().max(1.0), "{n}");
+            }
+        }
+        // Untouched deep layer stays bit-identical.
+        assert!(values(&back, "layers.2.fc.weight") == values(clean, "layers.2.fc.weight"));
+    }
+
+    #[test]
+    fn quantized_patches_stay_within_half_a_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pre, ms) = random_family(dir.path(), SHAPES, 1, 6);
+        let sel = Selection::default();
+        let p = dir.path().join("q.safetensors");
+        let rep = extract(
+            &pre,
+            None,
+            &ms[0],
+            &sel,
+            Some(16),
+            &p,
+            &BTreeMap::new(),
+            &|_| {},
+        )
+        .unwrap();
+        assert!(rep.bytes < rep.full_copy_bytes);
+        let patch = Patch::open(&p).unwrap();
+        for (n, shape) in SHAPES {
+            let exact: Vec<f32> = values(&ms[0], n)
+                .iter()
+                .zip(values(&pre, n))
+                .map(|(x, y)| x - y)
+                .collect();
+            let mut got = vec![0f32; shape.iter().product()];
+            assert!(patch.read(n, 0, &mut got).unwrap());
+            let (min, max) = exact
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+            let half_step = (max - min) / 15.0 / 2.0;
+            for (g, e) in got.iter().zip(&exact) {
+                assert!((g - e).abs() <= half_step * 1.0001, "{n}");
+            }
+        }
+        // A constant tensor quantizes to that constant.
+        let (codes, min, max) = quantize(&[0.5, 0.5], 4);
+        let mut out = [0f32; 2];
+        dequantize(&codes, min, max, 4, &mut out);
+        assert_eq!(out, [0.5, 0.5]);
+    }
+}
