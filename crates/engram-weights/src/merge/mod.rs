@@ -8,6 +8,7 @@
 //! thread count (chunk boundaries are fixed; random draws are keyed by seed, tensor, model and
 //! chunk).
 
+pub mod breadcrumbs;
 pub mod dare;
 pub mod engine;
 pub mod linear;
@@ -106,6 +107,8 @@ pub fn registry() -> &'static [&'static dyn MergeMethod] {
         &ties::Ties,
         &dare::DareLinear,
         &dare::DareTies,
+        &breadcrumbs::Breadcrumbs,
+        &breadcrumbs::BreadcrumbsTies,
     ]
 }
 

@@ -1,0 +1,259 @@
+//! Model Breadcrumbs: drop each task vector's largest outliers and its smallest entries.
+//! Paper: Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse Masks (arXiv 2312.06795); card: methods/merging.md.
+
+use super::params::{DENSITY, INT8_MASK, LAMBDA, NORMALIZE_OFF, WEIGHT};
+use super::ties::{RESCALE_OFF, Sparsifier, gta_kernel, tensor_scope_only};
+use super::{ChunkKernel, MergeMethod, ParamSpec, TensorJob};
+use crate::select::{keep_count, kth_largest_abs};
+use engram_ckpt::Result;
+
+/// `breadcrumbs`, as mergekit's `magnitude_outliers` sparsification: per tensor of n entries,
+/// target = ⌊density·n⌋ entries are kept, after dropping the n_top = ⌊gamma·n⌋ largest |τ|
+/// and the n_bot = n − target − n_top smallest (if n_bot < 0, n_top shrinks to n − target).
+/// Then θ = θ₀ + λ·Σ_i w_i·τ̃_i (÷ Σ w_i with `normalize`, off by default as in mergekit).
+///
+/// engram takes the two cuts as exact magnitude thresholds (radix select): an entry is kept
+/// if its |τ| is at least the (n_top + target)-th largest and at most the (n_top + 1)-th
+/// largest. Ties at either cut are kept (the card's rule), where mergekit keeps exactly
+/// `target` entries in sort order. mergekit also keeps nothing when n_top = 0 (its slice
+/// `[n_bot:-0]` is empty, e.g. tensors under 100 entries at gamma 0.01); engram keeps the
+/// `target` largest then. At density ≥ 1 nothing is dropped, whatever gamma (as mergekit).
+/// `rescale` (off by default) restores the L1 norm per tensor, as in [`super::dare`].
+pub struct Breadcrumbs;
+
+/// `breadcrumbs_ties`: the same masks, then the TIES election and disjoint merge.
+pub struct BreadcrumbsTies;
+
+pub const GAMMA: ParamSpec = ParamSpec {
+    name: "gamma",
+    default: Some(0.01),
+    per_model: true,
+    help: "share of the largest-magnitude delta entries dropped as outliers",
+};
+
+const PARAMS: &[ParamSpec] = &[
+    WEIGHT,
+    DENSITY,
+    GAMMA,
+    NORMALIZE_OFF,
+    RESCALE_OFF,
+    LAMBDA,
+    INT8_MASK,
+];
+
+impl MergeMethod for Breadcrumbs {
+    fn name(&self) -> &'static str {
+        "breadcrumbs"
+    }
+    fn summary(&self) -> &'static str {
+        "drop the largest (gamma) and smallest delta entries, keep a density share, and sum"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn prepare<'a>(&self, job: &'a TensorJob<'a>) -> Result<Box<dyn ChunkKernel + 'a>> {
+        tensor_scope_only(job, self.name(), PARAMS)?;
+        gta_kernel(job, PARAMS, Band::new(job)?, false, false)
+    }
+}
+
+impl MergeMethod for BreadcrumbsTies {
+    fn name(&self) -> &'static str {
+        "breadcrumbs_ties"
+    }
+    fn summary(&self) -> &'static str {
+        "breadcrumbs masks, then TIES sign election and disjoint merge"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn prepare<'a>(&self, job: &'a TensorJob<'a>) -> Result<Box<dyn ChunkKernel + 'a>> {
+        tensor_scope_only(job, self.name(), PARAMS)?;
+        gta_kernel(job, PARAMS, Band::new(job)?, true, false)
+    }
+}
+
+/// Per model, keep lo ≤ |x| ≤ hi; `None` keeps the model's task vector whole.
+struct Band(Vec<Option<(f32, Option<f32>)>>);
+
+impl Band {
+    fn new(job: &TensorJob) -> Result<Band> {
+        let n = job.numel() as u64;
+        let bands = (0..job.models.len())
+            .map(|i| {
+                let p = &job.model_params[i];
+                let density = p.value(PARAMS, "density");
+                if density >= 1.0 {
+                    return Ok(None);
+                }
+                let target = keep_count(density, n);
+                if target == 0 {
+                    return Ok(Some((f32::INFINITY, None)));
+                }
+                let n_top = keep_count(p.value(PARAMS, "gamma"), n).min(n - target);
+                let s = |f: &mut dyn FnMut(&[f32])| job.each_delta(i, f);
+                let lo = kth_largest_abs(&s, n_top + target)?.unwrap_or(f32::INFINITY);
+                let hi = if n_top > 0 {
+                    kth_largest_abs(&s, n_top + 1)?
+                } else {
+                    None
+                };
+                Ok(Some((lo, hi)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Band(bands))
+    }
+}
+
+impl Sparsifier for Band {
+    fn is_identity(&self, i: usize) -> bool {
+        self.0[i].is_none()
+    }
+    fn sparsify(&self, i: usize, _chunk: usize, delta: &mut [f32]) {
+        let Some((lo, hi)) = self.0[i] else {
+            return;
+        };
+        for x in delta.iter_mut() {
+            let a = x.abs();
+            if !(a >= lo && hi.is_none_or(|h| a <= h)) {
+                *x = 0.0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ties::harness::*;
+    use crate::testutil::{random_family, values, write_model};
+    use engram_ckpt::DType;
+
+    /// Sort-based reference: the band of ranks mergekit keeps, widened to ties at its ends.
+    fn band(d: &[f32], density: f64, gamma: f64) -> Vec<f32> {
+        let n = d.len();
+        if density >= 1.0 {
+            return d.to_vec();
+        }
+        let target = (density * n as f64) as usize;
+        if target == 0 {
+            return vec![0.0; n];
+        }
+        let n_top = ((gamma * n as f64) as usize).min(n - target);
+        let mut a: Vec<f32> = d.iter().map(|x| x.abs()).collect();
+        a.sort_by(|x, y| y.total_cmp(x));
+        let lo = a[n_top + target - 1];
+        let hi = if n_top > 0 { a[n_top] } else { f32::INFINITY };
+        d.iter()
+            .map(|x| {
+                if x.abs() >= lo && x.abs() <= hi {
+                    *x
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_a_sort_based_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, models) = random_family(dir.path(), SHAPES, 3, 31);
+        let dens = [0.3, 0.5, 0.8];
+        let gammas = [0.01, 0.05, 0.3];
+        let ws = [1.0f32, 1.5, 0.5];
+        for (method, normalize, rescale) in [
+            ("breadcrumbs", false, false),
+            ("breadcrumbs", true, true),
+            ("breadcrumbs_ties", false, false),
+            ("breadcrumbs_ties", true, false),
+        ] {
+            let mut run = Run::new(method, &base, &models);
+            run.params = params(
+                &[
+                    ("lambda", 1.2),
+                    ("normalize", f64::from(u8::from(normalize))),
+                    ("rescale", f64::from(u8::from(rescale))),
+                ],
+                &[
+                    &[
+                        ("density", dens[0]),
+                        ("gamma", gammas[0]),
+                        ("weight", ws[0] as f64),
+                    ],
+                    &[
+                        ("density", dens[1]),
+                        ("gamma", gammas[1]),
+                        ("weight", ws[1] as f64),
+                    ],
+                    &[
+                        ("density", dens[2]),
+                        ("gamma", gammas[2]),
+                        ("weight", ws[2] as f64),
+                    ],
+                ],
+            );
+            let merged = run
+                .run(&dir.path().join(format!("{method}{normalize}{rescale}")))
+                .unwrap();
+            for (name, _) in SHAPES {
+                let b = values(&base, name);
+                let ds: Vec<Vec<f32>> = models
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| {
+                        let t = delta(&b, &values(m, name));
+                        let mut d = band(&t, dens[i], gammas[i]);
+                        if rescale {
+                            l1_restore(&t, &mut d);
+                        }
+                        d
+                    })
+                    .collect();
+                let want = if method == "breadcrumbs_ties" {
+                    ties_combine(&b, &ds, &ws, normalize, 1.2)
+                } else {
+                    linear_combine(&b, &ds, &ws, normalize, 1.2)
+                };
+                assert_close(&values(&merged, name), &want, 1e-5, name);
+            }
+        }
+    }
+
+    #[test]
+    fn hand_computed_bands() {
+        let dir = tempfile::tempdir().unwrap();
+        // Magnitudes 1..=10 with alternating signs, over a zero base.
+        let shapes: &[(&str, &[usize])] = &[("w", &[10])];
+        let tau = |i: usize| (i + 1) as f32 * if i % 2 == 0 { 1.0 } else { -1.0 };
+        let base = write_model(&dir.path().join("base"), DType::F32, shapes, &|_, _| 0.0);
+        let models = [write_model(
+            &dir.path().join("m"),
+            DType::F32,
+            shapes,
+            &|_, i| tau(i),
+        )];
+        let kept = |density: f64, gamma: f64, out: &str| -> Vec<usize> {
+            let mut run = Run::new("breadcrumbs", &base, &models);
+            run.params = params(&[("density", density), ("gamma", gamma)], &[]);
+            let got = values(&run.run(&dir.path().join(out)).unwrap(), "w");
+            for (i, g) in got.iter().enumerate() {
+                assert!(*g == 0.0 || *g == tau(i), "{out}[{i}] = {g}");
+            }
+            got.iter()
+                .enumerate()
+                .filter(|(_, g)| **g != 0.0)
+                .map(|(i, _)| i + 1)
+                .collect()
+        };
+        // target 5, n_top 2, n_bot 3: magnitudes 4..=8.
+        assert_eq!(kept(0.5, 0.2, "a"), vec![4, 5, 6, 7, 8]);
+        // target 9, n_top 2 → n_bot −1: n_top shrinks to 1, magnitudes 1..=9.
+        assert_eq!(kept(0.9, 0.2, "b"), (1..=9).collect::<Vec<_>>());
+        // gamma 0 (and default gamma on 10 entries): the 5 largest (mergekit keeps none).
+        assert_eq!(kept(0.5, 0.0, "c"), vec![6, 7, 8, 9, 10]);
+        assert_eq!(kept(0.5, 0.01, "d"), vec![6, 7, 8, 9, 10]);
+        // density 1 keeps everything whatever gamma; density below 1/n keeps nothing.
+        assert_eq!(kept(1.0, 0.5, "e"), (1..=10).collect::<Vec<_>>());
+        assert_eq!(kept(0.05, 0.1, "f"), Vec::<usize>::new());
+    }
+}
