@@ -224,7 +224,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Magnitudes 1..=10 with alternating signs, over a zero base.
         let shapes: &[(&str, &[usize])] = &[("w", &[10])];
-        let tau = |i: usize| (i + 1) as f32 * if i % 2 == 0 { 1.0 } else { -1.0 };
+        let tau = |i: usize| (i + 1) as f32 * if i & 1 == 0 { 1.0 } else { -1.0 };
         let base = write_model(&dir.path().join("base"), DType::F32, shapes, &|_, _| 0.0);
         let models = [write_model(
             &dir.path().join("m"),

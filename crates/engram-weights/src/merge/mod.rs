@@ -10,6 +10,7 @@
 
 pub mod breadcrumbs;
 pub mod dare;
+pub mod della;
 pub mod engine;
 pub mod linear;
 pub mod params;
@@ -109,6 +110,8 @@ pub fn registry() -> &'static [&'static dyn MergeMethod] {
         &dare::DareTies,
         &breadcrumbs::Breadcrumbs,
         &breadcrumbs::BreadcrumbsTies,
+        &della::Della,
+        &della::DellaLinear,
     ]
 }
 
