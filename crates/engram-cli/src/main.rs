@@ -30,6 +30,23 @@ enum Command {
     Convert(cmd::convert::Args),
     /// Write a synthetic transformer-shaped base model and fine-tunes, for tests and benchmarks.
     Synth(cmd::synth::Args),
+    /// Merge checkpoints (mergekit YAML or flags): linear, task_arithmetic, ties, dare_*,
+    /// breadcrumbs*, della*, model_stock, slerp.
+    Merge(cmd::merge::Args),
+    /// Task vectors: extract, apply, add, scale/negate.
+    #[command(subcommand)]
+    Tv(cmd::tv::Tv),
+    /// TALL masks: per-task masks over the merged vector, their statistics, rebuilt tasks.
+    Tall(cmd::tall::Args),
+    /// Consensus merging: keep the weights at least k tasks need.
+    Consensus(cmd::consensus::Args),
+    /// Compress fine-tunes into one bundle: base, merged vector, a bit mask per task.
+    Compress(cmd::compress::Args),
+    /// Rebuild one task's model from a bundle written by `engram compress`.
+    Extract(cmd::compress::ExtractArgs),
+    /// Weight patches (Robust Weight Signatures): extract, apply, remove.
+    #[command(subcommand)]
+    Patch(cmd::patch::PatchCmd),
     /// Benchmarks that print ratios against baselines measured in the same run.
     #[command(subcommand)]
     Bench(cmd::bench::Bench),
@@ -63,6 +80,13 @@ fn main() {
         Command::Diff(a) => cmd::diff::run(&ctx, a),
         Command::Convert(a) => cmd::convert::run(&ctx, a),
         Command::Synth(a) => cmd::synth::run(&ctx, a),
+        Command::Merge(a) => cmd::merge::run(&ctx, a),
+        Command::Tv(t) => cmd::tv::run(&ctx, t),
+        Command::Tall(a) => cmd::tall::run(&ctx, a),
+        Command::Consensus(a) => cmd::consensus::run(&ctx, a),
+        Command::Compress(a) => cmd::compress::run(&ctx, a),
+        Command::Extract(a) => cmd::compress::run_extract(&ctx, a),
+        Command::Patch(p) => cmd::patch::run(&ctx, p),
         Command::Bench(b) => cmd::bench::run(&ctx, b),
     };
     cmd::bench::report_peak_rss();

@@ -1,6 +1,13 @@
 pub mod bench;
+pub mod compress;
+pub mod consensus;
 pub mod convert;
 pub mod diff;
 pub mod inspect;
+pub mod merge;
+pub mod models;
+pub mod patch;
 pub mod synth;
+pub mod tall;
+pub mod tv;
 pub mod util;

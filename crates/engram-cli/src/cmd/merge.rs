@@ -1,0 +1,254 @@
+//! `engram merge`: merge checkpoints by a mergekit YAML config or by flags.
+
+use super::models::{open, open_all, print_json};
+use crate::Ctx;
+use anyhow::{Context, Result, bail};
+use engram_weights::merge::engine::{MergeRequest, run_merge};
+use engram_weights::merge::params::{ParamSource, ParamValue};
+use engram_weights::merge::{TrimScope, config, registry};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  engram merge merge.yml -o merged/\n  engram merge --method ties --base base/ --density 0.2 ft-1/ ft-2/ -o merged/\n  engram merge --list"
+)]
+pub struct Args {
+    /// A mergekit YAML config (merge_method, base_model, models, parameters, dtype, out_dtype;
+    /// engram adds trim_scope and seed); or, with --method, the models to merge.
+    #[arg(value_name = "CONFIG | MODELS")]
+    pub inputs: Vec<PathBuf>,
+    /// Output model folder (or a .safetensors file).
+    #[arg(short, long)]
+    pub out: Option<PathBuf>,
+    /// Merge method (quick form); `--list` shows them all.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Base model (quick form).
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// Share of each delta kept (ties, dare_*, breadcrumbs*, della*).
+    #[arg(long)]
+    pub density: Option<f64>,
+    /// Per-model weights, comma-separated in model order (default 1 each).
+    #[arg(long, value_delimiter = ',')]
+    pub weights: Vec<f64>,
+    /// Scale of the merged delta (task_arithmetic, ties, dare_*, della*, breadcrumbs*).
+    #[arg(long)]
+    pub lambda: Option<f64>,
+    /// Interpolation factor of slerp (0 = base).
+    #[arg(long)]
+    pub t: Option<f64>,
+    /// Further parameters as NAME=VALUE (e.g. --param epsilon=0.1 --param normalize=0).
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+    /// Top-k over each tensor (mergekit) or over the whole model (TIES/TALL papers).
+    #[arg(long, value_parser = ["tensor", "model"])]
+    pub trim_scope: Option<String>,
+    /// Seed of random methods (dare_*, della*): same seed, same bytes.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Output float dtype (default: the base's).
+    #[arg(long)]
+    pub out_dtype: Option<String>,
+    /// Keep the base's tensor where a model lacks it (listed in the output) instead of failing.
+    #[arg(long)]
+    pub allow_missing: bool,
+    /// Fail if a merged value is NaN or infinite.
+    #[arg(long)]
+    pub check_finite: bool,
+    /// Shard the output at this size (e.g. 5GB).
+    #[arg(long, value_name = "SIZE")]
+    pub shard_size: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// List the merge methods and their parameters.
+    #[arg(long)]
+    pub list: bool,
+}
+
+fn list() {
+    for m in registry() {
+        println!("{:<18} {}", m.name(), m.summary());
+        for p in m.params() {
+            let d = p
+                .default
+                .map_or("required".into(), |d| format!("default {d}"));
+            let scope = if p.per_model { "per model" } else { "global" };
+            println!("{:<20}{:<12} {:<10} {} ({d})", "", p.name, scope, p.help);
+        }
+    }
+}
+
+pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
+    if a.list {
+        list();
+        return Ok(());
+    }
+    let Some(out) = a.out.clone() else {
+        bail!("give the output with -o/--out");
+    };
+    let cfg = match a.inputs.as_slice() {
+        [path] if a.method.is_none() => {
+            if a.base.is_some() {
+                bail!("give either a config file, or --method with --base and models");
+            }
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let dir = path.parent().unwrap_or(std::path::Path::new("."));
+            config::parse(&text, dir).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        _ => quick_config(&a)?,
+    };
+    let base = cfg.base.as_deref().map(open).transpose()?;
+    let models = open_all(&cfg.models)?;
+    let req = MergeRequest {
+        method: cfg.method,
+        base: base.as_ref(),
+        models: models.iter().collect(),
+        params: cfg.params,
+        scope: cfg.scope,
+        seed: cfg.seed,
+        out_dtype: cfg.out_dtype,
+        allow_missing: a.allow_missing,
+        check_finite: a.check_finite,
+        max_shard_bytes: a
+            .shard_size
+            .as_deref()
+            .map(super::synth::parse_bytes)
+            .transpose()?,
+    };
+    let params = serde_json::json!({
+        "method": cfg.method.name(), "base": cfg.base, "models": cfg.models,
+        "trim_scope": cfg.scope, "seed": cfg.seed, "inputs": a.inputs,
+    });
+    let md = engram_ckpt::provenance(&ctx.command_line, &params);
+    let total = base
+        .as_ref()
+        .or(models.first())
+        .map_or(0, |m| m.param_count());
+    let pb = crate::progress::bar(ctx, total, cfg.method.name());
+    let rep = run_merge(&req, &out, &md, &|n| pb.inc(n))?;
+    pb.finish_and_clear();
+    if a.json {
+        return print_json(&rep);
+    }
+    if !ctx.quiet {
+        println!(
+            "{}: merged {} tensors ({} parameters) of {} models into {}",
+            rep.method,
+            rep.tensors_merged,
+            rep.params_merged,
+            models.len(),
+            out.display()
+        );
+        if !rep.copied.is_empty() {
+            println!(
+                "  copied from the base (not float): {}",
+                rep.copied.join(", ")
+            );
+        }
+        if !rep.kept_from_base.is_empty() {
+            println!(
+                "  kept from the base (missing in some model): {}",
+                rep.kept_from_base.join(", ")
+            );
+        }
+        if !rep.ignored.is_empty() {
+            println!("  ignored (not in the base): {}", rep.ignored.join(", "));
+        }
+        if let Some(t) = &rep.model_thresholds {
+            println!("  model-scope |tau| thresholds: {t:?}");
+        }
+    }
+    Ok(())
+}
+
+fn quick_config(a: &Args) -> Result<config::MergeConfig> {
+    let name = a
+        .method
+        .as_deref()
+        .context("give a mergekit YAML config, or --method (see --list) with --base and models")?;
+    let method = engram_weights::merge::get(name)
+        .with_context(|| format!("unknown method '{name}'; see `engram merge --list`"))?;
+    let models = a.inputs.clone();
+    if models.is_empty() {
+        bail!("no models to merge");
+    }
+    let mut global = BTreeMap::new();
+    let mut set = |k: &str, v: Option<f64>| {
+        if let Some(v) = v {
+            global.insert(k.to_string(), ParamValue::Scalar(v));
+        }
+    };
+    set("density", a.density);
+    set("lambda", a.lambda);
+    set("t", a.t);
+    for p in &a.params {
+        let (k, v) = p
+            .split_once('=')
+            .with_context(|| format!("--param '{p}': use NAME=VALUE"))?;
+        let v = match v {
+            "true" => 1.0,
+            "false" => 0.0,
+            v => v
+                .parse()
+                .with_context(|| format!("--param '{p}': '{v}' is not a number"))?,
+        };
+        global.insert(k.to_string(), ParamValue::Scalar(v));
+    }
+    for k in global.keys() {
+        if !method.params().iter().any(|s| s.name == k) {
+            bail!(
+                "{} does not take '{k}'; it accepts: {}",
+                method.name(),
+                method
+                    .params()
+                    .iter()
+                    .map(|s| s.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    if !a.weights.is_empty() && a.weights.len() != models.len() {
+        bail!("{} weights for {} models", a.weights.len(), models.len());
+    }
+    let per_model = (0..models.len())
+        .map(|i| {
+            let mut m = BTreeMap::new();
+            if let Some(w) = a.weights.get(i) {
+                m.insert("weight".to_string(), ParamValue::Scalar(*w));
+            }
+            m
+        })
+        .collect();
+    let scope = match a.trim_scope.as_deref() {
+        Some("model") => {
+            if !method.trims_by_magnitude() {
+                bail!(
+                    "--trim-scope model applies to magnitude-trimming methods; {name} does not trim by magnitude"
+                );
+            }
+            TrimScope::Model
+        }
+        _ => TrimScope::Tensor,
+    };
+    if method.needs_base() && a.base.is_none() {
+        bail!("{name} needs --base");
+    }
+    Ok(config::MergeConfig {
+        method,
+        base: a.base.clone(),
+        models,
+        params: ParamSource { global, per_model },
+        out_dtype: a
+            .out_dtype
+            .as_deref()
+            .map(super::synth::parse_float_dtype)
+            .transpose()?,
+        scope,
+        seed: a.seed.unwrap_or(0),
+    })
+}

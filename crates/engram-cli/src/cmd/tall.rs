@@ -1,0 +1,93 @@
+//! `engram tall`: TALL masks over a base and its fine-tunes: statistics, and optionally
+//! every task's model rebuilt from the merged vector.
+
+use super::models::{TallArgs, print_json};
+use crate::Ctx;
+use anyhow::Result;
+use engram_ckpt::DType;
+use engram_weights::tall::Tall;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub tall: TallArgs,
+    /// Write each task's model θ₀ + m_t ⊙ τ_MTL into DIR/<task>/.
+    #[arg(long, value_name = "DIR")]
+    pub reconstruct: Option<PathBuf>,
+    /// Print the statistics as JSON (per tensor and in total).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
+    let (base, models) = a.tall.open()?;
+    let tall = a.tall.tall(&base, &models)?;
+    let pb = crate::progress::bar(ctx, base.param_count(), "masks");
+    let stats = tall.stats(&|n| pb.inc(n))?;
+    pb.finish_and_clear();
+    if let Some(dir) = &a.reconstruct {
+        let md = engram_ckpt::provenance(&ctx.command_line, &a.tall.params_json());
+        for (i, t) in tall.tasks.iter().enumerate() {
+            let pb = crate::progress::bar(ctx, base.param_count(), t);
+            let tau_dtype = base
+                .tensors()
+                .find(|v| v.dtype().is_float())
+                .map(|v| v.dtype())
+                .unwrap_or(DType::F32);
+            tall.write_model(
+                &dir.join(t),
+                None,
+                &md,
+                &|n| pb.inc(n),
+                &Tall::reconstruct_kernel(i, tau_dtype),
+            )?;
+            pb.finish_and_clear();
+        }
+    }
+    if a.json {
+        return print_json(&stats);
+    }
+    if ctx.quiet {
+        return Ok(());
+    }
+    let t = &stats.total;
+    let p = t.params.max(1) as f64 / 100.0;
+    println!(
+        "TALL masks over {} tasks, {} parameters (tau: {:?})",
+        stats.tasks.len(),
+        t.params,
+        stats.recipe
+    );
+    println!(
+        "  catastrophic (in no mask, tau != 0): {:>12} ({:.2}%)",
+        t.catastrophic,
+        t.catastrophic as f64 / p
+    );
+    println!(
+        "  selfish (in exactly one mask):       {:>12} ({:.2}%)",
+        t.selfish,
+        t.selfish as f64 / p
+    );
+    println!(
+        "  shared (in two or more masks):       {:>12} ({:.2}%)",
+        t.shared,
+        t.shared as f64 / p
+    );
+    println!(
+        "  untouched (tau = 0):                 {:>12} ({:.2}%)",
+        t.untouched,
+        t.untouched as f64 / p
+    );
+    println!("  histogram of sum_t m_t: {:?}", t.histogram);
+    for ((name, l), d) in stats.tasks.iter().zip(&stats.lambdas).zip(&t.mask_density) {
+        println!(
+            "  task {name:<16} lambda {l:<5} mask density {:.2}%",
+            d * 100.0
+        );
+    }
+    if let Some(dir) = &a.reconstruct {
+        println!("rebuilt task models under {}", dir.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! `engram tv`: task vectors (extract, apply, add, scale/negate).
+
+use super::models::{open, print_json, scaled};
+use crate::Ctx;
+use anyhow::{Result, bail};
+use engram_weights::tv::{FINGERPRINT_KEY, Term, check_base, combine, fingerprint};
+use std::path::PathBuf;
+
+#[derive(clap::Subcommand)]
+pub enum Tv {
+    /// τ = fine-tuned − base, over the float tensors.
+    Extract {
+        #[arg(long)]
+        base: PathBuf,
+        /// The fine-tuned model.
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(short, long)]
+        out: PathBuf,
+        /// dtype of the stored task vector.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+    },
+    /// θ = base + Σ λ_i·τ_i; give each task vector as PATH or PATH:λ (negative λ forgets).
+    Apply {
+        #[arg(long)]
+        base: PathBuf,
+        #[arg(required = true, num_args = 1..)]
+        vectors: Vec<String>,
+        /// λ for vectors given without one.
+        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+        scale: f32,
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Output float dtype (default: the base's).
+        #[arg(long)]
+        out_dtype: Option<String>,
+        /// Apply even if a vector was extracted against another base.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Σ c_i·τ_i of task vectors (PATH or PATH:c).
+    Add {
+        #[arg(required = true, num_args = 1..)]
+        vectors: Vec<String>,
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// c·τ (use --by -1 to negate).
+    Scale {
+        vector: PathBuf,
+        #[arg(long, allow_negative_numbers = true)]
+        by: f32,
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+}
+
+pub fn run(ctx: &Ctx, t: Tv) -> Result<()> {
+    let params = serde_json::json!({"command": ctx.command_line});
+    let mut md = engram_ckpt::provenance(&ctx.command_line, &params);
+    let report = match t {
+        Tv::Extract {
+            base,
+            model,
+            out,
+            dtype,
+        } => {
+            let dt = super::synth::parse_float_dtype(&dtype)?;
+            let (b, m) = (open(&base)?, open(&model)?);
+            md.insert(FINGERPRINT_KEY.into(), fingerprint(&b));
+            md.insert("engram.task_vector".into(), "1".into());
+            let only = |n: &str| b.get(n).is_some_and(|v| v.dtype().is_float());
+            let pb = crate::progress::bar(ctx, m.param_count(), "extract");
+            let r = combine(
+                &[Term::new(&m, 1.0), Term::new(&b, -1.0)],
+                &out,
+                Some(dt),
+                Some(&only),
+                &md,
+                &[],
+                true,
+                &|n| pb.inc(n),
+            )?;
+            pb.finish_and_clear();
+            r
+        }
+        Tv::Apply {
+            base,
+            vectors,
+            scale,
+            out,
+            out_dtype,
+            force,
+        } => {
+            let b = open(&base)?;
+            let vs = vectors
+                .iter()
+                .map(|v| scaled(v, scale))
+                .collect::<Result<Vec<_>>>()?;
+            let models = vs
+                .iter()
+                .map(|(p, _)| open(p))
+                .collect::<Result<Vec<_>>>()?;
+            if !force {
+                for m in &models {
+                    check_base(m, &b)?;
+                }
+            }
+            let mut terms = vec![Term::new(&b, 1.0)];
+            terms.extend(models.iter().zip(&vs).map(|(m, (_, c))| Term::new(m, *c)));
+            let dt = out_dtype
+                .as_deref()
+                .map(super::synth::parse_float_dtype)
+                .transpose()?;
+            let pb = crate::progress::bar(ctx, b.param_count(), "apply");
+            let r = combine(&terms, &out, dt, None, &md, b.side_files(), true, &|n| {
+                pb.inc(n)
+            })?;
+            pb.finish_and_clear();
+            r
+        }
+        Tv::Add { vectors, out } => {
+            let vs = vectors
+                .iter()
+                .map(|v| scaled(v, 1.0))
+                .collect::<Result<Vec<_>>>()?;
+            let models = vs
+                .iter()
+                .map(|(p, _)| open(p))
+                .collect::<Result<Vec<_>>>()?;
+            let fps: Vec<_> = models
+                .iter()
+                .filter_map(|m| m.metadata().get(FINGERPRINT_KEY).cloned())
+                .collect();
+            if fps.windows(2).any(|w| w[0] != w[1]) {
+                bail!("these task vectors were extracted against different bases");
+            }
+            if let Some(fp) = fps.first() {
+                md.insert(FINGERPRINT_KEY.into(), fp.clone());
+            }
+            let terms: Vec<Term> = models
+                .iter()
+                .zip(&vs)
+                .map(|(m, (_, c))| Term::new(m, *c))
+                .collect();
+            combine(&terms, &out, None, None, &md, &[], true, &|_| {})?
+        }
+        Tv::Scale { vector, by, out } => {
+            let m = open(&vector)?;
+            if let Some(fp) = m.metadata().get(FINGERPRINT_KEY) {
+                md.insert(FINGERPRINT_KEY.into(), fp.clone());
+            }
+            combine(
+                &[Term::new(&m, by)],
+                &out,
+                None,
+                None,
+                &md,
+                &[],
+                true,
+                &|_| {},
+            )?
+        }
+    };
+    if ctx.quiet {
+        return Ok(());
+    }
+    print_json(&report)
+}
