@@ -13,6 +13,7 @@ pub mod dare;
 pub mod della;
 pub mod engine;
 pub mod linear;
+pub mod model_stock;
 pub mod params;
 pub mod task_arithmetic;
 pub mod ties;
@@ -112,6 +113,7 @@ pub fn registry() -> &'static [&'static dyn MergeMethod] {
         &breadcrumbs::BreadcrumbsTies,
         &della::Della,
         &della::DellaLinear,
+        &model_stock::ModelStock,
     ]
 }
 
