@@ -15,6 +15,7 @@ pub mod engine;
 pub mod linear;
 pub mod model_stock;
 pub mod params;
+pub mod slerp;
 pub mod task_arithmetic;
 pub mod ties;
 
@@ -114,6 +115,7 @@ pub fn registry() -> &'static [&'static dyn MergeMethod] {
         &della::Della,
         &della::DellaLinear,
         &model_stock::ModelStock,
+        &slerp::Slerp,
     ]
 }
 
