@@ -296,7 +296,8 @@ pub fn serialize_header(tensors: &[TensorInfo], metadata: &BTreeMap<String, Stri
         );
     }
     let mut json = serde_json::to_vec(&Value::Object(map)).unwrap_or_default();
-    while (8 + json.len()) % 8 != 0 {
+    // Pad to a multiple of 8 (low three bits clear).
+    while (8 + json.len()) & 7 != 0 {
         json.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + json.len());

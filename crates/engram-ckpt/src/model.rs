@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::file::{SafetensorsFile, TensorView};
-use crate::header::{Entries, HeaderError};
+use crate::header::HeaderError;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
@@ -286,8 +286,11 @@ pub fn parse_index(bytes: &[u8]) -> std::result::Result<ParsedIndex, HeaderError
     if bytes.is_empty() {
         return Err(err("index file is empty".into()));
     }
-    let Entries(top) =
+    let top: RawJson =
         serde_json::from_slice(bytes).map_err(|e| err(format!("index is not valid JSON: {e}")))?;
+    let RawJson::Object(top) = top else {
+        return Err(err("index is not a JSON object".into()));
+    };
     let mut weight_map = None;
     let mut metadata = BTreeMap::new();
     for (k, v) in top {
@@ -299,7 +302,7 @@ pub fn parse_index(bytes: &[u8]) -> std::result::Result<ParsedIndex, HeaderError
                 weight_map = Some(v)
             }
             "metadata" => {
-                if let Value::Object(o) = v {
+                if let Value::Object(o) = v.into_value() {
                     metadata = o.into_iter().collect();
                 }
             }
@@ -307,16 +310,17 @@ pub fn parse_index(bytes: &[u8]) -> std::result::Result<ParsedIndex, HeaderError
         }
     }
     let weight_map = weight_map.ok_or_else(|| err("index has no 'weight_map'".into()))?;
-    if weight_map.as_object().is_some_and(|m| m.is_empty()) {
+    // Entries in file order with duplicates kept, so that a name given twice is refused.
+    let RawJson::Object(pairs) = weight_map else {
+        return Err(err("'weight_map' is not an object".into()));
+    };
+    if pairs.is_empty() {
         return Err(err("index has an empty 'weight_map' (no tensors)".into()));
     }
-    // Re-parse the weight map keeping duplicates, so that a name given twice is refused.
-    let Entries(pairs) = serde_json::from_value(weight_map)
-        .map_err(|e| err(format!("'weight_map' is not an object: {e}")))?;
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(pairs.len());
     for (tensor, shard) in pairs {
-        let Value::String(shard) = shard else {
+        let RawJson::Scalar(Value::String(shard)) = shard else {
             return Err(terr(&tensor, "weight_map value is not a file name".into()));
         };
         if !is_plain_relative(&shard) {
@@ -334,6 +338,81 @@ pub fn parse_index(bytes: &[u8]) -> std::result::Result<ParsedIndex, HeaderError
         weight_map: out,
         metadata,
     })
+}
+
+/// A JSON value whose objects keep every entry, duplicates included, in file order (a
+/// `serde_json::Value` keeps only the last of two equal keys).
+enum RawJson {
+    Object(Vec<(String, RawJson)>),
+    Array(Vec<RawJson>),
+    Scalar(Value),
+}
+
+impl RawJson {
+    fn into_value(self) -> Value {
+        match self {
+            RawJson::Object(e) => {
+                Value::Object(e.into_iter().map(|(k, v)| (k, v.into_value())).collect())
+            }
+            RawJson::Array(a) => Value::Array(a.into_iter().map(RawJson::into_value).collect()),
+            RawJson::Scalar(v) => v,
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RawJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::{MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawJson;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<RawJson, A::Error> {
+                let mut v = Vec::new();
+                while let Some((k, val)) = m.next_entry::<String, RawJson>()? {
+                    v.push((k, val));
+                }
+                Ok(RawJson::Object(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> std::result::Result<RawJson, A::Error> {
+                let mut v = Vec::new();
+                while let Some(x) = s.next_element::<RawJson>()? {
+                    v.push(x);
+                }
+                Ok(RawJson::Array(v))
+            }
+            fn visit_bool<E>(self, b: bool) -> std::result::Result<RawJson, E> {
+                Ok(RawJson::Scalar(Value::Bool(b)))
+            }
+            fn visit_i64<E>(self, n: i64) -> std::result::Result<RawJson, E> {
+                Ok(RawJson::Scalar(Value::from(n)))
+            }
+            fn visit_u64<E>(self, n: u64) -> std::result::Result<RawJson, E> {
+                Ok(RawJson::Scalar(Value::from(n)))
+            }
+            fn visit_f64<E>(self, n: f64) -> std::result::Result<RawJson, E> {
+                Ok(RawJson::Scalar(Value::from(n)))
+            }
+            fn visit_str<E>(self, s: &str) -> std::result::Result<RawJson, E> {
+                Ok(RawJson::Scalar(Value::String(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> std::result::Result<RawJson, E> {
+                Ok(RawJson::Scalar(Value::String(s)))
+            }
+            fn visit_unit<E>(self) -> std::result::Result<RawJson, E> {
+                Ok(RawJson::Scalar(Value::Null))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn is_plain_relative(shard: &str) -> bool {

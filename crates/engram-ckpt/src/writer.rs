@@ -72,6 +72,8 @@ pub struct ModelWriter {
     index: Option<PathBuf>,
     /// A model folder (side files are copied) rather than a single named file.
     folder_output: bool,
+    /// Folders `create` made (deepest first), removed again if the write does not finish.
+    created_dirs: Vec<PathBuf>,
     finished: bool,
 }
 
@@ -88,6 +90,30 @@ fn tmp_name(dest: &Path) -> PathBuf {
     let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("out");
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
     dest.with_file_name(format!(".{name}.engram-tmp-{}-{seq}", std::process::id()))
+}
+
+/// Removes temporary files that killed engram processes left in `dir`: names made by
+/// [`tmp_name`] whose process no longer exists (no `/proc/PID`). Best effort.
+fn remove_dead_tmps(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let me = std::process::id();
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some((_, rest)) = name.rsplit_once(".engram-tmp-") else {
+            continue;
+        };
+        let dead = rest
+            .split('-')
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_some_and(|pid| pid != me && !Path::new(&format!("/proc/{pid}")).exists());
+        if dead && name.starts_with('.') {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// `model-00001-of-00003.safetensors`: the shard names this writer (and Hugging Face) uses.
@@ -152,10 +178,26 @@ impl ModelWriter {
                 "output folder exists and is not a folder",
             ));
         }
+        let created_dirs: Vec<PathBuf> = dir
+            .ancestors()
+            .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
+            .map(Path::to_path_buf)
+            .collect();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        remove_dead_tmps(&dir);
+        // From here on a failure drops a partly built writer: its Drop removes what we made.
+        let mut w = ModelWriter {
+            dir,
+            shards: Vec::new(),
+            slots: Vec::new(),
+            by_name,
+            index,
+            folder_output: !is_single_file_target(out),
+            created_dirs,
+            finished: false,
+        };
 
         let mut slots: Vec<Option<Slot>> = specs.iter().map(|_| None).collect();
-        let mut shards = Vec::new();
         for (si, (dest, members)) in groups.into_iter().enumerate() {
             let mut infos = Vec::with_capacity(members.len());
             let mut at = 0usize;
@@ -173,6 +215,13 @@ impl ModelWriter {
             let header = serialize_header(&infos, &opts.metadata);
             let tmp = tmp_name(&dest);
             let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            w.shards.push(Shard {
+                tmp: tmp.clone(),
+                dest,
+                file,
+                data_start: header.len() as u64,
+            });
+            let file = &w.shards[si].file;
             let total = header.len() as u64 + at as u64;
             file.set_len(total).map_err(|e| Error::io(&tmp, e))?;
             file.write_all_at(&header, 0)
@@ -185,22 +234,9 @@ impl ModelWriter {
                     written: AtomicU64::new(0),
                 });
             }
-            shards.push(Shard {
-                tmp,
-                dest,
-                file,
-                data_start: header.len() as u64,
-            });
         }
-        Ok(ModelWriter {
-            dir,
-            shards,
-            slots: slots.into_iter().flatten().collect(),
-            by_name,
-            index,
-            folder_output: !is_single_file_target(out),
-            finished: false,
-        })
+        w.slots = slots.into_iter().flatten().collect();
+        Ok(w)
     }
 
     fn slot(&self, name: &str) -> Result<&Slot> {
@@ -219,7 +255,7 @@ impl ModelWriter {
         let slot = self.slot(name)?;
         let size = slot.spec.dtype.size();
         let n = bytes.len() / size;
-        if bytes.len() % size != 0 || elem.checked_add(n).is_none_or(|e| e > slot.spec.numel()) {
+        if bytes.len() != n * size || elem.checked_add(n).is_none_or(|e| e > slot.spec.numel()) {
             return Err(Error::Invalid(format!(
                 "write of {} bytes at element {elem} does not fit tensor '{name}' ({} x {})",
                 bytes.len(),
@@ -354,6 +390,10 @@ impl Drop for ModelWriter {
         if !self.finished {
             for sh in &self.shards {
                 let _ = std::fs::remove_file(&sh.tmp);
+            }
+            // Folders this writer made, if they are empty again (never anyone else's files).
+            for d in &self.created_dirs {
+                let _ = std::fs::remove_dir(d);
             }
         }
     }

@@ -66,10 +66,10 @@ pub const PEAK_RSS_ENV: &str = "ENGRAM_PEAK_RSS_FILE";
 /// Called by `main` just before the process exits: if `ENGRAM_PEAK_RSS_FILE` is set, writes
 /// this process's peak resident set size in bytes (`VmHWM`) to that file.
 pub fn report_peak_rss() {
-    if let Some(path) = std::env::var_os(PEAK_RSS_ENV) {
-        if let Some(kb) = peak_rss_kb() {
-            let _ = std::fs::write(path, (kb * 1024).to_string());
-        }
+    if let Some(path) = std::env::var_os(PEAK_RSS_ENV)
+        && let Some(kb) = peak_rss_kb()
+    {
+        let _ = std::fs::write(path, (kb * 1024).to_string());
     }
 }
 
@@ -106,7 +106,11 @@ fn io(ctx: &Ctx, a: IoArgs) -> Result<()> {
     let base = a.dir.join("base");
     let model = ensure_model(ctx, &base, &arch)?;
     let (data_bytes, file_bytes) = (model.data_bytes(), model.file_bytes());
-    let files: Vec<PathBuf> = model.files().iter().map(|f| f.path().to_path_buf()).collect();
+    let files: Vec<PathBuf> = model
+        .files()
+        .iter()
+        .map(|f| f.path().to_path_buf())
+        .collect();
     let params = model.param_count();
     drop(model);
     let exe = std::env::current_exe().context("locating the engram binary")?;
@@ -302,10 +306,11 @@ fn io(ctx: &Ctx, a: IoArgs) -> Result<()> {
 /// Opens the model at `base` if it is a bf16 model of `arch`'s size; synthesizes it otherwise.
 fn ensure_model(ctx: &Ctx, base: &Path, arch: &ArchConfig) -> Result<Model> {
     let want = arch.param_count();
-    if let Ok(m) = Model::open(base) {
-        if m.param_count() == want && m.tensors().all(|t| t.dtype() == DType::BF16) {
-            return Ok(m);
-        }
+    if let Ok(m) = Model::open(base)
+        && m.param_count() == want
+        && m.tensors().all(|t| t.dtype() == DType::BF16)
+    {
+        return Ok(m);
     }
     let dir = base.parent().unwrap_or(Path::new("."));
     remove(base)?;

@@ -94,18 +94,18 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
             } else {
                 let v = &mut vals[..k];
                 t.read_f32_into(start, v)?;
-                if a.check_finite {
-                    if let Some(at) = v.iter().position(|x| !x.is_finite()) {
-                        return Err(Error::tensor(
-                            t.path,
-                            t.name(),
-                            format!(
-                                "holds a non-finite value ({}) at element {}",
-                                v[at],
-                                start + at
-                            ),
-                        ));
-                    }
+                if a.check_finite
+                    && let Some(at) = v.iter().position(|x| !x.is_finite())
+                {
+                    return Err(Error::tensor(
+                        t.path,
+                        t.name(),
+                        format!(
+                            "holds a non-finite value ({}) at element {}",
+                            v[at],
+                            start + at
+                        ),
+                    ));
                 }
                 out.resize(k * to.size(), 0);
                 encode_f32(to, v, out);
