@@ -30,6 +30,8 @@ enum Command {
     Convert(cmd::convert::Args),
     /// Write a synthetic transformer-shaped base model and fine-tunes, for tests and benchmarks.
     Synth(cmd::synth::Args),
+    /// The main job on default data: a synthetic weight-space round trip with a report.
+    Demo(cmd::demo::Args),
     /// Merge checkpoints (mergekit YAML or flags): linear, task_arithmetic, ties, dare_*,
     /// breadcrumbs*, della*, model_stock, slerp.
     Merge(cmd::merge::Args),
@@ -80,6 +82,7 @@ fn main() {
         Command::Diff(a) => cmd::diff::run(&ctx, a),
         Command::Convert(a) => cmd::convert::run(&ctx, a),
         Command::Synth(a) => cmd::synth::run(&ctx, a),
+        Command::Demo(a) => cmd::demo::run(&ctx, a),
         Command::Merge(a) => cmd::merge::run(&ctx, a),
         Command::Tv(t) => cmd::tv::run(&ctx, t),
         Command::Tall(a) => cmd::tall::run(&ctx, a),

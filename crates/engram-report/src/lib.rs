@@ -1,3 +1,5 @@
-//! engram-report: turns results (JSON) into tables and self-contained HTML pages with SVG charts.
+//! engram-report: turns results (JSON) into tables and self-contained HTML pages with SVG
+//! charts. Pages embed everything (no scripts, no network), so they open anywhere.
 
-pub mod table;
+pub mod html;
+pub mod svg;

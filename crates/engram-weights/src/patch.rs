@@ -331,7 +331,7 @@ pub fn apply(
             }
         }
     }
-    let decoders: Vec<Box<dyn Fn(&str, usize, &mut [f32]) -> Result<bool> + Sync + '_>> = patches
+    let decoders: Vec<Box<crate::tv::Decode<'_>>> = patches
         .iter()
         .map(|(p, _)| Box::new(move |n: &str, s: usize, o: &mut [f32]| p.read(n, s, o)) as Box<_>)
         .collect();

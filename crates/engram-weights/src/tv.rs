@@ -15,6 +15,10 @@ use std::path::{Path, PathBuf};
 
 pub const FINGERPRINT_KEY: &str = "engram.base_fingerprint";
 
+/// Reads elements of a tensor (by name, from an element offset) into a buffer as f32;
+/// returns false if the source has no such tensor.
+pub type Decode<'a> = dyn Fn(&str, usize, &mut [f32]) -> Result<bool> + Sync + 'a;
+
 /// A term of a linear combination: a model (or task vector) and its coefficient, with an
 /// optional decoder for stored forms such as quantized patches.
 pub struct Term<'a> {
@@ -22,7 +26,7 @@ pub struct Term<'a> {
     pub coef: f32,
     /// Reads elements of tensor `name` starting at `start` into `out` as f32; `None` uses
     /// the stored float values. Returns false if the term has no such tensor.
-    pub decode: Option<&'a (dyn Fn(&str, usize, &mut [f32]) -> Result<bool> + Sync)>,
+    pub decode: Option<&'a Decode<'a>>,
 }
 
 impl<'a> Term<'a> {

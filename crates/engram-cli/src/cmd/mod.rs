@@ -2,6 +2,7 @@ pub mod bench;
 pub mod compress;
 pub mod consensus;
 pub mod convert;
+pub mod demo;
 pub mod diff;
 pub mod inspect;
 pub mod merge;

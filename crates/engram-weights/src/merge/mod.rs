@@ -9,6 +9,7 @@
 //! chunk).
 
 pub mod breadcrumbs;
+pub mod config;
 pub mod dare;
 pub mod della;
 pub mod engine;

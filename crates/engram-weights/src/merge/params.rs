@@ -74,12 +74,6 @@ pub const LAMBDA: ParamSpec = ParamSpec {
     per_model: false,
     help: "scale of the merged delta",
 };
-pub const RESCALE: ParamSpec = ParamSpec {
-    name: "rescale",
-    default: Some(1.0),
-    per_model: false,
-    help: "rescale kept entries by 1/density (1 = on)",
-};
 /// mergekit's memory option; the arithmetic is the same, so engram accepts and ignores it.
 pub const INT8_MASK: ParamSpec = ParamSpec {
     name: "int8_mask",
