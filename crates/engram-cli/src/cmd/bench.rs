@@ -35,6 +35,9 @@ use std::time::Instant;
 pub enum Bench {
     /// Read and convert throughput against the raw read bound.
     Io(IoArgs),
+    /// Merge speed and memory (TA, TIES, TALL, Consensus) against the read-and-write bound and
+    /// mergekit, on synthetic models (B1 in BENCHMARKS.md).
+    Merge(super::bench_merge::MergeArgs),
 }
 
 #[derive(clap::Args)]
@@ -82,6 +85,7 @@ fn peak_rss_kb() -> Option<u64> {
 pub fn run(ctx: &Ctx, b: Bench) -> Result<()> {
     match b {
         Bench::Io(a) => io(ctx, a),
+        Bench::Merge(a) => super::bench_merge::run(ctx, a),
     }
 }
 
@@ -333,7 +337,7 @@ fn ensure_model(ctx: &Ctx, base: &Path, arch: &ArchConfig) -> Result<Model> {
 }
 
 /// Reads every byte of `files` once, in 8 MiB blocks, in parallel; returns the bytes read.
-fn read_all(files: &[PathBuf]) -> Result<u64> {
+pub(crate) fn read_all(files: &[PathBuf]) -> Result<u64> {
     const BLOCK: u64 = 8 << 20;
     let mut items = Vec::new();
     let mut handles = Vec::new();
@@ -364,7 +368,7 @@ fn read_all(files: &[PathBuf]) -> Result<u64> {
         .sum()
 }
 
-fn remove(p: &Path) -> Result<()> {
+pub(crate) fn remove(p: &Path) -> Result<()> {
     if p.is_dir() {
         std::fs::remove_dir_all(p).with_context(|| format!("removing {}", p.display()))?;
     } else if p.exists() {
@@ -373,7 +377,7 @@ fn remove(p: &Path) -> Result<()> {
     Ok(())
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     let n = s.len();

@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod bench_merge;
 pub mod compress;
 pub mod consensus;
 pub mod convert;
