@@ -141,7 +141,7 @@ fn mergekit_config(method: &str, base: &Path, models: &[PathBuf]) -> String {
 }
 
 pub fn run(ctx: &Ctx, a: MergeArgs) -> Result<()> {
-    if a.repeat == 0 || a.n.iter().any(|&n| n == 0) {
+    if a.repeat == 0 || a.n.contains(&0) {
         bail!("--repeat and every --n must be at least 1");
     }
     let exe = std::env::current_exe().context("locating the engram binary")?;
