@@ -1,0 +1,214 @@
+//! Class splits: the classes are cut into `tasks` disjoint groups of `classes_per_task`
+//! (e.g. Split Fashion-MNIST: 5 tasks of 2 classes). Each task holds every training and test
+//! example of its classes, untransformed.
+//!
+//! Class order: natural (0, 1 | 2, 3 | ...: the standard Split-MNIST pairs) unless
+//! `shuffle_classes`, in which case the order is a permutation drawn from the seed. When
+//! `tasks × classes_per_task` is smaller than the number of classes, the classes left at the
+//! end of the order are not used; the output layer still has one unit per class of the data.
+//!
+//! Class-incremental ([`class_incremental`]) evaluates without task id over the classes seen
+//! so far ([`EvalMode::ClassIl`]); task-incremental ([`task_incremental`]) is the same split
+//! evaluated with the task id, the logits masked to `Task::classes` ([`EvalMode::TaskIl`]).
+
+use super::{
+    Common, EvalMode, EvalPlan, Scenario, ScenarioError, Task, Transform, examples_of, invalid,
+    prepare, subsample,
+};
+use crate::data::Split;
+use crate::data::rng::Rng;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SplitTasks {
+    pub tasks: usize,
+    pub classes_per_task: usize,
+    /// Seeded class order instead of the natural one.
+    pub shuffle_classes: bool,
+}
+
+/// The order in which classes are dealt to tasks.
+pub fn class_order(num_classes: usize, shuffle: bool, seed: u64) -> Vec<u32> {
+    if shuffle {
+        Rng::keyed(seed, "class-order", 0).permutation(num_classes)
+    } else {
+        (0..num_classes as u32).collect()
+    }
+}
+
+fn build(
+    data: Split,
+    cfg: &SplitTasks,
+    common: &Common,
+    eval: EvalMode,
+) -> Result<Scenario, ScenarioError> {
+    let (train, test) = prepare(data, common)?;
+    let c = train.num_classes;
+    let (t, k) = (cfg.tasks, cfg.classes_per_task);
+    if t == 0 || k == 0 {
+        return invalid(format!("{t} tasks of {k} classes: both must be at least 1"));
+    }
+    if t.checked_mul(k).is_none_or(|n| n > c) {
+        return invalid(format!(
+            "{t} tasks of {k} classes need {} classes; {} has {c}",
+            t.saturating_mul(k),
+            train.name
+        ));
+    }
+    let order = class_order(c, cfg.shuffle_classes, common.seed);
+    let mut tasks = Vec::with_capacity(t);
+    for (i, chunk) in order.chunks_exact(k).take(t).enumerate() {
+        let mut classes = chunk.to_vec();
+        classes.sort_unstable();
+        let tr = subsample(
+            examples_of(&train, &classes),
+            common.train_per_task,
+            common.seed,
+            i,
+        );
+        let te = examples_of(&test, &classes);
+        let name = format!(
+            "task {i}: classes {}",
+            classes
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        tasks.push(Task::new(name, classes, tr, te, Transform::None));
+    }
+    let kind = match eval {
+        EvalMode::TaskIl => "task-incremental",
+        _ => "class-incremental",
+    };
+    let s = Scenario {
+        name: format!("{kind} {} ({t}x{k})", train.name),
+        seed: common.seed,
+        eval,
+        plan: EvalPlan::EveryTask,
+        num_outputs: c,
+        train,
+        test,
+        tasks,
+    };
+    s.validate()?;
+    Ok(s)
+}
+
+/// Class-incremental split: evaluation over all classes seen so far, no task id.
+pub fn class_incremental(
+    data: Split,
+    cfg: &SplitTasks,
+    common: &Common,
+) -> Result<Scenario, ScenarioError> {
+    build(data, cfg, common, EvalMode::ClassIl)
+}
+
+/// Task-incremental split: the same tasks, evaluated with the task id (logits masked to
+/// `Task::classes`).
+pub fn task_incremental(
+    data: Split,
+    cfg: &SplitTasks,
+    common: &Common,
+) -> Result<Scenario, ScenarioError> {
+    build(data, cfg, common, EvalMode::TaskIl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{ok, small_blobs, split_cfg};
+    use super::*;
+
+    #[test]
+    fn tasks_partition_the_classes() {
+        for shuffle in [false, true] {
+            let s = ok(class_incremental(
+                small_blobs(),
+                &split_cfg(5, 2, shuffle),
+                &Common::default(),
+            ));
+            assert_eq!(s.eval, EvalMode::ClassIl);
+            assert_eq!(s.num_outputs, 10);
+            let mut all: Vec<u32> = s.tasks.iter().flat_map(|t| t.classes.clone()).collect();
+            all.sort_unstable();
+            assert_eq!(all, (0..10).collect::<Vec<u32>>());
+            let mut train_all: Vec<usize> = Vec::new();
+            for task in &s.tasks {
+                assert_eq!(task.classes.len(), 2);
+                assert_eq!(task.train.len(), 80);
+                assert_eq!(task.test.len(), 20);
+                assert_eq!(task.transform, Transform::None);
+                train_all.extend(&task.train);
+            }
+            train_all.sort_unstable();
+            assert_eq!(train_all, (0..400).collect::<Vec<usize>>());
+        }
+    }
+
+    #[test]
+    fn natural_order_pairs() {
+        let s = ok(class_incremental(
+            small_blobs(),
+            &split_cfg(5, 2, false),
+            &Common::default(),
+        ));
+        let stream = s.stream();
+        assert_eq!(
+            stream,
+            vec![vec![0, 1], vec![2, 3], vec![4, 5], vec![6, 7], vec![8, 9]]
+        );
+    }
+
+    #[test]
+    fn deterministic_and_seed_dependent() {
+        let mk = |seed| {
+            ok(class_incremental(
+                small_blobs(),
+                &split_cfg(5, 2, true),
+                &Common {
+                    seed,
+                    train_per_task: Some(30),
+                    ..Common::default()
+                },
+            ))
+        };
+        let (a, b, c) = (mk(1), mk(1), mk(2));
+        assert_eq!(a.stream(), b.stream());
+        for t in 0..5 {
+            assert_eq!(a.tasks[t].train, b.tasks[t].train);
+            assert_eq!(a.tasks[t].train.len(), 30);
+        }
+        assert_ne!(a.stream(), c.stream());
+    }
+
+    #[test]
+    fn task_incremental_uses_task_il() {
+        let s = ok(task_incremental(
+            small_blobs(),
+            &split_cfg(2, 3, false),
+            &Common::default(),
+        ));
+        assert_eq!(s.eval, EvalMode::TaskIl);
+        assert_eq!(s.stream(), vec![vec![0, 1, 2], vec![3, 4, 5]]);
+        assert_eq!(s.plan, EvalPlan::EveryTask);
+    }
+
+    #[test]
+    fn impossible_splits_are_errors() {
+        for (t, k) in [(6, 2), (0, 2), (2, 0), (11, 1), (usize::MAX, 2)] {
+            let e = class_incremental(small_blobs(), &split_cfg(t, k, false), &Common::default());
+            match e {
+                Ok(_) => panic!("{t}x{k} accepted"),
+                Err(e) => assert!(e.to_string().contains("tasks of"), "{e}"),
+            }
+        }
+        let e = class_incremental(
+            small_blobs(),
+            &split_cfg(5, 2, false),
+            &Common {
+                train_per_task: Some(0),
+                ..Common::default()
+            },
+        );
+        assert!(e.is_err());
+    }
+}
