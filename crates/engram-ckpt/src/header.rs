@@ -189,17 +189,24 @@ pub fn parse_header(json: &[u8], data_len: u64) -> Result<Header, HeaderError> {
         }
     }
     tensors.sort_by(|a, b| (a.start, a.end, &a.name).cmp(&(b.start, b.end, &b.name)));
-    for w in tensors.windows(2) {
-        // Zero-sized tensors occupy no bytes and cannot overlap anything.
-        if w[1].start < w[0].end && w[1].end > w[1].start {
+    // Each non-empty tensor must start at or after the end of the previous non-empty one.
+    // Zero-sized tensors occupy no bytes and cannot overlap anything, so they are skipped:
+    // comparing only neighbours would let an empty tensor between two overlapping ones hide
+    // the overlap.
+    let mut last: Option<&TensorInfo> = None;
+    for t in tensors.iter().filter(|t| t.end > t.start) {
+        if let Some(p) = last
+            && t.start < p.end
+        {
             return Err(terr(
-                &w[1].name,
+                &t.name,
                 format!(
                     "data_offsets [{}, {}] overlap tensor '{}' at [{}, {}]",
-                    w[1].start, w[1].end, w[0].name, w[0].start, w[0].end
+                    t.start, t.end, p.name, p.start, p.end
                 ),
             ));
         }
+        last = Some(t);
     }
     Ok(Header {
         tensors,
@@ -335,6 +342,11 @@ mod tests {
         let ovl = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#;
         let e = parse_file_bytes(&file(ovl, 12)).unwrap_err();
         assert!(e.msg.contains("overlap"), "{e:?}");
+        // An empty tensor sorted between two overlapping ones must not hide the overlap.
+        let hidden = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"e":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[6,10]}}"#;
+        let e = parse_file_bytes(&file(hidden, 12)).unwrap_err();
+        assert!(e.msg.contains("overlap tensor 'a'"), "{e:?}");
+        assert_eq!(e.tensor.as_deref(), Some("b"));
         let size = r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#;
         let e = parse_file_bytes(&file(size, 8)).unwrap_err();
         assert!(e.msg.contains("needs 12"), "{e:?}");

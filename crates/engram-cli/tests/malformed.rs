@@ -105,6 +105,17 @@ const CASES: &[Case] = &[
         expect: &["bad.safetensors", "tensor 'b'", "overlap tensor 'a'"],
     },
     Case {
+        name: "overlap hidden behind an empty tensor",
+        build: |d| {
+            json_case(
+                d,
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"e":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[6,10]}}"#,
+                12,
+            )
+        },
+        expect: &["bad.safetensors", "tensor 'b'", "overlap tensor 'a'"],
+    },
+    Case {
         name: "offsets out of bounds",
         build: |d| {
             json_case(
