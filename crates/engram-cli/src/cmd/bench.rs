@@ -1,8 +1,9 @@
 //! `engram bench ...`: benchmarks that print ratios against baselines measured in the same run.
 //!
 //! `engram bench io` synthesizes (or reuses, `--dir`) a bf16 model of `--size` parameters and
-//! measures, against the raw read bound (every byte of the model's files read once from a warm
-//! page cache, in large blocks on all threads):
+//! measures, against two baselines taken in the same run, the read bound (every byte of the
+//! model's files read once from a warm page cache, in large blocks on all threads) and the copy
+//! bound (those bytes read and written to a new file in the output folder, then synced):
 //!
 //! - `inspect`: open and validate the model, print its JSON summary (headers only);
 //! - `decode`: `inspect --check-finite`, every tensor decoded to f32;
@@ -178,6 +179,14 @@ fn io(ctx: &Ctx, a: IoArgs) -> Result<()> {
     }
     let read_med = median(&read_times);
     let read_gbps = file_bytes as f64 / read_med / 1e9;
+    // The copy bound: the same bytes read and written to a new file in the output folder,
+    // synced to disk (what any conversion has to do at the least).
+    let mut copy_times = Vec::new();
+    for _ in 0..a.repeat {
+        copy_times.push(copy_all(&files, &a.dir.join(".copy-bound.tmp"))?);
+    }
+    let copy_med = median(&copy_times);
+    let copy_gbps = file_bytes as f64 / copy_med / 1e9;
 
     let rss_file = a.dir.join(".peak-rss");
     let mut results = Vec::new();
@@ -225,6 +234,7 @@ fn io(ctx: &Ctx, a: IoArgs) -> Result<()> {
             "bytes_out": st.bytes_out,
             "gbps": gbps,
             "ratio_to_read_bound": gbps.map(|g| g / read_gbps),
+            "ratio_to_copy_bound": gbps.map(|g| g / copy_gbps),
             "peak_rss_bytes": peak,
         }));
     }
@@ -249,6 +259,11 @@ fn io(ctx: &Ctx, a: IoArgs) -> Result<()> {
             "median_s": read_med,
             "gbps": read_gbps,
         },
+        "copy_bound": {
+            "seconds": copy_times,
+            "median_s": copy_med,
+            "gbps": copy_gbps,
+        },
         "steps": results,
     });
     if let Some(dir) = a.json_out.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -270,31 +285,42 @@ fn io(ctx: &Ctx, a: IoArgs) -> Result<()> {
     );
     util::outln!(
         o,
-        "{:<14} {:>9} {:>9} {:>12} {:>11}",
+        "{:<14} {:>9} {:>9} {:>12} {:>12} {:>11}",
         "step",
         "seconds",
         "GB/s",
         "x read bound",
+        "x copy bound",
         "peak RSS"
     );
-    util::outln!(
-        o,
-        "{:<14} {:>9.3} {:>9.2} {:>12.2} {:>11}",
-        "read bound",
-        read_med,
-        read_gbps,
-        1.0,
-        "-"
-    );
-    for r in doc["steps"].as_array().into_iter().flatten() {
-        let f = |k: &str| r[k].as_f64();
+    for (name, med, gbps) in [
+        ("read bound", read_med, read_gbps),
+        ("copy bound", copy_med, copy_gbps),
+    ] {
         util::outln!(
             o,
-            "{:<14} {:>9.3} {:>9} {:>12} {:>11}",
+            "{:<14} {:>9.3} {:>9.2} {:>12.2} {:>12} {:>11}",
+            name,
+            med,
+            gbps,
+            gbps / read_gbps,
+            if name == "copy bound" { "1.00" } else { "-" },
+            "-"
+        );
+    }
+    for r in doc["steps"].as_array().into_iter().flatten() {
+        let f = |k: &str| r[k].as_f64();
+        let writes = r["bytes_out"].as_u64().unwrap_or(0) > 0;
+        util::outln!(
+            o,
+            "{:<14} {:>9.3} {:>9} {:>12} {:>12} {:>11}",
             r["name"].as_str().unwrap_or_default(),
             f("median_s").unwrap_or(0.0),
             f("gbps").map_or("-".into(), |g| format!("{g:.2}")),
             f("ratio_to_read_bound").map_or("-".into(), |g| format!("{g:.2}")),
+            f("ratio_to_copy_bound")
+                .filter(|_| writes)
+                .map_or("-".into(), |g| format!("{g:.2}")),
             util::bytes(r["peak_rss_bytes"].as_u64().unwrap_or(0))
         );
     }
@@ -366,6 +392,35 @@ pub(crate) fn read_all(files: &[PathBuf]) -> Result<u64> {
             },
         )
         .sum()
+}
+
+/// Copies every byte of `files` into one new file `tmp` (8 MiB blocks, then fsync), removes
+/// it, and returns the seconds taken.
+fn copy_all(files: &[PathBuf], tmp: &Path) -> Result<f64> {
+    use std::io::{Read, Write};
+    let t = Instant::now();
+    let mut out =
+        std::fs::File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut buf = vec![0u8; 8 << 20];
+    for p in files {
+        let mut f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+        loop {
+            let n = f
+                .read(&mut buf)
+                .with_context(|| format!("reading {}", p.display()))?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n])
+                .with_context(|| format!("writing {}", tmp.display()))?;
+        }
+    }
+    out.sync_all()
+        .with_context(|| format!("syncing {}", tmp.display()))?;
+    let secs = t.elapsed().as_secs_f64();
+    drop(out);
+    remove(tmp)?;
+    Ok(secs)
 }
 
 pub(crate) fn remove(p: &Path) -> Result<()> {
