@@ -1,5 +1,10 @@
 //! engram-learn: datasets, scenarios, models, trainer, strategies and metrics.
-//!
-//! The training engine is built by its own issue; this crate holds the layer's place in the
-//! workspace so that the dependency arrows (cli -> report -> learn -> weights -> ckpt) exist
-//! from the start.
+//! The deep-learning framework (burn) is used here only (DESIGN.md).
+
+pub mod config;
+pub mod data;
+pub mod metrics;
+pub mod model;
+pub mod scenario;
+pub mod strategy;
+pub mod train;

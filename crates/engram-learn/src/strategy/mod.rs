@@ -1,0 +1,172 @@
+//! Training strategies: values with hooks that the trainer calls (DESIGN.md, "The strategy
+//! contract"). A strategy overrides only the hooks it needs; the trainer owns the loop, the
+//! data and the evaluation. Adding a strategy is one file and one line in [`REGISTRY`].
+
+pub mod joint;
+pub mod naive;
+pub mod probe;
+
+use crate::model::Net;
+use crate::scenario::Scenario;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use std::collections::BTreeMap;
+
+/// What every hook sees.
+pub struct Ctx<'a> {
+    pub scenario: &'a Scenario,
+    /// The task being trained (0-based).
+    pub task: usize,
+    /// Training device (autodiff).
+    pub device: &'a Device,
+    pub seed: u64,
+    /// Optimizer steps taken in this task so far.
+    pub step: usize,
+}
+
+/// One training minibatch.
+pub struct Batch {
+    /// Inputs [len, dim] on the training device.
+    pub x: Tensor<2>,
+    /// Labels [len].
+    pub y: Tensor<1, Int>,
+    /// (task, train index) of every example, for strategies that store examples.
+    pub ids: Vec<(usize, usize)>,
+    /// Host copies of the inputs and labels.
+    pub x_host: Vec<f32>,
+    pub y_host: Vec<u32>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.y_host.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.y_host.is_empty()
+    }
+}
+
+/// Strategy state saved with each checkpoint, so that a resumed run continues exactly.
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    /// Named f32 tensors with their shapes.
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    /// Scalars and small structures.
+    pub json: serde_json::Value,
+}
+
+pub trait Strategy: Send {
+    /// Registry name.
+    fn name(&self) -> &'static str;
+
+    /// Parameters as configured (recorded in the results).
+    fn params(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Before training a task: set up anchors, heads, buffers.
+    fn before_task(&mut self, _cx: &Ctx, net: Net) -> Result<Net, String> {
+        Ok(net)
+    }
+
+    /// The (task, train index) examples to train on in this task; default: the task's own.
+    fn train_examples(&mut self, cx: &Ctx) -> Vec<(usize, usize)> {
+        cx.scenario.tasks[cx.task]
+            .train
+            .iter()
+            .map(|&i| (cx.task, i))
+            .collect()
+    }
+
+    /// The loss of a batch: `loss` is the trainer's cross-entropy on `logits`; add
+    /// penalties, distillation or replay terms.
+    fn loss(
+        &mut self,
+        _cx: &Ctx,
+        _net: &Net,
+        _batch: &Batch,
+        _logits: Tensor<2>,
+        loss: Tensor<1>,
+    ) -> Tensor<1> {
+        loss
+    }
+
+    /// After the backward pass, before the optimizer: mask, scale or threshold gradients.
+    fn after_backward(&mut self, _cx: &Ctx, _net: &Net, _grads: &mut GradientsParams) {}
+
+    /// After the optimizer step: accumulate importance, restore weights, update a teacher.
+    fn after_step(&mut self, _cx: &Ctx, net: Net) -> Net {
+        net
+    }
+
+    /// After a task: Fisher, weight aligning, freezing, prototypes.
+    fn after_task(&mut self, _cx: &Ctx, net: Net) -> Result<Net, String> {
+        Ok(net)
+    }
+
+    /// Bytes of extra state (buffers, Fisher, masks) held between tasks.
+    fn state_bytes(&self) -> u64 {
+        0
+    }
+
+    fn state(&self) -> State {
+        State::default()
+    }
+
+    fn load_state(&mut self, _state: State) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+type Build = fn(&serde_json::Value) -> Result<Box<dyn Strategy>, String>;
+
+/// (name, one-line summary, constructor from parameters).
+pub const REGISTRY: &[(&str, &str, Build)] = &[
+    (
+        "naive",
+        "fine-tune on each task in turn (lower bound)",
+        naive::build,
+    ),
+    (
+        "joint",
+        "train on the union of all tasks so far (upper bound)",
+        joint::build,
+    ),
+    (
+        "probe",
+        "test-only: records the order of hook calls",
+        probe::build,
+    ),
+];
+
+pub fn build(name: &str, params: &serde_json::Value) -> Result<Box<dyn Strategy>, String> {
+    REGISTRY
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, _, b)| b(params))
+        .unwrap_or_else(|| {
+            Err(format!(
+                "unknown strategy '{name}'; available: {}",
+                REGISTRY.iter().map(|r| r.0).collect::<Vec<_>>().join(", ")
+            ))
+        })
+}
+
+/// Parses a strategy's parameters, refusing unknown keys (each strategy's params struct
+/// uses `#[serde(deny_unknown_fields)]`).
+pub fn parse_params<T: serde::de::DeserializeOwned>(
+    name: &str,
+    v: &serde_json::Value,
+) -> Result<T, String> {
+    let v = if v.is_null() {
+        serde_json::json!({})
+    } else {
+        v.clone()
+    };
+    serde_json::from_value(v).map_err(|e| format!("strategy {name}: {e}"))
+}
+
+/// Helper for strategies keeping named host tensors between tasks.
+pub fn tensors_to_map(t: &[(String, Vec<usize>, Vec<f32>)]) -> BTreeMap<String, Vec<f32>> {
+    t.iter().map(|(n, _, v)| (n.clone(), v.clone())).collect()
+}

@@ -1,0 +1,7 @@
+//! The trainer: runs a strategy through a scenario's tasks, evaluating after every task.
+
+pub mod checkpoint;
+pub mod optim;
+pub mod trainer;
+
+pub use trainer::{Event, RunOutput, TrainConfig, Trainer};

@@ -1,0 +1,502 @@
+//! The training loop. For each task: the strategy's `before_task`, then epochs (or a fixed
+//! number of iterations) of shuffled minibatches with the strategy's loss, gradient and step
+//! hooks, then `after_task`, then evaluation on every task's test set (also the tasks not yet
+//! seen, for forward transfer), then a checkpoint. The optimizer is reset at each task, and
+//! every random draw derives from (seed, task, epoch), so a run resumed from a checkpoint ends
+//! with exactly the metrics of an uninterrupted run.
+
+use super::checkpoint::{self, Saved};
+use super::optim::OptimConfig;
+use crate::metrics::{ClassMask, ece_from_logits};
+use crate::model::{ModelConfig, Net};
+use crate::scenario::{EvalMode, EvalPlan, Part, Scenario};
+use crate::strategy::{Batch, Ctx, Strategy};
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TrainConfig {
+    /// Epochs per task (ignored when `iterations` is set).
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    /// Optimizer steps per task instead of epochs.
+    #[serde(default)]
+    pub iterations: Option<usize>,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_eval_batch")]
+    pub eval_batch: usize,
+    #[serde(default)]
+    pub optimizer: OptimConfig,
+}
+
+fn default_epochs() -> usize {
+    1
+}
+fn default_batch() -> usize {
+    128
+}
+fn default_eval_batch() -> usize {
+    1000
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: default_epochs(),
+            iterations: None,
+            batch_size: default_batch(),
+            eval_batch: default_eval_batch(),
+            optimizer: OptimConfig::default(),
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.epochs == 0 && self.iterations.is_none() {
+            return Err("train.epochs must be at least 1".into());
+        }
+        if self.iterations == Some(0) {
+            return Err("train.iterations must be at least 1".into());
+        }
+        if self.batch_size == 0 || self.eval_batch == 0 {
+            return Err("train.batch-size and eval-batch must be at least 1".into());
+        }
+        self.optimizer.validate()
+    }
+}
+
+/// Progress reported to the caller (the CLI draws bars from it).
+#[derive(Clone, Debug)]
+pub enum Event {
+    TaskStart {
+        task: usize,
+        tasks: usize,
+        steps: usize,
+    },
+    Step {
+        task: usize,
+        step: usize,
+        loss: f32,
+    },
+    TaskEnd {
+        task: usize,
+        seconds: f64,
+        accuracy: Vec<f64>,
+    },
+    Resumed {
+        completed: usize,
+    },
+}
+
+/// Everything a run measured.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct RunOutput {
+    pub eval_mode: String,
+    /// a[k][i] in percent in the scenario's evaluation mode (T × T; empty for all-class plans).
+    pub accuracy: Vec<Vec<f64>>,
+    /// The same in Task-IL form.
+    pub task_il_accuracy: Vec<Vec<f64>>,
+    /// b_i: accuracy of the randomly initialised model (scenario mode, then Task-IL).
+    pub baseline: Vec<f64>,
+    pub baseline_task_il: Vec<f64>,
+    /// All-class test accuracy after each task (all-class plans), and the current task's.
+    pub all_class_curve: Vec<f64>,
+    pub current_task_curve: Vec<f64>,
+    /// Expected calibration error (15 bins, percent) after the last task, Class-IL over the
+    /// classes seen.
+    pub ece: f64,
+    pub seconds_per_task: Vec<f64>,
+    pub peak_memory_bytes: u64,
+    pub strategy_state_bytes: u64,
+    pub params: usize,
+}
+
+pub struct Trainer<'a> {
+    pub scenario: &'a Scenario,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub seed: u64,
+    pub strategy: Box<dyn Strategy>,
+    /// Where to checkpoint after each task (and resume from).
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Stop after this many tasks (to test resuming).
+    pub stop_after: Option<usize>,
+}
+
+/// Examples (task, train or test index) turned into host inputs and labels, with each task's
+/// transform applied.
+pub fn gather(s: &Scenario, part: Part, ids: &[(usize, usize)]) -> (Vec<f32>, Vec<u32>) {
+    let mut x = Vec::with_capacity(ids.len() * s.train.dim);
+    let mut y = Vec::with_capacity(ids.len());
+    // Consecutive runs of the same task share one call.
+    let mut start = 0;
+    while start < ids.len() {
+        let t = ids[start].0;
+        let mut end = start;
+        while end < ids.len() && ids[end].0 == t {
+            end += 1;
+        }
+        let idx: Vec<usize> = ids[start..end].iter().map(|p| p.1).collect();
+        let (bx, by) = s.batch(t, part, &idx);
+        x.extend_from_slice(&bx);
+        y.extend_from_slice(&by);
+        start = end;
+    }
+    (x, y)
+}
+
+/// Seeded Fisher-Yates shuffle.
+fn shuffle<T>(v: &mut [T], seed: u64) {
+    let mut s = seed ^ 0x9e37_79b9_7f4a_7c15;
+    for i in (1..v.len()).rev() {
+        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let j = (((z as u128) * ((i + 1) as u128)) >> 64) as usize;
+        v.swap(i, j);
+    }
+}
+
+fn mix(seed: u64, a: u64, b: u64) -> u64 {
+    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ a.wrapping_mul(0xd1b5_4a32_d192_ed03)
+        ^ b.wrapping_mul(0x8cb9_2ba7_2f3d_8dd7)
+}
+
+/// Peak resident memory of this process (VmHWM), bytes.
+pub fn peak_memory() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Logits on host for test examples of task `t`, in batches.
+fn test_logits(
+    net: &Net,
+    s: &Scenario,
+    t: usize,
+    device: &Device,
+    batch: usize,
+) -> (Vec<f32>, Vec<u32>, usize) {
+    let ids: Vec<(usize, usize)> = s.tasks[t].test.iter().map(|&i| (t, i)).collect();
+    logits_of(net, s, &ids, device, batch)
+}
+
+fn logits_of(
+    net: &Net,
+    s: &Scenario,
+    ids: &[(usize, usize)],
+    device: &Device,
+    batch: usize,
+) -> (Vec<f32>, Vec<u32>, usize) {
+    let mut logits = Vec::new();
+    let mut labels = Vec::new();
+    for chunk in ids.chunks(batch) {
+        let (x, y) = gather(s, Part::Test, chunk);
+        let xt = Tensor::<2>::from_data(TensorData::new(x, [chunk.len(), s.train.dim]), device);
+        let out = net.forward(xt);
+        logits.extend(
+            out.into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap_or_default(),
+        );
+        labels.extend(y);
+    }
+    (logits, labels, s.num_outputs)
+}
+
+/// Accuracy (percent) of the argmax over the allowed classes (metrics.rs).
+fn accuracy(logits: &[f32], labels: &[u32], c: usize, allowed: &[bool]) -> f64 {
+    let classes: Vec<usize> = (0..c).filter(|&k| allowed[k]).collect();
+    ClassMask::only(c, &classes)
+        .and_then(|m| crate::metrics::masked_accuracy(logits, c, labels, &m))
+        .unwrap_or(0.0)
+}
+
+fn class_mask(c: usize, classes: impl Iterator<Item = u32>) -> Vec<bool> {
+    let mut m = vec![false; c];
+    for k in classes {
+        if (k as usize) < c {
+            m[k as usize] = true;
+        }
+    }
+    m
+}
+
+/// Rows of the accuracy matrix after training through task `k` (`None`: before training).
+fn evaluate(
+    net: &Net,
+    s: &Scenario,
+    k: Option<usize>,
+    device: &Device,
+    batch: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let c = s.num_outputs;
+    let seen = class_mask(
+        c,
+        s.tasks
+            .iter()
+            .take(k.map_or(0, |k| k + 1))
+            .flat_map(|t| t.classes.iter().copied()),
+    );
+    let all = vec![true; c];
+    let mut row = Vec::with_capacity(s.tasks.len());
+    let mut til = Vec::with_capacity(s.tasks.len());
+    for (i, t) in s.tasks.iter().enumerate() {
+        let (lg, lb, _) = test_logits(net, s, i, device, batch);
+        let own = class_mask(c, t.classes.iter().copied());
+        til.push(accuracy(&lg, &lb, c, &own));
+        row.push(match s.eval {
+            EvalMode::TaskIl => accuracy(&lg, &lb, c, &own),
+            EvalMode::DomainIl => accuracy(&lg, &lb, c, &all),
+            // Before any training no class is seen: score over all outputs.
+            EvalMode::ClassIl if k.is_none() => accuracy(&lg, &lb, c, &all),
+            EvalMode::ClassIl => accuracy(&lg, &lb, c, &seen),
+        });
+    }
+    (row, til)
+}
+
+/// Cross-entropy; in Task-IL the logits of other tasks' classes are masked out.
+fn task_loss(
+    s: &Scenario,
+    task: usize,
+    logits: Tensor<2>,
+    y: Tensor<1, Int>,
+    device: &Device,
+) -> Tensor<1> {
+    let logits = if s.eval == EvalMode::TaskIl {
+        let c = s.num_outputs;
+        let own = class_mask(c, s.tasks[task].classes.iter().copied());
+        let pen: Vec<f32> = own.iter().map(|&a| if a { 0.0 } else { -1e9 }).collect();
+        let pen = Tensor::<1>::from_data(TensorData::new(pen, [c]), device).unsqueeze_dim(0);
+        logits + pen
+    } else {
+        logits
+    };
+    CrossEntropyLossConfig::new()
+        .init(device)
+        .forward(logits, y)
+}
+
+impl Trainer<'_> {
+    pub fn run(&mut self, on: &mut dyn FnMut(Event)) -> Result<RunOutput, String> {
+        self.train.validate()?;
+        let s = self.scenario;
+        if s.tasks.is_empty() {
+            return Err("the scenario has no tasks".into());
+        }
+        let base = Device::flex();
+        base.seed(self.seed);
+        let ad = base.clone().autodiff();
+        let mut net = self
+            .model
+            .build(s.train.dim, s.train.image, s.num_outputs, &ad)?;
+        let mut out = RunOutput {
+            eval_mode: format!("{:?}", s.eval),
+            params: crate::model::params::param_count(&net),
+            ..Default::default()
+        };
+        let mut first = 0;
+        if let Some(dir) = &self.checkpoint_dir
+            && let Some(saved) = checkpoint::load_latest(dir)?
+        {
+            net = crate::model::io::load(net, &saved.model_path)?;
+            self.strategy.load_state(saved.strategy_state()?)?;
+            first = saved.completed;
+            out = saved.output;
+            on(Event::Resumed { completed: first });
+        } else {
+            let (b, bt) = evaluate(&net.valid(), s, None, &base, self.train.eval_batch);
+            out.baseline = b;
+            out.baseline_task_il = bt;
+        }
+        let last = self
+            .stop_after
+            .map_or(s.tasks.len(), |n| n.min(s.tasks.len()));
+        for task in first..last {
+            let t0 = Instant::now();
+            let cx = |step| Ctx {
+                scenario: s,
+                task,
+                device: &ad,
+                seed: self.seed,
+                step,
+            };
+            net = self.strategy.before_task(&cx(0), net)?;
+            let mut examples = self.strategy.train_examples(&cx(0));
+            if examples.is_empty() {
+                return Err(format!("task {task} has no training examples"));
+            }
+            let bs = self.train.batch_size;
+            let per_epoch = examples.len().div_ceil(bs);
+            let (epochs, total) = match self.train.iterations {
+                Some(it) => (it.div_ceil(per_epoch), it),
+                None => (self.train.epochs, self.train.epochs * per_epoch),
+            };
+            on(Event::TaskStart {
+                task,
+                tasks: s.tasks.len(),
+                steps: total,
+            });
+            let mut opt = self.train.optimizer.init();
+            let mut step = 0;
+            'epochs: for epoch in 0..epochs {
+                shuffle(&mut examples, mix(self.seed, task as u64, epoch as u64));
+                for chunk in examples.chunks(bs) {
+                    if step >= total {
+                        break 'epochs;
+                    }
+                    let (xh, yh) = gather(s, Part::Train, chunk);
+                    let n = chunk.len();
+                    let batch = Batch {
+                        x: Tensor::<2>::from_data(
+                            TensorData::new(xh.clone(), [n, s.train.dim]),
+                            &ad,
+                        ),
+                        y: Tensor::<1, Int>::from_data(
+                            TensorData::new(yh.iter().map(|&v| v as i64).collect::<Vec<_>>(), [n]),
+                            &ad,
+                        ),
+                        ids: chunk.to_vec(),
+                        x_host: xh,
+                        y_host: yh,
+                    };
+                    let logits = net.forward(batch.x.clone());
+                    let ce = task_loss(s, task, logits.clone(), batch.y.clone(), &ad);
+                    let loss = self.strategy.loss(&cx(step), &net, &batch, logits, ce);
+                    let loss_val = loss.clone().into_scalar::<f32>();
+                    if !loss_val.is_finite() {
+                        return Err(format!(
+                            "task {task}, step {step}: the loss is {loss_val}; lower the learning rate"
+                        ));
+                    }
+                    let mut grads = GradientsParams::from_grads(loss.backward(), &net);
+                    self.strategy.after_backward(&cx(step), &net, &mut grads);
+                    let lr = self.train.optimizer.lr_at(step, total, epoch);
+                    net = opt.step(lr, net, grads);
+                    net = self.strategy.after_step(&cx(step), net);
+                    step += 1;
+                    on(Event::Step {
+                        task,
+                        step,
+                        loss: loss_val,
+                    });
+                }
+            }
+            net = self.strategy.after_task(&cx(step), net)?;
+            let seconds = t0.elapsed().as_secs_f64();
+            let valid = net.valid();
+            match s.plan {
+                EvalPlan::EveryTask => {
+                    let (row, til) = evaluate(&valid, s, Some(task), &base, self.train.eval_batch);
+                    on(Event::TaskEnd {
+                        task,
+                        seconds,
+                        accuracy: row.clone(),
+                    });
+                    out.accuracy.push(row);
+                    out.task_il_accuracy.push(til);
+                }
+                EvalPlan::AllClasses => {
+                    let ids: Vec<(usize, usize)> = s
+                        .all_classes_test_indices()
+                        .into_iter()
+                        .map(|i| (task, i))
+                        .collect();
+                    let (lg, lb, c) = logits_of(&valid, s, &ids, &base, self.train.eval_batch);
+                    let all = accuracy(&lg, &lb, c, &vec![true; c]);
+                    let cur = s.tasks[task].classes.clone();
+                    let sel: Vec<usize> = lb
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, y)| cur.contains(y))
+                        .map(|(n, _)| n)
+                        .collect();
+                    let (cl, cy): (Vec<f32>, Vec<u32>) = (
+                        sel.iter()
+                            .flat_map(|&n| lg[n * c..(n + 1) * c].to_vec())
+                            .collect(),
+                        sel.iter().map(|&n| lb[n]).collect(),
+                    );
+                    out.all_class_curve.push(all);
+                    out.current_task_curve
+                        .push(accuracy(&cl, &cy, c, &vec![true; c]));
+                    on(Event::TaskEnd {
+                        task,
+                        seconds,
+                        accuracy: vec![all],
+                    });
+                }
+            }
+            out.seconds_per_task.push(seconds);
+            out.strategy_state_bytes = out.strategy_state_bytes.max(self.strategy.state_bytes());
+            if task + 1 == s.tasks.len() {
+                // Calibration over the union of all tasks' test sets, Class-IL over seen classes.
+                let ids: Vec<(usize, usize)> = s
+                    .tasks
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(t, k)| k.test.iter().map(move |&i| (t, i)))
+                    .collect();
+                let (lg, lb, c) = logits_of(&valid, s, &ids, &base, self.train.eval_batch);
+                let mask = match s.eval {
+                    EvalMode::ClassIl => {
+                        class_mask(c, s.tasks.iter().flat_map(|t| t.classes.iter().copied()))
+                    }
+                    _ => vec![true; c],
+                };
+                let classes: Vec<usize> = (0..c).filter(|&k| mask[k]).collect();
+                out.ece = ClassMask::only(c, &classes)
+                    .and_then(|m| ece_from_logits(&lg, c, &lb, &m))
+                    .map_err(|e| e.to_string())?;
+            }
+            out.peak_memory_bytes = out.peak_memory_bytes.max(peak_memory());
+            if let Some(dir) = &self.checkpoint_dir {
+                checkpoint::save(
+                    dir,
+                    &Saved::new(task + 1, out.clone()),
+                    &net,
+                    &self.strategy.state(),
+                )?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shuffles_are_seeded_permutations() {
+        let mut a: Vec<usize> = (0..100).collect();
+        let mut b = a.clone();
+        shuffle(&mut a, 1);
+        shuffle(&mut b, 1);
+        assert_eq!(a, b);
+        let mut c = a.clone();
+        c.sort();
+        assert_eq!(c, (0..100).collect::<Vec<_>>());
+        shuffle(&mut b, 2);
+        assert_ne!(a, b);
+    }
+}
