@@ -1,0 +1,610 @@
+//! Continual-learning run results → `index.html` (comparison table, forgetting charts,
+//! accuracy heatmaps, per-task curves), `results.csv` (one row per run) and `results.json`
+//! (the inputs). Every file is written to a temporary name in the destination folder and
+//! renamed into place, so a killed run leaves the previous report whole.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::html::Page;
+use crate::results::RunResults;
+use crate::svg::{LineChart, Series, accuracy_heatmap, grouped_bar_chart, line_chart};
+
+/// Mean and spread of one metric over the seeds of a group.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MeanSpread {
+    pub mean: f64,
+    /// Sample standard deviation (n − 1 in the denominator); `None` for a single value.
+    pub spread: Option<f64>,
+    /// How many values (runs that report the metric).
+    pub n: usize,
+}
+
+impl MeanSpread {
+    /// Mean ± sample standard deviation of the finite `values`; `None` if there are none.
+    pub fn of(values: &[f64]) -> Option<MeanSpread> {
+        let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        let n = v.len();
+        if n == 0 {
+            return None;
+        }
+        let mean = v.iter().sum::<f64>() / n as f64;
+        let spread = (n > 1).then(|| {
+            (v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1) as f64).sqrt()
+        });
+        Some(MeanSpread { mean, spread, n })
+    }
+
+    /// `mean ± spread`, each formatted by `f`.
+    pub fn format_with(&self, f: impl Fn(f64) -> String) -> String {
+        match self.spread {
+            Some(s) => format!("{} ± {}", f(self.mean), f(s)),
+            None => f(self.mean),
+        }
+    }
+}
+
+/// The runs of one (scenario, strategy, evaluation mode): its seeds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunGroup {
+    pub scenario: String,
+    pub strategy: String,
+    pub eval_mode: String,
+    /// Indices into the results slice, in input order.
+    pub runs: Vec<usize>,
+}
+
+impl RunGroup {
+    /// Mean ± spread of `metric` over the group's runs that report it.
+    pub fn stat(
+        &self,
+        results: &[RunResults],
+        metric: impl Fn(&RunResults) -> Option<f64>,
+    ) -> Option<MeanSpread> {
+        let v: Vec<f64> = self
+            .runs
+            .iter()
+            .filter_map(|&i| results.get(i).and_then(&metric))
+            .collect();
+        MeanSpread::of(&v)
+    }
+
+    /// Distinct seeds in the group.
+    pub fn seeds(&self, results: &[RunResults]) -> usize {
+        let mut s: Vec<u64> = self
+            .runs
+            .iter()
+            .filter_map(|&i| results.get(i).map(|r| r.seed))
+            .collect();
+        s.sort_unstable();
+        s.dedup();
+        s.len()
+    }
+}
+
+/// Groups runs by (scenario, strategy, evaluation mode), sorted by that key.
+pub fn group_runs(results: &[RunResults]) -> Vec<RunGroup> {
+    let mut map: BTreeMap<(String, String, String), Vec<usize>> = BTreeMap::new();
+    for (i, r) in results.iter().enumerate() {
+        map.entry((r.scenario.clone(), r.strategy.clone(), r.eval_mode.clone()))
+            .or_default()
+            .push(i);
+    }
+    map.into_iter()
+        .map(|((scenario, strategy, eval_mode), runs)| RunGroup {
+            scenario,
+            strategy,
+            eval_mode,
+            runs,
+        })
+        .collect()
+}
+
+type Metric = fn(&RunResults) -> Option<f64>;
+
+/// The summary metrics shown in the table and the CSV: (CSV column, table header, getter).
+const METRICS: [(&str, &str, Metric); 10] = [
+    ("acc", "ACC", |r| r.summary.acc),
+    ("aia", "AIA", |r| r.summary.aia),
+    ("forgetting", "Forgetting", |r| r.summary.forgetting),
+    ("bwt", "BWT", |r| r.summary.bwt),
+    ("fwt", "FWT", |r| r.summary.fwt),
+    ("min_accuracy", "Min acc.", |r| r.summary.min_accuracy),
+    ("ece", "ECE", |r| r.summary.ece),
+    ("time_total_s", "Time (s)", |r| r.summary.total_time_s()),
+    ("peak_memory_bytes", "Peak memory", |r| {
+        r.summary.peak_memory_bytes.map(|b| b as f64)
+    }),
+    ("state_bytes", "Strategy state", |r| {
+        r.summary.state_bytes.map(|b| b as f64)
+    }),
+];
+
+fn bytes_h(b: f64) -> String {
+    let a = b.abs();
+    if a >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.2} GiB", b / (1024.0 * 1024.0 * 1024.0))
+    } else if a >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+    } else if a >= 1024.0 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{b:.0} B")
+    }
+}
+
+fn cell(column: &str, s: Option<MeanSpread>) -> String {
+    let Some(s) = s else {
+        return "–".into();
+    };
+    match column {
+        "peak_memory_bytes" | "state_bytes" => s.format_with(bytes_h),
+        "time_total_s" => s.format_with(|v| format!("{v:.1}")),
+        _ => s.format_with(|v| format!("{v:.2}")),
+    }
+}
+
+fn dash(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "–".into())
+}
+
+/// Per-task accuracy curves from an accuracy matrix: task i from the step it was trained on.
+fn task_series(r: &RunResults) -> Vec<Series> {
+    let labels = r.task_labels();
+    (0..r.num_tasks())
+        .map(|i| Series {
+            label: format!("task {}", labels[i]),
+            points: (i..r.num_tasks())
+                .filter_map(|k| r.accuracy.get(k)?.get(i).map(|&v| ((k + 1) as f64, v)))
+                .collect(),
+        })
+        .collect()
+}
+
+/// The HTML page of [`write_report`] (validated input assumed: see [`RunResults::validate`]).
+pub fn render_index(results: &[RunResults]) -> String {
+    let mut page = Page::new("engram: continual-learning results");
+    let groups = group_runs(results);
+    page.para(&format!(
+        "{} run(s) in {} group(s) of (scenario, strategy, evaluation mode). Accuracies, forgetting, BWT, FWT and ECE in percent; several seeds show mean ± sample standard deviation. Formulas: methods/metrics.md. Data: results.json, results.csv.",
+        results.len(),
+        groups.len()
+    ));
+    page.heading("Comparison");
+    let mut header = vec!["Strategy", "Scenario", "Mode", "Seeds"];
+    header.extend(METRICS.iter().map(|m| m.1));
+    let rows: Vec<Vec<String>> = groups
+        .iter()
+        .map(|g| {
+            let mut row = vec![
+                g.strategy.clone(),
+                g.scenario.clone(),
+                g.eval_mode.clone(),
+                g.seeds(results).to_string(),
+            ];
+            row.extend(
+                METRICS
+                    .iter()
+                    .map(|(col, _, f)| cell(col, g.stat(results, f))),
+            );
+            row
+        })
+        .collect();
+    page.table_text_cols(&header, &rows, 3);
+
+    let mut scenarios: Vec<&str> = groups.iter().map(|g| g.scenario.as_str()).collect();
+    scenarios.dedup();
+    for scenario in scenarios {
+        let sg: Vec<&RunGroup> = groups.iter().filter(|g| g.scenario == scenario).collect();
+        let modes = sg
+            .iter()
+            .map(|g| g.eval_mode.as_str())
+            .collect::<std::collections::BTreeSet<_>>();
+        let names: Vec<String> = sg
+            .iter()
+            .map(|g| {
+                if modes.len() > 1 {
+                    format!("{} ({})", g.strategy, g.eval_mode)
+                } else {
+                    g.strategy.clone()
+                }
+            })
+            .collect();
+        page.heading(&format!(
+            "Scenario: {}",
+            if scenario.is_empty() { "–" } else { scenario }
+        ));
+        let chart = |metrics: [Metric; 2]| {
+            let stats: Vec<[Option<MeanSpread>; 2]> = sg
+                .iter()
+                .map(|g| metrics.map(|m| g.stat(results, m)))
+                .collect();
+            let values: Vec<Vec<Option<f64>>> = stats
+                .iter()
+                .map(|s| s.iter().map(|x| x.map(|x| x.mean)).collect())
+                .collect();
+            let errors: Vec<Vec<Option<f64>>> = stats
+                .iter()
+                .map(|s| s.iter().map(|x| x.and_then(|x| x.spread)).collect())
+                .collect();
+            let any = values.iter().flatten().any(|v| v.is_some());
+            (values, errors, any)
+        };
+        let mut figs = Vec::new();
+        let (fv, fe, any_f) = chart([METRICS[2].2, METRICS[3].2]);
+        if any_f {
+            figs.push(grouped_bar_chart(
+                "Forgetting and backward transfer per strategy",
+                &names,
+                &["Forgetting F".to_string(), "BWT".to_string()],
+                &fv,
+                Some(&fe),
+                "percentage points",
+            ));
+        }
+        let (av, ae, any_a) = chart([METRICS[0].2, METRICS[1].2]);
+        if any_a {
+            figs.push(grouped_bar_chart(
+                "Final and average incremental accuracy",
+                &names,
+                &["ACC".to_string(), "AIA".to_string()],
+                &av,
+                Some(&ae),
+                "accuracy (%)",
+            ));
+        }
+        if !any_f {
+            page.note("Forgetting and BWT are undefined here (one task, or not reported).");
+        }
+        page.svg_row(&figs);
+
+        for g in &sg {
+            for &i in &g.runs {
+                let Some(r) = results.get(i) else { continue };
+                page.subheading(&format!(
+                    "{}: {}, {}, seed {}",
+                    r.display_name(),
+                    r.strategy,
+                    r.eval_mode,
+                    r.seed
+                ));
+                let s = &r.summary;
+                page.note(&format!(
+                    "ACC {} · AIA {} · forgetting {} · BWT {} · FWT {} · min {} · ECE {} · {} tasks",
+                    dash(s.acc),
+                    dash(s.aia),
+                    dash(s.forgetting),
+                    dash(s.bwt),
+                    dash(s.fwt),
+                    dash(s.min_accuracy),
+                    dash(s.ece),
+                    r.sequence_len()
+                ));
+                if !r.params.is_null() {
+                    page.note(&format!("params: {}", r.params));
+                }
+                let labels = r.task_labels();
+                let mut figs = Vec::new();
+                if r.num_tasks() > 0 {
+                    figs.push(accuracy_heatmap(
+                        &format!("Accuracy matrix ({})", r.eval_mode),
+                        &labels,
+                        &r.accuracy,
+                    ));
+                    figs.push(line_chart(
+                        &LineChart {
+                            title: "Accuracy of each task along the sequence".into(),
+                            x_label: "tasks trained".into(),
+                            y_label: "accuracy (%)".into(),
+                            y_range: Some((0.0, 100.0)),
+                            integer_x: true,
+                            log_x: false,
+                        },
+                        &task_series(r),
+                    ));
+                }
+                if let Some(m) = r.task_il_accuracy.as_ref().filter(|m| !m.is_empty()) {
+                    let til_labels = if m.len() == labels.len() {
+                        labels.clone()
+                    } else {
+                        (1..=m.len()).map(|i| i.to_string()).collect()
+                    };
+                    figs.push(accuracy_heatmap(
+                        "Accuracy matrix (task-il)",
+                        &til_labels,
+                        m,
+                    ));
+                }
+                if let Some(c) = &r.all_class_curve {
+                    figs.push(line_chart(
+                        &LineChart {
+                            title: "Accuracy on all classes along the stream".into(),
+                            x_label: "evaluation".into(),
+                            y_label: "accuracy (%)".into(),
+                            y_range: Some((0.0, 100.0)),
+                            integer_x: true,
+                            log_x: false,
+                        },
+                        &[Series {
+                            label: "all classes".into(),
+                            points: c
+                                .iter()
+                                .enumerate()
+                                .map(|(j, &v)| ((j + 1) as f64, v))
+                                .collect(),
+                        }],
+                    ));
+                }
+                page.svg_row(&figs);
+            }
+        }
+    }
+    page.render()
+}
+
+/// CSV field quoting (RFC 4180): quote when the field holds a comma, quote or line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// One row per run: identity columns, then the summary metrics (empty when undefined).
+pub fn render_csv(results: &[RunResults]) -> String {
+    let mut out = String::from("name,strategy,scenario,eval_mode,seed,tasks");
+    for (col, _, _) in METRICS {
+        out.push(',');
+        out.push_str(col);
+    }
+    out.push('\n');
+    for r in results {
+        let mut fields = vec![
+            csv_field(&r.name),
+            csv_field(&r.strategy),
+            csv_field(&r.scenario),
+            csv_field(&r.eval_mode),
+            r.seed.to_string(),
+            r.sequence_len().to_string(),
+        ];
+        for (_, _, f) in METRICS {
+            fields.push(f(r).map(|v| format!("{v}")).unwrap_or_default());
+        }
+        out.push_str(&fields.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `bytes` to `path` through a temporary file in the same folder, synced and renamed
+/// into place; the temporary is removed on failure.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: not a file path", path.display()),
+            )
+        })?
+        .to_string_lossy();
+    let tmp = dir.join(format!(
+        ".{name}.tmp-{}-{}",
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))
+}
+
+/// Writes `index.html`, `results.csv` and `results.json` into `dir` (created if missing) and
+/// returns their paths. Every run is validated first; a malformed one is an `InvalidData`
+/// error naming it, and nothing is written.
+pub fn write_report(results: &[RunResults], dir: &Path) -> io::Result<Vec<PathBuf>> {
+    for r in results {
+        r.validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    }
+    fs::create_dir_all(dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))?;
+    let json = serde_json::to_string_pretty(results)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("results JSON: {e}")))?;
+    let files = [
+        ("index.html", render_index(results)),
+        ("results.csv", render_csv(results)),
+        ("results.json", json + "\n"),
+    ];
+    let mut paths = Vec::new();
+    for (name, text) in files {
+        let p = dir.join(name);
+        write_atomic(&p, text.as_bytes())?;
+        paths.push(p);
+    }
+    Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::RunSummary;
+
+    fn run(
+        strategy: &str,
+        scenario: &str,
+        seed: u64,
+        acc: f64,
+        forgetting: Option<f64>,
+    ) -> RunResults {
+        RunResults {
+            name: format!("{strategy}-{scenario}-{seed}"),
+            strategy: strategy.into(),
+            scenario: scenario.into(),
+            eval_mode: "class-il".into(),
+            seed,
+            tasks: vec!["a".into(), "b".into()],
+            accuracy: vec![vec![90.0, 10.0], vec![acc, 95.0]],
+            task_il_accuracy: None,
+            baseline: None,
+            summary: RunSummary {
+                acc: Some(acc),
+                forgetting,
+                peak_memory_bytes: Some(3 * 1024 * 1024),
+                time_per_task_s: vec![1.0, 2.0],
+                ..Default::default()
+            },
+            all_class_curve: None,
+            params: serde_json::json!({"lambda": 1.0}),
+        }
+    }
+
+    #[test]
+    fn mean_and_sample_spread() {
+        // 1, 2, 3, 4: mean 2.5; sample variance ((1.5² + 0.5²)·2)/3 = 5/3.
+        let s = MeanSpread::of(&[1.0, 2.0, 3.0, 4.0]).unwrap();
+        assert_eq!(s.n, 4);
+        assert!((s.mean - 2.5).abs() < 1e-12);
+        assert!((s.spread.unwrap() - (5.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        assert_eq!(s.format_with(|v| format!("{v:.2}")), "2.50 ± 1.29");
+        let one = MeanSpread::of(&[7.0, f64::NAN]).unwrap();
+        assert_eq!((one.mean, one.spread, one.n), (7.0, None, 1));
+        assert_eq!(one.format_with(|v| format!("{v:.1}")), "7.0");
+        assert_eq!(MeanSpread::of(&[]), None);
+    }
+
+    #[test]
+    fn runs_group_by_scenario_strategy_and_mode() {
+        let mut results = vec![
+            run("ewc", "split", 0, 70.0, Some(20.0)),
+            run("naive", "split", 0, 40.0, Some(50.0)),
+            run("ewc", "split", 1, 74.0, Some(16.0)),
+            run("ewc", "perm", 0, 80.0, None),
+            run("ewc", "split", 2, 72.0, None),
+        ];
+        results[4].eval_mode = "class-il".into();
+        let g = group_runs(&results);
+        let keys: Vec<(&str, &str, usize)> = g
+            .iter()
+            .map(|g| (g.scenario.as_str(), g.strategy.as_str(), g.runs.len()))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                ("perm", "ewc", 1),
+                ("split", "ewc", 3),
+                ("split", "naive", 1)
+            ]
+        );
+        let ewc = &g[1];
+        assert_eq!(ewc.runs, vec![0, 2, 4]);
+        assert_eq!(ewc.seeds(&results), 3);
+        let acc = ewc.stat(&results, |r| r.summary.acc).unwrap();
+        assert_eq!((acc.mean, acc.spread, acc.n), (72.0, Some(2.0), 3));
+        // Forgetting is reported by two of the three seeds: mean (20 + 16)/2 = 18.
+        let f = ewc.stat(&results, |r| r.summary.forgetting).unwrap();
+        assert_eq!((f.mean, f.n), (18.0, 2));
+        assert_eq!(cell("acc", Some(acc)), "72.00 ± 2.00");
+        assert_eq!(cell("fwt", None), "–");
+        let mem = ewc.stat(&results, METRICS[8].2);
+        assert_eq!(cell("peak_memory_bytes", mem), "3.0 MiB ± 0 B");
+
+        // A different evaluation mode is its own group.
+        results[4].eval_mode = "task-il".into();
+        assert_eq!(group_runs(&results).len(), 4);
+    }
+
+    #[test]
+    fn index_and_csv_contents() {
+        let mut results = vec![
+            run("ewc", "split", 0, 70.0, Some(20.0)),
+            run("ewc", "split", 1, 74.0, Some(16.0)),
+            run("naive, \"plain\"", "split", 0, 40.0, Some(50.0)),
+        ];
+        results[2].all_class_curve = Some((0..300).map(|j| (j % 50) as f64).collect());
+        results[2].task_il_accuracy = Some(vec![vec![99.0, 50.0], vec![90.0, 98.0]]);
+        // A long stream with an all-class curve only: no heatmap, one line.
+        let mut stream = run("er", "scole", 0, 60.0, None);
+        stream.accuracy = vec![];
+        stream.tasks = (0..500).map(|i| i.to_string()).collect();
+        stream.all_class_curve = Some((0..500).map(|j| (j / 5) as f64).collect());
+        stream.validate().unwrap();
+        results.push(stream);
+        let html = render_index(&results);
+        assert!(html.contains("<td>72.00 ± 2.83</td>"), "{html}");
+        // 3 runs × 4 cells + one Task-IL matrix of 4.
+        assert_eq!(html.matches("class=\"cell\"").count(), 16);
+        // Per-task curves: 2 per run, plus two all-class curves.
+        assert_eq!(html.matches("class=\"line\"").count(), 8);
+        assert!(html.contains("<h2>Scenario: scole</h2>"));
+        // Two grouped charts, two strategies; only forgetting and ACC are reported (no BWT,
+        // no AIA), so one bar per strategy in each; the stream's scenario adds its ACC bar.
+        assert_eq!(html.matches("class=\"bar\"").count(), 5);
+        assert!(html.contains("naive, &quot;plain&quot;"));
+        assert!(!html.contains("<script"));
+
+        let csv = render_csv(&results);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 5);
+        assert!(
+            lines[4].starts_with("er-scole-0,er,scole,class-il,0,500,60,"),
+            "{csv}"
+        );
+        assert!(
+            lines[0].starts_with(
+                "name,strategy,scenario,eval_mode,seed,tasks,acc,aia,forgetting,bwt,fwt"
+            )
+        );
+        assert_eq!(
+            lines[1],
+            "ewc-split-0,ewc,split,class-il,0,2,70,,20,,,,,3,3145728,"
+        );
+        assert!(lines[3].starts_with("\"naive, \"\"plain\"\"-split-0\",\"naive, \"\"plain\"\"\","));
+        assert_eq!(render_index(&results), html);
+    }
+
+    #[test]
+    fn report_files_are_written_and_bad_runs_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("out");
+        let results = vec![run("ewc", "split", 0, 70.0, Some(20.0))];
+        let paths = write_report(&results, &dir).unwrap();
+        let names: Vec<String> = paths
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["index.html", "results.csv", "results.json"]);
+        let json = fs::read_to_string(dir.join("results.json")).unwrap();
+        let back = crate::results::parse_results(&json).unwrap();
+        assert_eq!(back, results);
+        // No temporaries left behind.
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 3);
+
+        let mut bad = results.clone();
+        bad[0].accuracy[1].pop();
+        let err = write_report(&bad, &dir.join("sub")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("ewc-split-0"), "{err}");
+        assert!(!dir.join("sub").exists());
+    }
+}
