@@ -30,8 +30,15 @@ enum Command {
     Convert(cmd::convert::Args),
     /// Write a synthetic transformer-shaped base model and fine-tunes, for tests and benchmarks.
     Synth(cmd::synth::Args),
-    /// The main job on default data: a synthetic weight-space round trip with a report.
+    /// The main job on default data: a continual-learning comparison on Fashion-MNIST with
+    /// an HTML report (`--weights`: a weight-space round trip on synthetic models instead).
     Demo(cmd::demo::Args),
+    /// Train a network through a sequence of tasks with a strategy (run file in TOML).
+    Train(cmd::train::Args),
+    /// Make an HTML report (with SVG charts) and CSV from results.json files.
+    Report(cmd::learn_report::Args),
+    /// List the continual-learning strategies.
+    Strategies,
     /// Merge checkpoints (mergekit YAML or flags): linear, task_arithmetic, ties, dare_*,
     /// breadcrumbs*, della*, model_stock, slerp.
     Merge(cmd::merge::Args),
@@ -83,6 +90,9 @@ fn main() {
         Command::Convert(a) => cmd::convert::run(&ctx, a),
         Command::Synth(a) => cmd::synth::run(&ctx, a),
         Command::Demo(a) => cmd::demo::run(&ctx, a),
+        Command::Train(a) => cmd::train::run(&ctx, a),
+        Command::Report(a) => cmd::learn_report::run(&ctx, a),
+        Command::Strategies => cmd::learn_report::list_strategies(),
         Command::Merge(a) => cmd::merge::run(&ctx, a),
         Command::Tv(t) => cmd::tv::run(&ctx, t),
         Command::Tall(a) => cmd::tall::run(&ctx, a),

@@ -1,0 +1,80 @@
+//! `engram report RESULTS... -o DIR` and `engram strategies`.
+
+use crate::Ctx;
+use anyhow::{Context, Result, bail};
+use engram_report::results::RunResults;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// results.json files, or folders searched for them (recursively).
+    #[arg(required = true)]
+    pub results: Vec<PathBuf>,
+    /// Output folder: index.html, results.csv, results.json.
+    #[arg(short, long, default_value = "report")]
+    pub out: PathBuf,
+}
+
+fn find(p: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    if p.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(p)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for e in entries {
+            if e.is_dir() {
+                find(&e, out)?;
+            } else if e.file_name().is_some_and(|n| n == "results.json") {
+                out.push(e);
+            }
+        }
+    } else {
+        out.push(p.to_path_buf());
+    }
+    Ok(())
+}
+
+pub fn load_results(paths: &[PathBuf]) -> Result<Vec<RunResults>> {
+    let mut files = Vec::new();
+    for p in paths {
+        find(p, &mut files)?;
+    }
+    if files.is_empty() {
+        bail!("no results.json found in {paths:?}");
+    }
+    files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+            serde_json::from_slice(&text)
+                .with_context(|| format!("{}: not an engram results file", f.display()))
+        })
+        .collect()
+}
+
+pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
+    let runs = load_results(&a.results)?;
+    let files = engram_report::report::write_report(&runs, &a.out)
+        .with_context(|| format!("writing the report to {}", a.out.display()))?;
+    if !ctx.quiet {
+        println!(
+            "report of {} runs: {}",
+            runs.len(),
+            files
+                .first()
+                .map(|f| f.display().to_string())
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+pub fn list_strategies() -> Result<()> {
+    for (name, summary, _) in engram_learn::strategy::REGISTRY
+        .iter()
+        .filter(|r| r.0 != "probe")
+    {
+        println!("{name:<16} {summary}");
+    }
+    Ok(())
+}
