@@ -18,12 +18,15 @@ pub enum DType {
     I32,
     I16,
     I8,
+    U64,
+    U32,
+    U16,
     U8,
     Bool,
 }
 
 impl DType {
-    pub const ALL: [DType; 12] = [
+    pub const ALL: [DType; 15] = [
         DType::F64,
         DType::F32,
         DType::F16,
@@ -34,6 +37,9 @@ impl DType {
         DType::I32,
         DType::I16,
         DType::I8,
+        DType::U64,
+        DType::U32,
+        DType::U16,
         DType::U8,
         DType::Bool,
     ];
@@ -41,9 +47,9 @@ impl DType {
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
-            DType::F64 | DType::I64 => 8,
-            DType::F32 | DType::I32 => 4,
-            DType::F16 | DType::BF16 | DType::I16 => 2,
+            DType::F64 | DType::I64 | DType::U64 => 8,
+            DType::F32 | DType::I32 | DType::U32 => 4,
+            DType::F16 | DType::BF16 | DType::I16 | DType::U16 => 2,
             DType::F8E4M3 | DType::F8E5M2 | DType::I8 | DType::U8 | DType::Bool => 1,
         }
     }
@@ -61,6 +67,9 @@ impl DType {
             DType::I32 => "I32",
             DType::I16 => "I16",
             DType::I8 => "I8",
+            DType::U64 => "U64",
+            DType::U32 => "U32",
+            DType::U16 => "U16",
             DType::U8 => "U8",
             DType::Bool => "BOOL",
         }
@@ -157,6 +166,23 @@ pub fn decode_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) {
                 *o = b as i8 as f32;
             }
         }
+        DType::U64 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                *o = u64::from_le_bytes(a) as f32;
+            }
+        }
+        DType::U32 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32;
+            }
+        }
+        DType::U16 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = u16::from_le_bytes([b[0], b[1]]) as f32;
+            }
+        }
         DType::U8 | DType::Bool => {
             for (o, &b) in out.iter_mut().zip(bytes) {
                 *o = b as f32;
@@ -238,6 +264,21 @@ mod tests {
                 assert!((a - b).abs() <= a.abs() * 0.01, "{d}: {a} vs {b}");
             }
         }
+    }
+
+    #[test]
+    fn unsigned_integers_decode() {
+        let mut out = [0f32; 2];
+        decode_f32(DType::U16, &[0xff, 0xff, 1, 0], &mut out);
+        assert_eq!(out, [65535.0, 1.0]);
+        decode_f32(DType::U32, &[0, 0, 0, 0x80, 2, 0, 0, 0], &mut out);
+        assert_eq!(out, [2147483648.0, 2.0]);
+        let mut b = vec![0xffu8; 8];
+        b.extend_from_slice(&3u64.to_le_bytes());
+        decode_f32(DType::U64, &b, &mut out);
+        assert_eq!(out, [u64::MAX as f32, 3.0]);
+        assert!(!DType::U32.is_float());
+        assert_eq!(DType::parse("u64"), Some(DType::U64));
     }
 
     #[test]
