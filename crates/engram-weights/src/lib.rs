@@ -2,6 +2,7 @@
 
 pub mod compress;
 pub mod merge;
+pub mod output;
 pub mod patch;
 pub mod rng;
 pub mod select;

@@ -11,7 +11,7 @@ use crate::merge::{TensorJob, TrimScope, elect_sign};
 use crate::select::{keep_count, kth_largest_abs};
 use crate::stream::{Chunk, visit_chunks};
 use engram_ckpt::dtype::round_through;
-use engram_ckpt::{DType, Error, Model, ModelWriter, Result, TensorSpec, TensorView, WriteOptions};
+use engram_ckpt::{DType, Error, Model, Result, TensorView};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
@@ -371,25 +371,10 @@ impl<'a> Tall<'a> {
         progress: &(dyn Fn(u64) + Sync),
         build: &(dyn Fn(&MaskChunk, &mut [f32]) + Sync),
     ) -> Result<Vec<std::path::PathBuf>> {
-        let specs: Vec<TensorSpec> = self
-            .base
-            .tensors()
-            .map(|v| {
-                let dt = if v.dtype().is_float() {
-                    out_dtype.unwrap_or(v.dtype())
-                } else {
-                    v.dtype()
-                };
-                TensorSpec::new(v.name(), dt, v.shape())
-            })
-            .collect();
-        let w = ModelWriter::create(
+        let w = crate::output::writer(
             out,
-            specs,
-            &WriteOptions {
-                max_shard_bytes: None,
-                metadata: metadata.clone(),
-            },
+            crate::output::specs(self.base.tensors(), out_dtype),
+            metadata,
         )?;
         for v in self.base.tensors() {
             if !v.dtype().is_float() {

@@ -9,7 +9,7 @@
 
 use crate::rng::hash_str;
 use crate::stream::visit_chunks;
-use engram_ckpt::{DType, Error, Model, ModelWriter, Result, TensorSpec, TensorView, WriteOptions};
+use engram_ckpt::{DType, Error, Model, Result, TensorView};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -101,24 +101,10 @@ pub fn combine(
             }
         }
     }
-    let specs = selected
-        .iter()
-        .map(|v| {
-            let dt = if v.dtype().is_float() {
-                out_dtype.unwrap_or(v.dtype())
-            } else {
-                v.dtype()
-            };
-            TensorSpec::new(v.name(), dt, v.shape())
-        })
-        .collect();
-    let w = ModelWriter::create(
+    let w = crate::output::writer(
         out,
-        specs,
-        &WriteOptions {
-            max_shard_bytes: None,
-            metadata: metadata.clone(),
-        },
+        crate::output::specs(selected.iter().copied(), out_dtype),
+        metadata,
     )?;
     for v in &selected {
         let name = v.name();
