@@ -31,6 +31,9 @@ pub fn visit_chunks(views: &[TensorView], f: &(dyn Fn(&Chunk) -> Result<()> + Sy
                     Ok(buf)
                 })
                 .collect::<Result<Vec<_>>>()?;
+            for v in views {
+                v.release(start, start + len);
+            }
             f(&Chunk {
                 index,
                 start,

@@ -196,6 +196,8 @@ pub fn run(ctx: &Ctx, a: MergeArgs) -> Result<()> {
         "mk peak",
         "speed-up"
     );
+    util::emit(&o)?;
+    o.clear();
     for size in &a.sizes {
         let arch = ArchConfig::for_params(super::synth::parse_count(size)?);
         let params = arch.param_count();
@@ -375,8 +377,7 @@ pub fn run(ctx: &Ctx, a: MergeArgs) -> Result<()> {
                     case["mergekit"] = mkres;
                     case["speedup_vs_mergekit"] = json!(secs / med);
                 }
-                util::outln!(
-                    o,
+                let row = format!(
                     "{:<7} {:>2} {:<12} {:>9.3} {:>9.2} {:>10.2} {:>9} {:>10} {:>9} {:>10}",
                     util::count(params),
                     n,
@@ -389,16 +390,15 @@ pub fn run(ctx: &Ctx, a: MergeArgs) -> Result<()> {
                     mk_cell.1,
                     mk_cell.2
                 );
+                // Rows and JSON as they come: an interrupted run keeps what it measured.
+                util::emit(&format!("{row}\n"))?;
                 cases.push(case);
+                write_json(&a.json_out, threads, a.repeat, &cases)?;
             }
             remove(&out)?;
         }
     }
-    let doc = json!({"engram_bench_merge": 1, "threads": threads, "repeat": a.repeat, "machine": machine(), "cases": cases});
-    if let Some(d) = a.json_out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d)?;
-    }
-    std::fs::write(&a.json_out, serde_json::to_string_pretty(&doc)? + "\n")?;
+    write_json(&a.json_out, threads, a.repeat, &cases)?;
     util::outln!(
         o,
         "\"x bound\" = (read inputs + write output, warm cache) / engram time; results: {}",
@@ -408,6 +408,18 @@ pub fn run(ctx: &Ctx, a: MergeArgs) -> Result<()> {
     if a.clean {
         remove(&a.dir)?;
     }
+    Ok(())
+}
+
+fn write_json(path: &Path, threads: usize, repeat: usize, cases: &[Value]) -> Result<()> {
+    let doc = json!({"engram_bench_merge": 1, "threads": threads, "repeat": repeat, "machine": machine(), "cases": cases});
+    if let Some(d) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d)?;
+    }
+    engram_ckpt::write_atomic(
+        path,
+        (serde_json::to_string_pretty(&doc)? + "\n").as_bytes(),
+    )?;
     Ok(())
 }
 

@@ -148,6 +148,14 @@ impl<'a> TensorJob<'a> {
             .collect()
     }
 
+    /// Gives the pages of `range` back to the kernel in every view (see
+    /// `TensorView::release`): streaming keeps resident memory at a few chunks.
+    pub fn release(&self, range: Range<usize>) {
+        for v in self.base.iter().chain(&self.models) {
+            v.release(range.start, range.end);
+        }
+    }
+
     /// Decodes the base (if any) and every model over `range`.
     pub fn read(&self, range: Range<usize>) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
         let n = range.len();
@@ -186,6 +194,7 @@ impl<'a> TensorJob<'a> {
                 }
             }
             f(&m[..n]);
+            self.release(r.clone());
         }
         Ok(())
     }
@@ -224,6 +233,7 @@ impl<'a> TensorJob<'a> {
             .enumerate()
             .map(|(index, r)| {
                 let (base, models) = self.read(r.clone())?;
+                self.release(r.clone());
                 Ok(f(&Chunk {
                     index,
                     start: r.start,
@@ -246,6 +256,7 @@ impl<'a> TensorJob<'a> {
             .enumerate()
             .try_for_each(|(index, r)| {
                 let (base, models) = self.read(r.clone())?;
+                self.release(r.clone());
                 let mut out = vec![0f32; r.len()];
                 kernel.merge(
                     &Chunk {
