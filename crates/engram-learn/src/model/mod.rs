@@ -3,6 +3,7 @@
 //! safetensors through engram-ckpt, so that engram's weight-space commands work on them.
 
 pub mod cnn;
+pub mod conv;
 pub mod io;
 pub mod mlp;
 pub mod params;

@@ -1,5 +1,6 @@
 //! The trainer: runs a strategy through a scenario's tasks, evaluating after every task.
 
+pub mod alloc;
 pub mod checkpoint;
 pub mod optim;
 pub mod trainer;

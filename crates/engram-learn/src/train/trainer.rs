@@ -303,6 +303,7 @@ impl Trainer<'_> {
         if s.tasks.is_empty() {
             return Err("the scenario has no tasks".into());
         }
+        super::alloc::keep_freed_memory();
         let base = Device::flex();
         base.seed(self.seed);
         let ad = base.clone().autodiff();
