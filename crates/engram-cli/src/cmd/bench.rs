@@ -39,6 +39,9 @@ pub enum Bench {
     /// Merge speed and memory (TA, TIES, TALL, Consensus) against the read-and-write bound and
     /// mergekit, on synthetic models (B1 in BENCHMARKS.md).
     Merge(super::bench_merge::MergeArgs),
+    /// Training speed: one epoch of Fashion-MNIST (MLP and CNN) against PyTorch on CPU with
+    /// the same threads (B4 in BENCHMARKS.md).
+    Train(super::bench_train::TrainArgs),
 }
 
 #[derive(clap::Args)]
@@ -87,6 +90,7 @@ pub fn run(ctx: &Ctx, b: Bench) -> Result<()> {
     match b {
         Bench::Io(a) => io(ctx, a),
         Bench::Merge(a) => super::bench_merge::run(ctx, a),
+        Bench::Train(a) => super::bench_train::run(ctx, a),
     }
 }
 

@@ -1,5 +1,6 @@
 pub mod bench;
 pub mod bench_merge;
+pub mod bench_train;
 pub mod compress;
 pub mod consensus;
 pub mod convert;

@@ -1,0 +1,637 @@
+//! `engram bench train`: B4 of BENCHMARKS.md. One epoch of Fashion-MNIST (batch 128, Adam,
+//! lr 1e-3) for the MLP 784-400-400-10 and the CNN (conv 1→32 3×3, pool 2, conv 32→64 3×3,
+//! pool 2, fc 1600→128, fc 128→10), engram against PyTorch on CPU with the same number of
+//! threads, in the same run.
+//!
+//! engram side: engram's own `Trainer` on a one-task joint scenario (the loop every `engram
+//! train` run uses: shuffled minibatches built by `gather`, cross-entropy, backward, Adam).
+//! The time of one epoch runs from the trainer's `TaskStart` event to its last `Step` event,
+//! so loading the data set, the evaluations before and after, and building the network are
+//! not in it; building the minibatches is, as it is for PyTorch (`x[idx]`), and is also
+//! timed alone and reported as `batch_s`.
+//!
+//! PyTorch side: a script written to a temporary file and run with `--python` (a venv with
+//! torch and numpy; `--install-torch` makes bench-out/torch-venv). It reads the very same
+//! examples, which engram writes as raw little-endian arrays next to the script, and calls
+//! `torch.set_num_threads(n)` with n = engram's rayon threads (`--threads`, default: all
+//! cores). Same architecture, and the same initialisation scheme (both draw weights and biases
+//! from U(±1/√fan_in)); not the same data order.
+//!
+//! Each side runs one warm-up epoch, then `--repeat` epochs, each on a freshly initialised
+//! network (seeds seed+1, seed+2, ...), evaluated on the 10,000 test images afterwards (a check
+//! that both learn). Reported: the median seconds per epoch, the ratio engram/PyTorch, the
+//! median test accuracy, and how many threads each side really kept busy: CPU time over wall
+//! time during the timed epochs, from every thread's `/proc/self/task/*/schedstat`, and the
+//! number of threads that were on a CPU for at least a tenth of the epoch.
+
+use super::bench::median;
+use super::util;
+use crate::Ctx;
+use anyhow::{Context, Result, bail};
+use engram_learn::model::ModelConfig;
+use engram_learn::scenario::{Common, Part, Scenario, joint};
+use engram_learn::train::optim::{OptimConfig, OptimKind, Schedule};
+use engram_learn::train::{Event, TrainConfig, Trainer};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Networks to measure, comma-separated: mlp, cnn.
+    #[arg(long, value_delimiter = ',', default_value = "mlp,cnn")]
+    pub models: Vec<String>,
+    /// Timed epochs per network and side, each after the side's warm-up epoch; medians are
+    /// reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Adam's learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Train on the first N examples only (default: all 60,000), for quick tries; times are
+    /// still reported per epoch of N.
+    #[arg(long, value_name = "N")]
+    pub train_examples: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where Fashion-MNIST is (default: the system package's location).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Python with torch and numpy [default: bench-out/torch-venv/bin/python].
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// Create bench-out/torch-venv and pip-install torch (CPU build) and numpy into it first.
+    #[arg(long)]
+    pub install_torch: bool,
+    /// engram only.
+    #[arg(long)]
+    pub no_torch: bool,
+    #[arg(long, default_value = "bench-out/train.json", value_name = "FILE")]
+    pub json_out: PathBuf,
+}
+
+const VENV: &str = "bench-out/torch-venv";
+
+/// The PyTorch side. argv[1]: a JSON object of settings; prints one JSON object.
+const SCRIPT: &str = r#"
+import json, math, os, sys, time
+cfg = json.loads(sys.argv[1])
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+torch.set_num_threads(cfg["threads"])
+try:
+    torch.set_num_interop_threads(1)
+except RuntimeError:
+    pass
+d, dim, classes, bs = cfg["data"], cfg["dim"], cfg["classes"], cfg["batch_size"]
+def arr(name, dtype, n):
+    return torch.from_numpy(np.fromfile(os.path.join(d, name), dtype=dtype).reshape((n, -1)))
+xtr = arr("train_x.f32", "<f4", cfg["n_train"])
+ytr = arr("train_y.i64", "<i8", cfg["n_train"]).reshape(-1)
+xte = arr("test_x.f32", "<f4", cfg["n_test"])
+yte = arr("test_y.i64", "<i8", cfg["n_test"]).reshape(-1)
+n = xtr.shape[0]
+
+def build(m):
+    if m["kind"] == "mlp":
+        dims = [dim] + m["hidden"] + [classes]
+        layers = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        return nn.Sequential(*layers[:-1])
+    c, h, w = cfg["image"]
+    c1, c2 = m["channels"]
+    side = lambda s: ((s - 2) // 2 - 2) // 2
+    return nn.Sequential(
+        nn.Unflatten(1, (c, h, w)),
+        nn.Conv2d(c, c1, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(c2 * side(h) * side(w), m["hidden"]), nn.ReLU(),
+        nn.Linear(m["hidden"], classes))
+
+def cpu_ns():
+    out = {}
+    for t in os.listdir("/proc/self/task"):
+        try:
+            with open("/proc/self/task/%s/schedstat" % t) as f:
+                out[t] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+def epoch(seed):
+    torch.manual_seed(seed)
+    model = build(cfg["model"])
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    model.train()
+    c0, t0 = cpu_ns(), time.perf_counter()
+    for i in range(0, n, bs):
+        idx = perm[i:i + bs]
+        x, y = xtr[idx], ytr[idx]
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        if not math.isfinite(loss.item()):
+            sys.exit("the loss is not finite")
+    wall = time.perf_counter() - t0
+    c1 = cpu_ns()
+    per = [c1[t] - c0.get(t, 0) for t in c1]
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, xte.shape[0], 1000):
+            correct += (model(xte[i:i + 1000]).argmax(1) == yte[i:i + 1000]).sum().item()
+    return {"seconds": wall, "cpu_s": sum(per) / 1e9,
+            "busy_threads": sum(1 for p in per if p >= 0.1 * wall * 1e9),
+            "accuracy": 100.0 * correct / xte.shape[0]}
+
+def batches_only():
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    t0 = time.perf_counter()
+    s = 0.0
+    for i in range(0, n, bs):
+        idx = perm[i:i + bs]
+        x, y = xtr[idx], ytr[idx]
+        s += float(x[0, 0]) + float(y[0])
+    return time.perf_counter() - t0
+
+warm = epoch(cfg["seed"])
+runs = [epoch(cfg["seed"] + 1 + r) for r in range(cfg["repeat"])]
+print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
+                  "warmup": warm, "runs": runs, "batch_s": batches_only()}))
+"#;
+
+/// CPU time (ns) of each of this process's threads.
+fn cpu_ns() -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for e in dir.flatten() {
+            let ns = std::fs::read_to_string(e.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()));
+            if let Some(ns) = ns {
+                out.insert(e.file_name().to_string_lossy().into_owned(), ns);
+            }
+        }
+    }
+    out
+}
+
+/// (total CPU seconds, threads busy at least a tenth of `wall`) between two snapshots.
+fn cpu_use(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>, wall: f64) -> (f64, usize) {
+    let per: Vec<u64> = b
+        .iter()
+        .map(|(t, &ns)| ns.saturating_sub(a.get(t).copied().unwrap_or(0)))
+        .collect();
+    let busy = per
+        .iter()
+        .filter(|&&ns| ns as f64 >= 0.1 * wall * 1e9)
+        .count();
+    (per.iter().sum::<u64>() as f64 / 1e9, busy)
+}
+
+struct Net {
+    name: &'static str,
+    config: ModelConfig,
+    /// The same network for the PyTorch script.
+    torch: Value,
+}
+
+fn net(name: &str) -> Result<Net> {
+    Ok(match name {
+        "mlp" => Net {
+            name: "mlp",
+            config: ModelConfig::Mlp {
+                hidden: vec![400, 400],
+            },
+            torch: json!({"kind": "mlp", "hidden": [400, 400]}),
+        },
+        "cnn" => Net {
+            name: "cnn",
+            config: ModelConfig::Cnn {
+                channels: [32, 64],
+                hidden: 128,
+            },
+            torch: json!({"kind": "cnn", "channels": [32, 64], "hidden": 128}),
+        },
+        other => bail!("unknown network `{other}` (known: mlp, cnn)"),
+    })
+}
+
+/// One epoch of engram's trainer on a fresh network: the run's JSON record.
+fn engram_epoch(s: &Scenario, model: &ModelConfig, a: &TrainArgs, seed: u64) -> Result<Value> {
+    let strategy =
+        engram_learn::strategy::build("naive", &Value::Null).map_err(anyhow::Error::msg)?;
+    let mut trainer = Trainer {
+        scenario: s,
+        model: model.clone(),
+        train: TrainConfig {
+            epochs: 1,
+            iterations: None,
+            batch_size: a.batch_size,
+            eval_batch: 1000,
+            optimizer: OptimConfig {
+                kind: OptimKind::Adam,
+                lr: a.lr,
+                momentum: 0.0,
+                weight_decay: 0.0,
+                schedule: Schedule::Constant,
+            },
+        },
+        seed,
+        strategy,
+        checkpoint_dir: None,
+        stop_after: None,
+    };
+    let mut start: Option<(Instant, BTreeMap<String, u64>)> = None;
+    let mut end: Option<(f64, BTreeMap<String, u64>)> = None;
+    let mut steps = 0;
+    let out = trainer
+        .run(&mut |e| match e {
+            Event::TaskStart { steps: n, .. } => {
+                steps = n;
+                start = Some((Instant::now(), cpu_ns()));
+            }
+            Event::Step { step, .. } if step == steps => {
+                if let Some((t, _)) = &start {
+                    end = Some((t.elapsed().as_secs_f64(), cpu_ns()));
+                }
+            }
+            _ => {}
+        })
+        .map_err(anyhow::Error::msg)?;
+    let (Some((_, c0)), Some((wall, c1))) = (start, end) else {
+        bail!("the trainer reported no complete epoch");
+    };
+    let (cpu, busy) = cpu_use(&c0, &c1, wall);
+    let accuracy = out
+        .accuracy
+        .first()
+        .and_then(|r| r.first())
+        .copied()
+        .unwrap_or(0.0);
+    Ok(json!({
+        "seconds": wall,
+        "trainer_seconds": out.seconds_per_task.first(),
+        "cpu_s": cpu,
+        "busy_threads": busy,
+        "accuracy": accuracy,
+    }))
+}
+
+/// Seconds to build one epoch's minibatches alone, as the trainer builds them.
+fn engram_batches(s: &Scenario, bs: usize) -> f64 {
+    let ids: Vec<(usize, usize)> = s.tasks[0].train.iter().map(|&i| (0, i)).collect();
+    // A fixed stride permutation: scattered reads like a shuffle's, without the trainer's RNG.
+    let n = ids.len();
+    let step = (0..)
+        .map(|k| n / 2 + 1 + k)
+        .find(|&k| gcd(k, n) == 1)
+        .unwrap_or(1);
+    let order: Vec<(usize, usize)> = (0..n).map(|i| ids[(i * step) % n]).collect();
+    let t = Instant::now();
+    let mut sink = 0.0f32;
+    for chunk in order.chunks(bs) {
+        let (x, y) = engram_learn::train::trainer::gather(s, Part::Train, chunk);
+        sink += x.first().copied().unwrap_or(0.0) + y.first().copied().unwrap_or(0) as f32;
+    }
+    std::hint::black_box(sink);
+    t.elapsed().as_secs_f64()
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+fn write_raw(dir: &Path, name: &str, bytes: impl Iterator<Item = [u8; 4]>) -> Result<()> {
+    let path = dir.join(name);
+    let f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let mut w = std::io::BufWriter::new(f);
+    for b in bytes {
+        w.write_all(&b)?;
+    }
+    w.flush()
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes the scenario's training examples (in order) and test set for the PyTorch script.
+fn write_data(dir: &Path, s: &Scenario) -> Result<()> {
+    let train = &s.tasks[0].train;
+    let dim = s.train.dim;
+    write_raw(
+        dir,
+        "train_x.f32",
+        train.iter().flat_map(|&i| {
+            s.train.x[i * dim..(i + 1) * dim]
+                .iter()
+                .map(|v| v.to_le_bytes())
+        }),
+    )?;
+    let i64s = |ys: Vec<u32>| -> Vec<[u8; 4]> {
+        ys.into_iter()
+            .flat_map(|y| {
+                let b = i64::from(y).to_le_bytes();
+                [[b[0], b[1], b[2], b[3]], [b[4], b[5], b[6], b[7]]]
+            })
+            .collect()
+    };
+    write_raw(
+        dir,
+        "train_y.i64",
+        i64s(train.iter().map(|&i| s.train.y[i]).collect()).into_iter(),
+    )?;
+    write_raw(dir, "test_x.f32", s.test.x.iter().map(|v| v.to_le_bytes()))?;
+    write_raw(dir, "test_y.i64", i64s(s.test.y.clone()).into_iter())
+}
+
+fn install_torch() -> Result<()> {
+    let venv = PathBuf::from(VENV);
+    if let Some(p) = venv.parent() {
+        std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
+    }
+    let pip = venv.join("bin/pip");
+    let ok = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .context("running python3 -m venv")?
+        .success()
+        && Command::new(&pip)
+            .args([
+                "install",
+                "-q",
+                "torch",
+                "--index-url",
+                "https://download.pytorch.org/whl/cpu",
+            ])
+            .status()
+            .with_context(|| format!("running {}", pip.display()))?
+            .success()
+        && Command::new(&pip)
+            .args(["install", "-q", "numpy"])
+            .status()
+            .with_context(|| format!("running {}", pip.display()))?
+            .success();
+    if !ok {
+        bail!("installing torch and numpy into {VENV} failed");
+    }
+    Ok(())
+}
+
+fn torch_side(
+    python: &Path,
+    dir: &Path,
+    net: &Net,
+    s: &Scenario,
+    a: &TrainArgs,
+    threads: usize,
+) -> Result<Value> {
+    let script = dir.join("bench_train.py");
+    std::fs::write(&script, SCRIPT).with_context(|| format!("writing {}", script.display()))?;
+    let (c, h, w) = s.train.image.unwrap_or((1, 28, 28));
+    let cfg = json!({
+        "data": dir,
+        "n_train": s.tasks[0].train.len(),
+        "n_test": s.test.len(),
+        "dim": s.train.dim,
+        "image": [c, h, w],
+        "classes": s.num_outputs,
+        "batch_size": a.batch_size,
+        "lr": a.lr,
+        "seed": a.seed,
+        "repeat": a.repeat,
+        "threads": threads,
+        "model": net.torch,
+    });
+    let n = threads.to_string();
+    let out = Command::new(python)
+        .arg(&script)
+        .arg(cfg.to_string())
+        .env("OMP_NUM_THREADS", &n)
+        .env("MKL_NUM_THREADS", &n)
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !out.status.success() {
+        bail!(
+            "the PyTorch script failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or_default();
+    serde_json::from_str(last)
+        .with_context(|| format!("reading the PyTorch script's output: {}", text.trim()))
+}
+
+fn med(runs: &[Value], key: &str) -> f64 {
+    median(
+        &runs
+            .iter()
+            .filter_map(|r| r[key].as_f64())
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Median seconds, accuracy, CPU use and busy threads of a side's timed runs.
+fn summary(runs: &[Value]) -> Value {
+    let secs = med(runs, "seconds");
+    json!({
+        "median_s": secs,
+        "median_accuracy": med(runs, "accuracy"),
+        "cores_used": if secs > 0.0 { med(runs, "cpu_s") / secs } else { 0.0 },
+        "busy_threads": med(runs, "busy_threads"),
+    })
+}
+
+pub fn run(ctx: &Ctx, a: TrainArgs) -> Result<()> {
+    if a.repeat == 0 || a.batch_size == 0 {
+        bail!("--repeat and --batch-size must be at least 1");
+    }
+    if !(a.lr.is_finite() && a.lr > 0.0) {
+        bail!("--lr must be positive");
+    }
+    if a.train_examples == Some(0) {
+        bail!("--train-examples must be at least 1");
+    }
+    let nets = a
+        .models
+        .iter()
+        .map(|m| net(m.trim()))
+        .collect::<Result<Vec<_>>>()?;
+    if a.install_torch && !a.no_torch {
+        install_torch()?;
+    }
+    let python = (!a.no_torch).then(|| {
+        a.python
+            .clone()
+            .unwrap_or(PathBuf::from(VENV).join("bin/python"))
+    });
+    if let Some(p) = &python
+        && !p.exists()
+    {
+        bail!(
+            "{} not found: pass --install-torch, --python PATH (a python with torch and numpy) or --no-torch",
+            p.display()
+        );
+    }
+    let threads = rayon::current_num_threads();
+
+    let split = engram_learn::data::load("fashion-mnist", a.data_dir.as_deref())?;
+    let mut s = joint(
+        split,
+        &Common {
+            seed: a.seed,
+            train_per_task: None,
+            test_per_class: None,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(n) = a.train_examples {
+        s.tasks[0].train.truncate(n);
+    }
+    let n_train = s.tasks[0].train.len();
+    let tmp = std::env::temp_dir().join(format!("engram-bench-train-{}", std::process::id()));
+    if python.is_some() {
+        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        write_data(&tmp, &s)?;
+    }
+    let batch_s = engram_batches(&s, a.batch_size);
+
+    let mut results = Vec::new();
+    let res = (|| -> Result<()> {
+        for n in &nets {
+            if !ctx.quiet {
+                eprintln!("{}: engram, warm-up and {} epochs", n.name, a.repeat);
+            }
+            let warm = engram_epoch(&s, &n.config, &a, a.seed)?;
+            let runs = (0..a.repeat)
+                .map(|r| engram_epoch(&s, &n.config, &a, a.seed + 1 + r as u64))
+                .collect::<Result<Vec<_>>>()?;
+            let engram = json!({
+                "warmup": warm,
+                "runs": runs,
+                "threads": threads,
+                "batch_s": batch_s,
+                "summary": summary(&runs),
+            });
+            let torch = match &python {
+                Some(p) => {
+                    if !ctx.quiet {
+                        eprintln!("{}: PyTorch, warm-up and {} epochs", n.name, a.repeat);
+                    }
+                    let mut t = torch_side(p, &tmp, n, &s, &a, threads)?;
+                    let runs: Vec<Value> = t["runs"].as_array().cloned().unwrap_or_default();
+                    t["summary"] = summary(&runs);
+                    t
+                }
+                None => Value::Null,
+            };
+            let e = engram["summary"]["median_s"].as_f64().unwrap_or(0.0);
+            let ratio = torch["summary"]["median_s"]
+                .as_f64()
+                .filter(|&t| t > 0.0)
+                .map(|t| e / t);
+            results
+                .push(json!({"model": n.name, "engram": engram, "torch": torch, "ratio": ratio}));
+        }
+        Ok(())
+    })();
+    if python.is_some() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    res?;
+
+    let doc = json!({
+        "engram_bench_train": 1,
+        "data": "fashion-mnist",
+        "train_examples": n_train,
+        "test_examples": s.test.len(),
+        "batch_size": a.batch_size,
+        "optimizer": {"kind": "adam", "lr": a.lr},
+        "repeat": a.repeat,
+        "seed": a.seed,
+        "threads": threads,
+        "machine": machine(),
+        "results": results,
+    });
+    if let Some(dir) = a.json_out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let text = serde_json::to_string_pretty(&doc).context("serializing results")?;
+    std::fs::write(&a.json_out, text + "\n")
+        .with_context(|| format!("writing {}", a.json_out.display()))?;
+
+    let mut o = String::new();
+    util::outln!(
+        o,
+        "engram bench train: Fashion-MNIST, {n_train} examples per epoch, batch {}, Adam lr {}, {threads} threads, median of {} epochs after a warm-up",
+        a.batch_size,
+        a.lr,
+        a.repeat
+    );
+    util::outln!(
+        o,
+        "machine: {}",
+        doc["machine"]["cpu"].as_str().unwrap_or("?")
+    );
+    util::outln!(
+        o,
+        "{:<5} {:>10} {:>10} {:>7} {:>9} {:>9} {:>13} {:>13}",
+        "model",
+        "engram s",
+        "torch s",
+        "ratio",
+        "engram %",
+        "torch %",
+        "engram cores",
+        "torch cores"
+    );
+    for r in &results {
+        let f = |side: &str, k: &str| r[side]["summary"][k].as_f64();
+        let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
+        util::outln!(
+            o,
+            "{:<5} {:>10.2} {:>10} {:>7} {:>9.2} {:>9} {:>13} {:>13}",
+            r["model"].as_str().unwrap_or_default(),
+            f("engram", "median_s").unwrap_or(0.0),
+            opt(f("torch", "median_s"), 2),
+            opt(r["ratio"].as_f64(), 2),
+            f("engram", "median_accuracy").unwrap_or(0.0),
+            opt(f("torch", "median_accuracy"), 2),
+            opt(f("engram", "cores_used"), 2),
+            opt(f("torch", "cores_used"), 2),
+        );
+    }
+    util::outln!(
+        o,
+        "(ratio: engram/PyTorch seconds per epoch; %: test accuracy after the epoch; cores: CPU time / wall time; building the minibatches alone: {batch_s:.3} s per epoch for engram)"
+    );
+    util::outln!(o, "results: {}", a.json_out.display());
+    util::emit(&o)?;
+    Ok(())
+}
+
+/// The CPU model and core count, as the kernel reports them.
+fn machine() -> Value {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = info
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    json!({"cpu": cpu, "cores": cores, "loadavg_at_end": load.trim()})
+}
