@@ -56,6 +56,9 @@ enum Command {
     /// Weight patches (Robust Weight Signatures): extract, apply, remove.
     #[command(subcommand)]
     Patch(cmd::patch::PatchCmd),
+    /// End-to-end studies: train with engram-learn, then merge, mask and compress.
+    #[command(subcommand)]
+    Study(cmd::study::Study),
     /// Benchmarks that print ratios against baselines measured in the same run.
     #[command(subcommand)]
     Bench(cmd::bench::Bench),
@@ -100,6 +103,7 @@ fn main() {
         Command::Compress(a) => cmd::compress::run(&ctx, a),
         Command::Extract(a) => cmd::compress::run_extract(&ctx, a),
         Command::Patch(p) => cmd::patch::run(&ctx, p),
+        Command::Study(s) => cmd::study::run(&ctx, s),
         Command::Bench(b) => cmd::bench::run(&ctx, b),
     };
     cmd::bench::report_peak_rss();

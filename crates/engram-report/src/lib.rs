@@ -5,6 +5,7 @@
 //! [`report::write_report`] (`index.html`, `results.csv`, `results.json`).
 
 pub mod html;
+pub mod merge8;
 pub mod report;
 pub mod results;
 pub mod svg;

@@ -6,15 +6,54 @@
 //! base under `base.<name>` (its own dtype), τ_MTL under `tau.<name>` (`tau_dtype`), and U8
 //! tensors `tall.mask.<task>.<name>` packed MSB first per tensor; `__metadata__` records the
 //! tasks, λ's, recipe and bit order. The base's side files sit beside it in the bundle folder.
+//!
+//! With `MaskCoding::Arith` the masks are entropy coded instead (`maskcode.rs`) and live in
+//! `masks.safetensors` beside the bundle: U8 tensors `tall.maskac.<task>.<name>`. That file
+//! is completed before the bundle file, so a bundle file on disk always has its masks.
 
+use crate::maskcode;
+use crate::merge::CHUNK_ELEMS;
 use crate::stream::{bit, pack_bits};
 use crate::tall::Tall;
-use engram_ckpt::dtype::encode_f32;
+use engram_ckpt::dtype::{encode_f32, round_through};
 use engram_ckpt::{DType, Error, Model, ModelWriter, Result, TensorSpec, WriteOptions};
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 pub const BUNDLE_FILE: &str = "bundle.safetensors";
+/// Entropy-coded masks beside the bundle file (`MaskCoding::Arith`).
+pub const MASKS_FILE: &str = "masks.safetensors";
+
+/// How the task masks are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MaskCoding {
+    /// One bit per weight per task, packed MSB first (the reference layout).
+    Packed,
+    /// Adaptive binary range coding under magnitude and neighbouring-bit contexts.
+    Arith,
+}
+
+impl MaskCoding {
+    pub fn parse(s: &str) -> Result<MaskCoding> {
+        match s {
+            "packed" => Ok(MaskCoding::Packed),
+            "arith" => Ok(MaskCoding::Arith),
+            _ => Err(Error::Invalid(format!(
+                "unknown mask coding '{s}'; use packed or arith"
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MaskCoding::Packed => "packed",
+            MaskCoding::Arith => "arith",
+        }
+    }
+}
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BundleReport {
@@ -22,7 +61,11 @@ pub struct BundleReport {
     /// Base plus every fine-tuned checkpoint the bundle replaces.
     pub replaced_bytes: u64,
     pub ratio: f64,
+    /// Bytes the masks take as stored.
     pub mask_bytes: u64,
+    /// What one packed bit per weight per task would take.
+    pub packed_mask_bytes: u64,
+    pub mask_coding: MaskCoding,
     pub tasks: Vec<String>,
 }
 
@@ -30,11 +73,103 @@ fn mask_name(task: &str, tensor: &str) -> String {
     format!("tall.mask.{task}.{tensor}")
 }
 
+fn coded_name(task: &str, tensor: &str) -> String {
+    format!("tall.maskac.{task}.{tensor}")
+}
+
+/// Coded streams of one chunk, one per task.
+type ChunkStreams = Vec<Vec<u8>>;
+
+/// Codes the masks of one chunk (τ_MTL as the bundle stores it gives the contexts).
+fn code_chunk(tau: &[f32], masks: &[Vec<bool>], tau_dtype: DType, row: usize) -> ChunkStreams {
+    let mut tau = tau.to_vec();
+    round_through(tau_dtype, &mut tau);
+    let buckets = maskcode::magnitude_buckets(&tau);
+    masks
+        .iter()
+        .map(|m| maskcode::encode_bits(m, &buckets, maskcode::BUCKETS, row))
+        .collect()
+}
+
+/// Coded mask streams spooled to a temporary file while the bundle is written, then copied
+/// into `masks.safetensors` once their sizes are known (memory stays one tensor's streams).
+struct Spool {
+    path: PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+    entries: Vec<(String, u64, u64)>,
+    offset: u64,
+}
+
+impl Spool {
+    fn new(dir: &Path) -> Result<Spool> {
+        let path = dir.join(format!(".masks.engram-spool-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(Spool {
+            file: std::io::BufWriter::new(file),
+            path,
+            entries: Vec::new(),
+            offset: 0,
+        })
+    }
+
+    fn push(&mut self, name: String, bytes: &[u8]) -> Result<()> {
+        self.file
+            .write_all(bytes)
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.entries.push((name, self.offset, bytes.len() as u64));
+        self.offset += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Writes `masks.safetensors` in `dir`; returns the coded bytes. The spool file is
+    /// removed when the spool drops, also on error.
+    fn finish(mut self, dir: &Path, metadata: &BTreeMap<String, String>) -> Result<u64> {
+        use std::os::unix::fs::FileExt;
+        self.file.flush().map_err(|e| Error::io(&self.path, e))?;
+        let file = self.file.get_ref();
+        let specs = self
+            .entries
+            .iter()
+            .map(|(n, _, len)| TensorSpec::new(n.clone(), DType::U8, &[*len as usize]))
+            .collect();
+        let w = ModelWriter::create(
+            &dir.join(MASKS_FILE),
+            specs,
+            &WriteOptions {
+                max_shard_bytes: None,
+                metadata: metadata.clone(),
+            },
+        )?;
+        let mut buf = Vec::new();
+        for (name, off, len) in &self.entries {
+            buf.resize(*len as usize, 0);
+            file.read_exact_at(&mut buf, *off)
+                .map_err(|e| Error::io(&self.path, e))?;
+            w.write_bytes(name, &buf)?;
+        }
+        w.finish(&[])?;
+        Ok(self.offset)
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Writes the bundle folder `out` (the bundle file plus the base's side files).
 pub fn write_bundle(
     tall: &Tall,
     out: &Path,
     tau_dtype: DType,
+    coding: MaskCoding,
     metadata: &BTreeMap<String, String>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<BundleReport> {
@@ -56,6 +191,9 @@ pub fn write_bundle(
     for name in &tall.tensors {
         let v = tall.base.require(name)?;
         specs.push(TensorSpec::new(format!("tau.{name}"), tau_dtype, v.shape()));
+        if coding == MaskCoding::Arith {
+            continue;
+        }
         for t in &tall.tasks {
             specs.push(TensorSpec::new(
                 mask_name(t, name),
@@ -80,32 +218,78 @@ pub fn write_bundle(
     );
     md.insert("tall.bit_order".into(), "msb_first_per_tensor".into());
     md.insert("tall.tau_dtype".into(), tau_dtype.name().into());
+    md.insert("tall.mask_coding".into(), coding.name().into());
+    if coding == MaskCoding::Arith {
+        md.insert("tall.masks_file".into(), MASKS_FILE.into());
+        md.insert(
+            "tall.mask_contexts".into(),
+            "|tau| octave vs chunk mean (16), two previous bits, bits 1 and 2 rows above".into(),
+        );
+    }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut spool = match coding {
+        MaskCoding::Arith => Some(Spool::new(out)?),
+        MaskCoding::Packed => None,
+    };
     let file = out.join(BUNDLE_FILE);
     let w = ModelWriter::create(
         &file,
         specs,
         &WriteOptions {
             max_shard_bytes: None,
-            metadata: md,
+            metadata: md.clone(),
         },
     )?;
     for v in tall.base.tensors() {
-        w.write_bytes(&format!("base.{}", v.name()), v.bytes)?;
+        crate::output::copy_bytes_released(&w, &format!("base.{}", v.name()), &v)?;
     }
     for name in &tall.tensors {
+        let view = tall.base.require(name)?;
+        let chunks = view.numel().div_ceil(CHUNK_ELEMS);
+        let row = maskcode::row_len(view.shape());
+        let coded: Mutex<Vec<Option<ChunkStreams>>> = Mutex::new(vec![None; chunks]);
         tall.visit(name, &|c| {
             let mut bytes = vec![0u8; c.tau.len() * tau_dtype.size()];
             encode_f32(tau_dtype, &c.tau, &mut bytes);
             w.write_bytes_at(&format!("tau.{name}"), c.start, &bytes)?;
-            for (t, m) in tall.tasks.iter().zip(&c.masks) {
-                // Chunks start at multiples of 8 elements, so packed chunks tile the tensor.
-                w.write_bytes_at(&mask_name(t, name), c.start / 8, &pack_bits(m))?;
+            match coding {
+                MaskCoding::Packed => {
+                    for (t, m) in tall.tasks.iter().zip(&c.masks) {
+                        // Chunks start at multiples of 8 elements, so packed chunks tile
+                        // the tensor.
+                        w.write_bytes_at(&mask_name(t, name), c.start / 8, &pack_bits(m))?;
+                    }
+                }
+                MaskCoding::Arith => {
+                    let streams = code_chunk(&c.tau, &c.masks, tau_dtype, row);
+                    if let Ok(mut g) = coded.lock() {
+                        g[c.index] = Some(streams);
+                    }
+                }
             }
             progress(c.tau.len() as u64);
             Ok(())
         })?;
+        if let Some(spool) = spool.as_mut() {
+            let coded = coded
+                .into_inner()
+                .map_err(|_| Error::Invalid("a mask coding thread panicked".into()))?;
+            let coded: Vec<ChunkStreams> = coded.into_iter().flatten().collect();
+            if coded.len() != chunks {
+                return Err(Error::Invalid(format!(
+                    "{name}: a mask chunk was not coded"
+                )));
+            }
+            for (i, t) in tall.tasks.iter().enumerate() {
+                let own: Vec<Vec<u8>> = coded.iter().map(|c| c[i].clone()).collect();
+                spool.push(coded_name(t, name), &maskcode::join_chunks(&own))?;
+            }
+        }
     }
+    let coded_bytes = match spool {
+        Some(s) => Some(s.finish(out, &md)?),
+        None => None,
+    };
     w.finish(&[])?;
     for f in tall.base.side_files() {
         if let Some(n) = f.file_name() {
@@ -113,12 +297,16 @@ pub fn write_bundle(
             engram_ckpt::write_atomic(&out.join(n), &data)?;
         }
     }
-    let bundle_bytes = std::fs::metadata(&file)
+    let mut bundle_bytes = std::fs::metadata(&file)
         .map_err(|e| Error::io(&file, e))?
         .len();
+    if coding == MaskCoding::Arith {
+        let m = out.join(MASKS_FILE);
+        bundle_bytes += std::fs::metadata(&m).map_err(|e| Error::io(&m, e))?.len();
+    }
     let replaced_bytes =
         tall.base.file_bytes() + tall.models.iter().map(|m| m.file_bytes()).sum::<u64>();
-    let mask_bytes = tall
+    let packed_mask_bytes = tall
         .tensors
         .iter()
         .map(|n| tall.base.require(n).map(|v| v.numel().div_ceil(8) as u64))
@@ -128,7 +316,9 @@ pub fn write_bundle(
         bundle_bytes,
         replaced_bytes,
         ratio: replaced_bytes as f64 / bundle_bytes.max(1) as f64,
-        mask_bytes,
+        mask_bytes: coded_bytes.unwrap_or(packed_mask_bytes),
+        packed_mask_bytes,
+        mask_coding: coding,
         tasks: tall.tasks.clone(),
     })
 }
@@ -176,6 +366,17 @@ pub fn extract_task(
             tasks.join(", ")
         )));
     }
+    let coding = match bundle.metadata().get("tall.mask_coding") {
+        None => MaskCoding::Packed,
+        Some(c) => {
+            MaskCoding::parse(c).map_err(|e| Error::format(bundle.source(), e.to_string()))?
+        }
+    };
+    let dir = bundle.source().parent().unwrap_or(Path::new("."));
+    let masks_file = match coding {
+        MaskCoding::Arith => Some(Model::open(&dir.join(MASKS_FILE))?),
+        MaskCoding::Packed => None,
+    };
     let bases: Vec<_> = bundle
         .tensors()
         .filter_map(|v| v.name().strip_prefix("base.").map(|n| (n.to_string(), v)))
@@ -199,15 +400,26 @@ pub fn extract_task(
             progress(b.numel() as u64);
             continue;
         };
-        let mask = bundle.require(&mask_name(task, name))?;
-        if tau.shape() != b.shape() || mask.numel() != b.numel().div_ceil(8) {
+        if tau.shape() != b.shape() {
             return Err(Error::tensor(
                 bundle.source(),
                 name,
-                "tau or mask shape does not match the base",
+                "tau shape does not match the base",
             ));
         }
         let tv = [*b, tau];
+        if let Some(mf) = &masks_file {
+            extract_coded(mf, task, name, &tv, &w, progress)?;
+            continue;
+        }
+        let mask = bundle.require(&mask_name(task, name))?;
+        if mask.numel() != b.numel().div_ceil(8) {
+            return Err(Error::tensor(
+                bundle.source(),
+                name,
+                "mask size does not match the base",
+            ));
+        }
         crate::stream::visit_chunks(&tv, &|c| {
             let (base, tau) = (&c.values[0], &c.values[1]);
             let bits = &mask.bytes[c.start / 8..(c.start + base.len()).div_ceil(8)];
@@ -224,7 +436,6 @@ pub fn extract_task(
             w.write_f32_at(name, c.start, &out)
         })?;
     }
-    let dir = bundle.source().parent().unwrap_or(Path::new("."));
     let side: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -239,6 +450,36 @@ pub fn extract_task(
         })
         .collect();
     w.finish(&side)
+}
+
+/// Rebuilds tensor `name` of `task` from entropy-coded masks, chunk by chunk in parallel.
+fn extract_coded(
+    masks: &Model,
+    task: &str,
+    name: &str,
+    tv: &[engram_ckpt::TensorView; 2],
+    w: &ModelWriter,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<()> {
+    let chunks = tv[0].numel().div_ceil(CHUNK_ELEMS);
+    let row = maskcode::row_len(tv[0].shape());
+    let src = masks.source();
+    let own_t = masks.require(&coded_name(task, name))?;
+    let own = maskcode::split_chunks(own_t.bytes, chunks)
+        .map_err(|e| Error::tensor(src, own_t.name(), e))?;
+    crate::stream::visit_chunks(tv, &|c| {
+        let (base, tau) = (&c.values[0], &c.values[1]);
+        let n = base.len();
+        let buckets = maskcode::magnitude_buckets(tau);
+        let mut m = vec![false; n];
+        maskcode::decode_bits(own[c.index], &buckets, maskcode::BUCKETS, row, &mut m)
+            .map_err(|e| Error::tensor(src, own_t.name(), e))?;
+        let out: Vec<f32> = (0..n)
+            .map(|k| if m[k] { base[k] + tau[k] } else { base[k] })
+            .collect();
+        progress(n as u64);
+        w.write_f32_at(name, c.start, &out)
+    })
 }
 
 #[cfg(test)]
@@ -261,27 +502,49 @@ mod tests {
             vec![0.4; 3],
         )
         .unwrap();
-        let bdir = dir.path().join("bundle");
-        let rep = write_bundle(&tall, &bdir, DType::BF16, &BTreeMap::new(), &|_| {}).unwrap();
-        assert_eq!(rep.mask_bytes, 3 * (420_000 / 8 + 2));
-        for (i, t) in tasks.iter().enumerate() {
-            let ex = dir.path().join(format!("ex-{t}"));
-            extract_task(&bdir, t, &ex, &BTreeMap::new(), &|_| {}).unwrap();
-            let mem = dir.path().join(format!("mem-{t}"));
-            tall.write_model(
-                &mem,
-                None,
-                &BTreeMap::new(),
-                &|_| {},
-                &Tall::reconstruct_kernel(i, DType::BF16),
-            )
-            .unwrap();
-            assert_eq!(
-                std::fs::read(ex.join("model.safetensors")).unwrap(),
-                std::fs::read(mem.join("model.safetensors")).unwrap(),
-                "task {t}"
-            );
+        for coding in [MaskCoding::Packed, MaskCoding::Arith] {
+            let bdir = dir.path().join(format!("bundle-{}", coding.name()));
+            let rep =
+                write_bundle(&tall, &bdir, DType::BF16, coding, &BTreeMap::new(), &|_| {}).unwrap();
+            assert_eq!(rep.packed_mask_bytes, 3 * (420_000 / 8 + 2));
+            if coding == MaskCoding::Packed {
+                assert_eq!(rep.mask_bytes, rep.packed_mask_bytes);
+            } else {
+                assert!(bdir.join(MASKS_FILE).is_file());
+                assert!(rep.mask_bytes > 0);
+                // No spool file is left behind.
+                let stray = std::fs::read_dir(&bdir)
+                    .unwrap()
+                    .filter(|e| {
+                        e.as_ref()
+                            .unwrap()
+                            .file_name()
+                            .to_string_lossy()
+                            .starts_with('.')
+                    })
+                    .count();
+                assert_eq!(stray, 0);
+            }
+            for (i, t) in tasks.iter().enumerate() {
+                let ex = dir.path().join(format!("ex-{t}-{}", coding.name()));
+                extract_task(&bdir, t, &ex, &BTreeMap::new(), &|_| {}).unwrap();
+                let mem = dir.path().join(format!("mem-{t}-{}", coding.name()));
+                tall.write_model(
+                    &mem,
+                    None,
+                    &BTreeMap::new(),
+                    &|_| {},
+                    &Tall::reconstruct_kernel(i, DType::BF16),
+                )
+                .unwrap();
+                assert_eq!(
+                    std::fs::read(ex.join("model.safetensors")).unwrap(),
+                    std::fs::read(mem.join("model.safetensors")).unwrap(),
+                    "task {t}, {coding:?}"
+                );
+            }
         }
+        let bdir = dir.path().join("bundle-packed");
         let e = extract_task(
             &bdir,
             "zz",
@@ -291,5 +554,72 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("no task 'zz'"));
+    }
+
+    #[test]
+    fn corrupt_coded_masks_are_errors_naming_the_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let shapes: &[(&str, &[usize])] = &[("layers.0.w", &[300, 200])];
+        let (base, models) = random_family(dir.path(), shapes, 2, 5);
+        let tasks: Vec<String> = vec!["a".into(), "b".into()];
+        let tall = Tall::new(
+            &base,
+            models.iter().collect(),
+            tasks,
+            MtlRecipe::Sum,
+            vec![0.4; 2],
+        )
+        .unwrap();
+        let bdir = dir.path().join("b");
+        write_bundle(
+            &tall,
+            &bdir,
+            DType::F32,
+            MaskCoding::Arith,
+            &BTreeMap::new(),
+            &|_| {},
+        )
+        .unwrap();
+        // Rewrite the masks file with the task stream cut short.
+        let mf = bdir.join(MASKS_FILE);
+        let m = Model::open(&mf).unwrap();
+        let names: Vec<String> = m.tensors().map(|t| t.name().to_string()).collect();
+        let specs = m
+            .tensors()
+            .map(|t| {
+                let n = if t.name().starts_with("tall.maskac.a.") {
+                    t.numel() - 3
+                } else {
+                    t.numel()
+                };
+                TensorSpec::new(t.name(), DType::U8, &[n])
+            })
+            .collect();
+        let data: Vec<Vec<u8>> = m.tensors().map(|t| t.bytes.to_vec()).collect();
+        drop(m);
+        let w = ModelWriter::create(
+            &mf,
+            specs,
+            &WriteOptions {
+                max_shard_bytes: None,
+                metadata: BTreeMap::new(),
+            },
+        )
+        .unwrap();
+        for (n, d) in names.iter().zip(&data) {
+            let len = if n.starts_with("tall.maskac.a.") {
+                d.len() - 3
+            } else {
+                d.len()
+            };
+            w.write_bytes(n, &d[..len]).unwrap();
+        }
+        w.finish(&[]).unwrap();
+        let e = extract_task(&bdir, "a", &dir.path().join("x"), &BTreeMap::new(), &|_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tall.maskac.a.layers.0.w"), "{e}");
+        // The other task is intact.
+        extract_task(&bdir, "b", &dir.path().join("y"), &BTreeMap::new(), &|_| {}).unwrap();
     }
 }

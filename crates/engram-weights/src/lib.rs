@@ -1,6 +1,7 @@
 //! engram-weights: weight-space operations on plain f32 slices, streamed over checkpoints.
 
 pub mod compress;
+pub mod maskcode;
 pub mod merge;
 pub mod output;
 pub mod patch;

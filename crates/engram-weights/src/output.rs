@@ -37,3 +37,19 @@ pub fn writer(
         },
     )
 }
+
+/// Copies a tensor's stored bytes to `name` in `w` in 64 MiB pieces, releasing the source
+/// pages after each, so that copying a large model does not keep it resident.
+pub fn copy_bytes_released(w: &ModelWriter, name: &str, v: &TensorView) -> Result<()> {
+    const STEP: usize = 64 << 20;
+    let es = v.dtype().size().max(1);
+    let step = STEP / es * es;
+    let mut off = 0;
+    while off < v.bytes.len() {
+        let end = (off + step).min(v.bytes.len());
+        w.write_bytes_at(name, off / es, &v.bytes[off..end])?;
+        v.release(off / es, end / es);
+        off = end;
+    }
+    Ok(())
+}

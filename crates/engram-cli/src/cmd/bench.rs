@@ -42,6 +42,13 @@ pub enum Bench {
     /// Training speed: one epoch of Fashion-MNIST (MLP and CNN) against PyTorch on CPU with
     /// the same threads (B4 in BENCHMARKS.md).
     Train(super::bench_train::TrainArgs),
+    /// Compression and the scale check (B6 in BENCHMARKS.md): merge, TALL masks and bundles
+    /// with packed and entropy-coded masks on large synthetic families; bytes, time, memory.
+    Compress(super::bench_compress::CompressArgs),
+    /// The continual-learning suite (B3 in BENCHMARKS.md): every strategy on Split, Permuted,
+    /// Rotated and SCoLe Fashion-MNIST and Split MNIST, MLP and CNN, three seeds, tuned on
+    /// validation; JSON and an HTML report. `--quick` for a smoke check.
+    Cl(super::bench_cl::ClArgs),
 }
 
 #[derive(clap::Args)]
@@ -91,6 +98,8 @@ pub fn run(ctx: &Ctx, b: Bench) -> Result<()> {
         Bench::Io(a) => io(ctx, a),
         Bench::Merge(a) => super::bench_merge::run(ctx, a),
         Bench::Train(a) => super::bench_train::run(ctx, a),
+        Bench::Compress(a) => super::bench_compress::run(ctx, a),
+        Bench::Cl(a) => super::bench_cl::run(ctx, a),
     }
 }
 

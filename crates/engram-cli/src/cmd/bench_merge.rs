@@ -59,12 +59,12 @@ r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PI
 dt = time.perf_counter() - t\n\
 print(json.dumps({'rc': r.returncode, 'seconds': dt, 'peak_rss_bytes': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, 'stderr': r.stderr.decode(errors='replace')[-2000:]}))\n";
 
-struct Measured {
-    seconds: f64,
-    peak: u64,
+pub(crate) struct Measured {
+    pub seconds: f64,
+    pub peak: u64,
 }
 
-fn measure(cmd: &[String]) -> Result<Measured> {
+pub(crate) fn measure(cmd: &[String]) -> Result<Measured> {
     let out = Command::new("python3")
         .arg("-c")
         .arg(WRAPPER)
@@ -202,27 +202,7 @@ pub fn run(ctx: &Ctx, a: MergeArgs) -> Result<()> {
         let arch = ArchConfig::for_params(super::synth::parse_count(size)?);
         let params = arch.param_count();
         let fam = a.dir.join(size.to_ascii_lowercase());
-        let ready = (1..=nmax).all(|i| fam.join(format!("ft-{i}/model.safetensors")).is_file())
-            && Model::open(&fam.join("base")).is_ok_and(|m| m.param_count() == params);
-        if !ready {
-            remove(&fam)?;
-            let pb = crate::progress::bar(ctx, params, &format!("synth {size}"));
-            let opts = SynthOptions {
-                arch: arch.clone(),
-                finetunes: nmax,
-                dtype: DType::BF16,
-                seed: 0,
-                delta_scale: 0.05,
-                max_shard_bytes: None,
-            };
-            write_family(
-                &fam,
-                &opts,
-                &engram_ckpt::provenance("engram bench merge", &json!({"arch": arch})),
-                &|n| pb.inc(n),
-            )?;
-            pb.finish_and_clear();
-        }
+        ensure_family(ctx, &fam, size, &arch, nmax, "engram bench merge")?;
         let base = fam.join("base");
         for &n in &a.n {
             let models: Vec<PathBuf> = (1..=n).map(|i| fam.join(format!("ft-{i}"))).collect();
@@ -423,7 +403,43 @@ fn write_json(path: &Path, threads: usize, repeat: usize, cases: &[Value]) -> Re
     Ok(())
 }
 
-fn machine() -> Value {
+/// Writes the synthetic bf16 family (base + `n` fine-tunes, seed 0) of `arch` into `fam`,
+/// unless a complete one of that size is already there.
+pub(crate) fn ensure_family(
+    ctx: &Ctx,
+    fam: &Path,
+    size: &str,
+    arch: &ArchConfig,
+    n: usize,
+    command: &str,
+) -> Result<()> {
+    let params = arch.param_count();
+    let ready = (1..=n).all(|i| fam.join(format!("ft-{i}/model.safetensors")).is_file())
+        && Model::open(&fam.join("base")).is_ok_and(|m| m.param_count() == params);
+    if ready {
+        return Ok(());
+    }
+    remove(fam)?;
+    let pb = crate::progress::bar(ctx, params, &format!("synth {size}"));
+    let opts = SynthOptions {
+        arch: arch.clone(),
+        finetunes: n,
+        dtype: DType::BF16,
+        seed: 0,
+        delta_scale: 0.05,
+        max_shard_bytes: None,
+    };
+    write_family(
+        fam,
+        &opts,
+        &engram_ckpt::provenance(command, &json!({"arch": arch})),
+        &|n| pb.inc(n),
+    )?;
+    pb.finish_and_clear();
+    Ok(())
+}
+
+pub(crate) fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
         c.lines()
             .find(|l| l.starts_with("model name"))

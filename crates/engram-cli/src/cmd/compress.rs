@@ -4,7 +4,7 @@
 use super::models::{TallArgs, print_json};
 use crate::Ctx;
 use anyhow::Result;
-use engram_weights::compress::{extract_task, write_bundle};
+use engram_weights::compress::{MaskCoding, extract_task, write_bundle};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -17,6 +17,11 @@ pub struct Args {
     /// dtype of the stored merged vector (default: the base's float dtype).
     #[arg(long)]
     pub tau_dtype: Option<String>,
+    /// How masks are stored: `packed` (one bit per weight per task, MSB first, the
+    /// reference layout) or `arith` (entropy coded in masks.safetensors; smaller where masks
+    /// are skewed, rebuilt bit for bit).
+    #[arg(long, default_value = "packed")]
+    pub mask_coding: String,
     /// Print a JSON report.
     #[arg(long)]
     pub json: bool,
@@ -32,23 +37,26 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
             .map(|v| v.dtype())
             .unwrap_or(engram_ckpt::DType::F32),
     };
+    let coding = MaskCoding::parse(&a.mask_coding)?;
     let tall = a.tall.tall(&base, &models)?;
     let md = engram_ckpt::provenance(&ctx.command_line, &a.tall.params_json());
     let pb = crate::progress::bar(ctx, base.param_count(), "compress");
-    let rep = write_bundle(&tall, &a.out, tau_dtype, &md, &|n| pb.inc(n))?;
+    let rep = write_bundle(&tall, &a.out, tau_dtype, coding, &md, &|n| pb.inc(n))?;
     pb.finish_and_clear();
     if a.json {
         return print_json(&rep);
     }
     if !ctx.quiet {
         println!(
-            "bundle {}: {} bytes for {} tasks, replacing {} bytes (base + fine-tunes), {:.2}x smaller; masks {} bytes",
+            "bundle {}: {} bytes for {} tasks, replacing {} bytes (base + fine-tunes), {:.2}x smaller; masks {} bytes ({}; packed bits would take {})",
             a.out.display(),
             rep.bundle_bytes,
             rep.tasks.len(),
             rep.replaced_bytes,
             rep.ratio,
-            rep.mask_bytes
+            rep.mask_bytes,
+            rep.mask_coding.name(),
+            rep.packed_mask_bytes
         );
     }
     Ok(())

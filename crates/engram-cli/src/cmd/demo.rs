@@ -240,7 +240,14 @@ fn weights(ctx: &Ctx, a: Args) -> Result<()> {
     let pb = crate::progress::bar(ctx, p, "compress");
     let t = Instant::now();
     let bundle = a.work.join("bundle");
-    let rep = write_bundle(&tall, &bundle, DType::BF16, &md, &|n| pb.inc(n))?;
+    let rep = write_bundle(
+        &tall,
+        &bundle,
+        DType::BF16,
+        engram_weights::compress::MaskCoding::Packed,
+        &md,
+        &|n| pb.inc(n),
+    )?;
     pb.finish_and_clear();
     rows.push(vec![
         "compress into one bundle".into(),

@@ -1,4 +1,6 @@
 pub mod bench;
+pub mod bench_cl;
+pub mod bench_compress;
 pub mod bench_merge;
 pub mod bench_train;
 pub mod compress;
@@ -11,6 +13,7 @@ pub mod learn_report;
 pub mod merge;
 pub mod models;
 pub mod patch;
+pub mod study;
 pub mod synth;
 pub mod tall;
 pub mod train;

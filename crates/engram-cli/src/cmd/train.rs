@@ -97,18 +97,45 @@ pub fn run_config(
         .scenario
         .build(data_dir)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let out = train_on(ctx, cfg, &scenario, Some(ckpt), stop_after)?;
+    let done = match stop_after {
+        Some(n) => n >= scenario.tasks.len(),
+        None => true,
+    };
+    if !done {
+        return Ok(None);
+    }
+    let results = to_results(cfg, &scenario, out)?;
+    std::fs::create_dir_all(dir)?;
+    engram_ckpt::write_atomic(
+        &dir.join("results.json"),
+        (serde_json::to_string_pretty(&results)? + "\n").as_bytes(),
+    )?;
+    Ok(Some(results))
+}
+
+/// Trains `cfg`'s model and strategy on an already built `scenario` (its `cfg.scenario` is
+/// not consulted), with progress bars unless quiet; checkpoints in `checkpoint_dir` if given
+/// (and resumes from it).
+pub fn train_on(
+    ctx: &Ctx,
+    cfg: &RunConfig,
+    scenario: &engram_learn::scenario::Scenario,
+    checkpoint_dir: Option<PathBuf>,
+    stop_after: Option<usize>,
+) -> Result<RunOutput> {
     let strategy = engram_learn::strategy::build(
         &cfg.strategy.name,
         &serde_json::Value::Object(cfg.strategy.params.clone()),
     )
     .map_err(|e| anyhow::anyhow!(e))?;
     let mut trainer = Trainer {
-        scenario: &scenario,
+        scenario,
         model: cfg.model.clone(),
         train: cfg.train.clone(),
         seed: cfg.seed,
         strategy,
-        checkpoint_dir: Some(ckpt),
+        checkpoint_dir,
         stop_after,
     };
     let mp = if ctx.quiet {
@@ -148,23 +175,11 @@ pub fn run_config(
         .map_err(|e| anyhow::anyhow!("run {}: {e}", cfg.run_name()))?;
     step_bar.finish_and_clear();
     tasks_bar.finish_and_clear();
-    let done = match stop_after {
-        Some(n) => n >= scenario.tasks.len(),
-        None => true,
-    };
-    if !done {
-        return Ok(None);
-    }
-    let results = to_results(cfg, &scenario, out)?;
-    std::fs::create_dir_all(dir)?;
-    engram_ckpt::write_atomic(
-        &dir.join("results.json"),
-        (serde_json::to_string_pretty(&results)? + "\n").as_bytes(),
-    )?;
-    Ok(Some(results))
+    Ok(out)
 }
 
-fn to_results(
+/// A run's output in the report's [`RunResults`] format.
+pub fn to_results(
     cfg: &RunConfig,
     s: &engram_learn::scenario::Scenario,
     out: RunOutput,

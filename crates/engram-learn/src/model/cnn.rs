@@ -1,7 +1,9 @@
 //! A small CNN: two 3×3 convolutions with ReLU and 2×2 max-pooling, then two linear layers.
 //! The convolutions and pooling are engram's own (conv.rs): same parameters as burn's
 //! `Conv2d`, computed channels-last; the features are flattened in (channel, y, x) order as
-//! before, so `fc1` means the same thing.
+//! before, so `fc1` means the same thing. With a feedback input (IDER,
+//! `shared/methods/replay_distillation.md`) a label-space vector enters after the first
+//! convolution block through `fb` (Linear + LeakyReLU), added to every position's channels.
 
 use super::conv::{Conv, relu_max_pool2_nhwc};
 use burn::nn::{Linear, LinearConfig, Relu};
@@ -13,6 +15,8 @@ pub struct Cnn {
     pub conv2: Conv,
     pub fc1: Linear,
     pub fc2: Linear,
+    /// Feedback input (classes → first convolution's channels); `None` for a plain CNN.
+    pub fb: Option<Linear>,
     act: Relu,
     #[module(skip)]
     image: [usize; 3],
@@ -35,12 +39,26 @@ impl Cnn {
             conv2: Conv::new([channels[0], channels[1]], 3, device),
             fc1: LinearConfig::new(channels[1] * side(h) * side(w), hidden).init(device),
             fc2: LinearConfig::new(hidden, outputs).init(device),
+            fb: None,
             act: Relu::new(),
             image,
         }
     }
 
+    /// Adds the feedback input of width `classes` (after the first convolution block).
+    pub fn with_feedback(mut self, classes: usize, device: &Device) -> Cnn {
+        let c0 = self.conv1.weight.dims()[0];
+        self.fb = Some(LinearConfig::new(classes, c0).init(device));
+        self
+    }
+
     pub fn features(&self, x: Tensor<2>) -> Tensor<2> {
+        self.features_fb(x, None)
+    }
+
+    /// Features with the feedback vector `y` (`None`: the uniform vector); `y` is ignored
+    /// without a feedback input.
+    pub fn features_fb(&self, x: Tensor<2>, y: Option<Tensor<2>>) -> Tensor<2> {
         let b = x.dims()[0];
         let [c, h, w] = self.image;
         // NHWC throughout; a one-channel image is the same in both layouts.
@@ -50,7 +68,12 @@ impl Cnn {
             x.reshape([b, c, h, w]).permute([0, 2, 3, 1])
         };
         // relu(pool(conv)) = pool(relu(conv)): max and ReLU commute.
-        let x = relu_max_pool2_nhwc(self.conv1.forward_nhwc(x));
+        let mut x = relu_max_pool2_nhwc(self.conv1.forward_nhwc(x));
+        if let Some(fb) = &self.fb {
+            let e = super::feedback(fb, y, b, &x.device());
+            let c0 = e.dims()[1];
+            x = x + e.reshape([b, 1, 1, c0]);
+        }
         let x = relu_max_pool2_nhwc(self.conv2.forward_nhwc(x));
         let [_, ph, pw, pc] = x.dims();
         let x: Tensor<2> = x.permute([0, 3, 1, 2]).reshape([b, pc * ph * pw]);
@@ -59,6 +82,10 @@ impl Cnn {
 
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         self.fc2.forward(self.features(x))
+    }
+
+    pub fn forward_fb(&self, x: Tensor<2>, y: Option<Tensor<2>>) -> Tensor<2> {
+        self.fc2.forward(self.features_fb(x, y))
     }
 }
 

@@ -85,6 +85,39 @@ impl ModelConfig {
         outputs: usize,
         device: &Device,
     ) -> Result<Net, String> {
+        self.build_with_feedback(dim, image, outputs, false, device)
+    }
+
+    /// [`ModelConfig::build`], with a feedback input of width `outputs` when `feedback` (a
+    /// strategy asks for it, IDER). Its parameters (`fb.*`) come last in visiting order, so when
+    /// the network is first visited whole (the trainer counts parameters right after building)
+    /// the rest of it is initialised exactly as without it.
+    pub fn build_with_feedback(
+        &self,
+        dim: usize,
+        image: Option<(usize, usize, usize)>,
+        outputs: usize,
+        feedback: bool,
+        device: &Device,
+    ) -> Result<Net, String> {
+        let net = self.build_plain(dim, image, outputs, device)?;
+        if !feedback {
+            return Ok(net);
+        }
+        Ok(match net {
+            Net::Mlp(m) => Net::Mlp(m.with_feedback(outputs, device)?),
+            Net::Cnn(m) => Net::Cnn(m.with_feedback(outputs, device)),
+            Net::Vit(m) => Net::Vit(m.with_feedback(outputs, device)),
+        })
+    }
+
+    fn build_plain(
+        &self,
+        dim: usize,
+        image: Option<(usize, usize, usize)>,
+        outputs: usize,
+        device: &Device,
+    ) -> Result<Net, String> {
         let img = || {
             image
                 .map(|(c, h, w)| [c, h, w])
@@ -153,5 +186,111 @@ impl Net {
             Net::Cnn(m) => m.features(x),
             Net::Vit(m) => m.features(x),
         }
+    }
+
+    /// Logits with the feedback vector `y` `[batch, outputs]` (IDER's f(x, y)); `None` is the
+    /// uniform vector, which is what [`Net::forward`] uses. Without a feedback input `y` is
+    /// ignored.
+    pub fn forward_fb(&self, x: Tensor<2>, y: Option<Tensor<2>>) -> Tensor<2> {
+        match self {
+            Net::Mlp(m) => m.forward_fb(x, y),
+            Net::Cnn(m) => m.forward_fb(x, y),
+            Net::Vit(m) => m.forward_fb(x, y),
+        }
+    }
+
+    /// Whether the network has a feedback input.
+    pub fn has_feedback(&self) -> bool {
+        match self {
+            Net::Mlp(m) => m.fb.is_some(),
+            Net::Cnn(m) => m.fb.is_some(),
+            Net::Vit(m) => m.fb.is_some(),
+        }
+    }
+
+    /// Stable names of the output layer's weight `[features, classes]` and bias `[classes]`.
+    pub fn head_names(&self) -> (String, String) {
+        let p = match self {
+            Net::Mlp(m) => format!("fc.{}", m.fc.len() - 1),
+            Net::Cnn(_) => "fc2".to_string(),
+            Net::Vit(_) => "head".to_string(),
+        };
+        (format!("{p}.weight"), format!("{p}.bias"))
+    }
+}
+
+/// The feedback path: LeakyReLU(Linear(y)) with y the uniform vector 1/C when `None`.
+fn feedback(
+    fb: &burn::nn::Linear,
+    y: Option<Tensor<2>>,
+    batch: usize,
+    device: &Device,
+) -> Tensor<2> {
+    let c = fb.weight.dims()[0];
+    let y = y.unwrap_or_else(|| Tensor::<2>::full([batch, c], 1.0 / c as f32, device));
+    burn::tensor::activation::leaky_relu(fb.forward(y), 0.01)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::params::host_params;
+    use burn::tensor::Distribution;
+
+    /// A feedback input leaves the rest of the network as without it (same parameters from
+    /// the same seed), and the plain forward is the feedback forward with the uniform vector.
+    #[test]
+    fn feedback_input_is_an_addition_that_changes_nothing_else() {
+        let image = Some((1, 12, 12));
+        for cfg in [
+            ModelConfig::Mlp { hidden: vec![6, 5] },
+            ModelConfig::Cnn {
+                channels: [2, 3],
+                hidden: 4,
+            },
+            ModelConfig::Vit {
+                patch: 4,
+                d_model: 8,
+                layers: 1,
+                heads: 2,
+            },
+        ] {
+            // Parameters are drawn when first visited (in field order, as the trainer's
+            // parameter count does right after building): visit each net at once.
+            let make = |fb: bool| {
+                let d = Device::flex();
+                d.seed(11);
+                let d = d.autodiff();
+                let net = cfg.build_with_feedback(144, image, 7, fb, &d).expect("net");
+                let values: Vec<(String, Vec<f32>)> = host_params(&net)
+                    .into_iter()
+                    .map(|(i, v)| (i.name, v))
+                    .filter(|(n, _)| !n.starts_with("fb."))
+                    .collect();
+                (net, values)
+            };
+            let ((plain, p), (with, w)) = (make(false), make(true));
+            assert!(!plain.has_feedback() && with.has_feedback());
+            assert_eq!(p, w, "{cfg:?}");
+            let d = Device::flex().autodiff();
+            let x = Tensor::<2>::random([3, 144], Distribution::Uniform(0.0, 1.0), &d);
+            let u = Tensor::<2>::full([3, 7], 1.0 / 7.0, &d);
+            let a = with.forward(x.clone());
+            let b = with.forward_fb(x.clone(), Some(u));
+            assert!((a.clone() - b).abs().max().into_scalar::<f32>() < 1e-6);
+            // Another feedback vector changes the output; the plain net ignores it.
+            let e = Tensor::<2>::random([3, 7], Distribution::Uniform(0.0, 5.0), &d);
+            let c = with.forward_fb(x.clone(), Some(e.clone()));
+            assert!((a - c).abs().max().into_scalar::<f32>() > 1e-5, "{cfg:?}");
+            let q = plain.forward(x.clone());
+            let r = plain.forward_fb(x, Some(e));
+            assert!((q - r).abs().max().into_scalar::<f32>() == 0.0);
+        }
+        let d = Device::flex();
+        assert!(
+            ModelConfig::Mlp { hidden: vec![] }
+                .build_with_feedback(4, None, 3, true, &d)
+                .is_err()
+        );
     }
 }

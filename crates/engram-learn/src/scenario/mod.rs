@@ -357,6 +357,38 @@ impl Scenario {
         Ok(())
     }
 
+    /// A tuning copy of the scenario that scores on validation instead of test: its test set
+    /// is the training set and each task's `test` list is its `valid` list (carved by
+    /// [`Scenario::carve_validation`]); `train` is unchanged and `valid` emptied. Running the
+    /// trainer on it measures every metric on held-out training examples, so hyperparameters
+    /// are chosen without touching the test set. An error if some task has no validation
+    /// example (carve first).
+    pub fn validation_view(&self) -> Result<Scenario, ScenarioError> {
+        if let Some(t) = self.tasks.iter().find(|t| t.valid.is_empty()) {
+            return invalid(format!(
+                "task {} has no validation examples: carve a validation split first",
+                t.name
+            ));
+        }
+        let tasks = self
+            .tasks
+            .iter()
+            .map(|t| Task {
+                test: t.valid.clone(),
+                valid: Vec::new(),
+                ..t.clone()
+            })
+            .collect();
+        let view = Scenario {
+            name: format!("{} [validation]", self.name),
+            test: self.train.clone(),
+            tasks,
+            ..self.clone()
+        };
+        view.validate()?;
+        Ok(view)
+    }
+
     /// Checks every invariant the batch methods rely on: data sets consistent, indices in
     /// range, every transform applicable, labels of each task's examples among its classes
     /// and below `num_outputs`, no task without training data, train and valid disjoint.
@@ -634,6 +666,35 @@ pub(crate) mod tests {
         for t in &s.tasks {
             assert!(t.valid.iter().all(|i| !s.tasks[0].train.contains(i)));
         }
+    }
+
+    #[test]
+    fn validation_view_scores_on_validation_examples() {
+        let mut s = ok(class_incremental(
+            small_blobs(),
+            &split_cfg(5, 2, false),
+            &Common::default(),
+        ));
+        assert!(s.validation_view().is_err(), "no validation carved yet");
+        ok(s.carve_validation(0.25, 3));
+        let v = ok(s.validation_view());
+        assert_eq!(v.test.x, s.train.x);
+        assert_eq!(v.test.y, s.train.y);
+        for (a, b) in v.tasks.iter().zip(&s.tasks) {
+            assert_eq!(a.test, b.valid);
+            assert_eq!(a.train, b.train);
+            assert!(a.valid.is_empty());
+            assert!(a.test.iter().all(|i| !a.train.contains(i)));
+        }
+        // The view's test batches are the original validation batches.
+        assert_eq!(v.task_test(2), s.task_valid(2));
+        assert_eq!(v.all_classes_test().1.len(), 100);
+        // Domain scenarios: each task's validation copy keeps its transform.
+        let mut p = ok(permuted(small_blobs(), 2, &Common::default()));
+        ok(p.carve_validation(0.1, 1));
+        let pv = ok(p.validation_view());
+        assert_eq!(pv.task_test(1), p.task_valid(1));
+        assert_ne!(pv.task_test(1).0, pv.task_test(0).0);
     }
 
     #[test]

@@ -2,9 +2,21 @@
 //! contract"). A strategy overrides only the hooks it needs; the trainer owns the loop, the
 //! data and the evaluation. Adding a strategy is one file and one line in [`REGISTRY`].
 
+pub mod buffer;
+pub mod classp;
+pub mod der;
+pub mod er;
+pub mod ewc;
+pub mod ider;
 pub mod joint;
+pub mod kd_wa;
+pub mod l2;
+pub mod lwf;
 pub mod naive;
+pub mod online_ewc;
+pub mod penalty;
 pub mod probe;
+pub mod si;
 
 use crate::model::Net;
 use crate::scenario::Scenario;
@@ -104,6 +116,12 @@ pub trait Strategy: Send {
         Ok(net)
     }
 
+    /// Whether the model needs a feedback input of width `num_outputs` (IDER's f(x, y)); the
+    /// trainer builds the network with it.
+    fn feedback_input(&self) -> bool {
+        false
+    }
+
     /// Bytes of extra state (buffers, Fisher, masks) held between tasks.
     fn state_bytes(&self) -> u64 {
         0
@@ -136,6 +154,61 @@ pub const REGISTRY: &[(&str, &str, Build)] = &[
         "probe",
         "test-only: records the order of hook calls",
         probe::build,
+    ),
+    (
+        "ewc",
+        "EWC: (λ/2)·Σ_k F_k·(θ−θ*_k)², diagonal Fisher per task",
+        ewc::build,
+    ),
+    (
+        "online-ewc",
+        "online EWC: one running Fisher F̃ ← γF̃ + F, one anchor",
+        online_ewc::build,
+    ),
+    (
+        "si",
+        "Synaptic Intelligence: path-integral importance Ω",
+        si::build,
+    ),
+    (
+        "l2",
+        "L2 anchor to the previous task's weights, (λ/2)·‖θ−θ*‖²",
+        l2::build,
+    ),
+    (
+        "classp",
+        "CLASSP: adjustment suppression + gradient threshold",
+        classp::build,
+    ),
+    (
+        "lwf",
+        "LwF: distil the previous model's old-class outputs on current data (KD_T)",
+        lwf::build,
+    ),
+    (
+        "er",
+        "experience replay: CE on a reservoir or class-balanced buffer batch",
+        er::build,
+    ),
+    (
+        "der",
+        "DER: replay buffer logits, α·MSE to those stored at insertion",
+        der::build,
+    ),
+    (
+        "der++",
+        "DER++: DER plus β·CE on the labels of a second buffer batch",
+        der::build_plus,
+    ),
+    (
+        "kd-wa",
+        "KD on old classes + Weight Aligning of new head rows, exemplars",
+        kd_wa::build,
+    ),
+    (
+        "ider",
+        "IDER: idempotent two-pass replay f(x, f(x)) + idempotence distillation",
+        ider::build,
     ),
 ];
 

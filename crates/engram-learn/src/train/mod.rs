@@ -2,7 +2,9 @@
 
 pub mod alloc;
 pub mod checkpoint;
+pub mod eval;
 pub mod optim;
+pub mod stage;
 pub mod trainer;
 
 pub use trainer::{Event, RunOutput, TrainConfig, Trainer};

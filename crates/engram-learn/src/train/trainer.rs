@@ -274,20 +274,32 @@ fn evaluate(
     (row, til)
 }
 
-/// Cross-entropy; in Task-IL the logits of other tasks' classes are masked out.
+/// Cross-entropy; in Task-IL each example's logits outside its own task's classes are
+/// masked out (examples of earlier tasks, as Joint and replay mix in, keep their own head).
 fn task_loss(
     s: &Scenario,
-    task: usize,
+    ids: &[(usize, usize)],
     logits: Tensor<2>,
     y: Tensor<1, Int>,
     device: &Device,
 ) -> Tensor<1> {
     let logits = if s.eval == EvalMode::TaskIl {
         let c = s.num_outputs;
-        let own = class_mask(c, s.tasks[task].classes.iter().copied());
-        let pen: Vec<f32> = own.iter().map(|&a| if a { 0.0 } else { -1e9 }).collect();
-        let pen = Tensor::<1>::from_data(TensorData::new(pen, [c]), device).unsqueeze_dim(0);
-        logits + pen
+        let masks: Vec<Vec<f32>> = s
+            .tasks
+            .iter()
+            .map(|t| {
+                class_mask(c, t.classes.iter().copied())
+                    .iter()
+                    .map(|&a| if a { 0.0 } else { -1e9 })
+                    .collect()
+            })
+            .collect();
+        let pen: Vec<f32> = ids
+            .iter()
+            .flat_map(|&(t, _)| masks[t].iter().copied())
+            .collect();
+        logits + Tensor::<2>::from_data(TensorData::new(pen, [ids.len(), c]), device)
     } else {
         logits
     };
@@ -307,9 +319,13 @@ impl Trainer<'_> {
         let base = Device::flex();
         base.seed(self.seed);
         let ad = base.clone().autodiff();
-        let mut net = self
-            .model
-            .build(s.train.dim, s.train.image, s.num_outputs, &ad)?;
+        let mut net = self.model.build_with_feedback(
+            s.train.dim,
+            s.train.image,
+            s.num_outputs,
+            self.strategy.feedback_input(),
+            &ad,
+        )?;
         let mut out = RunOutput {
             eval_mode: format!("{:?}", s.eval),
             params: crate::model::params::param_count(&net),
@@ -381,7 +397,7 @@ impl Trainer<'_> {
                         y_host: yh,
                     };
                     let logits = net.forward(batch.x.clone());
-                    let ce = task_loss(s, task, logits.clone(), batch.y.clone(), &ad);
+                    let ce = task_loss(s, &batch.ids, logits.clone(), batch.y.clone(), &ad);
                     let loss = self.strategy.loss(&cx(step), &net, &batch, logits, ce);
                     let loss_val = loss.clone().into_scalar::<f32>();
                     if !loss_val.is_finite() {

@@ -1,0 +1,136 @@
+//! `engram study merge8 --quick` end to end on the real data sets (skipped where they are
+//! not installed, unless ENGRAM_REQUIRE_DATA=1 as in CI).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn engram(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_engram"))
+        .args(args)
+        .output()
+        .expect("run engram")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8")
+}
+
+fn data_missing(out: &Output) -> bool {
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && err.contains("not found (looked in") {
+        assert!(
+            std::env::var("ENGRAM_REQUIRE_DATA").as_deref() != Ok("1"),
+            "ENGRAM_REQUIRE_DATA=1 but a data set is missing: {err}"
+        );
+        eprintln!("skipping: {err}");
+        return true;
+    }
+    false
+}
+
+#[test]
+fn merge8_quick_runs_end_to_end_and_reuses_its_models() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("m8");
+    let first = engram(&["study", "merge8", "--quick", "-q", "-o", s(&out)]);
+    if data_missing(&first) {
+        return;
+    }
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let methods: Vec<&str> = r["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["method"].as_str().unwrap())
+        .collect();
+    for m in [
+        "Base + probe head",
+        "Fine-tuned",
+        "Task Arithmetic",
+        "TIES",
+        "TALL masks (TA)",
+        "Consensus TA (k = 2)",
+        "Consensus TIES (k = 2)",
+    ] {
+        assert!(methods.contains(&m), "{m} missing from {methods:?}");
+    }
+    assert_eq!(r["tasks"].as_array().unwrap().len(), 8);
+    for m in r["methods"].as_array().unwrap() {
+        let accs = m["test_accuracy"].as_array().unwrap();
+        assert_eq!(accs.len(), 8);
+        assert!(
+            accs.iter()
+                .all(|a| (0.0..=100.0).contains(&a.as_f64().unwrap()))
+        );
+    }
+    // The fine-tuned row is the normalizer.
+    let ft = &r["methods"][1];
+    assert!((ft["normalized_accuracy"].as_f64().unwrap() - 100.0).abs() < 1e-9);
+    // Fine-tuning helps over the probe on average even at this size.
+    assert!(
+        ft["mean_accuracy"].as_f64().unwrap() > r["methods"][0]["mean_accuracy"].as_f64().unwrap()
+    );
+    let st = &r["storage"][0];
+    assert_eq!(st["bit_exact"], true);
+    assert!(st["masks_coded_bytes"].as_u64().unwrap() < st["masks_packed_bytes"].as_u64().unwrap());
+    assert!(
+        st["bundle_packed_bytes"].as_u64().unwrap() < st["checkpoints_bytes"].as_u64().unwrap()
+    );
+    let masks = &r["masks"][0];
+    let hist: u64 = masks["histogram"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(hist, masks["params"].as_u64().unwrap());
+    let html = std::fs::read_to_string(out.join("report/index.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("TALL masks"));
+    assert_eq!(r["reused_steps"].as_array().unwrap().len(), 0);
+
+    // A rerun with the same settings reuses every trained model and gives the same numbers.
+    let again = engram(&["study", "merge8", "--quick", "-q", "-o", s(&out)]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let r2: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(r2["reused_steps"].as_array().unwrap().len(), 17);
+    assert_eq!(r2["methods"], r["methods"]);
+
+    // Other settings in the same folder are refused; a foreign folder is never deleted.
+    let other = engram(&[
+        "study",
+        "merge8",
+        "--quick",
+        "-q",
+        "--seed",
+        "5",
+        "-o",
+        s(&out),
+    ]);
+    assert!(!other.status.success());
+    assert!(String::from_utf8_lossy(&other.stderr).contains("--overwrite"));
+    let foreign = d.path().join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("keep.txt"), "x").unwrap();
+    let refused = engram(&[
+        "study",
+        "merge8",
+        "--quick",
+        "-q",
+        "--overwrite",
+        "-o",
+        s(&foreign),
+    ]);
+    assert!(!refused.status.success());
+    assert!(foreign.join("keep.txt").is_file());
+}

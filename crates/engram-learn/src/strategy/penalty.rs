@@ -1,0 +1,409 @@
+//! Shared pieces of the regularization strategies (ewc, online-ewc, si, l2, classp): quadratic
+//! penalties Σ_i w_i·(θ_i − a_i)² toward anchors, host parameters, state helpers. Card: shared/methods/regularization.md.
+
+use super::State;
+use crate::model::Net;
+use crate::model::params::{flat_params, host_params};
+use burn::prelude::*;
+use std::collections::BTreeMap;
+
+/// Host copies of the parameters: (name, shape, values), in visiting order.
+pub type Host = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+pub fn host(net: &Net) -> Host {
+    host_params(net)
+        .into_iter()
+        .map(|(i, v)| (i.name, i.shape, v))
+        .collect()
+}
+
+/// One quadratic term: per parameter slot an optional weight (None: 1) and an anchor.
+#[derive(Clone, Debug, Default)]
+pub struct Term {
+    pub weight: Option<Vec<Vec<f32>>>,
+    pub anchor: Vec<Vec<f32>>,
+}
+
+/// Σ_terms Σ_slots w·(θ − a)² over the parameters named in `names` (a subset of the model's,
+/// in visiting order). Constants are copied to the device once and cached.
+#[derive(Default)]
+pub struct Quadratic {
+    pub names: Vec<String>,
+    pub shapes: Vec<Vec<usize>>,
+    pub terms: Vec<Term>,
+    cache: Vec<Vec<(Option<Tensor<1>>, Tensor<1>)>>,
+}
+
+impl Quadratic {
+    /// Sets the parameter slots (clears the terms).
+    pub fn set_slots(&mut self, names: Vec<String>, shapes: Vec<Vec<usize>>) {
+        self.names = names;
+        self.shapes = shapes;
+        self.terms.clear();
+        self.cache.clear();
+    }
+
+    /// Forget the device copies (after the terms changed).
+    pub fn invalidate(&mut self) {
+        self.cache.clear();
+    }
+
+    pub fn floats(&self) -> usize {
+        self.terms
+            .iter()
+            .map(|t| {
+                t.anchor.iter().map(Vec::len).sum::<usize>()
+                    + t.weight
+                        .as_ref()
+                        .map_or(0, |w| w.iter().map(Vec::len).sum::<usize>())
+            })
+            .sum()
+    }
+
+    /// The penalty on the autodiff graph, or None when there are no terms.
+    pub fn penalty(&mut self, net: &Net, device: &Device) -> Option<Tensor<1>> {
+        if self.terms.is_empty() {
+            return None;
+        }
+        if self.cache.len() != self.terms.len() {
+            let up = |v: &Vec<f32>| {
+                Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), device)
+            };
+            self.cache = self
+                .terms
+                .iter()
+                .map(|t| {
+                    (0..self.names.len())
+                        .map(|s| (t.weight.as_ref().map(|w| up(&w[s])), up(&t.anchor[s])))
+                        .collect()
+                })
+                .collect();
+        }
+        let slot: BTreeMap<&str, usize> = self
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i))
+            .collect();
+        let mut total: Option<Tensor<1>> = None;
+        for (info, theta) in flat_params(net) {
+            let Some(&s) = slot.get(info.name.as_str()) else {
+                continue;
+            };
+            for c in &self.cache {
+                let (w, a) = &c[s];
+                let d2 = (theta.clone() - a.clone()).square();
+                let term = match w {
+                    Some(w) => (d2 * w.clone()).sum(),
+                    None => d2.sum(),
+                };
+                total = Some(match total {
+                    Some(t) => t + term,
+                    None => term,
+                });
+            }
+        }
+        total
+    }
+
+    /// The gradient of the (unscaled) penalty, Σ_terms 2·w·(θ − a), per slot, from host values.
+    pub fn grad_host(&self, theta: &Host) -> Vec<Vec<f32>> {
+        let by_name: BTreeMap<&str, &Vec<f32>> =
+            theta.iter().map(|(n, _, v)| (n.as_str(), v)).collect();
+        self.names
+            .iter()
+            .enumerate()
+            .map(|(s, n)| {
+                let th = by_name.get(n.as_str()).map_or(&[][..], |v| v.as_slice());
+                let mut g = vec![0f32; th.len()];
+                for t in &self.terms {
+                    for (i, gi) in g.iter_mut().enumerate() {
+                        let w = t.weight.as_ref().map_or(1.0, |w| w[s][i]);
+                        *gi += 2.0 * w * (th[i] - t.anchor[s][i]);
+                    }
+                }
+                g
+            })
+            .collect()
+    }
+
+    /// Writes the terms as `{prefix}{k}.w.{name}` and `{prefix}{k}.a.{name}`.
+    pub fn save(&self, prefix: &str, out: &mut State) {
+        if let Some(o) = out.json.as_object_mut() {
+            o.insert(format!("{prefix}slots"), serde_json::json!(self.names));
+        }
+        for (k, t) in self.terms.iter().enumerate() {
+            for (s, n) in self.names.iter().enumerate() {
+                if let Some(w) = &t.weight {
+                    out.tensors.push((
+                        format!("{prefix}{k}.w.{n}"),
+                        self.shapes[s].clone(),
+                        w[s].clone(),
+                    ));
+                }
+                out.tensors.push((
+                    format!("{prefix}{k}.a.{n}"),
+                    self.shapes[s].clone(),
+                    t.anchor[s].clone(),
+                ));
+            }
+        }
+    }
+
+    /// Reads `terms` terms back (slots from the saved names, in order of first appearance).
+    pub fn load(
+        &mut self,
+        prefix: &str,
+        terms: usize,
+        weighted: bool,
+        st: &State,
+    ) -> Result<(), String> {
+        let map: BTreeMap<&str, (&Vec<usize>, &Vec<f32>)> = st
+            .tensors
+            .iter()
+            .map(|(n, s, v)| (n.as_str(), (s, v)))
+            .collect();
+        let key = format!("{prefix}slots");
+        let mut names: Vec<String> = st
+            .json
+            .get(&key)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .ok_or_else(|| format!("strategy state lacks '{key}'"))?;
+        let first = format!("{prefix}0.a.");
+        let mut shapes = Vec::with_capacity(names.len());
+        if terms > 0 {
+            for n in &names {
+                let (s, _) = map
+                    .get(format!("{first}{n}").as_str())
+                    .ok_or_else(|| format!("strategy state lacks tensor '{first}{n}'"))?;
+                shapes.push((*s).clone());
+            }
+        }
+        let mut out = Vec::with_capacity(terms);
+        for k in 0..terms {
+            let get = |kind: &str, n: &str, shape: &[usize]| -> Result<Vec<f32>, String> {
+                let key = format!("{prefix}{k}.{kind}.{n}");
+                let (s, v) = map
+                    .get(key.as_str())
+                    .ok_or_else(|| format!("strategy state lacks tensor '{key}'"))?;
+                let numel: usize = shape.iter().product();
+                if s.as_slice() != shape || v.len() != numel {
+                    return Err(format!("strategy state tensor '{key}' has the wrong shape"));
+                }
+                Ok((*v).clone())
+            };
+            let mut t = Term::default();
+            let mut w = Vec::new();
+            for (n, s) in names.iter().zip(&shapes) {
+                t.anchor.push(get("a", n, s)?);
+                if weighted {
+                    w.push(get("w", n, s)?);
+                }
+            }
+            t.weight = weighted.then_some(w);
+            out.push(t);
+        }
+        if terms == 0 {
+            names.clear();
+            shapes.clear();
+        }
+        self.names = names;
+        self.shapes = shapes;
+        self.terms = out;
+        self.cache.clear();
+        Ok(())
+    }
+}
+
+/// A named tensor of a saved state, checked against the expected length.
+pub fn take(st: &State, name: &str, len: Option<usize>) -> Result<Vec<f32>, String> {
+    let (_, _, v) = st
+        .tensors
+        .iter()
+        .find(|(n, _, _)| n == name)
+        .ok_or_else(|| format!("strategy state lacks tensor '{name}'"))?;
+    if let Some(l) = len
+        && v.len() != l
+    {
+        return Err(format!(
+            "strategy state tensor '{name}' has {} values, expected {l}",
+            v.len()
+        ));
+    }
+    Ok(v.clone())
+}
+
+/// A non-negative finite number parameter, or an error naming it.
+pub fn check_nonneg(strategy: &str, name: &str, v: f64) -> Result<(), String> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "strategy {strategy}: {name} must be a finite number >= 0, got {v}"
+        ))
+    }
+}
+
+/// The saved json field as u64, or an error.
+pub fn json_usize(st: &State, key: &str) -> Result<usize, String> {
+    st.json
+        .get(key)
+        .and_then(serde_json::Value::as_u64)
+        .map(|v| v as usize)
+        .ok_or_else(|| format!("strategy state lacks '{key}'"))
+}
+
+/// Helpers for the regularization strategies' tests, and their end-to-end runs.
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use crate::model::ModelConfig;
+    use crate::model::params::grad_flat;
+    use crate::scenario::{Scenario, ScenarioConfig};
+    use crate::strategy::{Batch, Ctx, build};
+    use crate::train::optim::{OptimConfig, OptimKind};
+    use crate::train::{RunOutput, TrainConfig, Trainer};
+    use burn::optim::GradientsParams;
+
+    pub fn blobs(kind: &str, tasks: usize) -> Scenario {
+        ScenarioConfig::from_json(&format!(
+            r#"{{"kind": "{kind}", "dataset": "blobs", "tasks": {tasks}, "classes-per-task": 2, "seed": 1}}"#
+        ))
+        .and_then(|c| c.build(None))
+        .expect("blobs scenario")
+    }
+
+    pub fn device() -> Device {
+        let d = Device::flex();
+        d.seed(7);
+        d.autodiff()
+    }
+
+    pub fn mlp(s: &Scenario, hidden: usize, dev: &Device) -> Net {
+        ModelConfig::Mlp {
+            hidden: vec![hidden],
+        }
+        .build(s.train.dim, s.train.image, s.num_outputs, dev)
+        .expect("mlp")
+    }
+
+    pub fn ctx<'a>(s: &'a Scenario, task: usize, dev: &'a Device) -> Ctx<'a> {
+        Ctx {
+            scenario: s,
+            task,
+            device: dev,
+            seed: 11,
+            step: 0,
+        }
+    }
+
+    /// A real minibatch of task `task`.
+    pub fn batch(s: &Scenario, task: usize, n: usize, dev: &Device) -> Batch {
+        let ids: Vec<(usize, usize)> = s.tasks[task].train[..n]
+            .iter()
+            .map(|&i| (task, i))
+            .collect();
+        let (x, y) = crate::train::trainer::gather(s, crate::scenario::Part::Train, &ids);
+        Batch {
+            x: Tensor::<2>::from_data(TensorData::new(x.clone(), [n, s.train.dim]), dev),
+            y: Tensor::<1, Int>::from_data(
+                TensorData::new(y.iter().map(|&v| v as i64).collect::<Vec<_>>(), [n]),
+                dev,
+            ),
+            ids,
+            x_host: x,
+            y_host: y,
+        }
+    }
+
+    /// Gradients of `loss`, flat on host, in visiting order.
+    pub fn grads_host(net: &Net, loss: Tensor<1>) -> Vec<Vec<f32>> {
+        let g = GradientsParams::from_grads(loss.backward(), net);
+        flat_params(net)
+            .iter()
+            .map(|(i, _)| {
+                grad_flat(&g, i)
+                    .map(|t| {
+                        t.into_data()
+                            .convert::<f32>()
+                            .try_into_vec::<f32>()
+                            .expect("grad")
+                    })
+                    .unwrap_or_else(|| vec![0.0; i.numel()])
+            })
+            .collect()
+    }
+
+    pub fn assert_close(a: &[f32], b: &[f32], rel: f32, what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+        let err = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            err <= rel * scale,
+            "{what}: max diff {err} vs scale {scale}"
+        );
+    }
+
+    pub fn run(
+        s: &Scenario,
+        name: &str,
+        params: serde_json::Value,
+        dir: Option<std::path::PathBuf>,
+        stop: Option<usize>,
+    ) -> RunOutput {
+        let mut t = Trainer {
+            scenario: s,
+            model: ModelConfig::Mlp { hidden: vec![32] },
+            train: TrainConfig {
+                epochs: 3,
+                batch_size: 32,
+                optimizer: OptimConfig {
+                    kind: OptimKind::Adam,
+                    lr: 0.01,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            seed: 3,
+            strategy: build(name, &params).expect("strategy"),
+            checkpoint_dir: dir,
+            stop_after: stop,
+        };
+        t.run(&mut |_| {}).expect("run")
+    }
+
+    #[test]
+    fn every_regularization_strategy_runs_and_resumes_exactly() {
+        let s = blobs("task-incremental", 3);
+        for name in ["ewc", "online-ewc", "si", "l2", "classp"] {
+            let params = if name == "ewc" || name == "online-ewc" {
+                serde_json::json!({"samples": 100})
+            } else {
+                serde_json::Value::Null
+            };
+            let whole = run(&s, name, params.clone(), None, None);
+            assert_eq!(whole.accuracy.len(), 3, "{name}");
+            assert!(
+                whole.accuracy.iter().flatten().all(|a| a.is_finite()),
+                "{name}"
+            );
+            if name != "classp" {
+                assert!(whole.strategy_state_bytes > 0, "{name}");
+            }
+            let dir = tempfile::tempdir().expect("tempdir");
+            let part = run(
+                &s,
+                name,
+                params.clone(),
+                Some(dir.path().to_path_buf()),
+                Some(1),
+            );
+            assert_eq!(part.accuracy.len(), 1);
+            let resumed = run(&s, name, params, Some(dir.path().to_path_buf()), None);
+            assert_eq!(
+                resumed.accuracy, whole.accuracy,
+                "{name}: resumed run differs"
+            );
+        }
+    }
+}
