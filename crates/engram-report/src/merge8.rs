@@ -89,6 +89,17 @@ fn mb(b: u64) -> String {
     format!("{:.2} MB", b as f64 / 1e6)
 }
 
+/// A chart label for a method name ("Consensus TIES (k = 2)" → "Cons TIES k2").
+fn short(name: &str) -> String {
+    name.replace("Base + probe head", "base")
+        .replace("Fine-tuned", "fine-tuned")
+        .replace("Task Arithmetic", "TA")
+        .replace("TALL masks", "TALL")
+        .replace("Consensus", "Cons")
+        .replace(" (k = ", " k")
+        .replace(['(', ')'], "")
+}
+
 fn method<'a>(r: &'a Merge8Results, name: &str) -> Option<&'a MethodResult> {
     r.methods.iter().find(|m| m.method == name)
 }
@@ -173,7 +184,7 @@ pub fn render_merge8(r: &Merge8Results) -> String {
         })
         .collect();
     p.table_text_cols(&hdr, &rows, 2);
-    let labels: Vec<String> = r.methods.iter().map(|m| m.method.clone()).collect();
+    let labels: Vec<String> = r.methods.iter().map(|m| short(&m.method)).collect();
     let norm: Vec<f64> = r.methods.iter().map(|m| m.normalized_accuracy).collect();
     let abs: Vec<f64> = r.methods.iter().map(|m| m.mean_accuracy).collect();
     p.svg_row(&[
@@ -205,7 +216,7 @@ pub fn render_merge8(r: &Merge8Results) -> String {
         .iter()
         .filter(|m| !m.validation_curve.is_empty() && !m.method.starts_with("TALL"))
         .map(|m| svg::Series {
-            label: m.method.clone(),
+            label: short(&m.method),
             points: m.validation_curve.clone(),
         })
         .collect();
@@ -388,6 +399,8 @@ mod tests {
             reused_steps: vec![],
             seconds: 1.0,
         };
+        assert_eq!(short("Consensus TIES (k = 2)"), "Cons TIES k2");
+        assert_eq!(short("TALL masks (TA)"), "TALL TA");
         let html = render_merge8(&r);
         for needle in ["Task Arithmetic", "81.2", "fashion", "<svg", "catastrophic"] {
             assert!(html.contains(needle), "{needle}");

@@ -69,12 +69,25 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     Ok(())
 }
 
+/// One line per strategy: name, summary, then its parameters with their defaults (set them
+/// under `[strategy]` in a run file).
 pub fn list_strategies() -> Result<()> {
-    for (name, summary, _) in engram_learn::strategy::REGISTRY
+    for (name, summary, build) in engram_learn::strategy::REGISTRY
         .iter()
         .filter(|r| r.0 != "probe")
     {
-        println!("{name:<16} {summary}");
+        let params = build(&serde_json::Value::Null)
+            .map(|s| s.params())
+            .map_err(|e| anyhow::anyhow!("strategy {name}: {e}"))?;
+        let defaults = match params.as_object() {
+            Some(m) if !m.is_empty() => m
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            _ => "(no parameters)".to_string(),
+        };
+        println!("{name:<12} {summary}  [{defaults}]");
     }
     Ok(())
 }

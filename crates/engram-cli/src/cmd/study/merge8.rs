@@ -103,12 +103,16 @@ struct Settings {
     pretrain_examples: Option<usize>,
 }
 
-/// Grids of the selection protocol (merging.md).
-const TA_GRID: [f32; 10] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
-/// TIES, dis-mean (mergekit's default `normalize`): λ from 0.8 to 2.5 (ties-merging README).
-const TIES_GRID: [f32; 9] = [0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.2, 2.5];
+/// Grids of the selection protocol (merging.md): λ and α in 0.1–1.0, extended downwards
+/// with 0.02 and 0.05 because on these tasks the optimum sat at 0.1, the card grid's edge.
+const TA_GRID: [f32; 12] = [0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
+/// TIES, dis-mean (mergekit's default `normalize`): λ from 0.8 to 2.5 (ties-merging README),
+/// extended downwards to 0.1 for the same reason.
+const TIES_GRID: [f32; 13] = [
+    0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.2, 2.5,
+];
 const TIES_DENSITY: f64 = 0.2;
-const ALPHA_GRID: [f32; 10] = TA_GRID;
+const ALPHA_GRID: [f32; 12] = TA_GRID;
 /// Consensus thresholds: k = 2 is the card's default; 1 and 3 are the ablation.
 const K_VALUES: [usize; 3] = [1, 2, 3];
 
