@@ -207,13 +207,10 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         ft_val.push(ev.acc(&v, t, Part::Valid)?);
         ft_test.push(ev.acc(&v, t, Part::Test)?);
     }
-    let norm = Normalizer {
-        ft_val: ft_val.clone(),
-        ft_test: ft_test.clone(),
-    };
+    let norm = Normalizer { ft_val, ft_test };
     let mut methods = vec![
-        norm.row("Base + probe head", "-".into(), base_test.clone(), vec![]),
-        norm.row("Fine-tuned", "-".into(), ft_test.clone(), vec![]),
+        norm.row("Base + probe head", "-".into(), base_test, vec![]),
+        norm.row("Fine-tuned", "-".into(), norm.ft_test.clone(), vec![]),
     ];
 
     let base_model = Model::open(&base_path)?;
@@ -223,175 +220,54 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         .collect::<engram_ckpt::Result<_>>()?;
     let grid_dir = st.dir.join("merges/grid");
     std::fs::create_dir_all(&grid_dir)?;
-    let tmp = grid_dir.join("candidate.safetensors");
+    let mg = Merger {
+        st: &st,
+        ev: &ev,
+        norm: &norm,
+        base: &base_model,
+        models: &ft_models,
+        tasks: TASKS.iter().map(|t| t.0.to_string()).collect(),
+        tmp: grid_dir.join("candidate.safetensors"),
+    };
 
     // 4. Task Arithmetic and TIES, λ on validation.
-    for (label, method, grid, density) in [
-        ("Task Arithmetic", "task_arithmetic", &TA_GRID[..], None),
-        ("TIES", "ties", &TIES_GRID[..], Some(TIES_DENSITY)),
-    ] {
-        say(&format!("{label}: choosing λ on validation"));
-        let mut score = |l: f32| -> Result<f64> {
-            merge_file(&base_model, &ft_models, method, l, density, &tmp)?;
-            let v = read_values(&tmp)?;
-            let accs = ev.all(&v, Part::Valid)?;
-            Ok(norm.val(&accs))
-        };
-        let (best, curve) = choose(grid, &mut score)?;
-        let out = st
-            .dir
-            .join(format!("merges/{method}-lambda-{best}.safetensors"));
-        merge_file(&base_model, &ft_models, method, best, density, &out)?;
-        let test = ev.all(&read_values(&out)?, Part::Test)?;
-        let chosen = match density {
-            Some(d) => format!("λ = {best}, top {}% (dis-mean)", d * 100.0),
-            None => format!("λ = {best}"),
-        };
-        methods.push(norm.row(label, chosen, test, curve));
-    }
+    say("Task Arithmetic: choosing λ on validation");
+    methods.push(mg.merged("Task Arithmetic", "task_arithmetic", &TA_GRID, None)?);
+    say("TIES: choosing λ on validation");
+    methods.push(mg.merged("TIES", "ties", &TIES_GRID, Some(TIES_DENSITY))?);
 
-    // 5. TALL masks over Σ τ (and over TIES), λ_t per task on validation; Consensus.
-    let tasks: Vec<String> = TASKS.iter().map(|t| t.0.to_string()).collect();
+    // 5. TALL masks over Σ τ (and over TIES), λ_t per task on validation; then Consensus,
+    // λ_t first, then α per k (merging.md pitfalls).
     let mut masks = Vec::new();
     let mut tall_sum_lambdas = Vec::new();
-    for (recipe, rname) in [
-        (MtlRecipe::Sum, "sum"),
+    for (recipe, rname, label) in [
+        (MtlRecipe::Sum, "sum", "TA"),
         (
             MtlRecipe::Ties {
                 density: TIES_DENSITY,
             },
             "ties",
+            "TIES",
         ),
     ] {
         say(&format!("TALL masks over τ_MTL = {rname}: choosing λ_t"));
-        let mut per_task: Vec<Vec<f64>> = vec![Vec::new(); n];
-        for &l in &LAMBDA_GRID {
-            let tall = Tall::new(
-                &base_model,
-                ft_models.iter().collect(),
-                tasks.clone(),
-                recipe,
-                vec![l; n],
-            )?;
-            for (t, scores) in per_task.iter_mut().enumerate() {
-                tall.write_model(
-                    &tmp,
-                    None,
-                    &BTreeMap::new(),
-                    &|_| {},
-                    &Tall::reconstruct_kernel(t, DType::F32),
-                )?;
-                let acc = ev.acc(&read_values(&tmp)?, t, Part::Valid)?;
-                scores.push(100.0 * acc / ft_val[t].max(1e-9));
-            }
-        }
-        let mut lambdas = Vec::new();
-        let mut curve = Vec::new();
-        for scores in &per_task {
-            let (best, c) = choose_lambda(&LAMBDA_GRID, &mut |l| {
-                LAMBDA_GRID
-                    .iter()
-                    .position(|&g| g == l)
-                    .map_or(0.0, |i| scores[i])
-            });
-            lambdas.push(best);
-            curve.extend(c.into_iter().map(|(l, s)| (f64::from(l), s)));
-        }
-        let tall = Tall::new(
-            &base_model,
-            ft_models.iter().collect(),
-            tasks.clone(),
-            recipe,
-            lambdas.clone(),
-        )?;
-        let mut test = Vec::new();
-        for (t, task) in tasks.iter().enumerate() {
-            let out = st
-                .dir
-                .join(format!("merges/tall-{rname}/{task}.safetensors"));
-            if let Some(p) = out.parent() {
-                std::fs::create_dir_all(p)?;
-            }
-            tall.write_model(
-                &out,
-                None,
-                &BTreeMap::new(),
-                &|_| {},
-                &Tall::reconstruct_kernel(t, DType::F32),
-            )?;
-            test.push(ev.acc(&read_values(&out)?, t, Part::Test)?);
-        }
-        let label = format!(
-            "TALL masks ({})",
-            if rname == "sum" { "TA" } else { "TIES" }
-        );
-        let chosen = format!(
-            "λ_t = {}",
-            lambdas
-                .iter()
-                .map(|l| l.to_string())
-                .collect::<Vec<_>>()
-                .join("/")
-        );
-        methods.push(norm.row(&label, chosen, test, curve));
-        let stats = tall.stats(&|_| {})?;
-        masks.push(MaskSummary {
-            recipe: rname.into(),
-            lambdas: lambdas.clone(),
-            params: stats.total.params,
-            untouched: stats.total.untouched,
-            catastrophic: stats.total.catastrophic,
-            selfish: stats.total.selfish,
-            shared: stats.total.shared,
-            histogram: stats.total.histogram.clone(),
-            mask_density: stats.total.mask_density.clone(),
-        });
-        // Consensus: λ_t first, then α per k (merging.md pitfalls).
+        let (row, summary, lambdas) = mg.tall(recipe, rname, label)?;
+        methods.push(row);
+        masks.push(summary);
+        let tall = mg.tall_with(recipe, lambdas.clone())?;
         for k in K_VALUES {
             say(&format!("Consensus ({rname}, k = {k}): choosing α"));
-            let mut score = |alpha: f32| -> Result<f64> {
-                tall.write_model(
-                    &tmp,
-                    None,
-                    &BTreeMap::new(),
-                    &|_| {},
-                    &Tall::consensus_kernel(k, alpha),
-                )?;
-                Ok(norm.val(&ev.all(&read_values(&tmp)?, Part::Valid)?))
-            };
-            let (best, curve) = choose(&ALPHA_GRID, &mut score)?;
-            let out = st
-                .dir
-                .join(format!("merges/consensus-{rname}-k{k}.safetensors"));
-            tall.write_model(
-                &out,
-                None,
-                &BTreeMap::new(),
-                &|_| {},
-                &Tall::consensus_kernel(k, best),
-            )?;
-            let test = ev.all(&read_values(&out)?, Part::Test)?;
-            let label = format!(
-                "Consensus {} (k = {k})",
-                if rname == "sum" { "TA" } else { "TIES" }
-            );
-            methods.push(norm.row(&label, format!("α = {best}"), test, curve));
+            methods.push(mg.consensus(&tall, rname, label, k)?);
         }
         if rname == "sum" {
             tall_sum_lambdas = lambdas;
         }
     }
-    let _ = std::fs::remove_file(&tmp);
+    let _ = std::fs::remove_file(&mg.tmp);
 
     // 6. Compression of the eight fine-tunes (TALL over Σ τ, chosen λ_t).
     say("compressing: packed and entropy-coded masks");
-    let tall = Tall::new(
-        &base_model,
-        ft_models.iter().collect(),
-        tasks.clone(),
-        MtlRecipe::Sum,
-        tall_sum_lambdas,
-    )?;
+    let tall = mg.tall_with(MtlRecipe::Sum, tall_sum_lambdas)?;
     let storage = compress_and_check(&st.dir, &tall, "merge-8 (MLP backbones)")?;
 
     let results = Merge8Results {
@@ -796,6 +672,157 @@ impl Study<'_> {
             reused,
         )?;
         Ok(self.split_head(&v).0)
+    }
+}
+
+/// The weight-space half of the study: merges of the base and the fine-tuned backbones on
+/// files, each evaluated with the tasks' own heads.
+struct Merger<'a> {
+    st: &'a Study<'a>,
+    ev: &'a Evaluator<'a>,
+    norm: &'a Normalizer,
+    base: &'a Model,
+    models: &'a [Model],
+    tasks: Vec<String>,
+    /// Where grid candidates are written (one at a time).
+    tmp: PathBuf,
+}
+
+impl<'a> Merger<'a> {
+    fn out(&self, name: &str) -> Result<PathBuf> {
+        let p = self.st.dir.join("merges").join(name);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        Ok(p)
+    }
+
+    /// Task Arithmetic or TIES: λ by mean normalized validation accuracy, then test.
+    fn merged(
+        &self,
+        label: &str,
+        method: &str,
+        grid: &[f32],
+        density: Option<f64>,
+    ) -> Result<MethodResult> {
+        let mut score = |l: f32| -> Result<f64> {
+            merge_file(self.base, self.models, method, l, density, &self.tmp)?;
+            Ok(self
+                .norm
+                .val(&self.ev.all(&read_values(&self.tmp)?, Part::Valid)?))
+        };
+        let (best, curve) = choose(grid, &mut score)?;
+        let out = self.out(&format!("{method}-lambda-{best}.safetensors"))?;
+        merge_file(self.base, self.models, method, best, density, &out)?;
+        let test = self.ev.all(&read_values(&out)?, Part::Test)?;
+        let chosen = match density {
+            Some(d) => format!("λ = {best}, top {}% (dis-mean)", d * 100.0),
+            None => format!("λ = {best}"),
+        };
+        Ok(self.norm.row(label, chosen, test, curve))
+    }
+
+    fn tall_with(&self, recipe: MtlRecipe, lambdas: Vec<f32>) -> Result<Tall<'a>> {
+        Ok(Tall::new(
+            self.base,
+            self.models.iter().collect(),
+            self.tasks.clone(),
+            recipe,
+            lambdas,
+        )?)
+    }
+
+    /// Writes the model `kernel` builds from the masks to `out`.
+    fn write(
+        tall: &Tall,
+        out: &Path,
+        kernel: &(dyn Fn(&engram_weights::tall::MaskChunk, &mut [f32]) + Sync),
+    ) -> Result<()> {
+        tall.write_model(out, None, &BTreeMap::new(), &|_| {}, kernel)?;
+        Ok(())
+    }
+
+    /// TALL masks: λ_t per task on that task's validation accuracy of θ̂_t, then test; the
+    /// row, the mask statistics and the chosen λ_t.
+    fn tall(
+        &self,
+        recipe: MtlRecipe,
+        rname: &str,
+        label: &str,
+    ) -> Result<(MethodResult, MaskSummary, Vec<f32>)> {
+        let n = self.tasks.len();
+        let mut per_task: Vec<Vec<f64>> = vec![Vec::new(); n];
+        for &l in &LAMBDA_GRID {
+            let tall = self.tall_with(recipe, vec![l; n])?;
+            for (t, scores) in per_task.iter_mut().enumerate() {
+                Self::write(&tall, &self.tmp, &Tall::reconstruct_kernel(t, DType::F32))?;
+                let acc = self.ev.acc(&read_values(&self.tmp)?, t, Part::Valid)?;
+                scores.push(100.0 * acc / self.norm.ft_val[t].max(1e-9));
+            }
+        }
+        let mut lambdas = Vec::new();
+        let mut curve = Vec::new();
+        for scores in &per_task {
+            let (best, c) = choose_lambda(&LAMBDA_GRID, &mut |l| {
+                LAMBDA_GRID
+                    .iter()
+                    .position(|&g| g == l)
+                    .map_or(0.0, |i| scores[i])
+            });
+            lambdas.push(best);
+            curve.extend(c.into_iter().map(|(l, s)| (f64::from(l), s)));
+        }
+        let tall = self.tall_with(recipe, lambdas.clone())?;
+        let mut test = Vec::new();
+        for (t, task) in self.tasks.iter().enumerate() {
+            let out = self.out(&format!("tall-{rname}/{task}.safetensors"))?;
+            Self::write(&tall, &out, &Tall::reconstruct_kernel(t, DType::F32))?;
+            test.push(self.ev.acc(&read_values(&out)?, t, Part::Test)?);
+        }
+        let chosen = format!(
+            "λ_t = {}",
+            lambdas
+                .iter()
+                .map(|l| l.to_string())
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        let row = self
+            .norm
+            .row(&format!("TALL masks ({label})"), chosen, test, curve);
+        let stats = tall.stats(&|_| {})?.total;
+        let summary = MaskSummary {
+            recipe: rname.into(),
+            lambdas: lambdas.clone(),
+            params: stats.params,
+            untouched: stats.untouched,
+            catastrophic: stats.catastrophic,
+            selfish: stats.selfish,
+            shared: stats.shared,
+            histogram: stats.histogram,
+            mask_density: stats.mask_density,
+        };
+        Ok((row, summary, lambdas))
+    }
+
+    /// Consensus with threshold k over `tall`'s masks: α on validation, then test.
+    fn consensus(&self, tall: &Tall, rname: &str, label: &str, k: usize) -> Result<MethodResult> {
+        let mut score = |alpha: f32| -> Result<f64> {
+            Self::write(tall, &self.tmp, &Tall::consensus_kernel(k, alpha))?;
+            Ok(self
+                .norm
+                .val(&self.ev.all(&read_values(&self.tmp)?, Part::Valid)?))
+        };
+        let (best, curve) = choose(&ALPHA_GRID, &mut score)?;
+        let out = self.out(&format!("consensus-{rname}-k{k}.safetensors"))?;
+        Self::write(tall, &out, &Tall::consensus_kernel(k, best))?;
+        let test = self.ev.all(&read_values(&out)?, Part::Test)?;
+        Ok(self.norm.row(
+            &format!("Consensus {label} (k = {k})"),
+            format!("α = {best}"),
+            test,
+            curve,
+        ))
     }
 }
 
