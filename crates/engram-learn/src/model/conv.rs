@@ -572,17 +572,19 @@ mod tests {
         (a - b).abs().max().into_scalar::<f32>()
     }
 
-    fn ad() -> Device {
+    /// A seeded autodiff device and the RNG guard the test holds while it draws.
+    fn ad() -> (Device, crate::train::RngGuard) {
+        let g = crate::train::rng_guard();
         let d = Device::flex();
         d.seed(7);
-        d.autodiff()
+        (d.autodiff(), g)
     }
 
     /// Forward and all gradients of `Conv` (NCHW and NHWC entry points, and the fallback)
     /// against burn's `Conv2d` with the same parameters.
     #[test]
     fn conv_equals_burn_conv2d_forward_and_gradients() {
-        let d = ad();
+        let (d, _rng) = ad();
         for (c, o, k, h, w) in [
             (1, 4, 3, 9, 8),
             (3, 5, 3, 7, 10),
@@ -658,6 +660,7 @@ mod tests {
     /// Without autodiff (evaluation), the plain flex kernels give the same output.
     #[test]
     fn conv_without_autodiff_matches() {
+        let _rng = crate::train::rng_guard();
         let d = Device::flex();
         d.seed(3);
         let reference = Conv2dConfig::new([3, 6], [3, 3]).init(&d);
@@ -672,7 +675,7 @@ mod tests {
 
     #[test]
     fn relu_max_pool_equals_burn_forward_and_gradient() {
-        let d = ad();
+        let (d, _rng) = ad();
         let pool = MaxPool2dConfig::new([2, 2]).init();
         for (h, w) in [(26, 26), (11, 11), (4, 7), (2, 2)] {
             let x = Tensor::<4>::random([2, 3, h, w], Distribution::Normal(0.0, 1.0), &d)

@@ -100,15 +100,21 @@ impl ModelConfig {
         feedback: bool,
         device: &Device,
     ) -> Result<Net, String> {
+        // Parameters are drawn from burn's process-wide generator when first visited: draw
+        // them all now, in visiting order, under the RNG guard (see `rng_guard`).
+        let _rng = crate::train::rng_guard();
         let net = self.build_plain(dim, image, outputs, device)?;
-        if !feedback {
-            return Ok(net);
-        }
-        Ok(match net {
-            Net::Mlp(m) => Net::Mlp(m.with_feedback(outputs, device)?),
-            Net::Cnn(m) => Net::Cnn(m.with_feedback(outputs, device)),
-            Net::Vit(m) => Net::Vit(m.with_feedback(outputs, device)),
-        })
+        let net = if !feedback {
+            net
+        } else {
+            match net {
+                Net::Mlp(m) => Net::Mlp(m.with_feedback(outputs, device)?),
+                Net::Cnn(m) => Net::Cnn(m.with_feedback(outputs, device)),
+                Net::Vit(m) => Net::Vit(m.with_feedback(outputs, device)),
+            }
+        };
+        params::param_count(&net);
+        Ok(net)
     }
 
     fn build_plain(
@@ -258,6 +264,7 @@ mod tests {
             // Parameters are drawn when first visited (in field order, as the trainer's
             // parameter count does right after building): visit each net at once.
             let make = |fb: bool| {
+                let _rng = crate::train::rng_guard();
                 let d = Device::flex();
                 d.seed(11);
                 let d = d.autodiff();

@@ -312,7 +312,7 @@ mod tests {
     #[test]
     fn a_step_leaves_sub_threshold_weights_unchanged() {
         let s = blobs("class-incremental", 2);
-        let dev = device();
+        let (dev, _rng) = device();
         let net = mlp(&s, 4, &dev);
         let b = batch(&s, 0, 16, &dev);
         let loss = CrossEntropyLossConfig::new()

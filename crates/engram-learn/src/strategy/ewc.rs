@@ -548,7 +548,7 @@ mod tests {
     #[test]
     fn penalty_gradient_is_lambda_f_delta() {
         let s = blobs("class-incremental", 2);
-        let dev = device();
+        let (dev, _rng) = device();
         let net = mlp(&s, 5, &dev);
         let theta = host(&net);
         let mut e = hand_ewc(3.0, None);
@@ -591,7 +591,7 @@ mod tests {
     fn batched_per_example_fisher_equals_one_example_at_a_time() {
         for kind in ["class-incremental", "task-incremental"] {
             let s = blobs(kind, 2);
-            let dev = device();
+            let (dev, _rng) = device();
             let net = mlp(&s, 6, &dev);
             for est in [
                 Estimator::Exact,
@@ -617,7 +617,7 @@ mod tests {
     #[test]
     fn the_vit_falls_back_to_the_per_example_loop() {
         let s = blobs("class-incremental", 2);
-        let dev = device();
+        let (dev, _rng) = device();
         let net = crate::model::ModelConfig::Vit {
             patch: 4,
             d_model: 8,
@@ -640,7 +640,7 @@ mod tests {
     #[test]
     fn exact_fisher_differs_from_empirical_and_batched_is_smaller() {
         let s = blobs("class-incremental", 2);
-        let dev = device();
+        let (dev, _rng) = device();
         let net = mlp(&s, 6, &dev);
         let total = |est| -> f64 {
             fisher(&net, &s, 0, &dev, 5, est, 64, 32, PerExample::Auto)
@@ -662,7 +662,7 @@ mod tests {
     #[test]
     fn online_fisher_decays_and_accumulates() {
         let s = blobs("class-incremental", 2);
-        let dev = device();
+        let (dev, _rng) = device();
         let net = mlp(&s, 3, &dev);
         let theta = host(&net);
         let infos: Vec<ParamInfo> = flat_params(&net).into_iter().map(|(i, _)| i).collect();
@@ -697,7 +697,7 @@ mod tests {
     #[test]
     fn state_round_trips() {
         let s = blobs("class-incremental", 2);
-        let dev = device();
+        let (dev, _rng) = device();
         let net = mlp(&s, 4, &dev);
         let mut e = hand_ewc(2.0, None);
         let f = fisher(

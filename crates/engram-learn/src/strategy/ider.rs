@@ -215,6 +215,7 @@ mod tests {
     #[test]
     fn the_second_pass_consumes_the_first_pass_output() {
         let s = blobs_ci();
+        let _rng = crate::train::rng_guard();
         let d = Device::flex();
         d.seed(9);
         let d = d.autodiff();

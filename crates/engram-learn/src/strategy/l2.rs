@@ -168,7 +168,7 @@ mod tests {
     #[test]
     fn gradient_is_lambda_delta_on_the_chosen_subset() {
         let s = blobs("class-incremental", 2);
-        let dev = device();
+        let (dev, _rng) = device();
         for (prefixes, all) in [(json!([]), true), (json!(["fc.1"]), false)] {
             let mut l2 = make(json!({"lambda": 4.0, "params": prefixes}));
             let net = mlp(&s, 5, &dev);
@@ -202,7 +202,7 @@ mod tests {
             1.0
         );
         let s = blobs("class-incremental", 2);
-        let dev = device();
+        let (dev, _rng) = device();
         let mut bad = make(json!({"params": ["nope"]}));
         assert!(
             bad.before_task(&ctx(&s, 0, &dev), mlp(&s, 3, &dev))

@@ -273,10 +273,12 @@ pub mod tests {
         .expect("blobs scenario")
     }
 
-    pub fn device() -> Device {
+    /// A seeded autodiff device and the RNG guard the test holds while it builds and draws.
+    pub fn device() -> (Device, crate::train::RngGuard) {
+        let g = crate::train::rng_guard();
         let d = Device::flex();
         d.seed(7);
-        d.autodiff()
+        (d.autodiff(), g)
     }
 
     pub fn mlp(s: &Scenario, hidden: usize, dev: &Device) -> Net {

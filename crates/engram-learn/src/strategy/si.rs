@@ -294,7 +294,7 @@ mod tests {
     #[test]
     fn importance_is_zero_for_unmoved_weights_and_positive_for_moved_ones() {
         let s = blobs("class-incremental", 2);
-        let dev = device();
+        let (dev, _rng) = device();
         let mut si = Si::new(1.0, 0.1);
         let (net, g) = one_task(&mut si, &s, 0, mlp(&s, 4, &dev), &dev);
         let names: Vec<String> = host(&net).into_iter().map(|(n, _, _)| n).collect();

@@ -317,6 +317,9 @@ impl Trainer<'_> {
         }
         super::alloc::keep_freed_memory();
         let base = Device::flex();
+        // Seed and build under the RNG guard, so that trainers on other threads cannot draw
+        // from burn's process-wide generator in between.
+        let rng = super::rng_guard();
         base.seed(self.seed);
         let ad = base.clone().autodiff();
         let mut net = self.model.build_with_feedback(
@@ -326,6 +329,7 @@ impl Trainer<'_> {
             self.strategy.feedback_input(),
             &ad,
         )?;
+        drop(rng);
         let mut out = RunOutput {
             eval_mode: format!("{:?}", s.eval),
             params: crate::model::params::param_count(&net),

@@ -55,6 +55,8 @@ pub struct Args {
     /// rerun with the same settings).
     #[arg(short, long, default_value = "merge8-out")]
     pub out: PathBuf,
+    /// Seed of everything random: validation split, subsamples, permutations, initial
+    /// weights, shuffles.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// A small, fast version for smoke checks (1,500 training examples per task, a narrow
