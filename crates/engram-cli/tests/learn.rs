@@ -1,28 +1,9 @@
 //! `engram train`, `engram report` and `engram strategies` end to end on synthetic blobs.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn engram(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_engram"))
-        .args(args)
-        .output()
-        .expect("run engram")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = engram(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8")
-}
+mod common;
+use common::{engram, ok, s};
 
 const RUN: &str = r#"
 name = "t"

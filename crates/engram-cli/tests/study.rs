@@ -1,19 +1,10 @@
 //! `engram study merge8 --quick` end to end on the real data sets (skipped where they are
 //! not installed, unless ENGRAM_REQUIRE_DATA=1 as in CI).
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn engram(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_engram"))
-        .args(args)
-        .output()
-        .expect("run engram")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8")
-}
+mod common;
+use common::{engram, s};
 
 fn data_missing(out: &Output) -> bool {
     let err = String::from_utf8_lossy(&out.stderr);

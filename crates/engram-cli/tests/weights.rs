@@ -3,24 +3,9 @@
 
 use engram_ckpt::Model;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn engram(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_engram"))
-        .args(args)
-        .output()
-        .expect("run engram")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = engram(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+mod common;
+use common::{engram, ok, s};
 
 /// Runs a failing command: exit code 1, no panic, stderr returned.
 fn fails(args: &[&str]) -> String {
@@ -29,10 +14,6 @@ fn fails(args: &[&str]) -> String {
     assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
     assert!(!err.contains("panicked"), "{err}");
     err
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 /// A tiny synthetic family: base, ft-1 .. ft-n (bf16).

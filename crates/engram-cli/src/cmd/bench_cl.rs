@@ -421,15 +421,6 @@ fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
-fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let text = serde_json::to_string_pretty(v).context("serializing JSON")? + "\n";
-    engram_ckpt::write_atomic(path, text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
-}
-
 fn fmt_s(s: f64) -> String {
     let s = s.max(0.0).round() as u64;
     if s >= 3600 {
@@ -529,7 +520,7 @@ fn tune(
                         );
                     }
                     scores.insert(id.clone(), p.clone());
-                    write_json(path, &json!({"points": scores}))?;
+                    super::util::write_json_file(path, &json!({"points": scores}))?;
                     p
                 }
             };
@@ -726,7 +717,7 @@ pub fn run(ctx: &Ctx, a: ClArgs) -> Result<()> {
                 .with_context(|| format!("{} is not a run's results", res_path.display()))?;
             (Some(r), 0.0, false)
         } else {
-            write_json(&cfg_path, &cfg_json)?;
+            super::util::write_json_file(&cfg_path, &cfg_json)?;
             let _ = std::fs::remove_file(&err_path);
             let t = Instant::now();
             let r =
@@ -736,7 +727,7 @@ pub fn run(ctx: &Ctx, a: ClArgs) -> Result<()> {
                 Ok(r) => (r, secs, true),
                 Err(e) => {
                     let e = json!({"run": name, "error": super::util::error_chain(&e), "seconds": secs});
-                    write_json(&err_path, &e)?;
+                    super::util::write_json_file(&err_path, &e)?;
                     if !ctx.quiet {
                         eprintln!("{label}: FAILED: {}", e["error"]);
                     }
@@ -755,7 +746,7 @@ pub fn run(ctx: &Ctx, a: ClArgs) -> Result<()> {
         r.scenario = spec.label();
         r.name = name.clone();
         if fresh {
-            write_json(&res_path, &r)?;
+            super::util::write_json_file(&res_path, &r)?;
         }
         done_weight += w;
         if fresh {
@@ -812,7 +803,7 @@ pub fn run(ctx: &Ctx, a: ClArgs) -> Result<()> {
         "skipped": skipped,
         "runs": results,
     });
-    write_json(&out.join("results.json"), &doc)?;
+    super::util::write_json_file(&out.join("results.json"), &doc)?;
     let report = out.join("report");
     let files = engram_report::report::write_report(&results, &report)
         .with_context(|| format!("writing the report in {}", report.display()))?;

@@ -228,12 +228,5 @@ fn same_all(cases: &[Value]) -> bool {
 
 fn write_json(path: &Path, threads: usize, cases: &[Value]) -> Result<()> {
     let doc = json!({"engram_bench_compress": 1, "threads": threads, "machine": machine(), "cases": cases});
-    if let Some(d) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d)?;
-    }
-    engram_ckpt::write_atomic(
-        path,
-        (serde_json::to_string_pretty(&doc)? + "\n").as_bytes(),
-    )?;
-    Ok(())
+    util::write_json_file(path, &doc)
 }

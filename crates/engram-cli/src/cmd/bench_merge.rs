@@ -393,14 +393,7 @@ pub fn run(ctx: &Ctx, a: MergeArgs) -> Result<()> {
 
 fn write_json(path: &Path, threads: usize, repeat: usize, cases: &[Value]) -> Result<()> {
     let doc = json!({"engram_bench_merge": 1, "threads": threads, "repeat": repeat, "machine": machine(), "cases": cases});
-    if let Some(d) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d)?;
-    }
-    engram_ckpt::write_atomic(
-        path,
-        (serde_json::to_string_pretty(&doc)? + "\n").as_bytes(),
-    )?;
-    Ok(())
+    util::write_json_file(path, &doc)
 }
 
 /// Writes the synthetic bf16 family (base + `n` fine-tunes, seed 0) of `arch` into `fam`,

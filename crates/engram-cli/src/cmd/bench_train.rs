@@ -565,12 +565,7 @@ pub fn run(ctx: &Ctx, a: TrainArgs) -> Result<()> {
         "machine": machine(),
         "results": results,
     });
-    if let Some(dir) = a.json_out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let text = serde_json::to_string_pretty(&doc).context("serializing results")?;
-    std::fs::write(&a.json_out, text + "\n")
-        .with_context(|| format!("writing {}", a.json_out.display()))?;
+    util::write_json_file(&a.json_out, &doc)?;
 
     let mut o = String::new();
     util::outln!(

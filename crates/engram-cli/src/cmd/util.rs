@@ -125,6 +125,17 @@ pub fn chunks(numels: impl Iterator<Item = usize>) -> Vec<(usize, usize, usize)>
     v
 }
 
+/// Writes `v` as pretty JSON (with a final newline) to `path`, creating its folder; atomic.
+pub fn write_json_file(path: &std::path::Path, v: &impl serde::Serialize) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let text = serde_json::to_string_pretty(v).context("serializing JSON")? + "\n";
+    engram_ckpt::write_atomic(path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

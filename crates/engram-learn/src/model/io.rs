@@ -12,9 +12,46 @@ pub fn save<M: burn::module::Module>(
     metadata: &BTreeMap<String, String>,
 ) -> engram_ckpt::Result<()> {
     let params = host_params(m);
-    let specs = params
+    write_named(
+        out,
+        params
+            .iter()
+            .map(|(i, v)| (i.name.as_str(), i.shape.as_slice(), v.as_slice())),
+        metadata,
+    )
+}
+
+/// Writes weights kept by name (as `engram_learn::train::stage` returns them) to `out`, each
+/// with its shape from `shapes` (flat when it has none there).
+pub fn save_values(
+    out: &Path,
+    values: &BTreeMap<String, Vec<f32>>,
+    shapes: &BTreeMap<String, Vec<usize>>,
+    metadata: &BTreeMap<String, String>,
+) -> engram_ckpt::Result<()> {
+    let shaped: Vec<(&str, Vec<usize>, &[f32])> = values
         .iter()
-        .map(|(i, _)| TensorSpec::new(i.name.clone(), DType::F32, &i.shape))
+        .map(|(k, v)| {
+            let shape = shapes.get(k).cloned().unwrap_or_else(|| vec![v.len()]);
+            (k.as_str(), shape, v.as_slice())
+        })
+        .collect();
+    write_named(
+        out,
+        shaped.iter().map(|(n, s, v)| (*n, s.as_slice(), *v)),
+        metadata,
+    )
+}
+
+/// F32 tensors (name, shape, values) to a checkpoint, in the order given.
+fn write_named<'a>(
+    out: &Path,
+    tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [f32])> + Clone,
+    metadata: &BTreeMap<String, String>,
+) -> engram_ckpt::Result<()> {
+    let specs = tensors
+        .clone()
+        .map(|(n, shape, _)| TensorSpec::new(n, DType::F32, shape))
         .collect();
     let w = ModelWriter::create(
         out,
@@ -24,8 +61,8 @@ pub fn save<M: burn::module::Module>(
             metadata: metadata.clone(),
         },
     )?;
-    for (i, v) in &params {
-        w.write_f32(&i.name, v)?;
+    for (n, _, v) in tensors {
+        w.write_f32(n, v)?;
     }
     w.finish(&[])?;
     Ok(())

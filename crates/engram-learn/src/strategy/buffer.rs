@@ -66,6 +66,9 @@ pub struct Buffer {
     pub draws: u64,
     /// Input width, for [`Buffer::bytes`].
     pub dim: usize,
+    /// This step's batch, offered by [`Buffer::flush`] after the optimizer step (not saved:
+    /// it never outlives a step).
+    pending: Option<Pending>,
 }
 
 impl Buffer {
@@ -81,6 +84,7 @@ impl Buffer {
             seen_per_class: BTreeMap::new(),
             draws: 0,
             dim: 0,
+            pending: None,
         }
     }
 
@@ -137,6 +141,26 @@ impl Buffer {
                 *dst = v;
             }
         }
+    }
+
+    /// Holds this step's batch until [`Buffer::flush`]: offered after the step, the batch is
+    /// not replayed against itself and DER keeps the logits it was trained on.
+    pub fn hold(&mut self, p: Pending) {
+        self.pending = Some(p);
+    }
+
+    /// Offers the held batch, if any (the strategies' `after_step`).
+    pub fn flush(&mut self, seed: u64) {
+        if let Some(p) = self.pending.take() {
+            self.offer_all(seed, p);
+        }
+    }
+
+    /// A strategy state holding this buffer under "buffer".
+    pub fn state(&self) -> State {
+        let mut s = State::default();
+        self.save("buffer", &mut s);
+        s
     }
 
     /// Offers a pending batch, example by example in batch order.

@@ -37,7 +37,6 @@ pub struct Der {
     p: Params,
     beta: f64,
     buf: Buffer,
-    pending: Option<Pending>,
 }
 
 fn make(name: &str, plus: bool, v: &serde_json::Value) -> Result<Box<dyn Strategy>, String> {
@@ -63,7 +62,6 @@ fn make(name: &str, plus: bool, v: &serde_json::Value) -> Result<Box<dyn Strateg
         p,
         beta,
         buf: Buffer::new(0, Sampling::Reservoir, 0),
-        pending: None,
     }))
 }
 
@@ -116,7 +114,7 @@ impl Strategy for Der {
         logits: Tensor<2>,
         loss: Tensor<1>,
     ) -> Tensor<1> {
-        self.pending = Some(Pending::of(batch, host2(logits.clone())));
+        self.buf.hold(Pending::of(batch, host2(logits.clone())));
         if self.buf.is_empty() {
             return loss;
         }
@@ -136,9 +134,7 @@ impl Strategy for Der {
     }
 
     fn after_step(&mut self, cx: &Ctx, net: Net) -> Net {
-        if let Some(p) = self.pending.take() {
-            self.buf.offer_all(cx.seed, p);
-        }
+        self.buf.flush(cx.seed);
         net
     }
 
@@ -147,9 +143,7 @@ impl Strategy for Der {
     }
 
     fn state(&self) -> State {
-        let mut s = State::default();
-        self.buf.save("buffer", &mut s);
-        s
+        self.buf.state()
     }
 
     fn load_state(&mut self, state: State) -> Result<(), String> {

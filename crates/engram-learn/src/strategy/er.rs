@@ -35,19 +35,13 @@ fn default_sampling() -> Sampling {
 pub struct Er {
     p: Params,
     buf: Buffer,
-    /// The current batch, offered to the buffer after the step.
-    pending: Option<Pending>,
 }
 
 pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>, String> {
     let p: Params = parse_params("er", v)?;
     check_buffer("er", p.buffer, p.replay_batch)?;
     let buf = Buffer::new(p.buffer, p.sampling, 0);
-    Ok(Box::new(Er {
-        p,
-        buf,
-        pending: None,
-    }))
+    Ok(Box::new(Er { p, buf }))
 }
 
 impl Strategy for Er {
@@ -67,7 +61,7 @@ impl Strategy for Er {
         _logits: Tensor<2>,
         loss: Tensor<1>,
     ) -> Tensor<1> {
-        self.pending = Some(Pending::of(batch, Vec::new()));
+        self.buf.hold(Pending::of(batch, Vec::new()));
         if self.buf.is_empty() {
             return loss;
         }
@@ -78,9 +72,7 @@ impl Strategy for Er {
     }
 
     fn after_step(&mut self, cx: &Ctx, net: Net) -> Net {
-        if let Some(p) = self.pending.take() {
-            self.buf.offer_all(cx.seed, p);
-        }
+        self.buf.flush(cx.seed);
         net
     }
 
@@ -89,9 +81,7 @@ impl Strategy for Er {
     }
 
     fn state(&self) -> State {
-        let mut s = State::default();
-        self.buf.save("buffer", &mut s);
-        s
+        self.buf.state()
     }
 
     fn load_state(&mut self, state: State) -> Result<(), String> {

@@ -472,10 +472,7 @@ impl Strategy for Ewc {
         _logits: Tensor<2>,
         loss: Tensor<1>,
     ) -> Tensor<1> {
-        match self.quad.penalty(net, cx.device) {
-            Some(p) => loss + p.mul_scalar((self.lambda / 2.0) as f32),
-            None => loss,
-        }
+        self.quad.add_to(loss, net, cx.device, self.lambda / 2.0)
     }
 
     fn after_task(&mut self, cx: &Ctx, net: Net) -> Result<Net, String> {

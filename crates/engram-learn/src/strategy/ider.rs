@@ -62,7 +62,6 @@ pub struct Ider {
     /// f_old: the model at the end of the previous task, parameters frozen (its input keeps
     /// the graph so that gradients can flow through the feedback).
     teacher: Option<Net>,
-    pending: Option<Pending>,
 }
 
 pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>, String> {
@@ -80,7 +79,6 @@ pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>, String> {
         p,
         buf,
         teacher: None,
-        pending: None,
     }))
 }
 
@@ -148,7 +146,7 @@ impl Strategy for Ider {
         logits: Tensor<2>,
         loss: Tensor<1>,
     ) -> Tensor<1> {
-        self.pending = Some(Pending::of(batch, Vec::new()));
+        self.buf.hold(Pending::of(batch, Vec::new()));
         let mut total = self.two_pass_ce(
             cx,
             net,
@@ -183,9 +181,7 @@ impl Strategy for Ider {
     }
 
     fn after_step(&mut self, cx: &Ctx, net: Net) -> Net {
-        if let Some(p) = self.pending.take() {
-            self.buf.offer_all(cx.seed, p);
-        }
+        self.buf.flush(cx.seed);
         net
     }
 
@@ -194,9 +190,7 @@ impl Strategy for Ider {
     }
 
     fn state(&self) -> State {
-        let mut s = State::default();
-        self.buf.save("buffer", &mut s);
-        s
+        self.buf.state()
     }
 
     fn load_state(&mut self, state: State) -> Result<(), String> {
@@ -309,7 +303,6 @@ mod tests {
             p: parse_params("ider", &serde_json::json!({"buffer": 4})).expect("p"),
             buf: Buffer::new(4, Sampling::ClassBalanced, 0),
             teacher: None,
-            pending: None,
         };
         a.buf.offer_all(
             3,

@@ -60,6 +60,14 @@ impl Quadratic {
             .sum()
     }
 
+    /// `loss + scale·penalty`; just `loss` while there are no terms (the first task).
+    pub fn add_to(&mut self, loss: Tensor<1>, net: &Net, device: &Device, scale: f64) -> Tensor<1> {
+        match self.penalty(net, device) {
+            Some(p) => loss + p.mul_scalar(scale as f32),
+            None => loss,
+        }
+    }
+
     /// The penalty on the autodiff graph, or None when there are no terms.
     pub fn penalty(&mut self, net: &Net, device: &Device) -> Option<Tensor<1>> {
         if self.terms.is_empty() {

@@ -120,10 +120,7 @@ impl Strategy for Si {
         _logits: Tensor<2>,
         loss: Tensor<1>,
     ) -> Tensor<1> {
-        match self.quad.penalty(net, cx.device) {
-            Some(p) => loss + p.mul_scalar(self.c as f32),
-            None => loss,
-        }
+        self.quad.add_to(loss, net, cx.device, self.c)
     }
 
     fn after_backward(&mut self, _cx: &Ctx, net: &Net, grads: &mut GradientsParams) {

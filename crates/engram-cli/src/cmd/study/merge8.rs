@@ -28,7 +28,7 @@
 
 use crate::Ctx;
 use anyhow::{Context, Result, anyhow, bail};
-use engram_ckpt::{DType, Model, ModelWriter, TensorSpec, WriteOptions};
+use engram_ckpt::{DType, Model};
 use engram_learn::data::rng::Rng;
 use engram_learn::data::{Dataset, fashion_mnist, mnist_digits};
 use engram_learn::model::ModelConfig;
@@ -949,25 +949,7 @@ fn save_values(path: &Path, v: &Values, shapes: &BTreeMap<String, Vec<usize>>) -
     if let Some(p) = path.parent() {
         std::fs::create_dir_all(p)?;
     }
-    let specs = v
-        .iter()
-        .map(|(k, x)| {
-            let shape = shapes.get(k).cloned().unwrap_or_else(|| vec![x.len()]);
-            TensorSpec::new(k.clone(), DType::F32, &shape)
-        })
-        .collect();
-    let w = ModelWriter::create(
-        path,
-        specs,
-        &WriteOptions {
-            max_shard_bytes: None,
-            metadata: BTreeMap::new(),
-        },
-    )?;
-    for (k, x) in v {
-        w.write_f32(k, x)?;
-    }
-    w.finish(&[])?;
+    engram_learn::model::io::save_values(path, v, shapes, &BTreeMap::new())?;
     Ok(())
 }
 
