@@ -26,6 +26,9 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Compare two checkpoints tensor by tensor.
     Diff(cmd::diff::Args),
+    /// Spectral analysis of every weight matrix: singular values, condition number κ,
+    /// effective rank, norms; LIFT principal-weight masks.
+    Analyze(cmd::analyze::Args),
     /// Change dtype and sharding of a checkpoint.
     Convert(cmd::convert::Args),
     /// Write a synthetic transformer-shaped base model and fine-tunes, for tests and benchmarks.
@@ -90,6 +93,7 @@ fn main() {
     let res = match cli.command {
         Command::Inspect(a) => cmd::inspect::run(&ctx, a),
         Command::Diff(a) => cmd::diff::run(&ctx, a),
+        Command::Analyze(a) => cmd::analyze::run(&ctx, a),
         Command::Convert(a) => cmd::convert::run(&ctx, a),
         Command::Synth(a) => cmd::synth::run(&ctx, a),
         Command::Demo(a) => cmd::demo::run(&ctx, a),

@@ -125,3 +125,66 @@ fn merge8_quick_runs_end_to_end_and_reuses_its_models() {
     assert!(!refused.status.success());
     assert!(foreign.join("keep.txt").is_file());
 }
+
+#[test]
+fn bench_finetune_quick_compares_every_method_and_judges_the_claims() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("ft");
+    let r = engram(&["bench", "finetune", "--quick", "-q", "--out", s(&out)]);
+    if data_missing(&r) {
+        return;
+    }
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let summary = j["summary"].as_array().unwrap();
+    let methods: Vec<&str> = summary
+        .iter()
+        .map(|m| m["method"].as_str().unwrap())
+        .collect();
+    for m in [
+        "full",
+        "head only",
+        "lora r8",
+        "lift r8",
+        "top-|W| r8",
+        "random-K r8",
+        "kappatune lowest N=3",
+        "expand 1+3 lerp λ=0.1",
+    ] {
+        assert!(methods.contains(&m), "{m} missing from {methods:?}");
+    }
+    let get = |t: &str, m: &str| {
+        summary
+            .iter()
+            .find(|x| x["target"] == t && x["method"] == m)
+            .unwrap()
+    };
+    // Same budget: LIFT's K entries per matrix equal LoRA r = 8's parameters, while its
+    // optimizer state is 1.5× (an index per entry) and full fine-tuning's far larger.
+    let (lift, lora, full) = (
+        get("mnist", "lift r8"),
+        get("mnist", "lora r8"),
+        get("mnist", "full"),
+    );
+    assert_eq!(lift["trainable"], lora["trainable"]);
+    let ob = |m: &serde_json::Value| m["optimizer_bytes"].as_u64().unwrap();
+    assert!(ob(lift) < ob(full) / 4);
+    // The head alone keeps the source task exactly.
+    let head = get("mnist", "head only");
+    let before = j["source_before"][0].as_f64().unwrap();
+    assert_eq!(head["source_accuracy"]["mean"].as_f64().unwrap(), before);
+    // Every claim is judged on both targets, with its evidence.
+    let claims = j["claims"].as_array().unwrap();
+    assert!(claims.len() >= 12, "{claims:?}");
+    assert!(
+        claims
+            .iter()
+            .all(|c| c["evidence"].as_str().unwrap().contains("source"))
+    );
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("class=\"point\"") && html.contains("Claims"));
+    // Merged LoRA is the same function: same accuracies.
+    let m = &lora["merged_target_accuracy"]["mean"];
+    assert!((m.as_f64().unwrap() - lora["target_accuracy"]["mean"].as_f64().unwrap()).abs() < 0.5);
+}

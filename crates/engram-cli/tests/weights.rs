@@ -321,3 +321,200 @@ fn task_vectors_and_patches_round_trip() {
         }
     }
 }
+
+/// Writes an F32 (and one I64) model of the given tensors to `path`.
+fn write_model(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
+    use engram_ckpt::{DType, ModelWriter, TensorSpec, WriteOptions};
+    let mut specs: Vec<TensorSpec> = tensors
+        .iter()
+        .map(|(n, shape, _)| TensorSpec::new(*n, DType::F32, shape))
+        .collect();
+    specs.push(TensorSpec::new("position_ids", DType::I64, &[2, 3]));
+    let w = ModelWriter::create(path, specs, &WriteOptions::default()).unwrap();
+    for (n, _, v) in tensors {
+        w.write_f32(n, v).unwrap();
+    }
+    w.write_bytes("position_ids", &[0u8; 48]).unwrap();
+    w.finish(&[]).unwrap();
+}
+
+#[test]
+fn analyze_reports_known_spectra_lift_masks_and_clear_errors() {
+    let d = tempfile::tempdir().unwrap();
+    // A 6×4 matrix with singular values 8, 4, 2, 0.5 on its diagonal (signs and order mixed),
+    // a 4×2×3 kernel (a 4×6 matrix), a 16×12 pseudo-random matrix, and a bias.
+    let mut diag = vec![0f32; 24];
+    for (i, v) in [2.0f32, -8.0, 0.5, 4.0].iter().enumerate() {
+        diag[i * 4 + i] = *v;
+    }
+    let mut x = 1u64;
+    let mut next = move || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let conv: Vec<f32> = (0..24).map(|_| next()).collect();
+    let dense: Vec<f32> = (0..192).map(|_| next()).collect();
+    let model = d.path().join("m.safetensors");
+    write_model(
+        &model,
+        &[
+            ("diag.weight", vec![6, 4], diag),
+            ("conv.weight", vec![4, 2, 3], conv),
+            ("dense.weight", vec![16, 12], dense),
+            ("dense.bias", vec![16], vec![0.1; 16]),
+        ],
+    );
+    let masks = d.path().join("lift.safetensors");
+    let report = d.path().join("report");
+    let doc: serde_json::Value = serde_json::from_str(&ok(&[
+        "analyze",
+        "-q",
+        "--json",
+        s(&model),
+        "--lift-masks",
+        s(&masks),
+        "--filter-rank",
+        "2",
+        "--lift-rank",
+        "1",
+        "--out",
+        s(&report),
+    ]))
+    .unwrap();
+    assert_eq!(doc["engram_analyze"], 1);
+    let tensors = doc["tensors"].as_array().unwrap();
+    let names: Vec<&str> = tensors
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["diag.weight", "conv.weight", "dense.weight"]);
+    let skipped: Vec<&str> = doc["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(skipped, ["dense.bias", "position_ids"]);
+
+    // The diagonal matrix: κ = 8 / (0.5 + 1e-8), effective rank from p = σ / Σσ.
+    let t = &tensors[0];
+    let kappa = t["kappa"].as_f64().unwrap();
+    assert!((kappa - 8.0 / (0.5 + 1e-8)).abs() < 1e-9, "{kappa}");
+    let sv = [8.0f64, 4.0, 2.0, 0.5];
+    let total: f64 = sv.iter().sum();
+    let erank = (-sv.iter().map(|s| s / total * (s / total).ln()).sum::<f64>()).exp();
+    assert!((t["effective_rank"].as_f64().unwrap() - erank).abs() < 1e-9);
+    let fro = sv.iter().map(|s| s * s).sum::<f64>().sqrt();
+    assert!((t["frobenius_norm"].as_f64().unwrap() - fro).abs() < 1e-9);
+    assert!((t["sigma_min"].as_f64().unwrap() - 0.5).abs() < 1e-12);
+    assert_eq!(t["exact"], true);
+    assert!(t.get("singular_values").is_none(), "only with --values");
+    assert_eq!((t["rows"].as_u64(), t["cols"].as_u64()), (Some(6), Some(4)));
+    assert_eq!(tensors[1]["cols"], 6);
+
+    // One BOOL mask per matrix, same shape, exactly K = min((m + n)·1, m·n) entries set.
+    let mm = Model::open(&masks).unwrap();
+    assert_eq!(mm.len(), 3);
+    for t in tensors {
+        let name = t["name"].as_str().unwrap();
+        let v = mm.require(name).unwrap();
+        assert_eq!(v.dtype(), engram_ckpt::DType::Bool);
+        let shape: Vec<usize> = t["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(v.shape(), &shape[..]);
+        let (m, n) = (shape[0], shape[1..].iter().product::<usize>());
+        let k = (m + n).min(m * n);
+        assert_eq!(t["lift_k"].as_u64(), Some(k as u64));
+        assert_eq!(v.bytes.iter().filter(|&&b| b == 1).count(), k, "{name}");
+        assert!(v.bytes.iter().all(|&b| b <= 1));
+    }
+    // The rank-2 part of the diagonal matrix is its two largest entries: both in the mask.
+    let dm = mm.require("diag.weight").unwrap().bytes;
+    assert_eq!((dm[4 + 1], dm[3 * 4 + 3]), (1, 1));
+    assert!(mm.metadata()["engram.command"].contains("analyze"));
+
+    // --out: the same document and an HTML page with both charts.
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report.join("analysis.json")).unwrap()).unwrap();
+    assert_eq!(file["tensors"], doc["tensors"]);
+    let html = std::fs::read_to_string(report.join("analysis.html")).unwrap();
+    assert!(html.contains("log10 κ per tensor") && html.contains("Effective rank per tensor"));
+    assert_eq!(html.matches("<svg").count(), 2);
+
+    // Text table, filters, --values.
+    let text = ok(&["analyze", s(&model), "--include", "diag", "--values"]);
+    assert!(
+        text.contains("diag.weight") && !text.contains("dense.weight"),
+        "{text}"
+    );
+    assert!(text.contains("1.600e1"), "{text}");
+    let doc: serde_json::Value = serde_json::from_str(&ok(&[
+        "analyze",
+        "--json",
+        "--values",
+        "--exclude",
+        "conv",
+        "--exclude",
+        "diag",
+        s(&model),
+    ]))
+    .unwrap();
+    assert_eq!(doc["tensors"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        doc["tensors"][0]["singular_values"]
+            .as_array()
+            .unwrap()
+            .len(),
+        12
+    );
+
+    // Above --max-dim: the randomized top values only, no κ.
+    let doc: serde_json::Value = serde_json::from_str(&ok(&[
+        "analyze",
+        "--json",
+        "--values",
+        "--max-dim",
+        "8",
+        "--top-k",
+        "3",
+        s(&model),
+    ]))
+    .unwrap();
+    let t = &doc["tensors"][2];
+    assert_eq!(
+        (t["name"].as_str(), &t["exact"]),
+        (Some("dense.weight"), &false.into())
+    );
+    assert!(t["kappa"].is_null() && t["effective_rank"].is_null());
+    assert_eq!(t["singular_values"].as_array().unwrap().len(), 3);
+    assert_eq!(doc["tensors"][0]["exact"], true);
+
+    // Missing, malformed and non-finite inputs: exit 1 naming the file (and the tensor).
+    let missing = d.path().join("missing.safetensors");
+    assert!(fails(&["analyze", s(&missing)]).contains("missing.safetensors"));
+    let bad = d.path().join("bad.safetensors");
+    std::fs::write(&bad, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":").unwrap();
+    assert!(fails(&["analyze", s(&bad)]).contains("bad.safetensors"));
+    let nan = d.path().join("nan.safetensors");
+    write_model(
+        &nan,
+        &[("w.weight", vec![2, 2], vec![1.0, f32::NAN, 0.0, 1.0])],
+    );
+    let e = fails(&[
+        "analyze",
+        s(&nan),
+        "--lift-masks",
+        s(&d.path().join("x.safetensors")),
+    ]);
+    assert!(
+        e.contains("nan.safetensors") && e.contains("'w.weight'") && e.contains("non-finite"),
+        "{e}"
+    );
+    assert!(!d.path().join("x.safetensors").exists());
+}

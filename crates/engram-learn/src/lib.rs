@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod data;
+pub mod finetune;
 pub mod metrics;
 pub mod model;
 pub mod scenario;

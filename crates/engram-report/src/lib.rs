@@ -4,6 +4,7 @@
 //! Continual-learning runs: [`results::RunResults`] (the JSON engram-learn writes) →
 //! [`report::write_report`] (`index.html`, `results.csv`, `results.json`).
 
+pub mod finetune;
 pub mod html;
 pub mod merge8;
 pub mod report;

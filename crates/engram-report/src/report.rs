@@ -14,7 +14,7 @@ use crate::results::RunResults;
 use crate::svg::{LineChart, Series, accuracy_heatmap, grouped_bar_chart, line_chart};
 
 /// Mean and spread of one metric over the seeds of a group.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MeanSpread {
     pub mean: f64,
     /// Sample standard deviation (n − 1 in the denominator); `None` for a single value.

@@ -7,6 +7,7 @@ pub mod output;
 pub mod patch;
 pub mod rng;
 pub mod select;
+pub mod spectral;
 pub mod stream;
 pub mod synth;
 pub mod tall;

@@ -49,6 +49,11 @@ pub enum Bench {
     /// Rotated and SCoLe Fashion-MNIST and Split MNIST, MLP and CNN, three seeds, tuned on
     /// validation; JSON and an HTML report. `--quick` for a smoke check.
     Cl(super::bench_cl::ClArgs),
+    /// Selective fine-tuning: pre-train on Fashion-MNIST, fine-tune on MNIST and permuted
+    /// MNIST with full fine-tuning, LoRA, LIFT (and its controls), KappaTune and block
+    /// expansion; target accuracy, source accuracy kept, parameters, optimizer memory, time;
+    /// three seeds. `--quick` for a smoke check.
+    Finetune(super::bench_finetune::FinetuneArgs),
 }
 
 #[derive(clap::Args)]
@@ -100,6 +105,7 @@ pub fn run(ctx: &Ctx, b: Bench) -> Result<()> {
         Bench::Train(a) => super::bench_train::run(ctx, a),
         Bench::Compress(a) => super::bench_compress::run(ctx, a),
         Bench::Cl(a) => super::bench_cl::run(ctx, a),
+        Bench::Finetune(a) => super::bench_finetune::run(ctx, a),
     }
 }
 

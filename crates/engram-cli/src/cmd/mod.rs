@@ -1,6 +1,8 @@
+pub mod analyze;
 pub mod bench;
 pub mod bench_cl;
 pub mod bench_compress;
+pub mod bench_finetune;
 pub mod bench_merge;
 pub mod bench_train;
 pub mod compress;

@@ -1,0 +1,560 @@
+//! `engram analyze MODEL`: the spectrum of every weight matrix (singular values, KappaTune's
+//! condition number κ, effective rank, stable rank, norms) and, with `--lift-masks`, LIFT's
+//! principal-weight masks. Card: shared/methods/selective_finetuning.md (LIFT, KappaTune).
+//!
+//! Float tensors with two or more dimensions are read as `out × rest` matrices; the others
+//! are listed as skipped. Tensors stream one at a time per worker thread (decoded to f32,
+//! analysed, dropped, their file pages released), so memory stays near threads × the largest
+//! matrix's working set. Output: a text table, or `--json` (docs/json.md, "engram analyze"),
+//! and with `--out DIR` also `analysis.json` and `analysis.html` (charts and the table).
+
+use super::util::{self, outln};
+use crate::Ctx;
+use anyhow::{Context, Result, bail};
+use engram_ckpt::{DType, Error as CkptError, Model, TensorSpec, TensorView};
+use engram_report::html::Page;
+use engram_report::svg::{LineChart, Series, bar_chart, line_chart};
+use engram_weights::spectral::{
+    SpectralOptions, Spectrum, lift_budget, matrix_dims, spectrum, spectrum_and_principal,
+};
+use rayon::prelude::*;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A .safetensors file, a model folder, or a model.safetensors.index.json.
+    pub path: PathBuf,
+    /// Print JSON (the structure documented in docs/json.md) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Include every singular value in the JSON (all min(m, n) of an exact spectrum, the top
+    /// --top-k of a randomized one).
+    #[arg(long)]
+    pub values: bool,
+    /// Also write analysis.json and analysis.html (charts of log10 κ and effective rank) here.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Exact SVD when the matrix's smaller side is at most N; above it, a randomized SVD of
+    /// the top --top-k singular values only (then σ_min, κ and effective rank are not given).
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_dim: usize,
+    /// Singular values a randomized spectrum reports.
+    #[arg(long, default_value_t = 32, value_name = "K")]
+    pub top_k: usize,
+    /// Seed of the randomized SVD (the same seed gives the same numbers).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Analyse only tensors whose name contains SUBSTR; repeatable (any of them).
+    #[arg(long, value_name = "SUBSTR")]
+    pub include: Vec<String>,
+    /// Skip tensors whose name contains SUBSTR; repeatable.
+    #[arg(long, value_name = "SUBSTR")]
+    pub exclude: Vec<String>,
+    /// Write LIFT principal-weight masks to FILE.safetensors: one BOOL tensor per analysed
+    /// matrix (same name and shape), true at the K = min((m + n)·r, m·n) largest entries of
+    /// |W′|, W′ the rank --filter-rank approximation and r = --lift-rank. Every analysed
+    /// matrix gets a mask (embeddings and output heads included) unless --lift-exclude
+    /// leaves it out.
+    #[arg(long, value_name = "FILE")]
+    pub lift_masks: Option<PathBuf>,
+    /// LIFT's filter rank: rank of the approximation W′ whose largest entries are chosen.
+    #[arg(long, default_value_t = 8, value_name = "R")]
+    pub filter_rank: usize,
+    /// LIFT's r_lora: the mask holds as many entries as a rank-R LoRA has parameters.
+    #[arg(long, default_value_t = 8, value_name = "R")]
+    pub lift_rank: usize,
+    /// No LIFT mask for tensors whose name contains SUBSTR (they are still analysed);
+    /// repeatable. E.g. `--lift-exclude lm_head --lift-exclude embed_tokens`, as the LIFT
+    /// paper leaves the output head and embeddings frozen.
+    #[arg(long, value_name = "SUBSTR")]
+    pub lift_exclude: Vec<String>,
+}
+
+/// One analysed matrix.
+struct Row {
+    index: usize,
+    name: String,
+    dtype: DType,
+    shape: Vec<usize>,
+    spectrum: Spectrum,
+    /// LIFT's K, when a mask was written for this tensor.
+    lift_k: Option<usize>,
+}
+
+/// A tensor left out, and why.
+struct Skipped {
+    name: String,
+    dtype: DType,
+    shape: Vec<usize>,
+    reason: &'static str,
+}
+
+fn contains_any(name: &str, pats: &[String]) -> bool {
+    pats.iter().any(|p| name.contains(p.as_str()))
+}
+
+/// Why tensor `t` is not analysed, or `None` when it is.
+fn skip_reason(t: &TensorView, a: &Args) -> Option<&'static str> {
+    if !t.dtype().is_float() {
+        Some("not a float tensor")
+    } else if t.shape().len() < 2 {
+        Some("fewer than 2 dimensions")
+    } else if matrix_dims(t.shape()).is_none() {
+        Some("empty")
+    } else if !a.include.is_empty() && !contains_any(t.name(), &a.include) {
+        Some("not matched by --include")
+    } else if contains_any(t.name(), &a.exclude) {
+        Some("matched by --exclude")
+    } else {
+        None
+    }
+}
+
+pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
+    if a.top_k == 0 {
+        bail!("--top-k must be at least 1");
+    }
+    if a.lift_masks.is_some() && (a.filter_rank == 0 || a.lift_rank == 0) {
+        bail!("--filter-rank and --lift-rank must be at least 1");
+    }
+    let start = Instant::now();
+    let model = Model::open(&a.path)?;
+    let opts = SpectralOptions {
+        max_dim: a.max_dim,
+        top_k: a.top_k,
+        seed: a.seed,
+        ..SpectralOptions::default()
+    };
+
+    let mut picked: Vec<usize> = Vec::new();
+    let mut skipped: Vec<Skipped> = Vec::new();
+    for (i, t) in model.tensors().enumerate() {
+        match skip_reason(&t, &a) {
+            None => picked.push(i),
+            Some(reason) => skipped.push(Skipped {
+                name: t.name().to_string(),
+                dtype: t.dtype(),
+                shape: t.shape().to_vec(),
+                reason,
+            }),
+        }
+    }
+    let masked = |name: &str| a.lift_masks.is_some() && !contains_any(name, &a.lift_exclude);
+
+    // The mask file is declared up front (names, shapes) and filled by the workers.
+    let writer = match &a.lift_masks {
+        Some(path) => {
+            let specs: Vec<TensorSpec> = picked
+                .iter()
+                .map(|&i| model.tensor_at(i))
+                .filter(|t| masked(t.name()))
+                .map(|t| TensorSpec::new(t.name(), DType::Bool, t.shape()))
+                .collect();
+            if specs.is_empty() {
+                bail!("--lift-masks: no tensor left to mask (every analysed tensor is excluded)");
+            }
+            let md = engram_ckpt::provenance(
+                &ctx.command_line,
+                &json!({
+                    "source": a.path.display().to_string(),
+                    "method": "lift",
+                    "filter_rank": a.filter_rank,
+                    "lift_rank": a.lift_rank,
+                    "max_dim": opts.max_dim,
+                    "oversample": opts.oversample,
+                    "power_iters": opts.power_iters,
+                    "seed": opts.seed,
+                }),
+            );
+            Some(
+                engram_weights::output::writer(path, specs, &md)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+
+    // Largest work first, so that a big embedding does not start last on an idle pool.
+    let mut order = picked.clone();
+    let cost = |i: usize| {
+        let t = model.tensor_at(i);
+        matrix_dims(t.shape()).map_or(0.0, |(m, n)| m as f64 * n as f64 * m.min(n) as f64)
+    };
+    order.sort_by(|&x, &y| cost(y).total_cmp(&cost(x)).then(x.cmp(&y)));
+    let params: u64 = picked
+        .iter()
+        .map(|&i| model.tensor_at(i).numel() as u64)
+        .sum();
+    let pb = crate::progress::bar(ctx, params, "analyzing");
+    let rows = order
+        .par_iter()
+        .map(|&i| {
+            let t = model.tensor_at(i);
+            let row = analyse(
+                &t,
+                i,
+                &opts,
+                &a,
+                writer.as_ref().filter(|_| masked(t.name())),
+            )?;
+            pb.inc(t.numel() as u64);
+            Ok(row)
+        })
+        .collect::<Result<Vec<Row>>>();
+    pb.finish_and_clear();
+    let mut rows = rows?;
+    rows.sort_by_key(|r| r.index);
+    if let (Some(w), Some(path)) = (writer, &a.lift_masks) {
+        w.finish(&[])
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+
+    let doc = to_json(&model, &a, &opts, &rows, &skipped, params, seconds);
+    if let Some(dir) = &a.out {
+        util::write_json_file(&dir.join("analysis.json"), &doc)?;
+        let html = dir.join("analysis.html");
+        engram_ckpt::write_atomic(
+            &html,
+            render_html(ctx, &model, &a, &rows, &skipped).as_bytes(),
+        )
+        .with_context(|| format!("writing {}", html.display()))?;
+    }
+    if a.json {
+        let mut text = serde_json::to_string_pretty(&doc).context("serializing the report")?;
+        text.push('\n');
+        util::emit(&text)?;
+    } else {
+        util::emit(&text_report(&model, &a, &rows, &skipped, params, seconds))?;
+    }
+    Ok(())
+}
+
+/// Decodes, analyses and (with `mask`) writes the LIFT mask of one tensor; the decoded values
+/// are dropped and the file pages released before returning.
+fn analyse(
+    t: &TensorView,
+    index: usize,
+    opts: &SpectralOptions,
+    a: &Args,
+    mask: Option<&engram_ckpt::ModelWriter>,
+) -> Result<Row> {
+    let (m, n) = matrix_dims(t.shape())
+        .ok_or_else(|| CkptError::tensor(t.path, t.name(), "not a matrix"))?;
+    let w = t.to_f32()?;
+    t.release(0, t.numel());
+    let terr = |e: String| CkptError::tensor(t.path, t.name(), e);
+    let mut lift_k = None;
+    let sp = if let Some(writer) = mask {
+        let k = lift_budget(m, n, a.lift_rank);
+        // One SVD for the spectrum and the rank-r approximation of the mask.
+        let (sp, idx) = spectrum_and_principal(&w, m, n, a.filter_rank, k, opts).map_err(terr)?;
+        drop(w);
+        let mut bits = vec![0u8; m * n];
+        for j in idx {
+            bits[j as usize] = 1;
+        }
+        writer.write_bytes(t.name(), &bits)?;
+        lift_k = Some(k);
+        sp
+    } else {
+        spectrum(&w, m, n, opts).map_err(terr)?
+    };
+    Ok(Row {
+        index,
+        name: t.name().to_string(),
+        dtype: t.dtype(),
+        shape: t.shape().to_vec(),
+        spectrum: sp,
+        lift_k,
+    })
+}
+
+fn to_json(
+    model: &Model,
+    a: &Args,
+    opts: &SpectralOptions,
+    rows: &[Row],
+    skipped: &[Skipped],
+    params: u64,
+    seconds: f64,
+) -> Value {
+    let tensors: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(&r.spectrum).unwrap_or(Value::Null);
+            if let Some(o) = v.as_object_mut() {
+                if !a.values {
+                    o.remove("singular_values");
+                }
+                o.insert("name".into(), json!(r.name));
+                o.insert("dtype".into(), json!(r.dtype.name()));
+                o.insert("shape".into(), json!(r.shape));
+                if a.lift_masks.is_some() {
+                    o.insert("lift_k".into(), json!(r.lift_k));
+                }
+            }
+            v
+        })
+        .collect();
+    json!({
+        "engram_analyze": 1,
+        "model": model.source().display().to_string(),
+        "options": {
+            "max_dim": opts.max_dim,
+            "top_k": opts.top_k,
+            "oversample": opts.oversample,
+            "power_iters": opts.power_iters,
+            "seed": opts.seed,
+            "include": a.include,
+            "exclude": a.exclude,
+            "lift_masks": a.lift_masks.as_ref().map(|p| p.display().to_string()),
+            "filter_rank": a.filter_rank,
+            "lift_rank": a.lift_rank,
+            "lift_exclude": a.lift_exclude,
+        },
+        "params": params,
+        "threads": rayon::current_num_threads(),
+        "tensors": tensors,
+        "skipped": skipped.iter().map(|s| json!({
+            "name": s.name, "dtype": s.dtype.name(), "shape": s.shape, "reason": s.reason,
+        })).collect::<Vec<_>>(),
+        "seconds": seconds,
+    })
+}
+
+/// The analysed tensors of lowest and highest κ (exact spectra only).
+fn kappa_extremes(rows: &[Row]) -> Option<(&Row, &Row)> {
+    let with: Vec<&Row> = rows.iter().filter(|r| r.spectrum.kappa.is_some()).collect();
+    let k = |r: &&Row| r.spectrum.kappa.unwrap_or(f64::NAN);
+    let lo = with.iter().min_by(|x, y| k(x).total_cmp(&k(y)))?;
+    let hi = with.iter().max_by(|x, y| k(x).total_cmp(&k(y)))?;
+    Some((lo, hi))
+}
+
+fn sci(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.3e}"))
+}
+
+/// The table cells of one row: shape, σ_max, σ_min, κ, effective rank, stable rank,
+/// Frobenius norm, spectrum kind.
+fn cells(r: &Row) -> [String; 8] {
+    let s = &r.spectrum;
+    [
+        format!("{}×{}", s.rows, s.cols),
+        util::num(Some(s.spectral_norm)),
+        util::num(s.sigma_min),
+        sci(s.kappa),
+        s.effective_rank
+            .map_or_else(|| "-".into(), |e| format!("{e:.1}")),
+        format!("{:.2}", s.stable_rank),
+        util::num(Some(s.frobenius_norm)),
+        if s.exact { "exact" } else { "top-k" }.into(),
+    ]
+}
+
+const HEADER: [&str; 9] = [
+    "tensor",
+    "shape",
+    "σ_max",
+    "σ_min",
+    "κ",
+    "eff. rank",
+    "stable rank",
+    "Frobenius",
+    "spectrum",
+];
+
+fn text_report(
+    model: &Model,
+    a: &Args,
+    rows: &[Row],
+    skipped: &[Skipped],
+    params: u64,
+    seconds: f64,
+) -> String {
+    let mut o = String::new();
+    let all: Vec<[String; 8]> = rows.iter().map(cells).collect();
+    let w0 = rows
+        .iter()
+        .map(|r| r.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(HEADER[0].len());
+    let mut widths = [0usize; 8];
+    for (j, w) in widths.iter_mut().enumerate() {
+        *w = all
+            .iter()
+            .map(|c| c[j].chars().count())
+            .chain([HEADER[j + 1].chars().count()])
+            .max()
+            .unwrap_or(0);
+    }
+    let line = |name: &str, c: &[&str]| {
+        let mut s = format!("{name:<w0$}");
+        for (j, v) in c.iter().enumerate() {
+            let w = widths[j];
+            if j == 0 || j == 7 {
+                s.push_str(&format!("  {v:<w$}"));
+            } else {
+                s.push_str(&format!("  {v:>w$}"));
+            }
+        }
+        s.trim_end().to_string()
+    };
+    outln!(o, "{}", line(HEADER[0], &HEADER[1..]));
+    for (r, c) in rows.iter().zip(&all) {
+        let c: Vec<&str> = c.iter().map(String::as_str).collect();
+        outln!(o, "{}", line(&r.name, &c));
+    }
+    outln!(o);
+    outln!(
+        o,
+        "{} matrices analysed ({} parameters) in {}, {} tensors skipped",
+        rows.len(),
+        util::count(params),
+        model.source().display(),
+        skipped.len()
+    );
+    if let Some((lo, hi)) = kappa_extremes(rows) {
+        outln!(
+            o,
+            "lowest κ  {} ({})\nhighest κ {} ({})",
+            sci(lo.spectrum.kappa),
+            lo.name,
+            sci(hi.spectrum.kappa),
+            hi.name
+        );
+    }
+    if let Some(p) = &a.lift_masks {
+        let masks = rows.iter().filter(|r| r.lift_k.is_some()).count();
+        let ones: u64 = rows.iter().filter_map(|r| r.lift_k).map(|k| k as u64).sum();
+        outln!(
+            o,
+            "LIFT masks {} ({masks} tensors, {} principal weights, filter rank {}, r_lora {})",
+            p.display(),
+            util::count(ones),
+            a.filter_rank,
+            a.lift_rank
+        );
+    }
+    outln!(
+        o,
+        "{seconds:.2} s, {}/s parameters on {} threads",
+        util::count((params as f64 / seconds.max(1e-9)) as u64),
+        rayon::current_num_threads()
+    );
+    o
+}
+
+/// Charts take bars up to this many tensors; above it a line over the tensor number.
+const MAX_BARS: usize = 48;
+
+/// A per-tensor chart in tensor order; `None` values draw no bar (no point).
+fn per_tensor_chart(title: &str, y_label: &str, values: &[Option<f64>]) -> String {
+    if values.len() <= MAX_BARS {
+        let labels: Vec<String> = (0..values.len()).map(|i| i.to_string()).collect();
+        let v: Vec<f64> = values
+            .iter()
+            .map(|v| v.filter(|x| x.is_finite()).unwrap_or(0.0).max(0.0))
+            .collect();
+        bar_chart(title, &labels, &v, y_label)
+    } else {
+        let points = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as f64, v.unwrap_or(f64::NAN)))
+            .collect();
+        line_chart(
+            &LineChart {
+                title: title.into(),
+                x_label: "tensor #".into(),
+                y_label: y_label.into(),
+                integer_x: true,
+                ..LineChart::default()
+            },
+            &[Series {
+                label: y_label.into(),
+                points,
+            }],
+        )
+    }
+}
+
+fn render_html(ctx: &Ctx, model: &Model, a: &Args, rows: &[Row], skipped: &[Skipped]) -> String {
+    let mut page = Page::new(&format!("engram analyze: {}", model.source().display()));
+    page.para(&format!(
+        "Spectra of {} weight matrices (a tensor with more than two dimensions is read as out × rest). κ = σ_max / (σ_min + 1e-8) as KappaTune defines it; effective rank = exp(entropy of σ_i / Σσ); stable rank = ‖W‖_F² / σ_max². Matrices whose smaller side exceeds {} get only their top {} singular values (randomized SVD), and no σ_min, κ or effective rank.",
+        rows.len(),
+        a.max_dim,
+        a.top_k
+    ));
+    let log_kappa: Vec<Option<f64>> = rows
+        .iter()
+        .map(|r| r.spectrum.kappa.filter(|k| *k > 0.0).map(f64::log10))
+        .collect();
+    let erank: Vec<Option<f64>> = rows.iter().map(|r| r.spectrum.effective_rank).collect();
+    page.heading("Per tensor").svg_row(&[
+        per_tensor_chart("log10 κ per tensor", "log10 κ", &log_kappa),
+        per_tensor_chart("Effective rank per tensor", "effective rank", &erank),
+    ]);
+    page.note("Tensors in model order, numbered as in the table below; a tensor with a randomized (top-k) spectrum has no bar (no point).");
+    if let Some((lo, hi)) = kappa_extremes(rows) {
+        page.para(&format!(
+            "Lowest κ: {} ({}); highest κ: {} ({}). KappaTune tunes the lowest-κ tensors and freezes the rest.",
+            sci(lo.spectrum.kappa),
+            lo.name,
+            sci(hi.spectrum.kappa),
+            hi.name
+        ));
+    }
+    if let Some(p) = &a.lift_masks {
+        page.para(&format!(
+            "LIFT masks written to {} (filter rank {}, r_lora {}).",
+            p.display(),
+            a.filter_rank,
+            a.lift_rank
+        ));
+    }
+    let mut header = vec!["#"];
+    header.extend(HEADER);
+    if a.lift_masks.is_some() {
+        header.push("LIFT K");
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut v = vec![i.to_string(), r.name.clone()];
+            v.extend(cells(r));
+            if a.lift_masks.is_some() {
+                v.push(r.lift_k.map_or_else(|| "-".into(), |k| k.to_string()));
+            }
+            v
+        })
+        .collect();
+    page.heading("Matrices").table_text_cols(&header, &table, 3);
+    if !skipped.is_empty() {
+        let sk: Vec<Vec<String>> = skipped
+            .iter()
+            .map(|s| {
+                vec![
+                    s.name.clone(),
+                    s.dtype.name().to_string(),
+                    util::shape(&s.shape),
+                    s.reason.to_string(),
+                ]
+            })
+            .collect();
+        page.heading("Skipped")
+            .table_text_cols(&["tensor", "dtype", "shape", "reason"], &sk, 4);
+    }
+    page.note(&format!(
+        "engram {}: {}",
+        env!("CARGO_PKG_VERSION"),
+        ctx.command_line
+    ));
+    page.render()
+}
