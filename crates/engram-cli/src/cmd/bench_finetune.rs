@@ -14,7 +14,8 @@
 //! LIFT (filter rank 8, refresh every 100 steps), top-|W| (no rank reduction, same refresh)
 //! and random-K (fixed); LIFT at the budget of LoRA r = 32 (filter rank 32); KappaTune with N = 3 of the 9 body matrices, lowest-κ, highest-κ and
 //! random; block expansion of blocks 1 and 3 (lerp α = 0.5 fixed, mse divergence, λ = 0,
-//! 0.1, 1), with accuracy after folding the copies back too.
+//! 0.1, 1), with accuracy after folding the copies back too, and the card's continued
+//! pre-training setting (learned per-example gate, cosine divergence, λ = 1).
 //!
 //! Optimizer: AdamW lr 1e-3, β = (0.9, 0.999), no weight decay, for every method;
 //! pre-training 2 epochs of the 60,000 Fashion-MNIST training images (batch 128); fine-tuning
@@ -28,7 +29,7 @@ use anyhow::{Context, Result, anyhow};
 use engram_learn::data::rng::Rng;
 use engram_learn::data::{self, Dataset};
 use engram_learn::finetune::adam::AdamW;
-use engram_learn::finetune::expand::ExpandConfig;
+use engram_learn::finetune::expand::{Divergence, ExpandConfig, Gate};
 use engram_learn::finetune::kappatune::{self, Pick};
 use engram_learn::finetune::lift::{Selection, SparseConfig};
 use engram_learn::finetune::lora::LoraConfig;
@@ -112,6 +113,12 @@ fn methods(blocks: usize) -> Vec<Method> {
         expand(0.0),
         expand(0.1),
         expand(1.0),
+        // The card's continued-pretraining setting: learned per-example gate, cosine.
+        Method::Expand(ExpandConfig {
+            gate: Gate::Dlerp,
+            divergence: Divergence::Cosine,
+            ..ExpandConfig::new(engram_learn::finetune::expand::placement(blocks, 2), 1.0)
+        }),
     ]
 }
 
@@ -407,7 +414,9 @@ fn judge(summary: &[MethodSummary]) -> Vec<Claim> {
         }
         let exp: Vec<&MethodSummary> = summary
             .iter()
-            .filter(|m| m.target == t && m.method.starts_with("expand"))
+            .filter(|m| {
+                m.target == t && m.method.starts_with("expand") && m.method.contains(" lerp λ")
+            })
             .collect();
         if let (Some(full), Some(e0), Some(e_last)) = (get("full"), exp.first(), exp.last()) {
             let best_target = exp.iter().map(|m| g(m)).fold(f64::NEG_INFINITY, f64::max);

@@ -4,8 +4,9 @@
 //!
 //! Both branches see the same input; every original parameter is frozen. lerp blends with
 //! α = sigmoid(a) (a = 0: α = 0.5), dlerp with a per-example α = sigmoid(Linear_{2d→1}([h_pre;
-//! h_exp])), bias 0. The divergence is the mean squared difference of the branches (mse),
-//! averaged over expanded blocks and weighted by λ. Because the copy equals the original at
+//! h_exp])), bias 0. The divergence is the mean squared difference of the branches (mse) or
+//! smoothL1(ReLU(1 − cos(h_pre, h_exp))) per example (cosine), averaged over expanded blocks
+//! and weighted by λ. Because the copy equals the original at
 //! the start, so does the network. [`merge_back`] folds a lerp pair into one block by
 //! interpolating the weights, which changes the function unless α is 0 or 1 (the ReLU sits
 //! between the two layers), so accuracy is reported after it too.
@@ -22,12 +23,25 @@ pub enum Gate {
     Dlerp,
 }
 
+/// How far the expanded branch is from the original (Control LLM's divergence losses).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Divergence {
+    /// mean (h_exp − h_pre)².
+    #[default]
+    Mse,
+    /// mean over examples of smoothL1(ReLU(1 − cos(h_pre, h_exp))).
+    Cosine,
+}
+
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ExpandConfig {
     pub blocks: Vec<usize>,
     /// Divergence weight λ.
     pub lambda: f32,
     pub gate: Gate,
+    #[serde(default)]
+    pub divergence: Divergence,
 }
 
 impl ExpandConfig {
@@ -40,6 +54,7 @@ impl ExpandConfig {
                 a: 0.0,
                 trainable: false,
             },
+            divergence: Divergence::Mse,
         }
     }
 
@@ -49,7 +64,11 @@ impl ExpandConfig {
             Gate::Lerp { .. } => "lerp",
             Gate::Dlerp => "dlerp",
         };
-        format!("expand {} {g} λ={}", b.join("+"), self.lambda)
+        let d = match self.divergence {
+            Divergence::Mse => "",
+            Divergence::Cosine => " cosine",
+        };
+        format!("expand {} {g}{d} λ={}", b.join("+"), self.lambda)
     }
 }
 

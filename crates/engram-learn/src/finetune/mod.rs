@@ -16,7 +16,6 @@ pub mod resmlp;
 pub mod train;
 
 use crate::data::Dataset;
-use adam::State;
 use params::Params;
 pub use resmlp::ResMlpConfig;
 use std::time::Instant;
@@ -105,6 +104,7 @@ impl Method {
                 let st = Plan::dense(&p, &names)?;
                 let mut plan = Plan::new(p, st);
                 plan.divergence_weight = c.lambda;
+                plan.divergence = c.divergence;
                 (plan, Vec::new())
             }
         })
@@ -224,15 +224,6 @@ pub fn fine_tune(
         seconds,
         selected,
     })
-}
-
-/// Dense optimizer state size of `names`, for comparisons.
-pub fn dense_state_bytes(p: &Params, names: &[String]) -> usize {
-    names
-        .iter()
-        .filter_map(|n| p.get(n))
-        .map(|h| State::dense(h.numel()).bytes())
-        .sum()
 }
 
 #[cfg(test)]

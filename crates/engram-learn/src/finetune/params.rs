@@ -64,8 +64,3 @@ pub fn to_host(t: Tensor<2>) -> Result<Vec<f32>, String> {
         .try_into_vec::<f32>()
         .map_err(|e| format!("reading a tensor back: {e:?}"))
 }
-
-/// Total number of values in `p` under the given names.
-pub fn count(p: &Params, names: &[String]) -> usize {
-    names.iter().filter_map(|n| p.get(n)).map(Host::numel).sum()
-}

@@ -6,6 +6,7 @@
 //! a layer with `<layer>.lora_a`/`lora_b` adds its LoRA branch, and a block with
 //! `blocks.<i>.exp.*` runs its expanded copy beside it and blends the two (Control LLM).
 
+use super::expand::Divergence;
 use super::params::{Host, Params};
 use crate::data::rng::Rng;
 use burn::prelude::*;
@@ -86,11 +87,24 @@ impl ResMlpConfig {
     }
 }
 
+/// mean over rows of smoothL1(ReLU(1 − cos(a, b))) (β = 1: ½d² below 1, d − ½ above).
+fn cosine_divergence(a: Tensor<2>, b: Tensor<2>) -> Tensor<1> {
+    let dot = (a.clone() * b.clone()).sum_dim(1);
+    let na = a.square().sum_dim(1).sqrt();
+    let nb = b.square().sum_dim(1).sqrt();
+    let cos = dot / (na * nb).add_scalar(1e-8);
+    let d = relu(cos.neg().add_scalar(1.0));
+    let q = d.clone().clamp_max(1.0);
+    (q.clone().square().mul_scalar(0.5) + d - q).mean()
+}
+
 /// The tensors of one forward pass, by name, and how to combine them.
 pub struct View<'a> {
     pub t: &'a BTreeMap<String, Tensor<2>>,
     /// α/r of the LoRA branches.
     pub lora_scale: f32,
+    /// The divergence each expanded block reports.
+    pub divergence: Divergence,
 }
 
 /// What the forward pass gives: the features before a head, and the divergence of each
@@ -142,7 +156,12 @@ impl View<'_> {
             let f = if self.t.contains_key(&format!("{e}.fc1.weight")) {
                 let exp = self.branch(&e, h.clone())?;
                 let diff = exp.clone() - pre.clone();
-                divergences.push(diff.clone().square().mean());
+                divergences.push(match self.divergence {
+                    Divergence::Mse => diff.clone().square().mean(),
+                    Divergence::Cosine => {
+                        cosine_divergence(h.clone() + pre.clone(), h.clone() + exp.clone())
+                    }
+                });
                 // Blend: pre + α·(exp − pre), i.e. (1 − α)·pre + α·exp.
                 let alpha = if let Some(a) = self.t.get(&format!("{e}.gate")) {
                     sigmoid(a.clone())
@@ -168,5 +187,21 @@ impl View<'_> {
     pub fn logits(&self, head: &str, x: Tensor<2>) -> Result<(Tensor<2>, Vec<Tensor<1>>), String> {
         let f = self.features(x)?;
         Ok((self.linear(head, f.features)?, f.divergences))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cosine_divergence_is_zero_for_parallel_rows_and_half_for_orthogonal_ones() {
+        let d = Device::flex();
+        let t = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [2, 2]), &d);
+        let same = cosine_divergence(t(vec![1.0, 2.0, -3.0, 1.0]), t(vec![2.0, 4.0, -1.5, 0.5]));
+        assert!(same.into_scalar::<f32>().abs() < 1e-6);
+        // Row 0 orthogonal (d = 1: ½), row 1 opposite (d = 2: 2 − ½).
+        let v = cosine_divergence(t(vec![1.0, 0.0, 1.0, 1.0]), t(vec![0.0, 3.0, -1.0, -1.0]));
+        assert!((v.into_scalar::<f32>() - 1.0).abs() < 1e-5);
     }
 }

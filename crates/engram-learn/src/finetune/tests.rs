@@ -69,6 +69,7 @@ fn logits(p: &Params, scale: f32, head: &str, d: &Dataset) -> Vec<f32> {
     let v = resmlp::View {
         t: &t,
         lora_scale: scale,
+        divergence: expand::Divergence::Mse,
     };
     params::to_host(v.logits(head, x).expect("forward").0).expect("host")
 }
@@ -366,6 +367,7 @@ fn expanded_network_equals_the_original_at_initialisation() {
             blocks: vec![1, 3],
             lambda: 0.1,
             gate,
+            divergence: expand::Divergence::Mse,
         };
         let mut q = p.clone();
         let names = expand::attach(&c, &mut q, 1).unwrap();
@@ -386,6 +388,7 @@ fn expansion_trains_only_the_copies_and_merges_back_exactly_at_alpha_one() {
     let c = expand::ExpandConfig {
         blocks: vec![1],
         lambda: 0.0,
+        divergence: expand::Divergence::Mse,
         // sigmoid(40) is 1 in f32: the merged block is the expanded copy.
         gate: expand::Gate::Lerp {
             a: 40.0,
@@ -407,9 +410,13 @@ fn expansion_trains_only_the_copies_and_merges_back_exactly_at_alpha_one() {
     assert!(merged.keys().all(|n| !n.contains(".exp.")));
     let m = logits(&merged, 0.0, TARGET_HEAD, &d);
     assert!(max_diff(&m, &trained) < 1e-5);
-    // Divergence weight: with λ > 0 the copies stay closer to the original.
-    let dist = |lambda: f32| {
-        let c = expand::ExpandConfig::new(vec![1, 3], lambda);
+    // Divergence weight: with λ > 0 the copies stay closer to the original, for both
+    // divergences.
+    let dist = |lambda: f32, divergence: expand::Divergence| {
+        let c = expand::ExpandConfig {
+            divergence,
+            ..expand::ExpandConfig::new(vec![1, 3], lambda)
+        };
         let (mut plan, _) = Method::Expand(c).plan(&cfg, p.clone(), 1).unwrap();
         train(&mut plan, TARGET_HEAD, &d, &lc(3), 1, &mut |_, _| {}).unwrap();
         let a = &plan.params["blocks.1.exp.fc2.weight"].data;
@@ -419,7 +426,9 @@ fn expansion_trains_only_the_copies_and_merges_back_exactly_at_alpha_one() {
             .map(|(x, y)| ((x - y) as f64).powi(2))
             .sum::<f64>()
     };
-    assert!(dist(10.0) < dist(0.0));
+    let (mse, cos) = (expand::Divergence::Mse, expand::Divergence::Cosine);
+    assert!(dist(10.0, mse) < dist(0.0, mse));
+    assert!(dist(10.0, cos) < dist(0.0, cos));
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! uploaded once; trained ones each step, with their updates computed on the host.
 
 use super::adam::{AdamW, State};
+use super::expand::Divergence;
 use super::params::{Params, to_host};
 use super::resmlp::View;
 use crate::data::Dataset;
@@ -23,8 +24,9 @@ pub struct Plan {
     pub states: BTreeMap<String, State>,
     /// α/r of LoRA branches (unused without adapters).
     pub lora_scale: f32,
-    /// Weight of the mean divergence of expanded blocks in the loss.
+    /// Weight of the mean divergence of expanded blocks in the loss, and which divergence.
     pub divergence_weight: f32,
+    pub divergence: Divergence,
     /// Called every `refresh_every` steps (not after the last one).
     pub refresh: Option<(usize, Refresh)>,
 }
@@ -36,6 +38,7 @@ impl Plan {
             states,
             lora_scale: 0.0,
             divergence_weight: 0.0,
+            divergence: Divergence::Mse,
             refresh: None,
         }
     }
@@ -135,6 +138,7 @@ pub fn train(
             let view = View {
                 t: &t,
                 lora_scale: plan.lora_scale,
+                divergence: plan.divergence,
             };
             let (logits, divs) = view.logits(head, x)?;
             let mut loss = ce.forward(logits, y);
@@ -183,7 +187,11 @@ pub fn accuracy(
         .iter()
         .map(|(n, h)| (n.clone(), h.tensor(&device)))
         .collect();
-    let view = View { t: &t, lora_scale };
+    let view = View {
+        t: &t,
+        lora_scale,
+        divergence: Divergence::Mse,
+    };
     let ids: Vec<usize> = (0..data.len()).collect();
     let mut correct = 0usize;
     for chunk in ids.chunks(1000) {
