@@ -76,6 +76,7 @@ fn methods(blocks: usize) -> Vec<Method> {
         Method::Lora(LoraConfig {
             r,
             alpha: 2.0 * r as f32,
+            targets: Vec::new(),
         })
     };
     let expand = |l: f32| {

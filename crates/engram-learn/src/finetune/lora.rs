@@ -12,12 +12,20 @@ use crate::data::rng::Rng;
 pub struct LoraConfig {
     pub r: usize,
     pub alpha: f32,
+    /// The weights that get an adapter: those whose name contains one of these strings
+    /// (`fc1`, `blocks.3.`); empty: every eligible weight (all linears, as for MLPs).
+    #[serde(default)]
+    pub targets: Vec<String>,
 }
 
 impl Default for LoraConfig {
-    /// r = 8, α = 16 (common practice; the card).
+    /// r = 8, α = 16 on every linear (common practice; the card).
     fn default() -> Self {
-        LoraConfig { r: 8, alpha: 16.0 }
+        LoraConfig {
+            r: 8,
+            alpha: 16.0,
+            targets: Vec::new(),
+        }
     }
 }
 
@@ -25,6 +33,25 @@ impl LoraConfig {
     /// α/r, the scale stored with the adapter.
     pub fn scale(&self) -> f32 {
         self.alpha / self.r.max(1) as f32
+    }
+
+    /// The weights of `eligible` that get an adapter; an error when none does.
+    pub fn targeted(&self, eligible: &[String]) -> Result<Vec<String>, String> {
+        let t: Vec<String> = eligible
+            .iter()
+            .filter(|n| {
+                self.targets.is_empty() || self.targets.iter().any(|t| n.contains(t.as_str()))
+            })
+            .cloned()
+            .collect();
+        if t.is_empty() {
+            return Err(format!(
+                "LoRA targets {:?} match none of the weights ({})",
+                self.targets,
+                eligible.join(", ")
+            ));
+        }
+        Ok(t)
     }
 }
 

@@ -49,7 +49,8 @@ impl Method {
         match self {
             Method::Full => "full".into(),
             Method::HeadOnly => "head only".into(),
-            Method::Lora(c) => format!("lora r{}", c.r),
+            Method::Lora(c) if c.targets.is_empty() => format!("lora r{}", c.r),
+            Method::Lora(c) => format!("lora r{} on {}", c.r, c.targets.join("+")),
             Method::Sparse(c) => c.label(),
             Method::Kappa { pick, n } => format!("kappatune {} N={n}", pick.name()),
             Method::Expand(c) => c.label(),
@@ -83,7 +84,8 @@ impl Method {
                 (Plan::new(p, st), Vec::new())
             }
             Method::Lora(c) => {
-                let names = with_head(lora::attach(c, &mut p, &cfg.body_weights(), seed)?);
+                let targets = c.targeted(&cfg.body_weights())?;
+                let names = with_head(lora::attach(c, &mut p, &targets, seed)?);
                 let st = Plan::dense(&p, &names)?;
                 let mut plan = Plan::new(p, st);
                 plan.lora_scale = c.scale();

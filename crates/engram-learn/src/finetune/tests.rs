@@ -325,7 +325,11 @@ fn lora_starts_as_the_identity_and_merging_keeps_the_function() {
     cfg.add_head(&mut p, TARGET_HEAD, 3, 9);
     let d = data(3, 48);
     let before = logits(&p, 0.0, SOURCE_HEAD, &d);
-    let c = lora::LoraConfig { r: 2, alpha: 4.0 };
+    let c = lora::LoraConfig {
+        r: 2,
+        alpha: 4.0,
+        targets: Vec::new(),
+    };
     let (mut plan, _) = Method::Lora(c.clone()).plan(&cfg, p.clone(), 1).unwrap();
     assert_eq!(plan.lora_scale, 2.0);
     assert_eq!(logits(&plan.params, 2.0, SOURCE_HEAD, &d), before);
@@ -343,6 +347,33 @@ fn lora_starts_as_the_identity_and_merging_keeps_the_function() {
     assert!(merged.keys().all(|n| !n.contains("lora")));
     let m = logits(&merged, 0.0, SOURCE_HEAD, &d);
     assert!(max_diff(&m, &trained) < 1e-4, "{}", max_diff(&m, &trained));
+}
+
+#[test]
+fn lora_targets_choose_the_adapted_weights() {
+    let cfg = tiny();
+    let mut p = pretrained();
+    cfg.add_head(&mut p, TARGET_HEAD, 3, 9);
+    let c = lora::LoraConfig {
+        r: 2,
+        alpha: 4.0,
+        targets: vec!["fc1".into(), "stem".into()],
+    };
+    assert_eq!(Method::Lora(c.clone()).label(), "lora r2 on fc1+stem");
+    let (plan, _) = Method::Lora(c).plan(&cfg, p, 1).unwrap();
+    let adapted: Vec<&String> = plan
+        .params
+        .keys()
+        .filter(|n| n.ends_with(".lora_a"))
+        .collect();
+    assert_eq!(adapted.len(), 1 + cfg.blocks);
+    assert!(
+        adapted
+            .iter()
+            .all(|n| n.contains("fc1") || n.starts_with("stem"))
+    );
+    // Trained: the adapters (A and B of each) and the new head.
+    assert_eq!(plan.states.len(), 2 * (1 + cfg.blocks) + 2);
 }
 
 #[test]
@@ -468,6 +499,15 @@ fn full_fine_tuning_moves_everything_and_head_only_nothing_of_the_body() {
 fn plan_rejects_unknown_names() {
     let p = pretrained();
     assert!(Plan::dense(&p, &["nope.weight".to_string()]).is_err());
-    let bad = lora::LoraConfig { r: 0, alpha: 1.0 };
-    assert!(Method::Lora(bad).plan(&tiny(), p, 0).is_err());
+    let bad = lora::LoraConfig {
+        r: 0,
+        alpha: 1.0,
+        targets: Vec::new(),
+    };
+    assert!(Method::Lora(bad).plan(&tiny(), p.clone(), 0).is_err());
+    let nowhere = lora::LoraConfig {
+        targets: vec!["attn".into()],
+        ..Default::default()
+    };
+    assert!(Method::Lora(nowhere).plan(&tiny(), p, 0).is_err());
 }
