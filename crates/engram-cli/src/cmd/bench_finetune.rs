@@ -58,9 +58,12 @@ pub struct FinetuneArgs {
     /// Pre-training epochs.
     #[arg(long, default_value_t = 2)]
     pub pretrain_epochs: usize,
-    /// Learning rate of every run.
+    /// Learning rate of every fine-tuning run.
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
+    /// Learning rate of the pre-training.
+    #[arg(long, default_value_t = 1e-3)]
+    pub pretrain_lr: f64,
     /// Only the methods whose label contains one of these words (e.g. lift,lora).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
@@ -196,7 +199,10 @@ pub fn run(ctx: &Ctx, a: FinetuneArgs) -> Result<()> {
     let pre = LoopConfig {
         epochs: a.pretrain_epochs,
         batch: 128,
-        adam: adam.clone(),
+        adam: AdamW {
+            lr: a.pretrain_lr,
+            ..AdamW::default()
+        },
     };
     let ft = LoopConfig {
         epochs: a.epochs,

@@ -90,9 +90,15 @@ pub fn attach(c: &ExpandConfig, params: &mut Params, seed: u64) -> Result<Vec<St
         if !params.contains_key(&format!("{p}.fc1.weight")) {
             return Err(format!("the network has no block {b} to expand"));
         }
-        let width = params[&format!("{p}.fc2.weight")].cols;
+        let get = |params: &Params, t: &str| {
+            params
+                .get(&format!("{p}.{t}"))
+                .cloned()
+                .ok_or_else(|| format!("block {b} has no {t}"))
+        };
+        let width = get(params, "fc2.weight")?.cols;
         for t in ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"] {
-            let copy = params[&format!("{p}.{t}")].clone();
+            let copy = get(params, t)?;
             params.insert(format!("{p}.exp.{t}"), copy);
             train.push(format!("{p}.exp.{t}"));
         }
