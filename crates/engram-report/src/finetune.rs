@@ -12,8 +12,11 @@ use serde::{Deserialize, Serialize};
 pub struct MethodSummary {
     pub target: String,
     pub method: String,
-    /// Values the optimizer may change (the new head's included).
+    /// Values the optimizer may change (the new head's included): the smallest and the
+    /// largest over seeds (KappaTune's picks, and so its count, may differ by seed).
     pub trainable: usize,
+    pub trainable_max: usize,
+    /// Bytes of optimizer state, the largest over seeds.
     pub optimizer_bytes: usize,
     pub target_accuracy: MeanSpread,
     pub source_accuracy: MeanSpread,
@@ -31,6 +34,8 @@ pub struct Claim {
     pub target: String,
     pub claim: String,
     pub holds: bool,
+    /// Every comparison also exceeds the seeds' spread (combined sample sd).
+    pub clear: bool,
     /// The numbers it was judged on, in words.
     pub evidence: String,
 }
@@ -47,6 +52,24 @@ pub struct FinetuneResults {
     pub claims: Vec<Claim>,
     /// Every run (target, seed, method) with its full outcome.
     pub runs: serde_json::Value,
+}
+
+/// "holds", "holds (within seed noise)" or "does not hold".
+pub fn verdict(c: &Claim) -> &'static str {
+    match (c.holds, c.clear) {
+        (true, true) => "holds",
+        (true, false) => "holds (within seed noise)",
+        _ => "does not hold",
+    }
+}
+
+/// "n" or "min–max".
+fn range(a: usize, b: usize) -> String {
+    if a == b {
+        a.to_string()
+    } else {
+        format!("{a}–{b}")
+    }
 }
 
 fn ms(m: &MeanSpread) -> String {
@@ -184,7 +207,7 @@ pub fn render_finetune(r: &FinetuneResults) -> String {
             vec![
                 c.target.clone(),
                 c.claim.clone(),
-                if c.holds { "holds" } else { "does not hold" }.into(),
+                verdict(c).into(),
                 c.evidence.clone(),
             ]
         })
@@ -200,7 +223,7 @@ pub fn render_finetune(r: &FinetuneResults) -> String {
             .map(|m| {
                 vec![
                     m.method.clone(),
-                    m.trainable.to_string(),
+                    range(m.trainable, m.trainable_max),
                     format!("{:.1} KiB", m.optimizer_bytes as f64 / 1024.0),
                     ms(&m.target_accuracy),
                     ms(&m.source_accuracy),

@@ -5,7 +5,7 @@
 //! A tensor with two or more dimensions is read as a matrix `out × rest` (convolution kernels
 //! reshaped as KappaTune does). Exact spectra come from faer's SVD in f64 (σ_min of an
 //! ill-conditioned matrix is what κ depends on, and f32 loses it near 1e-7·σ_max); matrices
-//! whose smaller side exceeds `max_dim` get a randomized SVD (Halko, Martinsson & Tropp 2011)
+//! whose smaller side exceeds `max_dim` (or with more than `max_values` entries) get a randomized SVD (Halko, Martinsson & Tropp 2011)
 //! of their top singular values only, and then κ and effective rank are not reported rather
 //! than estimated from a partial spectrum.
 
@@ -20,6 +20,9 @@ pub const KAPPA_EPS: f64 = 1e-8;
 pub struct SpectralOptions {
     /// Largest smaller side for an exact spectrum; above it, randomized top values only.
     pub max_dim: usize,
+    /// Largest m·n for an exact spectrum (an exact SVD holds the matrix and its factors in
+    /// f64: a 128256 × 4096 embedding would need gigabytes); above it, randomized.
+    pub max_values: usize,
     /// Singular values a randomized spectrum reports.
     pub top_k: usize,
     /// Extra columns of the randomized range finder (accuracy of the last values).
@@ -33,6 +36,7 @@ impl Default for SpectralOptions {
     fn default() -> Self {
         SpectralOptions {
             max_dim: 4096,
+            max_values: 1 << 26,
             top_k: 32,
             oversample: 10,
             power_iters: 2,
@@ -52,7 +56,7 @@ pub struct Spectrum {
     pub singular_values: Vec<f64>,
     /// σ_max: the spectral norm.
     pub spectral_norm: f64,
-    /// Computed from the values themselves, in both modes.
+    /// Computed from the matrix entries, in both modes.
     pub frobenius_norm: f64,
     /// ‖W‖_F² / σ_max²: a rank measure that needs no σ_min.
     pub stable_rank: f64,
@@ -62,6 +66,14 @@ pub struct Spectrum {
     pub kappa: Option<f64>,
     /// exp(entropy of σ_i / Σσ) (Roy & Vetterli 2007), exact spectra only.
     pub effective_rank: Option<f64>,
+}
+
+impl SpectralOptions {
+    /// Whether an `m × n` matrix gets an exact SVD: smaller side at most `max_dim` and at most
+    /// `max_values` entries.
+    pub fn exact(&self, m: usize, n: usize) -> bool {
+        m.min(n) <= self.max_dim && m.saturating_mul(n) <= self.max_values
+    }
 }
 
 /// The matrix view of a tensor shape: `(shape[0], product of the rest)`, or `None` for
@@ -116,7 +128,7 @@ pub fn effective_rank(values: &[f64]) -> f64 {
 /// The spectrum of a row-major `m × n` matrix.
 pub fn spectrum(w: &[f32], m: usize, n: usize, o: &SpectralOptions) -> Result<Spectrum, String> {
     check(w, m, n)?;
-    let exact = m.min(n) <= o.max_dim;
+    let exact = o.exact(m, n);
     let values: Vec<f64> = if exact {
         to_mat(w, m, n)
             .singular_values()
@@ -140,7 +152,7 @@ pub fn spectrum_and_principal(
     o: &SpectralOptions,
 ) -> Result<(Spectrum, Vec<u32>), String> {
     check(w, m, n)?;
-    if m.min(n) > o.max_dim {
+    if !o.exact(m, n) {
         return Ok((
             spectrum(w, m, n, o)?,
             principal_indices(w, m, n, filter_rank, k, o)?,
@@ -247,7 +259,7 @@ pub fn randomized_svd(
 }
 
 /// The best rank-`r` approximation U_r·S_r·V_rᵀ of a row-major `m × n` matrix, row-major:
-/// exact SVD when the smaller side is at most `o.max_dim`, randomized otherwise.
+/// exact SVD when [`SpectralOptions::exact`], randomized otherwise.
 pub fn low_rank(
     w: &[f32],
     m: usize,
@@ -257,7 +269,7 @@ pub fn low_rank(
 ) -> Result<Vec<f32>, String> {
     check(w, m, n)?;
     let r = r.min(m.min(n));
-    let (u, s, v) = if m.min(n) <= o.max_dim {
+    let (u, s, v) = if o.exact(m, n) {
         let svd = to_mat(w, m, n)
             .thin_svd()
             .map_err(|e| format!("SVD did not converge: {e:?}"))?;

@@ -40,6 +40,10 @@ pub struct Args {
     /// the top --top-k singular values only (then σ_min, κ and effective rank are not given).
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub max_dim: usize,
+    /// Exact SVD only for matrices of at most N entries (the f64 matrix and its factors stay
+    /// in memory: 2^26 entries is about 0.5 GB each); larger ones are randomized as above.
+    #[arg(long, default_value_t = 1 << 26, value_name = "N")]
+    pub max_values: usize,
     /// Singular values a randomized spectrum reports.
     #[arg(long, default_value_t = 32, value_name = "K")]
     pub top_k: usize,
@@ -123,6 +127,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     let model = Model::open(&a.path)?;
     let opts = SpectralOptions {
         max_dim: a.max_dim,
+        max_values: a.max_values,
         top_k: a.top_k,
         seed: a.seed,
         ..SpectralOptions::default()
@@ -304,6 +309,7 @@ fn to_json(
         "model": model.source().display().to_string(),
         "options": {
             "max_dim": opts.max_dim,
+            "max_values": opts.max_values,
             "top_k": opts.top_k,
             "oversample": opts.oversample,
             "power_iters": opts.power_iters,
@@ -486,9 +492,10 @@ fn per_tensor_chart(title: &str, y_label: &str, values: &[Option<f64>]) -> Strin
 fn render_html(ctx: &Ctx, model: &Model, a: &Args, rows: &[Row], skipped: &[Skipped]) -> String {
     let mut page = Page::new(&format!("engram analyze: {}", model.source().display()));
     page.para(&format!(
-        "Spectra of {} weight matrices (a tensor with more than two dimensions is read as out × rest). κ = σ_max / (σ_min + 1e-8) as KappaTune defines it; effective rank = exp(entropy of σ_i / Σσ); stable rank = ‖W‖_F² / σ_max². Matrices whose smaller side exceeds {} get only their top {} singular values (randomized SVD), and no σ_min, κ or effective rank.",
+        "Spectra of {} weight matrices (a tensor with more than two dimensions is read as out × rest). κ = σ_max / (σ_min + 1e-8) as KappaTune defines it; effective rank = exp(entropy of σ_i / Σσ); stable rank = ‖W‖_F² / σ_max². Matrices whose smaller side exceeds {} or with more than {} entries get only their top {} singular values (randomized SVD), and no σ_min, κ or effective rank.",
         rows.len(),
         a.max_dim,
+        a.max_values,
         a.top_k
     ));
     let log_kappa: Vec<Option<f64>> = rows

@@ -2,7 +2,8 @@
 //! the same budget (top-|W| without the rank reduction, and random entries).
 //! Card: shared/methods/selective_finetuning.md, "LIFT".
 //!
-//! Per eligible matrix W (every body weight; heads, biases frozen): K = (m + n)·r_lora entries
+//! Per eligible matrix W (every body weight; the source head and biases frozen, the new head
+//! trained densely): K = min((m + n)·r_lora, m·n) entries
 //! (a rank-r_lora LoRA's parameter count) are trained by a sparse AdamW whose moments have
 //! length K. LIFT picks the K largest entries of |W′|, W′ the rank-`filter_rank` approximation
 //! of W, and re-picks them every `interval` steps from the current W: moments of entries kept
@@ -30,7 +31,7 @@ pub enum Selection {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SparseConfig {
     pub selection: Selection,
-    /// Budget per matrix: K = (m + n)·r_lora.
+    /// Budget per matrix: K = min((m + n)·r_lora, m·n).
     pub r_lora: usize,
     /// Rank of W′ (LIFT only).
     pub filter_rank: usize,

@@ -108,7 +108,7 @@ pub struct View<'a> {
 }
 
 /// What the forward pass gives: the features before a head, and the divergence of each
-/// expanded block (mean squared difference of the two branches).
+/// expanded block (as [`View::divergence`] says: mse or cosine).
 pub struct Forward {
     pub features: Tensor<2>,
     pub divergences: Vec<Tensor<1>>,
