@@ -27,6 +27,7 @@ use super::util;
 use crate::Ctx;
 use anyhow::{Context, Result, anyhow};
 use engram_learn::data::rng::Rng;
+use engram_learn::data::transform::Prepared;
 use engram_learn::data::{self, Dataset};
 use engram_learn::finetune::adam::AdamW;
 use engram_learn::finetune::expand::{Divergence, ExpandConfig, Gate};
@@ -35,6 +36,7 @@ use engram_learn::finetune::lift::{Selection, SparseConfig};
 use engram_learn::finetune::lora::LoraConfig;
 use engram_learn::finetune::train::{LoopConfig, accuracy};
 use engram_learn::finetune::{Method, Outcome, ResMlpConfig, SOURCE_HEAD, fine_tune, pretrain};
+use engram_learn::scenario::Transform;
 use engram_report::finetune::{Claim, FinetuneResults, MethodSummary, render_finetune};
 use engram_report::report::MeanSpread;
 use serde_json::json;
@@ -126,29 +128,26 @@ fn methods(blocks: usize) -> Vec<Method> {
     ]
 }
 
-/// The first `n` examples of `d` in a seeded order (all when `n` ≥ its size).
+/// `n` examples of `d` drawn with a seeded generator, in their original order (all when `n`
+/// ≥ its size).
 fn sample(d: &Dataset, n: usize, key: &str) -> Dataset {
     if n >= d.len() {
         return d.clone();
     }
-    let mut idx: Vec<usize> = (0..d.len()).collect();
-    Rng::keyed(0, key, 0).shuffle(&mut idx);
-    idx.truncate(n);
-    idx.sort_unstable();
-    d.subset(&idx)
+    let all: Vec<usize> = (0..d.len()).collect();
+    d.subset(&Rng::keyed(0, key, 0).choose_sorted(&all, n))
 }
 
-/// `d` with its pixels permuted by a fixed permutation.
-fn permuted(d: &Dataset, perm: &[u32], name: &str) -> Dataset {
+/// `d` with its pixels permuted by `perm` (the scenarios' `Transform::Permute`).
+fn permuted(d: &Dataset, perm: &[u32], name: &str) -> Result<Dataset> {
+    let t = Transform::Permute(perm.to_vec());
+    let p = Prepared::new(&t, d.dim, d.image).map_err(|e| anyhow!("{e}"))?;
     let mut out = d.clone();
     out.name = name.to_string();
     for (i, row) in out.x.chunks_mut(d.dim).enumerate() {
-        let src = d.row(i);
-        for (o, &p) in row.iter_mut().zip(perm) {
-            *o = src[p as usize];
-        }
+        p.apply(d.row(i), row);
     }
-    out
+    Ok(out)
 }
 
 pub fn run(ctx: &Ctx, a: FinetuneArgs) -> Result<()> {
@@ -188,8 +187,8 @@ pub fn run(ctx: &Ctx, a: FinetuneArgs) -> Result<()> {
     );
     let perm = Rng::keyed(0, "mnist-permuted", 0).permutation(digits.0.dim);
     let shuffled = (
-        permuted(&digits.0, &perm, "mnist-permuted"),
-        permuted(&digits.1, &perm, "mnist-permuted"),
+        permuted(&digits.0, &perm, "mnist-permuted")?,
+        permuted(&digits.1, &perm, "mnist-permuted")?,
     );
     let targets = [("mnist", &digits), ("mnist-permuted", &shuffled)];
     let adam = AdamW {

@@ -9,6 +9,7 @@ use super::params::{Params, to_host};
 use super::resmlp::View;
 use crate::data::Dataset;
 use crate::data::rng::Rng;
+use crate::metrics::{ClassMask, masked_accuracy};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use std::collections::BTreeMap;
@@ -114,7 +115,8 @@ pub fn train(
         }
     }
     let device = Device::flex().autodiff();
-    let frozen: BTreeMap<String, Tensor<2>> = plan
+    // Frozen tensors are uploaded once; each step replaces the trained ones in the same map.
+    let mut t: BTreeMap<String, Tensor<2>> = plan
         .params
         .iter()
         .filter(|(n, _)| !plan.states.contains_key(*n))
@@ -130,7 +132,6 @@ pub fn train(
         Rng::keyed(seed, "finetune-order", epoch as u64).shuffle(&mut order);
         let mut loss_sum = 0.0;
         for ids in order.chunks(cfg.batch) {
-            let mut t = frozen.clone();
             for n in plan.states.keys() {
                 t.insert(n.clone(), plan.params[n].tensor(&device).require_grad());
             }
@@ -193,19 +194,14 @@ pub fn accuracy(
         divergence: Divergence::Mse,
     };
     let ids: Vec<usize> = (0..data.len()).collect();
-    let mut correct = 0usize;
+    let mut logits = Vec::new();
+    let mut classes = 0;
     for chunk in ids.chunks(1000) {
         let (x, _) = batch(data, chunk, &device);
-        let (logits, _) = view.logits(head, x)?;
-        let pred = logits.argmax(1).into_data().convert::<i64>();
-        let pred = pred
-            .try_into_vec::<i64>()
-            .map_err(|e| format!("reading predictions: {e:?}"))?;
-        correct += chunk
-            .iter()
-            .zip(&pred)
-            .filter(|(i, p)| data.y[**i] as i64 == **p)
-            .count();
+        let (l, _) = view.logits(head, x)?;
+        classes = l.dims()[1];
+        logits.extend(to_host(l)?);
     }
-    Ok(100.0 * correct as f64 / data.len() as f64)
+    masked_accuracy(&logits, classes, &data.y, &ClassMask::all(classes))
+        .map_err(|e| format!("{head} on {}: {e}", data.name))
 }
