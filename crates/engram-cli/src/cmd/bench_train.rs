@@ -243,9 +243,8 @@ fn engram_epoch(s: &Scenario, model: &ModelConfig, a: &TrainArgs, seed: u64) -> 
             optimizer: OptimConfig {
                 kind: OptimKind::Adam,
                 lr: a.lr,
-                momentum: 0.0,
-                weight_decay: 0.0,
                 schedule: Schedule::Constant,
+                ..OptimConfig::default()
             },
         },
         seed,

@@ -3,6 +3,7 @@
 pub mod alloc;
 pub mod checkpoint;
 pub mod eval;
+pub mod fused;
 pub mod optim;
 pub mod stage;
 pub mod trainer;

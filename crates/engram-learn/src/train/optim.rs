@@ -1,8 +1,6 @@
 //! Optimizers (SGD, Adam, AdamW) and learning-rate schedules, as configured in run files.
 
-use burn::optim::decay::WeightDecayConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamConfig, AdamWConfig, ModuleOptimizer, SgdConfig};
+use super::fused::Optimizer;
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -36,6 +34,12 @@ pub struct OptimConfig {
     /// L2 penalty (SGD, Adam) or decoupled decay (AdamW).
     #[serde(default)]
     pub weight_decay: f64,
+    /// Adam's and AdamW's moment decay rates (PyTorch's defaults).
+    #[serde(default = "default_betas")]
+    pub betas: [f64; 2],
+    /// Adam's and AdamW's term added to the root of the second moment (PyTorch's default).
+    #[serde(default = "default_eps")]
+    pub eps: f64,
     #[serde(default = "default_schedule")]
     pub schedule: Schedule,
 }
@@ -45,6 +49,12 @@ fn default_kind() -> OptimKind {
 }
 fn default_lr() -> f64 {
     1e-3
+}
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+fn default_eps() -> f64 {
+    1e-8
 }
 fn default_schedule() -> Schedule {
     Schedule::Constant
@@ -57,6 +67,8 @@ impl Default for OptimConfig {
             lr: default_lr(),
             momentum: 0.0,
             weight_decay: 0.0,
+            betas: default_betas(),
+            eps: default_eps(),
             schedule: default_schedule(),
         }
     }
@@ -73,6 +85,12 @@ impl OptimConfig {
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return Err("weight-decay must be >= 0".into());
         }
+        if !self.betas.iter().all(|b| (0.0..1.0).contains(b)) {
+            return Err(format!("betas must be in [0, 1), got {:?}", self.betas));
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(format!("eps must be positive, got {}", self.eps));
+        }
         if let Schedule::Step { every, gamma } = self.schedule
             && (every == 0 || !(gamma > 0.0 && gamma <= 1.0))
         {
@@ -83,26 +101,8 @@ impl OptimConfig {
 
     /// A fresh optimizer (engram resets optimizer state at the start of every task, so that a
     /// run resumed at a task boundary continues exactly).
-    pub fn init(&self) -> ModuleOptimizer {
-        let wd =
-            (self.weight_decay > 0.0).then(|| WeightDecayConfig::new(self.weight_decay as f32));
-        match self.kind {
-            OptimKind::Sgd => {
-                let momentum = (self.momentum > 0.0).then(|| {
-                    MomentumConfig::new()
-                        .with_momentum(self.momentum)
-                        .with_dampening(0.0)
-                });
-                SgdConfig::new()
-                    .with_momentum(momentum)
-                    .with_weight_decay(wd)
-                    .init()
-            }
-            OptimKind::Adam => AdamConfig::new().with_weight_decay(wd).init(),
-            OptimKind::Adamw => AdamWConfig::new()
-                .with_weight_decay(self.weight_decay as f32)
-                .init(),
-        }
+    pub fn init(&self) -> Optimizer {
+        Optimizer::new(self)
     }
 
     /// Learning rate at `step` of `total` steps of a task (`epoch` counts from 0).

@@ -1,0 +1,176 @@
+//! The fused optimizer against burn's own optimizers (the trainer's previous ones), which
+//! compute the same formulas as chains of tensor operations.
+
+use super::*;
+use crate::train::optim::Schedule;
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamConfig, AdamWConfig, ModuleOptimizer, SgdConfig};
+
+#[derive(Module, Debug)]
+struct Two {
+    a: Linear,
+    b: Linear,
+}
+
+fn net(seed: u64) -> Two {
+    // Parameters are drawn when first visited: seed and visit under the guard.
+    let _g = crate::train::rng_guard();
+    Device::flex().seed(seed);
+    let d = Device::flex().autodiff();
+    let m = Two {
+        a: LinearConfig::new(6, 40_000).init(&d),
+        b: LinearConfig::new(40_000, 3).init(&d),
+    };
+    values(&m);
+    m
+}
+
+/// Gradients of a loss at step `t` (different inputs each step).
+fn grads(m: &Two, t: usize) -> GradientsParams {
+    let d = Device::flex().autodiff();
+    let x: Vec<f32> = (0..12)
+        .map(|i| ((i * 7 + t * 3) % 11) as f32 / 5.0 - 1.0)
+        .collect();
+    let x = Tensor::<2>::from_data(TensorData::new(x, [2, 6]), &d);
+    let y = m.b.forward(m.a.forward(x).tanh());
+    // Scaled down so that SGD at lr 0.5 does not diverge over 40,000 hidden units.
+    let e = y - 1.0;
+    let loss = (e.clone() * e).sum() * 1e-4;
+    GradientsParams::from_grads(loss.backward(), m)
+}
+
+fn values(m: &Two) -> Vec<f32> {
+    let mut out = Vec::new();
+    for t in [
+        m.a.weight.val().flatten::<1>(0, 1),
+        m.a.bias.as_ref().map(|b| b.val()).expect("bias"),
+        m.b.weight.val().flatten::<1>(0, 1),
+        m.b.bias.as_ref().map(|b| b.val()).expect("bias"),
+    ] {
+        out.extend(
+            t.into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .expect("f32"),
+        );
+    }
+    out
+}
+
+fn config(kind: OptimKind, momentum: f64, weight_decay: f64) -> OptimConfig {
+    OptimConfig {
+        kind,
+        lr: if kind == OptimKind::Sgd { 0.5 } else { 0.01 },
+        momentum,
+        weight_decay,
+        betas: [0.9, 0.999],
+        eps: 1e-8,
+        schedule: Schedule::Constant,
+    }
+}
+
+fn burn_optimizer(c: &OptimConfig) -> ModuleOptimizer {
+    let wd = (c.weight_decay > 0.0).then(|| WeightDecayConfig::new(c.weight_decay as f32));
+    match c.kind {
+        OptimKind::Sgd => SgdConfig::new()
+            .with_momentum((c.momentum > 0.0).then(|| {
+                MomentumConfig::new()
+                    .with_momentum(c.momentum)
+                    .with_dampening(0.0)
+            }))
+            .with_weight_decay(wd)
+            .init(),
+        OptimKind::Adam => AdamConfig::new()
+            .with_epsilon(c.eps as f32)
+            .with_weight_decay(wd)
+            .init(),
+        OptimKind::Adamw => AdamWConfig::new()
+            .with_epsilon(c.eps as f32)
+            .with_weight_decay(c.weight_decay as f32)
+            .init(),
+    }
+}
+
+#[test]
+fn matches_burns_optimizers() {
+    for (kind, momentum, wd) in [
+        (OptimKind::Sgd, 0.0, 0.0),
+        (OptimKind::Sgd, 0.9, 0.01),
+        (OptimKind::Adam, 0.0, 0.0),
+        (OptimKind::Adam, 0.0, 0.05),
+        (OptimKind::Adamw, 0.0, 0.1),
+    ] {
+        let c = config(kind, momentum, wd);
+        let (mut ours, mut theirs) = (net(1), net(1));
+        let (mut o, mut b) = (c.init(), burn_optimizer(&c));
+        let start = values(&ours);
+        assert!(
+            start == values(&theirs),
+            "the two networks differ before training"
+        );
+        for t in 0..5 {
+            let g = grads(&ours, t);
+            ours = o.step(c.lr, ours, g);
+            let g = grads(&theirs, t);
+            theirs = b.step(c.lr, theirs, g);
+        }
+        let (a, z) = (values(&ours), values(&theirs));
+        let diff = a
+            .iter()
+            .zip(&z)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        let moved = a
+            .iter()
+            .zip(&start)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            moved > 1e-4,
+            "{kind:?}: the parameters did not move ({moved})"
+        );
+        // Same formulas, different rounding (Adam divides by roots of tiny moments, which
+        // amplifies it): a thousandth of the distance moved.
+        assert!(
+            diff < 1e-3 * moved,
+            "{kind:?} m={momentum} wd={wd}: differs by {diff}, moved {moved}"
+        );
+        assert_eq!(o.copied_updates(), 0, "{kind:?}: updates were not in place");
+        let per = if kind == OptimKind::Sgd {
+            usize::from(momentum > 0.0)
+        } else {
+            2
+        };
+        assert_eq!(o.state_bytes(), 4 * per * start.len());
+        assert!(ours.a.weight.val().is_require_grad());
+    }
+}
+
+#[test]
+fn a_clone_of_the_network_keeps_its_values() {
+    let c = config(OptimKind::Adam, 0.0, 0.0);
+    let m = net(2);
+    let teacher = m.clone();
+    let before = values(&teacher);
+    let mut o = c.init();
+    let g = grads(&m, 0);
+    let m = o.step(c.lr, m, g);
+    assert_eq!(values(&teacher), before);
+    assert_ne!(values(&m), before);
+    assert_eq!(o.copied_updates(), 4);
+}
+
+#[test]
+fn parameters_without_gradients_stay_and_keep_no_state() {
+    let c = config(OptimKind::Adam, 0.0, 0.0);
+    let m = net(3);
+    let before = m.a.weight.val().into_data();
+    let mut g = grads(&m, 0);
+    g.remove::<2>(m.a.weight.id);
+    let mut o = c.init();
+    let m = o.step(c.lr, m, g);
+    assert_eq!(m.a.weight.val().into_data(), before);
+    assert_eq!(o.state_bytes(), 4 * 2 * (40_000 + 40_000 * 3 + 3));
+}
