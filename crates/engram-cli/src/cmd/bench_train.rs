@@ -244,6 +244,8 @@ fn engram_epoch(s: &Scenario, model: &ModelConfig, a: &TrainArgs, seed: u64) -> 
                 kind: OptimKind::Adam,
                 lr: a.lr,
                 schedule: Schedule::Constant,
+                // torch.optim.Adam's default, so that both sides run the same algorithm.
+                eps: 1e-8,
                 ..OptimConfig::default()
             },
         },

@@ -37,7 +37,10 @@ pub struct OptimConfig {
     /// Adam's and AdamW's moment decay rates (PyTorch's defaults).
     #[serde(default = "default_betas")]
     pub betas: [f64; 2],
-    /// Adam's and AdamW's term added to the root of the second moment (PyTorch's default).
+    /// Adam's and AdamW's term added to the root of the second moment. Default 1e-5, burn's
+    /// default, with which engram's reported continual-learning results were made (PyTorch's
+    /// is 1e-8; at 1e-8 KD + Weight Aligning lost 9 points of ACC on Split Fashion-MNIST,
+    /// three seeds).
     #[serde(default = "default_eps")]
     pub eps: f64,
     #[serde(default = "default_schedule")]
@@ -54,7 +57,7 @@ fn default_betas() -> [f64; 2] {
     [0.9, 0.999]
 }
 fn default_eps() -> f64 {
-    1e-8
+    1e-5
 }
 fn default_schedule() -> Schedule {
     Schedule::Constant
