@@ -7,8 +7,7 @@
 //! θ₀ + m_t ⊙ τ_MTL; Consensus keeps the weights at least k masks share:
 //! θ₀ + α·(1{Σ_t m_t ≥ k} ⊙ τ_MTL). Everything streams chunk by chunk.
 
-use crate::merge::{TensorJob, TrimScope, elect_sign};
-use crate::select::{keep_count, kth_largest_abs};
+use crate::merge::{ModelDeltas, TensorJob, TrimScope, elect_sign};
 use crate::stream::{Chunk, visit_chunks};
 use engram_ckpt::dtype::round_through;
 use engram_ckpt::{DType, Error, Model, Result, TensorView};
@@ -233,19 +232,7 @@ impl<'a> Tall<'a> {
             .iter()
             .map(|n| self.job(n))
             .collect::<Result<Vec<_>>>()?;
-        let total: u64 = jobs.iter().map(|j| j.numel() as u64).sum();
-        let k = keep_count(density, total);
-        (0..self.models.len())
-            .map(|i| {
-                let s = |f: &mut dyn FnMut(&[f32])| -> Result<()> {
-                    for j in &jobs {
-                        j.each_delta(i, f)?;
-                    }
-                    Ok(())
-                };
-                Ok(Some(kth_largest_abs(&s, k)?.unwrap_or(f32::INFINITY)))
-            })
-            .collect()
+        ModelDeltas::new(&jobs).thresholds(&vec![density; self.models.len()])
     }
 
     pub fn thresholds(&self) -> &[Option<f32>] {

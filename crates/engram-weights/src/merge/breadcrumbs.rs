@@ -4,7 +4,7 @@
 use super::params::{DENSITY, INT8_MASK, LAMBDA, NORMALIZE_OFF, WEIGHT};
 use super::ties::{RESCALE_OFF, Sparsifier, gta_kernel, tensor_scope_only};
 use super::{ChunkKernel, MergeMethod, ParamSpec, TensorJob};
-use crate::select::{keep_count, kth_largest_abs};
+use crate::select::{keep_count, kth_largest_abs_sets};
 use engram_ckpt::Result;
 
 /// `breadcrumbs`, as mergekit's `magnitude_outliers` sparsification: per tensor of n entries,
@@ -79,29 +79,46 @@ struct Band(Vec<Option<(f32, Option<f32>)>>);
 impl Band {
     fn new(job: &TensorJob) -> Result<Band> {
         let n = job.numel() as u64;
-        let bands = (0..job.models.len())
-            .map(|i| {
-                let p = &job.model_params[i];
+        // Per model (target, n_top), or None when the task vector stays whole.
+        let counts: Vec<Option<(u64, u64)>> = job
+            .model_params
+            .iter()
+            .map(|p| {
                 let density = p.value(PARAMS, "density");
-                if density >= 1.0 {
-                    return Ok(None);
-                }
-                let target = keep_count(density, n);
-                if target == 0 {
-                    return Ok(Some((f32::INFINITY, None)));
-                }
-                let n_top = keep_count(p.value(PARAMS, "gamma"), n).min(n - target);
-                let s = |f: &mut dyn FnMut(&[f32])| job.each_delta(i, f);
-                let lo = kth_largest_abs(&s, n_top + target)?.unwrap_or(f32::INFINITY);
-                let hi = if n_top > 0 {
-                    kth_largest_abs(&s, n_top + 1)?
-                } else {
-                    None
-                };
-                Ok(Some((lo, hi)))
+                (density < 1.0).then(|| {
+                    let target = keep_count(density, n);
+                    (
+                        target,
+                        keep_count(p.value(PARAMS, "gamma"), n).min(n - target),
+                    )
+                })
             })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Band(bands))
+            .collect();
+        // Both bounds of every model's band: two selections, each over all models at once.
+        let lo_k: Vec<Option<u64>> = counts
+            .iter()
+            .map(|c| c.filter(|&(t, _)| t > 0).map(|(t, top)| top + t))
+            .collect();
+        let hi_k: Vec<Option<u64>> = counts
+            .iter()
+            .map(|c| {
+                c.filter(|&(t, top)| t > 0 && top > 0)
+                    .map(|(_, top)| top + 1)
+            })
+            .collect();
+        let lo = kth_largest_abs_sets(job, &lo_k)?;
+        let hi = kth_largest_abs_sets(job, &hi_k)?;
+        Ok(Band(
+            counts
+                .iter()
+                .enumerate()
+                .map(|(i, c)| match c {
+                    None => None,
+                    Some((0, _)) => Some((f32::INFINITY, None)),
+                    Some(_) => Some((lo[i].unwrap_or(f32::INFINITY), hi[i])),
+                })
+                .collect(),
+        ))
     }
 }
 

@@ -2,8 +2,7 @@
 //! fixed chunks processed in parallel, written straight to the output files.
 
 use super::params::ParamSource;
-use super::{MergeMethod, TensorJob, TrimScope};
-use crate::select::{keep_count, kth_largest_abs};
+use super::{MergeMethod, ModelDeltas, TensorJob, TrimScope};
 use engram_ckpt::{DType, Error, Model, ModelWriter, Result, TensorSpec, TensorView, WriteOptions};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -178,33 +177,17 @@ pub fn run_merge<'a>(
         }
     }
 
-    // Model scope: one pass per model over every merged tensor finds the global threshold.
+    // Model scope: two passes over every merged tensor find every model's global threshold.
     let thresholds = if req.scope == TrimScope::Model && m.trims_by_magnitude() {
-        let merged: Vec<&Planned> = planned
+        let jobs = planned
             .iter()
             .filter(|p| matches!(p.kind, Kind::Merge))
-            .collect();
-        let total: u64 = merged.iter().map(|p| p.view.numel() as u64).sum();
-        let mut th = Vec::with_capacity(req.models.len());
-        for i in 0..req.models.len() {
-            let density = model_density(req, i)?;
-            if density >= 1.0 {
-                th.push(None);
-                continue;
-            }
-            let k = keep_count(density, total);
-            let jobs = merged
-                .iter()
-                .map(|p| job_for(req, p, None))
-                .collect::<Result<Vec<_>>>()?;
-            let s = |f: &mut dyn FnMut(&[f32])| -> Result<()> {
-                for j in &jobs {
-                    j.each_delta(i, f)?;
-                }
-                Ok(())
-            };
-            th.push(Some(kth_largest_abs(&s, k)?.unwrap_or(f32::INFINITY)));
-        }
+            .map(|p| job_for(req, p, None))
+            .collect::<Result<Vec<_>>>()?;
+        let densities = (0..req.models.len())
+            .map(|i| model_density(req, i))
+            .collect::<Result<Vec<_>>>()?;
+        let th = ModelDeltas::new(&jobs).thresholds(&densities)?;
         report.model_thresholds = Some(th.clone());
         Some(th)
     } else {

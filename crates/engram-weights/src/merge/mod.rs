@@ -20,7 +20,7 @@ pub mod slerp;
 pub mod task_arithmetic;
 pub mod ties;
 
-use crate::select::{keep_count, kth_largest_abs};
+use crate::select::{Pieces, keep_count, kth_largest_abs_sets};
 use engram_ckpt::{Result, TensorView};
 pub use params::{ParamSpec, Params};
 use rayon::prelude::*;
@@ -124,6 +124,68 @@ pub fn get(name: &str) -> Option<&'static dyn MergeMethod> {
     registry().iter().copied().find(|m| m.name() == name)
 }
 
+/// A tensor's task vectors, one set per model, in chunks of [`CHUNK_ELEMS`].
+impl Pieces for TensorJob<'_> {
+    fn pieces(&self) -> usize {
+        self.numel().div_ceil(CHUNK_ELEMS)
+    }
+    fn piece(&self, p: usize, wanted: &[bool], f: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
+        let start = p * CHUNK_ELEMS;
+        self.deltas_over(start..(start + CHUNK_ELEMS).min(self.numel()), wanted, f)
+    }
+}
+
+/// The task vectors of several tensors as one set per model (model-scope trimming): the
+/// pieces are every tensor's chunks in turn.
+pub struct ModelDeltas<'j, 'a> {
+    jobs: &'j [TensorJob<'a>],
+    /// (job, chunk within it) of each piece.
+    index: Vec<(usize, usize)>,
+}
+
+impl<'j, 'a> ModelDeltas<'j, 'a> {
+    pub fn new(jobs: &'j [TensorJob<'a>]) -> Self {
+        let index = jobs
+            .iter()
+            .enumerate()
+            .flat_map(|(j, job)| (0..job.pieces()).map(move |c| (j, c)))
+            .collect();
+        ModelDeltas { jobs, index }
+    }
+
+    /// Per model, the k-th largest |τ_i| over all the tensors for a `densities[i]` share
+    /// (`None` for density ≥ 1, `+inf` when nothing is kept).
+    pub fn thresholds(&self, densities: &[f64]) -> Result<Vec<Option<f32>>> {
+        let total: u64 = self.jobs.iter().map(|j| j.numel() as u64).sum();
+        magnitude_thresholds(self, densities, total)
+    }
+}
+
+/// Per set of `s` (one per model, `total` values each), the magnitude keeping a
+/// `densities[i]` share: `None` for density ≥ 1, `+inf` when nothing is kept.
+fn magnitude_thresholds(s: &dyn Pieces, densities: &[f64], total: u64) -> Result<Vec<Option<f32>>> {
+    let ks: Vec<Option<u64>> = densities
+        .iter()
+        .map(|&d| (d < 1.0).then(|| keep_count(d, total)))
+        .collect();
+    let found = kth_largest_abs_sets(s, &ks)?;
+    Ok(ks
+        .iter()
+        .zip(found)
+        .map(|(k, t)| k.map(|_| t.unwrap_or(f32::INFINITY)))
+        .collect())
+}
+
+impl Pieces for ModelDeltas<'_, '_> {
+    fn pieces(&self) -> usize {
+        self.index.len()
+    }
+    fn piece(&self, p: usize, wanted: &[bool], f: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
+        let (j, c) = self.index[p];
+        self.jobs[j].piece(c, wanted, f)
+    }
+}
+
 impl<'a> TensorJob<'a> {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
@@ -179,45 +241,56 @@ impl<'a> TensorJob<'a> {
         Ok((base, models))
     }
 
-    /// Streams τ_i = θ_i − θ₀ of model `i` chunk by chunk.
-    pub fn each_delta(&self, i: usize, f: &mut dyn FnMut(&[f32])) -> Result<()> {
-        let base = self.base.as_ref();
-        let mut b = vec![0f32; CHUNK_ELEMS.min(self.numel())];
-        let mut m = vec![0f32; CHUNK_ELEMS.min(self.numel())];
-        for r in self.chunks(false) {
-            let n = r.len();
-            self.models[i].read_f32_into(r.start, &mut m[..n])?;
-            if let Some(base) = base {
-                base.read_f32_into(r.start, &mut b[..n])?;
-                for (x, y) in m[..n].iter_mut().zip(&b[..n]) {
-                    *x -= y;
-                }
-            }
-            f(&m[..n]);
-            self.release(r.clone());
-        }
-        Ok(())
-    }
-
-    /// The magnitude threshold of model `i` for keeping a `density` share of its delta:
+    /// Per model, the magnitude threshold for keeping a `densities[i]` share of its delta:
     /// the model-scope threshold if the run trims over the model, else the exact k-th
-    /// largest |τ_i| of this tensor. `None` keeps everything (density ≥ 1); `+inf` keeps
-    /// nothing. Ties at the threshold are kept (merging.md).
-    pub fn delta_threshold(&self, i: usize, density: f64) -> Result<Option<f32>> {
-        if density >= 1.0 {
-            return Ok(None);
-        }
+    /// largest |τ_i| of this tensor, all models selected together in two parallel passes
+    /// (one read of every chunk per pass). `None` keeps everything (density ≥ 1); `+inf`
+    /// keeps nothing. Ties at the threshold are kept (merging.md).
+    pub fn delta_thresholds(&self, densities: &[f64]) -> Result<Vec<Option<f32>>> {
         if self.scope == TrimScope::Model
             && let Some(t) = &self.model_thresholds
         {
-            return Ok(t.get(i).copied().flatten());
+            return Ok(densities
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| {
+                    if d >= 1.0 {
+                        None
+                    } else {
+                        t.get(i).copied().flatten()
+                    }
+                })
+                .collect());
         }
-        let k = keep_count(density, self.numel() as u64);
-        if k == 0 {
-            return Ok(Some(f32::INFINITY));
+        magnitude_thresholds(self, densities, self.numel() as u64)
+    }
+
+    /// Calls `f(i, τ_i)` over `range` for every model `i` in `wanted`, decoding the base once.
+    fn deltas_over(
+        &self,
+        range: Range<usize>,
+        wanted: &[bool],
+        f: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        let n = range.len();
+        let mut b = Vec::new();
+        if let Some(base) = &self.base {
+            b = vec![0f32; n];
+            base.read_f32_into(range.start, &mut b)?;
         }
-        let s = |f: &mut dyn FnMut(&[f32])| self.each_delta(i, f);
-        Ok(kth_largest_abs(&s, k)?.or(Some(f32::INFINITY)))
+        let mut d = vec![0f32; n];
+        for (i, m) in self.models.iter().enumerate() {
+            if !wanted.get(i).copied().unwrap_or(false) {
+                continue;
+            }
+            m.read_f32_into(range.start, &mut d)?;
+            for (x, y) in d.iter_mut().zip(&b) {
+                *x -= y;
+            }
+            f(i, &d);
+        }
+        self.release(range);
+        Ok(())
     }
 
     /// Maps every chunk (decoded as for [`TensorJob::apply`]) to a value, in parallel, and

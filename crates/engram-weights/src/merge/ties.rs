@@ -2,7 +2,7 @@
 //! Paper: TIES-Merging: Resolving Interference When Merging Models (arXiv 2306.01708); card: methods/merging.md.
 
 use super::params::{DENSITY, INT8_MASK, LAMBDA, NORMALIZE, WEIGHT};
-use super::{Chunk, ChunkKernel, MergeMethod, ParamSpec, TensorJob, TrimScope, elect_sign, keep};
+use super::{Chunk, ChunkKernel, MergeMethod, ParamSpec, TensorJob, TrimScope, keep};
 use engram_ckpt::{Error, Result};
 
 /// `ties` as mergekit's generalized task arithmetic with magnitude sparsification and `sum`
@@ -10,7 +10,7 @@ use engram_ckpt::{Error, Result};
 /// 1. τ̂_i = τ_i with entries below the top `density` share of |τ_i| zeroed (per tensor, or
 ///    over the model with `trim_scope: model`); ties at the threshold are kept (card).
 /// 2. v_i = w_i·τ̂_i: weights apply *before* the election, as in mergekit, so they sway it.
-/// 3. γ = [`elect_sign`] of the v_i; A = {i : v_i ≠ 0, sign v_i = γ}.
+/// 3. γ = [`elect_sign`](super::elect_sign) of the v_i; A = {i : v_i ≠ 0, sign v_i = γ}.
 /// 4. τ_m = Σ_A v_i, divided by Σ_A w_i with `normalize` (dis-mean; a zero divisor counts
 ///    as 1, as mergekit), else not (dis-sum); θ = θ₀ + λ·τ_m.
 ///
@@ -51,9 +51,10 @@ impl MergeMethod for Ties {
         true
     }
     fn prepare<'a>(&self, job: &'a TensorJob<'a>) -> Result<Box<dyn ChunkKernel + 'a>> {
-        let thresholds = (0..job.models.len())
-            .map(|i| job.delta_threshold(i, job.model_params[i].value(PARAMS, "density")))
-            .collect::<Result<Vec<_>>>()?;
+        let densities: Vec<f64> = (0..job.models.len())
+            .map(|i| job.model_params[i].value(PARAMS, "density"))
+            .collect();
+        let thresholds = job.delta_thresholds(&densities)?;
         gta_kernel(job, PARAMS, Trim(thresholds), true, false)
     }
 }
@@ -68,9 +69,8 @@ impl Sparsifier for Trim {
     fn sparsify(&self, i: usize, _chunk: usize, delta: &mut [f32]) {
         let t = self.0[i];
         for x in delta.iter_mut() {
-            if !keep(*x, t) {
-                *x = 0.0;
-            }
+            // A select, not a conditional store: the loop vectorizes.
+            *x = if keep(*x, t) { *x } else { 0.0 };
         }
     }
 }
@@ -189,30 +189,61 @@ impl<S: Sparsifier> ChunkKernel for Gta<S> {
                 d
             })
             .collect();
-        let wsum: f32 = self.weights.iter().sum();
-        for (k, o) in out.iter_mut().enumerate() {
-            let (mixed, divisor) = if self.consensus {
-                let sign = elect_sign(v.iter().map(|d| d[k]));
-                let mut sum = 0f32;
-                let mut div = 0f32;
-                for (d, w) in v.iter().zip(&self.weights) {
-                    let x = d[k];
-                    if x != 0.0 && (x > 0.0) == (sign > 0.0) {
-                        sum += x;
-                        div += w;
-                    }
+        // Column passes over the chunk (each a straight loop the compiler vectorizes), in
+        // the same order of additions as one position at a time, so the same bits.
+        let n = out.len();
+        let mut total = vec![0f32; n];
+        for d in &v {
+            for (t, x) in total.iter_mut().zip(d) {
+                *t += x;
+            }
+        }
+        let (mixed, divisor) = if self.consensus {
+            // The elected sign (`elect_sign`, column by column): the sign of the sum, where
+            // the sum is 0 (every entry trimmed, or a cancellation) the sign of the sum of
+            // signs, then +.
+            let mut votes = vec![0f32; n];
+            for d in &v {
+                for (c, &x) in votes.iter_mut().zip(d) {
+                    *c += x.signum() * f32::from(x != 0.0);
                 }
-                (sum, if div == 0.0 { 1.0 } else { div })
-            } else {
-                let sum: f32 = v.iter().map(|d| d[k]).sum();
-                (sum, if wsum.abs() < 1e-8 { 1.0 } else { wsum })
-            };
-            let mixed = if self.normalize {
-                mixed / divisor
-            } else {
-                mixed
-            };
-            *o = c.base[k] + self.lambda * mixed;
+            }
+            let mut sign = total;
+            for (s, &c) in sign.iter_mut().zip(&votes) {
+                *s = if *s > 0.0 {
+                    1.0
+                } else if *s < 0.0 || c < 0.0 {
+                    -1.0
+                } else {
+                    1.0
+                };
+            }
+            // Σ and Σ w over the agreeing entries (adding 0.0 for the others leaves the sums'
+            // bits unchanged: they start at +0.0 and never become −0.0).
+            let mut sum = vec![0f32; n];
+            let mut div = vec![0f32; n];
+            for (d, &w) in v.iter().zip(&self.weights) {
+                for (((s, dv), &x), &g) in sum.iter_mut().zip(div.iter_mut()).zip(d).zip(&sign) {
+                    // `&`, not `&&`: no branch, so the loop vectorizes.
+                    let agree = (x != 0.0) & ((x > 0.0) == (g > 0.0));
+                    *s += if agree { x } else { 0.0 };
+                    *dv += if agree { w } else { 0.0 };
+                }
+            }
+            for dv in div.iter_mut() {
+                if *dv == 0.0 {
+                    *dv = 1.0;
+                }
+            }
+            (sum, div)
+        } else {
+            let wsum: f32 = self.weights.iter().sum();
+            let wsum = if wsum.abs() < 1e-8 { 1.0 } else { wsum };
+            (total, vec![wsum; n])
+        };
+        for (((o, &b), &m), &dv) in out.iter_mut().zip(c.base).zip(&mixed).zip(&divisor) {
+            let m = if self.normalize { m / dv } else { m };
+            *o = b + self.lambda * m;
         }
     }
 }
