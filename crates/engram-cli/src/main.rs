@@ -75,6 +75,10 @@ pub struct Ctx {
 }
 
 fn main() {
+    // Every command allocates and frees megabyte buffers per chunk or step; keeping freed
+    // memory in the process instead of returning it to the kernel saves the page faults
+    // (merge ties of 8 models at 100M: 7.7 -> 5.9 s; see the module's comment).
+    engram_learn::train::alloc::keep_freed_memory();
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
         if n == 0 {

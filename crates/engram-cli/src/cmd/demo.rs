@@ -29,6 +29,10 @@ pub struct Args {
     /// Strategies to compare (default: naive, joint and every other registered strategy).
     #[arg(long, value_delimiter = ',')]
     pub strategies: Vec<String>,
+    /// Run every strategy with its method card's defaults instead of the settings the
+    /// continual-learning suite chose on validation (see `VALIDATED` in demo.rs).
+    #[arg(long)]
+    pub card_defaults: bool,
     /// Where the data sets are (default: the system packages' locations).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -46,6 +50,35 @@ pub struct Args {
     pub tasks: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+/// Strategy settings that `engram bench cl` chose on validation (Split Fashion-MNIST, MLP
+/// 400-400, seed 0, 10 % of the training examples held out; the grids are in bench_cl.rs;
+/// run of 2026-11-28, `bench-out/cl/tuning.json`). The demo uses them unless
+/// `--card-defaults`: at its card's defaults CLASSP never updates a weight under a
+/// batch-mean loss (threshold 0.5 on g²) and sits at chance.
+const VALIDATED: &[(&str, &str)] = &[
+    ("ewc", "lambda = 10000.0"),
+    ("online-ewc", "lambda = 10000.0"),
+    ("si", "c = 1.0"),
+    ("l2", "lambda = 1.0"),
+    ("classp", "lr = 0.01\nthreshold = 0.0"),
+    ("lwf", "alpha = 2.0"),
+    ("der", "alpha = 1.0"),
+    ("der++", "alpha = 0.3"),
+];
+
+/// The run file of one strategy on one scenario.
+fn run_toml(st: &str, label: &str, scenario: &str, a: &Args) -> String {
+    let settings = VALIDATED
+        .iter()
+        .find(|v| v.0 == st && !a.card_defaults)
+        .map_or("", |v| v.1);
+    format!(
+        "name = \"{st}-{label}\"\nseed = {seed}\n[scenario]\n{scenario}\ndataset = \"fashion-mnist\"\nseed = {seed}\n[model]\nkind = \"mlp\"\nhidden = [256, 256]\n[strategy]\nname = \"{st}\"\n{settings}\n[train]\nepochs = {}\nbatch-size = 128\n[train.optimizer]\nkind = \"adam\"\nlr = 0.001\n",
+        a.epochs,
+        seed = a.seed
+    )
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
@@ -80,10 +113,7 @@ fn continual(ctx: &Ctx, a: Args) -> Result<()> {
     let mut runs = Vec::new();
     for (label, scen) in scenarios {
         for st in &strategies {
-            let text = format!(
-                "name = \"{st}-{label}\"\nseed = {}\n[scenario]\n{scen}\ndataset = \"fashion-mnist\"\nseed = {}\n[model]\nkind = \"mlp\"\nhidden = [256, 256]\n[strategy]\nname = \"{st}\"\n[train]\nepochs = {}\nbatch-size = 128\n[train.optimizer]\nkind = \"adam\"\nlr = 0.001\n",
-                a.seed, a.seed, a.epochs
-            );
+            let text = run_toml(st, label, scen, &a);
             let cfg = engram_learn::config::RunConfig::parse_toml(&text)
                 .map_err(|e| anyhow::anyhow!(e))?;
             if !ctx.quiet {
@@ -351,4 +381,41 @@ fn weights(ctx: &Ctx, a: Args) -> Result<()> {
         println!("report: {}", index.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: Args,
+    }
+
+    /// Every validated setting names a registered strategy and parses as its parameters
+    /// (parsing a run file builds its strategy); `--card-defaults` leaves them out.
+    #[test]
+    fn validated_settings_are_valid_strategy_parameters() {
+        let validated = Cli::parse_from(["demo"]).a;
+        let defaults = Cli::parse_from(["demo", "--card-defaults"]).a;
+        let registered: Vec<&str> = engram_learn::strategy::REGISTRY
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        for (name, settings) in VALIDATED {
+            assert!(registered.contains(name), "{name}");
+            let scen = "kind = \"permuted\"\ntasks = 2";
+            let cfg =
+                engram_learn::config::RunConfig::parse_toml(&run_toml(name, "t", scen, &validated))
+                    .unwrap_or_else(|e| panic!("{name}: {settings}: {e}"));
+            let key = settings.split(' ').next().unwrap_or_default();
+            assert!(cfg.strategy.params.contains_key(key), "{name}: {key}");
+            let cfg =
+                engram_learn::config::RunConfig::parse_toml(&run_toml(name, "t", scen, &defaults))
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(cfg.strategy.params.is_empty(), "{name}");
+        }
+    }
 }
