@@ -117,19 +117,26 @@ fn histograms(
             .map(|&w| if w { vec![0u64; 1 << 16] } else { Vec::new() })
             .collect()
     };
-    (0..s.pieces())
+    // One accumulator per thread over a contiguous run of pieces (pieces are of equal size),
+    // rather than one per rayon split: each accumulator is 512 KiB per wanted set to zero.
+    let pieces = s.pieces();
+    let runs = rayon::current_num_threads().clamp(1, pieces.max(1));
+    (0..runs)
         .into_par_iter()
-        .try_fold(empty, |mut h, p| {
-            s.piece(p, wanted, &mut |i, xs| {
-                let h = &mut h[i];
-                for x in xs {
-                    if !x.is_nan()
-                        && let Some(b) = bin(i, x.abs().to_bits())
-                    {
-                        h[b] += 1;
+        .map(|r| {
+            let mut h = empty();
+            for p in r * pieces / runs..(r + 1) * pieces / runs {
+                s.piece(p, wanted, &mut |i, xs| {
+                    let h = &mut h[i];
+                    for x in xs {
+                        if !x.is_nan()
+                            && let Some(b) = bin(i, x.abs().to_bits())
+                        {
+                            h[b] += 1;
+                        }
                     }
-                }
-            })?;
+                })?;
+            }
             Ok(h)
         })
         .try_reduce(empty, |mut a, b| {
