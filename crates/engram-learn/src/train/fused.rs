@@ -82,6 +82,9 @@ impl Optimizer {
     fn update(&self, lr: f64, slot: &mut Slot, w: &mut [f32], g: &[f32]) {
         let c = &self.cfg;
         let n = w.len();
+        // burn hands a parameter's gradient with the parameter's shape; zips below would
+        // silently drop a tail otherwise.
+        assert_eq!(n, g.len(), "gradient and parameter sizes differ");
         slot.t += 1;
         let wd = c.weight_decay as f32;
         match c.kind {
