@@ -1,55 +1,11 @@
-//! Exact k-th largest magnitude over a stream of values, in two passes and O(1) memory.
+//! Exact k-th largest magnitude of several streamed sets of values (one per model), in two
+//! passes and memory independent of the number of values.
 //!
 //! Non-negative f32 values order like their bit patterns, so a radix select works: the first
 //! pass histograms the high 16 bits of |x|, which fixes the bucket holding the k-th largest;
 //! the second pass histograms the low 16 bits inside that bucket. This is how engram finds
 //! top-k thresholds per tensor and over a whole model without loading the model
 //! (merging.md, "Model scope in practice").
-
-/// A source of values that can be streamed more than once: it calls `f` on successive
-/// slices covering all values.
-pub trait Stream {
-    fn each(&self, f: &mut dyn FnMut(&[f32])) -> Result<(), engram_ckpt::Error>;
-}
-
-impl<F> Stream for F
-where
-    F: Fn(&mut dyn FnMut(&[f32])) -> Result<(), engram_ckpt::Error>,
-{
-    fn each(&self, f: &mut dyn FnMut(&[f32])) -> Result<(), engram_ckpt::Error> {
-        self(f)
-    }
-}
-
-/// The k-th largest |x| (k >= 1) over the stream, NaNs ignored; `None` if the stream holds
-/// fewer than k values.
-pub fn kth_largest_abs(s: &dyn Stream, k: u64) -> Result<Option<f32>, engram_ckpt::Error> {
-    if k == 0 {
-        return Ok(None);
-    }
-    let mut hi = vec![0u64; 1 << 16];
-    s.each(&mut |xs| {
-        for x in xs {
-            if !x.is_nan() {
-                hi[(x.abs().to_bits() >> 16) as usize] += 1;
-            }
-        }
-    })?;
-    let Some((bucket, rank)) = find_from_top(&hi, k) else {
-        return Ok(None);
-    };
-    let mut lo = vec![0u64; 1 << 16];
-    s.each(&mut |xs| {
-        for x in xs {
-            let b = x.abs().to_bits();
-            if !x.is_nan() && (b >> 16) as usize == bucket {
-                lo[(b & 0xffff) as usize] += 1;
-            }
-        }
-    })?;
-    let (low, _) = find_from_top(&lo, rank).expect("bucket count covers rank");
-    Ok(Some(f32::from_bits(((bucket as u32) << 16) | low as u32)))
-}
 
 /// Values of several sets (one per model), readable more than once in independent pieces
 /// (chunks of one or more tensors), so that a pass can run the pieces in parallel and read
@@ -65,9 +21,9 @@ pub trait Pieces: Sync {
     ) -> Result<(), engram_ckpt::Error>;
 }
 
-/// [`kth_largest_abs`] for every set `i` with `ks[i] = Some(k)` (`None` for the others or
-/// when the set holds fewer than k values), in two parallel passes over the pieces whatever
-/// the number of sets. Counts are integers, so the result does not depend on the thread
+/// The k-th largest |x| (NaNs ignored) of every set `i` with `ks[i] = Some(k)`, k ≥ 1
+/// (`None` for the others, for k = 0, and when the set holds fewer than k values), in two
+/// parallel passes over the pieces whatever the number of sets. Counts are integers, so the result does not depend on the thread
 /// count.
 pub fn kth_largest_abs_sets(
     s: &dyn Pieces,
@@ -172,52 +128,63 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
 
+    /// Sets of equal length, served in pieces of 777 values.
+    struct Sets(Vec<Vec<f32>>);
+
+    const PIECE: usize = 777;
+
+    impl Pieces for Sets {
+        fn pieces(&self) -> usize {
+            self.0[0].len().div_ceil(PIECE)
+        }
+        fn piece(
+            &self,
+            p: usize,
+            wanted: &[bool],
+            f: &mut dyn FnMut(usize, &[f32]),
+        ) -> Result<(), engram_ckpt::Error> {
+            for (i, xs) in self.0.iter().enumerate() {
+                if wanted[i] {
+                    let end = ((p + 1) * PIECE).min(xs.len());
+                    f(i, &xs[p * PIECE..end]);
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// The k-th largest |x| by sorting (NaNs dropped).
+    fn by_sorting(xs: &[f32], k: u64) -> Option<f32> {
+        let mut a: Vec<f32> = xs.iter().filter(|x| !x.is_nan()).map(|x| x.abs()).collect();
+        a.sort_by(|a, b| b.total_cmp(a));
+        k.checked_sub(1).and_then(|i| a.get(i as usize).copied())
+    }
+
     #[test]
     fn matches_sorting() {
         let mut r = Rng::new(1);
         let xs: Vec<f32> = (0..10_000).map(|_| r.normal() * 3.0).collect();
         let mut sorted: Vec<f32> = xs.iter().map(|x| x.abs()).collect();
         sorted.sort_by(|a, b| b.total_cmp(a));
-        let s = |f: &mut dyn FnMut(&[f32])| {
-            for c in xs.chunks(777) {
-                f(c);
-            }
-            Ok(())
-        };
+        let one = Sets(vec![xs]);
         for k in [1u64, 2, 10, 5000, 9999, 10_000] {
             assert_eq!(
-                kth_largest_abs(&s, k).unwrap(),
-                Some(sorted[k as usize - 1]),
+                kth_largest_abs_sets(&one, &[Some(k)]).unwrap(),
+                vec![Some(sorted[k as usize - 1])],
                 "k={k}"
             );
         }
-        assert_eq!(kth_largest_abs(&s, 10_001).unwrap(), None);
-        assert_eq!(kth_largest_abs(&s, 0).unwrap(), None);
+        assert_eq!(
+            kth_largest_abs_sets(&one, &[Some(10_001)]).unwrap(),
+            vec![None]
+        );
+        assert_eq!(kth_largest_abs_sets(&one, &[Some(0)]).unwrap(), vec![None]);
     }
 
-    /// Three sets in uneven pieces: each set's answer equals the one-set select's.
+    /// Three sets in uneven pieces (one full of ties, one with NaNs): each set's answer
+    /// equals sorting that set alone.
     #[test]
-    fn sets_match_one_at_a_time() {
-        struct Sets(Vec<Vec<f32>>);
-        impl Pieces for Sets {
-            fn pieces(&self) -> usize {
-                self.0[0].len().div_ceil(1000)
-            }
-            fn piece(
-                &self,
-                p: usize,
-                wanted: &[bool],
-                f: &mut dyn FnMut(usize, &[f32]),
-            ) -> Result<(), engram_ckpt::Error> {
-                for (i, xs) in self.0.iter().enumerate() {
-                    if wanted[i] {
-                        let end = ((p + 1) * 1000).min(xs.len());
-                        f(i, &xs[p * 1000..end]);
-                    }
-                }
-                Ok(())
-            }
-        }
+    fn sets_match_sorting_each_alone() {
         let mut r = Rng::new(2);
         let sets = Sets(
             (0..3)
@@ -239,16 +206,7 @@ mod tests {
         ] {
             let got = kth_largest_abs_sets(&sets, &ks).unwrap();
             for (i, k) in ks.iter().enumerate() {
-                let one = |f: &mut dyn FnMut(&[f32])| {
-                    for c in sets.0[i].chunks(1000) {
-                        f(c);
-                    }
-                    Ok(())
-                };
-                let want = match k {
-                    Some(k) => kth_largest_abs(&one, *k).unwrap(),
-                    None => None,
-                };
+                let want = k.and_then(|k| by_sorting(&sets.0[i], k));
                 assert_eq!(got[i], want, "set {i}, k {k:?}");
             }
         }

@@ -222,9 +222,9 @@ impl ModuleMapper for Stepper<'_> {
 }
 
 /// Runs `f(weights, gradient)` on host slices and returns the updated tensor and whether it
-/// was updated in place: in place on a
-/// flex f32 tensor that nothing else shares, otherwise on a copy (a parameter shared with a
-/// clone of the network — a strategy's frozen teacher — must not change under it).
+/// was updated in place: in place on a flex f32 tensor that nothing else shares, otherwise
+/// on a copy (a parameter shared with a clone of the network — a strategy's frozen teacher —
+/// must not change under it).
 fn update_tensor<const D: usize>(
     w: Tensor<D>,
     g: Tensor<D>,

@@ -362,13 +362,32 @@ pub fn keep(x: f32, threshold: Option<f32>) -> bool {
 /// of the sum, or if the sum is 0 the sign of the sum of signs, then +.
 #[inline]
 pub fn elect_sign(vals: impl Iterator<Item = f32> + Clone) -> f32 {
-    let s: f32 = vals.clone().sum();
-    if s > 0.0 {
+    let sum: f32 = vals.clone().sum();
+    // The votes only count where the sum decides nothing.
+    let votes = if sum == 0.0 || sum.is_nan() {
+        vals.map(sign_vote).sum()
+    } else {
+        0.0
+    };
+    elected(sum, votes)
+}
+
+/// One entry's vote in [`elect_sign`]'s tie-break: its sign, 0 for a zero.
+#[inline]
+pub fn sign_vote(v: f32) -> f32 {
+    v.signum() * f32::from(v != 0.0)
+}
+
+/// [`elect_sign`]'s rule from the signed sum and the sum of [`sign_vote`]s: the sign of the
+/// sum, else (sum 0) the sign of the votes, else +. Branch-free enough to vectorize when
+/// applied column by column (the GTA kernel).
+#[inline]
+pub fn elected(sum: f32, votes: f32) -> f32 {
+    if sum > 0.0 {
         1.0
-    } else if s < 0.0 {
+    } else if sum < 0.0 || votes < 0.0 {
         -1.0
     } else {
-        let c: f32 = vals.map(|v| v.signum() * f32::from(v != 0.0)).sum();
-        if c < 0.0 { -1.0 } else { 1.0 }
+        1.0
     }
 }

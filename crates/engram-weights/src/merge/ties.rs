@@ -2,7 +2,9 @@
 //! Paper: TIES-Merging: Resolving Interference When Merging Models (arXiv 2306.01708); card: methods/merging.md.
 
 use super::params::{DENSITY, INT8_MASK, LAMBDA, NORMALIZE, WEIGHT};
-use super::{Chunk, ChunkKernel, MergeMethod, ParamSpec, TensorJob, TrimScope, keep};
+use super::{
+    Chunk, ChunkKernel, MergeMethod, ParamSpec, TensorJob, TrimScope, elected, keep, sign_vote,
+};
 use engram_ckpt::{Error, Result};
 
 /// `ties` as mergekit's generalized task arithmetic with magnitude sparsification and `sum`
@@ -51,8 +53,10 @@ impl MergeMethod for Ties {
         true
     }
     fn prepare<'a>(&self, job: &'a TensorJob<'a>) -> Result<Box<dyn ChunkKernel + 'a>> {
-        let densities: Vec<f64> = (0..job.models.len())
-            .map(|i| job.model_params[i].value(PARAMS, "density"))
+        let densities: Vec<f64> = job
+            .model_params
+            .iter()
+            .map(|p| p.value(PARAMS, "density"))
             .collect();
         let thresholds = job.delta_thresholds(&densities)?;
         gta_kernel(job, PARAMS, Trim(thresholds), true, false)
@@ -205,18 +209,12 @@ impl<S: Sparsifier> ChunkKernel for Gta<S> {
             let mut votes = vec![0f32; n];
             for d in &v {
                 for (c, &x) in votes.iter_mut().zip(d) {
-                    *c += x.signum() * f32::from(x != 0.0);
+                    *c += sign_vote(x);
                 }
             }
             let mut sign = total;
             for (s, &c) in sign.iter_mut().zip(&votes) {
-                *s = if *s > 0.0 {
-                    1.0
-                } else if *s < 0.0 || c < 0.0 {
-                    -1.0
-                } else {
-                    1.0
-                };
+                *s = elected(*s, c);
             }
             // Σ and Σ w over the agreeing entries (adding 0.0 for the others leaves the sums'
             // bits unchanged: they start at +0.0 and never become −0.0).
