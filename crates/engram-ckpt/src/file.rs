@@ -1,5 +1,6 @@
 //! One safetensors file, memory-mapped and validated; tensors are borrowed views into it.
 
+use crate::chunk::{self, CHUNK};
 use crate::dtype::{DType, decode_f32};
 use crate::error::{Error, Result};
 use crate::header::{self, Header, TensorInfo};
@@ -174,20 +175,18 @@ impl<'a> TensorView<'a> {
             return Ok((0, 0));
         }
         let mut buf = vec![0f32; CHUNK.min(self.numel())];
-        let mut at = 0;
-        while at < self.numel() {
-            let n = CHUNK.min(self.numel() - at);
-            self.read_f32_into(at, &mut buf[..n])?;
+        for r in chunk::ranges(self.numel()) {
+            let v = &mut buf[..r.len()];
+            self.read_f32_into(r.start, v)?;
             // Exponent all ones = NaN or infinity: a branch-free count that vectorizes; the
             // two kinds are told apart only in the rare chunk that has any.
-            if crate::stats::non_finite(&buf[..n]) > 0 {
-                for v in &buf[..n] {
-                    nan += v.is_nan() as usize;
-                    inf += v.is_infinite() as usize;
+            if crate::stats::non_finite(v) > 0 {
+                for x in v.iter() {
+                    nan += x.is_nan() as usize;
+                    inf += x.is_infinite() as usize;
                 }
             }
-            self.release(at, at + n);
-            at += n;
+            self.release(r.start, r.end);
         }
         Ok((nan, inf))
     }
@@ -205,6 +204,3 @@ impl<'a> TensorView<'a> {
         Ok(())
     }
 }
-
-/// Elements per chunk when streaming through a tensor (1 Mi floats = 4 MiB).
-pub const CHUNK: usize = 1 << 20;

@@ -4,6 +4,7 @@
 //! validates every header, offset and index entry, decodes any float dtype to f32 on the fly,
 //! and writes models tensor by tensor into temporary files renamed into place when complete.
 
+pub mod chunk;
 pub mod dtype;
 pub mod error;
 pub mod file;
@@ -13,9 +14,10 @@ pub mod model;
 pub mod stats;
 pub mod writer;
 
+pub use chunk::CHUNK;
 pub use dtype::DType;
 pub use error::{Error, Result};
-pub use file::{CHUNK, SafetensorsFile, TensorView};
+pub use file::{SafetensorsFile, TensorView};
 pub use header::TensorInfo;
 pub use model::{Model, ParsedIndex, parse_index};
 pub use stats::{DiffStats, Stats};

@@ -255,6 +255,17 @@ impl Model {
         &self.side_files
     }
 
+    /// Whether `other` holds the same tensors as this model: the same names, dtypes, shapes and
+    /// bytes, whatever their order, files or metadata (which records the command line).
+    pub fn same_tensors(&self, other: &Model) -> bool {
+        self.len() == other.len()
+            && self.tensors().all(|t| {
+                other.get(t.name()).is_some_and(|u| {
+                    u.dtype() == t.dtype() && u.shape() == t.shape() && u.bytes == t.bytes
+                })
+            })
+    }
+
     /// Checks every float tensor for NaN and infinite values (`--check-finite`).
     pub fn check_finite(&self) -> Result<()> {
         use rayon::prelude::*;

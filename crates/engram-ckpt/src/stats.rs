@@ -4,8 +4,9 @@
 //! the same result whatever the thread count. NaN and infinite values are counted and left out
 //! of every sum, so that one bad value does not hide the statistics of the others.
 
+use crate::chunk::{self, CHUNK};
 use crate::error::Result;
-use crate::file::{CHUNK, TensorView};
+use crate::file::TensorView;
 
 /// Independent accumulators per pass (a fixed number, so results do not depend on the machine).
 const LANES: usize = 8;
@@ -133,13 +134,11 @@ impl Stats {
         let mut s = Stats::default();
         let n = view.numel();
         let mut buf = vec![0f32; CHUNK.min(n)];
-        let mut at = 0;
-        while at < n {
-            let k = CHUNK.min(n - at);
-            view.read_f32_into(at, &mut buf[..k])?;
-            s.add(&buf[..k]);
-            view.release(at, at + k);
-            at += k;
+        for r in chunk::ranges(n) {
+            let v = &mut buf[..r.len()];
+            view.read_f32_into(r.start, v)?;
+            s.add(v);
+            view.release(r.start, r.end);
         }
         Ok(s)
     }

@@ -205,3 +205,27 @@ fn index_parser_validates_names() {
         );
     }
 }
+
+#[test]
+fn same_tensors_compares_names_dtypes_shapes_and_bytes_not_layout() {
+    let t = tempfile::tempdir().unwrap();
+    let (one, sharded, other) = (
+        t.path().join("one.safetensors"),
+        t.path().join("sharded"),
+        t.path().join("other.safetensors"),
+    );
+    write(&one, 3, 100, 1.0, None);
+    write(&sharded, 3, 100, 1.0, Some(800));
+    write(&other, 3, 100, 2.0, None);
+    let (a, b, c) = (
+        Model::open(&one).unwrap(),
+        Model::open(&sharded).unwrap(),
+        Model::open(&other).unwrap(),
+    );
+    assert!(a.same_tensors(&b) && b.same_tensors(&a));
+    assert!(!a.same_tensors(&c));
+    let fewer = t.path().join("fewer.safetensors");
+    write(&fewer, 2, 100, 1.0, None);
+    let fewer = Model::open(&fewer).unwrap();
+    assert!(!a.same_tensors(&fewer) && !fewer.same_tensors(&a));
+}

@@ -1,10 +1,11 @@
-//! The `engram` command: argument parsing, progress and exit codes. No algorithms live here;
-//! each subcommand is one file in `cmd/` that calls into the library crates.
+//! The `engram` command: its arguments and which command runs. No algorithms live here; each
+//! subcommand is one file in `cmd/` that calls into the library crates, and `cmd/ctx.rs` sets
+//! up the process around it (threads, exit codes).
 
 mod cmd;
-mod progress;
 
 use clap::{Parser, Subcommand};
+use cmd::Ctx;
 
 /// engram: keep what neural networks know while they learn more, and edit it in the weights.
 #[derive(Parser)]
@@ -67,33 +68,9 @@ enum Command {
     Bench(cmd::bench::Bench),
 }
 
-/// Global settings every command receives.
-pub struct Ctx {
-    pub quiet: bool,
-    /// The command line, recorded as provenance in every file engram writes.
-    pub command_line: String,
-}
-
 fn main() {
-    // Every command allocates and frees megabyte buffers per chunk or step; keeping freed
-    // memory in the process instead of returning it to the kernel saves the page faults
-    // (merge ties of 8 models at 100M: 7.7 -> 5.9 s; see the module's comment).
-    engram_learn::train::alloc::keep_freed_memory();
     let cli = Cli::parse();
-    if let Some(n) = cli.threads {
-        if n == 0 {
-            eprintln!("error: --threads must be at least 1");
-            std::process::exit(2);
-        }
-        // Only fails if a pool was already built, which cannot happen this early.
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global();
-    }
-    let ctx = Ctx {
-        quiet: cli.quiet,
-        command_line: std::env::args().collect::<Vec<_>>().join(" "),
-    };
+    let ctx = Ctx::start(cli.quiet, cli.threads);
     let res = match cli.command {
         Command::Inspect(a) => cmd::inspect::run(&ctx, a),
         Command::Diff(a) => cmd::diff::run(&ctx, a),
@@ -114,9 +91,5 @@ fn main() {
         Command::Study(s) => cmd::study::run(&ctx, s),
         Command::Bench(b) => cmd::bench::run(&ctx, b),
     };
-    cmd::bench::report_peak_rss();
-    if let Err(e) = res {
-        eprintln!("error: {}", cmd::util::error_chain(&e));
-        std::process::exit(1);
-    }
+    ctx.finish(res);
 }

@@ -4,6 +4,7 @@
 use crate::model::ModelConfig;
 use crate::scenario::ScenarioConfig;
 use crate::train::TrainConfig;
+use crate::{Result, err};
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -40,8 +41,8 @@ impl Default for StrategyConfig {
 }
 
 impl RunConfig {
-    pub fn parse_toml(text: &str) -> Result<RunConfig, String> {
-        let cfg: RunConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse_toml(text: &str) -> Result<RunConfig> {
+        let cfg: RunConfig = toml::from_str(text).map_err(|e| err!("{e}"))?;
         cfg.train.validate()?;
         // Build the strategy once to validate its parameters.
         crate::strategy::build(
@@ -55,10 +56,7 @@ impl RunConfig {
         self.name.clone().unwrap_or_else(|| {
             format!(
                 "{}-{}-{}-seed{}",
-                self.strategy.name,
-                self.scenario.kind.name(),
-                self.scenario.dataset,
-                self.seed
+                self.strategy.name, self.scenario.kind, self.scenario.dataset, self.seed
             )
         })
     }

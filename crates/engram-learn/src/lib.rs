@@ -1,11 +1,22 @@
 //! engram-learn: datasets, scenarios, models, trainer, strategies and metrics.
 //! The deep-learning framework (burn) is used here only (DESIGN.md).
+//!
+//! Modules import only from the modules before them in this order (DESIGN.md: imports point
+//! down): `data`; `scenario`; `backend`, `optim`; `model`; `metrics`, `eval`; `strategy`;
+//! `train`; `config`, `run`. `error` is the crate's one error type, which wraps data's and
+//! scenario's own, and every module may return it.
+pub mod error;
 
+pub mod backend;
 pub mod config;
 pub mod data;
-pub mod finetune;
+pub mod eval;
 pub mod metrics;
 pub mod model;
+pub mod optim;
+pub mod run;
 pub mod scenario;
 pub mod strategy;
 pub mod train;
+
+pub use error::{Error, Result};

@@ -2,9 +2,9 @@
 //! uninterrupted run, and Joint forgets less than Naive.
 
 use engram_learn::model::ModelConfig;
+use engram_learn::optim::OptimConfig;
 use engram_learn::scenario::{Scenario, ScenarioConfig};
 use engram_learn::strategy::{self, probe::Probe};
-use engram_learn::train::optim::OptimConfig;
 use engram_learn::train::{RunOutput, TrainConfig, Trainer};
 
 fn scenario(kind: &str) -> Scenario {
@@ -41,6 +41,7 @@ fn run(
         strategy: strategy::build(name, &serde_json::Value::Null).expect("strategy"),
         checkpoint_dir: dir,
         stop_after: stop,
+        start: None,
     };
     t.run(&mut |_| {}).expect("run")
 }
@@ -62,6 +63,7 @@ fn hooks_are_called_in_order() {
         strategy: Box::new(probe),
         checkpoint_dir: None,
         stop_after: None,
+        start: None,
     };
     t.run(&mut |_| {}).expect("run");
     let log = log.lock().unwrap().clone();

@@ -5,9 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::html::Page;
 use crate::results::RunResults;
@@ -380,43 +379,16 @@ pub fn render_csv(results: &[RunResults]) -> String {
     out
 }
 
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `bytes` to `path` through a temporary file in the same folder, synced and renamed
-/// into place; the temporary is removed on failure.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{}: not a file path", path.display()),
-            )
-        })?
-        .to_string_lossy();
-    let tmp = dir.join(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))
+/// Writes one file of the report through the checkpoint layer's atomic writer (temporary file
+/// in the same folder, synced, renamed into place), as an `io::Error` naming the file.
+fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    engram_ckpt::write_atomic(path, bytes).map_err(|e| match e {
+        engram_ckpt::Error::Io { source, .. } => io::Error::new(
+            source.kind(),
+            format!("writing {}: {source}", path.display()),
+        ),
+        e => io::Error::other(format!("writing {}: {e}", path.display())),
+    })
 }
 
 /// Writes `index.html`, `results.csv` and `results.json` into `dir` (created if missing) and
@@ -439,7 +411,7 @@ pub fn write_report(results: &[RunResults], dir: &Path) -> io::Result<Vec<PathBu
     let mut paths = Vec::new();
     for (name, text) in files {
         let p = dir.join(name);
-        write_atomic(&p, text.as_bytes())?;
+        write_file(&p, text.as_bytes())?;
         paths.push(p);
     }
     Ok(paths)

@@ -1,5 +1,5 @@
 //! Hand-written SVG charts (no dependency, no script): bar charts, grouped bar charts,
-//! accuracy-matrix heatmaps and line charts.
+//! accuracy-matrix heatmaps, line charts and labelled scatter plots.
 //!
 //! Every data mark carries a class (`bar`, `cell`, `line`, `point`, `err`, `legend`) so tests
 //! and style sheets can find it; text is escaped; numbers are printed with fixed decimals,
@@ -608,6 +608,101 @@ pub fn grouped_bar_chart(
     s
 }
 
+/// A scatter of labelled points with their values in a legend beside the plot; one colour
+/// per family (a label's first word: `lora r8` and `lora r32` share one); every point
+/// carries `class="point"`, points with a non-finite coordinate are left out.
+pub fn scatter(title: &str, x_label: &str, y_label: &str, pts: &[(String, f64, f64)]) -> String {
+    let (w, h, left, bottom, top, right) = (720.0, 420.0, 60.0, 46.0, 32.0, 200.0);
+    let ok: Vec<&(String, f64, f64)> = pts
+        .iter()
+        .filter(|p| p.1.is_finite() && p.2.is_finite())
+        .collect();
+    let range = |f: &dyn Fn(&(String, f64, f64)) -> f64| {
+        let (a, b) = ok
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+                (a.min(f(p)), b.max(f(p)))
+            });
+        if !a.is_finite() {
+            (0.0, 1.0)
+        } else {
+            let pad = ((b - a) * 0.08).max(0.5);
+            (a - pad, b + pad)
+        }
+    };
+    let (x0, x1) = range(&|p| p.1);
+    let (y0, y1) = range(&|p| p.2);
+    let (pw, ph) = (w - left - right, h - top - bottom);
+    let sx = |x: f64| left + (x - x0) / (x1 - x0) * pw;
+    let sy = |y: f64| top + ph - (y - y0) / (y1 - y0) * ph;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\"><title>{t}</title><text x=\"{:.1}\" y=\"18\" text-anchor=\"middle\" font-size=\"14\">{t}</text>",
+        left + pw / 2.0,
+        t = esc(title)
+    );
+    s.push_str(&format!(
+        "<rect x=\"{left}\" y=\"{top}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#444\"/>"
+    ));
+    for i in 0..=4 {
+        let fx = x0 + (x1 - x0) * i as f64 / 4.0;
+        let fy = y0 + (y1 - y0) * i as f64 / 4.0;
+        s.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"middle\">{fx:.1}</text><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"end\">{fy:.1}</text>",
+            sx(fx),
+            top + ph + 14.0,
+            left - 4.0,
+            sy(fy) + 3.0
+        ));
+    }
+    s.push_str(&format!(
+        "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"middle\">{}</text><text x=\"14\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"middle\" transform=\"rotate(-90 14 {:.1})\">{}</text>",
+        left + pw / 2.0,
+        h - 8.0,
+        esc(x_label),
+        top + ph / 2.0,
+        top + ph / 2.0,
+        esc(y_label)
+    ));
+    const COLOURS: [&str; 8] = [
+        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+    ];
+    let family = |l: &str| l.split(' ').next().unwrap_or("").to_string();
+    let mut families: Vec<String> = ok.iter().map(|p| family(&p.0)).collect();
+    families.dedup();
+    let mut seen = Vec::new();
+    for f in families {
+        if !seen.contains(&f) {
+            seen.push(f);
+        }
+    }
+    for (i, p) in ok.iter().enumerate() {
+        let c = seen.iter().position(|f| *f == family(&p.0)).unwrap_or(0);
+        s.push_str(&format!(
+            "<circle class=\"point\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"{}\"><title>{}: {:.1}, {:.1}</title></circle>",
+            sx(p.1),
+            sy(p.2),
+            COLOURS[c % COLOURS.len()],
+            esc(&p.0),
+            p.1,
+            p.2
+        ));
+        s.push_str(&format!(
+            "<text class=\"legend\" x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\">{}</text>",
+            w - right + 14.0,
+            top + 12.0 + 12.0 * i as f64,
+            esc(&format!("{} ({:.1}, {:.1})", p.0, p.1, p.2))
+        ));
+        s.push_str(&format!(
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{}\"/>",
+            w - right + 8.0,
+            top + 9.0 + 12.0 * i as f64,
+            COLOURS[c % COLOURS.len()]
+        ));
+    }
+    s.push_str("</svg>");
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -808,5 +903,34 @@ mod tests {
         assert!((a - 2.4).abs() < 1e-9 && (b - 3.6).abs() < 1e-9 && step == 0.2);
         assert_eq!(tick_label(-0.0000001, 0.5), "0.0");
         assert_eq!(fit("abcdef", 4), "abc…");
+    }
+
+    #[test]
+    fn scatter_draws_every_finite_point_and_escapes_labels() {
+        let s = scatter(
+            "t",
+            "x",
+            "y",
+            &[
+                ("lift <r8>".into(), 90.0, 60.0),
+                ("full".into(), 95.0, 20.0),
+                ("bad".into(), f64::NAN, 1.0),
+            ],
+        );
+        assert_eq!(s.matches("class=\"point\"").count(), 2);
+        assert!(s.contains("lift &lt;r8&gt;") && !s.contains("<r8>"));
+        assert_eq!(
+            s,
+            scatter(
+                "t",
+                "x",
+                "y",
+                &[
+                    ("lift <r8>".into(), 90.0, 60.0),
+                    ("full".into(), 95.0, 20.0),
+                    ("bad".into(), f64::NAN, 1.0)
+                ]
+            )
+        );
     }
 }

@@ -12,8 +12,7 @@
 //! is completed before the bundle file, so a bundle file on disk always has its masks.
 
 use crate::maskcode;
-use crate::merge::CHUNK_ELEMS;
-use crate::stream::{bit, pack_bits};
+use crate::stream::{TensorChunks, bit, pack_bits};
 use crate::tall::Tall;
 use engram_ckpt::dtype::{encode_f32, round_through};
 use engram_ckpt::{DType, Error, Model, ModelWriter, Result, TensorSpec, WriteOptions};
@@ -245,7 +244,7 @@ pub fn write_bundle(
     }
     for name in &tall.tensors {
         let view = tall.base.require(name)?;
-        let chunks = view.numel().div_ceil(CHUNK_ELEMS);
+        let chunks = TensorChunks::new(Some(view), &[]).count();
         let row = maskcode::row_len(view.shape());
         let coded: Mutex<Vec<Option<ChunkStreams>>> = Mutex::new(vec![None; chunks]);
         tall.visit(name, &|c| {
@@ -420,8 +419,8 @@ pub fn extract_task(
                 "mask size does not match the base",
             ));
         }
-        crate::stream::visit_chunks(&tv, &|c| {
-            let (base, tau) = (&c.values[0], &c.values[1]);
+        TensorChunks::new(Some(*b), &[tau]).for_each(&|c| {
+            let (base, tau) = (c.base, &c.models[0]);
             let bits = &mask.bytes[c.start / 8..(c.start + base.len()).div_ceil(8)];
             let out: Vec<f32> = (0..base.len())
                 .map(|k| {
@@ -461,14 +460,14 @@ fn extract_coded(
     w: &ModelWriter,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
-    let chunks = tv[0].numel().div_ceil(CHUNK_ELEMS);
+    let chunks = TensorChunks::new(Some(tv[0]), &tv[1..]);
     let row = maskcode::row_len(tv[0].shape());
     let src = masks.source();
     let own_t = masks.require(&coded_name(task, name))?;
-    let own = maskcode::split_chunks(own_t.bytes, chunks)
+    let own = maskcode::split_chunks(own_t.bytes, chunks.count())
         .map_err(|e| Error::tensor(src, own_t.name(), e))?;
-    crate::stream::visit_chunks(tv, &|c| {
-        let (base, tau) = (&c.values[0], &c.values[1]);
+    chunks.for_each(&|c| {
+        let (base, tau) = (c.base, &c.models[0]);
         let n = base.len();
         let buckets = maskcode::magnitude_buckets(tau);
         let mut m = vec![false; n];

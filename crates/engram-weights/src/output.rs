@@ -1,5 +1,6 @@
 //! Output models of the weight-space operations: which dtype each tensor gets, and the writer.
 
+use crate::stream::TensorChunks;
 use engram_ckpt::{DType, ModelWriter, Result, TensorSpec, TensorView, WriteOptions};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -52,4 +53,11 @@ pub fn copy_bytes_released(w: &ModelWriter, name: &str, v: &TensorView) -> Resul
         off = end;
     }
     Ok(())
+}
+
+/// Copies a float tensor into `w` through f32 (the writer converts to the declared dtype),
+/// chunk by chunk in parallel.
+pub fn copy_as_f32(w: &ModelWriter, v: &TensorView) -> Result<()> {
+    TensorChunks::new(None, std::slice::from_ref(v))
+        .for_each(&|c| w.write_f32_at(v.name(), c.start, &c.models[0]))
 }

@@ -1,9 +1,11 @@
-//! Small deterministic random streams keyed by (seed, name, index).
+//! engram's one random-number generator: small deterministic streams keyed by (seed, name,
+//! index), for the weight-space methods (DARE masks, synthetic models) and for engram-learn
+//! (scenarios, buffers, batch order).
 //!
-//! Randomness in engram (DARE masks, synthetic models) must not depend on thread count or
-//! visiting order, so every tensor (and every chunk of a large tensor) draws from its own
-//! stream derived from the run's seed and the tensor's name. SplitMix64 is enough for that:
-//! it is fast, passes BigCrush as a generator, and is trivially seedable.
+//! Randomness must not depend on thread count or visiting order, so every tensor (and every
+//! chunk of a large tensor), every scenario decision and every epoch draws from its own
+//! stream derived from the run's seed and a key. SplitMix64 is enough for that: it is fast,
+//! passes BigCrush as a generator, and is trivially seedable.
 
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
@@ -34,6 +36,12 @@ impl Rng {
         Rng::new(mix(seed) ^ mix(hash_str(key).wrapping_add(index.wrapping_mul(0x9e37_79b9))))
     }
 
+    /// The stream whose state is `state` itself (not mixed): the trainer's batch order is
+    /// drawn this way from a value that already mixes (seed, task, epoch).
+    pub fn from_state(state: u64) -> Rng {
+        Rng(state)
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         mix(self.0)
@@ -50,10 +58,15 @@ impl Rng {
     }
 
     /// A standard normal by Box-Muller (exact distribution; use for small draws).
-    pub fn normal(&mut self) -> f32 {
+    pub fn normal_f64(&mut self) -> f64 {
         let u1 = self.uniform_f64().max(1e-300);
         let u2 = self.uniform_f64();
-        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+
+    /// [`Rng::normal_f64`] rounded to f32.
+    pub fn normal(&mut self) -> f32 {
+        self.normal_f64() as f32
     }
 
     /// An approximately normal value with mean 0 and variance 1: the sum of four uniforms
@@ -69,9 +82,67 @@ impl Rng {
         (s - 8_589_934_592.0) * (1.732_050_8 / 4_294_967_296.0)
     }
 
-    /// Uniform integer in [0, n).
-    pub fn below(&mut self, n: u64) -> u64 {
-        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    /// Uniform integer in 0..n (unbiased: Lemire's multiply-shift with rejection).
+    /// Returns 0 for n = 0.
+    pub fn below(&mut self, n: usize) -> usize {
+        if n <= 1 {
+            return 0;
+        }
+        let n = n as u64;
+        let threshold = n.wrapping_neg() % n;
+        loop {
+            let m = (self.next_u64() as u128) * (n as u128);
+            if (m as u64) >= threshold {
+                return (m >> 64) as usize;
+            }
+        }
+    }
+
+    /// Fisher-Yates shuffle.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i + 1);
+            v.swap(i, j);
+        }
+    }
+
+    /// A random permutation of 0..n.
+    pub fn permutation(&mut self, n: usize) -> Vec<u32> {
+        let mut p: Vec<u32> = (0..n as u32).collect();
+        self.shuffle(&mut p);
+        p
+    }
+
+    /// `k` distinct elements of `items` chosen uniformly (partial Fisher-Yates), returned in
+    /// ascending order. All of them (sorted) when `k >= items.len()`.
+    pub fn choose_sorted(&mut self, items: &[usize], k: usize) -> Vec<usize> {
+        let mut v = items.to_vec();
+        let k = k.min(v.len());
+        for i in 0..k {
+            let j = i + self.below(v.len() - i);
+            v.swap(i, j);
+        }
+        v.truncate(k);
+        v.sort_unstable();
+        v
+    }
+
+    /// Index drawn with probability proportional to `weights` (non-negative, positive sum).
+    pub fn weighted(&mut self, weights: &[f64]) -> usize {
+        let total: f64 = weights.iter().sum();
+        let mut r = self.uniform_f64() * total;
+        let mut last = 0;
+        for (i, &w) in weights.iter().enumerate() {
+            if w > 0.0 {
+                if r < w {
+                    return i;
+                }
+                r -= w;
+                last = i;
+            }
+        }
+        // Rounding left r just above the total: the last positive weight.
+        last
     }
 }
 
@@ -106,5 +177,42 @@ mod tests {
         let var = xs.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n as f64;
         assert!(mean.abs() < 0.01, "mean {mean}");
         assert!((var - 1.0).abs() < 0.02, "var {var}");
+    }
+
+    #[test]
+    fn below_is_in_range_and_roughly_uniform() {
+        let mut r = Rng::new(7);
+        let mut counts = [0usize; 6];
+        for _ in 0..60_000 {
+            counts[r.below(6)] += 1;
+        }
+        for c in counts {
+            assert!((9_000..11_000).contains(&c), "{counts:?}");
+        }
+        assert_eq!(r.below(0), 0);
+        assert_eq!(r.below(1), 0);
+    }
+
+    #[test]
+    fn permutation_and_choice() {
+        let mut r = Rng::new(3);
+        let mut p = r.permutation(100);
+        p.sort_unstable();
+        assert_eq!(p, (0..100).collect::<Vec<u32>>());
+        let items: Vec<usize> = (10..50).collect();
+        let c = r.choose_sorted(&items, 7);
+        assert_eq!(c.len(), 7);
+        assert!(c.windows(2).all(|w| w[0] < w[1]));
+        assert!(c.iter().all(|x| items.contains(x)));
+        assert_eq!(r.choose_sorted(&items, 100), items);
+    }
+
+    #[test]
+    fn weighted_skips_zero_weights() {
+        let mut r = Rng::new(5);
+        for _ in 0..1000 {
+            let i = r.weighted(&[0.0, 1.0, 0.0, 3.0, 0.0]);
+            assert!(i == 1 || i == 3);
+        }
     }
 }

@@ -8,7 +8,7 @@
 //! θ₀ + α·(1{Σ_t m_t ≥ k} ⊙ τ_MTL). Everything streams chunk by chunk.
 
 use crate::merge::{ModelDeltas, TensorJob, TrimScope, elect_sign};
-use crate::stream::{Chunk, visit_chunks};
+use crate::stream::{Chunk, TensorChunks};
 use engram_ckpt::dtype::round_through;
 use engram_ckpt::{DType, Error, Model, Result, TensorView};
 use std::collections::BTreeMap;
@@ -239,21 +239,19 @@ impl<'a> Tall<'a> {
         &self.thresholds
     }
 
-    fn views(&self, name: &str) -> Result<Vec<TensorView<'a>>> {
-        let mut v = vec![self.base.require(name)?];
-        for m in &self.models {
-            v.push(m.require(name)?);
-        }
-        Ok(v)
-    }
-
     /// Visits τ_MTL and the masks of tensor `name`, chunk by chunk, in parallel.
     pub fn visit(&self, name: &str, f: &(dyn Fn(&MaskChunk) -> Result<()> + Sync)) -> Result<()> {
-        let views = self.views(name)?;
-        visit_chunks(&views, &|c: &Chunk| {
-            let base = &c.values[0];
+        let base = self.base.require(name)?;
+        let models = self
+            .models
+            .iter()
+            .map(|m| m.require(name))
+            .collect::<Result<Vec<TensorView>>>()?;
+        TensorChunks::new(Some(base), &models).for_each(&|c: &Chunk| {
+            let base = c.base;
             let n = base.len();
-            let deltas: Vec<Vec<f32>> = c.values[1..]
+            let deltas: Vec<Vec<f32>> = c
+                .models
                 .iter()
                 .map(|m| m.iter().zip(base).map(|(x, b)| x - b).collect())
                 .collect();

@@ -8,7 +8,7 @@
 //! were taken from, and applying one to another base is refused (card pitfall).
 
 use crate::rng::hash_str;
-use crate::stream::visit_chunks;
+use crate::stream::TensorChunks;
 use engram_ckpt::{DType, Error, Model, Result, TensorView};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -112,9 +112,9 @@ pub fn combine(
             w.write_bytes(name, v.bytes)?;
             continue;
         }
-        visit_chunks(std::slice::from_ref(v), &|c| {
-            let n = c.values[0].len();
-            let mut acc: Vec<f32> = c.values[0].iter().map(|x| terms[0].coef * x).collect();
+        TensorChunks::new(None, std::slice::from_ref(v)).for_each(&|c| {
+            let n = c.len;
+            let mut acc: Vec<f32> = c.models[0].iter().map(|x| terms[0].coef * x).collect();
             let mut buf = vec![0f32; n];
             for t in &terms[1..] {
                 let present = match t.decode {

@@ -8,8 +8,8 @@
 //! matrix's working set. Output: a text table, or `--json` (docs/json.md, "engram analyze"),
 //! and with `--out DIR` also `analysis.json` and `analysis.html` (charts and the table).
 
+use super::Ctx;
 use super::util::{self, outln};
-use crate::Ctx;
 use anyhow::{Context, Result, bail};
 use engram_ckpt::{DType, Error as CkptError, Model, TensorSpec, TensorView};
 use engram_report::html::Page;
@@ -192,7 +192,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         .iter()
         .map(|&i| model.tensor_at(i).numel() as u64)
         .sum();
-    let pb = crate::progress::bar(ctx, params, "analyzing");
+    let pb = super::progress::bar(ctx, params, "analyzing");
     let rows = order
         .par_iter()
         .map(|&i| {
@@ -228,9 +228,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         .with_context(|| format!("writing {}", html.display()))?;
     }
     if a.json {
-        let mut text = serde_json::to_string_pretty(&doc).context("serializing the report")?;
-        text.push('\n');
-        util::emit(&text)?;
+        util::print_json(&doc)?;
     } else {
         util::emit(&text_report(&model, &a, &rows, &skipped, params, seconds))?;
     }

@@ -1,8 +1,10 @@
 //! `engram compress`: many fine-tunes into one bundle (base, merged vector, a bit mask per
 //! task); `engram extract` rebuilds any task's model from it exactly.
 
-use super::models::{TallArgs, print_json};
-use crate::Ctx;
+use super::Ctx;
+use super::args::float_dtype;
+use super::models::{TallArgs, float_dtype_of};
+use super::util::print_json;
 use anyhow::Result;
 use engram_weights::compress::{MaskCoding, extract_task, write_bundle};
 use std::path::PathBuf;
@@ -30,17 +32,13 @@ pub struct Args {
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     let (base, models) = a.tall.open()?;
     let tau_dtype = match &a.tau_dtype {
-        Some(s) => super::synth::parse_float_dtype(s)?,
-        None => base
-            .tensors()
-            .find(|v| v.dtype().is_float())
-            .map(|v| v.dtype())
-            .unwrap_or(engram_ckpt::DType::F32),
+        Some(s) => float_dtype(s)?,
+        None => float_dtype_of(&base),
     };
     let coding = MaskCoding::parse(&a.mask_coding)?;
     let tall = a.tall.tall(&base, &models)?;
     let md = engram_ckpt::provenance(&ctx.command_line, &a.tall.params_json());
-    let pb = crate::progress::bar(ctx, base.param_count(), "compress");
+    let pb = super::progress::bar(ctx, base.param_count(), "compress");
     let rep = write_bundle(&tall, &a.out, tau_dtype, coding, &md, &|n| pb.inc(n))?;
     pb.finish_and_clear();
     if a.json {
@@ -79,7 +77,7 @@ pub fn run_extract(ctx: &Ctx, a: ExtractArgs) -> Result<()> {
         &ctx.command_line,
         &serde_json::json!({"bundle": a.bundle, "task": a.task}),
     );
-    let pb = crate::progress::bar(ctx, 0, "extract");
+    let pb = super::progress::bar(ctx, 0, "extract");
     let files = extract_task(&a.bundle, &a.task, &a.out, &md, &|n| pb.inc(n))?;
     pb.finish_and_clear();
     if !ctx.quiet {

@@ -1,7 +1,9 @@
 //! `engram consensus`: Consensus merging, θ₀ + α·(1{Σ_t m_t ≥ k} ⊙ τ_MTL).
 
-use super::models::{TallArgs, print_json};
-use crate::Ctx;
+use super::Ctx;
+use super::args::opt_float_dtype;
+use super::models::TallArgs;
+use super::util::print_json;
 use anyhow::{Result, bail};
 use engram_weights::tall::Tall;
 use std::path::PathBuf;
@@ -32,18 +34,14 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     if !a.alpha.is_finite() {
         bail!("--alpha must be finite");
     }
-    let out_dtype = a
-        .out_dtype
-        .as_deref()
-        .map(super::synth::parse_float_dtype)
-        .transpose()?;
+    let out_dtype = opt_float_dtype(a.out_dtype.as_deref())?;
     let (base, models) = a.tall.open()?;
     let tall = a.tall.tall(&base, &models)?;
     let mut params = a.tall.params_json();
     params["k"] = a.k.into();
     params["alpha"] = a.alpha.into();
     let md = engram_ckpt::provenance(&ctx.command_line, &params);
-    let pb = crate::progress::bar(ctx, base.param_count(), "consensus");
+    let pb = super::progress::bar(ctx, base.param_count(), "consensus");
     let files = tall.write_model(
         &a.out,
         out_dtype,

@@ -6,13 +6,14 @@
 //! run leaves any earlier OUT untouched. Tensors whose dtype does not change are copied byte
 //! for byte. The input's `__metadata__` is kept, with engram's provenance added.
 
-use super::synth::{parse_bytes, parse_float_dtype};
-use super::util::{self, chunks};
-use crate::Ctx;
+use super::Ctx;
+use super::args::{opt_bytes, opt_float_dtype};
+use super::util;
 use anyhow::{Result, bail};
+use engram_ckpt::chunk::{self, CHUNK};
 use engram_ckpt::dtype::{decode_f32, encode_f32};
 use engram_ckpt::writer::is_single_file_target;
-use engram_ckpt::{CHUNK, Error, Model, ModelWriter, TensorSpec, WriteOptions};
+use engram_ckpt::{Error, Model, ModelWriter, TensorSpec, WriteOptions};
 use rayon::prelude::*;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -39,8 +40,8 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     let started = Instant::now();
-    let dtype = a.dtype.as_deref().map(parse_float_dtype).transpose()?;
-    let shard = a.shard_size.as_deref().map(parse_bytes).transpose()?;
+    let dtype = opt_float_dtype(a.dtype.as_deref())?;
+    let shard = opt_bytes(a.shard_size.as_deref())?;
     let single = is_single_file_target(&a.out);
     if shard.is_some() && single {
         bail!(
@@ -81,8 +82,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     };
     let writer = ModelWriter::create(&a.out, specs.clone(), &opts)?;
 
-    let items = chunks(model.tensors().map(|t| t.numel()));
-    let pb = crate::progress::bar(ctx, model.data_bytes(), "convert");
+    let items = chunk::items(model.tensors().map(|t| t.numel()));
+    let pb = super::progress::bar(ctx, model.data_bytes(), "convert");
     let res = items.par_iter().try_for_each_init(
         || (vec![0f32; CHUNK], Vec::<u8>::new()),
         |(vals, out), &(ti, start, k)| -> Result<(), Error> {

@@ -4,17 +4,17 @@
 //! `report/index.html`. With `--weights`: a weight-space round trip on a synthetic model
 //! family (merge, TALL masks, Consensus, compression and bit-exact extraction).
 
-use crate::Ctx;
+use super::Ctx;
+use super::args::parse_count;
 use anyhow::{Result, bail};
 use engram_ckpt::{DType, Model};
 use engram_report::{html::Page, svg::bar_chart};
 use engram_weights::compress::{extract_task, write_bundle};
 use engram_weights::merge::engine::{MergeRequest, run_merge};
+use engram_weights::merge::get;
 use engram_weights::merge::params::{ParamSource, ParamValue};
-use engram_weights::merge::{TrimScope, get};
 use engram_weights::synth::{ArchConfig, SynthOptions, write_family};
 use engram_weights::tall::{MtlRecipe, Tall};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -53,10 +53,10 @@ pub struct Args {
 }
 
 /// Strategy settings that `engram bench cl` chose on validation (Split Fashion-MNIST, MLP
-/// 400-400, seed 0, 10 % of the training examples held out; the grids are in bench_cl.rs;
-/// run of 2026-11-28, `bench-out/cl/tuning.json`). The demo uses them unless
-/// `--card-defaults`: at its card's defaults CLASSP never updates a weight under a
-/// batch-mean loss (threshold 0.5 on g²) and sits at chance.
+/// 400-400, seed 0, 10 % of the training examples held out; the grids are `GRID` in
+/// engram-bench's `cl/suite.rs`; run of 2026-11-28, `bench-out/cl/tuning.json`). The demo
+/// uses them unless `--card-defaults`: at its card's defaults CLASSP never updates a weight
+/// under a batch-mean loss (threshold 0.5 on g²) and sits at chance.
 const VALIDATED: &[(&str, &str)] = &[
     ("ewc", "lambda = 10000.0"),
     ("online-ewc", "lambda = 10000.0"),
@@ -68,14 +68,37 @@ const VALIDATED: &[(&str, &str)] = &[
     ("der++", "alpha = 0.3"),
 ];
 
+/// The selective fine-tuning strategies' settings in the suite (fixed, not tuned): the first
+/// task trains every parameter, later tasks only what the method chooses. Used with
+/// `--card-defaults` too: at `from-task = 0` they would restrict a network that has learned
+/// nothing yet.
+const SELECTIVE: &[(&str, &str)] = &[
+    ("lift", "from-task = 1"),
+    ("kappatune", "from-task = 1\nn = 1"),
+    ("lora", "from-task = 1"),
+    ("block-expansion", "from-task = 1"),
+];
+
+/// The demo's network; block expansion copies residual blocks, so it runs on a residual MLP
+/// (its row says so in the report's settings).
+fn model_toml(st: &str) -> &'static str {
+    match st {
+        "block-expansion" => "kind = \"resmlp\"\nwidth = 256\nhidden = 256\nblocks = 2",
+        _ => "kind = \"mlp\"\nhidden = [256, 256]",
+    }
+}
+
 /// The run file of one strategy on one scenario.
 fn run_toml(st: &str, label: &str, scenario: &str, a: &Args) -> String {
     let settings = VALIDATED
         .iter()
-        .find(|v| v.0 == st && !a.card_defaults)
+        .filter(|_| !a.card_defaults)
+        .chain(SELECTIVE)
+        .find(|v| v.0 == st)
         .map_or("", |v| v.1);
+    let model = model_toml(st);
     format!(
-        "name = \"{st}-{label}\"\nseed = {seed}\n[scenario]\n{scenario}\ndataset = \"fashion-mnist\"\nseed = {seed}\n[model]\nkind = \"mlp\"\nhidden = [256, 256]\n[strategy]\nname = \"{st}\"\n{settings}\n[train]\nepochs = {}\nbatch-size = 128\n[train.optimizer]\nkind = \"adam\"\nlr = 0.001\n",
+        "name = \"{st}-{label}\"\nseed = {seed}\n[scenario]\n{scenario}\ndataset = \"fashion-mnist\"\nseed = {seed}\n[model]\n{model}\n[strategy]\nname = \"{st}\"\n{settings}\n[train]\nepochs = {}\nbatch-size = 128\n[train.optimizer]\nkind = \"adam\"\nlr = 0.001\n",
         a.epochs,
         seed = a.seed
     )
@@ -120,16 +143,16 @@ fn continual(ctx: &Ctx, a: Args) -> Result<()> {
                 eprintln!("run {}", cfg.run_name());
             }
             let dir = a.work.join("runs").join(cfg.run_name());
-            let r = super::train::run_config(
-                ctx,
-                &cfg,
-                &dir,
-                a.data_dir.as_deref(),
-                false,
-                true,
-                None,
-            )?
-            .ok_or_else(|| anyhow::anyhow!("run {} did not finish", cfg.run_name()))?;
+            let opts = engram_learn::run::RunOptions {
+                data_dir: a.data_dir.as_deref(),
+                overwrite: true,
+                ..Default::default()
+            };
+            let bars = super::progress::RunBars::new(ctx, st);
+            let r = engram_learn::run::run_config(&cfg, &dir, &opts, &mut |e| bars.on(e))?
+                .ok_or_else(|| anyhow::anyhow!("run {} did not finish", cfg.run_name()))?;
+            bars.finish();
+            let r: engram_report::results::RunResults = serde_json::from_value(r)?;
             if !ctx.quiet {
                 let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
                 println!(
@@ -162,9 +185,8 @@ fn weights(ctx: &Ctx, a: Args) -> Result<()> {
     if a.tasks < 2 {
         bail!("the demo needs at least 2 tasks");
     }
-    let arch = ArchConfig::for_params(super::synth::parse_count(&a.params)?);
+    let arch = ArchConfig::for_params(parse_count(&a.params)?);
     let fam = a.work.join("models");
-    let mut rows: Vec<Vec<String>> = Vec::new();
     let say = |s: &str| {
         if !ctx.quiet {
             eprintln!("{s}");
@@ -184,7 +206,7 @@ fn weights(ctx: &Ctx, a: Args) -> Result<()> {
             a.tasks,
             arch.param_count()
         ));
-        let pb = crate::progress::bar(ctx, arch.param_count(), "synth");
+        let pb = super::progress::bar(ctx, arch.param_count(), "synth");
         let opts = SynthOptions {
             arch: arch.clone(),
             finetunes: a.tasks,
@@ -202,12 +224,14 @@ fn weights(ctx: &Ctx, a: Args) -> Result<()> {
         .collect::<Result<_>>()?;
     let names: Vec<String> = (1..=a.tasks).map(|i| format!("task{i}")).collect();
     let p = base.param_count();
+    let mut steps = Steps {
+        ctx,
+        units: p,
+        rows: Vec::new(),
+    };
 
     for (method, density) in [("task_arithmetic", None), ("ties", Some(0.2))] {
-        let mut params = ParamSource {
-            per_model: vec![BTreeMap::new(); models.len()],
-            ..Default::default()
-        };
+        let mut params = ParamSource::default();
         if let Some(d) = density {
             params
                 .global
@@ -217,26 +241,16 @@ fn weights(ctx: &Ctx, a: Args) -> Result<()> {
             "lambda".into(),
             ParamValue::Scalar(if density.is_some() { 1.0 } else { 0.5 }),
         );
-        let req = MergeRequest {
-            method: get(method).ok_or_else(|| anyhow::anyhow!("no {method}"))?,
-            base: Some(&base),
-            models: models.iter().collect(),
-            params,
-            scope: TrimScope::Tensor,
-            seed: a.seed,
-            out_dtype: None,
-            allow_missing: false,
-            check_finite: true,
-            max_shard_bytes: None,
-        };
-        let pb = crate::progress::bar(ctx, p, method);
-        let t = Instant::now();
-        run_merge(&req, &a.work.join(method), &md, &|n| pb.inc(n))?;
-        pb.finish_and_clear();
-        rows.push(vec![
-            format!("merge {method}"),
-            format!("{:.2}", t.elapsed().as_secs_f64()),
-        ]);
+        let req = MergeRequest::new(
+            get(method).ok_or_else(|| anyhow::anyhow!("no {method}"))?,
+            Some(&base),
+            models.iter().collect(),
+        )
+        .with_params(params)
+        .with_seed(a.seed);
+        steps.run(&format!("merge {method}"), method, |tick| {
+            run_merge(&req, &a.work.join(method), &md, tick)
+        })?;
     }
     let tall = Tall::new(
         &base,
@@ -245,44 +259,27 @@ fn weights(ctx: &Ctx, a: Args) -> Result<()> {
         MtlRecipe::Sum,
         vec![0.4; a.tasks],
     )?;
-    let pb = crate::progress::bar(ctx, p, "masks");
-    let t = Instant::now();
-    let stats = tall.stats(&|n| pb.inc(n))?;
-    pb.finish_and_clear();
-    rows.push(vec![
-        "TALL mask statistics".into(),
-        format!("{:.2}", t.elapsed().as_secs_f64()),
-    ]);
-    let pb = crate::progress::bar(ctx, p, "consensus");
-    let t = Instant::now();
-    tall.write_model(
-        &a.work.join("consensus"),
-        None,
-        &md,
-        &|n| pb.inc(n),
-        &Tall::consensus_kernel(2, 1.0),
-    )?;
-    pb.finish_and_clear();
-    rows.push(vec![
-        "consensus merge (k = 2)".into(),
-        format!("{:.2}", t.elapsed().as_secs_f64()),
-    ]);
-    let pb = crate::progress::bar(ctx, p, "compress");
-    let t = Instant::now();
+    let stats = steps.run("TALL mask statistics", "masks", |tick| tall.stats(tick))?;
+    steps.run("consensus merge (k = 2)", "consensus", |tick| {
+        tall.write_model(
+            &a.work.join("consensus"),
+            None,
+            &md,
+            tick,
+            &Tall::consensus_kernel(2, 1.0),
+        )
+    })?;
     let bundle = a.work.join("bundle");
-    let rep = write_bundle(
-        &tall,
-        &bundle,
-        DType::BF16,
-        engram_weights::compress::MaskCoding::Packed,
-        &md,
-        &|n| pb.inc(n),
-    )?;
-    pb.finish_and_clear();
-    rows.push(vec![
-        "compress into one bundle".into(),
-        format!("{:.2}", t.elapsed().as_secs_f64()),
-    ]);
+    let rep = steps.run("compress into one bundle", "compress", |tick| {
+        write_bundle(
+            &tall,
+            &bundle,
+            DType::BF16,
+            engram_weights::compress::MaskCoding::Packed,
+            &md,
+            tick,
+        )
+    })?;
 
     // Every task extracted from the bundle equals its in-memory TALL reconstruction.
     let mut exact = 0;
@@ -299,16 +296,11 @@ fn weights(ctx: &Ctx, a: Args) -> Result<()> {
             &|_| {},
             &Tall::reconstruct_kernel(i, DType::BF16),
         )?;
-        let (x, y) = (Model::open(&ex)?, Model::open(&mem)?);
-        let same = x.len() == y.len()
-            && x.tensors()
-                .zip(y.tensors())
-                .all(|(u, v)| u.name() == v.name() && u.bytes == v.bytes);
-        if !same {
+        if !Model::open(&ex)?.same_tensors(&Model::open(&mem)?) {
             bail!("task {task}: the extracted model differs from the TALL reconstruction");
         }
         exact += 1;
-        rows.push(vec![format!("extract {task}"), format!("{secs:.2}")]);
+        steps.record(format!("extract {task}"), secs);
     }
 
     let mut page = Page::new("engram demo: weight-space round trip");
@@ -316,6 +308,7 @@ fn weights(ctx: &Ctx, a: Args) -> Result<()> {
         "A synthetic decoder-only transformer family ({} parameters, {} layers, hidden {}; bf16) with {} fine-tunes, merged, masked and compressed by engram. Re-run: engram demo.",
         p, arch.num_hidden_layers, arch.hidden_size, a.tasks
     ));
+    let rows = steps.rows;
     page.heading("Steps").table(&["step", "seconds"], &rows);
     let tot = &stats.total;
     page.heading("TALL masks (lambda 0.4, tau = sum)").table(
@@ -381,6 +374,35 @@ fn weights(ctx: &Ctx, a: Args) -> Result<()> {
         println!("report: {}", index.display());
     }
     Ok(())
+}
+
+/// The steps of the round trip as they run: each under a progress bar of `units` (the model's
+/// parameters), and a row of its seconds.
+struct Steps<'a> {
+    ctx: &'a Ctx,
+    units: u64,
+    rows: Vec<Vec<String>>,
+}
+
+impl Steps<'_> {
+    /// Runs `step` under a bar labelled `bar` and records its time as `label`.
+    fn run<T, E: Into<anyhow::Error>>(
+        &mut self,
+        label: &str,
+        bar: &str,
+        step: impl FnOnce(&(dyn Fn(u64) + Sync)) -> Result<T, E>,
+    ) -> Result<T> {
+        let pb = super::progress::bar(self.ctx, self.units, bar);
+        let t = Instant::now();
+        let out = step(&|n| pb.inc(n)).map_err(Into::into)?;
+        pb.finish_and_clear();
+        self.record(label.to_string(), t.elapsed().as_secs_f64());
+        Ok(out)
+    }
+
+    fn record(&mut self, label: String, seconds: f64) {
+        self.rows.push(vec![label, format!("{seconds:.2}")]);
+    }
 }
 
 #[cfg(test)]

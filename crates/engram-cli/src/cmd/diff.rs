@@ -5,10 +5,11 @@
 //! f64 accumulators combined in a fixed order (the result does not depend on thread count).
 //! `--json` prints the structure documented in `docs/json.md` ("engram diff --json").
 
-use super::util::{self, chunks, outln};
-use crate::Ctx;
-use anyhow::{Context, Result};
-use engram_ckpt::{CHUNK, DiffStats, Model};
+use super::Ctx;
+use super::util::{self, outln};
+use anyhow::Result;
+use engram_ckpt::chunk::{self, CHUNK};
+use engram_ckpt::{DiffStats, Model};
 use rayon::prelude::*;
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -63,9 +64,9 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         .collect();
 
     // Parallel over (pair, chunk); each item's partial sums land at its own index.
-    let items = chunks(pairs.iter().map(|p| p.0.numel()));
+    let items = chunk::items(pairs.iter().map(|p| p.0.numel()));
     let total: u64 = pairs.iter().map(|p| p.0.numel() as u64).sum();
-    let pb = crate::progress::bar(ctx, total, "diff");
+    let pb = super::progress::bar(ctx, total, "diff");
     let partial = items
         .par_iter()
         .map_init(
@@ -160,9 +161,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
             "top": top.iter().map(|&i| pairs[i].0.name()).collect::<Vec<_>>(),
             "tensors": (0..pairs.len()).map(tensor_json).collect::<Vec<_>>(),
         });
-        let mut text = serde_json::to_string_pretty(&doc).context("serializing the report")?;
-        text.push('\n');
-        return util::emit(&text);
+        return util::print_json(&doc);
     }
 
     let mut o = String::new();

@@ -4,9 +4,9 @@
 //! for NaN and infinite values (exit 1 naming the tensors), `--json` prints the structure
 //! documented in `docs/json.md` ("engram inspect --json").
 
+use super::Ctx;
 use super::util::{self, group_of, numbered, out, outln};
-use crate::Ctx;
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use engram_ckpt::{Model, Stats};
 use rayon::prelude::*;
 use serde_json::{Value, json};
@@ -49,7 +49,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
 
     // Optional pass over the data: full statistics, or only the NaN/Inf scan.
     let scan: Option<Vec<Stats>> = if a.stats || a.check_finite {
-        let pb = crate::progress::bar(ctx, model.data_bytes(), "scanning");
+        let pb = super::progress::bar(ctx, model.data_bytes(), "scanning");
         let res = (0..n)
             .into_par_iter()
             .map(|i| {
@@ -85,9 +85,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     let groups = groups(&model);
     if a.json {
         let doc = to_json(&model, &groups, scan.as_deref(), a.stats, &bad);
-        let mut text = serde_json::to_string_pretty(&doc).context("serializing the report")?;
-        text.push('\n');
-        util::emit(&text)?;
+        util::print_json(&doc)?;
     } else {
         util::emit(&text_report(&model, &groups, scan.as_deref(), &a))?;
     }
@@ -147,13 +145,8 @@ fn groups(model: &Model) -> Vec<Group> {
     out
 }
 
-fn to_json(
-    model: &Model,
-    groups: &[Group],
-    scan: Option<&[Stats]>,
-    with_stats: bool,
-    bad: &[(usize, u64, u64)],
-) -> Value {
+/// Tensors, parameters and bytes of each dtype, by dtype name.
+fn dtype_totals(model: &Model) -> BTreeMap<&'static str, (u64, u64, u64)> {
     let mut dtypes: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
     for t in model.tensors() {
         let e = dtypes.entry(t.dtype().name()).or_default();
@@ -161,6 +154,17 @@ fn to_json(
         e.1 += t.numel() as u64;
         e.2 += t.bytes.len() as u64;
     }
+    dtypes
+}
+
+fn to_json(
+    model: &Model,
+    groups: &[Group],
+    scan: Option<&[Stats]>,
+    with_stats: bool,
+    bad: &[(usize, u64, u64)],
+) -> Value {
+    let dtypes = dtype_totals(model);
     let tensors: Vec<Value> = model
         .tensors()
         .enumerate()
@@ -282,15 +286,9 @@ fn text_report(model: &Model, groups: &[Group], scan: Option<&[Stats]>, a: &Args
         model.param_count(),
         util::bytes(model.data_bytes())
     );
-    let mut dtypes: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    for t in model.tensors() {
-        let e = dtypes.entry(t.dtype().name()).or_default();
-        e.0 += 1;
-        e.1 += t.numel() as u64;
-    }
-    let dt: Vec<String> = dtypes
+    let dt: Vec<String> = dtype_totals(model)
         .iter()
-        .map(|(d, (n, p))| format!("{d} ({n} tensors, {})", util::count(*p)))
+        .map(|(d, (n, p, _))| format!("{d} ({n} tensors, {})", util::count(*p)))
         .collect();
     outln!(o, "dtypes      {}", dt.join(", "));
     let md = model.metadata();

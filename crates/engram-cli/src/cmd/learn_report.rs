@@ -1,6 +1,6 @@
 //! `engram report RESULTS... -o DIR` and `engram strategies`.
 
-use crate::Ctx;
+use super::Ctx;
 use anyhow::{Context, Result, bail};
 use engram_report::results::RunResults;
 use std::path::{Path, PathBuf};
@@ -87,7 +87,7 @@ pub fn list_strategies() -> Result<()> {
                 .join(" "),
             _ => "(no parameters)".to_string(),
         };
-        println!("{name:<12} {summary}  [{defaults}]");
+        println!("{name:<16} {summary}  [{defaults}]");
     }
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! `engram merge`: merge checkpoints by a mergekit YAML config or by flags.
 
-use super::models::{open, open_all, print_json};
-use crate::Ctx;
+use super::Ctx;
+use super::args::{opt_bytes, opt_float_dtype, param};
+use super::models::{open, open_all};
+use super::util::print_json;
 use anyhow::{Context, Result, bail};
 use engram_weights::merge::engine::{MergeRequest, run_merge};
 use engram_weights::merge::params::{ParamSource, ParamValue};
@@ -103,22 +105,14 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     };
     let base = cfg.base.as_deref().map(open).transpose()?;
     let models = open_all(&cfg.models)?;
-    let req = MergeRequest {
-        method: cfg.method,
-        base: base.as_ref(),
-        models: models.iter().collect(),
-        params: cfg.params,
-        scope: cfg.scope,
-        seed: cfg.seed,
-        out_dtype: cfg.out_dtype,
-        allow_missing: a.allow_missing,
-        check_finite: a.check_finite,
-        max_shard_bytes: a
-            .shard_size
-            .as_deref()
-            .map(super::synth::parse_bytes)
-            .transpose()?,
-    };
+    let req = MergeRequest::new(cfg.method, base.as_ref(), models.iter().collect())
+        .with_params(cfg.params)
+        .with_scope(cfg.scope)
+        .with_seed(cfg.seed)
+        .with_out_dtype(cfg.out_dtype)
+        .with_allow_missing(a.allow_missing)
+        .with_check_finite(a.check_finite)
+        .with_max_shard_bytes(opt_bytes(a.shard_size.as_deref())?);
     let params = serde_json::json!({
         "method": cfg.method.name(), "base": cfg.base, "models": cfg.models,
         "trim_scope": cfg.scope, "seed": cfg.seed, "inputs": a.inputs,
@@ -128,7 +122,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         .as_ref()
         .or(models.first())
         .map_or(0, |m| m.param_count());
-    let pb = crate::progress::bar(ctx, total, cfg.method.name());
+    let pb = super::progress::bar(ctx, total, cfg.method.name());
     let rep = run_merge(&req, &out, &md, &|n| pb.inc(n))?;
     pb.finish_and_clear();
     if a.json {
@@ -186,17 +180,8 @@ fn quick_config(a: &Args) -> Result<config::MergeConfig> {
     set("lambda", a.lambda);
     set("t", a.t);
     for p in &a.params {
-        let (k, v) = p
-            .split_once('=')
-            .with_context(|| format!("--param '{p}': use NAME=VALUE"))?;
-        let v = match v {
-            "true" => 1.0,
-            "false" => 0.0,
-            v => v
-                .parse()
-                .with_context(|| format!("--param '{p}': '{v}' is not a number"))?,
-        };
-        global.insert(k.to_string(), ParamValue::Scalar(v));
+        let (k, v) = param(p)?;
+        global.insert(k, ParamValue::Scalar(v));
     }
     for k in global.keys() {
         if !method.params().iter().any(|s| s.name == k) {
@@ -215,14 +200,11 @@ fn quick_config(a: &Args) -> Result<config::MergeConfig> {
     if !a.weights.is_empty() && a.weights.len() != models.len() {
         bail!("{} weights for {} models", a.weights.len(), models.len());
     }
-    let per_model = (0..models.len())
-        .map(|i| {
-            let mut m = BTreeMap::new();
-            if let Some(w) = a.weights.get(i) {
-                m.insert("weight".to_string(), ParamValue::Scalar(*w));
-            }
-            m
-        })
+    // Without --weights no model has its own map: the merge gives each the global parameters.
+    let per_model = a
+        .weights
+        .iter()
+        .map(|w| BTreeMap::from([("weight".to_string(), ParamValue::Scalar(*w))]))
         .collect();
     let scope = match a.trim_scope.as_deref() {
         Some("model") => {
@@ -243,11 +225,7 @@ fn quick_config(a: &Args) -> Result<config::MergeConfig> {
         base: a.base.clone(),
         models,
         params: ParamSource { global, per_model },
-        out_dtype: a
-            .out_dtype
-            .as_deref()
-            .map(super::synth::parse_float_dtype)
-            .transpose()?,
+        out_dtype: opt_float_dtype(a.out_dtype.as_deref())?,
         scope,
         seed: a.seed.unwrap_or(0),
     })

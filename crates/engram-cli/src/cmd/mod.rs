@@ -1,13 +1,10 @@
 pub mod analyze;
+pub mod args;
 pub mod bench;
-pub mod bench_cl;
-pub mod bench_compress;
-pub mod bench_finetune;
-pub mod bench_merge;
-pub mod bench_train;
 pub mod compress;
 pub mod consensus;
 pub mod convert;
+pub mod ctx;
 pub mod demo;
 pub mod diff;
 pub mod inspect;
@@ -15,9 +12,12 @@ pub mod learn_report;
 pub mod merge;
 pub mod models;
 pub mod patch;
+pub mod progress;
 pub mod study;
 pub mod synth;
 pub mod tall;
 pub mod train;
 pub mod tv;
 pub mod util;
+
+pub use ctx::Ctx;

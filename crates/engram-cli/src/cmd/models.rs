@@ -1,8 +1,8 @@
-//! Helpers of the weight-space commands: opening models with a clear error, `PATH:SCALE`
-//! arguments, and the options every TALL-based command shares.
+//! Helpers of the weight-space commands: opening models with a clear error, and the options
+//! every TALL-based command shares.
 
 use anyhow::{Context, Result, bail};
-use engram_ckpt::Model;
+use engram_ckpt::{DType, Model};
 use engram_weights::tall::{LAMBDA_GRID, MtlRecipe, Tall};
 use std::path::{Path, PathBuf};
 
@@ -14,22 +14,13 @@ pub fn open_all(paths: &[PathBuf]) -> Result<Vec<Model>> {
     paths.iter().map(|p| open(p)).collect()
 }
 
-/// `PATH` or `PATH:SCALE` (the suffix counts as a scale only if it parses as a number).
-pub fn scaled(arg: &str, default: f32) -> Result<(PathBuf, f32)> {
-    if let Some((p, s)) = arg.rsplit_once(':')
-        && let Ok(v) = s.parse::<f32>()
-    {
-        if !v.is_finite() {
-            bail!("scale in '{arg}' must be finite");
-        }
-        return Ok((PathBuf::from(p), v));
-    }
-    Ok((PathBuf::from(arg), default))
-}
-
-/// Prints JSON to stdout.
-pub fn print_json(v: &impl serde::Serialize) -> Result<()> {
-    super::util::emit(&(serde_json::to_string_pretty(v)? + "\n"))
+/// The dtype of a model's first float tensor (f32 if it has none): the dtype a merged vector
+/// over it is stored in unless the user says otherwise.
+pub fn float_dtype_of(m: &Model) -> DType {
+    m.tensors()
+        .find(|v| v.dtype().is_float())
+        .map(|v| v.dtype())
+        .unwrap_or(DType::F32)
 }
 
 #[derive(clap::Args, Debug)]

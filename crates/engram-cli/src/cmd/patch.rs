@@ -1,7 +1,9 @@
 //! `engram patch`: Robust Weight Signatures: extract a weight patch, apply or remove it.
 
-use super::models::{open, print_json, scaled};
-use crate::Ctx;
+use super::Ctx;
+use super::args::scaled;
+use super::models::open;
+use super::util::print_json;
 use anyhow::Result;
 use engram_weights::patch::{self, Patch, Selection};
 use std::path::PathBuf;
@@ -77,7 +79,7 @@ pub fn run(ctx: &Ctx, p: PatchCmd) -> Result<()> {
                 include,
                 first_layers,
             };
-            let pb = crate::progress::bar(ctx, m.param_count(), "patch");
+            let pb = super::progress::bar(ctx, m.param_count(), "patch");
             let rep = patch::extract(&pre, clean.as_ref(), &m, &sel, levels, &out, &md, &|n| {
                 pb.inc(n)
             })?;
@@ -119,7 +121,7 @@ fn apply(
             Ok((Patch::open(&path)?, a))
         })
         .collect::<Result<Vec<_>>>()?;
-    let pb = crate::progress::bar(
+    let pb = super::progress::bar(
         ctx,
         m.param_count(),
         if sign > 0.0 { "apply" } else { "remove" },

@@ -1,8 +1,8 @@
 //! `engram synth`: a synthetic base model and N fine-tunes, from a seed.
 
-use crate::Ctx;
-use anyhow::{Context, Result, bail};
-use engram_ckpt::DType;
+use super::Ctx;
+use super::args::{float_dtype, opt_bytes, parse_count};
+use anyhow::{Context, Result};
 use engram_weights::synth::{ArchConfig, SynthOptions, write_family};
 use std::path::PathBuf;
 
@@ -44,21 +44,21 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
             )
         })?,
     };
-    let dtype = parse_float_dtype(&a.dtype)?;
+    let dtype = float_dtype(&a.dtype)?;
     let opts = SynthOptions {
         arch: arch.clone(),
         finetunes: a.finetunes,
         dtype,
         seed: a.seed,
         delta_scale: a.delta_scale,
-        max_shard_bytes: a.shard_size.as_deref().map(parse_bytes).transpose()?,
+        max_shard_bytes: opt_bytes(a.shard_size.as_deref())?,
     };
     let params = arch.param_count();
     let md = engram_ckpt::provenance(
         &ctx.command_line,
         &serde_json::json!({"arch": arch, "finetunes": a.finetunes, "dtype": dtype.name(), "seed": a.seed, "delta_scale": a.delta_scale}),
     );
-    let pb = crate::progress::bar(ctx, params, "synth");
+    let pb = super::progress::bar(ctx, params, "synth");
     let written = write_family(&a.out, &opts, &md, &|n| pb.inc(n))?;
     pb.finish_and_clear();
     if !ctx.quiet {
@@ -74,53 +74,4 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         );
     }
     Ok(())
-}
-
-pub fn parse_float_dtype(s: &str) -> Result<DType> {
-    match DType::parse(s) {
-        Some(d) if d.is_float() => Ok(d),
-        Some(d) => {
-            bail!("dtype {d} is not a float type; use f32, f16, bf16, f64, f8_e4m3 or f8_e5m2")
-        }
-        None => bail!("unknown dtype '{s}'; use f32, f16, bf16, f64, f8_e4m3 or f8_e5m2"),
-    }
-}
-
-/// Parses counts like `1000`, `250M`, `1.5B`, `7b`.
-pub fn parse_count(s: &str) -> Result<u64> {
-    parse_scaled(s, &[("k", 1e3), ("m", 1e6), ("b", 1e9), ("g", 1e9)])
-        .with_context(|| format!("cannot read '{s}' as a count (e.g. 250M, 1.5B)"))
-}
-
-/// Parses sizes like `500MB`, `2GB`, `4GiB`, `1000000`.
-pub fn parse_bytes(s: &str) -> Result<u64> {
-    parse_scaled(
-        s,
-        &[
-            ("kib", 1024.0),
-            ("mib", 1048576.0),
-            ("gib", 1073741824.0),
-            ("kb", 1e3),
-            ("mb", 1e6),
-            ("gb", 1e9),
-            ("k", 1e3),
-            ("m", 1e6),
-            ("g", 1e9),
-            ("b", 1.0),
-        ],
-    )
-    .with_context(|| format!("cannot read '{s}' as a size in bytes (e.g. 500MB, 2GB)"))
-}
-
-fn parse_scaled(s: &str, units: &[(&str, f64)]) -> Result<u64> {
-    let low = s.trim().to_ascii_lowercase();
-    let (num, mult) = units
-        .iter()
-        .find_map(|(u, m)| low.strip_suffix(u).map(|n| (n.trim().to_string(), *m)))
-        .unwrap_or((low.clone(), 1.0));
-    let v: f64 = num.parse()?;
-    if !(v.is_finite() && v > 0.0) {
-        bail!("must be positive");
-    }
-    Ok((v * mult).round() as u64)
 }

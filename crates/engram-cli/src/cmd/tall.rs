@@ -1,10 +1,10 @@
 //! `engram tall`: TALL masks over a base and its fine-tunes: statistics, and optionally
 //! every task's model rebuilt from the merged vector.
 
-use super::models::{TallArgs, print_json};
-use crate::Ctx;
+use super::Ctx;
+use super::models::{TallArgs, float_dtype_of};
+use super::util::print_json;
 use anyhow::Result;
-use engram_ckpt::DType;
 use engram_weights::tall::Tall;
 use std::path::PathBuf;
 
@@ -23,18 +23,14 @@ pub struct Args {
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     let (base, models) = a.tall.open()?;
     let tall = a.tall.tall(&base, &models)?;
-    let pb = crate::progress::bar(ctx, base.param_count(), "masks");
+    let pb = super::progress::bar(ctx, base.param_count(), "masks");
     let stats = tall.stats(&|n| pb.inc(n))?;
     pb.finish_and_clear();
     if let Some(dir) = &a.reconstruct {
         let md = engram_ckpt::provenance(&ctx.command_line, &a.tall.params_json());
+        let tau_dtype = float_dtype_of(&base);
         for (i, t) in tall.tasks.iter().enumerate() {
-            let pb = crate::progress::bar(ctx, base.param_count(), t);
-            let tau_dtype = base
-                .tensors()
-                .find(|v| v.dtype().is_float())
-                .map(|v| v.dtype())
-                .unwrap_or(DType::F32);
+            let pb = super::progress::bar(ctx, base.param_count(), t);
             tall.write_model(
                 &dir.join(t),
                 None,

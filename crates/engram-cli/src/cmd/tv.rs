@@ -1,8 +1,11 @@
 //! `engram tv`: task vectors (extract, apply, add, scale/negate).
 
-use super::models::{open, print_json, scaled};
-use crate::Ctx;
+use super::Ctx;
+use super::args::{float_dtype, opt_float_dtype, scaled};
+use super::models::open;
+use super::util::print_json;
 use anyhow::{Result, bail};
+use engram_ckpt::Model;
 use engram_weights::tv::{FINGERPRINT_KEY, Term, check_base, combine, fingerprint};
 use std::path::PathBuf;
 
@@ -66,12 +69,12 @@ pub fn run(ctx: &Ctx, t: Tv) -> Result<()> {
             out,
             dtype,
         } => {
-            let dt = super::synth::parse_float_dtype(&dtype)?;
+            let dt = float_dtype(&dtype)?;
             let (b, m) = (open(&base)?, open(&model)?);
             md.insert(FINGERPRINT_KEY.into(), fingerprint(&b));
             md.insert("engram.task_vector".into(), "1".into());
             let only = |n: &str| b.get(n).is_some_and(|v| v.dtype().is_float());
-            let pb = crate::progress::bar(ctx, m.param_count(), "extract");
+            let pb = super::progress::bar(ctx, m.param_count(), "extract");
             let r = combine(
                 &[Term::new(&m, 1.0), Term::new(&b, -1.0)],
                 &out,
@@ -94,26 +97,16 @@ pub fn run(ctx: &Ctx, t: Tv) -> Result<()> {
             force,
         } => {
             let b = open(&base)?;
-            let vs = vectors
-                .iter()
-                .map(|v| scaled(v, scale))
-                .collect::<Result<Vec<_>>>()?;
-            let models = vs
-                .iter()
-                .map(|(p, _)| open(p))
-                .collect::<Result<Vec<_>>>()?;
+            let (models, scales) = open_scaled(&vectors, scale)?;
             if !force {
                 for m in &models {
                     check_base(m, &b)?;
                 }
             }
             let mut terms = vec![Term::new(&b, 1.0)];
-            terms.extend(models.iter().zip(&vs).map(|(m, (_, c))| Term::new(m, *c)));
-            let dt = out_dtype
-                .as_deref()
-                .map(super::synth::parse_float_dtype)
-                .transpose()?;
-            let pb = crate::progress::bar(ctx, b.param_count(), "apply");
+            terms.extend(models.iter().zip(&scales).map(|(m, c)| Term::new(m, *c)));
+            let dt = opt_float_dtype(out_dtype.as_deref())?;
+            let pb = super::progress::bar(ctx, b.param_count(), "apply");
             let r = combine(&terms, &out, dt, None, &md, b.side_files(), true, &|n| {
                 pb.inc(n)
             })?;
@@ -121,14 +114,7 @@ pub fn run(ctx: &Ctx, t: Tv) -> Result<()> {
             r
         }
         Tv::Add { vectors, out } => {
-            let vs = vectors
-                .iter()
-                .map(|v| scaled(v, 1.0))
-                .collect::<Result<Vec<_>>>()?;
-            let models = vs
-                .iter()
-                .map(|(p, _)| open(p))
-                .collect::<Result<Vec<_>>>()?;
+            let (models, scales) = open_scaled(&vectors, 1.0)?;
             let fps: Vec<_> = models
                 .iter()
                 .filter_map(|m| m.metadata().get(FINGERPRINT_KEY).cloned())
@@ -141,8 +127,8 @@ pub fn run(ctx: &Ctx, t: Tv) -> Result<()> {
             }
             let terms: Vec<Term> = models
                 .iter()
-                .zip(&vs)
-                .map(|(m, (_, c))| Term::new(m, *c))
+                .zip(&scales)
+                .map(|(m, c)| Term::new(m, *c))
                 .collect();
             combine(&terms, &out, None, None, &md, &[], true, &|_| {})?
         }
@@ -167,4 +153,15 @@ pub fn run(ctx: &Ctx, t: Tv) -> Result<()> {
         return Ok(());
     }
     print_json(&report)
+}
+
+/// The task vectors given as `PATH` or `PATH:SCALE` (`default` where no scale is given),
+/// opened, and their scales; every argument is read before any model is opened.
+fn open_scaled(vectors: &[String], default: f32) -> Result<(Vec<Model>, Vec<f32>)> {
+    let vs = vectors
+        .iter()
+        .map(|v| scaled(v, default))
+        .collect::<Result<Vec<_>>>()?;
+    let models = vs.iter().map(|(p, _)| open(p)).collect::<Result<_>>()?;
+    Ok((models, vs.into_iter().map(|(_, c)| c).collect()))
 }

@@ -1,7 +1,8 @@
-//! Small helpers shared by the checkpoint commands: human-readable numbers, tensor groups,
-//! and splitting tensors into chunks for parallel streaming.
+//! Small helpers shared by the commands: composing and printing reports (text and JSON),
+//! human-readable numbers, tensor groups. Tensors are split into chunks for parallel
+//! streaming by `engram_ckpt::chunk`.
 
-use engram_ckpt::CHUNK;
+use anyhow::Context;
 
 /// `println!` into a `String` (reports are composed first, then written by [`emit`]).
 macro_rules! outln {
@@ -25,43 +26,14 @@ pub fn emit(text: &str) -> anyhow::Result<()> {
     }
 }
 
-/// An error and its causes on one line, leaving out a cause whose text the message before it
-/// already includes (`path: No such file` caused by `No such file`).
-pub fn error_chain(e: &anyhow::Error) -> String {
-    let mut s = String::new();
-    for c in e.chain() {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            if !s.is_empty() {
-                s.push_str(": ");
-            }
-            s.push_str(&t);
-        }
-    }
-    s
+/// Writes a value to stdout as pretty JSON with a final newline (the `--json` of every command).
+pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(v).context("serializing the report")?;
+    emit(&(text + "\n"))
 }
 
-/// `1234567` -> `1.23M`; exact below ten thousand.
-pub fn count(n: u64) -> String {
-    let f = n as f64;
-    match n {
-        0..10_000 => n.to_string(),
-        10_000..1_000_000 => format!("{:.1}K", f / 1e3),
-        1_000_000..1_000_000_000 => format!("{:.1}M", f / 1e6),
-        _ => format!("{:.2}B", f / 1e9),
-    }
-}
-
-/// Bytes in decimal units: `2.47 GB`.
-pub fn bytes(n: u64) -> String {
-    let f = n as f64;
-    match n {
-        0..1000 => format!("{n} B"),
-        1000..1_000_000 => format!("{:.1} KB", f / 1e3),
-        1_000_000..1_000_000_000 => format!("{:.1} MB", f / 1e6),
-        _ => format!("{:.2} GB", f / 1e9),
-    }
-}
+/// Human-readable counts (`1.2M`) and bytes (`2.47 GB`), one definition for every table.
+pub use engram_bench::units::{bytes, count};
 
 pub fn shape(s: &[usize]) -> String {
     let parts: Vec<String> = s.iter().map(|d| d.to_string()).collect();
@@ -106,35 +78,8 @@ pub fn numbered(group: &str) -> Option<(&str, u64)> {
     Some((stem, n.parse().ok()?))
 }
 
-/// Work items `(tensor index, first element, element count)` covering every tensor in chunks
-/// of at most [`CHUNK`] elements, so that large tensors are split across threads.
-/// Empty tensors get one empty item, so every tensor is visited.
-pub fn chunks(numels: impl Iterator<Item = usize>) -> Vec<(usize, usize, usize)> {
-    let mut v = Vec::new();
-    for (i, n) in numels.enumerate() {
-        if n == 0 {
-            v.push((i, 0, 0));
-        }
-        let mut at = 0;
-        while at < n {
-            let k = CHUNK.min(n - at);
-            v.push((i, at, k));
-            at += k;
-        }
-    }
-    v
-}
-
-/// Writes `v` as pretty JSON (with a final newline) to `path`, creating its folder; atomic.
-pub fn write_json_file(path: &std::path::Path, v: &impl serde::Serialize) -> anyhow::Result<()> {
-    use anyhow::Context;
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let text = serde_json::to_string_pretty(v).context("serializing JSON")? + "\n";
-    engram_ckpt::write_atomic(path, text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
-}
+/// The one atomic JSON writer (pretty, with a final newline; creates the folder).
+pub use engram_bench::machine::write_json as write_json_file;
 
 #[cfg(test)]
 mod tests {
@@ -157,17 +102,8 @@ mod tests {
 
     #[test]
     fn formats() {
-        assert_eq!(count(1234), "1234");
-        assert_eq!(count(1_240_000_000), "1.24B");
-        assert_eq!(bytes(2_470_000_000), "2.47 GB");
         assert_eq!(shape(&[2, 3]), "[2, 3]");
         assert_eq!(num(Some(0.5)), "0.5000");
         assert_eq!(num(None), "-");
-    }
-
-    #[test]
-    fn chunking_covers_everything() {
-        let c = chunks([0, CHUNK + 5, 3].into_iter());
-        assert_eq!(c, vec![(0, 0, 0), (1, 0, CHUNK), (1, CHUNK, 5), (2, 0, 3)]);
     }
 }

@@ -13,8 +13,8 @@
 //! Layout: class-major (all examples of class 0, then class 1, ...), each class's examples
 //! drawn from its own keyed stream, so changing one class count does not change the others.
 
-use super::rng::Rng;
 use super::{DataError, Dataset, Split};
+use engram_weights::rng::Rng;
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
@@ -89,7 +89,7 @@ pub fn generate(cfg: &BlobsConfig) -> Result<Split, DataError> {
         .map(|k| {
             let mut r = Rng::keyed(cfg.seed, "blobs-centre", k as u64);
             (0..cfg.dim)
-                .map(|_| (r.normal() * cfg.separation as f64) as f32)
+                .map(|_| (r.normal_f64() * cfg.separation as f64) as f32)
                 .collect()
         })
         .collect();
@@ -100,7 +100,7 @@ pub fn generate(cfg: &BlobsConfig) -> Result<Split, DataError> {
             let mut r = Rng::keyed(cfg.seed, key, k as u64);
             for _ in 0..per_class {
                 for &m in c {
-                    let z = m + r.normal() as f32;
+                    let z = m + r.normal_f64() as f32;
                     x.push(if side.is_some() {
                         1.0 / (1.0 + (-z / 2.0).exp())
                     } else {

@@ -7,7 +7,6 @@
 pub mod blobs;
 pub mod fashion_mnist;
 pub mod mnist_digits;
-pub mod rng;
 pub mod transform;
 
 use std::path::{Path, PathBuf};

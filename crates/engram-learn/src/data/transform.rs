@@ -12,7 +12,19 @@
 //! to it). Every channel is rotated the same way.
 
 use super::DataError;
-use crate::scenario::Transform;
+
+/// A transform applied to every example of a task when batches are built.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transform {
+    None,
+    /// Output pixel j takes input pixel perm[j].
+    Permute(Vec<u32>),
+    /// Rotation of square images by this many degrees (bilinear, zero fill).
+    Rotate(f32),
+    /// 1 − x.
+    Invert,
+}
 
 /// Bilinear sampling of one output pixel: four source pixels (within a channel plane) and
 /// their weights; out-of-image neighbours have weight 0 and index 0.

@@ -119,7 +119,7 @@ mod tests {
 
     #[test]
     fn same_logits_and_gradients_as_burn_layers() {
-        let _rng = crate::train::rng_guard();
+        let _rng = crate::backend::rng_guard();
         let d = Device::flex();
         d.seed(5);
         let d = d.autodiff();

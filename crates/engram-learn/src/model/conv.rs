@@ -24,6 +24,7 @@
 //! same names, shapes and initialisation (`weight` [out, in, k, k], `bias` [out]), so
 //! checkpoints and engram's weight-space commands see the same tensors.
 
+use crate::Result;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -70,7 +71,7 @@ impl Conv {
 
     /// Takes over a burn `Conv2d`'s parameters. Only stride 1, no padding, no dilation, one
     /// group and a square kernel are what this module computes; other settings are refused.
-    pub fn try_from_conv2d(c: Conv2d) -> Result<Conv, String> {
+    pub fn try_from_conv2d(c: Conv2d) -> Result<Conv> {
         let [_, _, kh, kw] = c.weight.dims();
         if kh != kw
             || c.stride != [1, 1]
@@ -573,8 +574,8 @@ mod tests {
     }
 
     /// A seeded autodiff device and the RNG guard the test holds while it draws.
-    fn ad() -> (Device, crate::train::RngGuard) {
-        let g = crate::train::rng_guard();
+    fn ad() -> (Device, crate::backend::RngGuard) {
+        let g = crate::backend::rng_guard();
         let d = Device::flex();
         d.seed(7);
         (d.autodiff(), g)
@@ -660,7 +661,7 @@ mod tests {
     /// Without autodiff (evaluation), the plain flex kernels give the same output.
     #[test]
     fn conv_without_autodiff_matches() {
-        let _rng = crate::train::rng_guard();
+        let _rng = crate::backend::rng_guard();
         let d = Device::flex();
         d.seed(3);
         let reference = Conv2dConfig::new([3, 6], [3, 3]).init(&d);

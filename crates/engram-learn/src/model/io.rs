@@ -1,6 +1,7 @@
 //! Saving and loading models as safetensors through engram-ckpt (stable tensor names, F32).
 
 use super::params::{host_params, load_params};
+use crate::{Result, err};
 use engram_ckpt::{DType, Model, ModelWriter, TensorSpec, WriteOptions};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -78,7 +79,7 @@ pub fn read_values(path: &Path) -> engram_ckpt::Result<BTreeMap<String, Vec<f32>
 }
 
 /// Loads a checkpoint into `m` (which must have the same architecture).
-pub fn load<M: burn::module::Module>(m: M, path: &Path) -> Result<M, String> {
-    let values = read_values(path).map_err(|e| e.to_string())?;
-    load_params(m, &values).map_err(|e| format!("{}: {e}", path.display()))
+pub fn load<M: burn::module::Module>(m: M, path: &Path) -> Result<M> {
+    let values = read_values(path)?;
+    load_params(m, &values).map_err(|e| err!("{}: {e}", path.display()))
 }

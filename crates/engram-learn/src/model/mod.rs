@@ -1,4 +1,5 @@
-//! Models: an MLP, a small CNN and a tiny patch transformer, behind one `Net` type. Parameters
+//! Models: an MLP, a residual MLP, a small CNN and a tiny patch transformer, behind one `Net`
+//! type. Parameters
 //! have stable names (`fc.0.weight`, `conv1.weight`, ...) and are saved and loaded as
 //! safetensors through engram-ckpt, so that engram's weight-space commands work on them.
 
@@ -7,8 +8,10 @@ pub mod conv;
 pub mod io;
 pub mod mlp;
 pub mod params;
+pub mod resmlp;
 pub mod vit;
 
+use crate::{Result, err};
 use burn::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -17,6 +20,15 @@ pub enum ModelConfig {
     Mlp {
         #[serde(default = "default_hidden")]
         hidden: Vec<usize>,
+    },
+    /// Stem `in → width`, `blocks` residual blocks `width → hidden → width`, linear head.
+    Resmlp {
+        #[serde(default = "default_width")]
+        width: usize,
+        #[serde(default = "default_res_hidden")]
+        hidden: usize,
+        #[serde(default = "default_blocks")]
+        blocks: usize,
     },
     Cnn {
         #[serde(default = "default_channels")]
@@ -38,6 +50,15 @@ pub enum ModelConfig {
 
 fn default_hidden() -> Vec<usize> {
     vec![400, 400]
+}
+fn default_width() -> usize {
+    256
+}
+fn default_res_hidden() -> usize {
+    512
+}
+fn default_blocks() -> usize {
+    4
 }
 fn default_channels() -> [usize; 2] {
     [32, 64]
@@ -71,6 +92,7 @@ impl Default for ModelConfig {
 #[derive(Module, Debug)]
 pub enum Net {
     Mlp(mlp::Mlp),
+    ResMlp(resmlp::ResMlp),
     Cnn(cnn::Cnn),
     Vit(vit::TinyVit),
 }
@@ -84,7 +106,7 @@ impl ModelConfig {
         image: Option<(usize, usize, usize)>,
         outputs: usize,
         device: &Device,
-    ) -> Result<Net, String> {
+    ) -> Result<Net> {
         self.build_with_feedback(dim, image, outputs, false, device)
     }
 
@@ -99,16 +121,17 @@ impl ModelConfig {
         outputs: usize,
         feedback: bool,
         device: &Device,
-    ) -> Result<Net, String> {
+    ) -> Result<Net> {
         // Parameters are drawn from burn's process-wide generator when first visited: draw
         // them all now, in visiting order, under the RNG guard (see `rng_guard`).
-        let _rng = crate::train::rng_guard();
+        let _rng = crate::backend::rng_guard();
         let net = self.build_plain(dim, image, outputs, device)?;
         let net = if !feedback {
             net
         } else {
             match net {
                 Net::Mlp(m) => Net::Mlp(m.with_feedback(outputs, device)?),
+                Net::ResMlp(_) => return Err("the resmlp has no feedback input".into()),
                 Net::Cnn(m) => Net::Cnn(m.with_feedback(outputs, device)),
                 Net::Vit(m) => Net::Vit(m.with_feedback(outputs, device)),
             }
@@ -123,11 +146,11 @@ impl ModelConfig {
         image: Option<(usize, usize, usize)>,
         outputs: usize,
         device: &Device,
-    ) -> Result<Net, String> {
+    ) -> Result<Net> {
         let img = || {
             image
                 .map(|(c, h, w)| [c, h, w])
-                .ok_or_else(|| "this model needs image inputs".to_string())
+                .ok_or_else(|| err!("this model needs image inputs"))
         };
         Ok(match self {
             ModelConfig::Mlp { hidden } => {
@@ -136,12 +159,25 @@ impl ModelConfig {
                 }
                 Net::Mlp(mlp::Mlp::new(dim, hidden, outputs, device))
             }
+            ModelConfig::Resmlp {
+                width,
+                hidden,
+                blocks,
+            } => {
+                if *width == 0 || *hidden == 0 {
+                    return Err("resmlp width and hidden must be positive".into());
+                }
+                Net::ResMlp(resmlp::ResMlp::new(
+                    dim, *width, *hidden, *blocks, outputs, device,
+                ))
+            }
             ModelConfig::Cnn { channels, hidden } => {
                 let im = img()?;
                 if im[1] < 10 || im[2] < 10 {
-                    return Err(format!(
+                    return Err(err!(
                         "the cnn needs images of at least 10×10, got {}×{}",
-                        im[1], im[2]
+                        im[1],
+                        im[2]
                     ));
                 }
                 if channels.contains(&0) || *hidden == 0 {
@@ -157,13 +193,14 @@ impl ModelConfig {
             } => {
                 let im = img()?;
                 if *patch == 0 || im[1] % patch != 0 || im[2] % patch != 0 {
-                    return Err(format!(
+                    return Err(err!(
                         "vit patch {patch} must divide the image side ({}×{})",
-                        im[1], im[2]
+                        im[1],
+                        im[2]
                     ));
                 }
                 if *heads == 0 || d_model % heads != 0 || *layers == 0 {
-                    return Err(format!(
+                    return Err(err!(
                         "vit d_model {d_model} must be a multiple of heads {heads}, layers > 0"
                     ));
                 }
@@ -180,6 +217,7 @@ impl Net {
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         match self {
             Net::Mlp(m) => m.forward(x),
+            Net::ResMlp(m) => m.forward(x),
             Net::Cnn(m) => m.forward(x),
             Net::Vit(m) => m.forward(x),
         }
@@ -189,6 +227,7 @@ impl Net {
     pub fn features(&self, x: Tensor<2>) -> Tensor<2> {
         match self {
             Net::Mlp(m) => m.features(x),
+            Net::ResMlp(m) => m.features(x),
             Net::Cnn(m) => m.features(x),
             Net::Vit(m) => m.features(x),
         }
@@ -200,6 +239,7 @@ impl Net {
     pub fn forward_fb(&self, x: Tensor<2>, y: Option<Tensor<2>>) -> Tensor<2> {
         match self {
             Net::Mlp(m) => m.forward_fb(x, y),
+            Net::ResMlp(m) => m.forward(x),
             Net::Cnn(m) => m.forward_fb(x, y),
             Net::Vit(m) => m.forward_fb(x, y),
         }
@@ -209,6 +249,7 @@ impl Net {
     pub fn has_feedback(&self) -> bool {
         match self {
             Net::Mlp(m) => m.fb.is_some(),
+            Net::ResMlp(_) => false,
             Net::Cnn(m) => m.fb.is_some(),
             Net::Vit(m) => m.fb.is_some(),
         }
@@ -218,6 +259,7 @@ impl Net {
     pub fn head_names(&self) -> (String, String) {
         let p = match self {
             Net::Mlp(m) => format!("fc.{}", m.fc.len() - 1),
+            Net::ResMlp(_) => "head".to_string(),
             Net::Cnn(_) => "fc2".to_string(),
             Net::Vit(_) => "head".to_string(),
         };
@@ -264,7 +306,7 @@ mod tests {
             // Parameters are drawn when first visited (in field order, as the trainer's
             // parameter count does right after building): visit each net at once.
             let make = |fb: bool| {
-                let _rng = crate::train::rng_guard();
+                let _rng = crate::backend::rng_guard();
                 let d = Device::flex();
                 d.seed(11);
                 let d = d.autodiff();

@@ -2,6 +2,7 @@
 //! keep the autodiff graph (for penalties), host copies (for checkpoints and importance
 //! statistics), loading values back by name, and flat access to their gradients.
 
+use crate::{Result, err};
 use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
@@ -38,7 +39,7 @@ impl Path {
             .0
             .iter()
             .map(String::as_str)
-            .filter(|p| !p.is_empty() && !matches!(*p, "Mlp" | "Cnn" | "Vit"))
+            .filter(|p| !p.is_empty() && !matches!(*p, "Mlp" | "ResMlp" | "Cnn" | "Vit"))
             .collect();
         if let Some(l) = leaf {
             parts.push(l);
@@ -98,6 +99,14 @@ pub fn host_params<M: Module>(m: &M) -> Vec<(ParamInfo, Vec<f32>)> {
         .collect()
 }
 
+/// Every float parameter's values on the host, by name.
+pub fn named_values<M: Module>(m: &M) -> BTreeMap<String, Vec<f32>> {
+    host_params(m)
+        .into_iter()
+        .map(|(i, v)| (i.name, v))
+        .collect()
+}
+
 pub fn param_count<M: Module>(m: &M) -> usize {
     param_infos(m).iter().map(|p| p.numel()).sum()
 }
@@ -105,6 +114,8 @@ pub fn param_count<M: Module>(m: &M) -> usize {
 struct Load<'a> {
     path: Path,
     values: &'a BTreeMap<String, Vec<f32>>,
+    /// Parameters without a value keep theirs (else: listed as missing).
+    partial: bool,
     missing: Vec<String>,
     bad_shape: Vec<String>,
     loaded: usize,
@@ -120,7 +131,9 @@ impl ModuleMapper for Load<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let name = self.path.name(None);
         let Some(v) = self.values.get(&name) else {
-            self.missing.push(name);
+            if !self.partial {
+                self.missing.push(name);
+            }
             return param;
         };
         let (id, t, mapper) = param.consume();
@@ -143,17 +156,38 @@ impl ModuleMapper for Load<'_> {
 
 /// Replaces every parameter's value by `values[name]`; an error lists missing names and
 /// wrong sizes.
-pub fn load_params<M: Module>(m: M, values: &BTreeMap<String, Vec<f32>>) -> Result<M, String> {
+pub fn load_params<M: Module>(m: M, values: &BTreeMap<String, Vec<f32>>) -> Result<M> {
+    load(m, values, false)
+}
+
+/// Replaces the values of the parameters named in `values` (the others keep theirs); an error
+/// lists names the module does not have and wrong sizes.
+pub fn set_params<M: Module>(m: M, values: &BTreeMap<String, Vec<f32>>) -> Result<M> {
+    let known: std::collections::BTreeSet<String> =
+        param_infos(&m).into_iter().map(|p| p.name).collect();
+    let unknown: Vec<&str> = values
+        .keys()
+        .filter(|n| !known.contains(*n))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(err!("no parameters named [{}]", unknown.join(", ")));
+    }
+    load(m, values, true)
+}
+
+fn load<M: Module>(m: M, values: &BTreeMap<String, Vec<f32>>, partial: bool) -> Result<M> {
     let mut l = Load {
         path: Path::default(),
         values,
+        partial,
         missing: Vec::new(),
         bad_shape: Vec::new(),
         loaded: 0,
     };
     let m = m.map(&mut l);
     if !l.missing.is_empty() || !l.bad_shape.is_empty() {
-        return Err(format!(
+        return Err(err!(
             "parameters missing: [{}]; wrong sizes: [{}]",
             l.missing.join(", "),
             l.bad_shape.join(", ")
@@ -171,6 +205,17 @@ pub fn grad_flat(grads: &GradientsParams, p: &ParamInfo) -> Option<Tensor<1>> {
         3 => grads.get::<3>(p.id).map(|g| g.reshape([n])),
         4 => grads.get::<4>(p.id).map(|g| g.reshape([n])),
         _ => None,
+    }
+}
+
+/// Removes a parameter's gradient, so that the optimizer leaves the parameter as it is.
+pub fn drop_grad(grads: &mut GradientsParams, p: &ParamInfo) {
+    match p.shape.len() {
+        1 => drop(grads.remove::<1>(p.id)),
+        2 => drop(grads.remove::<2>(p.id)),
+        3 => drop(grads.remove::<3>(p.id)),
+        4 => drop(grads.remove::<4>(p.id)),
+        _ => {}
     }
 }
 

@@ -11,12 +11,14 @@
 //! so far ([`EvalMode::ClassIl`]); task-incremental ([`task_incremental`]) is the same split
 //! evaluated with the task id, the logits masked to `Task::classes` ([`EvalMode::TaskIl`]).
 
+use super::config::{Kind, parse_params, to_json};
 use super::{
     Common, EvalMode, EvalPlan, Scenario, ScenarioError, Task, Transform, examples_of, invalid,
     prepare, subsample,
 };
 use crate::data::Split;
-use crate::data::rng::Rng;
+use engram_weights::rng::Rng;
+use serde_json::{Map, Value};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SplitTasks {
@@ -112,6 +114,66 @@ pub fn task_incremental(
 ) -> Result<Scenario, ScenarioError> {
     build(data, cfg, common, EvalMode::TaskIl)
 }
+
+/// The keys of `class-incremental` and `task-incremental`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Params {
+    /// Number of tasks (default: as many as fit, ⌊C / K⌋).
+    #[serde(default)]
+    tasks: Option<usize>,
+    #[serde(default = "two")]
+    classes_per_task: usize,
+    /// Seeded class order instead of the natural one.
+    #[serde(default)]
+    shuffle_classes: bool,
+}
+
+fn two() -> usize {
+    2
+}
+
+fn params(name: &str, m: &Map<String, Value>) -> Result<Params, ScenarioError> {
+    let p: Params = parse_params(name, m)?;
+    if p.tasks == Some(0) || p.classes_per_task == 0 {
+        return invalid(format!(
+            "scenario {name}: tasks and classes-per-task must be at least 1"
+        ));
+    }
+    Ok(p)
+}
+
+fn split(p: &Params, data: &Split) -> SplitTasks {
+    SplitTasks {
+        tasks: p
+            .tasks
+            .unwrap_or(data.train.num_classes / p.classes_per_task),
+        classes_per_task: p.classes_per_task,
+        shuffle_classes: p.shuffle_classes,
+    }
+}
+
+pub const CLASS_INCREMENTAL: Kind = Kind {
+    name: "class-incremental",
+    summary: "disjoint class splits, evaluated over every class seen so far (no task id)",
+    params: |m| to_json(&params("class-incremental", m)?),
+    build: |data, m, common| {
+        let p = params("class-incremental", m)?;
+        let cfg = split(&p, &data);
+        class_incremental(data, &cfg, common)
+    },
+};
+
+pub const TASK_INCREMENTAL: Kind = Kind {
+    name: "task-incremental",
+    summary: "the same splits, evaluated with the task id (logits masked to the task's classes)",
+    params: |m| to_json(&params("task-incremental", m)?),
+    build: |data, m, common| {
+        let p = params("task-incremental", m)?;
+        let cfg = split(&p, &data);
+        task_incremental(data, &cfg, common)
+    },
+};
 
 #[cfg(test)]
 mod tests {

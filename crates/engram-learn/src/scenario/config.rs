@@ -1,60 +1,82 @@
-//! Building a scenario from a config ([`ScenarioConfig`], kebab-case keys, unknown keys
-//! refused), e.g. in JSON:
+//! Building a scenario from a config ([`ScenarioConfig`], kebab-case keys), e.g. in JSON:
 //!
 //! ```json
 //! {"kind": "class-incremental", "dataset": "fashion-mnist", "tasks": 5,
 //!  "classes-per-task": 2, "seed": 0, "train-per-task": 2000, "validation": 0.1}
 //! ```
 //!
-//! Defaults: class-/task-incremental: 2 classes per task and as many tasks as fit
-//! (⌊C / K⌋), natural class order; permuted and rotated: 5 tasks, rotated over [0, 180]
-//! degrees; scole: 500 tasks of 2 classes, uniform; joint: 1 task. Options that mean nothing
-//! for the chosen kind are refused rather than ignored, and impossible values (e.g. 6 tasks
-//! of 2 classes on 10 classes) are errors that say why.
+//! Keys every kind shares (`kind`, `dataset`, `seed`, `train-per-task`, `test-per-class`,
+//! `validation`, `blobs`) are fields here; every other key belongs to the kind, whose file
+//! declares them with their defaults and the builder (a [`Kind`] in [`REGISTRY`]). One rule
+//! for all: a key the kind does not know is an error, as is an impossible value (e.g. 6
+//! tasks of 2 classes on 10 classes), with a message that says why.
 
 use std::path::Path;
 
-use super::{
-    ClassDistribution, Common, Scenario, ScenarioError, ScoleConfig, SplitTasks, class_incremental,
-    invalid, joint, permuted, rotated, scole, task_incremental,
-};
+use super::{Common, Scenario, ScenarioError, invalid};
 use crate::data::{BlobsConfig, DataSource, Split};
+use serde_json::{Map, Value};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ScenarioKind {
-    ClassIncremental,
-    TaskIncremental,
-    Permuted,
-    Rotated,
-    Scole,
-    Joint,
+/// A kind's own keys parsed, checked and returned with defaults filled in.
+pub type ParamsFn = fn(&Map<String, Value>) -> Result<Value, ScenarioError>;
+
+/// A kind's builder: the data, its own keys and the shared options to a scenario.
+pub type BuildFn = fn(Split, &Map<String, Value>, &Common) -> Result<Scenario, ScenarioError>;
+
+/// A scenario kind: its name, a one-line summary, its own keys (parsed, checked and returned
+/// with defaults filled in, before any data is loaded) and its builder.
+pub struct Kind {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub params: ParamsFn,
+    pub build: BuildFn,
 }
 
-impl ScenarioKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            ScenarioKind::ClassIncremental => "class-incremental",
-            ScenarioKind::TaskIncremental => "task-incremental",
-            ScenarioKind::Permuted => "permuted",
-            ScenarioKind::Rotated => "rotated",
-            ScenarioKind::Scole => "scole",
-            ScenarioKind::Joint => "joint",
-        }
-    }
+/// Every scenario kind. Adding one is one file and one line here.
+pub const REGISTRY: &[Kind] = &[
+    super::class_incremental::CLASS_INCREMENTAL,
+    super::class_incremental::TASK_INCREMENTAL,
+    super::domain::PERMUTED,
+    super::domain::ROTATED,
+    super::scole::SCOLE,
+    super::joint::JOINT,
+];
+
+/// The kind named `name`.
+pub fn kind(name: &str) -> Result<&'static Kind, ScenarioError> {
+    REGISTRY.iter().find(|k| k.name == name).ok_or_else(|| {
+        ScenarioError::Invalid(format!(
+            "unknown scenario kind '{name}'; available: {}",
+            REGISTRY
+                .iter()
+                .map(|k| k.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
+}
+
+/// Parses a kind's own keys into its parameter struct (which refuses unknown keys).
+pub fn parse_params<T: serde::de::DeserializeOwned>(
+    kind: &str,
+    m: &Map<String, Value>,
+) -> Result<T, ScenarioError> {
+    serde_json::from_value(Value::Object(m.clone()))
+        .map_err(|e| ScenarioError::Invalid(format!("scenario {kind}: {e}")))
+}
+
+/// A kind's parameters, checked, back as JSON (with defaults) for the registry's `params`.
+pub fn to_json<T: serde::Serialize>(p: &T) -> Result<Value, ScenarioError> {
+    serde_json::to_value(p).map_err(|e| ScenarioError::Invalid(e.to_string()))
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case")]
 pub struct ScenarioConfig {
-    pub kind: ScenarioKind,
+    /// A name from [`REGISTRY`].
+    pub kind: String,
     /// `fashion-mnist`, `mnist` or `blobs`.
     pub dataset: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tasks: Option<usize>,
-    /// class-/task-incremental and scole.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub classes_per_task: Option<usize>,
     #[serde(default)]
     pub seed: u64,
     /// Cap on each task's training examples (seeded subsample per task); for scole this is
@@ -64,53 +86,43 @@ pub struct ScenarioConfig {
     /// Cap on the test examples per class (one seeded subsample).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_per_class: Option<usize>,
-    /// class-/task-incremental: seeded class order instead of the natural one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shuffle_classes: Option<bool>,
-    /// rotated: the last task's angle in degrees (default 180).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_angle: Option<f32>,
-    /// scole: SCoLe's `entropy_decrease` power (0 = uniform).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub skew: Option<f64>,
-    /// scole: explicit class weights, one per class (instead of `skew`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub class_weights: Option<Vec<f64>>,
-    /// scole: after half the tasks, only the first half of the classes is drawn.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub forgetting: Option<bool>,
     /// Share of the training examples carved out for validation, in [0, 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<f32>,
     /// Parameters of the synthetic data set (only with `dataset = "blobs"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blobs: Option<BlobsConfig>,
+    /// The kind's own keys (`tasks`, `classes-per-task`, ...), checked by the kind.
+    #[serde(flatten)]
+    pub params: Map<String, Value>,
 }
 
 impl ScenarioConfig {
     /// A config with every option at its default.
-    pub fn new(kind: ScenarioKind, dataset: impl Into<String>) -> ScenarioConfig {
+    pub fn new(kind: impl Into<String>, dataset: impl Into<String>) -> ScenarioConfig {
         ScenarioConfig {
-            kind,
+            kind: kind.into(),
             dataset: dataset.into(),
-            tasks: None,
-            classes_per_task: None,
             seed: 0,
             train_per_task: None,
             test_per_class: None,
-            shuffle_classes: None,
-            max_angle: None,
-            skew: None,
-            class_weights: None,
-            forgetting: None,
             validation: None,
             blobs: None,
+            params: Map::new(),
         }
     }
 
+    /// The same config with the kind's key `key` set to `value`.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> ScenarioConfig {
+        self.params.insert(key.to_string(), value.into());
+        self
+    }
+
     pub fn from_json(text: &str) -> Result<ScenarioConfig, ScenarioError> {
-        serde_json::from_str(text)
-            .map_err(|e| ScenarioError::Invalid(format!("scenario config: {e}")))
+        let c: ScenarioConfig = serde_json::from_str(text)
+            .map_err(|e| ScenarioError::Invalid(format!("scenario config: {e}")))?;
+        c.check()?;
+        Ok(c)
     }
 
     /// The data set this config names.
@@ -128,48 +140,15 @@ impl ScenarioConfig {
         })
     }
 
+    /// The kind's parameters with their defaults (checked).
+    pub fn kind_params(&self) -> Result<Value, ScenarioError> {
+        (kind(&self.kind)?.params)(&self.params)
+    }
+
     /// Checks everything that does not need the data (run before loading it).
     pub fn check(&self) -> Result<(), ScenarioError> {
-        use ScenarioKind::*;
-        let kind = self.kind;
         self.source()?;
-        let refuse = |field: &str, allowed: &[ScenarioKind], given: bool| {
-            if given && !allowed.contains(&kind) {
-                invalid(format!(
-                    "scenario config: `{field}` has no meaning for kind {}",
-                    kind.name()
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        refuse(
-            "classes-per-task",
-            &[ClassIncremental, TaskIncremental, Scole],
-            self.classes_per_task.is_some(),
-        )?;
-        refuse(
-            "shuffle-classes",
-            &[ClassIncremental, TaskIncremental],
-            self.shuffle_classes.is_some(),
-        )?;
-        refuse("max-angle", &[Rotated], self.max_angle.is_some())?;
-        refuse("skew", &[Scole], self.skew.is_some())?;
-        refuse("class-weights", &[Scole], self.class_weights.is_some())?;
-        refuse("forgetting", &[Scole], self.forgetting.is_some())?;
-        if self.skew.is_some() && self.class_weights.is_some() {
-            return invalid("scenario config: give `skew` or `class-weights`, not both");
-        }
-        match self.tasks {
-            Some(0) => return invalid("scenario config: tasks must be at least 1"),
-            Some(t) if kind == Joint && t != 1 => {
-                return invalid(format!("scenario config: joint has 1 task, not {t}"));
-            }
-            _ => {}
-        }
-        if self.classes_per_task == Some(0) {
-            return invalid("scenario config: classes-per-task must be at least 1");
-        }
+        self.kind_params()?;
         if self.train_per_task == Some(0) {
             return invalid("scenario config: train-per-task must be at least 1");
         }
@@ -180,12 +159,6 @@ impl ScenarioConfig {
             return invalid(format!(
                 "scenario config: validation = {v} must be in [0, 1)"
             ));
-        }
-        if let Some(a) = self.max_angle.filter(|a| !a.is_finite()) {
-            return invalid(format!("scenario config: max-angle = {a}"));
-        }
-        if let Some(s) = self.skew.filter(|s| !s.is_finite() || *s < 0.0) {
-            return invalid(format!("scenario config: skew = {s} must be >= 0"));
         }
         Ok(())
     }
@@ -199,51 +172,13 @@ impl ScenarioConfig {
 
     /// Builds the scenario on already loaded data (which should be the config's dataset).
     pub fn build_with(&self, data: Split) -> Result<Scenario, ScenarioError> {
-        use ScenarioKind::*;
         self.check()?;
         let common = Common {
             seed: self.seed,
             train_per_task: self.train_per_task,
             test_per_class: self.test_per_class,
         };
-        let c = data.train.num_classes;
-        let mut s = match self.kind {
-            ClassIncremental | TaskIncremental => {
-                let k = self.classes_per_task.unwrap_or(2);
-                let cfg = SplitTasks {
-                    tasks: self.tasks.unwrap_or(c / k),
-                    classes_per_task: k,
-                    shuffle_classes: self.shuffle_classes.unwrap_or(false),
-                };
-                if self.kind == ClassIncremental {
-                    class_incremental(data, &cfg, &common)?
-                } else {
-                    task_incremental(data, &cfg, &common)?
-                }
-            }
-            Permuted => permuted(data, self.tasks.unwrap_or(5), &common)?,
-            Rotated => rotated(
-                data,
-                self.tasks.unwrap_or(5),
-                self.max_angle.unwrap_or(180.0),
-                &common,
-            )?,
-            Scole => {
-                let distribution = match (&self.class_weights, self.skew) {
-                    (Some(w), _) => ClassDistribution::Weights(w.clone()),
-                    (None, Some(e)) if e > 0.0 => ClassDistribution::EntropyDecrease(e),
-                    _ => ClassDistribution::Uniform,
-                };
-                let cfg = ScoleConfig {
-                    tasks: self.tasks.unwrap_or(500),
-                    classes_per_task: self.classes_per_task.unwrap_or(2),
-                    distribution,
-                    forgetting: self.forgetting.unwrap_or(false),
-                };
-                scole(data, &cfg, &common)?
-            }
-            Joint => joint(data, &common)?,
-        };
+        let mut s = (kind(&self.kind)?.build)(data, &self.params, &common)?;
         if let Some(v) = self.validation {
             s.carve_validation(v, self.seed)?;
         }
@@ -262,7 +197,9 @@ mod tests {
             r#"{{"kind": "{kind}", "dataset": "blobs",
                 "blobs": {{"train-per-class": 30, "test-per-class": 5}}{extra}}}"#
         );
-        ok(ScenarioConfig::from_json(&text))
+        // Parsed without checks, so that `build` meets the errors.
+        ok(serde_json::from_str::<ScenarioConfig>(&text)
+            .map_err(|e| ScenarioError::Invalid(e.to_string())))
     }
 
     fn err(c: &ScenarioConfig) -> String {
@@ -353,6 +290,8 @@ mod tests {
         assert!(e.contains("validation"), "{e}");
         let e = err(&blobs_cfg("rotated", r#", "tasks": 0"#));
         assert!(e.contains("at least 1"), "{e}");
+        let e = ScenarioConfig::from_json(r#"{"kind": "split", "dataset": "blobs"}"#);
+        assert!(e.is_err_and(|e| e.to_string().contains("unknown scenario kind")));
         let mut c = blobs_cfg("joint", "");
         c.dataset = "mnist".into();
         assert!(err(&c).contains("blobs"));

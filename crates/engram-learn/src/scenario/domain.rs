@@ -14,12 +14,14 @@
 //! Each task uses all training examples (or its own seeded subsample of `train_per_task`) and
 //! the whole test set.
 
+use super::config::{Kind, parse_params, to_json};
 use super::{
     Common, EvalMode, EvalPlan, Scenario, ScenarioError, Task, Transform, invalid, prepare,
     subsample,
 };
 use crate::data::Split;
-use crate::data::rng::Rng;
+use engram_weights::rng::Rng;
+use serde_json::{Map, Value};
 
 fn build(
     data: Split,
@@ -117,6 +119,67 @@ pub fn rotated(
         .collect();
     build(data, "rotated", transforms, common)
 }
+
+/// The keys of `permuted` and `rotated`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct PermutedParams {
+    #[serde(default = "five")]
+    tasks: usize,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RotatedParams {
+    #[serde(default = "five")]
+    tasks: usize,
+    /// The last task's angle in degrees.
+    #[serde(default = "half_turn")]
+    max_angle: f32,
+}
+
+fn five() -> usize {
+    5
+}
+fn half_turn() -> f32 {
+    180.0
+}
+
+fn permuted_params(m: &Map<String, Value>) -> Result<PermutedParams, ScenarioError> {
+    let p: PermutedParams = parse_params("permuted", m)?;
+    if p.tasks == 0 {
+        return invalid("scenario permuted: tasks must be at least 1");
+    }
+    Ok(p)
+}
+
+fn rotated_params(m: &Map<String, Value>) -> Result<RotatedParams, ScenarioError> {
+    let p: RotatedParams = parse_params("rotated", m)?;
+    if p.tasks == 0 {
+        return invalid("scenario rotated: tasks must be at least 1");
+    }
+    if !p.max_angle.is_finite() {
+        return invalid(format!("scenario rotated: max-angle = {}", p.max_angle));
+    }
+    Ok(p)
+}
+
+pub const PERMUTED: Kind = Kind {
+    name: "permuted",
+    summary: "domain-incremental: each task permutes the pixels by its own seeded permutation",
+    params: |m| to_json(&permuted_params(m)?),
+    build: |data, m, common| permuted(data, permuted_params(m)?.tasks, common),
+};
+
+pub const ROTATED: Kind = Kind {
+    name: "rotated",
+    summary: "domain-incremental: task t rotates the images by max-angle·t/(T−1) degrees",
+    params: |m| to_json(&rotated_params(m)?),
+    build: |data, m, common| {
+        let p = rotated_params(m)?;
+        rotated(data, p.tasks, p.max_angle, common)
+    },
+};
 
 #[cfg(test)]
 mod tests {

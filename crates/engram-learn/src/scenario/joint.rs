@@ -1,10 +1,12 @@
 //! Joint training: one task holding every training and test example (the upper bound a
 //! continual learner is compared against), untransformed, evaluated over all classes.
 
+use super::config::{Kind, parse_params, to_json};
 use super::{
     Common, EvalMode, EvalPlan, Scenario, ScenarioError, Task, Transform, prepare, subsample,
 };
 use crate::data::Split;
+use serde_json::{Map, Value};
 
 pub fn joint(data: Split, common: &Common) -> Result<Scenario, ScenarioError> {
     let (train, test) = prepare(data, common)?;
@@ -30,6 +32,36 @@ pub fn joint(data: Split, common: &Common) -> Result<Scenario, ScenarioError> {
     s.validate()?;
     Ok(s)
 }
+
+/// The keys of `joint`: only `tasks`, which must be 1.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Params {
+    #[serde(default = "one")]
+    tasks: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn params(m: &Map<String, Value>) -> Result<Params, ScenarioError> {
+    let p: Params = parse_params("joint", m)?;
+    if p.tasks != 1 {
+        return super::invalid(format!("scenario joint has 1 task, not {}", p.tasks));
+    }
+    Ok(p)
+}
+
+pub const JOINT: Kind = Kind {
+    name: "joint",
+    summary: "one task holding every example (the upper bound)",
+    params: |m| to_json(&params(m)?),
+    build: |data, m, common| {
+        params(m)?;
+        joint(data, common)
+    },
+};
 
 #[cfg(test)]
 mod tests {

@@ -18,12 +18,13 @@ pub mod domain;
 pub mod joint;
 pub mod scole;
 
-use crate::data::rng::Rng;
 use crate::data::transform::Prepared;
+pub use crate::data::transform::Transform;
 use crate::data::{DataError, Dataset, Split};
+use engram_weights::rng::Rng;
 
 pub use class_incremental::{SplitTasks, class_incremental, class_order, task_incremental};
-pub use config::{ScenarioConfig, ScenarioKind};
+pub use config::{Kind, REGISTRY, ScenarioConfig};
 pub use domain::{permuted, rotated, rotation_angles};
 pub use joint::joint;
 pub use scole::{ClassDistribution, ScoleConfig, class_probabilities, scole, scole_from_stream};
@@ -48,19 +49,6 @@ pub enum EvalPlan {
     EveryTask,
     /// Long streams (SCoLe): the test set of all classes, and the current task's classes.
     AllClasses,
-}
-
-/// A transform applied to every example of a task when batches are built.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Transform {
-    None,
-    /// Output pixel j takes input pixel perm[j].
-    Permute(Vec<u32>),
-    /// Rotation of square images by this many degrees (bilinear, zero fill).
-    Rotate(f32),
-    /// 1 − x.
-    Invert,
 }
 
 #[derive(Clone, Debug)]
@@ -222,6 +210,28 @@ impl Scenario {
                 prep.apply(data.row(i), out);
             }
         }
+    }
+
+    /// Examples given as (task, index into `part`) turned into host inputs and labels, each with
+    /// its own task's transform (replay batches mix tasks).
+    pub fn gather(&self, part: Part, ids: &[(usize, usize)]) -> (Vec<f32>, Vec<u32>) {
+        let mut x = Vec::with_capacity(ids.len() * self.train.dim);
+        let mut y = Vec::with_capacity(ids.len());
+        // Consecutive runs of the same task share one call.
+        let mut start = 0;
+        while start < ids.len() {
+            let t = ids[start].0;
+            let mut end = start;
+            while end < ids.len() && ids[end].0 == t {
+                end += 1;
+            }
+            let idx: Vec<usize> = ids[start..end].iter().map(|p| p.1).collect();
+            let (bx, by) = self.batch(t, part, &idx);
+            x.extend_from_slice(&bx);
+            y.extend_from_slice(&by);
+            start = end;
+        }
+        (x, y)
     }
 
     /// All of task `t`'s training examples (transformed), in index order.
@@ -779,11 +789,9 @@ mod real_data {
     #[test]
     fn split_fashion_mnist() {
         let Some(data) = fashion() else { return };
-        let cfg = ScenarioConfig {
-            tasks: Some(5),
-            classes_per_task: Some(2),
-            ..ScenarioConfig::new(ScenarioKind::ClassIncremental, "fashion-mnist")
-        };
+        let cfg = ScenarioConfig::new("class-incremental", "fashion-mnist")
+            .with("tasks", 5)
+            .with("classes-per-task", 2);
         let s = ok(cfg.build_with(data));
         for t in &s.tasks {
             assert_eq!((t.train.len(), t.test.len()), (12_000, 2_000));
@@ -825,10 +833,10 @@ mod real_data {
         let Some(data) = fashion() else { return };
         let start = Instant::now();
         let cfg = ScenarioConfig {
-            tasks: Some(500),
             train_per_task: Some(256),
-            skew: Some(2.0),
-            ..ScenarioConfig::new(ScenarioKind::Scole, "fashion-mnist")
+            ..ScenarioConfig::new("scole", "fashion-mnist")
+                .with("tasks", 500)
+                .with("skew", 2.0)
         };
         let s = ok(cfg.build_with(data));
         eprintln!("SCoLe, 500 tasks: built in {:?}", start.elapsed());
@@ -846,16 +854,15 @@ mod real_data {
     fn mnist_digits_scenarios() {
         let Some(data) = mnist() else { return };
         let cfg = ScenarioConfig {
-            shuffle_classes: Some(true),
             seed: 3,
             validation: Some(0.1),
-            ..ScenarioConfig::new(ScenarioKind::TaskIncremental, "mnist")
+            ..ScenarioConfig::new("task-incremental", "mnist").with("shuffle-classes", true)
         };
         let s = ok(cfg.build_with(data.clone()));
         assert_eq!(s.num_tasks(), 5);
         let train: usize = s.tasks.iter().map(|t| t.train.len() + t.valid.len()).sum();
         assert_eq!(train, 8_495);
-        let s = ok(ScenarioConfig::new(ScenarioKind::Joint, "mnist").build_with(data));
+        let s = ok(ScenarioConfig::new("joint", "mnist").build_with(data));
         assert_eq!(s.tasks[0].test.len(), 1_505);
     }
 }

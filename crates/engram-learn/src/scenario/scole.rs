@@ -26,12 +26,14 @@
 //! The stream is stored as the list of class tuples ([`Scenario::stream`]) and can be
 //! rebuilt from one with [`scole_from_stream`], so runs stay comparable.
 
+use super::config::{Kind, parse_params, to_json};
 use super::{
     Common, EvalMode, EvalPlan, Scenario, ScenarioError, Task, Transform, invalid, prepare,
     subsample,
 };
-use crate::data::rng::Rng;
 use crate::data::{Dataset, Split};
+use engram_weights::rng::Rng;
+use serde_json::{Map, Value};
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -235,6 +237,67 @@ pub fn scole_from_stream(
     let (train, test) = prepare(data, common)?;
     build(train, test, stream, common)
 }
+
+/// The keys of `scole`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Params {
+    #[serde(default = "default_tasks")]
+    tasks: usize,
+    #[serde(default = "two")]
+    classes_per_task: usize,
+    /// SCoLe's `entropy_decrease` power (0 = uniform).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    skew: Option<f64>,
+    /// Explicit class weights, one per class (instead of `skew`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    class_weights: Option<Vec<f64>>,
+    /// After half the tasks, only the first half of the classes is drawn.
+    #[serde(default)]
+    forgetting: bool,
+}
+
+fn default_tasks() -> usize {
+    500
+}
+fn two() -> usize {
+    2
+}
+
+fn params(m: &Map<String, Value>) -> Result<Params, ScenarioError> {
+    let p: Params = parse_params("scole", m)?;
+    if p.skew.is_some() && p.class_weights.is_some() {
+        return invalid("scenario scole: give `skew` or `class-weights`, not both");
+    }
+    if p.tasks == 0 || p.classes_per_task == 0 {
+        return invalid("scenario scole: tasks and classes-per-task must be at least 1");
+    }
+    if let Some(s) = p.skew.filter(|s| !s.is_finite() || *s < 0.0) {
+        return invalid(format!("scenario scole: skew = {s} must be >= 0"));
+    }
+    Ok(p)
+}
+
+pub const SCOLE: Kind = Kind {
+    name: "scole",
+    summary: "long streams of recurring classes (SCoLe), evaluated on all classes",
+    params: |m| to_json(&params(m)?),
+    build: |data, m, common| {
+        let p = params(m)?;
+        let distribution = match (&p.class_weights, p.skew) {
+            (Some(w), _) => ClassDistribution::Weights(w.clone()),
+            (None, Some(e)) if e > 0.0 => ClassDistribution::EntropyDecrease(e),
+            _ => ClassDistribution::Uniform,
+        };
+        let cfg = ScoleConfig {
+            tasks: p.tasks,
+            classes_per_task: p.classes_per_task,
+            distribution,
+            forgetting: p.forgetting,
+        };
+        scole(data, &cfg, common)
+    },
+};
 
 #[cfg(test)]
 mod tests {

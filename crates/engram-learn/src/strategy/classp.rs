@@ -16,10 +16,11 @@
 //! `after_step`, so its `lr` (not the run's) is the step size and the run's optimizer and
 //! schedule have no effect on the weights.
 
-use super::penalty::{Host, host, json_usize, take};
+use super::parts::penalty::{Host, host, json_usize, take};
 use super::{Ctx, State, Strategy, parse_params};
 use crate::model::Net;
 use crate::model::params::{flat_params, grad_flat, load_params};
+use crate::{Result, err};
 use burn::optim::GradientsParams;
 use std::collections::BTreeMap;
 
@@ -74,22 +75,22 @@ pub struct Classp {
     pub touched: Vec<Vec<bool>>,
 }
 
-pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>, String> {
+pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
     let p: Params = parse_params("classp", v)?;
     if !(p.lr.is_finite() && p.lr > 0.0) {
-        return Err(format!("strategy classp: lr must be > 0, got {}", p.lr));
+        return Err(err!("strategy classp: lr must be > 0, got {}", p.lr));
     }
     if !(p.threshold.is_finite() && p.threshold >= 0.0) {
-        return Err(format!(
+        return Err(err!(
             "strategy classp: threshold must be >= 0, got {}",
             p.threshold
         ));
     }
     if !(p.eps.is_finite() && p.eps > 0.0) {
-        return Err(format!("strategy classp: eps must be > 0, got {}", p.eps));
+        return Err(err!("strategy classp: eps must be > 0, got {}", p.eps));
     }
     if !(p.p.is_finite() && p.p > 0.0) {
-        return Err(format!("strategy classp: p must be > 0, got {}", p.p));
+        return Err(err!("strategy classp: p must be > 0, got {}", p.p));
     }
     Ok(Box::new(Classp {
         lr: p.lr,
@@ -229,7 +230,7 @@ impl Strategy for Classp {
         }
     }
 
-    fn load_state(&mut self, st: State) -> Result<(), String> {
+    fn load_state(&mut self, st: State) -> Result<()> {
         let n = json_usize(&st, "params")?;
         let mut acc = Vec::with_capacity(n);
         let mut touched = Vec::with_capacity(n);
@@ -242,7 +243,7 @@ impl Strategy for Classp {
             touched.push(t.into_iter().map(|v| v != 0.0).collect());
         }
         if acc.len() != n {
-            return Err(format!(
+            return Err(err!(
                 "strategy classp: state has {} accumulators, expected {n}",
                 acc.len()
             ));
@@ -256,7 +257,7 @@ impl Strategy for Classp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::strategy::penalty::tests::{batch, blobs, ctx, device, grads_host, mlp};
+    use crate::strategy::parts::testutil::{batch, blobs, ctx, device, grads_host, mlp};
     use burn::nn::loss::CrossEntropyLossConfig;
     use serde_json::json;
 

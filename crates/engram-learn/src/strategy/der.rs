@@ -6,9 +6,11 @@
 //! batch (mean over logits and examples); DER++ adds β·CE(f(x″), y″) on a second batch drawn
 //! independently.
 
-use super::buffer::{Buffer, Pending, Sampling, ce_by_task, check_buffer, host2};
+use super::parts::buffer::{Buffer, Pending, Sampling, ce_by_task, check_buffer, host2};
+use super::parts::buffer_hooks;
 use super::{Batch, Ctx, State, Strategy, parse_params};
 use crate::model::Net;
+use crate::{Result, err};
 use burn::prelude::*;
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -39,7 +41,7 @@ pub struct Der {
     buf: Buffer,
 }
 
-fn make(name: &str, plus: bool, v: &serde_json::Value) -> Result<Box<dyn Strategy>, String> {
+fn make(name: &str, plus: bool, v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
     let p: Params = parse_params(name, v)?;
     check_buffer(name, p.buffer, p.replay_batch)?;
     if !plus && p.beta.is_some() {
@@ -48,9 +50,7 @@ fn make(name: &str, plus: bool, v: &serde_json::Value) -> Result<Box<dyn Strateg
     let beta = if plus { p.beta.unwrap_or(0.5) } else { 0.0 };
     for (k, w) in [("alpha", p.alpha), ("beta", beta)] {
         if !(w.is_finite() && w >= 0.0) {
-            return Err(format!(
-                "strategy {name}: {k} must be finite and ≥ 0, got {w}"
-            ));
+            return Err(err!("strategy {name}: {k} must be finite and ≥ 0, got {w}"));
         }
     }
     let p = Params {
@@ -65,11 +65,11 @@ fn make(name: &str, plus: bool, v: &serde_json::Value) -> Result<Box<dyn Strateg
     }))
 }
 
-pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>, String> {
+pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
     make("der", false, v)
 }
 
-pub fn build_plus(v: &serde_json::Value) -> Result<Box<dyn Strategy>, String> {
+pub fn build_plus(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
     make("der++", true, v)
 }
 
@@ -91,10 +91,10 @@ impl Strategy for Der {
         serde_json::to_value(&self.p).unwrap_or_default()
     }
 
-    fn before_task(&mut self, cx: &Ctx, net: Net) -> Result<Net, String> {
+    fn before_task(&mut self, cx: &Ctx, net: Net) -> Result<Net> {
         if self.buf.width != cx.scenario.num_outputs {
             if !self.buf.is_empty() {
-                return Err(format!(
+                return Err(err!(
                     "strategy {}: the buffer holds logits of {} outputs, the model has {}",
                     self.name(),
                     self.buf.width,
@@ -133,26 +133,15 @@ impl Strategy for Der {
         total
     }
 
-    fn after_step(&mut self, cx: &Ctx, net: Net) -> Net {
-        self.buf.flush(cx.seed);
-        net
-    }
+    buffer_hooks!(buf);
 
-    fn state_bytes(&self) -> u64 {
-        self.buf.bytes()
-    }
-
-    fn state(&self) -> State {
-        self.buf.state()
-    }
-
-    fn load_state(&mut self, state: State) -> Result<(), String> {
+    fn load_state(&mut self, state: State) -> Result<()> {
         let width = state
             .json
             .get("buffer")
             .and_then(|b| b.get("width"))
             .and_then(|w| w.as_u64())
-            .ok_or_else(|| format!("strategy {}: the state has no buffer", self.name()))?;
+            .ok_or_else(|| err!("strategy {}: the state has no buffer", self.name()))?;
         self.ensure_buffer(width as usize);
         self.buf.load("buffer", &state)
     }
@@ -178,10 +167,12 @@ mod tests {
             device: &d,
             seed: 4,
             step: 0,
+            optim: &crate::optim::OptimConfig::DEFAULT,
+            lr: 1e-3,
         };
         let net = st.before_task(&cx, net).expect("before");
         let ids: Vec<(usize, usize)> = s.tasks[0].train[..6].iter().map(|&i| (0, i)).collect();
-        let (xh, yh) = crate::train::trainer::gather(&s, crate::scenario::Part::Train, &ids);
+        let (xh, yh) = s.gather(crate::scenario::Part::Train, &ids);
         let batch = Batch {
             x: Tensor::<2>::from_data(TensorData::new(xh.clone(), [6, s.train.dim]), &d),
             y: Tensor::<1, Int>::from_data(

@@ -7,57 +7,16 @@
 //! The penalty covers every parameter and is added to the loss on the autodiff graph.
 //!
 //! The diagonal Fisher is estimated after each task on `samples` training examples of that
-//! task (a seeded subset), in the scenario's loss (Task-IL: the other tasks' logits masked):
-//! - `exact`: (1/N)·Σ_n Σ_y p(y|x_n)·(∂ log p(y|x_n))², every allowed class y;
-//! - `sampled`: (1/N)·Σ_n (∂ log p(ŷ_n|x_n))², ŷ_n ~ p(·|x_n) (seeded);
-//! - `empirical`: the same with the true label;
-//! - `weighted-empirical`: the empirical squared gradient × p(y_n|x_n) (Mammoth `ewc_on`);
-//! - `batched`: (∂ of the mean loss of a minibatch of `fisher-batch` examples)², averaged
-//!   over the minibatches (Avalanche; needs λ about batch-size times larger).
-//!
-//! Per-example gradients (all estimators but `batched`) are computed in one batched pass
-//! per chunk of `fisher-batch` rows **for the MLP**: zero "probe" leaves are added to every
-//! pre-activation, one backward pass of the summed loss gives each row's output gradient δ,
-//! and Σ_rows w·(a²)ᵀ(δ²) is the squared per-example weight gradient (a: the layer's input),
-//! Σ_rows w·δ² the bias one. `exact` stacks each example once per allowed class (rows
-//! (n, y) weighted by p(y|x_n)), so it is one pass over N·C rows.
-//! **Fallback:** for the CNN and the ViT (convolutions, attention), and an MLP with a feedback
-//! input (only built for IDER), the per-example gradients
-//! are computed one example at a time (one backward pass per row: N, or N·C for `exact`),
-//! which is exact but slow; the `batched` estimator is batched for every model. Nothing
-//! falls back silently: this is the documented behaviour of the `fisher` parameter.
+//! task by one of the card's estimators (`parts/fisher.rs`).
 //! The mean and max of F per tensor are recorded in the strategy state (`fisher_stats`).
 
-use super::penalty::{Host, Quadratic, Term, check_nonneg, host, json_usize};
+use super::parts::fisher::{Estimator, PerExample, fisher};
+use super::parts::penalty::{Host, Quadratic, Term, check_nonneg, host, json_usize};
 use super::{Batch, Ctx, State, Strategy, parse_params};
-use crate::data::rng::Rng;
 use crate::model::Net;
-use crate::model::params::{ParamInfo, flat_params, grad_flat};
-use crate::scenario::{EvalMode, Part, Scenario};
-use crate::train::trainer::gather;
-use burn::optim::GradientsParams;
+use crate::model::params::ParamInfo;
+use crate::{Result, err};
 use burn::prelude::*;
-use burn::tensor::activation::{log_softmax, relu};
-
-/// The Fisher estimators of the card.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Estimator {
-    Exact,
-    Sampled,
-    Empirical,
-    WeightedEmpirical,
-    Batched,
-}
-
-/// How per-example squared gradients are computed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PerExample {
-    /// Batched probe trick where the model allows it (MLP), else one example at a time.
-    Auto,
-    /// One example at a time (the reference; used by the fallback and the tests).
-    Loop,
-}
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -126,13 +85,13 @@ pub struct Ewc {
     stats: Vec<serde_json::Value>,
 }
 
-fn check(name: &str, lambda: f64, samples: usize, fb: usize) -> Result<(), String> {
+fn check(name: &str, lambda: f64, samples: usize, fb: usize) -> Result<()> {
     check_nonneg(name, "lambda", lambda)?;
     if samples == 0 {
-        return Err(format!("strategy {name}: samples must be at least 1"));
+        return Err(err!("strategy {name}: samples must be at least 1"));
     }
     if fb == 0 {
-        return Err(format!("strategy {name}: fisher-batch must be at least 1"));
+        return Err(err!("strategy {name}: fisher-batch must be at least 1"));
     }
     Ok(())
 }
@@ -161,7 +120,7 @@ impl Ewc {
     }
 }
 
-pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>, String> {
+pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
     let p: Params = parse_params("ewc", v)?;
     check("ewc", p.lambda, p.samples, p.fisher_batch)?;
     Ok(Box::new(Ewc::new(
@@ -175,11 +134,11 @@ pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>, String> {
 }
 
 /// The `online-ewc` registry entry (see `online_ewc.rs`).
-pub fn build_online(v: &serde_json::Value) -> Result<Box<dyn Strategy>, String> {
+pub fn build_online(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
     let p: OnlineParams = parse_params("online-ewc", v)?;
     check("online-ewc", p.lambda, p.samples, p.fisher_batch)?;
     if !(p.gamma.is_finite() && (0.0..=1.0).contains(&p.gamma)) {
-        return Err(format!(
+        return Err(err!(
             "strategy online-ewc: gamma must be in [0, 1], got {}",
             p.gamma
         ));
@@ -192,212 +151,6 @@ pub fn build_online(v: &serde_json::Value) -> Result<Box<dyn Strategy>, String> 
         p.samples,
         p.fisher_batch,
     )))
-}
-
-/// Logit offsets: 0 for the classes the task's loss scores, −1e9 for the others (Task-IL).
-fn class_penalty(s: &Scenario, task: usize) -> Vec<f32> {
-    let c = s.num_outputs;
-    if s.eval == EvalMode::TaskIl {
-        let mut p = vec![-1e9f32; c];
-        for &k in &s.tasks[task].classes {
-            if (k as usize) < c {
-                p[k as usize] = 0.0;
-            }
-        }
-        p
-    } else {
-        vec![0.0; c]
-    }
-}
-
-fn to_host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, String> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| format!("tensor to host: {e:?}"))
-}
-
-fn masked_log_softmax(logits: Tensor<2>, pen: &[f32], device: &Device) -> Tensor<2> {
-    let p = Tensor::<1>::from_data(TensorData::new(pen.to_vec(), [pen.len()]), device);
-    log_softmax(logits + p.unsqueeze_dim(0), 1)
-}
-
-/// The diagonal Fisher of `net` on task `task`'s training data, per parameter (visiting
-/// order), with the given estimator.
-#[allow(clippy::too_many_arguments)]
-pub fn fisher(
-    net: &Net,
-    s: &Scenario,
-    task: usize,
-    device: &Device,
-    seed: u64,
-    est: Estimator,
-    samples: usize,
-    chunk: usize,
-    how: PerExample,
-) -> Result<Vec<(ParamInfo, Vec<f32>)>, String> {
-    let infos: Vec<ParamInfo> = flat_params(net).into_iter().map(|(i, _)| i).collect();
-    let mut acc: Vec<Vec<f64>> = infos.iter().map(|i| vec![0.0; i.numel()]).collect();
-    let train = &s.tasks[task].train;
-    if train.is_empty() {
-        return Err(format!("ewc: task {task} has no training examples"));
-    }
-    let mut rng = Rng::keyed(seed, "ewc-fisher", task as u64);
-    let idx = rng.choose_sorted(train, samples);
-    let ids: Vec<(usize, usize)> = idx.iter().map(|&i| (task, i)).collect();
-    let (xh, yh) = gather(s, Part::Train, &ids);
-    let (n, dim, c) = (ids.len(), s.train.dim, s.num_outputs);
-    let pen = class_penalty(s, task);
-    let xs = |rows: &[usize]| -> Tensor<2> {
-        let mut v = Vec::with_capacity(rows.len() * dim);
-        for &r in rows {
-            v.extend_from_slice(&xh[r * dim..(r + 1) * dim]);
-        }
-        Tensor::<2>::from_data(TensorData::new(v, [rows.len(), dim]), device)
-    };
-    let onehot = |ys: &[usize]| -> Tensor<2> {
-        let mut v = vec![0f32; ys.len() * c];
-        for (r, &y) in ys.iter().enumerate() {
-            v[r * c + y] = 1.0;
-        }
-        Tensor::<2>::from_data(TensorData::new(v, [ys.len(), c]), device)
-    };
-    if est == Estimator::Batched {
-        let all: Vec<usize> = (0..n).collect();
-        let mut batches = 0usize;
-        for b in all.chunks(chunk) {
-            let ys: Vec<usize> = b.iter().map(|&r| yh[r] as usize).collect();
-            let lp = masked_log_softmax(net.forward(xs(b)), &pen, device);
-            let loss = (lp * onehot(&ys)).sum().neg().div_scalar(b.len() as f32);
-            let g = GradientsParams::from_grads(loss.backward(), net);
-            for (k, info) in infos.iter().enumerate() {
-                if let Some(t) = grad_flat(&g, info) {
-                    for (a, v) in acc[k].iter_mut().zip(to_host(t)?) {
-                        *a += (v as f64) * (v as f64);
-                    }
-                }
-            }
-            batches += 1;
-        }
-        return Ok(finish(infos, acc, batches.max(1)));
-    }
-    // Rows (example, label, weight).
-    let mut rows: Vec<(usize, usize, f32)> = Vec::new();
-    let probs = if est == Estimator::Empirical {
-        Vec::new()
-    } else {
-        let all: Vec<usize> = (0..n).collect();
-        let mut p = Vec::with_capacity(n * c);
-        for b in all.chunks(chunk) {
-            let lp = masked_log_softmax(net.forward(xs(b)).detach(), &pen, device);
-            p.extend(to_host(lp.exp())?);
-        }
-        p
-    };
-    for r in 0..n {
-        let y = yh[r] as usize;
-        match est {
-            Estimator::Exact => {
-                for k in 0..c {
-                    if pen[k] == 0.0 {
-                        rows.push((r, k, probs[r * c + k]));
-                    }
-                }
-            }
-            Estimator::Sampled => {
-                let w: Vec<f64> = probs[r * c..(r + 1) * c]
-                    .iter()
-                    .zip(&pen)
-                    .map(|(&p, &m)| if m == 0.0 { p as f64 } else { 0.0 })
-                    .collect();
-                rows.push((r, rng.weighted(&w), 1.0));
-            }
-            Estimator::Empirical => rows.push((r, y, 1.0)),
-            Estimator::WeightedEmpirical => rows.push((r, y, probs[r * c + y])),
-            Estimator::Batched => {}
-        }
-    }
-    match (how, net) {
-        // The probe pass mirrors `Mlp::forward`; an MLP with IDER's feedback input
-        // takes the loop.
-        (PerExample::Auto, Net::Mlp(m)) if m.fb.is_none() => {
-            for b in rows.chunks(chunk) {
-                let ex: Vec<usize> = b.iter().map(|r| r.0).collect();
-                let ys: Vec<usize> = b.iter().map(|r| r.1).collect();
-                let w: Vec<f32> = b.iter().map(|r| r.2).collect();
-                let nr = b.len();
-                let mut h = xs(&ex);
-                let mut acts = Vec::new();
-                let mut probes = Vec::new();
-                let last = m.fc.len() - 1;
-                for (l, lin) in m.fc.iter().enumerate() {
-                    let wt = lin.weight.val();
-                    let probe = Tensor::<2>::zeros([nr, wt.dims()[1]], device).require_grad();
-                    acts.push(h.clone().detach());
-                    let mut z = h.matmul(wt) + probe.clone();
-                    if let Some(bias) = &lin.bias {
-                        z = z + bias.val().unsqueeze_dim(0);
-                    }
-                    probes.push(probe);
-                    h = if l < last { relu(z) } else { z };
-                }
-                let lp = masked_log_softmax(h, &pen, device);
-                let loss = (lp * onehot(&ys)).sum().neg();
-                let grads = loss.backward();
-                for (l, lin) in m.fc.iter().enumerate() {
-                    let dz = probes[l]
-                        .grad(&grads)
-                        .ok_or("ewc: no gradient reached a probe")?;
-                    let wc = Tensor::<1>::from_data(TensorData::new(w.clone(), [nr]), &dz.device())
-                        .unsqueeze_dim::<2>(1);
-                    let dz2 = dz.square() * wc;
-                    let a = acts[l].clone().without_autodiff();
-                    let fw = to_host(a.square().transpose().matmul(dz2.clone()))?;
-                    let fb = to_host(dz2.sum_dim(0))?;
-                    let wname = format!("fc.{l}.weight");
-                    let bname = format!("fc.{l}.bias");
-                    for (k, info) in infos.iter().enumerate() {
-                        let src = if info.name == wname {
-                            &fw
-                        } else if info.name == bname && lin.bias.is_some() {
-                            &fb
-                        } else {
-                            continue;
-                        };
-                        if src.len() != acc[k].len() {
-                            return Err(format!("ewc: Fisher size mismatch for {}", info.name));
-                        }
-                        for (a, &v) in acc[k].iter_mut().zip(src) {
-                            *a += v as f64;
-                        }
-                    }
-                }
-            }
-        }
-        _ => {
-            for &(r, y, w) in &rows {
-                let lp = masked_log_softmax(net.forward(xs(&[r])), &pen, device);
-                let loss = (lp * onehot(&[y])).sum().neg();
-                let g = GradientsParams::from_grads(loss.backward(), net);
-                for (k, info) in infos.iter().enumerate() {
-                    if let Some(t) = grad_flat(&g, info) {
-                        for (a, v) in acc[k].iter_mut().zip(to_host(t)?) {
-                            *a += (w as f64) * (v as f64) * (v as f64);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Ok(finish(infos, acc, n))
-}
-
-fn finish(infos: Vec<ParamInfo>, acc: Vec<Vec<f64>>, n: usize) -> Vec<(ParamInfo, Vec<f32>)> {
-    infos
-        .into_iter()
-        .zip(acc)
-        .map(|(i, a)| (i, a.into_iter().map(|v| (v / n as f64) as f32).collect()))
-        .collect()
 }
 
 impl Ewc {
@@ -475,7 +228,7 @@ impl Strategy for Ewc {
         self.quad.add_to(loss, net, cx.device, self.lambda / 2.0)
     }
 
-    fn after_task(&mut self, cx: &Ctx, net: Net) -> Result<Net, String> {
+    fn after_task(&mut self, cx: &Ctx, net: Net) -> Result<Net> {
         let f = fisher(
             &net,
             cx.scenario,
@@ -510,7 +263,7 @@ impl Strategy for Ewc {
         st
     }
 
-    fn load_state(&mut self, st: State) -> Result<(), String> {
+    fn load_state(&mut self, st: State) -> Result<()> {
         let tasks = json_usize(&st, "tasks")?;
         let terms = json_usize(&st, "terms")?;
         self.quad.load("ewc.", terms, true, &st)?;
@@ -527,10 +280,12 @@ impl Strategy for Ewc {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::strategy::penalty::Term;
-    use crate::strategy::penalty::tests::{
+    use crate::model::params::flat_params;
+    use crate::strategy::parts::penalty::Term;
+    use crate::strategy::parts::testutil::{
         assert_close, batch, blobs, ctx, device, grads_host, mlp,
     };
+    use engram_weights::rng::Rng;
 
     fn hand_ewc(lambda: f64, gamma: Option<f64>) -> Ewc {
         Ewc::new("ewc", lambda, gamma, Estimator::Exact, 10, 8)
@@ -539,7 +294,7 @@ mod tests {
     /// Deterministic pseudo-random values in [lo, lo + 1).
     fn vals(n: usize, k: u64, lo: f32) -> Vec<f32> {
         let mut r = Rng::new(k);
-        (0..n).map(|_| lo + r.uniform() as f32).collect()
+        (0..n).map(|_| lo + r.uniform_f64() as f32).collect()
     }
 
     #[test]

@@ -13,9 +13,11 @@
 //! `detach-feedback` is set; the choice is recorded in the parameters. The buffer is a
 //! class-balanced reservoir by default, as in the reference runs.
 
-use super::buffer::{Buffer, Pending, Sampling, ce_by_task, check_buffer};
+use super::parts::buffer::{Buffer, Pending, Sampling, ce_by_task, check_buffer};
+use super::parts::buffer_hooks;
 use super::{Batch, Ctx, State, Strategy, parse_params};
 use crate::model::Net;
+use crate::{Result, err};
 use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
@@ -64,14 +66,12 @@ pub struct Ider {
     teacher: Option<Net>,
 }
 
-pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>, String> {
+pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
     let p: Params = parse_params("ider", v)?;
     check_buffer("ider", p.buffer, p.replay_batch)?;
     for (k, w) in [("a", p.a), ("b", p.b), ("c", p.c)] {
         if !(w.is_finite() && w >= 0.0) {
-            return Err(format!(
-                "strategy ider: {k} must be finite and ≥ 0, got {w}"
-            ));
+            return Err(err!("strategy ider: {k} must be finite and ≥ 0, got {w}"));
         }
     }
     let buf = Buffer::new(p.buffer, p.sampling, 0);
@@ -126,7 +126,7 @@ impl Strategy for Ider {
         true
     }
 
-    fn before_task(&mut self, cx: &Ctx, net: Net) -> Result<Net, String> {
+    fn before_task(&mut self, cx: &Ctx, net: Net) -> Result<Net> {
         if !net.has_feedback() {
             return Err(
                 "strategy ider needs a model with a feedback input (the trainer builds it when \
@@ -180,20 +180,9 @@ impl Strategy for Ider {
         total
     }
 
-    fn after_step(&mut self, cx: &Ctx, net: Net) -> Net {
-        self.buf.flush(cx.seed);
-        net
-    }
+    buffer_hooks!(buf);
 
-    fn state_bytes(&self) -> u64 {
-        self.buf.bytes()
-    }
-
-    fn state(&self) -> State {
-        self.buf.state()
-    }
-
-    fn load_state(&mut self, state: State) -> Result<(), String> {
+    fn load_state(&mut self, state: State) -> Result<()> {
         self.buf.load("buffer", &state)
     }
 }
@@ -201,15 +190,14 @@ impl Strategy for Ider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::params::{host_params, load_params};
+    use crate::model::params::load_params;
     use crate::strategy::lwf::tests::{blobs_ci, host};
     use burn::nn::loss::CrossEntropyLossConfig;
-    use std::collections::BTreeMap;
 
     #[test]
     fn the_second_pass_consumes_the_first_pass_output() {
         let s = blobs_ci();
-        let _rng = crate::train::rng_guard();
+        let _rng = crate::backend::rng_guard();
         let d = Device::flex();
         d.seed(9);
         let d = d.autodiff();
@@ -218,10 +206,7 @@ mod tests {
             .build_with_feedback(s.train.dim, s.train.image, c, true, &d)
             .expect("net");
         // A strong feedback path, so that the input it gets matters.
-        let mut vals: BTreeMap<String, Vec<f32>> = host_params(&net)
-            .into_iter()
-            .map(|(i, v)| (i.name, v))
-            .collect();
+        let mut vals = crate::model::params::named_values(&net);
         for v in vals.get_mut("fb.weight").expect("fb").iter_mut() {
             *v *= 20.0;
         }
@@ -233,10 +218,12 @@ mod tests {
             device: &d,
             seed: 1,
             step: 0,
+            optim: &crate::optim::OptimConfig::DEFAULT,
+            lr: 1e-3,
         };
         let net = st.before_task(&cx, net).expect("before");
         let ids: Vec<(usize, usize)> = s.tasks[0].train[..5].iter().map(|&i| (0, i)).collect();
-        let (xh, yh) = crate::train::trainer::gather(&s, crate::scenario::Part::Train, &ids);
+        let (xh, yh) = s.gather(crate::scenario::Part::Train, &ids);
         let x = Tensor::<2>::from_data(TensorData::new(xh.clone(), [5, s.train.dim]), &d);
         let y = Tensor::<1, Int>::from_data(
             TensorData::new(yh.iter().map(|&v| v as i64).collect::<Vec<_>>(), [5]),

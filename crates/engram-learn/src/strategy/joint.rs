@@ -3,6 +3,7 @@
 //! Card: methods/metrics.md (baselines of every comparison).
 
 use super::{Ctx, Strategy, parse_params};
+use crate::Result;
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -10,7 +11,7 @@ struct Params {}
 
 pub struct Joint;
 
-pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>, String> {
+pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
     let _: Params = parse_params("joint", v)?;
     Ok(Box::new(Joint))
 }

@@ -11,16 +11,16 @@
 //! on the L2-normalised features of the model at the end of its task (iCaRL, as PyCIL), or in a
 //! seeded random order (`selection = "random"`), and every class is cut to its share.
 
-use super::buffer::{ce_by_task, host2};
 use super::lwf::{old_classes, old_head_kd, teacher_logits};
+use super::parts::buffer::{ce_by_task, host2};
 use super::{Batch, Ctx, State, Strategy, parse_params};
-use crate::data::rng::Rng;
 use crate::model::Net;
-use crate::model::params::{host_params, load_params};
+use crate::model::params::load_params;
 use crate::scenario::Part;
-use crate::train::trainer::gather;
+use crate::{Result, err};
 use burn::module::Module;
 use burn::prelude::*;
+use engram_weights::rng::Rng;
 use std::collections::BTreeMap;
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -74,10 +74,10 @@ pub struct KdWa {
     dim: usize,
 }
 
-pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>, String> {
+pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
     let p: Params = parse_params("kd-wa", v)?;
     if !(p.temperature.is_finite() && p.temperature > 0.0) {
-        return Err(format!(
+        return Err(err!(
             "strategy kd-wa: temperature must be finite and > 0, got {}",
             p.temperature
         ));
@@ -94,24 +94,21 @@ pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>, String> {
 /// Weight Aligning: scales the output-layer rows (and biases) of `new` classes so that their
 /// mean L2 norm equals that of the `old` rows; returns the network and γ (`None` when either
 /// set is empty or the new rows are all zero).
-pub fn align(net: Net, old: &[u32], new: &[u32]) -> Result<(Net, Option<f64>), String> {
+pub fn align(net: Net, old: &[u32], new: &[u32]) -> Result<(Net, Option<f64>)> {
     if old.is_empty() || new.is_empty() {
         return Ok((net, None));
     }
     let (wn, bn) = net.head_names();
-    let mut values: BTreeMap<String, Vec<f32>> = host_params(&net)
-        .into_iter()
-        .map(|(i, v)| (i.name, v))
-        .collect();
+    let mut values = crate::model::params::named_values(&net);
     let c = {
         let w = values
             .get(&wn)
-            .ok_or_else(|| format!("weight aligning: no parameter {wn}"))?;
+            .ok_or_else(|| err!("weight aligning: no parameter {wn}"))?;
         values.get(&bn).map_or(0, |b| b.len()).max(1).min(w.len())
     };
     let w = values
         .get_mut(&wn)
-        .ok_or_else(|| format!("weight aligning: no parameter {wn}"))?;
+        .ok_or_else(|| err!("weight aligning: no parameter {wn}"))?;
     // burn's Linear weight is [inputs, classes]: class j's row is column j.
     let inputs = w.len() / c;
     let norm = |w: &[f32], j: usize| {
@@ -124,9 +121,7 @@ pub fn align(net: Net, old: &[u32], new: &[u32]) -> Result<(Net, Option<f64>), S
         set.iter().map(|&j| norm(w, j as usize)).sum::<f64>() / set.len() as f64
     };
     if old.iter().chain(new).any(|&j| j as usize >= c) {
-        return Err(format!(
-            "weight aligning: a class is beyond the {c} outputs"
-        ));
+        return Err(err!("weight aligning: a class is beyond the {c} outputs"));
     }
     let (mo, mn) = (mean(w, old), mean(w, new));
     if mn <= 0.0 {
@@ -233,7 +228,7 @@ impl KdWa {
                     let mut feats = Vec::new();
                     let mut d = 0;
                     for chunk in ids.chunks(1000) {
-                        let (x, _) = gather(s, Part::Train, chunk);
+                        let (x, _) = s.gather(Part::Train, chunk);
                         let x = Tensor::<2>::from_data(
                             TensorData::new(x, [chunk.len(), s.train.dim]),
                             &base,
@@ -263,7 +258,7 @@ impl Strategy for KdWa {
         serde_json::to_value(&self.p).unwrap_or_default()
     }
 
-    fn before_task(&mut self, cx: &Ctx, net: Net) -> Result<Net, String> {
+    fn before_task(&mut self, cx: &Ctx, net: Net) -> Result<Net> {
         self.teacher = (cx.task > 0 && self.p.kd).then(|| net.valid());
         Ok(net)
     }
@@ -303,7 +298,7 @@ impl Strategy for KdWa {
         }
     }
 
-    fn after_task(&mut self, cx: &Ctx, net: Net) -> Result<Net, String> {
+    fn after_task(&mut self, cx: &Ctx, net: Net) -> Result<Net> {
         let mut net = net;
         if self.p.wa {
             let old = old_classes(cx);
@@ -340,7 +335,7 @@ impl Strategy for KdWa {
         }
     }
 
-    fn load_state(&mut self, state: State) -> Result<(), String> {
+    fn load_state(&mut self, state: State) -> Result<()> {
         #[derive(serde::Deserialize)]
         struct Saved {
             memory: Vec<(u32, Vec<(usize, usize)>)>,
@@ -348,7 +343,7 @@ impl Strategy for KdWa {
             dim: usize,
         }
         let s: Saved = serde_json::from_value(state.json)
-            .map_err(|e| format!("strategy kd-wa: bad saved state: {e}"))?;
+            .map_err(|e| err!("strategy kd-wa: bad saved state: {e}"))?;
         self.memory = s.memory.into_iter().collect();
         self.gammas = s.gammas;
         self.dim = s.dim;
@@ -359,6 +354,7 @@ impl Strategy for KdWa {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::params::host_params;
     use crate::strategy::lwf::tests::blobs_ci;
 
     fn row_norms(net: &Net, classes: &[u32]) -> (f64, Vec<f32>) {
@@ -398,10 +394,7 @@ mod tests {
                 .expect("net");
             // Make the new classes' rows three times larger, as after training on them.
             let (wn, bn) = net.head_names();
-            let mut vals: BTreeMap<String, Vec<f32>> = host_params(&net)
-                .into_iter()
-                .map(|(i, v)| (i.name, v))
-                .collect();
+            let mut vals = crate::model::params::named_values(&net);
             let c = s.num_outputs;
             for (k, x) in vals.get_mut(&wn).expect("w").iter_mut().enumerate() {
                 if (2..4).contains(&(k % c)) {
@@ -420,6 +413,8 @@ mod tests {
                 device: &d,
                 seed: 2,
                 step: 0,
+                optim: &crate::optim::OptimConfig::DEFAULT,
+                lr: 1e-3,
             };
             let net = st.after_task(&cx, net).expect("align");
             let (o1, b1) = row_norms(&net, &old);
@@ -462,6 +457,8 @@ mod tests {
             device: &d,
             seed: 2,
             step: 0,
+            optim: &crate::optim::OptimConfig::DEFAULT,
+            lr: 1e-3,
         };
         let net = st.after_task(&cx(0), net).expect("t0");
         let ex0 = st.train_examples(&cx(1));

@@ -6,9 +6,10 @@
 //! (added to the loss, so Adam rescales its gradient); decoupled decay toward θ* is a
 //! different method and is not what runs here.
 
-use super::penalty::{Quadratic, Term, check_nonneg, host, json_usize};
+use super::parts::penalty::{Quadratic, Term, check_nonneg, host, json_usize};
 use super::{Batch, Ctx, State, Strategy, parse_params};
 use crate::model::Net;
+use crate::{Result, err};
 use burn::prelude::*;
 
 #[derive(serde::Deserialize)]
@@ -32,7 +33,7 @@ pub struct L2 {
     pub quad: Quadratic,
 }
 
-pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>, String> {
+pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
     let p: Params = parse_params("l2", v)?;
     check_nonneg("l2", "lambda", p.lambda)?;
     if p.params.iter().any(String::is_empty) {
@@ -60,14 +61,14 @@ impl Strategy for L2 {
         serde_json::json!({"lambda": self.lambda, "params": self.prefixes, "penalty_convention": "half"})
     }
 
-    fn before_task(&mut self, _cx: &Ctx, net: Net) -> Result<Net, String> {
+    fn before_task(&mut self, _cx: &Ctx, net: Net) -> Result<Net> {
         let h = host(&net);
         if let Some(p) = self
             .prefixes
             .iter()
             .find(|p| !h.iter().any(|(n, _, _)| n.starts_with(p.as_str())))
         {
-            return Err(format!(
+            return Err(err!(
                 "strategy l2: no parameter name starts with '{p}'; names: {}",
                 h.iter()
                     .map(|(n, _, _)| n.as_str())
@@ -89,7 +90,7 @@ impl Strategy for L2 {
         self.quad.add_to(loss, net, cx.device, self.lambda / 2.0)
     }
 
-    fn after_task(&mut self, _cx: &Ctx, net: Net) -> Result<Net, String> {
+    fn after_task(&mut self, _cx: &Ctx, net: Net) -> Result<Net> {
         let h: Vec<_> = host(&net)
             .into_iter()
             .filter(|(n, _, _)| self.selected(n))
@@ -118,10 +119,10 @@ impl Strategy for L2 {
         st
     }
 
-    fn load_state(&mut self, st: State) -> Result<(), String> {
+    fn load_state(&mut self, st: State) -> Result<()> {
         let terms = json_usize(&st, "terms")?;
         if terms > 1 {
-            return Err(format!(
+            return Err(err!(
                 "strategy l2: state has {terms} anchors, expected at most 1"
             ));
         }
@@ -132,7 +133,7 @@ impl Strategy for L2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::strategy::penalty::tests::{
+    use crate::strategy::parts::testutil::{
         assert_close, batch, blobs, ctx, device, grads_host, mlp,
     };
     use serde_json::json;

@@ -12,6 +12,7 @@
 use super::{Batch, Ctx, Strategy, parse_params};
 use crate::model::Net;
 use crate::scenario::EvalMode;
+use crate::{Result, err};
 use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
@@ -38,7 +39,7 @@ fn two() -> f64 {
 }
 
 impl Params {
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<()> {
         if !(self.alpha.is_finite() && self.alpha >= 0.0)
             || self
                 .alpha_per_task
@@ -48,7 +49,7 @@ impl Params {
             return Err("strategy lwf: alpha must be finite and ≥ 0".into());
         }
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return Err(format!(
+            return Err(err!(
                 "strategy lwf: temperature must be finite and > 0, got {}",
                 self.temperature
             ));
@@ -70,7 +71,7 @@ pub struct Lwf {
     teacher: Option<Net>,
 }
 
-pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>, String> {
+pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
     let p: Params = parse_params("lwf", v)?;
     p.validate()?;
     Ok(Box::new(Lwf { p, teacher: None }))
@@ -147,7 +148,7 @@ impl Strategy for Lwf {
         serde_json::to_value(&self.p).unwrap_or_default()
     }
 
-    fn before_task(&mut self, cx: &Ctx, net: Net) -> Result<Net, String> {
+    fn before_task(&mut self, cx: &Ctx, net: Net) -> Result<Net> {
         self.teacher = (cx.task > 0).then(|| net.valid());
         Ok(net)
     }
@@ -246,10 +247,12 @@ pub(crate) mod tests {
             device: &d,
             seed: 1,
             step: 0,
+            optim: &crate::optim::OptimConfig::DEFAULT,
+            lr: 1e-3,
         };
         let net = st.before_task(&cx(1), net).expect("before");
         let ids: Vec<(usize, usize)> = s.tasks[1].train[..4].iter().map(|&i| (1, i)).collect();
-        let (xh, yh) = crate::train::trainer::gather(&s, crate::scenario::Part::Train, &ids);
+        let (xh, yh) = s.gather(crate::scenario::Part::Train, &ids);
         let batch = Batch {
             x: Tensor::<2>::from_data(TensorData::new(xh.clone(), [4, s.train.dim]), &d),
             y: Tensor::<1, Int>::from_data(

@@ -2,24 +2,29 @@
 //! contract"). A strategy overrides only the hooks it needs; the trainer owns the loop, the
 //! data and the evaluation. Adding a strategy is one file and one line in [`REGISTRY`].
 
-pub mod buffer;
+pub mod block_expansion;
 pub mod classp;
 pub mod der;
 pub mod er;
 pub mod ewc;
 pub mod ider;
 pub mod joint;
+pub mod kappatune;
 pub mod kd_wa;
 pub mod l2;
+pub mod lift;
+pub mod lora;
 pub mod lwf;
 pub mod naive;
 pub mod online_ewc;
-pub mod penalty;
+pub mod parts;
 pub mod probe;
 pub mod si;
 
 use crate::model::Net;
+use crate::optim::OptimConfig;
 use crate::scenario::Scenario;
+use crate::{Result, err};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use std::collections::BTreeMap;
@@ -34,6 +39,11 @@ pub struct Ctx<'a> {
     pub seed: u64,
     /// Optimizer steps taken in this task so far.
     pub step: usize,
+    /// The run's optimizer settings, for strategies that update some parameters themselves
+    /// (with [`crate::optim::AdamStep`], so that the settings mean the same update).
+    pub optim: &'a OptimConfig,
+    /// This step's learning rate (the schedule applied).
+    pub lr: f64,
 }
 
 /// One training minibatch.
@@ -77,7 +87,7 @@ pub trait Strategy: Send {
     }
 
     /// Before training a task: set up anchors, heads, buffers.
-    fn before_task(&mut self, _cx: &Ctx, net: Net) -> Result<Net, String> {
+    fn before_task(&mut self, _cx: &Ctx, net: Net) -> Result<Net> {
         Ok(net)
     }
 
@@ -112,7 +122,7 @@ pub trait Strategy: Send {
     }
 
     /// After a task: Fisher, weight aligning, freezing, prototypes.
-    fn after_task(&mut self, _cx: &Ctx, net: Net) -> Result<Net, String> {
+    fn after_task(&mut self, _cx: &Ctx, net: Net) -> Result<Net> {
         Ok(net)
     }
 
@@ -122,21 +132,45 @@ pub trait Strategy: Send {
         false
     }
 
-    /// Bytes of extra state (buffers, Fisher, masks) held between tasks.
+    /// Bytes of extra state (buffers, Fisher, masks, a strategy's own optimizer state).
     fn state_bytes(&self) -> u64 {
         0
+    }
+
+    /// Values training may change when the strategy restricts them (selective fine-tuning);
+    /// `None`: every parameter.
+    fn trainable(&self, _net: &Net) -> Option<usize> {
+        None
+    }
+
+    /// Bytes of optimizer state the strategy keeps for the parameters it updates itself
+    /// (LIFT's sparse moments, LoRA's factor moments); part of [`Strategy::state_bytes`].
+    fn optimizer_bytes(&self) -> u64 {
+        0
+    }
+
+    /// Named tensors a user of another trainer can apply (masks of trainable entries,
+    /// importance): written by `engram train --export-masks FILE` after the run.
+    fn masks(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        Vec::new()
     }
 
     fn state(&self) -> State {
         State::default()
     }
 
-    fn load_state(&mut self, _state: State) -> Result<(), String> {
+    fn load_state(&mut self, _state: State) -> Result<()> {
         Ok(())
+    }
+
+    /// On resume, after [`Strategy::load_state`]: give a freshly built network the shape the
+    /// strategy had given it (extra parameters), so that the checkpoint's values load.
+    fn reshape(&mut self, net: Net, _device: &Device) -> Result<Net> {
+        Ok(net)
     }
 }
 
-type Build = fn(&serde_json::Value) -> Result<Box<dyn Strategy>, String>;
+type Build = fn(&serde_json::Value) -> Result<Box<dyn Strategy>>;
 
 /// (name, one-line summary, constructor from parameters).
 pub const REGISTRY: &[(&str, &str, Build)] = &[
@@ -210,15 +244,35 @@ pub const REGISTRY: &[(&str, &str, Build)] = &[
         "IDER: idempotent two-pass replay f(x, f(x)) + idempotence distillation",
         ider::build,
     ),
+    (
+        "lift",
+        "LIFT: sparse AdamW on the principal entries of each weight (low-rank informed)",
+        lift::build,
+    ),
+    (
+        "kappatune",
+        "KappaTune: train only the N weights of lowest condition number κ",
+        kappatune::build,
+    ),
+    (
+        "lora",
+        "LoRA: W = W₀ + (α/r)·A·B on frozen weights; O-LoRA's orthogonal subspaces per task",
+        lora::build,
+    ),
+    (
+        "block-expansion",
+        "Control LLM: trainable parallel copies of residual blocks, blended, divergence loss",
+        block_expansion::build,
+    ),
 ];
 
-pub fn build(name: &str, params: &serde_json::Value) -> Result<Box<dyn Strategy>, String> {
+pub fn build(name: &str, params: &serde_json::Value) -> Result<Box<dyn Strategy>> {
     REGISTRY
         .iter()
         .find(|(n, _, _)| *n == name)
         .map(|(_, _, b)| b(params))
         .unwrap_or_else(|| {
-            Err(format!(
+            Err(err!(
                 "unknown strategy '{name}'; available: {}",
                 REGISTRY.iter().map(|r| r.0).collect::<Vec<_>>().join(", ")
             ))
@@ -230,13 +284,13 @@ pub fn build(name: &str, params: &serde_json::Value) -> Result<Box<dyn Strategy>
 pub fn parse_params<T: serde::de::DeserializeOwned>(
     name: &str,
     v: &serde_json::Value,
-) -> Result<T, String> {
+) -> Result<T> {
     let v = if v.is_null() {
         serde_json::json!({})
     } else {
         v.clone()
     };
-    serde_json::from_value(v).map_err(|e| format!("strategy {name}: {e}"))
+    serde_json::from_value(v).map_err(|e| err!("strategy {name}: {e}"))
 }
 
 /// Helper for strategies keeping named host tensors between tasks.

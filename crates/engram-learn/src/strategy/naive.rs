@@ -2,6 +2,7 @@
 //! Card: methods/metrics.md (baselines of every comparison).
 
 use super::{Strategy, parse_params};
+use crate::Result;
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -9,7 +10,7 @@ struct Params {}
 
 pub struct Naive;
 
-pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>, String> {
+pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
     let _: Params = parse_params("naive", v)?;
     Ok(Box::new(Naive))
 }

@@ -8,7 +8,8 @@
 //! `fisher-batch` (128).
 
 use super::Strategy;
+use crate::Result;
 
-pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>, String> {
+pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
     super::ewc::build_online(v)
 }

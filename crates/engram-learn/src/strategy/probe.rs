@@ -2,6 +2,7 @@
 //! each hook when and as often as the contract says (DESIGN.md, "The strategy contract").
 
 use super::{Batch, Ctx, State, Strategy, parse_params};
+use crate::Result;
 use crate::model::Net;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
@@ -17,7 +18,7 @@ pub struct Probe {
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
-pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>, String> {
+pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
     let _: Params = parse_params("probe", v)?;
     Ok(Box::new(Probe::default()))
 }
@@ -34,7 +35,7 @@ impl Strategy for Probe {
     fn name(&self) -> &'static str {
         "probe"
     }
-    fn before_task(&mut self, cx: &Ctx, net: Net) -> Result<Net, String> {
+    fn before_task(&mut self, cx: &Ctx, net: Net) -> Result<Net> {
         self.push(format!("before_task {}", cx.task));
         Ok(net)
     }
@@ -64,7 +65,7 @@ impl Strategy for Probe {
         self.push(format!("after_step {} {}", cx.task, cx.step));
         net
     }
-    fn after_task(&mut self, cx: &Ctx, net: Net) -> Result<Net, String> {
+    fn after_task(&mut self, cx: &Ctx, net: Net) -> Result<Net> {
         self.push(format!("after_task {}", cx.task));
         Ok(net)
     }

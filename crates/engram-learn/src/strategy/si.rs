@@ -9,10 +9,11 @@
 //! Loss: L_t + c·Σ_i Ω_i·(θ_i − θ̃_i)² (no ½: the card's form). Defaults c = 1
 //! (continual-learning-baselines), ξ = 0.1 (van de Ven; continual-learning-baselines).
 
-use super::penalty::{Host, Quadratic, Term, check_nonneg, host, json_usize};
+use super::parts::penalty::{Host, Quadratic, Term, check_nonneg, host, json_usize};
 use super::{Batch, Ctx, State, Strategy, parse_params};
 use crate::model::Net;
 use crate::model::params::{flat_params, grad_flat};
+use crate::{Result, err};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 
@@ -48,11 +49,11 @@ pub struct Si {
     g: Vec<Vec<f32>>,
 }
 
-pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>, String> {
+pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
     let p: Params = parse_params("si", v)?;
     check_nonneg("si", "c", p.c)?;
     if !(p.xi.is_finite() && p.xi > 0.0) {
-        return Err(format!(
+        return Err(err!(
             "strategy si: xi must be a finite number > 0, got {}",
             p.xi
         ));
@@ -93,7 +94,7 @@ impl Strategy for Si {
         serde_json::json!({"c": self.c, "xi": self.xi, "gradient": "unregularised"})
     }
 
-    fn before_task(&mut self, _cx: &Ctx, net: Net) -> Result<Net, String> {
+    fn before_task(&mut self, _cx: &Ctx, net: Net) -> Result<Net> {
         self.start = host(&net);
         self.omega = self
             .start
@@ -162,7 +163,7 @@ impl Strategy for Si {
         net
     }
 
-    fn after_task(&mut self, _cx: &Ctx, net: Net) -> Result<Net, String> {
+    fn after_task(&mut self, _cx: &Ctx, net: Net) -> Result<Net> {
         let now = host(&net);
         if self.quad.terms.is_empty() {
             self.quad.set_slots(
@@ -208,10 +209,10 @@ impl Strategy for Si {
         st
     }
 
-    fn load_state(&mut self, st: State) -> Result<(), String> {
+    fn load_state(&mut self, st: State) -> Result<()> {
         let terms = json_usize(&st, "terms")?;
         if terms > 1 {
-            return Err(format!(
+            return Err(err!(
                 "strategy si: state has {terms} terms, expected at most 1"
             ));
         }
@@ -225,7 +226,7 @@ impl Strategy for Si {
 mod tests {
     use super::*;
     use crate::model::params::load_params;
-    use crate::strategy::penalty::tests::{
+    use crate::strategy::parts::testutil::{
         assert_close, batch, blobs, ctx, device, grads_host, mlp,
     };
     use burn::nn::loss::CrossEntropyLossConfig;

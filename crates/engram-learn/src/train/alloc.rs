@@ -3,16 +3,14 @@
 //! Every tensor operation allocates its output, and a CNN step at batch 128 allocates and frees
 //! buffers of 3 to 18 MB dozens of times. glibc's malloc hands buffers that large back to the
 //! kernel (fresh `mmap`s, and trimming the top of the heap), so each step page-faults its way
-//! through the same memory again: measured on one epoch of the Fashion-MNIST CNN on one thread,
-//! a third of the time went to page faults and zeroing pages, and the epoch took 1.8x as long
-//! as with the settings below (B4, BENCHMARKS.md). Training keeps freed memory for reuse
-//! instead: buffers up to 32 MiB come from the heap, and the heap is not trimmed below 1 GiB
-//! of free space. Peak memory does not grow; memory freed after a peak is simply kept.
+//! through the same memory again, and page faults and zeroed pages take a large share of a
+//! CNN epoch (B4, BENCHMARKS.md). Training keeps freed memory for reuse instead: buffers up to
+//! 32 MiB come from the heap, and the heap is not trimmed below 1 GiB of free space. Peak
+//! memory does not grow; memory freed after a peak is simply kept.
 //!
 //! The `engram` binary applies the same settings to every command: the streaming weight-space
-//! commands allocate a few 1 MiB chunk buffers per chunk and thread, and on a 98.7M-parameter
-//! bf16 family (`engram bench merge`) TIES over 8 models went from 7.7 to 5.9 s and Task
-//! Arithmetic from 1.65 to 1.16 s, peak RSS 86 → 103 MB and 49 → 50 MB.
+//! commands allocate a few 1 MiB chunk buffers per chunk and thread, and the same page
+//! faults slow them (`engram bench merge`).
 
 /// Applies the settings (glibc on Linux; elsewhere nothing). Idempotent and cheap.
 pub fn keep_freed_memory() {

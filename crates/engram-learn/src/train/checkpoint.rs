@@ -5,6 +5,7 @@
 
 use super::trainer::RunOutput;
 use crate::strategy::State;
+use crate::{Error, Result, err};
 use engram_ckpt::{DType, ModelWriter, TensorSpec, WriteOptions, write_atomic};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,16 +30,12 @@ impl Saved {
         }
     }
 
-    pub fn strategy_state(&self) -> Result<State, String> {
+    pub fn strategy_state(&self) -> Result<State> {
         let mut tensors = Vec::new();
         if let Some(p) = &self.strategy_path {
-            let m = engram_ckpt::Model::open(p).map_err(|e| e.to_string())?;
+            let m = engram_ckpt::Model::open(p)?;
             for t in m.tensors() {
-                tensors.push((
-                    t.name().to_string(),
-                    t.shape().to_vec(),
-                    t.to_f32().map_err(|e| e.to_string())?,
-                ));
+                tensors.push((t.name().to_string(), t.shape().to_vec(), t.to_f32()?));
             }
         }
         Ok(State {
@@ -62,12 +59,11 @@ pub fn save<M: burn::module::Module>(
     saved: &Saved,
     net: &M,
     state: &State,
-) -> Result<(), String> {
-    let err = |e: engram_ckpt::Error| e.to_string();
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let k = saved.completed;
     let model = format!("task-{k}.model.safetensors");
-    crate::model::io::save(net, &dir.join(&model), &BTreeMap::new()).map_err(err)?;
+    crate::model::io::save(net, &dir.join(&model), &BTreeMap::new())?;
     let strategy = if state.tensors.is_empty() {
         None
     } else {
@@ -77,12 +73,11 @@ pub fn save<M: burn::module::Module>(
             .iter()
             .map(|(n, s, _)| TensorSpec::new(n.clone(), DType::F32, s))
             .collect();
-        let w =
-            ModelWriter::create(&dir.join(&name), specs, &WriteOptions::default()).map_err(err)?;
+        let w = ModelWriter::create(&dir.join(&name), specs, &WriteOptions::default())?;
         for (n, _, v) in &state.tensors {
-            w.write_f32(n, v).map_err(err)?;
+            w.write_f32(n, v)?;
         }
-        w.finish(&[]).map_err(err)?;
+        w.finish(&[])?;
         Some(name)
     };
     let file = StateFile {
@@ -92,8 +87,8 @@ pub fn save<M: burn::module::Module>(
         strategy_json: state.json.clone(),
         output: saved.output.clone(),
     };
-    let text = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
-    write_atomic(&dir.join("state.json"), &text).map_err(err)?;
+    let text = serde_json::to_vec_pretty(&file).map_err(|e| err!("{e}"))?;
+    write_atomic(&dir.join("state.json"), &text)?;
     // Older checkpoints are no longer referenced.
     for old in 0..k {
         for suffix in ["model", "strategy"] {
@@ -104,14 +99,14 @@ pub fn save<M: burn::module::Module>(
 }
 
 /// The last complete checkpoint in `dir`, if any.
-pub fn load_latest(dir: &Path) -> Result<Option<Saved>, String> {
+pub fn load_latest(dir: &Path) -> Result<Option<Saved>> {
     let path = dir.join("state.json");
     if !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
     let f: StateFile = serde_json::from_slice(&text)
-        .map_err(|e| format!("{}: not a valid checkpoint state: {e}", path.display()))?;
+        .map_err(|e| err!("{}: not a valid checkpoint state: {e}", path.display()))?;
     Ok(Some(Saved {
         completed: f.completed,
         output: f.output,

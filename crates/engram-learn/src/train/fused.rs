@@ -4,9 +4,8 @@
 //! Why not burn's optimizers: burn 0.22 writes Adam as a chain of tensor operations (scale the
 //! moments, square the gradient, add, correct the bias, square root, divide, scale, subtract),
 //! about twelve passes over every parameter per step, each allocating its result, each on one
-//! thread. For the B4 MLP (784-400-400-10, batch 128) that was a fifth of the CPU time of a
-//! training epoch and the main reason the epoch kept only 1.25 of 2 cores busy while PyTorch
-//! kept both (BENCHMARKS.md B4). Here one pass reads the weight, the gradient and the two
+//! thread: a large share of a small network's training time, on one core while the other
+//! waits (BENCHMARKS.md B4). Here one pass reads the weight, the gradient and the two
 //! moments and writes the three; the element-wise formulas are PyTorch's (`torch.optim`), so
 //! the same hyper-parameters mean the same thing in both.
 //!
@@ -16,7 +15,7 @@
 //! without a gradient in a step (frozen, or unused) is left as it is and its step count does
 //! not advance.
 
-use super::optim::{OptimConfig, OptimKind};
+use crate::optim::{AdamStep, OptimConfig, OptimKind};
 use burn::backend::Flex;
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::optim::GradientsParams;
@@ -117,25 +116,17 @@ impl Optimizer {
                     slot.m = vec![0.0; n];
                     slot.v = vec![0.0; n];
                 }
-                let (b1, b2) = (c.betas[0], c.betas[1]);
-                let c1 = 1.0 - b1.powi(slot.t.min(i32::MAX as u64) as i32);
-                let c2 = 1.0 - b2.powi(slot.t.min(i32::MAX as u64) as i32);
-                // PyTorch's form: w -= (lr / c1) · m / (√v / √c2 + eps).
-                let step = (lr / c1) as f32;
-                let rc2 = (1.0 / c2.sqrt()) as f32;
-                let eps = c.eps as f32;
-                let (b1, b2) = (b1 as f32, b2 as f32);
-                // Adam: L2 penalty in the gradient. AdamW: decoupled decay of the weight.
-                let (l2, keep) = match c.kind {
-                    OptimKind::Adam => (wd, 1.0),
-                    _ => (0.0, 1.0 - (lr * c.weight_decay) as f32),
-                };
+                let k = AdamStep::new(
+                    lr,
+                    slot.t,
+                    c.betas,
+                    c.eps,
+                    c.weight_decay,
+                    c.kind == OptimKind::Adamw,
+                );
                 for_pieces4(w, g, &mut slot.m, &mut slot.v, |w, g, m, v| {
                     for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m).zip(v) {
-                        let g = g + l2 * *w;
-                        *m = b1 * *m + (1.0 - b1) * g;
-                        *v = b2 * *v + (1.0 - b2) * g * g;
-                        *w = *w * keep - step * *m / (v.sqrt() * rc2 + eps);
+                        k.apply(w, g, m, v);
                     }
                 });
             }

@@ -3,10 +3,11 @@
 //! the tensors under given name prefixes and hands back the trained weights.
 
 use super::{Event, TrainConfig, Trainer};
-use crate::model::params::{host_params, load_params, param_infos};
+use crate::model::params::{drop_grad, load_params, param_infos};
 use crate::model::{ModelConfig, Net};
 use crate::scenario::Scenario;
 use crate::strategy::{Ctx as StrategyCtx, Strategy};
+use crate::{Result, err};
 use burn::optim::GradientsParams;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -25,7 +26,7 @@ impl Strategy for Stage {
         "study-stage"
     }
 
-    fn before_task(&mut self, _cx: &StrategyCtx, net: Net) -> Result<Net, String> {
+    fn before_task(&mut self, _cx: &StrategyCtx, net: Net) -> Result<Net> {
         match &self.init {
             Some(v) => load_params(net, v),
             None => Ok(net),
@@ -35,22 +36,13 @@ impl Strategy for Stage {
     fn after_backward(&mut self, _cx: &StrategyCtx, net: &Net, grads: &mut GradientsParams) {
         for p in param_infos(net) {
             if self.frozen.iter().any(|f| p.name.starts_with(f.as_str())) {
-                match p.shape.len() {
-                    1 => drop(grads.remove::<1>(p.id)),
-                    2 => drop(grads.remove::<2>(p.id)),
-                    3 => drop(grads.remove::<3>(p.id)),
-                    4 => drop(grads.remove::<4>(p.id)),
-                    _ => {}
-                }
+                drop_grad(grads, &p);
             }
         }
     }
 
-    fn after_task(&mut self, _cx: &StrategyCtx, net: Net) -> Result<Net, String> {
-        let values: Values = host_params(&net)
-            .into_iter()
-            .map(|(i, v)| (i.name, v))
-            .collect();
+    fn after_task(&mut self, _cx: &StrategyCtx, net: Net) -> Result<Net> {
+        let values = crate::model::params::named_values(&net);
         if let Ok(mut r) = self.result.lock() {
             *r = Some(values);
         }
@@ -68,27 +60,20 @@ pub fn run_stage(
     init: Option<Values>,
     frozen: Vec<String>,
     on: &mut dyn FnMut(Event),
-) -> Result<Values, String> {
+) -> Result<Values> {
     let result = Arc::new(Mutex::new(None));
-    let mut trainer = Trainer {
-        scenario,
-        model: model.clone(),
-        train,
-        seed,
-        strategy: Box::new(Stage {
-            init,
-            frozen,
-            result: result.clone(),
-        }),
-        checkpoint_dir: None,
-        stop_after: None,
+    let stage = Stage {
+        init,
+        frozen,
+        result: result.clone(),
     };
+    let mut trainer = Trainer::new(scenario, model.clone(), train, seed, Box::new(stage));
     trainer.run(on)?;
     let v = result
         .lock()
-        .map_err(|_| "a training thread panicked".to_string())?
+        .map_err(|_| err!("a training thread panicked"))?
         .take();
-    v.ok_or_else(|| "training produced no weights".to_string())
+    v.ok_or_else(|| err!("training produced no weights"))
 }
 
 #[cfg(test)]

@@ -6,15 +6,19 @@
 //! with exactly the metrics of an uninterrupted run.
 
 use super::checkpoint::{self, Saved};
-use super::optim::OptimConfig;
+use super::fused::Optimizer;
+use crate::eval::{accuracy, class_mask, evaluate, logits_of};
 use crate::metrics::{ClassMask, ece_from_logits};
 use crate::model::{ModelConfig, Net};
+use crate::optim::OptimConfig;
 use crate::scenario::{EvalMode, EvalPlan, Part, Scenario};
 use crate::strategy::{Batch, Ctx, Strategy};
+use crate::{Result, err};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
+use engram_weights::rng::Rng;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -58,7 +62,7 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<()> {
         if self.epochs == 0 && self.iterations.is_none() {
             return Err("train.epochs must be at least 1".into());
         }
@@ -116,6 +120,13 @@ pub struct RunOutput {
     pub peak_memory_bytes: u64,
     pub strategy_state_bytes: u64,
     pub params: usize,
+    /// Values the strategy let training change in the last task (`None`: every parameter).
+    #[serde(default)]
+    pub trainable_values: Option<usize>,
+    /// Bytes of optimizer state at the end of the last task: the run's optimizer's moments
+    /// plus the state of a strategy that updates parameters itself.
+    #[serde(default)]
+    pub optimizer_bytes: u64,
 }
 
 pub struct Trainer<'a> {
@@ -128,41 +139,39 @@ pub struct Trainer<'a> {
     pub checkpoint_dir: Option<PathBuf>,
     /// Stop after this many tasks (to test resuming).
     pub stop_after: Option<usize>,
+    /// Begin at a later task from given weights (see [`Start`]).
+    pub start: Option<Start>,
 }
 
-/// Examples (task, train or test index) turned into host inputs and labels, with each task's
-/// transform applied.
-pub fn gather(s: &Scenario, part: Part, ids: &[(usize, usize)]) -> (Vec<f32>, Vec<u32>) {
-    let mut x = Vec::with_capacity(ids.len() * s.train.dim);
-    let mut y = Vec::with_capacity(ids.len());
-    // Consecutive runs of the same task share one call.
-    let mut start = 0;
-    while start < ids.len() {
-        let t = ids[start].0;
-        let mut end = start;
-        while end < ids.len() && ids[end].0 == t {
-            end += 1;
+/// Where a run begins when it continues from a network trained elsewhere: at task `task`
+/// (the tasks before it are taken as learned) with the parameters `values` (every parameter
+/// by name). The accuracy matrix then has rows from `task` on; the baseline row is that of
+/// the given network. A checkpoint to resume from takes precedence.
+#[derive(Clone, Debug)]
+pub struct Start {
+    pub task: usize,
+    pub values: std::collections::BTreeMap<String, Vec<f32>>,
+}
+
+impl<'a> Trainer<'a> {
+    /// A run of `strategy` through `scenario` with a fresh network, no checkpoints.
+    pub fn new(
+        scenario: &'a Scenario,
+        model: ModelConfig,
+        train: TrainConfig,
+        seed: u64,
+        strategy: Box<dyn Strategy>,
+    ) -> Trainer<'a> {
+        Trainer {
+            scenario,
+            model,
+            train,
+            seed,
+            strategy,
+            checkpoint_dir: None,
+            stop_after: None,
+            start: None,
         }
-        let idx: Vec<usize> = ids[start..end].iter().map(|p| p.1).collect();
-        let (bx, by) = s.batch(t, part, &idx);
-        x.extend_from_slice(&bx);
-        y.extend_from_slice(&by);
-        start = end;
-    }
-    (x, y)
-}
-
-/// Seeded Fisher-Yates shuffle.
-fn shuffle<T>(v: &mut [T], seed: u64) {
-    let mut s = seed ^ 0x9e37_79b9_7f4a_7c15;
-    for i in (1..v.len()).rev() {
-        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = s;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        let j = (((z as u128) * ((i + 1) as u128)) >> 64) as usize;
-        v.swap(i, j);
     }
 }
 
@@ -184,94 +193,6 @@ pub fn peak_memory() -> u64 {
             })
         })
         .map_or(0, |kb| kb * 1024)
-}
-
-/// Logits on host for test examples of task `t`, in batches.
-fn test_logits(
-    net: &Net,
-    s: &Scenario,
-    t: usize,
-    device: &Device,
-    batch: usize,
-) -> (Vec<f32>, Vec<u32>, usize) {
-    let ids: Vec<(usize, usize)> = s.tasks[t].test.iter().map(|&i| (t, i)).collect();
-    logits_of(net, s, &ids, device, batch)
-}
-
-fn logits_of(
-    net: &Net,
-    s: &Scenario,
-    ids: &[(usize, usize)],
-    device: &Device,
-    batch: usize,
-) -> (Vec<f32>, Vec<u32>, usize) {
-    let mut logits = Vec::new();
-    let mut labels = Vec::new();
-    for chunk in ids.chunks(batch) {
-        let (x, y) = gather(s, Part::Test, chunk);
-        let xt = Tensor::<2>::from_data(TensorData::new(x, [chunk.len(), s.train.dim]), device);
-        let out = net.forward(xt);
-        logits.extend(
-            out.into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .unwrap_or_default(),
-        );
-        labels.extend(y);
-    }
-    (logits, labels, s.num_outputs)
-}
-
-/// Accuracy (percent) of the argmax over the allowed classes (metrics.rs).
-fn accuracy(logits: &[f32], labels: &[u32], c: usize, allowed: &[bool]) -> f64 {
-    let classes: Vec<usize> = (0..c).filter(|&k| allowed[k]).collect();
-    ClassMask::only(c, &classes)
-        .and_then(|m| crate::metrics::masked_accuracy(logits, c, labels, &m))
-        .unwrap_or(0.0)
-}
-
-fn class_mask(c: usize, classes: impl Iterator<Item = u32>) -> Vec<bool> {
-    let mut m = vec![false; c];
-    for k in classes {
-        if (k as usize) < c {
-            m[k as usize] = true;
-        }
-    }
-    m
-}
-
-/// Rows of the accuracy matrix after training through task `k` (`None`: before training).
-fn evaluate(
-    net: &Net,
-    s: &Scenario,
-    k: Option<usize>,
-    device: &Device,
-    batch: usize,
-) -> (Vec<f64>, Vec<f64>) {
-    let c = s.num_outputs;
-    let seen = class_mask(
-        c,
-        s.tasks
-            .iter()
-            .take(k.map_or(0, |k| k + 1))
-            .flat_map(|t| t.classes.iter().copied()),
-    );
-    let all = vec![true; c];
-    let mut row = Vec::with_capacity(s.tasks.len());
-    let mut til = Vec::with_capacity(s.tasks.len());
-    for (i, t) in s.tasks.iter().enumerate() {
-        let (lg, lb, _) = test_logits(net, s, i, device, batch);
-        let own = class_mask(c, t.classes.iter().copied());
-        til.push(accuracy(&lg, &lb, c, &own));
-        row.push(match s.eval {
-            EvalMode::TaskIl => accuracy(&lg, &lb, c, &own),
-            EvalMode::DomainIl => accuracy(&lg, &lb, c, &all),
-            // Before any training no class is seen: score over all outputs.
-            EvalMode::ClassIl if k.is_none() => accuracy(&lg, &lb, c, &all),
-            EvalMode::ClassIl => accuracy(&lg, &lb, c, &seen),
-        });
-    }
-    (row, til)
 }
 
 /// Cross-entropy; in Task-IL each example's logits outside its own task's classes are
@@ -309,7 +230,12 @@ fn task_loss(
 }
 
 impl Trainer<'_> {
-    pub fn run(&mut self, on: &mut dyn FnMut(Event)) -> Result<RunOutput, String> {
+    pub fn run(&mut self, on: &mut dyn FnMut(Event)) -> Result<RunOutput> {
+        self.run_net(on).map(|(out, _)| out)
+    }
+
+    /// [`Trainer::run`], also handing back the trained network.
+    pub fn run_net(&mut self, on: &mut dyn FnMut(Event)) -> Result<(RunOutput, Net)> {
         self.train.validate()?;
         let s = self.scenario;
         if s.tasks.is_empty() {
@@ -319,7 +245,7 @@ impl Trainer<'_> {
         let base = Device::flex();
         // Seed and build under the RNG guard, so that trainers on other threads cannot draw
         // from burn's process-wide generator in between.
-        let rng = super::rng_guard();
+        let rng = crate::backend::rng_guard();
         base.seed(self.seed);
         let ad = base.clone().autodiff();
         let mut net = self.model.build_with_feedback(
@@ -339,12 +265,26 @@ impl Trainer<'_> {
         if let Some(dir) = &self.checkpoint_dir
             && let Some(saved) = checkpoint::load_latest(dir)?
         {
-            net = crate::model::io::load(net, &saved.model_path)?;
             self.strategy.load_state(saved.strategy_state()?)?;
+            // A strategy that changed the network's shape (block expansion) shapes the fresh
+            // one the same way before the saved values go in.
+            net = self.strategy.reshape(net, &ad)?;
+            net = crate::model::io::load(net, &saved.model_path)?;
             first = saved.completed;
             out = saved.output;
             on(Event::Resumed { completed: first });
         } else {
+            if let Some(st) = &self.start {
+                if st.task >= s.tasks.len() {
+                    return Err(err!(
+                        "start at task {} of a scenario of {} tasks",
+                        st.task,
+                        s.tasks.len()
+                    ));
+                }
+                net = crate::model::params::load_params(net, &st.values)?;
+                first = st.task;
+            }
             let (b, bt) = evaluate(&net.valid(), s, None, &base, self.train.eval_batch);
             out.baseline = b;
             out.baseline_task_il = bt;
@@ -354,17 +294,20 @@ impl Trainer<'_> {
             .map_or(s.tasks.len(), |n| n.min(s.tasks.len()));
         for task in first..last {
             let t0 = Instant::now();
-            let cx = |step| Ctx {
+            let optim = &self.train.optimizer;
+            let cx = |step, lr| Ctx {
                 scenario: s,
                 task,
                 device: &ad,
                 seed: self.seed,
                 step,
+                optim,
+                lr,
             };
-            net = self.strategy.before_task(&cx(0), net)?;
-            let mut examples = self.strategy.train_examples(&cx(0));
+            net = self.strategy.before_task(&cx(0, optim.lr), net)?;
+            let mut examples = self.strategy.train_examples(&cx(0, optim.lr));
             if examples.is_empty() {
-                return Err(format!("task {task} has no training examples"));
+                return Err(err!("task {task} has no training examples"));
             }
             let bs = self.train.batch_size;
             let per_epoch = examples.len().div_ceil(bs);
@@ -377,15 +320,20 @@ impl Trainer<'_> {
                 tasks: s.tasks.len(),
                 steps: total,
             });
-            let mut opt = self.train.optimizer.init();
+            // A fresh optimizer per task (engram resets optimizer state at the start of every task,
+            // so that a run resumed at a task boundary continues exactly).
+            let mut opt = Optimizer::new(&self.train.optimizer);
             let mut step = 0;
             'epochs: for epoch in 0..epochs {
-                shuffle(&mut examples, mix(self.seed, task as u64, epoch as u64));
+                // The batch order of (seed, task, epoch): a stream whose state is that mix (offset by
+                // the generator's increment), so that the order stays what it has always been.
+                Rng::from_state(mix(self.seed, task as u64, epoch as u64) ^ 0x9e37_79b9_7f4a_7c15)
+                    .shuffle(&mut examples);
                 for chunk in examples.chunks(bs) {
                     if step >= total {
                         break 'epochs;
                     }
-                    let (xh, yh) = gather(s, Part::Train, chunk);
+                    let (xh, yh) = s.gather(Part::Train, chunk);
                     let n = chunk.len();
                     let batch = Batch {
                         x: Tensor::<2>::from_data(
@@ -400,20 +348,21 @@ impl Trainer<'_> {
                         x_host: xh,
                         y_host: yh,
                     };
+                    let lr = optim.lr_at(step, total, epoch);
                     let logits = net.forward(batch.x.clone());
                     let ce = task_loss(s, &batch.ids, logits.clone(), batch.y.clone(), &ad);
-                    let loss = self.strategy.loss(&cx(step), &net, &batch, logits, ce);
+                    let loss = self.strategy.loss(&cx(step, lr), &net, &batch, logits, ce);
                     let loss_val = loss.clone().into_scalar::<f32>();
                     if !loss_val.is_finite() {
-                        return Err(format!(
+                        return Err(err!(
                             "task {task}, step {step}: the loss is {loss_val}; lower the learning rate"
                         ));
                     }
                     let mut grads = GradientsParams::from_grads(loss.backward(), &net);
-                    self.strategy.after_backward(&cx(step), &net, &mut grads);
-                    let lr = self.train.optimizer.lr_at(step, total, epoch);
+                    self.strategy
+                        .after_backward(&cx(step, lr), &net, &mut grads);
                     net = opt.step(lr, net, grads);
-                    net = self.strategy.after_step(&cx(step), net);
+                    net = self.strategy.after_step(&cx(step, lr), net);
                     step += 1;
                     on(Event::Step {
                         task,
@@ -422,7 +371,8 @@ impl Trainer<'_> {
                     });
                 }
             }
-            net = self.strategy.after_task(&cx(step), net)?;
+            out.optimizer_bytes = (opt.state_bytes() as u64) + self.strategy.optimizer_bytes();
+            net = self.strategy.after_task(&cx(step, optim.lr), net)?;
             let seconds = t0.elapsed().as_secs_f64();
             let valid = net.valid();
             match s.plan {
@@ -469,6 +419,7 @@ impl Trainer<'_> {
             }
             out.seconds_per_task.push(seconds);
             out.strategy_state_bytes = out.strategy_state_bytes.max(self.strategy.state_bytes());
+            out.trainable_values = self.strategy.trainable(&net);
             if task + 1 == s.tasks.len() {
                 // Calibration over the union of all tasks' test sets, Class-IL over seen classes.
                 let ids: Vec<(usize, usize)> = s
@@ -487,7 +438,7 @@ impl Trainer<'_> {
                 let classes: Vec<usize> = (0..c).filter(|&k| mask[k]).collect();
                 out.ece = ClassMask::only(c, &classes)
                     .and_then(|m| ece_from_logits(&lg, c, &lb, &m))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| err!("{e}"))?;
             }
             out.peak_memory_bytes = out.peak_memory_bytes.max(peak_memory());
             if let Some(dir) = &self.checkpoint_dir {
@@ -499,7 +450,7 @@ impl Trainer<'_> {
                 )?;
             }
         }
-        Ok(out)
+        Ok((out, net))
     }
 }
 
@@ -507,17 +458,29 @@ impl Trainer<'_> {
 mod tests {
     use super::*;
 
+    /// The batch order the trainer used before it drew from the workspace's one generator:
+    /// results recorded earlier stay reproducible.
+    fn old_shuffle<T>(v: &mut [T], seed: u64) {
+        let mut s = seed ^ 0x9e37_79b9_7f4a_7c15;
+        for i in (1..v.len()).rev() {
+            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            let j = (((z as u128) * ((i + 1) as u128)) >> 64) as usize;
+            v.swap(i, j);
+        }
+    }
+
     #[test]
-    fn shuffles_are_seeded_permutations() {
-        let mut a: Vec<usize> = (0..100).collect();
-        let mut b = a.clone();
-        shuffle(&mut a, 1);
-        shuffle(&mut b, 1);
-        assert_eq!(a, b);
-        let mut c = a.clone();
-        c.sort();
-        assert_eq!(c, (0..100).collect::<Vec<_>>());
-        shuffle(&mut b, 2);
-        assert_ne!(a, b);
+    fn batch_order_is_the_recorded_one() {
+        for (seed, n) in [(1u64, 100usize), (2, 60_000), (mix(3, 1, 0), 12_000)] {
+            let mut a: Vec<usize> = (0..n).collect();
+            let mut b = a.clone();
+            old_shuffle(&mut a, seed);
+            Rng::from_state(seed ^ 0x9e37_79b9_7f4a_7c15).shuffle(&mut b);
+            assert_eq!(a, b, "seed {seed}");
+        }
     }
 }

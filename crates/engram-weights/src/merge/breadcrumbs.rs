@@ -1,8 +1,8 @@
 //! Model Breadcrumbs: drop each task vector's largest outliers and its smallest entries.
 //! Paper: Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse Masks (arXiv 2312.06795); card: methods/merging.md.
 
+use super::gta::{RESCALE_OFF, Sparsifier, gta_kernel, tensor_scope_only};
 use super::params::{DENSITY, INT8_MASK, LAMBDA, NORMALIZE_OFF, WEIGHT};
-use super::ties::{RESCALE_OFF, Sparsifier, gta_kernel, tensor_scope_only};
 use super::{ChunkKernel, MergeMethod, ParamSpec, TensorJob};
 use crate::select::{keep_count, kth_largest_abs_sets};
 use engram_ckpt::Result;
@@ -141,7 +141,7 @@ impl Sparsifier for Band {
 
 #[cfg(test)]
 mod tests {
-    use super::super::ties::harness::*;
+    use crate::merge::testutil::*;
     use crate::testutil::{random_family, values, write_model};
     use engram_ckpt::DType;
 
@@ -177,62 +177,32 @@ mod tests {
         let (base, models) = random_family(dir.path(), SHAPES, 3, 31);
         let dens = [0.3, 0.5, 0.8];
         let gammas = [0.01, 0.05, 0.3];
-        let ws = [1.0f32, 1.5, 0.5];
         for (method, normalize, rescale) in [
             ("breadcrumbs", false, false),
             ("breadcrumbs", true, true),
             ("breadcrumbs_ties", false, false),
             ("breadcrumbs_ties", true, false),
         ] {
+            let gta = GtaRef {
+                weights: &[1.0, 1.5, 0.5],
+                normalize,
+                rescale,
+                lambda: 1.2,
+                consensus: method == "breadcrumbs_ties",
+            };
             let mut run = Run::new(method, &base, &models);
-            run.params = params(
-                &[
-                    ("lambda", 1.2),
-                    ("normalize", f64::from(u8::from(normalize))),
-                    ("rescale", f64::from(u8::from(rescale))),
-                ],
-                &[
-                    &[
-                        ("density", dens[0]),
-                        ("gamma", gammas[0]),
-                        ("weight", ws[0] as f64),
-                    ],
-                    &[
-                        ("density", dens[1]),
-                        ("gamma", gammas[1]),
-                        ("weight", ws[1] as f64),
-                    ],
-                    &[
-                        ("density", dens[2]),
-                        ("gamma", gammas[2]),
-                        ("weight", ws[2] as f64),
-                    ],
-                ],
-            );
+            run.params = gta.params(&[("density", &dens), ("gamma", &gammas)]);
             let merged = run
                 .run(&dir.path().join(format!("{method}{normalize}{rescale}")))
                 .unwrap();
-            for (name, _) in SHAPES {
-                let b = values(&base, name);
-                let ds: Vec<Vec<f32>> = models
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| {
-                        let t = delta(&b, &values(m, name));
-                        let mut d = band(&t, dens[i], gammas[i]);
-                        if rescale {
-                            l1_restore(&t, &mut d);
-                        }
-                        d
-                    })
-                    .collect();
-                let want = if method == "breadcrumbs_ties" {
-                    ties_combine(&b, &ds, &ws, normalize, 1.2)
-                } else {
-                    linear_combine(&b, &ds, &ws, normalize, 1.2)
-                };
-                assert_close(&values(&merged, name), &want, 1e-5, name);
-            }
+            gta.assert_matches(
+                &merged,
+                &base,
+                &models,
+                SHAPES,
+                &|_, _, i, t| band(t, dens[i], gammas[i]),
+                1e-5,
+            );
         }
     }
 

@@ -1,8 +1,8 @@
 //! DARE: drop task-vector entries at random, rescale the rest, then sum (or TIES-merge) them.
 //! Paper: Language Models are Super Mario: Absorbing Abilities from Homologous Models as a Free Lunch (arXiv 2311.03099); card: methods/merging.md.
 
+use super::gta::{RESCALE_ON, Sparsifier, gta_kernel, tensor_scope_only};
 use super::params::{DENSITY, INT8_MASK, LAMBDA, NORMALIZE_OFF, WEIGHT};
-use super::ties::{RESCALE_ON, Sparsifier, gta_kernel, tensor_scope_only};
 use super::{ChunkKernel, MergeMethod, ParamSpec, TensorJob};
 use crate::rng::Rng;
 use engram_ckpt::Result;
@@ -106,7 +106,7 @@ impl Sparsifier for Bernoulli {
 
 #[cfg(test)]
 mod tests {
-    use super::super::ties::harness::*;
+    use crate::merge::testutil::*;
     use crate::merge::{CHUNK_ELEMS, TrimScope};
     use crate::rng::Rng;
     use crate::testutil::{random_family, values};
@@ -128,56 +128,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (base, models) = random_family(dir.path(), SHAPES, 3, 21);
         let dens = [0.3, 0.6, 0.9];
-        let ws = [1.0f32, 0.5, 2.0];
         for (method, normalize, rescale) in [
             ("dare_linear", false, true),
             ("dare_linear", true, false),
             ("dare_ties", false, true),
             ("dare_ties", true, true),
         ] {
+            let gta = GtaRef {
+                weights: &[1.0, 0.5, 2.0],
+                normalize,
+                rescale,
+                lambda: 0.9,
+                consensus: method == "dare_ties",
+            };
             let mut run = Run::new(method, &base, &models);
             run.seed = 7;
-            run.params = params(
-                &[
-                    ("lambda", 0.9),
-                    ("normalize", f64::from(u8::from(normalize))),
-                    ("rescale", f64::from(u8::from(rescale))),
-                ],
-                &[
-                    &[("density", dens[0]), ("weight", ws[0] as f64)],
-                    &[("density", dens[1]), ("weight", ws[1] as f64)],
-                    &[("density", dens[2]), ("weight", ws[2] as f64)],
-                ],
-            );
+            run.params = gta.params(&[("density", &dens)]);
             let merged = run
                 .run(&dir.path().join(format!("{method}{normalize}{rescale}")))
                 .unwrap();
-            for (name, _) in SHAPES {
-                let b = values(&base, name);
-                let ds: Vec<Vec<f32>> = models
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| {
-                        let t = delta(&b, &values(m, name));
-                        let mask = reference_mask(7, name, i, t.len(), dens[i]);
-                        let mut d: Vec<f32> = t
-                            .iter()
-                            .zip(&mask)
-                            .map(|(x, k)| if *k { *x } else { 0.0 })
-                            .collect();
-                        if rescale {
-                            l1_restore(&t, &mut d);
-                        }
-                        d
-                    })
-                    .collect();
-                let want = if method == "dare_ties" {
-                    ties_combine(&b, &ds, &ws, normalize, 0.9)
-                } else {
-                    linear_combine(&b, &ds, &ws, normalize, 0.9)
-                };
-                assert_close(&values(&merged, name), &want, 1e-5, name);
-            }
+            gta.assert_matches(
+                &merged,
+                &base,
+                &models,
+                SHAPES,
+                &|name, _, i, t| {
+                    let mask = reference_mask(7, name, i, t.len(), dens[i]);
+                    t.iter()
+                        .zip(&mask)
+                        .map(|(x, k)| if *k { *x } else { 0.0 })
+                        .collect()
+                },
+                1e-5,
+            );
         }
     }
 

@@ -1,8 +1,8 @@
 //! DELLA: drop task-vector entries at random with keep probabilities that rise with magnitude rank.
 //! Paper: DELLA-Merging: Reducing Interference in Model Merging through Magnitude-Based Sampling (arXiv 2406.11617); card: methods/merging.md.
 
+use super::gta::{RESCALE_ON, Sparsifier, gta_kernel, tensor_scope_only};
 use super::params::{DENSITY, INT8_MASK, LAMBDA, NORMALIZE, NORMALIZE_OFF, WEIGHT};
-use super::ties::{RESCALE_ON, Sparsifier, gta_kernel, tensor_scope_only};
 use super::{ChunkKernel, MergeMethod, ParamSpec, TensorJob};
 use crate::rng::Rng;
 use engram_ckpt::Result;
@@ -161,8 +161,8 @@ impl Sparsifier for MagPrune {
 
 #[cfg(test)]
 mod tests {
-    use super::super::ties::harness::*;
     use crate::merge::CHUNK_ELEMS;
+    use crate::merge::testutil::*;
     use crate::rng::Rng;
     use crate::testutil::{random_family, values};
 
@@ -205,69 +205,40 @@ mod tests {
         let (base, models) = random_family(dir.path(), SHAPES, 3, 41);
         let dens = [0.3, 0.5, 0.9];
         let eps = [0.1, 0.15, 0.2];
-        let ws = [1.0f32, 0.7, 1.3];
         for (method, normalize, rescale) in [
             ("della", true, true),
             ("della", false, false),
             ("della_linear", false, true),
             ("della_linear", true, false),
         ] {
+            let gta = GtaRef {
+                weights: &[1.0, 0.7, 1.3],
+                normalize,
+                rescale,
+                lambda: 1.1,
+                consensus: method == "della",
+            };
             let mut run = Run::new(method, &base, &models);
             run.seed = 9;
-            run.params = params(
-                &[
-                    ("lambda", 1.1),
-                    ("normalize", f64::from(u8::from(normalize))),
-                    ("rescale", f64::from(u8::from(rescale))),
-                ],
-                &[
-                    &[
-                        ("density", dens[0]),
-                        ("epsilon", eps[0]),
-                        ("weight", ws[0] as f64),
-                    ],
-                    &[
-                        ("density", dens[1]),
-                        ("epsilon", eps[1]),
-                        ("weight", ws[1] as f64),
-                    ],
-                    &[
-                        ("density", dens[2]),
-                        ("epsilon", eps[2]),
-                        ("weight", ws[2] as f64),
-                    ],
-                ],
-            );
+            run.params = gta.params(&[("density", &dens), ("epsilon", &eps)]);
             let merged = run
                 .run(&dir.path().join(format!("{method}{normalize}{rescale}")))
                 .unwrap();
-            for (name, shape) in SHAPES {
-                let row = *shape.last().unwrap();
-                let b = values(&base, name);
-                let ds: Vec<Vec<f32>> = models
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| {
-                        let t = delta(&b, &values(m, name));
-                        let mask = reference_mask(9, name, i, &t, row, dens[i], eps[i]);
-                        let mut d: Vec<f32> = t
-                            .iter()
-                            .zip(&mask)
-                            .map(|(x, k)| if *k { *x } else { 0.0 })
-                            .collect();
-                        if rescale {
-                            l1_restore(&t, &mut d);
-                        }
-                        d
-                    })
-                    .collect();
-                let want = if method == "della" {
-                    ties_combine(&b, &ds, &ws, normalize, 1.1)
-                } else {
-                    linear_combine(&b, &ds, &ws, normalize, 1.1)
-                };
-                assert_close(&values(&merged, name), &want, 1e-5, name);
-            }
+            gta.assert_matches(
+                &merged,
+                &base,
+                &models,
+                SHAPES,
+                &|name, shape, i, t| {
+                    let row = *shape.last().unwrap();
+                    let mask = reference_mask(9, name, i, t, row, dens[i], eps[i]);
+                    t.iter()
+                        .zip(&mask)
+                        .map(|(x, k)| if *k { *x } else { 0.0 })
+                        .collect()
+                },
+                1e-5,
+            );
         }
     }
 

@@ -195,7 +195,7 @@ impl Drop for PerRow {
 
 #[cfg(test)]
 mod tests {
-    use super::super::ties::harness::*;
+    use crate::merge::testutil::*;
     use crate::rng::Rng;
     use crate::testutil::{values, write_model};
     use engram_ckpt::{DType, Model};

@@ -87,8 +87,8 @@ impl MergeMethod for Slerp {
 
 #[cfg(test)]
 mod tests {
-    use super::super::ties::harness::*;
     use crate::merge::params::ParamValue;
+    use crate::merge::testutil::*;
     use crate::testutil::{random_family, values, write_model};
     use engram_ckpt::DType;
 

@@ -2,7 +2,7 @@
 //! compute the same formulas as chains of tensor operations.
 
 use super::*;
-use crate::train::optim::Schedule;
+use crate::optim::Schedule;
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
@@ -16,7 +16,7 @@ struct Two {
 
 fn net(seed: u64) -> Two {
     // Parameters are drawn when first visited: seed and visit under the guard.
-    let _g = crate::train::rng_guard();
+    let _g = crate::backend::rng_guard();
     Device::flex().seed(seed);
     let d = Device::flex().autodiff();
     let m = Two {
@@ -104,7 +104,7 @@ fn matches_burns_optimizers() {
     ] {
         let c = config(kind, momentum, wd);
         let (mut ours, mut theirs) = (net(1), net(1));
-        let (mut o, mut b) = (c.init(), burn_optimizer(&c));
+        let (mut o, mut b) = (Optimizer::new(&c), burn_optimizer(&c));
         let start = values(&ours);
         assert!(
             start == values(&theirs),
@@ -154,7 +154,7 @@ fn a_clone_of_the_network_keeps_its_values() {
     let m = net(2);
     let teacher = m.clone();
     let before = values(&teacher);
-    let mut o = c.init();
+    let mut o = Optimizer::new(&c);
     let g = grads(&m, 0);
     let m = o.step(c.lr, m, g);
     assert_eq!(values(&teacher), before);
@@ -169,7 +169,7 @@ fn parameters_without_gradients_stay_and_keep_no_state() {
     let before = m.a.weight.val().into_data();
     let mut g = grads(&m, 0);
     g.remove::<2>(m.a.weight.id);
-    let mut o = c.init();
+    let mut o = Optimizer::new(&c);
     let m = o.step(c.lr, m, g);
     assert_eq!(m.a.weight.val().into_data(), before);
     assert_eq!(o.state_bytes(), 4 * 2 * (40_000 + 40_000 * 3 + 3));

@@ -1,0 +1,225 @@
+//! What every benchmark needs around its measurements: the machine it ran on, medians, peak
+//! memory (its own and a child command's), and the files it reads and writes (results JSON,
+//! written atomically so that an interrupted run keeps the previous file).
+
+use anyhow::{Context, Result, bail};
+use rayon::prelude::*;
+use serde_json::{Value, json};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The CPU model and the cores this process may use, as recorded in every benchmark's JSON.
+pub fn describe() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
+        c.lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|s| s.trim().to_string())
+    });
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    json!({"cpu": cpu, "cores": cores})
+}
+
+/// The kernel's load averages (`/proc/loadavg`), to tell afterwards whether the machine was
+/// shared during a measurement.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// The median (the mean of the middle two for an even count; 0 for none).
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// Peak resident memory of this process, bytes: the trainer's measure (`VmHWM`, kept by the
+/// kernel for the process's whole life), so that benchmarks and training runs report the same
+/// quantity.
+pub fn peak_rss_bytes() -> u64 {
+    engram_learn::train::trainer::peak_memory()
+}
+
+/// Environment variable naming the file to which `engram` writes its peak RSS at exit.
+pub const PEAK_RSS_ENV: &str = "ENGRAM_PEAK_RSS_FILE";
+
+/// Called by the `engram` binary just before it exits: if [`PEAK_RSS_ENV`] is set, writes this
+/// process's peak resident set size in bytes to that file. A benchmark that runs `engram` as a
+/// child reads it afterwards: this measures one command alone, with no polling (which can miss
+/// the peak or read a process that is gone).
+pub fn report_peak_rss() {
+    if let Some(path) = std::env::var_os(PEAK_RSS_ENV) {
+        let b = peak_rss_bytes();
+        if b > 0 {
+            let _ = std::fs::write(path, b.to_string());
+        }
+    }
+}
+
+/// A child command's wall time and peak resident set.
+pub struct Measured {
+    pub seconds: f64,
+    pub peak: u64,
+}
+
+/// Runs the command under a small Python wrapper that reports its wall time and peak resident
+/// set (`resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`), so that engram and other tools
+/// (mergekit) are measured the same way.
+pub fn measure(cmd: &[String]) -> Result<Measured> {
+    const WRAPPER: &str = "import resource, subprocess, sys, time, json\n\
+t = time.perf_counter()\n\
+r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)\n\
+dt = time.perf_counter() - t\n\
+print(json.dumps({'rc': r.returncode, 'seconds': dt, 'peak_rss_bytes': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, 'stderr': r.stderr.decode(errors='replace')[-2000:]}))\n";
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(WRAPPER)
+        .args(cmd)
+        .output()
+        .context("running python3 (needed to measure child processes)")?;
+    let v: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "measuring {cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    if v["rc"].as_i64() != Some(0) {
+        bail!(
+            "{} failed: {}",
+            cmd.join(" "),
+            v["stderr"].as_str().unwrap_or("")
+        );
+    }
+    Ok(Measured {
+        seconds: v["seconds"].as_f64().unwrap_or(f64::NAN),
+        peak: v["peak_rss_bytes"].as_u64().unwrap_or(0),
+    })
+}
+
+/// The `engram` binary the benchmarks run as a child: `given`, or this process's own
+/// executable (the benchmarks are started by `engram bench`).
+pub fn engram_exe(given: Option<&Path>) -> Result<PathBuf> {
+    match given {
+        Some(p) => Ok(p.to_path_buf()),
+        None => std::env::current_exe().context("locating the engram binary"),
+    }
+}
+
+/// A path as one argument of a command line.
+pub fn arg(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Writes `v` as pretty JSON (with a final newline) to `path`, creating its folder; atomic.
+pub fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let text = serde_json::to_string_pretty(v).context("serializing JSON")? + "\n";
+    engram_ckpt::write_atomic(path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Reads a JSON file.
+pub fn read_json(path: &Path) -> Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+}
+
+/// Removes a file or a folder with everything in it; nothing there is not an error.
+pub fn remove(p: &Path) -> Result<()> {
+    if p.is_dir() {
+        std::fs::remove_dir_all(p).with_context(|| format!("removing {}", p.display()))?;
+    } else if p.exists() {
+        std::fs::remove_file(p).with_context(|| format!("removing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Bytes of the files directly in folder `p`.
+pub fn dir_bytes(p: &Path) -> Result<u64> {
+    let mut total = 0;
+    for e in std::fs::read_dir(p).with_context(|| format!("reading {}", p.display()))? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            total += e.metadata()?.len();
+        }
+    }
+    Ok(total)
+}
+
+/// Reads every byte of `files` once, in 8 MiB blocks, in parallel; returns the bytes read.
+pub fn read_all(files: &[PathBuf]) -> Result<u64> {
+    const BLOCK: u64 = 8 << 20;
+    let mut items = Vec::new();
+    let mut handles = Vec::new();
+    for (i, p) in files.iter().enumerate() {
+        let f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+        let len = f.metadata()?.len();
+        handles.push(f);
+        let mut at = 0;
+        while at < len {
+            items.push((i, at, BLOCK.min(len - at)));
+            at += BLOCK;
+        }
+    }
+    items
+        .par_iter()
+        .map_init(
+            || vec![0u8; BLOCK as usize],
+            |buf, &(i, at, n)| -> Result<u64> {
+                let b = &mut buf[..n as usize];
+                handles[i]
+                    .read_exact_at(b, at)
+                    .with_context(|| format!("reading {}", files[i].display()))?;
+                // The data is used, so the read cannot be skipped.
+                std::hint::black_box(&*b);
+                Ok(n)
+            },
+        )
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), 0.0);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn files_round_trip_and_are_read_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a/b/x.json");
+        write_json(&p, &json!({"k": [1, 2]})).unwrap();
+        assert!(std::fs::read_to_string(&p).unwrap().ends_with("}\n"));
+        assert_eq!(read_json(&p).unwrap(), json!({"k": [1, 2]}));
+        let big = d.path().join("big");
+        std::fs::write(&big, vec![7u8; (8 << 20) + 5]).unwrap();
+        assert_eq!(
+            read_all(&[big.clone(), p.clone()]).unwrap(),
+            (8 << 20) + 5 + p.metadata().unwrap().len()
+        );
+        assert_eq!(dir_bytes(d.path()).unwrap(), (8 << 20) + 5);
+        remove(&d.path().join("a")).unwrap();
+        remove(&d.path().join("a")).unwrap();
+        assert!(!p.exists());
+        assert!(peak_rss_bytes() > 0);
+    }
+}

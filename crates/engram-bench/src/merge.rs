@@ -1,0 +1,435 @@
+//! `engram bench merge`: B1 of BENCHMARKS.md. On synthetic bf16 families of several sizes and
+//! N fine-tunes, times Task Arithmetic, TIES (density 0.2), TALL masks (statistics) and
+//! Consensus with engram, and TA and TIES with mergekit (`mergekit-pytorch`, CPU) on the same
+//! files, in the same run; plus the read-and-write bound (input bytes read once from a warm
+//! page cache, output bytes written once).
+//!
+//! Every measured command runs as a child of the same wrapper ([`machine::measure`]), so that
+//! engram and mergekit are measured the same way. Where both compute the same thing (TA; TIES
+//! with per-tensor trimming), the outputs are compared element by element.
+
+use crate::Progress;
+use crate::machine::{self, arg, measure, median, read_all, remove};
+use crate::units::{bytes, count, parse_count};
+use anyhow::{Result, bail};
+use engram_ckpt::Model;
+use engram_weights::synth::ArchConfig;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// Settings of `engram bench merge`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Model sizes (parameter counts).
+    pub sizes: Vec<String>,
+    /// Numbers of fine-tuned models.
+    pub n: Vec<usize>,
+    /// Working folder for the synthetic families (reused) and the outputs.
+    pub dir: PathBuf,
+    /// Runs of each engram step (medians are reported). mergekit runs once per case.
+    pub repeat: usize,
+    /// The `mergekit-pytorch` executable; default: bench-out/mergekit-venv/bin/mergekit-pytorch.
+    pub mergekit: Option<PathBuf>,
+    /// Create bench-out/mergekit-venv and pip-install mergekit into it first.
+    pub install_mergekit: bool,
+    /// Skip mergekit (engram and the bound only).
+    pub no_mergekit: bool,
+    /// Skip mergekit above this many parameters.
+    pub mergekit_max: String,
+    pub json_out: PathBuf,
+    /// Delete the synthetic families afterwards.
+    pub clean: bool,
+    /// The `engram` binary measured (default: this process's executable).
+    pub engram: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            sizes: ["100M", "500M", "1B"].map(String::from).to_vec(),
+            n: vec![2, 4, 8],
+            dir: "bench-out/merge".into(),
+            repeat: 3,
+            mergekit: None,
+            install_mergekit: false,
+            no_mergekit: false,
+            mergekit_max: "2B".into(),
+            json_out: "bench-out/merge.json".into(),
+            clean: false,
+            engram: None,
+        }
+    }
+}
+
+const VENV: &str = "bench-out/mergekit-venv";
+
+fn file_of(dir: &Path) -> PathBuf {
+    dir.join("model.safetensors")
+}
+
+/// Element-wise comparison of two models: max |a − b| and the number of elements that differ
+/// by more than one bf16 step of the larger value.
+fn agreement(a: &Path, b: &Path) -> Result<Value> {
+    let (ma, mb) = (Model::open(a)?, Model::open(b)?);
+    let (mut max_abs, mut beyond, mut total) = (0f32, 0u64, 0u64);
+    for t in ma.tensors() {
+        let u = t.to_f32()?;
+        let v = mb.require(t.name())?.to_f32()?;
+        for (x, y) in u.iter().zip(&v) {
+            let d = (x - y).abs();
+            max_abs = max_abs.max(d);
+            if d > x.abs().max(y.abs()) * 2f32.powi(-7) {
+                beyond += 1;
+            }
+            total += 1;
+        }
+    }
+    Ok(json!({"max_abs_diff": max_abs, "elements_beyond_one_bf16_step": beyond, "elements": total}))
+}
+
+fn mergekit_config(method: &str, base: &Path, models: &[PathBuf]) -> String {
+    let mut y = format!(
+        "merge_method: {method}\nbase_model: {}\nmodels:\n",
+        arg(&file_of(base))
+    );
+    for m in models {
+        y.push_str(&format!(
+            "  - model: {}\n    parameters:\n      weight: 1.0\n",
+            arg(&file_of(m))
+        ));
+        if method == "ties" {
+            y.push_str("      density: 0.2\n");
+        }
+    }
+    y.push_str("parameters:\n  lambda: 1.0\n");
+    if method == "ties" {
+        y.push_str("  normalize: true\n");
+    }
+    y.push_str("dtype: float32\nout_dtype: bfloat16\n");
+    y
+}
+
+/// The mergekit executable to measure, installing it first if asked; `None` without mergekit.
+fn mergekit(o: &Options) -> Result<Option<PathBuf>> {
+    let venv = PathBuf::from(VENV);
+    if o.install_mergekit && !o.no_mergekit {
+        let ok = Command::new("python3")
+            .args(["-m", "venv", &arg(&venv)])
+            .status()?
+            .success()
+            && Command::new(venv.join("bin/pip"))
+                .args(["install", "-q", "mergekit==0.1.5"])
+                .status()?
+                .success();
+        if !ok {
+            bail!("installing mergekit into {} failed", venv.display());
+        }
+    }
+    let mk = (!o.no_mergekit).then(|| {
+        o.mergekit
+            .clone()
+            .unwrap_or(venv.join("bin/mergekit-pytorch"))
+    });
+    if let Some(mk) = &mk
+        && !mk.exists()
+    {
+        bail!(
+            "{} not found: pass --install-mergekit, --mergekit PATH or --no-mergekit",
+            mk.display()
+        );
+    }
+    Ok(mk)
+}
+
+/// The engram commands measured on one case: (name, arguments).
+fn engram_steps(base: &Path, models: &[PathBuf], out: &Path) -> Vec<(&'static str, Vec<String>)> {
+    let models: Vec<String> = models.iter().map(|m| arg(m)).collect();
+    let with_models = |head: &[&str]| {
+        let mut v: Vec<String> = head.iter().map(|s| s.to_string()).collect();
+        v.extend(models.iter().cloned());
+        v
+    };
+    let (b, ta, ties, cons) = (
+        arg(base),
+        arg(&out.join("ta")),
+        arg(&out.join("ties")),
+        arg(&out.join("consensus")),
+    );
+    vec![
+        (
+            "task_arithmetic",
+            with_models(&[
+                "merge",
+                "-q",
+                "--method",
+                "task_arithmetic",
+                "--base",
+                &b,
+                "-o",
+                &ta,
+            ]),
+        ),
+        (
+            "ties",
+            with_models(&[
+                "merge",
+                "-q",
+                "--method",
+                "ties",
+                "--density",
+                "0.2",
+                "--base",
+                &b,
+                "-o",
+                &ties,
+            ]),
+        ),
+        ("tall_masks", with_models(&["tall", "-q", "--base", &b])),
+        (
+            "consensus",
+            with_models(&["consensus", "-q", "--base", &b, "-o", &cons]),
+        ),
+    ]
+}
+
+/// The read-and-write bound of a case: `inputs` read once (warm cache, after one untimed
+/// read), `out_bytes` written once and synced; (read seconds, write seconds).
+fn bound(inputs: &[PathBuf], out_bytes: u64, sink: &Path) -> Result<(f64, f64)> {
+    read_all(inputs)?;
+    let t = Instant::now();
+    read_all(inputs)?;
+    let read = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(sink)?;
+        let block = vec![1u8; 8 << 20];
+        let mut left = out_bytes;
+        while left > 0 {
+            let k = left.min(block.len() as u64) as usize;
+            f.write_all(&block[..k])?;
+            left -= k as u64;
+        }
+        f.sync_data()?;
+    }
+    let write = t.elapsed().as_secs_f64();
+    remove(sink)?;
+    Ok((read, write))
+}
+
+/// Runs the benchmark; writes and returns its JSON. The table's rows go to `Output` as they
+/// are measured, and the JSON is rewritten after each, so an interrupted run keeps them.
+pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
+    if o.repeat == 0 || o.n.contains(&0) {
+        bail!("--repeat and every --n must be at least 1");
+    }
+    let exe = machine::engram_exe(o.engram.as_deref())?;
+    let mergekit = mergekit(o)?;
+    let mk_max = parse_count(&o.mergekit_max)?;
+    let nmax = o.n.iter().copied().max().unwrap_or(1);
+    let threads = rayon::current_num_threads();
+    let mut cases = Vec::new();
+    progress(Progress::Output(header(threads, o.repeat)));
+    for size in &o.sizes {
+        let arch = ArchConfig::for_params(parse_count(size)?);
+        let params = arch.param_count();
+        let fam = o.dir.join(size.to_ascii_lowercase());
+        crate::synthetic::ensure_family(&fam, size, &arch, nmax, "engram bench merge", progress)?;
+        let base = fam.join("base");
+        for &n in &o.n {
+            let models: Vec<PathBuf> = (1..=n).map(|i| fam.join(format!("ft-{i}"))).collect();
+            let mut inputs = vec![file_of(&base)];
+            inputs.extend(models.iter().map(|m| file_of(m)));
+            let in_bytes: u64 = inputs
+                .iter()
+                .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+                .sum();
+            let out_bytes = std::fs::metadata(file_of(&base))?.len();
+            let (bound_read, bound_write) = bound(&inputs, out_bytes, &o.dir.join("bound.tmp"))?;
+            let bound = bound_read + bound_write;
+            let out = o.dir.join("out");
+            for (name, args) in engram_steps(&base, &models, &out) {
+                let mut times = Vec::new();
+                let mut peak = 0;
+                for _ in 0..o.repeat {
+                    let mut cmd = vec![arg(&exe)];
+                    cmd.extend(args.iter().cloned());
+                    let m = measure(&cmd)?;
+                    times.push(m.seconds);
+                    peak = peak.max(m.peak);
+                }
+                let med = median(&times);
+                let mut case = json!({
+                    "params": params, "n": n, "method": name, "input_bytes": in_bytes, "output_bytes": out_bytes,
+                    "engram": {"seconds": times, "median_s": med, "peak_rss_bytes": peak, "gbps_read": in_bytes as f64 / med / 1e9},
+                    "bound": {"read_s": bound_read, "write_s": bound_write, "total_s": bound, "share_of_bound": bound / med},
+                });
+                // TALL and Consensus compare with mergekit's TIES.
+                let mk_name = match name {
+                    "task_arithmetic" => "task_arithmetic",
+                    _ => "ties",
+                };
+                if let Some(mk) = &mergekit
+                    && params <= mk_max
+                {
+                    // mergekit runs once per (size, N, method).
+                    let key = format!("{size}-{n}-{mk_name}");
+                    let prev = cases.iter().find_map(|c: &Value| {
+                        (c["mergekit"]["key"] == key).then(|| c["mergekit"].clone())
+                    });
+                    let mkres = match prev {
+                        Some(p) => p,
+                        None => {
+                            let cfg = o.dir.join(format!("mk-{mk_name}.yml"));
+                            std::fs::write(&cfg, mergekit_config(mk_name, &base, &models))?;
+                            let mk_out = out.join(format!("mk-{mk_name}"));
+                            remove(&mk_out)?;
+                            let m = measure(&[
+                                arg(mk),
+                                arg(&cfg),
+                                arg(&mk_out),
+                                "--quiet".into(),
+                                "--no-cuda".into(),
+                            ])?;
+                            let engram_out =
+                                out.join(if mk_name == "ties" { "ties" } else { "ta" });
+                            let agree = agreement(&engram_out, &mk_out)?;
+                            json!({"key": key, "method": mk_name, "seconds": m.seconds, "peak_rss_bytes": m.peak, "agreement": agree})
+                        }
+                    };
+                    let secs = mkres["seconds"].as_f64().unwrap_or(f64::NAN);
+                    case["mergekit"] = mkres;
+                    case["speedup_vs_mergekit"] = json!(secs / med);
+                }
+                progress(Progress::Output(row(&case)));
+                cases.push(case);
+                write_json(&o.json_out, threads, o.repeat, &cases)?;
+            }
+            remove(&out)?;
+        }
+    }
+    let doc = write_json(&o.json_out, threads, o.repeat, &cases)?;
+    progress(Progress::Output(format!(
+        "\"x bound\" = (read inputs + write output, warm cache) / engram time; results: {}\n",
+        o.json_out.display()
+    )));
+    if o.clean {
+        remove(&o.dir)?;
+    }
+    Ok(doc)
+}
+
+fn header(threads: usize, repeat: usize) -> String {
+    format!(
+        "engram bench merge: bf16 synthetic families, {threads} threads; engram medians of {repeat}, mergekit once\n{:<7} {:>2} {:<12} {:>9} {:>9} {:>10} {:>9} {:>10} {:>9} {:>10}\n",
+        "params",
+        "N",
+        "method",
+        "engram s",
+        "GB/s",
+        "x bound",
+        "peak",
+        "mergekit s",
+        "mk peak",
+        "speed-up"
+    )
+}
+
+/// One case's line of the table.
+fn row(case: &Value) -> String {
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let med = f(&case["engram"]["median_s"]);
+    let mk = &case["mergekit"];
+    let (mk_s, mk_peak, speedup) = if mk.is_null() {
+        ("-".to_string(), "-".to_string(), "-".to_string())
+    } else {
+        let secs = f(&mk["seconds"]);
+        (
+            format!("{secs:.2}"),
+            bytes(mk["peak_rss_bytes"].as_u64().unwrap_or(0)),
+            format!("{:.1}x", secs / med),
+        )
+    };
+    format!(
+        "{:<7} {:>2} {:<12} {:>9.3} {:>9.2} {:>10.2} {:>9} {:>10} {:>9} {:>10}\n",
+        count(case["params"].as_u64().unwrap_or(0)),
+        case["n"].as_u64().unwrap_or(0),
+        case["method"].as_str().unwrap_or_default(),
+        med,
+        f(&case["input_bytes"]) / med / 1e9,
+        f(&case["bound"]["total_s"]) / med,
+        bytes(case["engram"]["peak_rss_bytes"].as_u64().unwrap_or(0)),
+        mk_s,
+        mk_peak,
+        speedup
+    )
+}
+
+/// The whole table of a run's JSON (what `run` writes to `Output` piece by piece).
+pub fn render_text(doc: &Value, json_out: &Path) -> String {
+    let mut t = header(
+        doc["threads"].as_u64().unwrap_or(0) as usize,
+        doc["repeat"].as_u64().unwrap_or(0) as usize,
+    );
+    for c in doc["cases"].as_array().into_iter().flatten() {
+        t += &row(c);
+    }
+    t += &format!(
+        "\"x bound\" = (read inputs + write output, warm cache) / engram time; results: {}\n",
+        json_out.display()
+    );
+    t
+}
+
+fn write_json(path: &Path, threads: usize, repeat: usize, cases: &[Value]) -> Result<Value> {
+    let doc = json!({"engram_bench_merge": 1, "threads": threads, "repeat": repeat, "machine": machine::describe(), "cases": cases});
+    machine::write_json(path, &doc)?;
+    Ok(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_show_mergekit_only_where_it_ran() {
+        let case = json!({
+            "params": 100_000_000u64, "n": 2, "method": "ties", "input_bytes": 600_000_000u64,
+            "engram": {"median_s": 0.5, "peak_rss_bytes": 40_000_000},
+            "bound": {"total_s": 0.25},
+        });
+        let r = row(&case);
+        assert!(r.starts_with("100.0M   2 ties"), "{r}");
+        assert!(
+            r.contains("1.20") && r.contains("0.50") && r.contains("40.0 MB"),
+            "{r}"
+        );
+        assert_eq!(r.matches(" -").count(), 3, "{r}");
+        let mut with = case.clone();
+        with["mergekit"] = json!({"seconds": 5.0, "peak_rss_bytes": 2_000_000_000u64});
+        let r = row(&with);
+        assert!(
+            r.contains("5.00") && r.contains("2.00 GB") && r.contains("10.0x"),
+            "{r}"
+        );
+        let doc = json!({"threads": 2, "repeat": 3, "cases": [case, with]});
+        let t = render_text(&doc, Path::new("m.json"));
+        assert_eq!(t.lines().count(), 5);
+        assert!(t.ends_with("results: m.json\n"));
+    }
+
+    #[test]
+    fn mergekit_configs_weight_every_model() {
+        let y = mergekit_config(
+            "ties",
+            Path::new("/b"),
+            &[PathBuf::from("/m1"), PathBuf::from("/m2")],
+        );
+        assert!(y.starts_with("merge_method: ties\nbase_model: /b/model.safetensors\n"));
+        assert_eq!(y.matches("density: 0.2").count(), 2);
+        assert!(y.contains("normalize: true"));
+        assert!(!mergekit_config("task_arithmetic", Path::new("/b"), &[]).contains("density"));
+    }
+}

@@ -1,0 +1,294 @@
+//! The study's weight-space half: merges of the base and the fine-tuned backbones on files,
+//! each evaluated with the tasks' own heads (Task-IL over each task's 10 classes). λ (TA,
+//! TIES), λ_t (TALL) and α (Consensus) are chosen on validation by mean normalized accuracy
+//! (merging.md, selection protocol), then reported on test.
+
+use super::page::{MaskSummary, MethodResult};
+use super::training::{Study, read_values};
+use anyhow::{Result, anyhow};
+use engram_ckpt::{DType, Model};
+use engram_learn::eval::values_accuracy;
+use engram_learn::scenario::Part;
+use engram_learn::train::stage::Values;
+use engram_weights::merge::engine::{MergeRequest, run_merge};
+use engram_weights::merge::get;
+use engram_weights::merge::params::{ParamSource, ParamValue};
+use engram_weights::tall::{LAMBDA_GRID, MtlRecipe, Tall, choose_lambda};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Grids of the selection protocol (merging.md): λ and α in 0.1–1.0, extended downwards
+/// with 0.02 and 0.05 because on these tasks the optimum sat at 0.1, the card grid's edge.
+pub const TA_GRID: [f32; 12] = [0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
+/// TIES, dis-mean (mergekit's default `normalize`): λ from 0.8 to 2.5 (ties-merging README),
+/// extended downwards to 0.1 for the same reason.
+pub const TIES_GRID: [f32; 13] = [
+    0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.2, 2.5,
+];
+pub const TIES_DENSITY: f64 = 0.2;
+pub const ALPHA_GRID: [f32; 12] = TA_GRID;
+/// Consensus thresholds: k = 2 is the card's default; 1 and 3 are the ablation.
+pub const K_VALUES: [usize; 3] = [1, 2, 3];
+
+/// The weight-space half of the study: merges of the base and the fine-tuned backbones on
+/// files, each evaluated with the tasks' own heads.
+pub struct Merger<'a> {
+    pub st: &'a Study,
+    pub ev: &'a Evaluator<'a>,
+    pub norm: &'a Normalizer,
+    pub base: &'a Model,
+    pub models: &'a [Model],
+    pub tasks: Vec<String>,
+    /// Where grid candidates are written (one at a time).
+    pub tmp: PathBuf,
+}
+
+impl<'a> Merger<'a> {
+    fn out(&self, name: &str) -> Result<PathBuf> {
+        let p = self.st.dir.join("merges").join(name);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        Ok(p)
+    }
+
+    /// Task Arithmetic or TIES: λ by mean normalized validation accuracy, then test.
+    pub fn merged(
+        &self,
+        label: &str,
+        method: &str,
+        grid: &[f32],
+        density: Option<f64>,
+    ) -> Result<MethodResult> {
+        let mut score = |l: f32| -> Result<f64> {
+            merge_file(self.base, self.models, method, l, density, &self.tmp)?;
+            Ok(self
+                .norm
+                .val(&self.ev.all(&read_values(&self.tmp)?, Part::Valid)?))
+        };
+        let (best, curve) = choose(grid, &mut score)?;
+        let out = self.out(&format!("{method}-lambda-{best}.safetensors"))?;
+        merge_file(self.base, self.models, method, best, density, &out)?;
+        let test = self.ev.all(&read_values(&out)?, Part::Test)?;
+        let chosen = match density {
+            Some(d) => format!("λ = {best}, top {}% (dis-mean)", d * 100.0),
+            None => format!("λ = {best}"),
+        };
+        Ok(self.norm.row(label, chosen, test, curve))
+    }
+
+    pub fn tall_with(&self, recipe: MtlRecipe, lambdas: Vec<f32>) -> Result<Tall<'a>> {
+        Ok(Tall::new(
+            self.base,
+            self.models.iter().collect(),
+            self.tasks.clone(),
+            recipe,
+            lambdas,
+        )?)
+    }
+
+    /// Writes the model `kernel` builds from the masks to `out`.
+    fn write(
+        tall: &Tall,
+        out: &Path,
+        kernel: &(dyn Fn(&engram_weights::tall::MaskChunk, &mut [f32]) + Sync),
+    ) -> Result<()> {
+        tall.write_model(out, None, &BTreeMap::new(), &|_| {}, kernel)?;
+        Ok(())
+    }
+
+    /// TALL masks: λ_t per task on that task's validation accuracy of θ̂_t, then test; the
+    /// row, the mask statistics and the chosen λ_t.
+    pub fn tall(
+        &self,
+        recipe: MtlRecipe,
+        rname: &str,
+        label: &str,
+    ) -> Result<(MethodResult, MaskSummary, Vec<f32>)> {
+        let n = self.tasks.len();
+        let mut per_task: Vec<Vec<f64>> = vec![Vec::new(); n];
+        for &l in &LAMBDA_GRID {
+            let tall = self.tall_with(recipe, vec![l; n])?;
+            for (t, scores) in per_task.iter_mut().enumerate() {
+                Self::write(&tall, &self.tmp, &Tall::reconstruct_kernel(t, DType::F32))?;
+                let acc = self.ev.acc(&read_values(&self.tmp)?, t, Part::Valid)?;
+                scores.push(100.0 * acc / self.norm.ft_val[t].max(1e-9));
+            }
+        }
+        let mut lambdas = Vec::new();
+        let mut curve = Vec::new();
+        for scores in &per_task {
+            let (best, c) = choose_lambda(&LAMBDA_GRID, &mut |l| {
+                LAMBDA_GRID
+                    .iter()
+                    .position(|&g| g == l)
+                    .map_or(0.0, |i| scores[i])
+            });
+            lambdas.push(best);
+            curve.extend(c.into_iter().map(|(l, s)| (f64::from(l), s)));
+        }
+        let tall = self.tall_with(recipe, lambdas.clone())?;
+        let mut test = Vec::new();
+        for (t, task) in self.tasks.iter().enumerate() {
+            let out = self.out(&format!("tall-{rname}/{task}.safetensors"))?;
+            Self::write(&tall, &out, &Tall::reconstruct_kernel(t, DType::F32))?;
+            test.push(self.ev.acc(&read_values(&out)?, t, Part::Test)?);
+        }
+        let chosen = format!(
+            "λ_t = {}",
+            lambdas
+                .iter()
+                .map(|l| l.to_string())
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        let row = self
+            .norm
+            .row(&format!("TALL masks ({label})"), chosen, test, curve);
+        let stats = tall.stats(&|_| {})?.total;
+        let summary = MaskSummary {
+            recipe: rname.into(),
+            lambdas: lambdas.clone(),
+            params: stats.params,
+            untouched: stats.untouched,
+            catastrophic: stats.catastrophic,
+            selfish: stats.selfish,
+            shared: stats.shared,
+            histogram: stats.histogram,
+            mask_density: stats.mask_density,
+        };
+        Ok((row, summary, lambdas))
+    }
+
+    /// Consensus with threshold k over `tall`'s masks: α on validation, then test.
+    pub fn consensus(
+        &self,
+        tall: &Tall,
+        rname: &str,
+        label: &str,
+        k: usize,
+    ) -> Result<MethodResult> {
+        let mut score = |alpha: f32| -> Result<f64> {
+            Self::write(tall, &self.tmp, &Tall::consensus_kernel(k, alpha))?;
+            Ok(self
+                .norm
+                .val(&self.ev.all(&read_values(&self.tmp)?, Part::Valid)?))
+        };
+        let (best, curve) = choose(&ALPHA_GRID, &mut score)?;
+        let out = self.out(&format!("consensus-{rname}-k{k}.safetensors"))?;
+        Self::write(tall, &out, &Tall::consensus_kernel(k, best))?;
+        let test = self.ev.all(&read_values(&out)?, Part::Test)?;
+        Ok(self.norm.row(
+            &format!("Consensus {label} (k = {k})"),
+            format!("α = {best}"),
+            test,
+            curve,
+        ))
+    }
+}
+
+/// Evaluates backbones with each task's own head.
+pub struct Evaluator<'a> {
+    pub st: &'a Study,
+    pub heads: &'a [Values],
+}
+
+impl Evaluator<'_> {
+    pub fn acc(&self, backbone: &Values, t: usize, part: Part) -> Result<f64> {
+        let mut v = backbone.clone();
+        v.extend(self.heads[t].iter().map(|(k, x)| (k.clone(), x.clone())));
+        values_accuracy(&self.st.model, &v, &self.st.s, t, part)
+            .map_err(|e| anyhow!("task {}: {e}", self.st.s.tasks[t].name))
+    }
+
+    pub fn all(&self, backbone: &Values, part: Part) -> Result<Vec<f64>> {
+        (0..self.st.s.tasks.len())
+            .map(|t| self.acc(backbone, t, part))
+            .collect()
+    }
+}
+
+/// Normalized accuracy against the fine-tuned models (metrics.md: a mean of ratios).
+pub struct Normalizer {
+    pub ft_val: Vec<f64>,
+    pub ft_test: Vec<f64>,
+}
+
+impl Normalizer {
+    pub fn val(&self, accs: &[f64]) -> f64 {
+        ratios(accs, &self.ft_val).iter().sum::<f64>() / accs.len().max(1) as f64
+    }
+
+    pub fn row(
+        &self,
+        method: &str,
+        chosen: String,
+        test: Vec<f64>,
+        curve: Vec<(f64, f64)>,
+    ) -> MethodResult {
+        let normalized = ratios(&test, &self.ft_test);
+        let n = test.len().max(1) as f64;
+        MethodResult {
+            method: method.into(),
+            chosen,
+            mean_accuracy: test.iter().sum::<f64>() / n,
+            normalized_accuracy: normalized.iter().sum::<f64>() / n,
+            normalized,
+            test_accuracy: test,
+            validation_curve: curve,
+        }
+    }
+}
+
+fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| if *y > 0.0 { 100.0 * x / y } else { 0.0 })
+        .collect()
+}
+
+/// The best grid value by score (ties: the smaller value) and the whole curve.
+fn choose(
+    grid: &[f32],
+    score: &mut dyn FnMut(f32) -> Result<f64>,
+) -> Result<(f32, Vec<(f64, f64)>)> {
+    let mut err = None;
+    let (best, curve) = choose_lambda(grid, &mut |l| match score(l) {
+        Ok(s) => s,
+        Err(e) => {
+            err.get_or_insert(e);
+            f64::NEG_INFINITY
+        }
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    Ok((
+        best,
+        curve.into_iter().map(|(l, s)| (f64::from(l), s)).collect(),
+    ))
+}
+
+fn merge_file(
+    base: &Model,
+    models: &[Model],
+    method: &str,
+    lambda: f32,
+    density: Option<f64>,
+    out: &Path,
+) -> Result<()> {
+    let m = get(method).ok_or_else(|| anyhow!("no merge method {method}"))?;
+    let mut params = ParamSource::default();
+    params
+        .global
+        .insert("lambda".into(), ParamValue::Scalar(f64::from(lambda)));
+    if let Some(d) = density {
+        params
+            .global
+            .insert("density".into(), ParamValue::Scalar(d));
+    }
+    params.per_model = vec![BTreeMap::new(); models.len()];
+    let req = MergeRequest::new(m, Some(base), models.iter().collect()).with_params(params);
+    run_merge(&req, out, &BTreeMap::new(), &|_| {})?;
+    Ok(())
+}

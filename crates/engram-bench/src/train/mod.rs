@@ -1,0 +1,588 @@
+//! `engram bench train`: B4 of BENCHMARKS.md. One epoch of Fashion-MNIST (batch 128, Adam,
+//! lr 1e-3) for the MLP 784-400-400-10 and the CNN (conv 1→32 3×3, pool 2, conv 32→64 3×3,
+//! pool 2, fc 1600→128, fc 128→10), engram against PyTorch on CPU with the same number of
+//! threads, in the same run.
+//!
+//! engram side: engram's own `Trainer` on a one-task joint scenario (the loop every `engram
+//! train` run uses: shuffled minibatches built by `gather`, cross-entropy, backward, Adam).
+//! The time of one epoch runs from the trainer's `TaskStart` event to its last `Step` event,
+//! so loading the data set, the evaluations before and after, and building the network are
+//! not in it; building the minibatches is, as it is for PyTorch (`x[idx]`), and is also
+//! timed alone and reported as `batch_s`.
+//!
+//! PyTorch side: `torch_epoch.py`, written to a temporary folder and run with `python` (a venv
+//! with torch and numpy; `install_torch` makes bench-out/torch-venv). It reads the very same
+//! examples, which engram writes as raw little-endian arrays next to the script, and calls
+//! `torch.set_num_threads(n)` with n = engram's rayon threads (`--threads`, default: all
+//! cores). Same architecture, and the same initialisation scheme (both draw weights and biases
+//! from U(±1/√fan_in)); not the same data order.
+//!
+//! Each side runs one warm-up epoch, then `repeat` epochs, each on a freshly initialised
+//! network (seeds seed+1, seed+2, ...), evaluated on the 10,000 test images afterwards (a check
+//! that both learn). Reported: the median seconds per epoch, the ratio engram/PyTorch, the
+//! median test accuracy, and how many threads each side really kept busy: CPU time over wall
+//! time during the timed epochs, from every thread's `/proc/self/task/*/schedstat`, and the
+//! number of threads that were on a CPU for at least a tenth of the epoch.
+
+use crate::Progress;
+use crate::machine;
+use anyhow::{Context, Result, bail};
+use engram_learn::model::ModelConfig;
+use engram_learn::optim::{OptimConfig, OptimKind, Schedule};
+use engram_learn::scenario::{Common, Part, Scenario, joint};
+use engram_learn::train::{Event, TrainConfig, Trainer};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// Settings of `engram bench train`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Networks to measure: mlp, cnn.
+    pub models: Vec<String>,
+    /// Timed epochs per network and side, each after the side's warm-up epoch.
+    pub repeat: usize,
+    pub batch_size: usize,
+    /// Adam's learning rate.
+    pub lr: f64,
+    /// Train on the first N examples only (default: all 60,000).
+    pub train_examples: Option<usize>,
+    pub seed: u64,
+    /// Where Fashion-MNIST is (default: the system package's location).
+    pub data_dir: Option<PathBuf>,
+    /// Python with torch and numpy (default: bench-out/torch-venv/bin/python).
+    pub python: Option<PathBuf>,
+    /// Create bench-out/torch-venv and pip-install torch (CPU build) and numpy into it first.
+    pub install_torch: bool,
+    /// engram only.
+    pub no_torch: bool,
+    pub json_out: PathBuf,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            models: vec!["mlp".into(), "cnn".into()],
+            repeat: 3,
+            batch_size: 128,
+            lr: 1e-3,
+            train_examples: None,
+            seed: 0,
+            data_dir: None,
+            python: None,
+            install_torch: false,
+            no_torch: false,
+            json_out: "bench-out/train.json".into(),
+        }
+    }
+}
+
+const VENV: &str = "bench-out/torch-venv";
+
+/// The PyTorch side. argv[1]: a JSON object of settings; prints one JSON object.
+const SCRIPT: &str = include_str!("torch_epoch.py");
+
+/// CPU time (ns) of each of this process's threads.
+fn cpu_ns() -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for e in dir.flatten() {
+            let ns = std::fs::read_to_string(e.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()));
+            if let Some(ns) = ns {
+                out.insert(e.file_name().to_string_lossy().into_owned(), ns);
+            }
+        }
+    }
+    out
+}
+
+/// (total CPU seconds, threads busy at least a tenth of `wall`) between two snapshots.
+fn cpu_use(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>, wall: f64) -> (f64, usize) {
+    let per: Vec<u64> = b
+        .iter()
+        .map(|(t, &ns)| ns.saturating_sub(a.get(t).copied().unwrap_or(0)))
+        .collect();
+    let busy = per
+        .iter()
+        .filter(|&&ns| ns as f64 >= 0.1 * wall * 1e9)
+        .count();
+    (per.iter().sum::<u64>() as f64 / 1e9, busy)
+}
+
+struct Net {
+    name: &'static str,
+    config: ModelConfig,
+    /// The same network for the PyTorch script.
+    torch: Value,
+}
+
+fn net(name: &str) -> Result<Net> {
+    Ok(match name {
+        "mlp" => Net {
+            name: "mlp",
+            config: ModelConfig::Mlp {
+                hidden: vec![400, 400],
+            },
+            torch: json!({"kind": "mlp", "hidden": [400, 400]}),
+        },
+        "cnn" => Net {
+            name: "cnn",
+            config: ModelConfig::Cnn {
+                channels: [32, 64],
+                hidden: 128,
+            },
+            torch: json!({"kind": "cnn", "channels": [32, 64], "hidden": 128}),
+        },
+        other => bail!("unknown network `{other}` (known: mlp, cnn)"),
+    })
+}
+
+/// One epoch of engram's trainer on a fresh network: the run's JSON record.
+fn engram_epoch(s: &Scenario, model: &ModelConfig, o: &Options, seed: u64) -> Result<Value> {
+    let strategy =
+        engram_learn::strategy::build("naive", &Value::Null).map_err(anyhow::Error::msg)?;
+    let mut trainer = Trainer {
+        scenario: s,
+        model: model.clone(),
+        train: TrainConfig {
+            epochs: 1,
+            iterations: None,
+            batch_size: o.batch_size,
+            eval_batch: 1000,
+            optimizer: OptimConfig {
+                kind: OptimKind::Adam,
+                lr: o.lr,
+                schedule: Schedule::Constant,
+                // torch.optim.Adam's default, so that both sides run the same algorithm.
+                eps: 1e-8,
+                ..OptimConfig::default()
+            },
+        },
+        seed,
+        strategy,
+        checkpoint_dir: None,
+        stop_after: None,
+        start: None,
+    };
+    let mut start: Option<(Instant, BTreeMap<String, u64>)> = None;
+    let mut end: Option<(f64, BTreeMap<String, u64>)> = None;
+    let mut steps = 0;
+    let out = trainer
+        .run(&mut |e| match e {
+            Event::TaskStart { steps: n, .. } => {
+                steps = n;
+                start = Some((Instant::now(), cpu_ns()));
+            }
+            Event::Step { step, .. } if step == steps => {
+                if let Some((t, _)) = &start {
+                    end = Some((t.elapsed().as_secs_f64(), cpu_ns()));
+                }
+            }
+            _ => {}
+        })
+        .map_err(anyhow::Error::msg)?;
+    let (Some((_, c0)), Some((wall, c1))) = (start, end) else {
+        bail!("the trainer reported no complete epoch");
+    };
+    let (cpu, busy) = cpu_use(&c0, &c1, wall);
+    let accuracy = out
+        .accuracy
+        .first()
+        .and_then(|r| r.first())
+        .copied()
+        .unwrap_or(0.0);
+    Ok(json!({
+        "seconds": wall,
+        "trainer_seconds": out.seconds_per_task.first(),
+        "cpu_s": cpu,
+        "busy_threads": busy,
+        "accuracy": accuracy,
+    }))
+}
+
+/// Seconds to build one epoch's minibatches alone, as the trainer builds them.
+fn engram_batches(s: &Scenario, bs: usize) -> f64 {
+    let ids: Vec<(usize, usize)> = s.tasks[0].train.iter().map(|&i| (0, i)).collect();
+    // A fixed stride permutation: scattered reads like a shuffle's, without the trainer's RNG.
+    let n = ids.len();
+    let step = (0..)
+        .map(|k| n / 2 + 1 + k)
+        .find(|&k| gcd(k, n) == 1)
+        .unwrap_or(1);
+    let order: Vec<(usize, usize)> = (0..n).map(|i| ids[(i * step) % n]).collect();
+    let t = Instant::now();
+    let mut sink = 0.0f32;
+    for chunk in order.chunks(bs) {
+        let (x, y) = s.gather(Part::Train, chunk);
+        sink += x.first().copied().unwrap_or(0.0) + y.first().copied().unwrap_or(0) as f32;
+    }
+    std::hint::black_box(sink);
+    t.elapsed().as_secs_f64()
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+fn write_raw(dir: &Path, name: &str, bytes: impl Iterator<Item = [u8; 4]>) -> Result<()> {
+    let path = dir.join(name);
+    let f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let mut w = std::io::BufWriter::new(f);
+    for b in bytes {
+        w.write_all(&b)?;
+    }
+    w.flush()
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes the scenario's training examples (in order) and test set for the PyTorch script.
+fn write_data(dir: &Path, s: &Scenario) -> Result<()> {
+    let train = &s.tasks[0].train;
+    let dim = s.train.dim;
+    write_raw(
+        dir,
+        "train_x.f32",
+        train.iter().flat_map(|&i| {
+            s.train.x[i * dim..(i + 1) * dim]
+                .iter()
+                .map(|v| v.to_le_bytes())
+        }),
+    )?;
+    let i64s = |ys: Vec<u32>| -> Vec<[u8; 4]> {
+        ys.into_iter()
+            .flat_map(|y| {
+                let b = i64::from(y).to_le_bytes();
+                [[b[0], b[1], b[2], b[3]], [b[4], b[5], b[6], b[7]]]
+            })
+            .collect()
+    };
+    write_raw(
+        dir,
+        "train_y.i64",
+        i64s(train.iter().map(|&i| s.train.y[i]).collect()).into_iter(),
+    )?;
+    write_raw(dir, "test_x.f32", s.test.x.iter().map(|v| v.to_le_bytes()))?;
+    write_raw(dir, "test_y.i64", i64s(s.test.y.clone()).into_iter())
+}
+
+fn install_torch() -> Result<()> {
+    let venv = PathBuf::from(VENV);
+    if let Some(p) = venv.parent() {
+        std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
+    }
+    let pip = venv.join("bin/pip");
+    let ok = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .context("running python3 -m venv")?
+        .success()
+        && Command::new(&pip)
+            .args([
+                "install",
+                "-q",
+                "torch",
+                "--index-url",
+                "https://download.pytorch.org/whl/cpu",
+            ])
+            .status()
+            .with_context(|| format!("running {}", pip.display()))?
+            .success()
+        && Command::new(&pip)
+            .args(["install", "-q", "numpy"])
+            .status()
+            .with_context(|| format!("running {}", pip.display()))?
+            .success();
+    if !ok {
+        bail!("installing torch and numpy into {VENV} failed");
+    }
+    Ok(())
+}
+
+fn torch_side(
+    python: &Path,
+    dir: &Path,
+    net: &Net,
+    s: &Scenario,
+    o: &Options,
+    threads: usize,
+) -> Result<Value> {
+    let script = dir.join("bench_train.py");
+    std::fs::write(&script, SCRIPT).with_context(|| format!("writing {}", script.display()))?;
+    let (c, h, w) = s.train.image.unwrap_or((1, 28, 28));
+    let cfg = json!({
+        "data": dir,
+        "n_train": s.tasks[0].train.len(),
+        "n_test": s.test.len(),
+        "dim": s.train.dim,
+        "image": [c, h, w],
+        "classes": s.num_outputs,
+        "batch_size": o.batch_size,
+        "lr": o.lr,
+        "seed": o.seed,
+        "repeat": o.repeat,
+        "threads": threads,
+        "model": net.torch,
+    });
+    let n = threads.to_string();
+    let out = Command::new(python)
+        .arg(&script)
+        .arg(cfg.to_string())
+        .env("OMP_NUM_THREADS", &n)
+        .env("MKL_NUM_THREADS", &n)
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !out.status.success() {
+        bail!(
+            "the PyTorch script failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or_default();
+    serde_json::from_str(last)
+        .with_context(|| format!("reading the PyTorch script's output: {}", text.trim()))
+}
+
+fn med(runs: &[Value], key: &str) -> f64 {
+    machine::median(
+        &runs
+            .iter()
+            .filter_map(|r| r[key].as_f64())
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Median seconds, accuracy, CPU use and busy threads of a side's timed runs.
+fn summary(runs: &[Value]) -> Value {
+    let secs = med(runs, "seconds");
+    json!({
+        "median_s": secs,
+        "median_accuracy": med(runs, "accuracy"),
+        "cores_used": if secs > 0.0 { med(runs, "cpu_s") / secs } else { 0.0 },
+        "busy_threads": med(runs, "busy_threads"),
+    })
+}
+
+/// Runs the benchmark; writes and returns its JSON (the table goes to `Output`).
+pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
+    if o.repeat == 0 || o.batch_size == 0 {
+        bail!("--repeat and --batch-size must be at least 1");
+    }
+    if !(o.lr.is_finite() && o.lr > 0.0) {
+        bail!("--lr must be positive");
+    }
+    if o.train_examples == Some(0) {
+        bail!("--train-examples must be at least 1");
+    }
+    let nets = o
+        .models
+        .iter()
+        .map(|m| net(m.trim()))
+        .collect::<Result<Vec<_>>>()?;
+    if o.install_torch && !o.no_torch {
+        install_torch()?;
+    }
+    let python = (!o.no_torch).then(|| {
+        o.python
+            .clone()
+            .unwrap_or(PathBuf::from(VENV).join("bin/python"))
+    });
+    if let Some(p) = &python
+        && !p.exists()
+    {
+        bail!(
+            "{} not found: pass --install-torch, --python PATH (a python with torch and numpy) or --no-torch",
+            p.display()
+        );
+    }
+    let threads = rayon::current_num_threads();
+
+    let split = engram_learn::data::load("fashion-mnist", o.data_dir.as_deref())?;
+    let mut s = joint(
+        split,
+        &Common {
+            seed: o.seed,
+            train_per_task: None,
+            test_per_class: None,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(n) = o.train_examples {
+        s.tasks[0].train.truncate(n);
+    }
+    let n_train = s.tasks[0].train.len();
+    let tmp = std::env::temp_dir().join(format!("engram-bench-train-{}", std::process::id()));
+    if python.is_some() {
+        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        write_data(&tmp, &s)?;
+    }
+    let batch_s = engram_batches(&s, o.batch_size);
+
+    let mut results = Vec::new();
+    let res = (|| -> Result<()> {
+        for n in &nets {
+            progress(Progress::Message(format!(
+                "{}: engram, warm-up and {} epochs",
+                n.name, o.repeat
+            )));
+            let warm = engram_epoch(&s, &n.config, o, o.seed)?;
+            let runs = (0..o.repeat)
+                .map(|r| engram_epoch(&s, &n.config, o, o.seed + 1 + r as u64))
+                .collect::<Result<Vec<_>>>()?;
+            let engram = json!({
+                "warmup": warm,
+                "runs": runs,
+                "threads": threads,
+                "batch_s": batch_s,
+                "summary": summary(&runs),
+            });
+            let torch = match &python {
+                Some(p) => {
+                    progress(Progress::Message(format!(
+                        "{}: PyTorch, warm-up and {} epochs",
+                        n.name, o.repeat
+                    )));
+                    let mut t = torch_side(p, &tmp, n, &s, o, threads)?;
+                    let runs: Vec<Value> = t["runs"].as_array().cloned().unwrap_or_default();
+                    t["summary"] = summary(&runs);
+                    t
+                }
+                None => Value::Null,
+            };
+            let e = engram["summary"]["median_s"].as_f64().unwrap_or(0.0);
+            let ratio = torch["summary"]["median_s"]
+                .as_f64()
+                .filter(|&t| t > 0.0)
+                .map(|t| e / t);
+            results
+                .push(json!({"model": n.name, "engram": engram, "torch": torch, "ratio": ratio}));
+        }
+        Ok(())
+    })();
+    if python.is_some() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    res?;
+
+    let mut machine = machine::describe();
+    machine["loadavg_at_end"] = json!(machine::loadavg());
+    let doc = json!({
+        "engram_bench_train": 1,
+        "data": "fashion-mnist",
+        "train_examples": n_train,
+        "test_examples": s.test.len(),
+        "batch_size": o.batch_size,
+        "optimizer": {"kind": "adam", "lr": o.lr},
+        "repeat": o.repeat,
+        "seed": o.seed,
+        "threads": threads,
+        "machine": machine,
+        "results": results,
+    });
+    machine::write_json(&o.json_out, &doc)?;
+    progress(Progress::Output(render_text(&doc, &o.json_out)));
+    Ok(doc)
+}
+
+/// The table of a run's JSON: per network, seconds per epoch on each side, their ratio, test
+/// accuracy and cores used.
+pub fn render_text(doc: &Value, json_out: &Path) -> String {
+    let mut o = String::new();
+    let batch_s = doc["results"][0]["engram"]["batch_s"]
+        .as_f64()
+        .unwrap_or(0.0);
+    o += &format!(
+        "engram bench train: Fashion-MNIST, {} examples per epoch, batch {}, Adam lr {}, {} threads, median of {} epochs after a warm-up\n",
+        doc["train_examples"],
+        doc["batch_size"],
+        doc["optimizer"]["lr"].as_f64().unwrap_or(0.0),
+        doc["threads"],
+        doc["repeat"]
+    );
+    o += &format!(
+        "machine: {}\n",
+        doc["machine"]["cpu"].as_str().unwrap_or("?")
+    );
+    o += &format!(
+        "{:<5} {:>10} {:>10} {:>7} {:>9} {:>9} {:>13} {:>13}\n",
+        "model",
+        "engram s",
+        "torch s",
+        "ratio",
+        "engram %",
+        "torch %",
+        "engram cores",
+        "torch cores"
+    );
+    for r in doc["results"].as_array().into_iter().flatten() {
+        let f = |side: &str, k: &str| r[side]["summary"][k].as_f64();
+        let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
+        o += &format!(
+            "{:<5} {:>10.2} {:>10} {:>7} {:>9.2} {:>9} {:>13} {:>13}\n",
+            r["model"].as_str().unwrap_or_default(),
+            f("engram", "median_s").unwrap_or(0.0),
+            opt(f("torch", "median_s"), 2),
+            opt(r["ratio"].as_f64(), 2),
+            f("engram", "median_accuracy").unwrap_or(0.0),
+            opt(f("torch", "median_accuracy"), 2),
+            opt(f("engram", "cores_used"), 2),
+            opt(f("torch", "cores_used"), 2),
+        );
+    }
+    o += &format!(
+        "(ratio: engram/PyTorch seconds per epoch; %: test accuracy after the epoch; cores: CPU time / wall time; building the minibatches alone: {batch_s:.3} s per epoch for engram)\n"
+    );
+    o += &format!("results: {}\n", json_out.display());
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_threads_count_a_tenth_of_the_wall_time() {
+        let a: BTreeMap<String, u64> = [("1".into(), 0), ("2".into(), 0)].into();
+        let b: BTreeMap<String, u64> = [
+            ("1".into(), 1_000_000_000),
+            ("2".into(), 50_000_000),
+            ("3".into(), 200_000_000),
+        ]
+        .into();
+        let (cpu, busy) = cpu_use(&a, &b, 1.0);
+        assert!((cpu - 1.25).abs() < 1e-12);
+        assert_eq!(busy, 2);
+        assert_eq!(gcd(12, 18), 6);
+        assert!(net("rnn").is_err());
+    }
+
+    #[test]
+    fn table_without_torch_shows_dashes() {
+        let doc = json!({
+            "train_examples": 600, "batch_size": 128, "optimizer": {"lr": 0.001},
+            "threads": 2, "repeat": 3, "machine": {"cpu": "Some CPU"},
+            "results": [{"model": "mlp", "ratio": null, "torch": null,
+                "engram": {"batch_s": 0.0125, "summary": {"median_s": 1.5,
+                    "median_accuracy": 80.0, "cores_used": 1.9}}}],
+        });
+        let t = render_text(&doc, Path::new("t.json"));
+        let l: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            l[0],
+            "engram bench train: Fashion-MNIST, 600 examples per epoch, batch 128, Adam lr 0.001, 2 threads, median of 3 epochs after a warm-up"
+        );
+        assert_eq!(l[1], "machine: Some CPU");
+        assert_eq!(
+            l[3],
+            "mlp         1.50          -       -     80.00         -          1.90             -"
+        );
+        assert!(l[4].ends_with("0.013 s per epoch for engram)"), "{}", l[4]);
+    }
+}

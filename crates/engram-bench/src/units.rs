@@ -1,0 +1,93 @@
+//! Counts and sizes as people write and read them: `250M` parameters, `500MB` shards, `2.47 GB`.
+//! The command line's value parsers and the benchmarks' tables use these.
+
+use anyhow::{Context, Result, bail};
+
+/// Parses counts like `1000`, `250M`, `1.5B`, `7b`.
+pub fn parse_count(s: &str) -> Result<u64> {
+    parse_scaled(s, &[("k", 1e3), ("m", 1e6), ("b", 1e9), ("g", 1e9)])
+        .with_context(|| format!("cannot read '{s}' as a count (e.g. 250M, 1.5B)"))
+}
+
+/// Parses sizes like `500MB`, `2GB`, `4GiB`, `1000000`.
+pub fn parse_bytes(s: &str) -> Result<u64> {
+    parse_scaled(
+        s,
+        &[
+            ("kib", 1024.0),
+            ("mib", 1048576.0),
+            ("gib", 1073741824.0),
+            ("kb", 1e3),
+            ("mb", 1e6),
+            ("gb", 1e9),
+            ("k", 1e3),
+            ("m", 1e6),
+            ("g", 1e9),
+            ("b", 1.0),
+        ],
+    )
+    .with_context(|| format!("cannot read '{s}' as a size in bytes (e.g. 500MB, 2GB)"))
+}
+
+fn parse_scaled(s: &str, units: &[(&str, f64)]) -> Result<u64> {
+    let low = s.trim().to_ascii_lowercase();
+    let (num, mult) = units
+        .iter()
+        .find_map(|(u, m)| low.strip_suffix(u).map(|n| (n.trim().to_string(), *m)))
+        .unwrap_or((low.clone(), 1.0));
+    let v: f64 = num.parse()?;
+    if !(v.is_finite() && v > 0.0) {
+        bail!("must be positive");
+    }
+    Ok((v * mult).round() as u64)
+}
+
+/// `1234567` -> `1.2M`; exact below ten thousand.
+pub fn count(n: u64) -> String {
+    let f = n as f64;
+    match n {
+        0..10_000 => n.to_string(),
+        10_000..1_000_000 => format!("{:.1}K", f / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1}M", f / 1e6),
+        _ => format!("{:.2}B", f / 1e9),
+    }
+}
+
+/// Bytes in decimal units: `2.47 GB`.
+pub fn bytes(n: u64) -> String {
+    let f = n as f64;
+    match n {
+        0..1000 => format!("{n} B"),
+        1000..1_000_000 => format!("{:.1} KB", f / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", f / 1e6),
+        _ => format!("{:.2} GB", f / 1e9),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_counts_and_sizes() {
+        assert_eq!(parse_count("250M").unwrap(), 250_000_000);
+        assert_eq!(parse_count("1.5B").unwrap(), 1_500_000_000);
+        assert_eq!(parse_count("7b").unwrap(), 7_000_000_000);
+        assert_eq!(parse_count("1000").unwrap(), 1000);
+        assert_eq!(parse_bytes("500MB").unwrap(), 500_000_000);
+        assert_eq!(parse_bytes("4GiB").unwrap(), 4 << 30);
+        assert_eq!(parse_bytes("2g").unwrap(), 2_000_000_000);
+        assert!(parse_count("-3M").is_err());
+        assert!(parse_bytes("lots").is_err());
+        let e = format!("{:#}", parse_count("x").unwrap_err());
+        assert!(e.contains("'x'"), "{e}");
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(count(1234), "1234");
+        assert_eq!(count(1_240_000_000), "1.24B");
+        assert_eq!(bytes(2_470_000_000), "2.47 GB");
+        assert_eq!(bytes(999), "999 B");
+    }
+}

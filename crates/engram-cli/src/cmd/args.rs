@@ -1,0 +1,97 @@
+//! The argument values that several commands take, read in one place: float dtypes
+//! (`--dtype bf16`), counts (`--params 250M`), sizes (`--shard-size 2GB`), `PATH:SCALE` and
+//! `NAME=VALUE`. The readers of counts and sizes are library code (`engram_bench::units`, which
+//! the benchmarks use too); what is here turns a command's text into the value.
+//!
+//! Commands keep these arguments as text and read them at the start of `run` rather than
+//! through clap's `value_parser`: a bad value is then reported like every other error
+//! (`error: ...` and the reason, exit status 1), not as a usage error (exit status 2).
+
+use anyhow::{Context, Result, bail};
+use engram_ckpt::DType;
+use std::path::PathBuf;
+
+pub use engram_bench::units::{parse_bytes, parse_count};
+
+/// A float dtype by name (`f32`, `bf16`, `f8_e4m3`, ...); integer and boolean types are refused.
+pub fn float_dtype(s: &str) -> Result<DType> {
+    match DType::parse(s) {
+        Some(d) if d.is_float() => Ok(d),
+        Some(d) => {
+            bail!("dtype {d} is not a float type; use f32, f16, bf16, f64, f8_e4m3 or f8_e5m2")
+        }
+        None => bail!("unknown dtype '{s}'; use f32, f16, bf16, f64, f8_e4m3 or f8_e5m2"),
+    }
+}
+
+/// An optional float dtype (`--out-dtype`: absent means the input's).
+pub fn opt_float_dtype(s: Option<&str>) -> Result<Option<DType>> {
+    s.map(float_dtype).transpose()
+}
+
+/// An optional size in bytes (`--shard-size`: absent means one file).
+pub fn opt_bytes(s: Option<&str>) -> Result<Option<u64>> {
+    s.map(parse_bytes).transpose()
+}
+
+/// `PATH` or `PATH:SCALE` (the suffix counts as a scale only if it parses as a number).
+pub fn scaled(arg: &str, default: f32) -> Result<(PathBuf, f32)> {
+    if let Some((p, s)) = arg.rsplit_once(':')
+        && let Ok(v) = s.parse::<f32>()
+    {
+        if !v.is_finite() {
+            bail!("scale in '{arg}' must be finite");
+        }
+        return Ok((PathBuf::from(p), v));
+    }
+    Ok((PathBuf::from(arg), default))
+}
+
+/// `--param NAME=VALUE`, the value a number or `true`/`false` (read as 1 and 0).
+pub fn param(p: &str) -> Result<(String, f64)> {
+    let (k, v) = p
+        .split_once('=')
+        .with_context(|| format!("--param '{p}': use NAME=VALUE"))?;
+    let v = match v {
+        "true" => 1.0,
+        "false" => 0.0,
+        v => v
+            .parse()
+            .with_context(|| format!("--param '{p}': '{v}' is not a number"))?,
+    };
+    Ok((k.to_string(), v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dtypes() {
+        assert_eq!(float_dtype("bf16").unwrap(), DType::BF16);
+        let e = float_dtype("i8").unwrap_err().to_string();
+        assert!(e.contains("not a float type"), "{e}");
+        let e = float_dtype("nope").unwrap_err().to_string();
+        assert!(e.contains("unknown dtype 'nope'"), "{e}");
+        assert_eq!(opt_float_dtype(None).unwrap(), None);
+        assert_eq!(opt_bytes(Some("2GB")).unwrap(), Some(2_000_000_000));
+    }
+
+    #[test]
+    fn scales_and_params() {
+        assert_eq!(scaled("a/b:0.5", 1.0).unwrap(), (PathBuf::from("a/b"), 0.5));
+        assert_eq!(scaled("c:d", 2.0).unwrap(), (PathBuf::from("c:d"), 2.0));
+        assert!(scaled("x:inf", 1.0).is_err());
+        assert_eq!(
+            param("normalize=true").unwrap(),
+            ("normalize".to_string(), 1.0)
+        );
+        let e = param("density").unwrap_err().to_string();
+        assert_eq!(e, "--param 'density': use NAME=VALUE");
+        let e = format!("{:#}", param("d=abc").unwrap_err());
+        assert!(
+            e.starts_with("--param 'd=abc': 'abc' is not a number"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,77 @@
+//! `engram study`: end-to-end studies that train models with engram-learn and then work on
+//! their weights with engram-weights. The studies live in engram-bench; here are their
+//! arguments, the progress and the printing.
+
+use super::Ctx;
+use super::progress::Reporter;
+use anyhow::Result;
+use engram_bench::merge8;
+use std::path::PathBuf;
+
+#[derive(clap::Subcommand)]
+pub enum Study {
+    /// The merge-8 study (B2, B6): eight image tasks from Fashion-MNIST and MNIST digits, one
+    /// pre-trained base, eight fine-tunes; Task Arithmetic, TIES, TALL masks, Consensus and
+    /// compression, evaluated on real test data, with an HTML report.
+    Merge8(Merge8Args),
+}
+
+#[derive(clap::Args)]
+pub struct Merge8Args {
+    /// Working folder: models, merges, bundles, results.json and report/ (reused by a
+    /// rerun with the same settings).
+    #[arg(short, long, default_value = "merge8-out")]
+    pub out: PathBuf,
+    /// Seed of everything random: validation split, subsamples, permutations, initial
+    /// weights, shuffles.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// A small, fast version for smoke checks (1,500 training examples per task, a narrow
+    /// MLP): the pipeline end to end in seconds, not the study's numbers.
+    #[arg(long)]
+    pub quick: bool,
+    /// Hidden widths of the MLP (default 256,256; --quick 64,64).
+    #[arg(long, value_delimiter = ',')]
+    pub hidden: Vec<usize>,
+    /// Pre-training epochs over the mixture (default 3; --quick 5 over its small sample).
+    #[arg(long)]
+    pub pretrain_epochs: Option<usize>,
+    /// Fine-tuning steps per task (batches of 128; default 1000, about two Fashion-MNIST
+    /// epochs; --quick 200). Every task gets the same budget whatever its data's size.
+    #[arg(long)]
+    pub finetune_steps: Option<usize>,
+    /// Fine-tuning learning rate (Adam).
+    #[arg(long, default_value_t = 1e-4)]
+    pub finetune_lr: f64,
+    /// Where the data sets are (default: the system packages' locations).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Start over: delete an earlier study in --out (only a folder holding study.json).
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+impl From<Merge8Args> for merge8::Options {
+    fn from(a: Merge8Args) -> Self {
+        merge8::Options {
+            out: a.out,
+            seed: a.seed,
+            quick: a.quick,
+            hidden: a.hidden,
+            pretrain_epochs: a.pretrain_epochs,
+            finetune_steps: a.finetune_steps,
+            finetune_lr: a.finetune_lr,
+            data_dir: a.data_dir,
+            overwrite: a.overwrite,
+        }
+    }
+}
+
+pub fn run(ctx: &Ctx, s: Study) -> Result<()> {
+    // A study's summary is for the person watching: not printed with --quiet.
+    let mut r = Reporter::new(ctx, !ctx.quiet);
+    let res = match s {
+        Study::Merge8(a) => merge8::run(&a.into(), &mut |p| r.show(p)),
+    };
+    r.finish(res.map(drop))
+}

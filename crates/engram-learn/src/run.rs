@@ -1,0 +1,161 @@
+//! Running a run file: build its scenario, train its model with its strategy (checkpointing
+//! after each task, resuming on request) and write `results.json` in the shape the report
+//! reads (`engram_report::results::RunResults`). `engram train`, the demo and the
+//! continual-learning suite all go through [`run_config`] or [`train_on`].
+
+use crate::config::RunConfig;
+use crate::metrics::{AccuracyMatrix, Costs, Summary};
+use crate::scenario::Scenario;
+use crate::train::{Event, RunOutput, Trainer};
+use crate::{Error, Result, err};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+
+/// How [`run_config`] treats data and an existing checkpoint.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions<'a> {
+    /// Where the data sets are (default: the system packages' locations).
+    pub data_dir: Option<&'a Path>,
+    /// Continue from the run's last checkpoint.
+    pub resume: bool,
+    /// Discard an existing checkpoint and start over.
+    pub overwrite: bool,
+    /// Stop after this many tasks (the checkpoint lets a resumed run finish).
+    pub stop_after: Option<usize>,
+    /// Write the strategy's masks or importance here (safetensors) after the run.
+    pub export_masks: Option<&'a Path>,
+}
+
+/// Runs one configuration into `dir` (`results.json`, `checkpoint/`) and returns the results
+/// JSON; `None` if stopped early by `stop_after`.
+pub fn run_config(
+    cfg: &RunConfig,
+    dir: &Path,
+    opts: &RunOptions,
+    on: &mut dyn FnMut(Event),
+) -> Result<Option<Value>> {
+    let ckpt = dir.join("checkpoint");
+    if ckpt.join("state.json").exists() && !opts.resume {
+        if opts.overwrite {
+            std::fs::remove_dir_all(&ckpt).map_err(|e| Error::io(&ckpt, e))?;
+        } else {
+            return Err(err!(
+                "{} holds a checkpoint of this run: pass --resume to continue it or --overwrite to start over",
+                dir.display()
+            ));
+        }
+    }
+    let scenario = cfg.scenario.build(opts.data_dir)?;
+    let done = opts.stop_after.is_none_or(|n| n >= scenario.tasks.len());
+    let export = opts.export_masks.filter(|_| done);
+    let out = train_on(cfg, &scenario, Some(ckpt), opts.stop_after, export, on)?;
+    if !done {
+        return Ok(None);
+    }
+    let results = results_json(cfg, &scenario, &out)?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let text = serde_json::to_string_pretty(&results).map_err(|e| err!("{e}"))? + "\n";
+    engram_ckpt::write_atomic(&dir.join("results.json"), text.as_bytes())?;
+    Ok(Some(results))
+}
+
+/// Trains `cfg`'s model and strategy on an already built `scenario` (`cfg.scenario` is not
+/// consulted); checkpoints in `checkpoint_dir` if given, and resumes from it. With
+/// `export_masks`, writes the strategy's masks or importance (`Strategy::masks`) there as
+/// safetensors after the run.
+pub fn train_on(
+    cfg: &RunConfig,
+    scenario: &Scenario,
+    checkpoint_dir: Option<PathBuf>,
+    stop_after: Option<usize>,
+    export_masks: Option<&Path>,
+    on: &mut dyn FnMut(Event),
+) -> Result<RunOutput> {
+    let strategy = crate::strategy::build(
+        &cfg.strategy.name,
+        &Value::Object(cfg.strategy.params.clone()),
+    )?;
+    let mut trainer = Trainer {
+        checkpoint_dir,
+        stop_after,
+        ..Trainer::new(
+            scenario,
+            cfg.model.clone(),
+            cfg.train.clone(),
+            cfg.seed,
+            strategy,
+        )
+    };
+    let out = trainer
+        .run(on)
+        .map_err(|e| err!("run {}: {e}", cfg.run_name()))?;
+    if let Some(path) = export_masks {
+        let masks = trainer.strategy.masks();
+        if masks.is_empty() {
+            return Err(err!(
+                "strategy {} has no masks or importance to export",
+                cfg.strategy.name
+            ));
+        }
+        let values = masks
+            .iter()
+            .map(|(n, _, v)| (n.clone(), v.clone()))
+            .collect();
+        let shapes = masks
+            .iter()
+            .map(|(n, s, _)| (n.clone(), s.clone()))
+            .collect();
+        let meta = [
+            ("run".to_string(), cfg.run_name()),
+            ("strategy".to_string(), cfg.strategy.name.clone()),
+        ]
+        .into_iter()
+        .collect();
+        crate::model::io::save_values(path, &values, &shapes, &meta)?;
+    }
+    Ok(out)
+}
+
+/// A run's output as results JSON (the report's `RunResults` shape).
+pub fn results_json(cfg: &RunConfig, s: &Scenario, out: &RunOutput) -> Result<Value> {
+    let costs = Costs {
+        time_per_task_s: out.seconds_per_task.clone(),
+        peak_memory_bytes: Some(out.peak_memory_bytes),
+        state_bytes: Some(out.strategy_state_bytes),
+    };
+    let summary = if out.accuracy.is_empty() {
+        // All-class plans (long streams): no T × T matrix; the final all-class accuracy.
+        json!({
+            "acc": out.all_class_curve.last(),
+            "ece": out.ece,
+            "time_per_task_s": costs.time_per_task_s,
+            "peak_memory_bytes": costs.peak_memory_bytes,
+            "state_bytes": costs.state_bytes,
+        })
+    } else {
+        let m = AccuracyMatrix::from_rows(&out.eval_mode, out.accuracy.clone())
+            .and_then(|m| m.with_baseline(out.baseline.clone()))
+            .map_err(|e| err!("{e}"))?;
+        let mut v = serde_json::to_value(Summary::from(&m, Some(out.ece), costs))
+            .map_err(|e| err!("{e}"))?;
+        if let Ok(til) = AccuracyMatrix::from_rows("task-il", out.task_il_accuracy.clone()) {
+            v["task_il_acc"] = til.final_accuracy().into();
+        }
+        v
+    };
+    let some = |v: &Vec<Vec<f64>>| (!v.is_empty()).then(|| v.clone());
+    Ok(json!({
+        "name": cfg.run_name(),
+        "strategy": cfg.strategy.name,
+        "scenario": s.name,
+        "eval_mode": out.eval_mode,
+        "seed": cfg.seed,
+        "tasks": s.tasks.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
+        "accuracy": out.accuracy,
+        "task_il_accuracy": some(&out.task_il_accuracy),
+        "baseline": (!out.baseline.is_empty() && !out.accuracy.is_empty()).then(|| out.baseline.clone()),
+        "summary": summary,
+        "all_class_curve": (!out.all_class_curve.is_empty()).then(|| out.all_class_curve.clone()),
+        "params": {"config": cfg, "model_params": out.params, "current_task_curve": out.current_task_curve},
+    }))
+}
