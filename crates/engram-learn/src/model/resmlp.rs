@@ -276,21 +276,17 @@ mod tests {
         let d = d.autodiff();
         let net = ResMlp::new(6, 8, 12, 4, 3, &d);
         let x = Tensor::<2>::random([5, 6], burn::tensor::Distribution::Default, &d);
-        let y0 = net
-            .forward(x.clone())
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .unwrap();
-        for lerp in [Some(0.0), Some(2.0), None] {
-            let e = net.clone().expand(&[1, 3], lerp, &d).unwrap();
-            let y = e
-                .forward(x.clone())
+        let out = |n: &ResMlp| -> Vec<f32> {
+            n.forward(x.clone())
                 .into_data()
                 .convert::<f32>()
                 .try_into_vec::<f32>()
-                .unwrap();
-            for (a, b) in y.iter().zip(&y0) {
+                .unwrap()
+        };
+        let y0 = out(&net);
+        for lerp in [Some(0.0), Some(2.0), None] {
+            let e = net.clone().expand(&[1, 3], lerp, &d).unwrap();
+            for (a, b) in out(&e).iter().zip(&y0) {
                 assert!((a - b).abs() < 1e-5, "{lerp:?}");
             }
             assert!(e.clone().expand(&[1], lerp, &d).is_err());
@@ -299,13 +295,7 @@ mod tests {
                 Some(_) => {
                     let m = e.merge_back().unwrap();
                     assert!(!m.is_expanded());
-                    let y = m
-                        .forward(x.clone())
-                        .into_data()
-                        .convert::<f32>()
-                        .try_into_vec::<f32>()
-                        .unwrap();
-                    for (a, b) in y.iter().zip(&y0) {
+                    for (a, b) in out(&m).iter().zip(&y0) {
                         assert!((a - b).abs() < 1e-5);
                     }
                 }
