@@ -43,6 +43,8 @@ enum Command {
     Report(cmd::learn_report::Args),
     /// List the continual-learning strategies.
     Strategies,
+    /// List the scenario kinds and their keys with defaults (the `[scenario]` table).
+    Scenarios,
     /// Merge checkpoints (mergekit YAML or flags): linear, task_arithmetic, ties, dare_*,
     /// breadcrumbs*, della*, model_stock, slerp.
     Merge(cmd::merge::Args),
@@ -81,6 +83,7 @@ fn main() {
         Command::Train(a) => cmd::train::run(&ctx, a),
         Command::Report(a) => cmd::learn_report::run(&ctx, a),
         Command::Strategies => cmd::learn_report::list_strategies(),
+        Command::Scenarios => cmd::learn_report::list_scenarios(),
         Command::Merge(a) => cmd::merge::run(&ctx, a),
         Command::Tv(t) => cmd::tv::run(&ctx, t),
         Command::Tall(a) => cmd::tall::run(&ctx, a),

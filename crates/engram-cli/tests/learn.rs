@@ -80,6 +80,22 @@ fn train_resume_and_report() {
     assert!(html.contains("<svg") && html.contains("naive"));
     assert!(rep.join("results.csv").is_file());
     assert!(ok(&["strategies"]).contains("joint"));
+    // Scenario kinds with their own keys and defaults, from the registry.
+    let kinds = ok(&["scenarios"]);
+    for k in [
+        "class-incremental",
+        "task-incremental",
+        "permuted",
+        "rotated",
+        "scole",
+        "joint",
+    ] {
+        assert!(kinds.contains(k), "{k} missing from {kinds}");
+    }
+    assert!(
+        kinds.contains("max-angle=180") && kinds.contains("classes-per-task=2"),
+        "{kinds}"
+    );
 }
 
 #[test]
@@ -104,4 +120,81 @@ fn bad_run_files_name_the_problem() {
             "{needle}: {err}"
         );
     }
+}
+
+/// Selective fine-tuning through `engram train`: listed by `engram strategies`, run on a
+/// residual MLP from the second task on, and its masks exported for another trainer.
+#[test]
+fn selective_strategies_train_and_export_their_masks() {
+    let listing = ok(&["strategies"]);
+    for s in ["lift", "kappatune", "lora", "block-expansion"] {
+        assert!(listing.contains(s), "{s} missing from {listing}");
+    }
+    let d = tempfile::tempdir().unwrap();
+    let run = |name: &str, params: &str| {
+        let text = RUN
+            .replace(
+                "kind = \"mlp\"\nhidden = [32]",
+                "kind = \"resmlp\"\nwidth = 16\nhidden = 32\nblocks = 2",
+            )
+            .replace("name = \"naive\"", &format!("name = \"{name}\"\n{params}"))
+            .replace("kind = \"adam\"", "kind = \"adamw\"");
+        let cfg = d.path().join(format!("{name}.toml"));
+        std::fs::write(&cfg, text).unwrap();
+        cfg
+    };
+    let cfg = run("lift", "from-task = 1\nrank = 2");
+    let masks = d.path().join("lift-masks.safetensors");
+    let out = d.path().join("lift");
+    ok(&[
+        "train",
+        "-q",
+        "--config",
+        s(&cfg),
+        "-o",
+        s(&out),
+        "--export-masks",
+        s(&masks),
+    ]);
+    let listing = ok(&["inspect", s(&masks), "--json"]);
+    for t in ["lift.mask.stem.weight", "lift.mask.blocks.1.fc2.weight"] {
+        assert!(listing.contains(t), "{t} missing from {listing}");
+    }
+    assert!(
+        !listing.contains("lift.mask.head"),
+        "the output layer is not selected"
+    );
+    let r = results(&out);
+    assert_eq!(r["accuracy"].as_array().unwrap().len(), 3);
+    // A strategy with nothing to export says so and exits non-zero.
+    let cfg = run("lora", "from-task = 1");
+    let bad = engram(&[
+        "train",
+        "-q",
+        "--config",
+        s(&cfg),
+        "-o",
+        s(&d.path().join("lora")),
+        "--export-masks",
+        s(&d.path().join("x.safetensors")),
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no masks or importance"));
+    // Block expansion on a plain MLP is an error that names the model to use.
+    let cfg = d.path().join("bx.toml");
+    std::fs::write(
+        &cfg,
+        RUN.replace("name = \"naive\"", "name = \"block-expansion\""),
+    )
+    .unwrap();
+    let bad = engram(&[
+        "train",
+        "-q",
+        "--config",
+        s(&cfg),
+        "-o",
+        s(&d.path().join("bx")),
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("resmlp"));
 }

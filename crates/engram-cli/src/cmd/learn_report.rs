@@ -91,3 +91,23 @@ pub fn list_strategies() -> Result<()> {
     }
     Ok(())
 }
+
+/// One line per scenario kind: name, summary, then its own keys with their defaults (set them
+/// under `[scenario]` in a run file, beside `dataset`, `seed`, `train-per-task`,
+/// `test-per-class`, `validation` and `blobs`).
+pub fn list_scenarios() -> Result<()> {
+    for k in engram_learn::scenario::REGISTRY {
+        let params = (k.params)(&serde_json::Map::new())
+            .map_err(|e| anyhow::anyhow!("scenario {}: {e}", k.name))?;
+        let defaults = match params.as_object() {
+            Some(m) if !m.is_empty() => m
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            _ => "(no keys)".to_string(),
+        };
+        println!("{:<18} {}  [{defaults}]", k.name, k.summary);
+    }
+    Ok(())
+}
