@@ -1,8 +1,8 @@
 //! engram's own 2-D convolution and 2×2 max-pooling for the small CNN.
 //!
 //! Why this file exists: on the `flex` CPU backend, burn 0.22's `Conv2d` and `MaxPool2d` made
-//! one training epoch of the Fashion-MNIST CNN about 2.5x slower than PyTorch's on the same
-//! threads (B4 in BENCHMARKS.md). Measured per layer at batch 128 (`examples/cnn_probe.rs`):
+//! one training epoch of the Fashion-MNIST CNN several times slower than PyTorch's on the same
+//! threads (B4 in BENCHMARKS.md). Measured per layer (`examples/cnn_probe.rs`):
 //! the 32→64 convolution's backward pass (a transposed convolution for the input gradient and
 //! a convolution for the weight gradient) and the max-pool's forward pass (a scalar loop with
 //! per-element window bounds) took most of the step, while burn's matrix product is at parity

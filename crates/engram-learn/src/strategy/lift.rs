@@ -80,6 +80,8 @@ pub struct Lift {
     pending: Option<BTreeMap<String, Vec<f32>>>,
     /// Steps since the last refresh.
     since: usize,
+    /// A refresh that failed in `after_step`, reported by `after_task`.
+    failed: Option<crate::Error>,
 }
 
 pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
@@ -92,6 +94,7 @@ pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
         states: Vec::new(),
         pending: None,
         since: 0,
+        failed: None,
     }))
 }
 
@@ -192,9 +195,15 @@ impl Strategy for Lift {
                 continue;
             };
             let mut w = values[&b.info.name].clone();
-            // An SGD run was refused in `before_task`; sizes come from this network.
-            if st.step(cx.optim, cx.lr, &mut w, &g).is_ok() {
-                pending.insert(b.info.name.clone(), w);
+            // An SGD run was refused in `before_task` and sizes come from this network; should
+            // a step fail anyway, the task ends with the error (`after_task`).
+            match st.step(cx.optim, cx.lr, &mut w, &g) {
+                Ok(()) => {
+                    pending.insert(b.info.name.clone(), w);
+                }
+                Err(e) => {
+                    self.failed.get_or_insert(e);
+                }
             }
         }
         let train_head = self.p.train_head;
@@ -203,22 +212,26 @@ impl Strategy for Lift {
     }
 
     fn after_step(&mut self, cx: &Ctx, net: Net) -> Net {
-        let mut net = write_back(net, self.pending.take());
+        let net = write_back(net, self.pending.take());
         if self.active(cx) && self.p.selection != Selection::Random && self.p.interval > 0 {
             self.since += 1;
             if self.since == self.p.interval {
                 self.since = 0;
-                let keep = net.clone();
-                if self.choose(cx, &net, false).is_err() {
-                    net = keep;
+                // `after_step` cannot fail: a refresh that fails is reported at the end of
+                // the task (the mask in use stays until then).
+                if let Err(e) = self.choose(cx, &net, false) {
+                    self.failed.get_or_insert(e);
                 }
             }
         }
         net
     }
 
-    fn after_task(&mut self, _cx: &Ctx, net: Net) -> Result<Net> {
-        Ok(net)
+    fn after_task(&mut self, cx: &Ctx, net: Net) -> Result<Net> {
+        match self.failed.take() {
+            Some(e) => Err(err!("strategy lift, task {}: mask refresh: {e}", cx.task)),
+            None => Ok(net),
+        }
     }
 
     fn state_bytes(&self) -> u64 {
