@@ -53,7 +53,8 @@
 //! `from-task = 1`: the first task trains every parameter, later tasks only what the method
 //! chooses (KappaTune: `n = 1` of the networks' two or three weight matrices). Block expansion
 //! needs residual blocks and runs only on the `resmlp` model (Split Fashion-MNIST
-//! task-incremental, width 256, two blocks of 512), where every strategy runs too.
+//! task-incremental, width 256, two blocks of 512), where every other strategy runs too but
+//! IDER (its feedback input exists for the MLP, CNN and ViT only).
 //!
 //! `--quick`: one seed, every strategy, tiny budgets (a few hundred examples per task, 3
 //! permuted and rotated tasks, a 20-task SCoLe stream): a smoke check of a few minutes.

@@ -238,6 +238,9 @@ pub fn skip_reason(spec: &Spec, strategy: &str) -> Option<&'static str> {
         (_, "block-expansion") if spec.model != "resmlp" => {
             Some("block expansion copies residual blocks: it runs on the resmlp model")
         }
+        (_, "ider") if spec.model == "resmlp" => {
+            Some("IDER needs a feedback input, which the resmlp model does not have")
+        }
         _ => None,
     }
 }

@@ -193,6 +193,18 @@ fn load<M: Module>(m: M, values: &BTreeMap<String, Vec<f32>>, partial: bool) -> 
             l.bad_shape.join(", ")
         ));
     }
+    if l.loaded < values.len() {
+        // Values for parameters the module does not have (a network saved with extra
+        // parameters, e.g. expanded blocks, loaded into one without them).
+        let known: std::collections::BTreeSet<String> =
+            param_infos(&m).into_iter().map(|p| p.name).collect();
+        let extra: Vec<&str> = values
+            .keys()
+            .filter(|n| !known.contains(*n))
+            .map(String::as_str)
+            .collect();
+        return Err(err!("no parameters named [{}]", extra.join(", ")));
+    }
     Ok(m)
 }
 

@@ -11,6 +11,7 @@ use burn::module::Param;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{relu, sigmoid};
+use engram_weights::rng::Rng;
 
 /// One residual branch W₂·ReLU(W₁·h).
 #[derive(Module, Debug)]
@@ -103,15 +104,20 @@ impl ResMlp {
         }
     }
 
-    /// Expands `blocks` (indices) with copies blended by `blend`: `Lerp(a)` starts at
-    /// α = sigmoid(a); `None` is dlerp with a zero-bias gate drawn from the device's seeded
-    /// generator. An error for an index out of range or a block already expanded.
+    /// Expands `blocks` (indices) with copies blended by `lerp`: `Some(a)` starts at
+    /// α = sigmoid(a); `None` is dlerp with a zero-bias gate whose weight is drawn uniformly
+    /// in ±1/√(2·width) (a linear layer's default) from the stream (`seed`, block). An error
+    /// for no block, an index out of range or a block already expanded.
     pub fn expand(
         mut self,
         blocks: &[usize],
         lerp: Option<f32>,
+        seed: u64,
         device: &Device,
     ) -> Result<ResMlp> {
+        if blocks.is_empty() {
+            return Err(err!("no block to expand"));
+        }
         for &b in blocks {
             let Some(block) = self.blocks.get(b) else {
                 return Err(err!(
@@ -129,10 +135,18 @@ impl ResMlp {
                     device,
                 ))),
                 None => {
-                    let _rng = crate::backend::rng_guard();
-                    let mut l = LinearConfig::new(2 * width, 1).init(device);
-                    l.bias = Some(Param::from_tensor(Tensor::<1>::zeros([1], device)));
-                    Blend::Dlerp(l)
+                    let bound = 1.0 / ((2 * width) as f64).sqrt();
+                    let mut rng = Rng::keyed(seed, "dlerp-gate", b as u64);
+                    let w: Vec<f32> = (0..2 * width)
+                        .map(|_| ((rng.uniform_f64() * 2.0 - 1.0) * bound) as f32)
+                        .collect();
+                    Blend::Dlerp(Linear {
+                        weight: Param::from_tensor(Tensor::<2>::from_data(
+                            TensorData::new(w, [2 * width, 1]),
+                            device,
+                        )),
+                        bias: Some(Param::from_tensor(Tensor::<1>::zeros([1], device))),
+                    })
                 }
             };
             self.exp[b] = Some(Expansion {
@@ -285,12 +299,12 @@ mod tests {
         };
         let y0 = out(&net);
         for lerp in [Some(0.0), Some(2.0), None] {
-            let e = net.clone().expand(&[1, 3], lerp, &d).unwrap();
+            let e = net.clone().expand(&[1, 3], lerp, 5, &d).unwrap();
             for (a, b) in out(&e).iter().zip(&y0) {
                 assert!((a - b).abs() < 1e-5, "{lerp:?}");
             }
-            assert!(e.clone().expand(&[1], lerp, &d).is_err());
-            assert!(e.clone().expand(&[4], lerp, &d).is_err());
+            assert!(e.clone().expand(&[1], lerp, 5, &d).is_err());
+            assert!(e.clone().expand(&[4], lerp, 5, &d).is_err());
             match lerp {
                 Some(_) => {
                     let m = e.merge_back().unwrap();

@@ -73,8 +73,10 @@ fn yes() -> bool {
 
 pub struct BlockExpansion {
     p: Params,
-    /// The blocks expanded so far (empty before `from-task`).
+    /// The blocks expanded so far (empty before `from-task`, and after a merge-back).
     expanded: Vec<usize>,
+    /// Values that trained in the last task, kept across a merge-back.
+    trained: Option<usize>,
 }
 
 pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
@@ -88,6 +90,7 @@ pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
     Ok(Box::new(BlockExpansion {
         p,
         expanded: Vec::new(),
+        trained: None,
     }))
 }
 
@@ -134,7 +137,7 @@ impl Strategy for BlockExpansion {
         } else {
             self.p.blocks.clone()
         };
-        let m = m.expand(&blocks, self.lerp(), cx.device)?;
+        let m = m.expand(&blocks, self.lerp(), cx.seed, cx.device)?;
         self.expanded = blocks;
         Ok(Net::ResMlp(m))
     }
@@ -196,8 +199,9 @@ impl Strategy for BlockExpansion {
 
     fn reshape(&mut self, net: Net, device: &Device) -> Result<Net> {
         match net {
+            // The checkpoint's values replace the new copies and gate: any seed will do.
             Net::ResMlp(m) if !self.expanded.is_empty() && !m.is_expanded() => Ok(Net::ResMlp(
-                m.expand(&self.expanded, self.lerp(), device)?,
+                m.expand(&self.expanded, self.lerp(), 0, device)?,
             )),
             other => Ok(other),
         }
@@ -205,7 +209,7 @@ impl Strategy for BlockExpansion {
 
     fn trainable(&self, net: &Net) -> Option<usize> {
         if self.expanded.is_empty() {
-            return None;
+            return self.trained;
         }
         Some(values_of(net, |n| self.trains(net, n)))
     }
@@ -231,14 +235,14 @@ mod tests {
                 .map(|p| p.name)
                 .collect()
         };
-        let lerp = names(&net.clone().expand(&[1, 3], Some(0.0), &d).unwrap());
+        let lerp = names(&net.clone().expand(&[1, 3], Some(0.0), 1, &d).unwrap());
         let gates: Vec<&String> = lerp.iter().filter(|n| is_lerp_gate(n)).collect();
         assert_eq!(gates.len(), 2, "{lerp:?}");
         assert!(
             lerp.iter().any(|n| n == "exp.1.block.fc1.weight"),
             "{lerp:?}"
         );
-        let dlerp = names(&net.expand(&[1], None, &d).unwrap());
+        let dlerp = names(&net.expand(&[1], None, 1, &d).unwrap());
         assert!(dlerp.iter().all(|n| !is_lerp_gate(n)), "{dlerp:?}");
         assert!(
             dlerp

@@ -212,7 +212,7 @@ impl Strategy for Lift {
     }
 
     fn after_step(&mut self, cx: &Ctx, net: Net) -> Net {
-        let net = write_back(net, self.pending.take());
+        let net = write_back(net, self.pending.take(), &mut self.failed);
         if self.active(cx) && self.p.selection != Selection::Random && self.p.interval > 0 {
             self.since += 1;
             if self.since == self.p.interval {
@@ -220,7 +220,7 @@ impl Strategy for Lift {
                 // `after_step` cannot fail: a refresh that fails is reported at the end of
                 // the task (the mask in use stays until then).
                 if let Err(e) = self.choose(cx, &net, false) {
-                    self.failed.get_or_insert(e);
+                    self.failed.get_or_insert(err!("mask refresh: {e}"));
                 }
             }
         }
@@ -229,7 +229,7 @@ impl Strategy for Lift {
 
     fn after_task(&mut self, cx: &Ctx, net: Net) -> Result<Net> {
         match self.failed.take() {
-            Some(e) => Err(err!("strategy lift, task {}: mask refresh: {e}", cx.task)),
+            Some(e) => Err(err!("strategy lift, task {}: {e}", cx.task)),
             None => Ok(net),
         }
     }

@@ -90,6 +90,8 @@ pub struct Lora {
     /// Task of the current adapters.
     task: Option<usize>,
     pending: Option<BTreeMap<String, Vec<f32>>>,
+    /// A write of the factors' weights that failed in `after_step`, reported by `after_task`.
+    failed: Option<crate::Error>,
 }
 
 pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
@@ -111,6 +113,7 @@ pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
         adapters: Vec::new(),
         task: None,
         pending: None,
+        failed: None,
     }))
 }
 
@@ -188,6 +191,14 @@ impl Lora {
                 .collect()
         };
         let r = self.p.r;
+        if let Some(b) = chosen.iter().find(|b| r > b.rows.min(b.cols)) {
+            return Err(err!(
+                "strategy lora: r = {r} exceeds the rank of {} ({} × {})",
+                b.info.name,
+                b.rows,
+                b.cols
+            ));
+        }
         self.adapters = chosen
             .into_iter()
             .map(|b| {
@@ -320,7 +331,14 @@ impl Strategy for Lora {
     }
 
     fn after_step(&mut self, _cx: &Ctx, net: Net) -> Net {
-        write_back(net, self.pending.take())
+        write_back(net, self.pending.take(), &mut self.failed)
+    }
+
+    fn after_task(&mut self, cx: &Ctx, net: Net) -> Result<Net> {
+        match self.failed.take() {
+            Some(e) => Err(err!("strategy lora, task {}: {e}", cx.task)),
+            None => Ok(net),
+        }
     }
 
     fn state_bytes(&self) -> u64 {

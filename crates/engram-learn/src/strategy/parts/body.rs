@@ -1,6 +1,8 @@
 //! What the selective fine-tuning strategies choose from and how they freeze the rest: the
-//! "body" weights of a network (every parameter of two or more dimensions except the output
-//! layer's weight, seen as a matrix of `shape[0]` rows), and dropping the gradients of the
+//! "body" weights of a network (every parameter of two or more dimensions, seen as a matrix
+//! of `shape[0]` rows, except the output layer's weight, embeddings (the card keeps them
+//! frozen: a ViT's `patch_embed` and `pos_embed`) and a feedback input (`fb.*`, IDER's), and
+//! dropping the gradients of the
 //! parameters a strategy does not train, so that the run's optimizer leaves them alone.
 
 use crate::model::Net;
@@ -20,7 +22,12 @@ pub fn body_weights(net: &Net) -> Vec<BodyWeight> {
     let (head_w, _) = net.head_names();
     param_infos(net)
         .into_iter()
-        .filter(|p| p.shape.len() >= 2 && p.name != head_w)
+        .filter(|p| {
+            p.shape.len() >= 2
+                && p.name != head_w
+                && !p.name.contains("embed")
+                && !p.name.starts_with("fb.")
+        })
         .map(|p| {
             let rows = p.shape[0];
             let cols = p.numel() / rows.max(1);
@@ -50,13 +57,24 @@ pub fn is_head(net: &Net, name: &str) -> bool {
 }
 
 /// Writes weights a strategy computed after the optimizer step (`pending`, by name) into the
-/// network. The names come from this same network, so the write cannot miss; should it,
-/// the network stays as the optimizer left it.
-pub fn write_back(net: Net, pending: Option<std::collections::BTreeMap<String, Vec<f32>>>) -> Net {
+/// network. The names come from this same network, so the write cannot miss; should it, the
+/// network stays as the optimizer left it and the error is recorded in `failed`, for the
+/// strategy to report at the end of the task (`after_step` cannot fail).
+pub fn write_back(
+    net: Net,
+    pending: Option<std::collections::BTreeMap<String, Vec<f32>>>,
+    failed: &mut Option<crate::Error>,
+) -> Net {
     match pending {
         Some(w) => {
             let keep = net.clone();
-            crate::model::params::set_params(net, &w).unwrap_or(keep)
+            match crate::model::params::set_params(net, &w) {
+                Ok(n) => n,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    keep
+                }
+            }
         }
         None => net,
     }

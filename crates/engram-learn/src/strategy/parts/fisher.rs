@@ -16,7 +16,7 @@
 //! and Σ_rows w·(a²)ᵀ(δ²) is the squared per-example weight gradient (a: the layer's input),
 //! Σ_rows w·δ² the bias one. `exact` stacks each example once per allowed class (rows
 //! (n, y) weighted by p(y|x_n)), so it is one pass over N·C rows.
-//! **Fallback:** for the CNN and the ViT (convolutions, attention), and an MLP with a feedback
+//! **Fallback:** for the residual MLP, the CNN and the ViT, and an MLP with a feedback
 //! input (only built for IDER), the per-example gradients
 //! are computed one example at a time (one backward pass per row: N, or N·C for `exact`),
 //! which is exact but slow; the `batched` estimator is batched for every model. Nothing
