@@ -8,34 +8,37 @@ use engram_learn::scenario::{Scenario, ScenarioConfig};
 use engram_learn::strategy;
 use engram_learn::train::{RunOutput, TrainConfig, Trainer};
 
-/// Regularization strategies on Task-IL blobs.
+/// A run of `name` with `params` on `s`, seed 3, checkpointed in `dir` when given.
 fn run(
     s: &Scenario,
+    model: ModelConfig,
+    train: TrainConfig,
     name: &str,
     params: serde_json::Value,
-    dir: Option<std::path::PathBuf>,
+    dir: Option<&std::path::Path>,
     stop: Option<usize>,
 ) -> RunOutput {
+    let strategy = strategy::build(name, &params).expect("strategy");
     let mut t = Trainer {
-        scenario: s,
-        model: ModelConfig::Mlp { hidden: vec![32] },
-        train: TrainConfig {
-            epochs: 3,
-            batch_size: 32,
-            optimizer: OptimConfig {
-                kind: OptimKind::Adam,
-                lr: 0.01,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-        seed: 3,
-        strategy: strategy::build(name, &params).expect("strategy"),
-        checkpoint_dir: dir,
+        checkpoint_dir: dir.map(std::path::Path::to_path_buf),
         stop_after: stop,
-        start: None,
+        ..Trainer::new(s, model, train, 3, strategy)
     };
     t.run(&mut |_| {}).expect("run")
+}
+
+fn mlp() -> ModelConfig {
+    ModelConfig::Mlp { hidden: vec![32] }
+}
+
+/// `epochs` of batches of `batch` under `kind` at lr 0.01.
+fn train(epochs: usize, batch: usize, kind: OptimKind) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        batch_size: batch,
+        optimizer: OptimConfig::new(kind, 0.01),
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -45,13 +48,24 @@ fn every_regularization_strategy_runs_and_resumes_exactly() {
     )
     .and_then(|c| c.build(None))
     .expect("blobs scenario");
+    let run = |name: &str, params: serde_json::Value, dir: Option<&std::path::Path>, stop| {
+        run(
+            &s,
+            mlp(),
+            train(3, 32, OptimKind::Adam),
+            name,
+            params,
+            dir,
+            stop,
+        )
+    };
     for name in ["ewc", "online-ewc", "si", "l2", "classp"] {
         let params = if name == "ewc" || name == "online-ewc" {
             serde_json::json!({"samples": 100})
         } else {
             serde_json::Value::Null
         };
-        let whole = run(&s, name, params.clone(), None, None);
+        let whole = run(name, params.clone(), None, None);
         assert_eq!(whole.accuracy.len(), 3, "{name}");
         assert!(
             whole.accuracy.iter().flatten().all(|a| a.is_finite()),
@@ -61,15 +75,9 @@ fn every_regularization_strategy_runs_and_resumes_exactly() {
             assert!(whole.strategy_state_bytes > 0, "{name}");
         }
         let dir = tempfile::tempdir().expect("tempdir");
-        let part = run(
-            &s,
-            name,
-            params.clone(),
-            Some(dir.path().to_path_buf()),
-            Some(1),
-        );
+        let part = run(name, params.clone(), Some(dir.path()), Some(1));
         assert_eq!(part.accuracy.len(), 1);
-        let resumed = run(&s, name, params, Some(dir.path().to_path_buf()), None);
+        let resumed = run(name, params, Some(dir.path()), None);
         assert_eq!(
             resumed.accuracy, whole.accuracy,
             "{name}: resumed run differs"
@@ -87,34 +95,6 @@ fn class_il_blobs() -> Scenario {
     .expect("scenario")
 }
 
-fn run_replay(
-    s: &Scenario,
-    name: &str,
-    params: serde_json::Value,
-    dir: Option<&std::path::Path>,
-    stop: Option<usize>,
-) -> RunOutput {
-    let mut t = Trainer {
-        scenario: s,
-        model: ModelConfig::Mlp { hidden: vec![32] },
-        train: TrainConfig {
-            epochs: 10,
-            batch_size: 16,
-            optimizer: OptimConfig {
-                lr: 0.01,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-        seed: 3,
-        strategy: strategy::build(name, &params).expect("strategy"),
-        checkpoint_dir: dir.map(|d| d.to_path_buf()),
-        stop_after: stop,
-        start: None,
-    };
-    t.run(&mut |_| {}).expect("run")
-}
-
 fn final_acc(o: &RunOutput) -> f64 {
     let last = o.accuracy.last().map_or(&[][..], |r| &r[..]);
     last.iter().sum::<f64>() / last.len().max(1) as f64
@@ -123,7 +103,18 @@ fn final_acc(o: &RunOutput) -> f64 {
 #[test]
 fn each_strategy_completes_and_resumes_exactly() {
     let s = class_il_blobs();
-    let naive = run_replay(&s, "naive", serde_json::Value::Null, None, None);
+    let run = |name: &str, params: serde_json::Value, dir: Option<&std::path::Path>, stop| {
+        run(
+            &s,
+            mlp(),
+            train(10, 16, OptimKind::Adam),
+            name,
+            params,
+            dir,
+            stop,
+        )
+    };
+    let naive = run("naive", serde_json::Value::Null, None, None);
     let small = serde_json::json!({"buffer": 40});
     let mut results = Vec::new();
     for (name, p) in [
@@ -138,7 +129,7 @@ fn each_strategy_completes_and_resumes_exactly() {
         ("kd-wa", serde_json::json!({"exemplars": 40})),
         ("ider", small.clone()),
     ] {
-        let whole = run_replay(&s, name, p.clone(), None, None);
+        let whole = run(name, p.clone(), None, None);
         assert_eq!(whole.accuracy.len(), 3, "{name}");
         assert!(whole.accuracy.iter().flatten().all(|a| a.is_finite()));
         // The strategy changed training.
@@ -149,8 +140,8 @@ fn each_strategy_completes_and_resumes_exactly() {
         );
         // Stopped after the first task and resumed: the same numbers.
         let dir = tempfile::tempdir().expect("tmp");
-        let _ = run_replay(&s, name, p.clone(), Some(dir.path()), Some(1));
-        let resumed = run_replay(&s, name, p.clone(), Some(dir.path()), None);
+        let _ = run(name, p.clone(), Some(dir.path()), Some(1));
+        let resumed = run(name, p.clone(), Some(dir.path()), None);
         assert_eq!(resumed.accuracy, whole.accuracy, "{name} {p}");
         assert_eq!(resumed.ece, whole.ece, "{name}");
         results.push((name, final_acc(&whole), whole.strategy_state_bytes));
@@ -176,28 +167,14 @@ fn selective_strategies_complete_and_resume_exactly() {
     )
     .and_then(|c| c.build(None))
     .expect("blobs scenario");
-    let run = |name: &str, params: serde_json::Value, dir: Option<std::path::PathBuf>, stop| {
-        let mut t = Trainer {
-            checkpoint_dir: dir,
-            stop_after: stop,
-            ..Trainer::new(
-                &s,
-                ModelConfig::Resmlp {
-                    width: 16,
-                    hidden: 32,
-                    blocks: 2,
-                },
-                TrainConfig {
-                    epochs: 2,
-                    batch_size: 32,
-                    optimizer: OptimConfig::new(OptimKind::Adamw, 0.01),
-                    ..Default::default()
-                },
-                3,
-                strategy::build(name, &params).expect("strategy"),
-            )
-        };
-        t.run(&mut |_| {}).expect("run")
+    let resmlp = ModelConfig::Resmlp {
+        width: 16,
+        hidden: 32,
+        blocks: 2,
+    };
+    let run = |name: &str, params: serde_json::Value, dir: Option<&std::path::Path>, stop| {
+        let cfg = train(2, 32, OptimKind::Adamw);
+        run(&s, resmlp.clone(), cfg, name, params, dir, stop)
     };
     for (name, p) in [
         (
@@ -229,9 +206,9 @@ fn selective_strategies_complete_and_resume_exactly() {
         );
         let dir = tempfile::tempdir().expect("tmp");
         for stop in [1, 2] {
-            let _ = run(name, p.clone(), Some(dir.path().to_path_buf()), Some(stop));
+            let _ = run(name, p.clone(), Some(dir.path()), Some(stop));
         }
-        let resumed = run(name, p.clone(), Some(dir.path().to_path_buf()), None);
+        let resumed = run(name, p.clone(), Some(dir.path()), None);
         assert_eq!(resumed.accuracy, whole.accuracy, "{name} {p}");
     }
 }

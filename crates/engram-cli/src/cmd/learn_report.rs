@@ -79,14 +79,7 @@ pub fn list_strategies() -> Result<()> {
         let params = build(&serde_json::Value::Null)
             .map(|s| s.params())
             .map_err(|e| anyhow::anyhow!("strategy {name}: {e}"))?;
-        let defaults = match params.as_object() {
-            Some(m) if !m.is_empty() => m
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" "),
-            _ => "(no parameters)".to_string(),
-        };
+        let defaults = key_values(&params, "(no parameters)");
         println!("{name:<16} {summary}  [{defaults}]");
     }
     Ok(())
@@ -99,15 +92,20 @@ pub fn list_scenarios() -> Result<()> {
     for k in engram_learn::scenario::REGISTRY {
         let params = (k.params)(&serde_json::Map::new())
             .map_err(|e| anyhow::anyhow!("scenario {}: {e}", k.name))?;
-        let defaults = match params.as_object() {
-            Some(m) if !m.is_empty() => m
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" "),
-            _ => "(no keys)".to_string(),
-        };
+        let defaults = key_values(&params, "(no keys)");
         println!("{:<18} {}  [{defaults}]", k.name, k.summary);
     }
     Ok(())
+}
+
+/// `key=value` pairs of a JSON object on one line; `none` for an empty one.
+fn key_values(v: &serde_json::Value, none: &str) -> String {
+    match v.as_object() {
+        Some(m) if !m.is_empty() => m
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => none.to_string(),
+    }
 }
