@@ -31,20 +31,7 @@ pub fn task_accuracy(
     let c = s.num_outputs;
     let classes: Vec<usize> = t.classes.iter().map(|&k| k as usize).collect();
     let mask = ClassMask::only(c, &classes).map_err(|e| err!("{e}"))?;
-    let mut logits = Vec::with_capacity(ids.len() * c);
-    let mut labels = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(batch.max(1)) {
-        let (x, y) = s.gather(part, chunk);
-        let xt = Tensor::<2>::from_data(TensorData::new(x, [chunk.len(), s.train.dim]), device);
-        let out = net
-            .forward(xt)
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| err!("{e:?}"))?;
-        logits.extend(out);
-        labels.extend(y);
-    }
+    let (logits, labels, _) = logits_of(net, s, part, &ids, device, batch.max(1));
     masked_accuracy(&logits, c, &labels, &mask).map_err(|e| err!("{e}"))
 }
 
@@ -82,22 +69,23 @@ pub fn test_logits(
     batch: usize,
 ) -> (Vec<f32>, Vec<u32>, usize) {
     let ids: Vec<(usize, usize)> = s.tasks[t].test.iter().map(|&i| (t, i)).collect();
-    logits_of(net, s, &ids, device, batch)
+    logits_of(net, s, Part::Test, &ids, device, batch)
 }
 
-/// Logits on host for the examples `ids` ((task, test index) pairs), in batches; with the
-/// labels and the number of outputs.
+/// Logits on host for the examples `ids` ((task, index into `part`) pairs), in batches; with
+/// the labels and the number of outputs.
 pub fn logits_of(
     net: &Net,
     s: &Scenario,
+    part: Part,
     ids: &[(usize, usize)],
     device: &Device,
     batch: usize,
 ) -> (Vec<f32>, Vec<u32>, usize) {
-    let mut logits = Vec::new();
-    let mut labels = Vec::new();
+    let mut logits = Vec::with_capacity(ids.len() * s.num_outputs);
+    let mut labels = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(batch) {
-        let (x, y) = s.gather(Part::Test, chunk);
+        let (x, y) = s.gather(part, chunk);
         let xt = Tensor::<2>::from_data(TensorData::new(x, [chunk.len(), s.train.dim]), device);
         let out = net.forward(xt);
         logits.extend(

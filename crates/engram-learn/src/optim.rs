@@ -118,6 +118,19 @@ impl OptimConfig {
         Ok(())
     }
 
+    /// The Adam update at learning rate `lr` and step `t` (1-based) with these settings: L2 in
+    /// the gradient for Adam, decoupled decay for AdamW.
+    pub fn adam_step(&self, lr: f64, t: u64) -> AdamStep {
+        AdamStep::new(
+            lr,
+            t,
+            self.betas,
+            self.eps,
+            self.weight_decay,
+            self.kind == OptimKind::Adamw,
+        )
+    }
+
     /// Learning rate at `step` of `total` steps of a task (`epoch` counts from 0).
     pub fn lr_at(&self, step: usize, total: usize, epoch: usize) -> f64 {
         match self.schedule {

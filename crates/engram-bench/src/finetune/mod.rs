@@ -47,7 +47,6 @@ use engram_report::report::MeanSpread;
 use engram_weights::rng::Rng;
 use page::{FinetuneResults, MethodSummary, render_finetune, verdict};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -102,6 +101,9 @@ impl Options {
         })
     }
 }
+
+/// Residual blocks of the testbed network (block expansion copies blocks 1 and 3 of them).
+const BLOCKS: usize = 4;
 
 /// A method: its label in the tables, the strategy and its parameters.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -298,7 +300,7 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
         let m = ModelConfig::Resmlp {
             width: 64,
             hidden: 128,
-            blocks: 4,
+            blocks: BLOCKS,
         };
         (m, 1, 3000, 1000, 1500, 500)
     } else {
@@ -306,7 +308,7 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
             ModelConfig::Resmlp {
                 width: 256,
                 hidden: 512,
-                blocks: 4,
+                blocks: BLOCKS,
             },
             o.seeds.max(1),
             usize::MAX,
@@ -314,10 +316,6 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
             usize::MAX,
             usize::MAX,
         )
-    };
-    let blocks = match model {
-        ModelConfig::Resmlp { blocks, .. } => blocks,
-        _ => 4,
     };
     let source = (
         sample(&fm.train, src_train, "source-train"),
@@ -364,7 +362,7 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
         optimizer: adamw(o.lr),
         ..Default::default()
     };
-    let chosen: Vec<Method> = methods(blocks)
+    let chosen: Vec<Method> = methods(BLOCKS)
         .into_iter()
         .filter(|m| o.only.is_empty() || o.only.iter().any(|w| m.label.contains(w.as_str())))
         .collect();
@@ -407,10 +405,7 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
         source_before.push(before);
         kappas
             .push(engram_learn::strategy::kappatune::kappas(&pnet).map_err(|e| anyhow!("κ: {e}"))?);
-        let values: BTreeMap<String, Vec<f32>> = engram_learn::model::params::host_params(&pnet)
-            .into_iter()
-            .map(|(i, v)| (i.name, v))
-            .collect();
+        let values = engram_learn::model::params::named_values(&pnet);
         progress(Progress::Message(format!(
             "seed {seed}: pre-trained in {:.1} s, source accuracy {before:.1}%",
             t0.elapsed().as_secs_f64()

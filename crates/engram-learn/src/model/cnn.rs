@@ -119,9 +119,8 @@ mod tests {
 
     #[test]
     fn same_logits_and_gradients_as_burn_layers() {
-        let _rng = crate::backend::rng_guard();
         let d = Device::flex();
-        d.seed(5);
+        let _rng = crate::backend::seeded(&d, 5);
         let d = d.autodiff();
         for image in [[1, 28, 28], [3, 12, 11]] {
             let m = Cnn::new(image, [4, 6], 8, 5, &d);

@@ -575,9 +575,8 @@ mod tests {
 
     /// A seeded autodiff device and the RNG guard the test holds while it draws.
     fn ad() -> (Device, crate::backend::RngGuard) {
-        let g = crate::backend::rng_guard();
         let d = Device::flex();
-        d.seed(7);
+        let g = crate::backend::seeded(&d, 7);
         (d.autodiff(), g)
     }
 
@@ -661,9 +660,8 @@ mod tests {
     /// Without autodiff (evaluation), the plain flex kernels give the same output.
     #[test]
     fn conv_without_autodiff_matches() {
-        let _rng = crate::backend::rng_guard();
         let d = Device::flex();
-        d.seed(3);
+        let _rng = crate::backend::seeded(&d, 3);
         let reference = Conv2dConfig::new([3, 6], [3, 3]).init(&d);
         let conv = Conv::from_conv2d(reference.clone());
         let x = Tensor::<4>::random([2, 3, 8, 6], Distribution::Normal(0.0, 1.0), &d);

@@ -306,9 +306,8 @@ mod tests {
             // Parameters are drawn when first visited (in field order, as the trainer's
             // parameter count does right after building): visit each net at once.
             let make = |fb: bool| {
-                let _rng = crate::backend::rng_guard();
                 let d = Device::flex();
-                d.seed(11);
+                let _rng = crate::backend::seeded(&d, 11);
                 let d = d.autodiff();
                 let net = cfg.build_with_feedback(144, image, 7, fb, &d).expect("net");
                 let values: Vec<(String, Vec<f32>)> = host_params(&net)

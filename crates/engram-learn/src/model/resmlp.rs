@@ -283,9 +283,8 @@ mod tests {
 
     #[test]
     fn an_expanded_network_starts_as_the_original_and_merges_back_exactly_at_the_ends() {
-        let _g = crate::backend::rng_guard();
         let d = Device::flex();
-        d.seed(3);
+        let _g = crate::backend::seeded(&d, 3);
         // On the training (autodiff) device, as after a run.
         let d = d.autodiff();
         let net = ResMlp::new(6, 8, 12, 4, 3, &d);

@@ -197,9 +197,8 @@ mod tests {
     #[test]
     fn the_second_pass_consumes_the_first_pass_output() {
         let s = blobs_ci();
-        let _rng = crate::backend::rng_guard();
         let d = Device::flex();
-        d.seed(9);
+        let _rng = crate::backend::seeded(&d, 9);
         let d = d.autodiff();
         let c = s.num_outputs;
         let net = crate::model::ModelConfig::Mlp { hidden: vec![8] }

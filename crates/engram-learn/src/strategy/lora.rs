@@ -21,7 +21,7 @@ use super::parts::penalty::take;
 use super::{Ctx, State, Strategy, parse_params};
 use crate::model::Net;
 use crate::model::params::grad_flat;
-use crate::optim::{AdamStep, OptimKind};
+use crate::optim::OptimKind;
 use crate::{Result, err};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
@@ -309,14 +309,7 @@ impl Strategy for Lora {
                 }
             }
             ad.t += 1;
-            let k = AdamStep::new(
-                cx.lr,
-                ad.t,
-                cx.optim.betas,
-                cx.optim.eps,
-                cx.optim.weight_decay,
-                cx.optim.kind == OptimKind::Adamw,
-            );
+            let k = cx.optim.adam_step(cx.lr, ad.t);
             for (((w, &g), m), v) in ad.a.iter_mut().zip(&ga).zip(&mut ad.ma).zip(&mut ad.va) {
                 k.apply(w, g, m, v);
             }

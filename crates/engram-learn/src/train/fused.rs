@@ -15,7 +15,7 @@
 //! without a gradient in a step (frozen, or unused) is left as it is and its step count does
 //! not advance.
 
-use crate::optim::{AdamStep, OptimConfig, OptimKind};
+use crate::optim::{OptimConfig, OptimKind};
 use burn::backend::Flex;
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::optim::GradientsParams;
@@ -116,14 +116,7 @@ impl Optimizer {
                     slot.m = vec![0.0; n];
                     slot.v = vec![0.0; n];
                 }
-                let k = AdamStep::new(
-                    lr,
-                    slot.t,
-                    c.betas,
-                    c.eps,
-                    c.weight_decay,
-                    c.kind == OptimKind::Adamw,
-                );
+                let k = c.adam_step(lr, slot.t);
                 for_pieces4(w, g, &mut slot.m, &mut slot.v, |w, g, m, v| {
                     for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m).zip(v) {
                         k.apply(w, g, m, v);

@@ -245,8 +245,7 @@ impl Trainer<'_> {
         let base = Device::flex();
         // Seed and build under the RNG guard, so that trainers on other threads cannot draw
         // from burn's process-wide generator in between.
-        let rng = crate::backend::rng_guard();
-        base.seed(self.seed);
+        let rng = crate::backend::seeded(&base, self.seed);
         let ad = base.clone().autodiff();
         let mut net = self.model.build_with_feedback(
             s.train.dim,
@@ -392,7 +391,8 @@ impl Trainer<'_> {
                         .into_iter()
                         .map(|i| (task, i))
                         .collect();
-                    let (lg, lb, c) = logits_of(&valid, s, &ids, &base, self.train.eval_batch);
+                    let (lg, lb, c) =
+                        logits_of(&valid, s, Part::Test, &ids, &base, self.train.eval_batch);
                     let all = accuracy(&lg, &lb, c, &vec![true; c]);
                     let cur = s.tasks[task].classes.clone();
                     let sel: Vec<usize> = lb
@@ -428,7 +428,8 @@ impl Trainer<'_> {
                     .enumerate()
                     .flat_map(|(t, k)| k.test.iter().map(move |&i| (t, i)))
                     .collect();
-                let (lg, lb, c) = logits_of(&valid, s, &ids, &base, self.train.eval_batch);
+                let (lg, lb, c) =
+                    logits_of(&valid, s, Part::Test, &ids, &base, self.train.eval_batch);
                 let mask = match s.eval {
                     EvalMode::ClassIl => {
                         class_mask(c, s.tasks.iter().flat_map(|t| t.classes.iter().copied()))

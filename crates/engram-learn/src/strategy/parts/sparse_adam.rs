@@ -4,7 +4,7 @@
 //! ([`SparseState::remask`]) keeps the moments of entries in both sets and starts new ones at
 //! zero; the step count goes on.
 
-use crate::optim::{AdamStep, OptimConfig, OptimKind};
+use crate::optim::{OptimConfig, OptimKind};
 use crate::{Result, err};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -74,14 +74,7 @@ impl SparseState {
             return Err(err!("{} weights, {} gradients", w.len(), g.len()));
         }
         self.t += 1;
-        let k = AdamStep::new(
-            lr,
-            self.t,
-            cfg.betas,
-            cfg.eps,
-            cfg.weight_decay,
-            cfg.kind == OptimKind::Adamw,
-        );
+        let k = cfg.adam_step(lr, self.t);
         for ((&i, m), v) in self.idx.iter().zip(&mut self.m).zip(&mut self.v) {
             let i = i as usize;
             k.apply(&mut w[i], g[i], m, v);

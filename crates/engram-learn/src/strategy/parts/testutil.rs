@@ -20,9 +20,8 @@ pub fn blobs(kind: &str, tasks: usize) -> Scenario {
 
 /// A seeded autodiff device and the RNG guard the test holds while it builds and draws.
 pub fn device() -> (Device, crate::backend::RngGuard) {
-    let g = crate::backend::rng_guard();
     let d = Device::flex();
-    d.seed(7);
+    let g = crate::backend::seeded(&d, 7);
     (d.autodiff(), g)
 }
 
