@@ -63,7 +63,7 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
         o.tasks, o.lambda
     )));
     for size in &o.sizes {
-        let arch = ArchConfig::for_params(parse_count(size)?);
+        let arch = ArchConfig::for_params(parse_count(size)?)?;
         let params = arch.param_count();
         let fam = o.dir.join(size.to_ascii_lowercase());
         crate::synthetic::ensure_family(

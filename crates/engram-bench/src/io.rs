@@ -77,7 +77,7 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
     }
     let arch = match ArchConfig::preset(&o.size) {
         Some(arch) => arch,
-        None => ArchConfig::for_params(parse_count(&o.size)?),
+        None => ArchConfig::for_params(parse_count(&o.size)?)?,
     };
     let shard = parse_bytes(&o.shard_size)?;
     let exe = machine::engram_exe(o.engram.as_deref())?;

@@ -233,7 +233,7 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
     let mut cases = Vec::new();
     progress(Progress::Output(header(threads, o.repeat)));
     for size in &o.sizes {
-        let arch = ArchConfig::for_params(parse_count(size)?);
+        let arch = ArchConfig::for_params(parse_count(size)?)?;
         let params = arch.param_count();
         let fam = o.dir.join(size.to_ascii_lowercase());
         crate::synthetic::ensure_family(&fam, size, &arch, nmax, "engram bench merge", progress)?;

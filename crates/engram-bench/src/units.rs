@@ -36,10 +36,11 @@ fn parse_scaled(s: &str, units: &[(&str, f64)]) -> Result<u64> {
         .find_map(|(u, m)| low.strip_suffix(u).map(|n| (n.trim().to_string(), *m)))
         .unwrap_or((low.clone(), 1.0));
     let v: f64 = num.parse()?;
-    if !(v.is_finite() && v > 0.0) {
-        bail!("must be positive");
+    let n = (v * mult).round();
+    if !(n >= 1.0 && n < u64::MAX as f64) {
+        bail!("must be a whole number from 1 to 2^64");
     }
-    Ok((v * mult).round() as u64)
+    Ok(n as u64)
 }
 
 /// `1234567` -> `1.2M`; exact below ten thousand.
@@ -79,6 +80,8 @@ mod tests {
         assert_eq!(parse_bytes("2g").unwrap(), 2_000_000_000);
         assert!(parse_count("-3M").is_err());
         assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("0.1").is_err(), "rounds to 0 bytes");
+        assert!(parse_count("1e30").is_err());
         let e = format!("{:#}", parse_count("x").unwrap_err());
         assert!(e.contains("'x'"), "{e}");
     }

@@ -6,17 +6,17 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The file (or index) is not a valid safetensors file.
-    #[error("{}: {msg}", path.display())]
+    #[error("{}: {msg}", shown(path))]
     Format { path: PathBuf, msg: String },
     /// One tensor of the file is invalid or unusable for the requested operation.
-    #[error("{}: tensor '{tensor}': {msg}", path.display())]
+    #[error("{}: tensor '{}': {msg}", shown(path), crate::names::esc(tensor))]
     Tensor {
         path: PathBuf,
         tensor: String,
         msg: String,
     },
     /// The operating system refused a read or a write.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {source}", shown(path))]
     Io {
         path: PathBuf,
         #[source]
@@ -25,6 +25,11 @@ pub enum Error {
     /// The caller asked for something impossible (a missing tensor, a bad plan).
     #[error("{0}")]
     Invalid(String),
+}
+
+/// A path as printed in a message (control characters escaped, a line break included).
+fn shown(path: &Path) -> String {
+    crate::names::esc(&path.display().to_string()).into_owned()
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

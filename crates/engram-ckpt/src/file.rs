@@ -1,5 +1,6 @@
 //! One safetensors file, memory-mapped and validated; tensors are borrowed views into it.
 
+use crate::checksum;
 use crate::chunk::{self, CHUNK};
 use crate::dtype::{DType, decode_f32};
 use crate::error::{Error, Result};
@@ -11,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 pub struct SafetensorsFile {
     path: PathBuf,
+    /// Registers the file as an input of this process while it is open.
+    _input: crate::commit::OpenInput,
     mmap: Mmap,
     header: Header,
     by_name: HashMap<String, usize>,
@@ -19,15 +22,10 @@ pub struct SafetensorsFile {
 impl SafetensorsFile {
     /// Opens and validates `path`. The data is not read: tensors are paged in on access.
     pub fn open(path: &Path) -> Result<Self> {
-        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        if meta.is_dir() {
-            return Err(Error::format(
-                path,
-                "is a directory, expected a .safetensors file",
-            ));
-        }
+        let meta = regular_file(path, "a .safetensors file")?;
         let file_len = meta.len();
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let input = crate::commit::OpenInput::register(path, &meta);
         if file_len == 0 {
             return Err(Error::format(
                 path,
@@ -50,6 +48,7 @@ impl SafetensorsFile {
             .collect();
         Ok(SafetensorsFile {
             path: path.to_path_buf(),
+            _input: input,
             mmap,
             header,
             by_name,
@@ -76,6 +75,44 @@ impl SafetensorsFile {
         self.by_name.get(name).map(|&i| self.view(i))
     }
 
+    /// Verifies the stored per-tensor checksums ([`crate::checksum`]); a file without them
+    /// (written by another tool) passes. Every tensor must be listed, and every listed tensor
+    /// present with the recorded name, dtype, shape and bytes.
+    pub fn verify(&self) -> Result<()> {
+        use rayon::prelude::*;
+        let Some(text) = self.metadata().get(checksum::KEY) else {
+            return Ok(());
+        };
+        let want = checksum::decode(text).map_err(|e| Error::format(&self.path, e))?;
+        if let Some(name) = want.keys().find(|n| self.get(n).is_none()) {
+            return Err(Error::tensor(
+                &self.path,
+                name,
+                "is listed in the checksums but missing from the file",
+            ));
+        }
+        if let Some(t) = self.tensors().iter().find(|t| !want.contains_key(&t.name)) {
+            return Err(Error::tensor(
+                &self.path,
+                &t.name,
+                "has no stored checksum: the header was rewritten",
+            ));
+        }
+        want.par_iter().try_for_each(|(name, &crc)| {
+            let Some(v) = self.get(name) else {
+                return Ok(());
+            };
+            if checksum::tensor_crc(name, v.dtype(), v.shape(), v.bytes) != crc {
+                return Err(Error::tensor(
+                    &self.path,
+                    name,
+                    "checksum mismatch: the tensor's bytes, dtype or shape changed since it was written",
+                ));
+            }
+            Ok(())
+        })
+    }
+
     pub fn view(&self, i: usize) -> TensorView<'_> {
         let info = &self.header.tensors[i];
         let base = self.header.data_start;
@@ -85,6 +122,38 @@ impl SafetensorsFile {
             path: &self.path,
             map: &self.mmap,
         }
+    }
+}
+
+/// The metadata of `path` if it is a regular file (following symlinks); a folder, FIFO,
+/// socket or device is refused before anything opens it (opening a FIFO would block).
+pub fn regular_file(path: &Path, expected: &str) -> Result<std::fs::Metadata> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::format(
+            path,
+            format!("is {}, expected {expected}", kind_of(&meta)),
+        ));
+    }
+    Ok(meta)
+}
+
+/// "a folder", "a FIFO", ... for error messages.
+pub fn kind_of(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a folder"
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else {
+        "a regular file"
     }
 }
 

@@ -189,15 +189,13 @@ pub fn parse_header(json: &[u8], data_len: u64) -> Result<Header, HeaderError> {
         }
     }
     tensors.sort_by(|a, b| (a.start, a.end, &a.name).cmp(&(b.start, b.end, &b.name)));
-    // Each non-empty tensor must start at or after the end of the previous non-empty one.
-    // Zero-sized tensors occupy no bytes and cannot overlap anything, so they are skipped:
-    // comparing only neighbours would let an empty tensor between two overlapping ones hide
-    // the overlap.
+    // Like the reference implementation, the tensors must tile the data section: each starts
+    // where the previous one ends, and the last ends at the end of the file. A hole or trailing
+    // bytes could carry a second payload (a polyglot file) that no tensor accounts for.
+    let mut at = 0usize;
     let mut last: Option<&TensorInfo> = None;
-    for t in tensors.iter().filter(|t| t.end > t.start) {
-        if let Some(p) = last
-            && t.start < p.end
-        {
+    for t in &tensors {
+        if let Some(p) = last.filter(|_| t.start < at) {
             return Err(terr(
                 &t.name,
                 format!(
@@ -206,7 +204,28 @@ pub fn parse_header(json: &[u8], data_len: u64) -> Result<Header, HeaderError> {
                 ),
             ));
         }
-        last = Some(t);
+        if t.start > at {
+            return Err(terr(
+                &t.name,
+                format!(
+                    "data_offsets [{}, {}] leave a hole of {} unindexed bytes at [{at}, {}]",
+                    t.start,
+                    t.end,
+                    t.start - at,
+                    t.start
+                ),
+            ));
+        }
+        at = t.end;
+        if t.end > t.start {
+            last = Some(t);
+        }
+    }
+    if at as u64 != data_len {
+        return Err(err(format!(
+            "{} trailing bytes after the last tensor (data section of {data_len} bytes, tensors end at {at})",
+            data_len - at as u64
+        )));
     }
     Ok(Header {
         tensors,
@@ -342,15 +361,40 @@ mod tests {
         let ovl = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#;
         let e = parse_file_bytes(&file(ovl, 12)).unwrap_err();
         assert!(e.msg.contains("overlap"), "{e:?}");
-        // An empty tensor sorted between two overlapping ones must not hide the overlap.
+        // An empty tensor inside another one is refused too (the reference refuses it), and
+        // sorted between two overlapping ones it does not hide the overlap.
         let hidden = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"e":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[6,10]}}"#;
         let e = parse_file_bytes(&file(hidden, 12)).unwrap_err();
+        assert!(e.msg.contains("overlap tensor 'a'"), "{e:?}");
+        assert_eq!(e.tensor.as_deref(), Some("e"));
+        let hidden = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[6,10]}}"#;
+        let e = parse_file_bytes(&file(hidden, 10)).unwrap_err();
         assert!(e.msg.contains("overlap tensor 'a'"), "{e:?}");
         assert_eq!(e.tensor.as_deref(), Some("b"));
         let size = r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#;
         let e = parse_file_bytes(&file(size, 8)).unwrap_err();
         assert!(e.msg.contains("needs 12"), "{e:?}");
         assert_eq!(e.tensor.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn refuses_holes_and_trailing_bytes() {
+        // Polyglot files: bytes no tensor accounts for, between tensors, before the first
+        // one, or after the last one.
+        let hole = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#;
+        let e = parse_file_bytes(&file(hole, 12)).unwrap_err();
+        assert!(e.msg.contains("hole of 4"), "{e:?}");
+        assert_eq!(e.tensor.as_deref(), Some("b"));
+        let front = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+        let e = parse_file_bytes(&file(front, 8)).unwrap_err();
+        assert!(e.msg.contains("hole of 4"), "{e:?}");
+        let tail = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        let e = parse_file_bytes(&file(tail, 9)).unwrap_err();
+        assert!(e.msg.contains("5 trailing bytes"), "{e:?}");
+        let empty = r#"{"__metadata__":{"k":"v"}}"#;
+        assert!(parse_file_bytes(&file(empty, 0)).is_ok());
+        assert!(parse_file_bytes(&file(empty, 1)).is_err());
+        assert!(parse_file_bytes(&file(tail, 4)).is_ok());
     }
 
     #[test]

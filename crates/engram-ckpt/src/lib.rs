@@ -2,19 +2,25 @@
 //!
 //! Reads safetensors files zero-copy (memory-mapped), single or sharded Hugging Face folders,
 //! validates every header, offset and index entry, decodes any float dtype to f32 on the fly,
-//! and writes models tensor by tensor into temporary files renamed into place when complete.
+//! and writes models tensor by tensor into temporary files renamed into place when complete
+//! (output folders are built beside their destination and switched in by one rename), with a
+//! checksum per tensor that readers verify.
 
+pub mod checksum;
 pub mod chunk;
+pub mod commit;
 pub mod dtype;
 pub mod error;
 pub mod file;
 pub mod fp8;
 pub mod header;
 pub mod model;
+pub mod names;
 pub mod stats;
 pub mod writer;
 
 pub use chunk::CHUNK;
+pub use commit::Staged;
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use file::{SafetensorsFile, TensorView};

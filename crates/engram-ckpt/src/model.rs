@@ -45,9 +45,9 @@ impl Model {
         if meta.is_dir() {
             let side_files = side_files_in(path)?;
             let index = path.join(INDEX_NAME);
-            let mut m = if index.is_file() {
+            let mut m = if exists(&index) {
                 Self::open_index(&index)?
-            } else if path.join(SINGLE_NAME).is_file() {
+            } else if exists(&path.join(SINGLE_NAME)) {
                 Self::from_files(path, vec![SafetensorsFile::open(&path.join(SINGLE_NAME))?])?
             } else {
                 let mut st: Vec<PathBuf> = list_dir(path)?
@@ -87,6 +87,7 @@ impl Model {
 
     fn open_index(index: &Path) -> Result<Model> {
         let dir = parent_dir(index);
+        crate::file::regular_file(index, "a model.safetensors.index.json file")?;
         let text = std::fs::read(index).map_err(|e| Error::io(index, e))?;
         let parsed = parse_index(&text).map_err(|e| match e.tensor {
             Some(t) => Error::tensor(index, &t, e.msg),
@@ -157,6 +158,19 @@ impl Model {
                     index,
                     t,
                     format!("listed in weight_map but missing from shard '{s}'"),
+                ));
+            }
+        }
+        // A shard file the index does not name holds tensors of no model: a leftover of
+        // another model or a damaged index.
+        for p in list_dir(dir)? {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if crate::writer::is_shard_name(name) && !shard_names.iter().any(|s| s == name) {
+                return Err(Error::format(
+                    index,
+                    format!(
+                        "does not name the shard file '{name}' in its folder; its tensors belong to no model (remove it or fix the index)"
+                    ),
                 ));
             }
         }
@@ -264,6 +278,13 @@ impl Model {
                     u.dtype() == t.dtype() && u.shape() == t.shape() && u.bytes == t.bytes
                 })
             })
+    }
+
+    /// Verifies the checksums engram stores in each file's metadata (`engram.crc32`): every
+    /// listed tensor is present with the recorded name, dtype, shape and bytes. Files without
+    /// checksums (written by other tools) pass. The error names the file and the tensor.
+    pub fn verify(&self) -> Result<()> {
+        self.files.iter().try_for_each(SafetensorsFile::verify)
     }
 
     /// Checks every float tensor for NaN and infinite values (`--check-finite`).
@@ -452,20 +473,45 @@ fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Regular, visible, non-weight files of a model folder, sorted by name.
-fn side_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out: Vec<PathBuf> = list_dir(dir)?
-        .into_iter()
-        .filter(|p| p.is_file())
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
-            !name.starts_with('.')
-                && name != INDEX_NAME
-                && !name.contains(".engram-tmp")
-                && !WEIGHT_EXTENSIONS.contains(&ext)
-        })
-        .collect();
+/// Whether anything (even a dangling symlink or a FIFO) is at `p`.
+fn exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}
+
+/// Regular, visible, non-weight files of a model folder, sorted by name. A side file that is
+/// a FIFO, socket or device, or a symlink leading outside the folder, is an error: outputs
+/// copy side files, and must neither block on them nor copy files from elsewhere.
+pub fn side_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let canon_dir = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
+    let mut out = Vec::new();
+    for p in list_dir(dir)? {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let lmeta = std::fs::symlink_metadata(&p).map_err(|e| Error::io(&p, e))?;
+        if name.starts_with('.')
+            || name == INDEX_NAME
+            || crate::commit::is_temporary(name)
+            || WEIGHT_EXTENSIONS.contains(&ext)
+            || lmeta.is_dir()
+        {
+            continue;
+        }
+        if lmeta.file_type().is_symlink() {
+            let inside = p.canonicalize().is_ok_and(|c| c.starts_with(&canon_dir));
+            if !inside {
+                return Err(Error::format(
+                    &p,
+                    "side file is a symlink leading outside the model folder (or nowhere); refused",
+                ));
+            }
+            let meta = std::fs::metadata(&p).map_err(|e| Error::io(&p, e))?;
+            if meta.is_dir() {
+                continue;
+            }
+        }
+        crate::file::regular_file(&p, "a regular side file (config, tokenizer)")?;
+        out.push(p);
+    }
     out.sort();
     Ok(out)
 }

@@ -7,6 +7,8 @@
 //! to its final name only by `finish`, shards first and the index last: a killed run leaves
 //! earlier output untouched and no half-written file under a final name.
 
+use crate::checksum;
+use crate::commit::Staged;
 use crate::dtype::{DType, encode_f32};
 use crate::error::{Error, Result};
 use crate::header::{TensorInfo, serialize_header};
@@ -49,10 +51,15 @@ pub struct WriteOptions {
 }
 
 struct Shard {
+    /// Where the data is written: a temporary name beside a single-file destination, or the
+    /// final name inside a staged folder.
     tmp: PathBuf,
     dest: PathBuf,
     file: File,
     data_start: u64,
+    /// The shard's tensors in data order (indices into the slots).
+    members: Vec<usize>,
+    header: Vec<TensorInfo>,
 }
 
 struct Slot {
@@ -65,13 +72,15 @@ struct Slot {
 }
 
 pub struct ModelWriter {
-    dir: PathBuf,
     shards: Vec<Shard>,
     slots: Vec<Slot>,
     by_name: HashMap<String, usize>,
     index: Option<PathBuf>,
-    /// A model folder (side files are copied) rather than a single named file.
-    folder_output: bool,
+    /// A model folder, built beside its destination and switched in by `finish`; `None` for
+    /// a single named file.
+    staged: Option<Staged>,
+    /// Each shard's metadata (the options' plus its checksums, placeholders until `finish`).
+    metadata: Vec<BTreeMap<String, String>>,
     /// Folders `create` made (deepest first), removed again if the write does not finish.
     created_dirs: Vec<PathBuf>,
     finished: bool,
@@ -117,7 +126,7 @@ fn remove_dead_tmps(dir: &Path) {
 }
 
 /// `model-00001-of-00003.safetensors`: the shard names this writer (and Hugging Face) uses.
-fn is_shard_name(name: &str) -> bool {
+pub(crate) fn is_shard_name(name: &str) -> bool {
     let Some(mid) = name
         .strip_prefix("model-")
         .and_then(|n| n.strip_suffix(".safetensors"))
@@ -143,17 +152,34 @@ impl ModelWriter {
                 )));
             }
         }
-        let (dir, groups, index) = if is_single_file_target(out) {
+        let single = is_single_file_target(out);
+        let (dir, staged, created_dirs) = if single {
+            crate::commit::refuse_input(out)?;
             let dir = out
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(Path::new("."))
                 .to_path_buf();
-            (
-                dir,
-                vec![(out.to_path_buf(), (0..specs.len()).collect())],
-                None,
-            )
+            if dir.exists() && !dir.is_dir() {
+                return Err(Error::format(
+                    &dir,
+                    "output folder exists and is not a folder",
+                ));
+            }
+            let created: Vec<PathBuf> = dir
+                .ancestors()
+                .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
+                .map(Path::to_path_buf)
+                .collect();
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            remove_dead_tmps(&dir);
+            (dir, None, created)
+        } else {
+            let st = Staged::new(out)?;
+            (st.path().to_path_buf(), Some(st), Vec::new())
+        };
+        let (groups, index) = if single {
+            (vec![(out.to_path_buf(), (0..specs.len()).collect())], None)
         } else {
             let groups = plan_shards(&specs, opts.max_shard_bytes);
             let n = groups.len();
@@ -166,33 +192,19 @@ impl ModelWriter {
                     } else {
                         format!("model-{:05}-of-{:05}.safetensors", i + 1, n)
                     };
-                    (out.join(name), g)
+                    (dir.join(name), g)
                 })
                 .collect();
-            let index = (n > 1).then(|| out.join(INDEX_NAME));
-            (out.to_path_buf(), named, index)
+            (named, (n > 1).then(|| dir.join(INDEX_NAME)))
         };
-        if dir.exists() && !dir.is_dir() {
-            return Err(Error::format(
-                &dir,
-                "output folder exists and is not a folder",
-            ));
-        }
-        let created_dirs: Vec<PathBuf> = dir
-            .ancestors()
-            .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
-            .map(Path::to_path_buf)
-            .collect();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        remove_dead_tmps(&dir);
         // From here on a failure drops a partly built writer: its Drop removes what we made.
         let mut w = ModelWriter {
-            dir,
             shards: Vec::new(),
             slots: Vec::new(),
             by_name,
             index,
-            folder_output: !is_single_file_target(out),
+            staged,
+            metadata: Vec::new(),
             created_dirs,
             finished: false,
         };
@@ -201,6 +213,7 @@ impl ModelWriter {
         for (si, (dest, members)) in groups.into_iter().enumerate() {
             let mut infos = Vec::with_capacity(members.len());
             let mut at = 0usize;
+            let mut crcs = BTreeMap::new();
             for &i in &members {
                 let s = &specs[i];
                 infos.push(TensorInfo {
@@ -210,17 +223,32 @@ impl ModelWriter {
                     start: at,
                     end: at + s.nbytes(),
                 });
+                crcs.insert(s.name.clone(), 0u32);
                 at += s.nbytes();
             }
-            let header = serialize_header(&infos, &opts.metadata);
-            let tmp = tmp_name(&dest);
-            let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            let mut md = opts.metadata.clone();
+            md.insert(checksum::KEY.into(), checksum::encode(&crcs));
+            let header = serialize_header(&infos, &md);
+            let tmp = if single {
+                tmp_name(&dest)
+            } else {
+                dest.clone()
+            };
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(|e| Error::io(&tmp, e))?;
             w.shards.push(Shard {
                 tmp: tmp.clone(),
                 dest,
                 file,
                 data_start: header.len() as u64,
+                members: members.clone(),
+                header: infos.clone(),
             });
+            w.metadata.push(md);
             let file = &w.shards[si].file;
             let total = header.len() as u64 + at as u64;
             file.set_len(total).map_err(|e| Error::io(&tmp, e))?;
@@ -295,12 +323,12 @@ impl ModelWriter {
         self.write_f32_at(name, 0, vals)
     }
 
-    /// Completes the output: checks every tensor was written, syncs, renames the shards into
-    /// place, then writes the index, then copies `side_files` (for folder outputs).
-    /// In a folder output, weight files of an earlier model left in the folder under the
-    /// standard names (`model.safetensors`, `model-NNNNN-of-NNNNN.safetensors`, the index) that
-    /// this output does not replace are removed, last: otherwise a stale index would make the
-    /// folder open as the old model. Returns the paths written.
+    /// Completes the output: checks every tensor was written, records each tensor's checksum
+    /// in its shard's header, syncs, and commits. A single file is renamed into place. A folder
+    /// gets its index and copies of `side_files` inside the staged folder, which then replaces
+    /// the destination in one switch: weight files of an earlier model there (standard names:
+    /// `model.safetensors`, `model-NNNNN-of-NNNNN.safetensors`, the index) go with the old
+    /// folder, other files stay. Returns the paths written (at their destination).
     pub fn finish(mut self, side_files: &[PathBuf]) -> Result<Vec<PathBuf>> {
         for s in &self.slots {
             let w = s.written.load(Ordering::Relaxed);
@@ -312,14 +340,20 @@ impl ModelWriter {
                 )));
             }
         }
-        let mut written = Vec::new();
-        for sh in &self.shards {
-            sh.file.sync_all().map_err(|e| Error::io(&sh.tmp, e))?;
+        for (si, sh) in self.shards.iter().enumerate() {
+            self.seal(si, sh)?;
         }
+        let mut names = Vec::new();
         for sh in &self.shards {
-            std::fs::rename(&sh.tmp, &sh.dest).map_err(|e| Error::io(&sh.dest, e))?;
-            written.push(sh.dest.clone());
+            if sh.tmp != sh.dest {
+                std::fs::rename(&sh.tmp, &sh.dest).map_err(|e| Error::io(&sh.dest, e))?;
+            }
+            names.push(sh.dest.clone());
         }
+        let Some(staged) = self.staged.take() else {
+            self.finished = true;
+            return Ok(names);
+        };
         if let Some(index) = &self.index {
             let mut weight_map = serde_json::Map::new();
             let mut total = 0u64;
@@ -332,7 +366,6 @@ impl ModelWriter {
                     .unwrap_or_default();
                 weight_map.insert(s.spec.name.clone(), fname.into());
                 total += s.spec.nbytes() as u64;
-                debug_assert!(s.offset >= shard.data_start);
             }
             let doc = serde_json::json!({
                 "metadata": {"total_size": total},
@@ -340,54 +373,72 @@ impl ModelWriter {
             });
             let text = serde_json::to_vec_pretty(&doc).unwrap_or_default();
             write_atomic(index, &text)?;
-            written.push(index.clone());
+            names.push(index.clone());
         }
-        if self.folder_output {
-            self.remove_stale_weights(&written)?;
-            for f in side_files {
-                let Some(name) = f.file_name() else { continue };
-                let dest = self.dir.join(name);
-                let data = std::fs::read(f).map_err(|e| Error::io(f, e))?;
-                write_atomic(&dest, &data)?;
-                written.push(dest);
-            }
+        for f in side_files {
+            let Some(name) = f.file_name() else { continue };
+            names.push(copy_side_file(f, &staged.path().join(name))?);
         }
+        let dest = staged.dest().to_path_buf();
+        staged.commit(&is_weight_name)?;
         self.finished = true;
-        Ok(written)
+        Ok(names
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| dest.join(n)))
+            .collect())
+    }
+
+    /// Computes the checksums of shard `si`'s tensors from the written file and rewrites its
+    /// header with them (the same length as the placeholders), then syncs the file.
+    fn seal(&self, si: usize, sh: &Shard) -> Result<()> {
+        // SAFETY: a read-only map of our own temporary file, which nobody else writes.
+        let map = unsafe { memmap2::Mmap::map(&sh.file) }.map_err(|e| Error::io(&sh.tmp, e))?;
+        let mut crcs = BTreeMap::new();
+        for (&i, info) in sh.members.iter().zip(&sh.header) {
+            let s = &self.slots[i];
+            let at = s.offset as usize;
+            let bytes = &map[at..at + s.spec.nbytes()];
+            crcs.insert(
+                info.name.clone(),
+                checksum::tensor_crc(&info.name, info.dtype, &info.shape, bytes),
+            );
+        }
+        drop(map);
+        let mut md = self.metadata[si].clone();
+        md.insert(checksum::KEY.into(), checksum::encode(&crcs));
+        let header = serialize_header(&sh.header, &md);
+        if header.len() as u64 != sh.data_start {
+            return Err(Error::Invalid(format!(
+                "{}: header length changed when checksums were recorded",
+                sh.tmp.display()
+            )));
+        }
+        sh.file
+            .write_all_at(&header, 0)
+            .map_err(|e| Error::io(&sh.tmp, e))?;
+        sh.file.sync_all().map_err(|e| Error::io(&sh.tmp, e))
     }
 }
 
-impl ModelWriter {
-    /// Removes earlier weight files (standard names only) that this output did not write.
-    /// A stale index goes first, so that at every moment the folder opens as one model.
-    fn remove_stale_weights(&self, written: &[PathBuf]) -> Result<()> {
-        let mut stale = Vec::new();
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
-        for e in entries {
-            let e = e.map_err(|e| Error::io(&self.dir, e))?;
-            let name = e.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let path = self.dir.join(name);
-            let ours = written.iter().any(|w| w.file_name() == Some(name.as_ref()));
-            if ours || !e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()) {
-                continue;
-            }
-            if name == INDEX_NAME {
-                stale.insert(0, path);
-            } else if name == SINGLE_NAME || is_shard_name(name) {
-                stale.push(path);
-            }
-        }
-        for p in stale {
-            std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
-        }
-        Ok(())
-    }
+/// Standard weight-file names of a model folder, which an output folder's commit does not
+/// carry over from the folder it replaces.
+pub fn is_weight_name(name: &str) -> bool {
+    name == SINGLE_NAME || name == INDEX_NAME || is_shard_name(name)
+}
+
+/// Copies a side file (config, tokenizer) to `dest`, refusing anything but a regular file
+/// (checked again here: it may have been replaced since the model was opened).
+pub fn copy_side_file(src: &Path, dest: &Path) -> Result<PathBuf> {
+    crate::file::regular_file(src, "a regular side file")?;
+    let data = std::fs::read(src).map_err(|e| Error::io(src, e))?;
+    write_atomic(dest, &data)?;
+    Ok(dest.to_path_buf())
 }
 
 impl Drop for ModelWriter {
     fn drop(&mut self) {
-        if !self.finished {
+        // An unfinished staged folder is removed by the Staged's own Drop.
+        if !self.finished && self.staged.is_none() {
             for sh in &self.shards {
                 let _ = std::fs::remove_file(&sh.tmp);
             }
@@ -421,8 +472,10 @@ pub fn plan_shards(specs: &[TensorSpec], max: Option<u64>) -> Vec<Vec<usize>> {
     groups
 }
 
-/// Writes a small file atomically: temporary file in the same folder, fsync, rename.
+/// Writes a small file atomically: temporary file in the same folder, fsync, rename. Refuses
+/// a destination that is an input of this run.
 pub fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
+    crate::commit::refuse_input(dest)?;
     if let Some(dir) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }

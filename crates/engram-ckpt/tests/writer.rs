@@ -127,6 +127,13 @@ fn rewriting_a_folder_removes_stale_weight_files_only() {
     );
     let m = Model::open(&d).unwrap();
     assert_eq!(m.require("t.5").unwrap().to_f32().unwrap(), vec![2.0; 1000]);
+    // While the model is open (an input of this run), the folder cannot be replaced.
+    let e = ModelWriter::create(&d, specs(1, 1), &WriteOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("an input of this run"), "{e}");
+    drop(m);
 
     // Sharded again, in 2 shards: the single file goes.
     write(&d, 6, 1000, 3.0, Some(12000));

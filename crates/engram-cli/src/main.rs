@@ -14,9 +14,10 @@ struct Cli {
     /// Print no progress bars or summaries (errors still go to stderr).
     #[arg(long, short, global = true)]
     quiet: bool,
-    /// Worker threads (default: all cores).
-    #[arg(long, global = true, value_name = "N")]
-    threads: Option<usize>,
+    /// Worker threads, 1 to 1024 (default: all cores).
+    #[arg(long, global = true, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=cmd::ctx::MAX_THREADS as i64))]
+    threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -72,7 +73,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let ctx = Ctx::start(cli.quiet, cli.threads);
+    let ctx = Ctx::start(cli.quiet, cli.threads.map(usize::from));
     let res = match cli.command {
         Command::Inspect(a) => cmd::inspect::run(&ctx, a),
         Command::Diff(a) => cmd::diff::run(&ctx, a),

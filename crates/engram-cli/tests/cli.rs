@@ -327,9 +327,13 @@ fn convert_changes_dtype_and_sharding() {
     );
     assert!(sh.join("tokenizer.json").is_file());
 
-    // Back to one file (no --shard-size), in place over the sharded folder: the stale shards
-    // and index go, and the folder opens as the new model.
-    ok(&["convert", "-q", s(&sh), "-o", s(&sh), "--dtype", "f32"]);
+    // In place over its own input: refused (an output never replaces an input of its run).
+    let e = run(&["convert", "-q", s(&sh), "-o", s(&sh), "--dtype", "f32"]);
+    assert_eq!(e.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&e.stderr).contains("an input of this run"));
+    // Back to one file (no --shard-size) over the sharded folder: the stale shards and index
+    // go, and the folder opens as the new model.
+    ok(&["convert", "-q", s(&src), "-o", s(&sh), "--dtype", "f32"]);
     let names: Vec<String> = std::fs::read_dir(&sh)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -342,7 +346,7 @@ fn convert_changes_dtype_and_sharding() {
     );
     let m = Model::open(&sh).unwrap();
     assert_eq!(m.require("w").unwrap().dtype(), DType::F32);
-    assert_eq!(m.require("w").unwrap().to_f32().unwrap(), want);
+    assert_eq!(m.require("w").unwrap().to_f32().unwrap(), vals);
 
     // Same dtype: a byte copy, values identical; a single-file output.
     let single = t.path().join("copy.safetensors");

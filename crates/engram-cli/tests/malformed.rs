@@ -7,16 +7,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::st;
+
 fn engram() -> Command {
     Command::new(env!("CARGO_BIN_EXE_engram"))
-}
-
-/// A safetensors image: length prefix, header JSON, `data` zero bytes.
-fn st(json: &str, data: usize) -> Vec<u8> {
-    let mut v = (json.len() as u64).to_le_bytes().to_vec();
-    v.extend_from_slice(json.as_bytes());
-    v.extend(std::iter::repeat_n(0u8, data));
-    v
 }
 
 fn write(p: &Path, bytes: &[u8]) {
@@ -113,7 +108,8 @@ const CASES: &[Case] = &[
                 12,
             )
         },
-        expect: &["bad.safetensors", "tensor 'b'", "overlap tensor 'a'"],
+        // The empty tensor inside 'a' is itself refused (as the reference does).
+        expect: &["bad.safetensors", "tensor 'e'", "overlap tensor 'a'"],
     },
     Case {
         name: "offsets out of bounds",
@@ -303,7 +299,7 @@ const CASES: &[Case] = &[
             std::fs::create_dir_all(m.join("model.safetensors")).unwrap();
             m
         },
-        expect: &["model.safetensors", "is a directory"],
+        expect: &["model.safetensors", "is a folder"],
     },
     Case {
         name: "folder without weights",

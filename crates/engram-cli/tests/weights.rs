@@ -2,37 +2,10 @@
 //! flags, TALL, Consensus, compress/extract, task vectors and patches, and their errors.
 
 use engram_ckpt::Model;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 mod common;
-use common::{engram, ok, s};
-
-/// Runs a failing command: exit code 1, no panic, stderr returned.
-fn fails(args: &[&str]) -> String {
-    let out = engram(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    err
-}
-
-/// A tiny synthetic family: base, ft-1 .. ft-n (bf16).
-fn family(dir: &Path, n: usize) -> (PathBuf, Vec<PathBuf>) {
-    ok(&[
-        "synth",
-        "-q",
-        "-o",
-        s(dir),
-        "-n",
-        &n.to_string(),
-        "--seed",
-        "7",
-    ]);
-    (
-        dir.join("base"),
-        (1..=n).map(|i| dir.join(format!("ft-{i}"))).collect(),
-    )
-}
+use common::{fails, family, ok, s};
 
 /// Tensor data of a model (header metadata excluded), by name.
 fn tensors(p: &Path) -> Vec<(String, Vec<u8>)> {

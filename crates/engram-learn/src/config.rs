@@ -5,6 +5,7 @@ use crate::model::ModelConfig;
 use crate::scenario::ScenarioConfig;
 use crate::train::TrainConfig;
 use crate::{Result, err};
+use serde_json::Value;
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -43,15 +44,29 @@ impl Default for StrategyConfig {
 impl RunConfig {
     pub fn parse_toml(text: &str) -> Result<RunConfig> {
         let cfg: RunConfig = toml::from_str(text).map_err(|e| err!("{e}"))?;
-        cfg.train.validate()?;
-        // Build the strategy once to validate its parameters.
-        crate::strategy::build(
-            &cfg.strategy.name,
-            &serde_json::Value::Object(cfg.strategy.params.clone()),
-        )?;
+        cfg.validate()?;
         Ok(cfg)
     }
 
+    /// Checks every setting that does not need the data (before any is loaded): the run's
+    /// name (a folder name), the scenario's keys, the model's sizes, the training settings
+    /// and the strategy's parameters.
+    pub fn validate(&self) -> Result<()> {
+        finite("scenario", &self.scenario.params)?;
+        finite("strategy", &self.strategy.params)?;
+        self.scenario.check()?;
+        self.model.check()?;
+        self.train.validate()?;
+        // Build the strategy once to validate its parameters.
+        crate::strategy::build(
+            &self.strategy.name,
+            &serde_json::Value::Object(self.strategy.params.clone()),
+        )?;
+        // The one check for a user's string that becomes a file or folder name.
+        Ok(engram_ckpt::names::plain_name("name", &self.run_name())?)
+    }
+
+    /// The run's name, also its folder's name (checked by [`RunConfig::validate`]).
     pub fn run_name(&self) -> String {
         self.name.clone().unwrap_or_else(|| {
             format!(
@@ -59,5 +74,130 @@ impl RunConfig {
                 self.strategy.name, self.scenario.kind, self.scenario.dataset, self.seed
             )
         })
+    }
+}
+
+/// Refuses a `null` among a section's free-form keys (the scenario kind's, the strategy's):
+/// TOML has no null, so it was a NaN or an infinity, which JSON cannot hold and which would
+/// otherwise read as a key not set.
+fn finite(section: &str, keys: &serde_json::Map<String, Value>) -> Result<()> {
+    fn null(path: String, v: &Value) -> Option<String> {
+        match v {
+            Value::Null => Some(path),
+            Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| null(format!("{path}.{i}"), v)),
+            Value::Object(o) => o.iter().find_map(|(k, v)| null(format!("{path}.{k}"), v)),
+            _ => None,
+        }
+    }
+    let key = keys
+        .iter()
+        .find_map(|(k, v)| null(format!("{section}.{k}"), v));
+    key.map_or(Ok(()), |key| {
+        Err(err!(
+            "{key} is not a finite number (nan and inf are refused)"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RUN: &str = r#"
+name = "t"
+[scenario]
+kind = "permuted"
+dataset = "blobs"
+[model]
+kind = "mlp"
+hidden = [8]
+[train.optimizer]
+lr = 0.01
+"#;
+
+    /// Every setting is checked when the run file is read, before any data is loaded, with
+    /// an error naming the key.
+    #[test]
+    fn run_files_are_checked_before_any_data_is_loaded() {
+        assert!(RunConfig::parse_toml(RUN).is_ok());
+        let long = format!("name = \"{}\"", "x".repeat(201));
+        for (from, to, key) in [
+            ("name = \"t\"", "name = \"../x\"", "name '../x'"),
+            ("name = \"t\"", "name = \"/abs\"", "name '/abs'"),
+            ("name = \"t\"", "name = \"a\\u0000b\"", "control character"),
+            ("name = \"t\"", "name = \"..\"", "name '..'"),
+            ("name = \"t\"", "name = \"\"", "name '' is empty"),
+            ("name = \"t\"", &long, "200 bytes"),
+            ("hidden = [8]", "hidden = [1000000000000]", "model.hidden"),
+            (
+                "[scenario]",
+                "[scenario]\ntasks = 1000000",
+                "tasks = 1000000",
+            ),
+            ("[scenario]", "[scenario]\nvalidation = nan", "validation"),
+            ("lr = 0.01", "lr = nan", "lr"),
+            (
+                "[train.optimizer]",
+                "[strategy]\nname = \"ewc\"\nlambda = nan\n[train.optimizer]",
+                "strategy.lambda is not a finite",
+            ),
+            (
+                "[train.optimizer]",
+                "[strategy]\nname = \"l2\"\nlambda = -inf\n[train.optimizer]",
+                "strategy.lambda is not a finite",
+            ),
+            (
+                "kind = \"permuted\"",
+                "kind = \"scole\"\nskew = nan",
+                "scenario.skew is not a finite",
+            ),
+            (
+                "kind = \"permuted\"",
+                "kind = \"scole\"\nclass-weights = [1, 1, inf]",
+                "scenario.class-weights.2",
+            ),
+            (
+                "kind = \"permuted\"",
+                "kind = \"rotated\"\nmax-angle = nan",
+                "scenario.max-angle",
+            ),
+            (
+                "[scenario]",
+                "[scenario]\nblobs = { separation = nan }",
+                "separation",
+            ),
+            ("lr = 0.01", "lr = inf", "lr"),
+            ("lr = 0.01", "lr = -0.01", "lr"),
+            ("lr = 0.01", "lr = 0.01\nmomentum = nan", "momentum"),
+            (
+                "lr = 0.01",
+                "lr = 0.01\nweight-decay = -inf",
+                "weight-decay",
+            ),
+            ("lr = 0.01", "lr = 0.01\neps = 0.0", "eps"),
+            ("lr = 0.01", "lr = 0.01\nbetas = [0.9, nan]", "betas"),
+            (
+                "lr = 0.01",
+                "lr = 0.01\nschedule = { step = { every = 1, gamma = nan } }",
+                "gamma",
+            ),
+            (
+                "[train.optimizer]",
+                "[train]\nepochs = 1000000000\n[train.optimizer]",
+                "train.epochs",
+            ),
+            (
+                "[train.optimizer]",
+                "[train]\niterations = 18446744073709551615\n[train.optimizer]",
+                "train.iterations",
+            ),
+        ] {
+            let text = RUN.replacen(from, to, 1);
+            let e = RunConfig::parse_toml(&text).map_or_else(|e| e.to_string(), |_| "ok".into());
+            assert!(e.contains(key), "{to}: {e}");
+        }
     }
 }

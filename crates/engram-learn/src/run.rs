@@ -4,6 +4,7 @@
 //! continual-learning suite all go through [`run_config`] or [`train_on`].
 
 use crate::config::RunConfig;
+use crate::data::DataFile;
 use crate::metrics::{AccuracyMatrix, Costs, Summary};
 use crate::scenario::Scenario;
 use crate::train::{Event, RunOutput, Trainer};
@@ -45,14 +46,27 @@ pub fn run_config(
             ));
         }
     }
-    let scenario = cfg.scenario.build(opts.data_dir)?;
+    cfg.validate()?;
+    let data = cfg.scenario.source()?.load(opts.data_dir)?;
+    let files = data.files.clone();
+    let scenario = cfg.scenario.build_with(data)?;
     let done = opts.stop_after.is_none_or(|n| n >= scenario.tasks.len());
     let export = opts.export_masks.filter(|_| done);
-    let out = train_on(cfg, &scenario, Some(ckpt), opts.stop_after, export, on)?;
+    let settings = settings(cfg, &files)?;
+    let out = train(
+        cfg,
+        &scenario,
+        settings,
+        Some(ckpt),
+        opts.stop_after,
+        export,
+        on,
+    )?;
     if !done {
         return Ok(None);
     }
-    let results = results_json(cfg, &scenario, &out)?;
+    let mut results = results_json(cfg, &scenario, &out)?;
+    results["data"] = serde_json::to_value(&files).map_err(|e| err!("{e}"))?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let text = serde_json::to_string_pretty(&results).map_err(|e| err!("{e}"))? + "\n";
     engram_ckpt::write_atomic(&dir.join("results.json"), text.as_bytes())?;
@@ -60,12 +74,34 @@ pub fn run_config(
 }
 
 /// Trains `cfg`'s model and strategy on an already built `scenario` (`cfg.scenario` is not
-/// consulted); checkpoints in `checkpoint_dir` if given, and resumes from it. With
-/// `export_masks`, writes the strategy's masks or importance (`Strategy::masks`) there as
-/// safetensors after the run.
+/// consulted); checkpoints in `checkpoint_dir` if given, and resumes from it if the
+/// checkpoint was made with the same run file. With `export_masks`, writes the strategy's
+/// masks or importance (`Strategy::masks`) there as safetensors after the run.
 pub fn train_on(
     cfg: &RunConfig,
     scenario: &Scenario,
+    checkpoint_dir: Option<PathBuf>,
+    stop_after: Option<usize>,
+    export_masks: Option<&Path>,
+    on: &mut dyn FnMut(Event),
+) -> Result<RunOutput> {
+    let settings = settings(cfg, &[])?;
+    train(
+        cfg,
+        scenario,
+        settings,
+        checkpoint_dir,
+        stop_after,
+        export_masks,
+        on,
+    )
+}
+
+/// [`train_on`] with the `settings` checkpoints record and compare.
+fn train(
+    cfg: &RunConfig,
+    scenario: &Scenario,
+    settings: Value,
     checkpoint_dir: Option<PathBuf>,
     stop_after: Option<usize>,
     export_masks: Option<&Path>,
@@ -78,6 +114,7 @@ pub fn train_on(
     let mut trainer = Trainer {
         checkpoint_dir,
         stop_after,
+        settings,
         ..Trainer::new(
             scenario,
             cfg.model.clone(),
@@ -114,6 +151,22 @@ pub fn train_on(
         crate::model::io::save_values(path, &values, &shapes, &meta)?;
     }
     Ok(out)
+}
+
+/// What a checkpoint records of a run, to refuse resuming it with other settings: the run
+/// file as JSON and, under `data`, each data file's SHA-256 by file name (not by path, so
+/// that a copy of the same data elsewhere resumes the run).
+fn settings(cfg: &RunConfig, files: &[DataFile]) -> Result<Value> {
+    let mut v = serde_json::to_value(cfg).map_err(|e| err!("{e}"))?;
+    let data: serde_json::Map<String, Value> = files
+        .iter()
+        .map(|f| {
+            let name = f.path.file_name().unwrap_or_default().to_string_lossy();
+            (name.into_owned(), Value::from(f.sha256.clone()))
+        })
+        .collect();
+    v["data"] = Value::Object(data);
+    Ok(v)
 }
 
 /// A run's output as results JSON (the report's `RunResults` shape).

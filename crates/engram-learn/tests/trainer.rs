@@ -42,6 +42,7 @@ fn run(
         checkpoint_dir: dir,
         stop_after: stop,
         start: None,
+        settings: serde_json::Value::Null,
     };
     t.run(&mut |_| {}).expect("run")
 }
@@ -64,6 +65,7 @@ fn hooks_are_called_in_order() {
         checkpoint_dir: None,
         stop_after: None,
         start: None,
+        settings: serde_json::Value::Null,
     };
     t.run(&mut |_| {}).expect("run");
     let log = log.lock().unwrap().clone();

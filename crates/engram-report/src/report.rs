@@ -4,7 +4,6 @@
 //! renamed into place, so a killed run leaves the previous report whole.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -344,12 +343,21 @@ pub fn render_index(results: &[RunResults]) -> String {
     page.render()
 }
 
-/// CSV field quoting (RFC 4180): quote when the field holds a comma, quote or line break.
+/// A text cell of the CSV (every text cell goes through here). A cell starting with `=`,
+/// `+`, `-`, `@`, tab or carriage return gets a leading `'` so that a spreadsheet shows it
+/// as text instead of running it as a formula (OWASP's CSV injection advice); then RFC 4180
+/// quoting when it holds a comma, quote or line break. Numeric cells are written as numbers
+/// and not passed here: a negative value stays a number.
 fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_string()
+        s
     }
 }
 
@@ -399,8 +407,6 @@ pub fn write_report(results: &[RunResults], dir: &Path) -> io::Result<Vec<PathBu
         r.validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     }
-    fs::create_dir_all(dir)
-        .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))?;
     let json = serde_json::to_string_pretty(results)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("results JSON: {e}")))?;
     let files = [
@@ -408,19 +414,33 @@ pub fn write_report(results: &[RunResults], dir: &Path) -> io::Result<Vec<PathBu
         ("results.csv", render_csv(results)),
         ("results.json", json + "\n"),
     ];
+    // The three files are built beside the folder and switched in together.
+    let staged = engram_ckpt::Staged::new(dir).map_err(to_io)?;
     let mut paths = Vec::new();
-    for (name, text) in files {
-        let p = dir.join(name);
-        write_file(&p, text.as_bytes())?;
-        paths.push(p);
+    for (name, text) in &files {
+        write_file(&staged.path().join(name), text.as_bytes())?;
+        paths.push(staged.dest().join(name));
     }
+    staged
+        .commit(&|n| files.iter().any(|(f, _)| *f == n))
+        .map_err(to_io)?;
     Ok(paths)
+}
+
+fn to_io(e: engram_ckpt::Error) -> io::Error {
+    match e {
+        engram_ckpt::Error::Io { path, source } => {
+            io::Error::new(source.kind(), format!("{}: {source}", path.display()))
+        }
+        e => io::Error::other(e.to_string()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::results::RunSummary;
+    use std::fs;
 
     fn run(
         strategy: &str,
@@ -504,6 +524,20 @@ mod tests {
         // A different evaluation mode is its own group.
         results[4].eval_mode = "task-il".into();
         assert_eq!(group_runs(&results).len(), 4);
+    }
+
+    #[test]
+    fn csv_text_cells_cannot_start_formulas() {
+        assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        for (cell, want) in [
+            ("+1", "'+1"),
+            ("-2", "'-2"),
+            ("@a", "'@a"),
+            ("a,b", "\"a,b\""),
+        ] {
+            assert_eq!(csv_field(cell), want);
+        }
+        assert_eq!(csv_field("ewc"), "ewc");
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! tasks, λ's, recipe and bit order. The base's side files sit beside it in the bundle folder.
 //!
 //! With `MaskCoding::Arith` the masks are entropy coded instead (`maskcode.rs`) and live in
-//! `masks.safetensors` beside the bundle: U8 tensors `tall.maskac.<task>.<name>`. That file
-//! is completed before the bundle file, so a bundle file on disk always has its masks.
+//! `masks.safetensors` beside the bundle: U8 tensors `tall.maskac.<task>.<name>`. The bundle
+//! folder (bundle, masks, side files) is committed as one (`engram_ckpt::Staged`), and every
+//! file carries per-tensor checksums, verified before anything is extracted.
 
 use crate::maskcode;
 use crate::stream::{TensorChunks, bit, pack_bits};
@@ -172,12 +173,11 @@ pub fn write_bundle(
     metadata: &BTreeMap<String, String>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<BundleReport> {
-    for t in &tall.tasks {
-        if t.is_empty() || t.contains('.') {
-            return Err(Error::Invalid(format!(
-                "task name '{t}' must be non-empty and contain no '.'"
-            )));
-        }
+    // Tensor names hold the task between dots; `Tall::new` checked the rest.
+    if let Some(t) = tall.tasks.iter().find(|t| t.contains('.')) {
+        return Err(Error::Invalid(format!(
+            "task name '{t}' contains a '.': bundle tensor names separate tasks by dots"
+        )));
     }
     let mut specs = Vec::new();
     for v in tall.base.tensors() {
@@ -225,12 +225,15 @@ pub fn write_bundle(
             "|tau| octave vs chunk mean (16), two previous bits, bits 1 and 2 rows above".into(),
         );
     }
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    // The bundle file, the masks file and the side files are built in a staging folder and
+    // switched in together (the spool too lives there, so a killed run leaves nothing).
+    let staged = engram_ckpt::Staged::new(out)?;
+    let stage = staged.path().to_path_buf();
     let mut spool = match coding {
-        MaskCoding::Arith => Some(Spool::new(out)?),
+        MaskCoding::Arith => Some(Spool::new(&stage)?),
         MaskCoding::Packed => None,
     };
-    let file = out.join(BUNDLE_FILE);
+    let file = stage.join(BUNDLE_FILE);
     let w = ModelWriter::create(
         &file,
         specs,
@@ -286,23 +289,25 @@ pub fn write_bundle(
         }
     }
     let coded_bytes = match spool {
-        Some(s) => Some(s.finish(out, &md)?),
+        Some(s) => Some(s.finish(&stage, &md)?),
         None => None,
     };
     w.finish(&[])?;
     for f in tall.base.side_files() {
         if let Some(n) = f.file_name() {
-            let data = std::fs::read(f).map_err(|e| Error::io(f, e))?;
-            engram_ckpt::write_atomic(&out.join(n), &data)?;
+            engram_ckpt::writer::copy_side_file(f, &stage.join(n))?;
         }
     }
     let mut bundle_bytes = std::fs::metadata(&file)
         .map_err(|e| Error::io(&file, e))?
         .len();
     if coding == MaskCoding::Arith {
-        let m = out.join(MASKS_FILE);
+        let m = stage.join(MASKS_FILE);
         bundle_bytes += std::fs::metadata(&m).map_err(|e| Error::io(&m, e))?.len();
     }
+    staged.commit(&|n| {
+        n == BUNDLE_FILE || n == MASKS_FILE || engram_ckpt::writer::is_weight_name(n)
+    })?;
     let replaced_bytes =
         tall.base.file_bytes() + tall.models.iter().map(|m| m.file_bytes()).sum::<u64>();
     let packed_mask_bytes = tall
@@ -345,7 +350,27 @@ pub fn open_bundle(path: &Path) -> Result<Model> {
     };
     let m = Model::open(&file)?;
     bundle_tasks(&m)?;
+    verify_bundle_file(&m)?;
     Ok(m)
+}
+
+/// A bundle file must carry engram's checksums, and they must hold: extracting from a
+/// damaged bundle would silently return other weights.
+fn verify_bundle_file(m: &Model) -> Result<()> {
+    if let Some(f) = m
+        .files()
+        .iter()
+        .find(|f| !f.metadata().contains_key(engram_ckpt::checksum::KEY))
+    {
+        return Err(Error::format(
+            f.path(),
+            format!(
+                "carries no checksums ({}); rewrite it with `engram compress`",
+                engram_ckpt::checksum::KEY
+            ),
+        ));
+    }
+    m.verify()
 }
 
 /// Rebuilds task `task`'s model from a bundle into the model folder `out`.
@@ -373,7 +398,11 @@ pub fn extract_task(
     };
     let dir = bundle.source().parent().unwrap_or(Path::new("."));
     let masks_file = match coding {
-        MaskCoding::Arith => Some(Model::open(&dir.join(MASKS_FILE))?),
+        MaskCoding::Arith => {
+            let m = Model::open(&dir.join(MASKS_FILE))?;
+            verify_bundle_file(&m)?;
+            Some(m)
+        }
         MaskCoding::Packed => None,
     };
     let bases: Vec<_> = bundle
@@ -435,19 +464,7 @@ pub fn extract_task(
             w.write_f32_at(name, c.start, &out)
         })?;
     }
-    let side: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && p.extension().is_none_or(|e| e != "safetensors")
-                && !p
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or(".")
-                    .starts_with('.')
-        })
-        .collect();
+    let side = engram_ckpt::model::side_files_in(dir)?;
     w.finish(&side)
 }
 

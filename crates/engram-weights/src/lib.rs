@@ -3,6 +3,7 @@
 pub mod compress;
 pub mod maskcode;
 pub mod merge;
+pub use engram_ckpt::names;
 pub mod output;
 pub mod patch;
 pub mod rng;

@@ -9,12 +9,14 @@
 //! a time (a few tensors in memory).
 
 use crate::merge::engine::layer_index;
-use crate::tv::{CombineReport, Term, combine};
+use crate::tv::{CombineReport, FINGERPRINT_KEY, Term, combine, fingerprint};
 use engram_ckpt::{DType, Error, Model, ModelWriter, Result, TensorSpec, WriteOptions};
 use std::collections::BTreeMap;
 use std::path::Path;
 
 pub const RANGE_SUFFIX: &str = ".__range";
+/// Metadata key of the fingerprint of the clean model a patch was extracted with (`--clean`).
+pub const CLEAN_FINGERPRINT_KEY: &str = "patch.clean_fingerprint";
 
 /// Which tensors a patch covers.
 #[derive(Clone, Debug, Default)]
@@ -177,10 +179,10 @@ pub fn extract(
         levels.map_or("none".into(), |l| l.to_string()),
     );
     md.insert("patch.projected".into(), clean.is_some().to_string());
-    md.insert(
-        crate::tv::FINGERPRINT_KEY.into(),
-        crate::tv::fingerprint(pre),
-    );
+    md.insert(FINGERPRINT_KEY.into(), fingerprint(pre));
+    if let Some(clean) = clean {
+        md.insert(CLEAN_FINGERPRINT_KEY.into(), fingerprint(clean));
+    }
     let w = ModelWriter::create(
         out,
         specs,
@@ -305,31 +307,95 @@ impl Patch {
     }
 }
 
-/// Applies (sign +1) or removes (sign −1) patches, each with its scale, to `model`.
+impl Patch {
+    /// Refuses a patch taken from another θ_pre than `model`'s (as `tv apply` refuses a task
+    /// vector of another base). A patch records its θ_pre's fingerprint and, with `--clean`,
+    /// the clean model's; `model` qualifies if it is either, or records the same θ_pre
+    /// (every model `apply` writes does, so `remove` finds it). A patch that records no
+    /// fingerprint is not checked.
+    pub fn check_target(&self, model: &Model) -> Result<()> {
+        let md = self.model.metadata();
+        let Some(pre) = md.get(FINGERPRINT_KEY) else {
+            return Ok(());
+        };
+        let fp = fingerprint(model);
+        if *pre == fp
+            || md.get(CLEAN_FINGERPRINT_KEY) == Some(&fp)
+            || model.metadata().get(FINGERPRINT_KEY) == Some(pre)
+        {
+            return Ok(());
+        }
+        Err(Error::format(
+            self.model.source(),
+            format!(
+                "was extracted against another base (fingerprint {pre}): {} is neither that base, \
+                 nor the clean model of the patch, nor records it (fingerprint {fp}); use --force \
+                 to apply anyway",
+                model.source().display()
+            ),
+        ))
+    }
+
+    /// Checks every tensor of the patch against `model`: the model holds it, as a float
+    /// tensor of the same shape; the patch stores it as float values, or as U8 codes with a
+    /// `[min, max]` range; nothing in the patch is left unused.
+    fn check_tensors(&self, model: &Model) -> Result<()> {
+        let src = self.model.source();
+        for v in self.model.tensors() {
+            let (name, range) = match v.name().strip_suffix(RANGE_SUFFIX) {
+                Some(n) => (n, true),
+                None => (v.name(), false),
+            };
+            let bad = |msg: String| Err(Error::tensor(src, v.name(), msg));
+            let Some(t) = model.get(name) else {
+                return bad(format!("not in the model {}", model.source().display()));
+            };
+            if !t.dtype().is_float() {
+                return bad(format!(
+                    "the model's tensor is {}, not a float type",
+                    t.dtype()
+                ));
+            }
+            let want = match (range, self.levels) {
+                (true, None) => return bad("a quantization range in an unquantized patch".into()),
+                (true, Some(_)) => (vec![2], "F32", v.dtype() == DType::F32),
+                (false, Some(_)) => (t.shape().to_vec(), "U8", v.dtype() == DType::U8),
+                (false, None) => (t.shape().to_vec(), "a float type", v.dtype().is_float()),
+            };
+            if v.shape() != want.0.as_slice() {
+                return bad(format!("shape {:?}, expected {:?}", v.shape(), want.0));
+            }
+            if !want.2 {
+                return bad(format!("dtype {}, expected {}", v.dtype(), want.1));
+            }
+            if range && self.model.get(name).is_none() {
+                return bad("a quantization range without its codes".into());
+            }
+            if self.levels.is_some() && !range {
+                self.model.require(&format!("{name}{RANGE_SUFFIX}"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies (sign +1) or removes (sign −1) patches, each with its scale, to `model`. Every
+/// patch must fit `model` tensor by tensor, and come from its θ_pre unless `force`
+/// ([`Patch::check_target`]).
 pub fn apply(
     model: &Model,
     patches: &[(Patch, f32)],
     sign: f32,
+    force: bool,
     out: &Path,
     metadata: &BTreeMap<String, String>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<CombineReport> {
     for (p, _) in patches {
-        for v in p.model.tensors() {
-            let name = v.name().strip_suffix(RANGE_SUFFIX).unwrap_or(v.name());
-            let t = model.require(name)?;
-            if v.name() == name && t.shape() != v.shape() {
-                return Err(Error::tensor(
-                    p.model.source(),
-                    name,
-                    format!(
-                        "shape {:?} differs from the model's {:?}",
-                        v.shape(),
-                        t.shape()
-                    ),
-                ));
-            }
+        if !force {
+            p.check_target(model)?;
         }
+        p.check_tensors(model)?;
     }
     let decoders: Vec<Box<crate::tv::Decode<'_>>> = patches
         .iter()
@@ -353,6 +419,13 @@ pub fn apply(
         applied.push(serde_json::json!({"patch": p.model.source().display().to_string(), "alpha": sign * alpha}));
     }
     let mut md = metadata.clone();
+    // The output descends from the same θ_pre: `remove` and further patches accept it.
+    let pre = patches
+        .iter()
+        .find_map(|(p, _)| p.model.metadata().get(FINGERPRINT_KEY).cloned());
+    if let Some(fp) = pre.or_else(|| model.metadata().get(FINGERPRINT_KEY).cloned()) {
+        md.insert(FINGERPRINT_KEY.into(), fp);
+    }
     md.insert(
         "engram.patches".into(),
         serde_json::Value::Array(applied).to_string(),
@@ -447,6 +520,7 @@ mod tests {
             clean,
             &[(patch, 0.7)],
             1.0,
+            false,
             &patched,
             &BTreeMap::new(),
             &|_| {},
@@ -464,6 +538,7 @@ mod tests {
             &patched_m,
             &[(Patch::open(&p).unwrap(), 0.7)],
             -1.0,
+            false,
             &back,
             &BTreeMap::new(),
             &|_| {},
@@ -477,6 +552,52 @@ mod tests {
         }
         // Untouched deep layer stays bit-identical.
         assert!(values(&back, "layers.2.fc.weight") == values(clean, "layers.2.fc.weight"));
+    }
+
+    /// A patch goes onto its θ_pre, its clean model, or a model that records its θ_pre;
+    /// another model is refused (unless forced), and so is a patch that does not fit.
+    #[test]
+    fn patches_check_their_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pre, ms) = random_family(&dir.path().join("a"), SHAPES, 3, 7);
+        let (other, _) = random_family(&dir.path().join("b"), SHAPES, 0, 8);
+        let p = dir.path().join("p.safetensors");
+        let sel = Selection::default();
+        let md = BTreeMap::new();
+        extract(&pre, Some(&ms[0]), &ms[1], &sel, None, &p, &md, &|_| {}).unwrap();
+        let patch = Patch::open(&p).unwrap();
+        for ok in [&pre, &ms[0]] {
+            patch.check_target(ok).unwrap();
+        }
+        for bad in [&ms[2], &other] {
+            let e = patch.check_target(bad).unwrap_err().to_string();
+            assert!(e.contains("another base") && e.contains("--force"), "{e}");
+        }
+        let out = dir.path().join("forced");
+        apply(&other, &[(patch, 1.0)], 1.0, true, &out, &md, &|_| {}).unwrap();
+        // The output records θ_pre, so the patch can be removed from it.
+        Patch::open(&p)
+            .unwrap()
+            .check_target(&Model::open(&out).unwrap())
+            .unwrap();
+
+        let (small, _) = random_family(&dir.path().join("c"), &SHAPES[..2], 0, 9);
+        let e = apply(
+            &small,
+            &[(Patch::open(&p).unwrap(), 1.0)],
+            1.0,
+            true,
+            &dir.path().join("x"),
+            &md,
+            &|_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("layers.1.conv.weight") && e.contains("not in the model"),
+            "{e}"
+        );
+        assert!(!dir.path().join("x").exists());
     }
 
     #[test]

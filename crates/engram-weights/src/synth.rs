@@ -8,7 +8,7 @@
 //! the output is byte-identical whatever the thread count.
 
 use crate::rng::Rng;
-use engram_ckpt::{DType, ModelWriter, Result, TensorSpec, WriteOptions};
+use engram_ckpt::{DType, Error, ModelWriter, Result, TensorSpec, WriteOptions};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -34,7 +34,7 @@ impl ArchConfig {
             "7b" => 7e9,
             _ => return None,
         };
-        Some(ArchConfig::for_params(p as u64))
+        ArchConfig::for_params(p as u64).ok()
     }
 
     fn new(vocab: usize, hidden: usize, layers: usize) -> ArchConfig {
@@ -55,8 +55,14 @@ impl ArchConfig {
         }
     }
 
-    /// The shape closest to `params` parameters with a usual depth-to-width ratio.
-    pub fn for_params(params: u64) -> ArchConfig {
+    /// The shape closest to `params` parameters with a usual depth-to-width ratio; more than
+    /// [`MAX_PARAMS`] is refused before the tensor list is built.
+    pub fn for_params(params: u64) -> Result<ArchConfig> {
+        if params > MAX_PARAMS {
+            return Err(Error::Invalid(format!(
+                "{params} parameters: synthetic models hold at most {MAX_PARAMS}"
+            )));
+        }
         let widths = [
             128usize, 256, 384, 512, 768, 1024, 1536, 2048, 2560, 3072, 4096, 5120, 6144, 8192,
         ];
@@ -76,8 +82,9 @@ impl ArchConfig {
                 best = Some((score, ArchConfig::new(vocab, h, layers as usize)));
             }
         }
-        best.map(|b| b.1)
-            .unwrap_or_else(|| ArchConfig::new(512, 64, 2))
+        Ok(best
+            .map(|b| b.1)
+            .unwrap_or_else(|| ArchConfig::new(512, 64, 2)))
     }
 
     fn layer_params(&self) -> u64 {
@@ -183,6 +190,11 @@ impl ArchConfig {
     }
 }
 
+/// Largest synthetic model (1T parameters, ten times the largest preset family member).
+pub const MAX_PARAMS: u64 = 1_000_000_000_000;
+/// Most fine-tunes of one family (every model's writer is open at once).
+pub const MAX_FINETUNES: usize = 1024;
+
 #[derive(Clone, Debug)]
 pub struct SynthOptions {
     pub arch: ArchConfig,
@@ -244,6 +256,18 @@ pub fn write_family(
     metadata: &std::collections::BTreeMap<String, String>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<PathBuf>> {
+    if opts.finetunes > MAX_FINETUNES {
+        return Err(Error::Invalid(format!(
+            "{} fine-tunes: a synthetic family holds at most {MAX_FINETUNES}",
+            opts.finetunes
+        )));
+    }
+    if !(opts.delta_scale.is_finite() && opts.delta_scale >= 0.0) {
+        return Err(Error::Invalid(format!(
+            "delta scale {} must be a finite number >= 0",
+            opts.delta_scale
+        )));
+    }
     let specs: Vec<TensorSpec> = opts
         .arch
         .tensors()

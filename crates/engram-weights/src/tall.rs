@@ -165,6 +165,20 @@ impl<'a> Tall<'a> {
                 lambdas.len()
             )));
         }
+        // Task names name folders (`tall --reconstruct`) and tensors (bundles).
+        for (i, t) in tasks.iter().enumerate() {
+            crate::names::plain_name("task name", t)?;
+            if tasks[..i].contains(t) {
+                return Err(Error::Invalid(format!("task name '{t}' is given twice")));
+            }
+        }
+        if let MtlRecipe::Ties { density } = recipe
+            && !(density > 0.0 && density <= 1.0)
+        {
+            return Err(Error::Invalid(format!(
+                "density {density} of the TIES recipe must be in (0, 1]"
+            )));
+        }
         if let Some(l) = lambdas.iter().find(|l| !l.is_finite() || **l < 0.0) {
             return Err(Error::Invalid(format!(
                 "lambda {l} must be finite and >= 0"

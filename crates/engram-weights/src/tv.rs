@@ -66,6 +66,12 @@ pub fn combine(
         .first()
         .ok_or_else(|| Error::Invalid("nothing to combine".into()))?
         .model;
+    if let Some(t) = terms.iter().find(|t| !t.coef.is_finite()) {
+        return Err(Error::format(
+            t.model.source(),
+            format!("scale {} is not a finite number", t.coef),
+        ));
+    }
     let selected: Vec<TensorView> = template
         .tensors()
         .filter(|v| only.is_none_or(|f| f(v.name())))

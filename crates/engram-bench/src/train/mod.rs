@@ -168,6 +168,7 @@ fn engram_epoch(s: &Scenario, model: &ModelConfig, o: &Options, seed: u64) -> Re
         checkpoint_dir: None,
         stop_after: None,
         start: None,
+        settings: Value::Null,
     };
     let mut start: Option<(Instant, BTreeMap<String, u64>)> = None;
     let mut end: Option<(f64, BTreeMap<String, u64>)> = None;

@@ -124,7 +124,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         bail!("--filter-rank and --lift-rank must be at least 1");
     }
     let start = Instant::now();
-    let model = Model::open(&a.path)?;
+    let model = super::models::open(&a.path)?;
     let opts = SpectralOptions {
         max_dim: a.max_dim,
         max_values: a.max_values,
@@ -219,13 +219,16 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
 
     let doc = to_json(&model, &a, &opts, &rows, &skipped, params, seconds);
     if let Some(dir) = &a.out {
-        util::write_json_file(&dir.join("analysis.json"), &doc)?;
-        let html = dir.join("analysis.html");
+        // analysis.json and analysis.html are switched in together.
+        let staged = engram_ckpt::Staged::new(dir)?;
+        util::write_json_file(&staged.path().join("analysis.json"), &doc)?;
+        let html = staged.path().join("analysis.html");
         engram_ckpt::write_atomic(
             &html,
             render_html(ctx, &model, &a, &rows, &skipped).as_bytes(),
         )
-        .with_context(|| format!("writing {}", html.display()))?;
+        .with_context(|| format!("writing {}", dir.join("analysis.html").display()))?;
+        staged.commit(&|n| n == "analysis.json" || n == "analysis.html")?;
     }
     if a.json {
         util::print_json(&doc)?;
@@ -381,20 +384,16 @@ fn text_report(
 ) -> String {
     let mut o = String::new();
     let all: Vec<[String; 8]> = rows.iter().map(cells).collect();
-    let w0 = rows
-        .iter()
-        .map(|r| r.name.chars().count())
-        .max()
-        .unwrap_or(0)
-        .max(HEADER[0].len());
+    let w0 = util::column(
+        rows.iter().map(|r| util::esc(&r.name).chars().count()),
+        HEADER[0].len(),
+    );
     let mut widths = [0usize; 8];
     for (j, w) in widths.iter_mut().enumerate() {
-        *w = all
-            .iter()
-            .map(|c| c[j].chars().count())
-            .chain([HEADER[j + 1].chars().count()])
-            .max()
-            .unwrap_or(0);
+        *w = util::column(
+            all.iter().map(|c| c[j].chars().count()),
+            HEADER[j + 1].chars().count(),
+        );
     }
     let line = |name: &str, c: &[&str]| {
         let mut s = format!("{name:<w0$}");
@@ -411,7 +410,7 @@ fn text_report(
     outln!(o, "{}", line(HEADER[0], &HEADER[1..]));
     for (r, c) in rows.iter().zip(&all) {
         let c: Vec<&str> = c.iter().map(String::as_str).collect();
-        outln!(o, "{}", line(&r.name, &c));
+        outln!(o, "{}", line(&util::esc(&r.name), &c));
     }
     outln!(o);
     outln!(
@@ -427,9 +426,9 @@ fn text_report(
             o,
             "lowest κ  {} ({})\nhighest κ {} ({})",
             sci(lo.spectrum.kappa),
-            lo.name,
+            util::esc(&lo.name),
             sci(hi.spectrum.kappa),
-            hi.name
+            util::esc(&hi.name)
         );
     }
     if let Some(p) = &a.lift_masks {

@@ -34,6 +34,13 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     if !a.alpha.is_finite() {
         bail!("--alpha must be finite");
     }
+    if a.k > a.tall.models.len() {
+        bail!(
+            "-k {} is more than the {} task(s): no weight would be kept",
+            a.k,
+            a.tall.models.len()
+        );
+    }
     let out_dtype = opt_float_dtype(a.out_dtype.as_deref())?;
     let (base, models) = a.tall.open()?;
     let tall = a.tall.tall(&base, &models)?;

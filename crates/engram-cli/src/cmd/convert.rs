@@ -13,7 +13,7 @@ use anyhow::{Result, bail};
 use engram_ckpt::chunk::{self, CHUNK};
 use engram_ckpt::dtype::{decode_f32, encode_f32};
 use engram_ckpt::writer::is_single_file_target;
-use engram_ckpt::{Error, Model, ModelWriter, TensorSpec, WriteOptions};
+use engram_ckpt::{Error, ModelWriter, TensorSpec, WriteOptions};
 use rayon::prelude::*;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -55,7 +55,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
             a.out.display()
         );
     }
-    let model = Model::open(&a.input)?;
+    let model = super::models::open(&a.input)?;
 
     let specs: Vec<TensorSpec> = model
         .tensors()

@@ -3,6 +3,11 @@
 
 use anyhow::Result;
 
+/// Most worker threads `--threads` accepts: each is a thread the system starts up front, so
+/// a mistyped 100000 would take minutes before any work; 1024 is far above any core count
+/// engram is run on.
+pub const MAX_THREADS: usize = 1024;
+
 /// Global settings every command receives.
 pub struct Ctx {
     pub quiet: bool,
@@ -12,17 +17,13 @@ pub struct Ctx {
 
 impl Ctx {
     /// Prepares the process for one command: memory kept for reuse, the worker threads
-    /// (`--threads`; 0 exits with status 2, as a bad argument does), the command line.
+    /// (`--threads`, checked by clap to 1..=[`MAX_THREADS`]), the command line.
     pub fn start(quiet: bool, threads: Option<usize>) -> Ctx {
         // Every command allocates and frees megabyte buffers per chunk or step; keeping freed
         // memory in the process instead of returning it to the kernel saves the page faults
         // (see the comment of `engram_learn::train::alloc`).
         engram_learn::train::alloc::keep_freed_memory();
         if let Some(n) = threads {
-            if n == 0 {
-                eprintln!("error: --threads must be at least 1");
-                std::process::exit(2);
-            }
             // Only fails if a pool was already built, which cannot happen this early.
             let _ = rayon::ThreadPoolBuilder::new()
                 .num_threads(n)
@@ -35,11 +36,16 @@ impl Ctx {
     }
 
     /// Ends the process after the command: reports the peak memory (when asked for), then
-    /// prints the error and its causes on one line and exits with status 1 if it failed.
+    /// prints the error and its causes on one line (control characters escaped) and exits
+    /// with status 1 if it failed.
     pub fn finish(self, res: Result<()>) {
         engram_bench::machine::report_peak_rss();
         if let Err(e) = res {
-            eprintln!("error: {}", engram_bench::error_chain(&e));
+            // Messages quote tensor names and metadata: escaped like every other output,
+            // line by line (some messages list one item per line).
+            let msg = engram_bench::error_chain(&e);
+            let lines: Vec<_> = msg.split('\n').map(engram_weights::names::esc).collect();
+            eprintln!("error: {}", lines.join("\n"));
             std::process::exit(1);
         }
     }

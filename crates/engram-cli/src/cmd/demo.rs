@@ -185,7 +185,7 @@ fn weights(ctx: &Ctx, a: Args) -> Result<()> {
     if a.tasks < 2 {
         bail!("the demo needs at least 2 tasks");
     }
-    let arch = ArchConfig::for_params(parse_count(&a.params)?);
+    let arch = ArchConfig::for_params(parse_count(&a.params)?)?;
     let fam = a.work.join("models");
     let say = |s: &str| {
         if !ctx.quiet {

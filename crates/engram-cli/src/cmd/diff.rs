@@ -8,8 +8,8 @@
 use super::Ctx;
 use super::util::{self, outln};
 use anyhow::Result;
+use engram_ckpt::DiffStats;
 use engram_ckpt::chunk::{self, CHUNK};
-use engram_ckpt::{DiffStats, Model};
 use rayon::prelude::*;
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -32,8 +32,8 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
-    let ma = Model::open(&a.a)?;
-    let mb = Model::open(&a.b)?;
+    let ma = super::models::open(&a.a)?;
+    let mb = super::models::open(&a.b)?;
 
     let mut pairs = Vec::new();
     let mut only_a = Vec::new();
@@ -183,7 +183,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         identical
     );
     let list = |v: &[String]| {
-        let mut s = v.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
+        let mut s = v
+            .iter()
+            .take(10)
+            .map(|n| util::esc(n))
+            .collect::<Vec<_>>()
+            .join(", ");
         if v.len() > 10 {
             s += &format!(" (and {} more)", v.len() - 10);
         }
@@ -199,7 +204,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         outln!(
             o,
             "shape mismatch: {}: A {} {} vs B {} {}",
-            m["name"].as_str().unwrap_or_default(),
+            util::esc(m["name"].as_str().unwrap_or_default()),
             m["a_dtype"].as_str().unwrap_or_default(),
             m["a_shape"],
             m["b_dtype"].as_str().unwrap_or_default(),
@@ -249,12 +254,11 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
             order.len()
         );
     }
-    let w = rows
-        .iter()
-        .map(|&i| pairs[i].0.name().len())
-        .max()
-        .unwrap_or(6)
-        .max(6);
+    let w = util::column(
+        rows.iter()
+            .map(|&i| util::esc(pairs[i].0.name()).chars().count()),
+        6,
+    );
     outln!(
         o,
         "{:<w$}  {:>11}  {:>11}  {:>11}  {:>11}  {:>9}",
@@ -275,7 +279,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         outln!(
             o,
             "{:<w$}  {:>11}  {:>11}  {:>11}  {:>11}  {:>8.1}%",
-            pairs[i].0.name(),
+            util::esc(pairs[i].0.name()),
             util::num(d.rel_change()),
             util::num(Some(d.l2_diff())),
             util::num(d.cosine()),

@@ -45,6 +45,10 @@ struct Group {
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     let model = Model::open(&a.path)?;
+    if a.stats || a.check_finite {
+        // These read every byte anyway: verify the stored checksums too.
+        model.verify()?;
+    }
     let n = model.len();
 
     // Optional pass over the data: full statistics, or only the NaN/Inf scan.
@@ -98,7 +102,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
                 format!(
                     "{}: tensor '{}': holds {nan} NaN and {inf} infinite values",
                     t.path.display(),
-                    t.name()
+                    util::esc(t.name())
                 )
             })
             .collect();
@@ -247,7 +251,7 @@ fn group_rows(groups: &[Group]) -> Vec<(String, String, String, String)> {
             if j - i > 1 {
                 let k = j - i;
                 rows.push((
-                    format!("{stem}.[{first}-{}]", first + k as u64 - 1),
+                    format!("{}.[{first}-{}]", util::esc(stem), first + k as u64 - 1),
                     format!("{k} x {}", g.tensors),
                     format!("{k} x {}", util::count(g.params)),
                     format!("{k} x {}", util::bytes(g.bytes)),
@@ -257,7 +261,7 @@ fn group_rows(groups: &[Group]) -> Vec<(String, String, String, String)> {
             }
         }
         rows.push((
-            g.name.clone(),
+            util::esc(&g.name).into_owned(),
             g.tensors.to_string(),
             util::count(g.params),
             util::bytes(g.bytes),
@@ -273,7 +277,7 @@ fn text_report(model: &Model, groups: &[Group], scan: Option<&[Stats]>, a: &Args
     outln!(
         o,
         "model       {} ({} file{}, {})",
-        model.source().display(),
+        util::esc(&model.source().display().to_string()),
         files.len(),
         if files.len() == 1 { "" } else { "s" },
         util::bytes(model.file_bytes())
@@ -302,14 +306,14 @@ fn text_report(model: &Model, groups: &[Group], scan: Option<&[Stats]>, a: &Args
             } else {
                 v.clone()
             };
-            outln!(o, "  {k}: {v}");
+            outln!(o, "  {}: {}", util::esc(k), util::esc(&v));
         }
     }
     if !model.index_metadata().is_empty() {
         let im: Vec<String> = model
             .index_metadata()
             .iter()
-            .map(|(k, v)| format!("{k}={v}"))
+            .map(|(k, v)| format!("{}={}", util::esc(k), util::esc(&v.to_string())))
             .collect();
         outln!(o, "index       {}", im.join(", "));
     }
@@ -319,7 +323,7 @@ fn text_report(model: &Model, groups: &[Group], scan: Option<&[Stats]>, a: &Args
             outln!(
                 o,
                 "  {} ({} tensors, {})",
-                f.path().display(),
+                util::esc(&f.path().display().to_string()),
                 f.tensors().len(),
                 util::bytes(f.len_bytes())
             );
@@ -342,7 +346,7 @@ fn text_report(model: &Model, groups: &[Group], scan: Option<&[Stats]>, a: &Args
 
     outln!(o);
     let rows = group_rows(groups);
-    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(5).max(5);
+    let w = util::column(rows.iter().map(|r| r.0.chars().count()), 5);
     outln!(
         o,
         "{:<w$}  {:>10}  {:>14}  {:>16}",
@@ -357,18 +361,18 @@ fn text_report(model: &Model, groups: &[Group], scan: Option<&[Stats]>, a: &Args
 
     outln!(o);
     let n = model.len();
-    let all = a.all || n <= 2 * a.head + 2;
+    let all = a.all || n <= a.head.saturating_mul(2).saturating_add(2);
     let shown: Vec<usize> = if all {
         (0..n).collect()
     } else {
         (0..a.head).chain(n - a.head..n).collect()
     };
-    let w = shown
-        .iter()
-        .map(|&i| model.tensor_at(i).name().len())
-        .max()
-        .unwrap_or(6)
-        .max(6);
+    let w = util::column(
+        shown
+            .iter()
+            .map(|&i| util::esc(model.tensor_at(i).name()).chars().count()),
+        6,
+    );
     let with_stats = a.stats && scan.is_some();
     out!(
         o,
@@ -401,7 +405,7 @@ fn text_report(model: &Model, groups: &[Group], scan: Option<&[Stats]>, a: &Args
         out!(
             o,
             "{:<w$}  {:<8}  {:<20}  {:>10}",
-            t.name(),
+            util::esc(t.name()),
             t.dtype().name(),
             util::shape(t.shape()),
             util::count(t.numel() as u64)

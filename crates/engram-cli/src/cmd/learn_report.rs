@@ -15,21 +15,43 @@ pub struct Args {
     pub out: PathBuf,
 }
 
+/// Collects the results.json files under `p`. Directory symlinks are followed only where they
+/// stay inside the folder the user named, and no folder is visited twice (no loops).
 fn find(p: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    if p.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(p)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        entries.sort();
-        for e in entries {
-            if e.is_dir() {
-                find(&e, out)?;
-            } else if e.file_name().is_some_and(|n| n == "results.json") {
-                out.push(e);
-            }
-        }
-    } else {
+    if !p.is_dir() {
         out.push(p.to_path_buf());
+        return Ok(());
+    }
+    let root = p
+        .canonicalize()
+        .with_context(|| format!("cannot read {}", p.display()))?;
+    let mut seen = std::collections::HashSet::new();
+    walk(p, &root, &mut seen, out)
+}
+
+fn walk(
+    dir: &Path,
+    root: &Path,
+    seen: &mut std::collections::HashSet<PathBuf>,
+    out: &mut Vec<PathBuf>,
+) -> Result<()> {
+    let canon = dir
+        .canonicalize()
+        .with_context(|| format!("cannot read {}", dir.display()))?;
+    if !canon.starts_with(root) || !seen.insert(canon) {
+        return Ok(());
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for e in entries {
+        if e.is_dir() {
+            walk(&e, root, seen, out)?;
+        } else if e.file_name().is_some_and(|n| n == "results.json") {
+            out.push(e);
+        }
     }
     Ok(())
 }
@@ -45,6 +67,7 @@ pub fn load_results(paths: &[PathBuf]) -> Result<Vec<RunResults>> {
     files
         .iter()
         .map(|f| {
+            engram_ckpt::file::regular_file(f, "a results.json file")?;
             let text = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
             serde_json::from_slice(&text)
                 .with_context(|| format!("{}: not an engram results file", f.display()))

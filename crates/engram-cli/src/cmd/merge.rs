@@ -3,7 +3,7 @@
 use super::Ctx;
 use super::args::{opt_bytes, opt_float_dtype, param};
 use super::models::{open, open_all};
-use super::util::print_json;
+use super::util::{emit, esc, outln, print_json};
 use anyhow::{Context, Result, bail};
 use engram_weights::merge::engine::{MergeRequest, run_merge};
 use engram_weights::merge::params::{ParamSource, ParamValue};
@@ -128,34 +128,36 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     if a.json {
         return print_json(&rep);
     }
-    if !ctx.quiet {
-        println!(
-            "{}: merged {} tensors ({} parameters) of {} models into {}",
-            rep.method,
-            rep.tensors_merged,
-            rep.params_merged,
-            models.len(),
-            out.display()
-        );
-        if !rep.copied.is_empty() {
-            println!(
-                "  copied from the base (not float): {}",
-                rep.copied.join(", ")
-            );
-        }
-        if !rep.kept_from_base.is_empty() {
-            println!(
-                "  kept from the base (missing in some model): {}",
-                rep.kept_from_base.join(", ")
-            );
-        }
-        if !rep.ignored.is_empty() {
-            println!("  ignored (not in the base): {}", rep.ignored.join(", "));
-        }
-        if let Some(t) = &rep.model_thresholds {
-            println!("  model-scope |tau| thresholds: {t:?}");
+    if ctx.quiet {
+        return Ok(());
+    }
+    let mut o = String::new();
+    outln!(
+        o,
+        "{}: merged {} tensors ({} parameters) of {} models into {}",
+        rep.method,
+        rep.tensors_merged,
+        rep.params_merged,
+        models.len(),
+        out.display()
+    );
+    for (what, names) in [
+        ("copied from the base (not float)", &rep.copied),
+        (
+            "kept from the base (missing in some model)",
+            &rep.kept_from_base,
+        ),
+        ("ignored (not in the base)", &rep.ignored),
+    ] {
+        if !names.is_empty() {
+            let names: Vec<_> = names.iter().map(|n| esc(n)).collect();
+            outln!(o, "  {what}: {}", names.join(", "));
         }
     }
+    if let Some(t) = &rep.model_thresholds {
+        outln!(o, "  model-scope |tau| thresholds: {t:?}");
+    }
+    emit(&o)?;
     Ok(())
 }
 
@@ -183,20 +185,6 @@ fn quick_config(a: &Args) -> Result<config::MergeConfig> {
         let (k, v) = param(p)?;
         global.insert(k, ParamValue::Scalar(v));
     }
-    for k in global.keys() {
-        if !method.params().iter().any(|s| s.name == k) {
-            bail!(
-                "{} does not take '{k}'; it accepts: {}",
-                method.name(),
-                method
-                    .params()
-                    .iter()
-                    .map(|s| s.name)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-    }
     if !a.weights.is_empty() && a.weights.len() != models.len() {
         bail!("{} weights for {} models", a.weights.len(), models.len());
     }
@@ -206,6 +194,12 @@ fn quick_config(a: &Args) -> Result<config::MergeConfig> {
         .iter()
         .map(|w| BTreeMap::from([("weight".to_string(), ParamValue::Scalar(*w))]))
         .collect();
+    // The library's one check of parameters (the plan repeats it), before models are opened.
+    let params = ParamSource { global, per_model };
+    let names: Vec<String> = models.iter().map(|m| m.display().to_string()).collect();
+    params
+        .validate(method, &names)
+        .map_err(anyhow::Error::msg)?;
     let scope = match a.trim_scope.as_deref() {
         Some("model") => {
             if !method.trims_by_magnitude() {
@@ -224,7 +218,7 @@ fn quick_config(a: &Args) -> Result<config::MergeConfig> {
         method,
         base: a.base.clone(),
         models,
-        params: ParamSource { global, per_model },
+        params,
         out_dtype: opt_float_dtype(a.out_dtype.as_deref())?,
         scope,
         seed: a.seed.unwrap_or(0),

@@ -6,8 +6,12 @@ use engram_ckpt::{DType, Model};
 use engram_weights::tall::{LAMBDA_GRID, MtlRecipe, Tall};
 use std::path::{Path, PathBuf};
 
+/// Opens a model and verifies the checksums engram records in the files it writes (models
+/// written by other tools carry none); every command that reads a model's data opens it here.
 pub fn open(path: &Path) -> Result<Model> {
-    Model::open(path).with_context(|| format!("cannot open model {}", path.display()))
+    let m = Model::open(path).with_context(|| format!("cannot open model {}", path.display()))?;
+    m.verify()?;
+    Ok(m)
 }
 
 pub fn open_all(paths: &[PathBuf]) -> Result<Vec<Model>> {
@@ -94,18 +98,13 @@ impl TallArgs {
         Ok(self.lambdas.clone())
     }
 
-    pub fn recipe(&self) -> Result<MtlRecipe> {
-        Ok(match self.tau.as_str() {
-            "ties" => {
-                if !(self.density > 0.0 && self.density <= 1.0) {
-                    bail!("--density must be in (0, 1]");
-                }
-                MtlRecipe::Ties {
-                    density: self.density,
-                }
-            }
+    pub fn recipe(&self) -> MtlRecipe {
+        match self.tau.as_str() {
+            "ties" => MtlRecipe::Ties {
+                density: self.density,
+            },
             _ => MtlRecipe::Sum,
-        })
+        }
     }
 
     pub fn params_json(&self) -> serde_json::Value {
@@ -126,7 +125,7 @@ impl TallArgs {
             base,
             models.iter().collect(),
             self.task_names()?,
-            self.recipe()?,
+            self.recipe(),
             self.lambdas()?,
         )?)
     }

@@ -45,6 +45,10 @@ pub enum PatchCmd {
         scale: f32,
         #[arg(short, long)]
         out: PathBuf,
+        /// Apply even if a patch was extracted against another θ_pre (the model is neither
+        /// the patch's θ_pre or clean model, nor records its θ_pre).
+        #[arg(long)]
+        force: bool,
     },
     /// θ = model − Σ α_c·patch_c (undo `apply` with the same patches and scales).
     Remove {
@@ -55,6 +59,9 @@ pub enum PatchCmd {
         scale: f32,
         #[arg(short, long)]
         out: PathBuf,
+        /// Remove even if a patch was extracted against another θ_pre.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -93,13 +100,15 @@ pub fn run(ctx: &Ctx, p: PatchCmd) -> Result<()> {
             patches,
             scale,
             out,
-        } => apply(ctx, &md, &model, &patches, scale, &out, 1.0)?,
+            force,
+        } => apply(ctx, &md, &model, &patches, (scale, force), &out, 1.0)?,
         PatchCmd::Remove {
             model,
             patches,
             scale,
             out,
-        } => apply(ctx, &md, &model, &patches, scale, &out, -1.0)?,
+            force,
+        } => apply(ctx, &md, &model, &patches, (scale, force), &out, -1.0)?,
     }
     Ok(())
 }
@@ -109,7 +118,7 @@ fn apply(
     md: &std::collections::BTreeMap<String, String>,
     model: &std::path::Path,
     patches: &[String],
-    scale: f32,
+    (scale, force): (f32, bool),
     out: &std::path::Path,
     sign: f32,
 ) -> Result<()> {
@@ -126,7 +135,7 @@ fn apply(
         m.param_count(),
         if sign > 0.0 { "apply" } else { "remove" },
     );
-    let rep = patch::apply(&m, &ps, sign, out, md, &|n| pb.inc(n))?;
+    let rep = patch::apply(&m, &ps, sign, force, out, md, &|n| pb.inc(n))?;
     pb.finish_and_clear();
     if !ctx.quiet {
         print_json(&rep)?;

@@ -36,7 +36,7 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     let arch = match &a.params {
-        Some(p) => ArchConfig::for_params(parse_count(p)?),
+        Some(p) => ArchConfig::for_params(parse_count(p)?)?,
         None => ArchConfig::preset(&a.size).with_context(|| {
             format!(
                 "unknown --size '{}': use tiny, small, medium, 1b, 3b or 7b",

@@ -29,10 +29,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     if let Some(dir) = &a.reconstruct {
         let md = engram_ckpt::provenance(&ctx.command_line, &a.tall.params_json());
         let tau_dtype = float_dtype_of(&base);
+        // All task models are built in one staging folder and switched in together.
+        let staged = engram_ckpt::Staged::new(dir)?;
         for (i, t) in tall.tasks.iter().enumerate() {
             let pb = super::progress::bar(ctx, base.param_count(), t);
             tall.write_model(
-                &dir.join(t),
+                &staged.path().join(t),
                 None,
                 &md,
                 &|n| pb.inc(n),
@@ -40,6 +42,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
             )?;
             pb.finish_and_clear();
         }
+        staged.commit(&|n| tall.tasks.iter().any(|t| t == n))?;
     }
     if a.json {
         return print_json(&stats);

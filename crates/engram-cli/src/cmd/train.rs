@@ -20,13 +20,15 @@ pub struct Args {
     /// Folder of runs; the run writes OUT/<name>/results.json and its checkpoints.
     #[arg(long, short, default_value = "runs")]
     pub out: PathBuf,
-    /// Continue from the run's last checkpoint.
+    /// Continue from the run's last checkpoint, which must have been made with the same
+    /// settings and data (else an error lists what differs).
     #[arg(long)]
     pub resume: bool,
     /// Discard an existing checkpoint of this run and start over.
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
-    /// Where the data sets are (default: the system packages' locations).
+    /// Where the data sets are, the only folder searched (default: the system packages'
+    /// locations). The files read and their SHA-256 are recorded in results.json.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// After the run, write the strategy's masks or importance (LIFT's masks of trainable

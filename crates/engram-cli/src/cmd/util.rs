@@ -15,9 +15,15 @@ macro_rules! out {
 }
 pub(crate) use {out, outln};
 
-/// Writes a composed report to stdout. A closed pipe (`engram inspect ... | head`) is not an
-/// error: the reader has what it wanted.
+/// Writes a composed text report to stdout, with control characters escaped line by line
+/// (tensor names and metadata come from files: [`esc`]). A closed pipe
+/// (`engram inspect ... | head`) is not an error: the reader has what it wanted.
 pub fn emit(text: &str) -> anyhow::Result<()> {
+    let lines: Vec<_> = text.split('\n').map(esc).collect();
+    write_out(&lines.join("\n"))
+}
+
+fn write_out(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut o = std::io::stdout().lock();
     match o.write_all(text.as_bytes()).and_then(|_| o.flush()) {
@@ -29,7 +35,33 @@ pub fn emit(text: &str) -> anyhow::Result<()> {
 /// Writes a value to stdout as pretty JSON with a final newline (the `--json` of every command).
 pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(v).context("serializing the report")?;
-    emit(&(text + "\n"))
+    // serde_json escapes C0 controls in strings (raw line breaks are its layout); the other
+    // characters `esc` escapes become \uXXXX too (all are in the Basic Multilingual Plane).
+    let unsafe_char = |c: char| c != '\n' && unsafe_char(c);
+    if text.contains(unsafe_char) {
+        let text: String = text
+            .chars()
+            .map(|c| match c {
+                c if unsafe_char(c) => format!("\\u{:04x}", c as u32),
+                c => c.to_string(),
+            })
+            .collect();
+        return write_out(&(text + "\n"));
+    }
+    write_out(&(text + "\n"))
+}
+
+/// Text from files as printed to a terminal (one escape for every printer).
+pub use engram_weights::names::{esc, unsafe_char};
+
+/// Widest a table column grows: longer cells overflow it (a format width above 65535
+/// panics, and a wider column helps no one).
+pub const MAX_COLUMN: usize = 80;
+
+/// The width of a column of cells `widths` wide (in characters): at least `min`, at most
+/// [`MAX_COLUMN`].
+pub fn column(widths: impl Iterator<Item = usize>, min: usize) -> usize {
+    widths.max().unwrap_or(0).max(min).min(MAX_COLUMN)
 }
 
 /// Human-readable counts (`1.2M`) and bytes (`2.47 GB`), one definition for every table.

@@ -50,41 +50,52 @@ fn square_side(dim: usize) -> Option<usize> {
     (s * s == dim).then_some(s)
 }
 
-/// Generates the blobs (train and test drawn from the same centres).
-pub fn generate(cfg: &BlobsConfig) -> Result<Split, DataError> {
-    let bad = |m: String| Err(DataError::Invalid(format!("blobs: {m}")));
-    if cfg.classes == 0 || cfg.classes > u32::MAX as usize {
-        return bad(format!("classes = {} must be at least 1", cfg.classes));
-    }
-    if cfg.dim == 0 {
-        return bad("dim must be at least 1".into());
-    }
-    if cfg.train_per_class == 0 {
-        return bad("train-per-class must be at least 1".into());
-    }
-    if !cfg.separation.is_finite() || cfg.separation < 0.0 {
-        return bad(format!(
-            "separation = {} must be finite and >= 0",
-            cfg.separation
-        ));
-    }
-    let side = match (cfg.image, square_side(cfg.dim)) {
-        (false, _) => None,
-        (true, Some(s)) => Some(s),
-        (true, None) => {
+impl BlobsConfig {
+    /// Checks the parameters (before anything is allocated); returns the image side, if
+    /// the examples are images.
+    pub fn check(&self) -> Result<Option<usize>, DataError> {
+        let bad = |m: String| Err(DataError::Invalid(format!("blobs: {m}")));
+        if self.classes == 0 || self.classes > u32::MAX as usize {
+            return bad(format!("classes = {} must be in 1..2^32", self.classes));
+        }
+        if self.dim == 0 {
+            return bad("dim must be at least 1".into());
+        }
+        if self.train_per_class == 0 {
+            return bad("train-per-class must be at least 1".into());
+        }
+        if !self.separation.is_finite() || self.separation < 0.0 {
             return bad(format!(
-                "dim = {} is not a square, so it cannot be an image (set image = false)",
-                cfg.dim
+                "separation = {} must be finite and >= 0",
+                self.separation
             ));
         }
-    };
-    let total = cfg
-        .classes
-        .checked_mul(cfg.train_per_class.max(cfg.test_per_class))
-        .and_then(|v| v.checked_mul(cfg.dim));
-    if total.is_none_or(|t| t > 1 << 30) {
-        return bad("more than 2^30 values requested".into());
+        // Train, test and the centres.
+        let total = (self.train_per_class.checked_add(self.test_per_class))
+            .and_then(|n| n.checked_add(1))
+            .and_then(|n| n.checked_mul(self.classes))
+            .and_then(|v| v.checked_mul(self.dim));
+        if total.is_none_or(|t| t > 1 << 28) {
+            return bad(format!(
+                "classes = {} × (train-per-class = {} + test-per-class = {}) × dim = {} is \
+                 more than 2^28 values",
+                self.classes, self.train_per_class, self.test_per_class, self.dim
+            ));
+        }
+        match (self.image, square_side(self.dim)) {
+            (false, _) => Ok(None),
+            (true, Some(s)) => Ok(Some(s)),
+            (true, None) => bad(format!(
+                "dim = {} is not a square, so it cannot be an image (set image = false)",
+                self.dim
+            )),
+        }
     }
+}
+
+/// Generates the blobs (train and test drawn from the same centres).
+pub fn generate(cfg: &BlobsConfig) -> Result<Split, DataError> {
+    let side = cfg.check()?;
     let centres: Vec<Vec<f32>> = (0..cfg.classes)
         .map(|k| {
             let mut r = Rng::keyed(cfg.seed, "blobs-centre", k as u64);
@@ -122,6 +133,7 @@ pub fn generate(cfg: &BlobsConfig) -> Result<Split, DataError> {
     Ok(Split {
         train: make(cfg.train_per_class, "blobs-train"),
         test: make(cfg.test_per_class, "blobs-test"),
+        files: Vec::new(),
     })
 }
 

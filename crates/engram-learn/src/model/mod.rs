@@ -48,6 +48,15 @@ pub enum ModelConfig {
     },
 }
 
+/// Most parameters a network may have: 2^28 values are 1 GiB of f32, a few GiB with their
+/// gradients and optimizer moments, far beyond what engram trains on a CPU. A run file asking
+/// for more (a typo, `hidden = [1000000000000]`) is refused before anything is allocated.
+pub const MAX_PARAMS: u128 = 1 << 28;
+/// Most activation values a batch may hold (batch size × each example's layer outputs).
+pub const MAX_ACTIVATIONS: u128 = 1 << 28;
+/// Most layers (mlp hidden layers, resmlp blocks, vit layers).
+pub const MAX_DEPTH: usize = 1024;
+
 fn default_hidden() -> Vec<usize> {
     vec![400, 400]
 }
@@ -147,30 +156,22 @@ impl ModelConfig {
         outputs: usize,
         device: &Device,
     ) -> Result<Net> {
+        self.check()?;
+        self.check_size(dim, image, outputs, 1)?;
         let img = || {
             image
                 .map(|(c, h, w)| [c, h, w])
                 .ok_or_else(|| err!("this model needs image inputs"))
         };
         Ok(match self {
-            ModelConfig::Mlp { hidden } => {
-                if hidden.contains(&0) {
-                    return Err("mlp hidden widths must be positive".into());
-                }
-                Net::Mlp(mlp::Mlp::new(dim, hidden, outputs, device))
-            }
+            ModelConfig::Mlp { hidden } => Net::Mlp(mlp::Mlp::new(dim, hidden, outputs, device)),
             ModelConfig::Resmlp {
                 width,
                 hidden,
                 blocks,
-            } => {
-                if *width == 0 || *hidden == 0 {
-                    return Err("resmlp width and hidden must be positive".into());
-                }
-                Net::ResMlp(resmlp::ResMlp::new(
-                    dim, *width, *hidden, *blocks, outputs, device,
-                ))
-            }
+            } => Net::ResMlp(resmlp::ResMlp::new(
+                dim, *width, *hidden, *blocks, outputs, device,
+            )),
             ModelConfig::Cnn { channels, hidden } => {
                 let im = img()?;
                 if im[1] < 10 || im[2] < 10 {
@@ -179,9 +180,6 @@ impl ModelConfig {
                         im[1],
                         im[2]
                     ));
-                }
-                if channels.contains(&0) || *hidden == 0 {
-                    return Err("cnn channels and hidden width must be positive".into());
                 }
                 Net::Cnn(cnn::Cnn::new(im, *channels, *hidden, outputs, device))
             }
@@ -192,16 +190,11 @@ impl ModelConfig {
                 heads,
             } => {
                 let im = img()?;
-                if *patch == 0 || im[1] % patch != 0 || im[2] % patch != 0 {
+                if im[1] % patch != 0 || im[2] % patch != 0 {
                     return Err(err!(
                         "vit patch {patch} must divide the image side ({}×{})",
                         im[1],
                         im[2]
-                    ));
-                }
-                if *heads == 0 || d_model % heads != 0 || *layers == 0 {
-                    return Err(err!(
-                        "vit d_model {d_model} must be a multiple of heads {heads}, layers > 0"
                     ));
                 }
                 Net::Vit(vit::TinyVit::new(
@@ -209,6 +202,177 @@ impl ModelConfig {
                 ))
             }
         })
+    }
+
+    /// Checks the keys that do not depend on the data (run files check them before loading
+    /// it): widths positive, at most [`MAX_DEPTH`] layers, and a network within the limits
+    /// even for the smallest inputs.
+    pub fn check(&self) -> Result<()> {
+        let (depth, zero) = match self {
+            ModelConfig::Mlp { hidden } => (hidden.len(), hidden.contains(&0)),
+            ModelConfig::Resmlp {
+                width,
+                hidden,
+                blocks,
+            } => (*blocks, *width == 0 || *hidden == 0),
+            ModelConfig::Cnn { channels, hidden } => (2, channels.contains(&0) || *hidden == 0),
+            ModelConfig::Vit {
+                patch,
+                d_model,
+                layers,
+                heads,
+            } => {
+                if *heads == 0 || d_model % heads != 0 {
+                    return Err(err!(
+                        "model.d_model = {d_model} must be a multiple of model.heads = {heads}"
+                    ));
+                }
+                (*layers, *patch == 0 || *layers == 0)
+            }
+        };
+        if zero {
+            return Err(err!("{}: sizes must be positive", self.size_keys()));
+        }
+        if depth > MAX_DEPTH {
+            return Err(err!(
+                "{}: {depth} layers, more than the limit of {MAX_DEPTH}",
+                self.size_keys()
+            ));
+        }
+        self.check_size(1, None, 1, 1)
+    }
+
+    /// Checks, before anything is allocated, that the network for these inputs has at most
+    /// [`MAX_PARAMS`] parameters and that a batch of `batch` examples holds at most
+    /// [`MAX_ACTIVATIONS`] activation values.
+    pub fn check_size(
+        &self,
+        dim: usize,
+        image: Option<(usize, usize, usize)>,
+        outputs: usize,
+        batch: usize,
+    ) -> Result<()> {
+        let (params, act) = self.size(dim, image, outputs);
+        if params > MAX_PARAMS {
+            return Err(err!(
+                "{}: the network would have at least {params} parameters, more than the \
+                 limit of {MAX_PARAMS} (2^28)",
+                self.size_keys()
+            ));
+        }
+        let act = act.saturating_mul(batch as u128);
+        if act > MAX_ACTIVATIONS {
+            return Err(err!(
+                "{}: a batch of {batch} examples (train.batch-size, train.eval-batch) holds \
+                 {act} activation values, more than the limit of {MAX_ACTIVATIONS} (2^28)",
+                self.size_keys()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The keys that set the network's size, with their values, for messages.
+    fn size_keys(&self) -> String {
+        match self {
+            ModelConfig::Mlp { hidden } if hidden.len() > 8 => {
+                format!(
+                    "model.hidden = {:?}... ({} widths)",
+                    &hidden[..8],
+                    hidden.len()
+                )
+            }
+            ModelConfig::Mlp { hidden } => format!("model.hidden = {hidden:?}"),
+            ModelConfig::Resmlp {
+                width,
+                hidden,
+                blocks,
+            } => format!("model.width = {width}, model.hidden = {hidden}, model.blocks = {blocks}"),
+            ModelConfig::Cnn { channels, hidden } => {
+                format!("model.channels = {channels:?}, model.hidden = {hidden}")
+            }
+            ModelConfig::Vit {
+                patch,
+                d_model,
+                layers,
+                heads,
+            } => format!(
+                "model.patch = {patch}, model.d_model = {d_model}, model.layers = {layers}, \
+                 model.heads = {heads}"
+            ),
+        }
+    }
+
+    /// Parameters and activation values per example (the layers' outputs) of the network for
+    /// these inputs, computed without overflow (saturating); `image` defaults to 1×1×1.
+    fn size(
+        &self,
+        dim: usize,
+        image: Option<(usize, usize, usize)>,
+        outputs: usize,
+    ) -> (u128, u128) {
+        let n = |v: usize| v as u128;
+        let (c, h, w) = image.map_or((1, 1, 1), |(c, h, w)| (n(c), n(h), n(w)));
+        let mul = |v: &[u128]| v.iter().fold(1u128, |a, &b| a.saturating_mul(b));
+        let linear = |a: u128, b: u128| mul(&[a, b]).saturating_add(b);
+        let sum = |v: &[u128]| v.iter().fold(0u128, |a, &b| a.saturating_add(b));
+        let (dim, outputs) = (n(dim), n(outputs));
+        match self {
+            ModelConfig::Mlp { hidden } => {
+                let mut dims = vec![dim];
+                dims.extend(hidden.iter().map(|&v| n(v)));
+                dims.push(outputs);
+                let p: Vec<u128> = dims.windows(2).map(|d| linear(d[0], d[1])).collect();
+                (sum(&p), sum(&dims[1..]))
+            }
+            ModelConfig::Resmlp {
+                width,
+                hidden,
+                blocks,
+            } => {
+                let (wd, hd, b) = (n(*width), n(*hidden), n(*blocks));
+                let block = linear(wd, hd).saturating_add(linear(hd, wd));
+                let p = sum(&[linear(dim, wd), mul(&[b, block]), linear(wd, outputs)]);
+                (p, sum(&[wd, mul(&[b, hd + wd]), outputs]))
+            }
+            ModelConfig::Cnn { channels, hidden } => {
+                let (c0, c1, hd) = (n(channels[0]), n(channels[1]), n(*hidden));
+                let side = |s: u128| (s.saturating_sub(2) / 2).saturating_sub(2) / 2;
+                let conv = |a: u128, b: u128| linear(mul(&[a, 9]), b);
+                let flat = mul(&[c1, side(h), side(w)]);
+                let p = sum(&[
+                    conv(c, c0),
+                    conv(c0, c1),
+                    linear(flat, hd),
+                    linear(hd, outputs),
+                ]);
+                let a = sum(&[mul(&[c0, h, w]), mul(&[c1, h, w]) / 4, hd, outputs]);
+                (p, a)
+            }
+            ModelConfig::Vit {
+                patch,
+                d_model,
+                layers,
+                heads,
+            } => {
+                let (p, d, l) = (n((*patch).max(1)), n(*d_model), n(*layers));
+                let tokens = mul(&[h / p, w / p]).max(1);
+                let layer = sum(&[
+                    mul(&[4, linear(d, d)]),
+                    linear(d, mul(&[2, d])),
+                    linear(mul(&[2, d]), d),
+                    mul(&[4, d]),
+                ]);
+                let params = sum(&[
+                    linear(mul(&[c, p, p]), d),
+                    mul(&[tokens, d]),
+                    mul(&[l, layer]),
+                    mul(&[2, d]),
+                    linear(d, outputs),
+                ]);
+                let per_layer = sum(&[mul(&[n(*heads), tokens, tokens]), mul(&[10, tokens, d])]);
+                (params, sum(&[mul(&[l, per_layer]), outputs]))
+            }
+        }
     }
 }
 
@@ -340,5 +504,69 @@ mod tests {
                 .build_with_feedback(4, None, 3, true, &d)
                 .is_err()
         );
+    }
+
+    /// Sizes are refused before anything is allocated, naming the keys; the estimate is
+    /// the built network's exact parameter count for the plain models.
+    #[test]
+    fn sizes_are_checked_before_allocation() {
+        let vit = |patch, d_model, layers, heads| ModelConfig::Vit {
+            patch,
+            d_model,
+            layers,
+            heads,
+        };
+        let cnn = |channels, hidden| ModelConfig::Cnn { channels, hidden };
+        let resmlp = |width, hidden, blocks| ModelConfig::Resmlp {
+            width,
+            hidden,
+            blocks,
+        };
+        let mlp = |hidden: &[usize]| ModelConfig::Mlp {
+            hidden: hidden.to_vec(),
+        };
+        let image = Some((1, 28, 28));
+        for cfg in [
+            mlp(&[7, 5]),
+            resmlp(8, 16, 2),
+            cnn([2, 3], 4),
+            vit(7, 8, 2, 2),
+        ] {
+            let net = cfg.build(784, image, 10, &Device::flex()).expect("net");
+            let want = params::param_count(&net) as u128;
+            assert_eq!(cfg.size(784, image, 10).0, want, "{cfg:?}");
+        }
+        let huge = 1_000_000_000_000;
+        for (cfg, key) in [
+            (mlp(&[huge]), "model.hidden = [1000000000000]"),
+            (mlp(&[usize::MAX, usize::MAX]), "model.hidden"),
+            (mlp(&[0]), "must be positive"),
+            (mlp(&[4; MAX_DEPTH + 1]), "layers, more than"),
+            (resmlp(huge, 4, 1), "model.width = 1000000000000"),
+            (resmlp(64, 64, 1 << 20), "model.blocks = 1048576"),
+            (resmlp(8, 0, 1), "must be positive"),
+            (cnn([1 << 20, 1 << 20], 4), "model.channels"),
+            (cnn([4, 0], 4), "must be positive"),
+            (vit(1 << 20, 8, 1, 2), "model.patch = 1048576"),
+            (vit(7, 1 << 16, 1, 2), "model.d_model = 65536"),
+            (vit(7, 64, 1 << 20, 2), "model.layers = 1048576"),
+            (vit(7, 64, 1, 0), "model.heads = 0"),
+            (vit(7, 64, 1, huge), "multiple of model.heads"),
+            (vit(0, 8, 1, 2), "must be positive"),
+        ] {
+            let e = cfg
+                .check()
+                .map_or_else(|e| e.to_string(), |_| "<no error>".into());
+            assert!(e.contains(key), "{cfg:?}: {e}");
+        }
+        // Within the limits alone, too large for the data: refused before building, and a
+        // batch that holds too many activations too.
+        let wide = mlp(&[1 << 16]);
+        assert!(wide.check().is_ok());
+        let e = wide.build(1 << 16, None, 10, &Device::flex()).err();
+        assert!(e.is_some_and(|e| e.to_string().contains("more than the limit")));
+        let e = cnn([64, 64], 32).check_size(784, image, 10, 1 << 13).err();
+        assert!(e.is_some_and(|e| e.to_string().contains("activation values")));
+        assert!(cnn([64, 64], 32).check_size(784, image, 10, 128).is_ok());
     }
 }

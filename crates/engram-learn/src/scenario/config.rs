@@ -70,6 +70,10 @@ pub fn to_json<T: serde::Serialize>(p: &T) -> Result<Value, ScenarioError> {
     serde_json::to_value(p).map_err(|e| ScenarioError::Invalid(e.to_string()))
 }
 
+/// Most tasks a scenario may have: each holds its own example lists, and the accuracy matrix
+/// is tasks × tasks.
+pub const MAX_TASKS: usize = 10_000;
+
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct ScenarioConfig {
@@ -129,7 +133,10 @@ impl ScenarioConfig {
     pub fn source(&self) -> Result<DataSource, ScenarioError> {
         let src = DataSource::from_name(&self.dataset)?;
         Ok(match (src, &self.blobs) {
-            (DataSource::Blobs(_), Some(b)) => DataSource::Blobs(b.clone()),
+            (DataSource::Blobs(_), Some(b)) => {
+                b.check()?;
+                DataSource::Blobs(b.clone())
+            }
             (src, None) => src,
             (_, Some(_)) => {
                 return invalid(format!(
@@ -148,7 +155,12 @@ impl ScenarioConfig {
     /// Checks everything that does not need the data (run before loading it).
     pub fn check(&self) -> Result<(), ScenarioError> {
         self.source()?;
-        self.kind_params()?;
+        let tasks = self.kind_params()?.get("tasks").and_then(Value::as_u64);
+        if let Some(t) = tasks.filter(|&t| t > MAX_TASKS as u64) {
+            return invalid(format!(
+                "scenario config: tasks = {t} is more than the limit of {MAX_TASKS}"
+            ));
+        }
         if self.train_per_task == Some(0) {
             return invalid("scenario config: train-per-task must be at least 1");
         }

@@ -2,12 +2,21 @@
 //! engram-ckpt), then `state.json` naming them, written last and atomically. A run killed at
 //! any point resumes from the last complete checkpoint; files of older checkpoints are removed
 //! only after the new `state.json` is in place.
+//!
+//! `state.json` also records the run's settings (the run file as JSON, with the data files'
+//! checksums): resuming with other settings is an error that lists every difference.
+//! Checkpoints written before settings were recorded cannot be checked, so they are refused
+//! too (start over with `--overwrite`). On load, the files `state.json` names must be this
+//! checkpoint's own (`task-K.model.safetensors` in the same folder), `completed` must fit the
+//! run, and the safetensors files must pass their checksums ([`engram_ckpt::Model::verify`]).
 
 use super::trainer::RunOutput;
+use crate::scenario::{EvalPlan, Scenario};
 use crate::strategy::State;
 use crate::{Error, Result, err};
 use engram_ckpt::{DType, ModelWriter, TensorSpec, WriteOptions, write_atomic};
-use std::collections::BTreeMap;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 pub struct Saved {
@@ -52,13 +61,19 @@ struct StateFile {
     strategy: Option<String>,
     strategy_json: serde_json::Value,
     output: RunOutput,
+    /// The run's settings (absent in checkpoints of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    settings: Option<Value>,
 }
 
+/// Writes the checkpoint after `saved.completed` tasks; `settings` (the run's, `Null`: none)
+/// are recorded for [`load_latest`] to compare.
 pub fn save<M: burn::module::Module>(
     dir: &Path,
     saved: &Saved,
     net: &M,
     state: &State,
+    settings: &Value,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let k = saved.completed;
@@ -86,6 +101,7 @@ pub fn save<M: burn::module::Module>(
         strategy,
         strategy_json: state.json.clone(),
         output: saved.output.clone(),
+        settings: (!settings.is_null()).then(|| settings.clone()),
     };
     let text = serde_json::to_vec_pretty(&file).map_err(|e| err!("{e}"))?;
     write_atomic(&dir.join("state.json"), &text)?;
@@ -98,20 +114,242 @@ pub fn save<M: burn::module::Module>(
     Ok(())
 }
 
-/// The last complete checkpoint in `dir`, if any.
-pub fn load_latest(dir: &Path) -> Result<Option<Saved>> {
+/// The last complete checkpoint in `dir`, if any, checked against the run that resumes it:
+/// its `scenario`, the task it began at (`first`) and its `settings` (`Null`: not compared).
+pub fn load_latest(
+    dir: &Path,
+    scenario: &Scenario,
+    first: usize,
+    settings: &Value,
+) -> Result<Option<Saved>> {
     let path = dir.join("state.json");
-    if !path.exists() {
+    if !own_file(&path)? {
         return Ok(None);
     }
     let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
     let f: StateFile = serde_json::from_slice(&text)
         .map_err(|e| err!("{}: not a valid checkpoint state: {e}", path.display()))?;
+    let bad = |msg: String| err!("{}: {msg}", path.display());
+    let k = f.completed;
+    let files = [("model", Some(&f.model)), ("strategy", f.strategy.as_ref())];
+    for (key, name) in files {
+        let Some(name) = name else { continue };
+        engram_ckpt::names::plain_name(key, name).map_err(|e| bad(e.to_string()))?;
+        let want = format!("task-{k}.{key}.safetensors");
+        if *name != want {
+            return Err(bad(format!(
+                "{key} '{name}' is not this checkpoint's file '{want}'"
+            )));
+        }
+    }
+    match (&f.settings, settings) {
+        (_, Value::Null) => {}
+        (None, _) => {
+            return Err(bad(
+                "the checkpoint records no run settings (an older engram wrote it), so resuming \
+                 cannot be checked: start over with --overwrite"
+                    .into(),
+            ));
+        }
+        (Some(old), new) => {
+            let mut diff = Vec::new();
+            differences(String::new(), Some(old), Some(new), &mut diff);
+            if !diff.is_empty() {
+                return Err(bad(format!(
+                    "the run's settings differ from those the checkpoint was made with \
+                     (key: checkpoint -> now):\n  {}\nresume with the checkpoint's settings, or \
+                     start over with --overwrite",
+                    diff.join("\n  ")
+                )));
+            }
+        }
+    }
+    let o = &f.output;
+    let (tasks, rows) = (scenario.tasks.len(), o.seconds_per_task.len());
+    let curve = match scenario.plan {
+        EvalPlan::EveryTask => o.accuracy.len(),
+        EvalPlan::AllClasses => o.all_class_curve.len(),
+    };
+    let full = |m: &Vec<Vec<f64>>| m.iter().all(|r| r.len() == tasks);
+    if k == 0 || k > tasks || rows + first != k || curve != rows {
+        return Err(bad(format!(
+            "completed = {k} with {rows} tasks recorded does not fit this run of {tasks} tasks"
+        )));
+    }
+    if o.eval_mode != format!("{:?}", scenario.eval)
+        || !full(&o.accuracy)
+        || !full(&o.task_il_accuracy)
+    {
+        return Err(bad(
+            "the recorded accuracies do not fit this run's scenario".into(),
+        ));
+    }
+    let model_path = dir.join(f.model);
+    let strategy_path = f.strategy.map(|s| dir.join(s));
+    for p in std::iter::once(&model_path).chain(&strategy_path) {
+        if !own_file(p)? {
+            return Err(err!("{}: missing from the checkpoint", p.display()));
+        }
+        let m = engram_ckpt::Model::open(p)?;
+        if !m.metadata().contains_key(engram_ckpt::checksum::KEY) {
+            return Err(err!(
+                "{}: has no checksums ({}), which engram writes into every checkpoint file",
+                p.display(),
+                engram_ckpt::checksum::KEY
+            ));
+        }
+        m.verify()?;
+    }
     Ok(Some(Saved {
-        completed: f.completed,
+        completed: k,
         output: f.output,
-        model_path: dir.join(f.model),
-        strategy_path: f.strategy.map(|s| dir.join(s)),
+        model_path,
+        strategy_path,
         strategy_json: f.strategy_json,
     }))
+}
+
+/// Whether the checkpoint file `path` is there, as a regular file of its own: a symlink
+/// (which could lead out of the folder), a folder or a special file (a FIFO would block the
+/// read) is refused before it is opened.
+fn own_file(path: &Path) -> Result<bool> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(path, e)),
+        Ok(m) if m.is_file() => Ok(true),
+        Ok(_) => Err(err!(
+            "{}: not a regular file (a symlink, a folder or a special file): a checkpoint's \
+             files must be its own",
+            path.display()
+        )),
+    }
+}
+
+/// Every leaf where `new` differs from `old`, as `key.path: old -> new` (`(not set)` for a
+/// key only one side has).
+fn differences(path: String, old: Option<&Value>, new: Option<&Value>, out: &mut Vec<String>) {
+    let key = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match (old, new) {
+        (Some(Value::Object(a)), Some(Value::Object(b))) => {
+            for k in a.keys().chain(b.keys()).collect::<BTreeSet<_>>() {
+                differences(key(k), a.get(k), b.get(k), out);
+            }
+        }
+        (Some(Value::Array(a)), Some(Value::Array(b))) if a.len() == b.len() => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                differences(key(&i.to_string()), Some(x), Some(y), out);
+            }
+        }
+        _ if old != new => {
+            let show = |v: Option<&Value>| v.map_or("(not set)".into(), Value::to_string);
+            out.push(format!("{path}: {} -> {}", show(old), show(new)));
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::ScenarioConfig;
+    use serde_json::json;
+
+    /// Writes a `state.json` of `completed` tasks naming `model` and `strategy`, with
+    /// `settings`, for a run of three tasks; returns what loading it says.
+    fn load_err(
+        completed: usize,
+        model: &str,
+        strategy: Option<&str>,
+        settings: Option<Value>,
+        now: &Value,
+    ) -> String {
+        let s = ScenarioConfig::new("class-incremental", "blobs")
+            .with("tasks", 3)
+            .build(None)
+            .expect("scenario");
+        let rows = completed.min(3);
+        let f = StateFile {
+            completed,
+            model: model.into(),
+            strategy: strategy.map(String::from),
+            strategy_json: Value::Null,
+            output: RunOutput {
+                eval_mode: format!("{:?}", s.eval),
+                accuracy: vec![vec![0.0; 3]; rows],
+                seconds_per_task: vec![1.0; rows],
+                ..Default::default()
+            },
+            settings,
+        };
+        let dir = tempfile::tempdir().expect("dir");
+        let text = serde_json::to_vec(&f).expect("json");
+        std::fs::write(dir.path().join("state.json"), text).expect("write");
+        match load_latest(dir.path(), &s, 0, now) {
+            Ok(_) => "<no error>".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn state_json_cannot_point_outside_its_folder_or_misstate_the_run() {
+        let m1 = "task-1.model.safetensors";
+        let cases = [
+            (1, "../task-1.model.safetensors", None, "path separator"),
+            (1, "/etc/passwd", None, "path separator"),
+            (1, "..", None, "not a plain name"),
+            (1, "", None, "is empty"),
+            (1, "task-1.model.safetensors\0", None, "control character"),
+            (
+                1,
+                "task-2.model.safetensors",
+                None,
+                "not this checkpoint's file",
+            ),
+            (1, m1, Some("../../x"), "strategy '../../x'"),
+            (
+                1,
+                m1,
+                Some("task-1.model.safetensors"),
+                "strategy 'task-1.model",
+            ),
+            (0, "task-0.model.safetensors", None, "does not fit"),
+            (4, "task-4.model.safetensors", None, "does not fit"),
+        ];
+        for (k, model, strategy, want) in cases {
+            let e = load_err(k, model, strategy, None, &Value::Null);
+            assert!(e.contains("state.json") && e.contains(want), "{model}: {e}");
+        }
+        // Well-formed, but the model file is not there.
+        let e = load_err(1, m1, None, None, &Value::Null);
+        assert!(e.contains(m1), "{e}");
+    }
+
+    #[test]
+    fn changed_settings_are_listed_and_old_checkpoints_refused() {
+        let m1 = "task-1.model.safetensors";
+        let then = json!({"seed": 1, "train": {"optimizer": {"lr": 0.01}}, "hidden": [32]});
+        let now = json!({"seed": 2, "train": {"optimizer": {"lr": 0.02}, "epochs": 3},
+                         "hidden": [32, 8]});
+        let e = load_err(1, m1, None, Some(then.clone()), &now);
+        for want in [
+            "seed: 1 -> 2",
+            "train.optimizer.lr: 0.01 -> 0.02",
+            "train.epochs: (not set) -> 3",
+            "hidden: [32] -> [32,8]",
+            "--overwrite",
+        ] {
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        let e = load_err(1, m1, None, None, &now);
+        assert!(e.contains("records no run settings"), "{e}");
+        // The same settings get as far as the model file.
+        let e = load_err(1, m1, None, Some(then.clone()), &then);
+        assert!(!e.contains("settings") && e.contains(m1), "{e}");
+    }
 }

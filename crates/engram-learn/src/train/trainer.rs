@@ -39,6 +39,11 @@ pub struct TrainConfig {
     pub optimizer: OptimConfig,
 }
 
+/// Most epochs per task: a run file asking for more is a typo, not a run that finishes.
+pub const MAX_EPOCHS: usize = 10_000;
+/// Most optimizer steps per task (`iterations`).
+pub const MAX_ITERATIONS: usize = 100_000_000;
+
 fn default_epochs() -> usize {
     1
 }
@@ -68,6 +73,17 @@ impl TrainConfig {
         }
         if self.iterations == Some(0) {
             return Err("train.iterations must be at least 1".into());
+        }
+        if self.epochs > MAX_EPOCHS {
+            return Err(err!(
+                "train.epochs = {} is more than the limit of {MAX_EPOCHS}",
+                self.epochs
+            ));
+        }
+        if let Some(it) = self.iterations.filter(|&it| it > MAX_ITERATIONS) {
+            return Err(err!(
+                "train.iterations = {it} is more than the limit of {MAX_ITERATIONS}"
+            ));
         }
         if self.batch_size == 0 || self.eval_batch == 0 {
             return Err("train.batch-size and eval-batch must be at least 1".into());
@@ -141,6 +157,9 @@ pub struct Trainer<'a> {
     pub stop_after: Option<usize>,
     /// Begin at a later task from given weights (see [`Start`]).
     pub start: Option<Start>,
+    /// The run's settings, recorded in each checkpoint: resuming with other settings is an
+    /// error listing the differences (`Null`: none recorded, none compared).
+    pub settings: serde_json::Value,
 }
 
 /// Where a run begins when it continues from a network trained elsewhere: at task `task`
@@ -171,6 +190,7 @@ impl<'a> Trainer<'a> {
             checkpoint_dir: None,
             stop_after: None,
             start: None,
+            settings: serde_json::Value::Null,
         }
     }
 }
@@ -242,6 +262,12 @@ impl Trainer<'_> {
             return Err("the scenario has no tasks".into());
         }
         super::alloc::keep_freed_memory();
+        // The network's size and a batch's activations (at most the data) are checked
+        // before anything is allocated.
+        let batch = (self.train.batch_size.max(self.train.eval_batch))
+            .min(s.train.len().max(s.test.len()).max(1));
+        self.model
+            .check_size(s.train.dim, s.train.image, s.num_outputs, batch)?;
         let base = Device::flex();
         // Seed and build under the RNG guard, so that trainers on other threads cannot draw
         // from burn's process-wide generator in between.
@@ -262,7 +288,12 @@ impl Trainer<'_> {
         };
         let mut first = 0;
         if let Some(dir) = &self.checkpoint_dir
-            && let Some(saved) = checkpoint::load_latest(dir)?
+            && let Some(saved) = checkpoint::load_latest(
+                dir,
+                s,
+                self.start.as_ref().map_or(0, |st| st.task),
+                &self.settings,
+            )?
         {
             self.strategy.load_state(saved.strategy_state()?)?;
             // A strategy that changed the network's shape (block expansion) shapes the fresh
@@ -312,7 +343,10 @@ impl Trainer<'_> {
             let per_epoch = examples.len().div_ceil(bs);
             let (epochs, total) = match self.train.iterations {
                 Some(it) => (it.div_ceil(per_epoch), it),
-                None => (self.train.epochs, self.train.epochs * per_epoch),
+                None => (
+                    self.train.epochs,
+                    self.train.epochs.saturating_mul(per_epoch),
+                ),
             };
             on(Event::TaskStart {
                 task,
@@ -448,6 +482,7 @@ impl Trainer<'_> {
                     &Saved::new(task + 1, out.clone()),
                     &net,
                     &self.strategy.state(),
+                    &self.settings,
                 )?;
             }
         }

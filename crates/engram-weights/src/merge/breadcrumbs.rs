@@ -3,13 +3,14 @@
 
 use super::gta::{RESCALE_OFF, Sparsifier, gta_kernel, tensor_scope_only};
 use super::params::{DENSITY, INT8_MASK, LAMBDA, NORMALIZE_OFF, WEIGHT};
-use super::{ChunkKernel, MergeMethod, ParamSpec, TensorJob};
+use super::{ChunkKernel, Domain, MergeMethod, ParamSpec, Params, TensorJob};
 use crate::select::{keep_count, kth_largest_abs_sets};
 use engram_ckpt::Result;
 
 /// `breadcrumbs`, as mergekit's `magnitude_outliers` sparsification: per tensor of n entries,
 /// target = ⌊density·n⌋ entries are kept, after dropping the n_top = ⌊gamma·n⌋ largest |τ|
-/// and the n_bot = n − target − n_top smallest (if n_bot < 0, n_top shrinks to n − target).
+/// and the n_bot = n − target − n_top smallest. mergekit shrinks n_top when n_bot < 0;
+/// engram refuses gamma + density > 1 instead (at density < 1), so the band is as asked.
 /// Then θ = θ₀ + λ·Σ_i w_i·τ̃_i (÷ Σ w_i with `normalize`, off by default as in mergekit).
 ///
 /// engram takes the two cuts as exact magnitude thresholds (radix select): an entry is kept
@@ -28,6 +29,7 @@ pub const GAMMA: ParamSpec = ParamSpec {
     name: "gamma",
     default: Some(0.01),
     per_model: true,
+    domain: Domain::Unit,
     help: "share of the largest-magnitude delta entries dropped as outliers",
 };
 
@@ -41,6 +43,17 @@ const PARAMS: &[ParamSpec] = &[
     INT8_MASK,
 ];
 
+/// gamma + density ≤ 1 wherever the density drops anything (the band must fit).
+fn check_band(p: &Params) -> std::result::Result<(), String> {
+    let (d, g) = (p.value(PARAMS, "density"), p.value(PARAMS, "gamma"));
+    if d < 1.0 && g + d > 1.0 + 1e-12 {
+        return Err(format!(
+            "gamma {g} + density {d} is more than 1 (breadcrumbs drops the gamma share of largest entries, then keeps density of the rest)"
+        ));
+    }
+    Ok(())
+}
+
 impl MergeMethod for Breadcrumbs {
     fn name(&self) -> &'static str {
         "breadcrumbs"
@@ -50,6 +63,9 @@ impl MergeMethod for Breadcrumbs {
     }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
+    }
+    fn check_params(&self, p: &Params) -> std::result::Result<(), String> {
+        check_band(p)
     }
     fn prepare<'a>(&self, job: &'a TensorJob<'a>) -> Result<Box<dyn ChunkKernel + 'a>> {
         tensor_scope_only(job, self.name(), PARAMS)?;
@@ -66,6 +82,9 @@ impl MergeMethod for BreadcrumbsTies {
     }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
+    }
+    fn check_params(&self, p: &Params) -> std::result::Result<(), String> {
+        check_band(p)
     }
     fn prepare<'a>(&self, job: &'a TensorJob<'a>) -> Result<Box<dyn ChunkKernel + 'a>> {
         tensor_scope_only(job, self.name(), PARAMS)?;
@@ -87,10 +106,7 @@ impl Band {
                 let density = p.value(PARAMS, "density");
                 (density < 1.0).then(|| {
                     let target = keep_count(density, n);
-                    (
-                        target,
-                        keep_count(p.value(PARAMS, "gamma"), n).min(n - target),
-                    )
+                    (target, keep_count(p.value(PARAMS, "gamma"), n))
                 })
             })
             .collect();
@@ -176,7 +192,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (base, models) = random_family(dir.path(), SHAPES, 3, 31);
         let dens = [0.3, 0.5, 0.8];
-        let gammas = [0.01, 0.05, 0.3];
+        let gammas = [0.01, 0.05, 0.2];
         for (method, normalize, rescale) in [
             ("breadcrumbs", false, false),
             ("breadcrumbs", true, true),
@@ -234,8 +250,15 @@ mod tests {
         };
         // target 5, n_top 2, n_bot 3: magnitudes 4..=8.
         assert_eq!(kept(0.5, 0.2, "a"), vec![4, 5, 6, 7, 8]);
-        // target 9, n_top 2 → n_bot −1: n_top shrinks to 1, magnitudes 1..=9.
-        assert_eq!(kept(0.9, 0.2, "b"), (1..=9).collect::<Vec<_>>());
+        // target 9, n_top 1: magnitudes 1..=9; gamma + density > 1 is refused (mergekit
+        // shrinks n_top).
+        assert_eq!(kept(0.9, 0.1, "b"), (1..=9).collect::<Vec<_>>());
+        let mut run = Run::new("breadcrumbs", &base, &models);
+        run.params = params(&[("density", 0.9), ("gamma", 0.2)], &[]);
+        let Err(e) = run.run(&dir.path().join("b2")) else {
+            panic!("gamma + density > 1 accepted")
+        };
+        assert!(e.to_string().contains("gamma 0.2 + density 0.9"), "{e}");
         // gamma 0 (and default gamma on 10 entries): the 5 largest (mergekit keeps none).
         assert_eq!(kept(0.5, 0.0, "c"), vec![6, 7, 8, 9, 10]);
         assert_eq!(kept(0.5, 0.01, "d"), vec![6, 7, 8, 9, 10]);

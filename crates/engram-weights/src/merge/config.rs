@@ -92,9 +92,7 @@ pub fn parse(text: &str, dir: &Path) -> Res<MergeConfig> {
             for (k, v) in e {
                 match key_str(k)?.as_str() {
                     "model" => path = Some(model_path(v, dir, &format!("models[{i}].model"))?),
-                    "parameters" => {
-                        params = parse_params(v, method, true, &format!("models[{i}].parameters"))?
-                    }
+                    "parameters" => params = parse_params(v, &format!("models[{i}].parameters"))?,
                     other => {
                         return Err(format!(
                             "models[{i}]: unsupported key '{other}' (engram accepts 'model' and 'parameters')"
@@ -113,7 +111,7 @@ pub fn parse(text: &str, dir: &Path) -> Res<MergeConfig> {
         }
     }
     let global = match top_map.get("parameters") {
-        Some(v) => parse_params(v, method, false, "parameters")?,
+        Some(v) => parse_params(v, "parameters")?,
         None => BTreeMap::new(),
     };
     let out_dtype = top_map
@@ -140,11 +138,16 @@ pub fn parse(text: &str, dir: &Path) -> Res<MergeConfig> {
         None => 0,
         Some(v) => v.as_u64().ok_or("seed must be a non-negative integer")?,
     };
+    // Checked here too (the plan checks every request), so that a bad value is reported
+    // before any model is opened.
+    let params = ParamSource { global, per_model };
+    let names: Vec<String> = models.iter().map(|m| m.display().to_string()).collect();
+    params.validate(method, &names)?;
     Ok(MergeConfig {
         method,
         base,
         models,
-        params: ParamSource { global, per_model },
+        params,
         out_dtype,
         scope,
         seed,
@@ -208,41 +211,13 @@ fn dtype(v: &Value, what: &str) -> Res<DType> {
     }
 }
 
-fn parse_params(
-    v: &Value,
-    method: &dyn MergeMethod,
-    per_model: bool,
-    what: &str,
-) -> Res<BTreeMap<String, ParamValue>> {
+fn parse_params(v: &Value, what: &str) -> Res<BTreeMap<String, ParamValue>> {
     let Value::Mapping(m) = v else {
         return Err(format!("{what} must be a mapping"));
     };
     let mut out = BTreeMap::new();
     for (k, val) in m {
         let k = key_str(k)?;
-        let spec = method.params().iter().find(|s| s.name == k);
-        match spec {
-            None => {
-                let names: Vec<&str> = method
-                    .params()
-                    .iter()
-                    .filter(|s| !per_model || s.per_model)
-                    .map(|s| s.name)
-                    .collect();
-                return Err(format!(
-                    "{what}: unsupported parameter '{k}' for {}; it accepts: {}",
-                    method.name(),
-                    names.join(", ")
-                ));
-            }
-            Some(s) if per_model && !s.per_model => {
-                return Err(format!(
-                    "{what}: '{k}' of {} is a global parameter; put it under the top-level 'parameters'",
-                    method.name()
-                ));
-            }
-            Some(_) => {}
-        }
         out.insert(k.clone(), param_value(val, &format!("{what}.{k}"))?);
     }
     Ok(out)
@@ -253,20 +228,15 @@ fn param_value(v: &Value, what: &str) -> Res<ParamValue> {
         Value::Bool(b) => Ok(ParamValue::Scalar(f64::from(u8::from(*b)))),
         Value::Number(n) => n
             .as_f64()
-            .filter(|x| x.is_finite())
             .map(ParamValue::Scalar)
-            .ok_or_else(|| format!("{what}: {n} is not a finite number")),
+            .ok_or_else(|| format!("{what}: {n} is not a number")),
         Value::Sequence(items) if items.iter().all(|i| matches!(i, Value::Number(_))) => {
             if items.is_empty() {
                 return Err(format!("{what}: an empty gradient list"));
             }
             items
                 .iter()
-                .map(|i| {
-                    i.as_f64()
-                        .filter(|x| x.is_finite())
-                        .ok_or_else(|| format!("{what}: bad number"))
-                })
+                .map(|i| i.as_f64().ok_or_else(|| format!("{what}: bad number")))
                 .collect::<Res<Vec<_>>>()
                 .map(ParamValue::Gradient)
         }
@@ -352,6 +322,26 @@ out_dtype: float16
         let bad = cfg.replace("lambda: 0.8", "lambda: 0.8\n  densty: 0.5");
         let e = parse(&bad, dir.path()).unwrap_err();
         assert!(e.contains("'densty'"), "{e}");
+        for (from, to, want) in [
+            (
+                "lambda: 0.8",
+                "lambda: .nan",
+                "'lambda': NaN is not a finite",
+            ),
+            (
+                "weight: [0.1, 0.5, 1.0]",
+                "weight: [0.1, .inf]",
+                "'weight' of model",
+            ),
+            (
+                "normalize: true",
+                "normalize: 2",
+                "'normalize': 2 is not 0 or 1",
+            ),
+        ] {
+            let e = parse(&cfg.replace(from, to), dir.path()).unwrap_err();
+            assert!(e.contains(want), "{to}: {e}");
+        }
         let e = parse(&format!("{cfg}\nslices: []\n"), dir.path()).unwrap_err();
         assert!(e.contains("'slices'"), "{e}");
         let e = parse(&cfg.replace("model: a", "model: nowhere"), dir.path()).unwrap_err();

@@ -3,7 +3,7 @@
 
 use super::gta::{RESCALE_ON, Sparsifier, gta_kernel, tensor_scope_only};
 use super::params::{DENSITY, INT8_MASK, LAMBDA, NORMALIZE, NORMALIZE_OFF, WEIGHT};
-use super::{ChunkKernel, MergeMethod, ParamSpec, TensorJob};
+use super::{ChunkKernel, Domain, MergeMethod, ParamSpec, Params, TensorJob};
 use crate::rng::Rng;
 use engram_ckpt::Result;
 
@@ -11,9 +11,10 @@ use engram_ckpt::Result;
 /// 1. Within each row (last dimension; a 1-D tensor is one row), rank the entries of τ_i
 ///    by |τ| from 0 (smallest) to r−1; ties in |τ| go by position, so ranks are unique and
 ///    deterministic.
-/// 2. p_keep = density − ε + 2ε·rank/(r−1), clamped to [0, 1] (mergekit refuses a density ±
-///    ε outside (0, 1); engram clamps, card). A row of one entry gets p_keep = density (the
-///    rank is undefined there; mergekit divides 0 by 0).
+/// 2. p_keep = density − ε + 2ε·rank/(r−1). A density ± ε outside [0, 1] is refused (mergekit
+///    refuses it outside (0, 1); engram allows the ends, its rescale does not divide by
+///    p_keep). A row of one entry gets p_keep = density (the rank is undefined there;
+///    mergekit divides 0 by 0).
 /// 3. Bernoulli drop with p_keep; draws as in [`super::dare`], keyed by (seed, tensor#model,
 ///    chunk number) over row-aligned chunks.
 /// 4. `rescale` (on): current mergekit scales the masked tensor back to its L1 norm before
@@ -35,6 +36,7 @@ pub const EPSILON: ParamSpec = ParamSpec {
     name: "epsilon",
     default: Some(0.15),
     per_model: true,
+    domain: Domain::Unit,
     help: "keep probabilities spread from density-epsilon (smallest) to density+epsilon",
 };
 
@@ -51,6 +53,17 @@ const PARAMS_LINEAR: &[ParamSpec] = &[
     INT8_MASK,
 ];
 
+/// density ± epsilon within [0, 1] wherever the density drops anything but not everything.
+fn check_spread(p: &Params) -> std::result::Result<(), String> {
+    let (d, e) = (p.value(PARAMS, "density"), p.value(PARAMS, "epsilon"));
+    if d > 0.0 && d < 1.0 && (d - e < -1e-12 || d + e > 1.0 + 1e-12) {
+        return Err(format!(
+            "density {d} ± epsilon {e} leaves [0, 1] (keep probabilities run from density − epsilon to density + epsilon)"
+        ));
+    }
+    Ok(())
+}
+
 impl MergeMethod for Della {
     fn name(&self) -> &'static str {
         "della"
@@ -63,6 +76,9 @@ impl MergeMethod for Della {
     }
     fn row_aligned(&self) -> bool {
         true
+    }
+    fn check_params(&self, p: &Params) -> std::result::Result<(), String> {
+        check_spread(p)
     }
     fn prepare<'a>(&self, job: &'a TensorJob<'a>) -> Result<Box<dyn ChunkKernel + 'a>> {
         tensor_scope_only(job, self.name(), PARAMS)?;
@@ -82,6 +98,9 @@ impl MergeMethod for DellaLinear {
     }
     fn row_aligned(&self) -> bool {
         true
+    }
+    fn check_params(&self, p: &Params) -> std::result::Result<(), String> {
+        check_spread(p)
     }
     fn prepare<'a>(&self, job: &'a TensorJob<'a>) -> Result<Box<dyn ChunkKernel + 'a>> {
         tensor_scope_only(job, self.name(), PARAMS_LINEAR)?;
@@ -149,7 +168,7 @@ impl Sparsifier for MagPrune {
                 let p = if self.row == 1 {
                     d
                 } else {
-                    (d - e + 2.0 * e * k as f64 / span).clamp(0.0, 1.0)
+                    d - e + 2.0 * e * k as f64 / span
                 };
                 if r.uniform_f64() >= p {
                     *x = 0.0;
@@ -204,7 +223,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (base, models) = random_family(dir.path(), SHAPES, 3, 41);
         let dens = [0.3, 0.5, 0.9];
-        let eps = [0.1, 0.15, 0.2];
+        let eps = [0.1, 0.15, 0.1];
         for (method, normalize, rescale) in [
             ("della", true, true),
             ("della", false, false),
@@ -287,12 +306,11 @@ mod tests {
             .filter(|(_, s)| s.iter().product::<usize>() < CHUNK_ELEMS)
             .collect();
         let (base, models) = random_family(dir.path(), &small, 2, 43);
-        let p = params(&[("density", 0.5), ("epsilon", 0.0), ("lambda", 0.8)], &[]);
         let mut della = Run::new("della_linear", &base, &models);
-        della.params = p.clone();
+        della.params = params(&[("density", 0.5), ("epsilon", 0.0), ("lambda", 0.8)], &[]);
         della.seed = 5;
         let mut dare = Run::new("dare_linear", &base, &models);
-        dare.params = p;
+        dare.params = params(&[("density", 0.5), ("lambda", 0.8)], &[]);
         dare.seed = 5;
         let a = della.run(&dir.path().join("della")).unwrap();
         let b = dare.run(&dir.path().join("dare")).unwrap();

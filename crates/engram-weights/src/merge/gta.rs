@@ -7,7 +7,7 @@
 //! method file is then a [`Sparsifier`] and its registry entries, and a fix to the shared
 //! arithmetic reaches every method at once.
 
-use super::params::ParamSpec;
+use super::params::{Domain, ParamSpec};
 use super::{Chunk, ChunkKernel, TensorJob, TrimScope};
 use engram_ckpt::{Error, Result};
 
@@ -17,6 +17,7 @@ pub const RESCALE_OFF: ParamSpec = ParamSpec {
     name: "rescale",
     default: Some(0.0),
     per_model: false,
+    domain: Domain::Flag,
     help: "scale each sparsified task vector back to its L1 norm per tensor (0 = off)",
 };
 /// mergekit's `rescale` for methods that default it on (dare_*, della*).
@@ -24,6 +25,7 @@ pub const RESCALE_ON: ParamSpec = ParamSpec {
     name: "rescale",
     default: Some(1.0),
     per_model: false,
+    domain: Domain::Flag,
     help: "scale each sparsified task vector back to its L1 norm per tensor (1 = on)",
 };
 

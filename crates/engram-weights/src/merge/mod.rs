@@ -33,7 +33,7 @@ pub use crate::stream::{CHUNK_ELEMS, Chunk};
 use engram_ckpt::Result;
 pub use gta::{elect_sign, elected, sign_vote};
 pub use job::{ModelDeltas, TensorJob, keep};
-pub use params::{ParamSpec, Params};
+pub use params::{Domain, ParamSpec, Params};
 
 /// Where magnitude trimming (`density`) takes its top-k.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -78,6 +78,12 @@ pub trait MergeMethod: Sync {
     /// Whether chunks must hold whole rows (last dimension), e.g. for per-row ranking.
     fn row_aligned(&self) -> bool {
         false
+    }
+    /// Checks across parameters of one model, resolved for one tensor (each value already
+    /// lies in its domain, [`params::ParamSource::validate`]); e.g. breadcrumbs' gamma +
+    /// density ≤ 1. Out of range is an error, never clamped.
+    fn check_params(&self, _p: &Params) -> std::result::Result<(), String> {
+        Ok(())
     }
     fn prepare<'a>(&self, job: &'a TensorJob<'a>) -> Result<Box<dyn ChunkKernel + 'a>>;
 }

@@ -1,7 +1,7 @@
 //! Model Stock: move from the base toward the models' average by a ratio set by the angle between their task vectors.
 //! Paper: Model Stock: All we need is just a few fine-tuned models (arXiv 2403.19522); card: methods/merging.md.
 
-use super::{Chunk, ChunkKernel, MergeMethod, ParamSpec, TensorJob, warn};
+use super::{Chunk, ChunkKernel, Domain, MergeMethod, ParamSpec, TensorJob, warn};
 use engram_ckpt::Result;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -27,6 +27,7 @@ pub const FILTER_WISE: ParamSpec = ParamSpec {
     name: "filter_wise",
     default: Some(0.0),
     per_model: false,
+    domain: Domain::Flag,
     help: "compute the interpolation ratio per row instead of per tensor (1 = on)",
 };
 

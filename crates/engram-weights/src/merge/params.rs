@@ -1,6 +1,20 @@
-//! Merge parameters: what each method accepts, and values resolved for one tensor.
+//! Merge parameters: what each method accepts, the one check of given values, and values
+//! resolved for one tensor.
 
+use super::MergeMethod;
 use std::collections::BTreeMap;
+
+/// The values a parameter takes. Out of the domain is an error, never clamped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Domain {
+    /// Any finite number (weights, λ, slerp's t: negative values and extrapolation mean
+    /// something).
+    Real,
+    /// A share in [0, 1].
+    Unit,
+    /// A switch: 0 or 1 (`false` or `true`).
+    Flag,
+}
 
 /// A parameter a method accepts, with mergekit's name and default.
 #[derive(Clone, Copy, Debug)]
@@ -10,7 +24,25 @@ pub struct ParamSpec {
     pub default: Option<f64>,
     /// Given per model (`models[i].parameters`) rather than globally.
     pub per_model: bool,
+    pub domain: Domain,
     pub help: &'static str,
+}
+
+impl ParamSpec {
+    /// Checks one value of this parameter against its domain.
+    pub fn check(&self, v: f64) -> Result<(), String> {
+        let ok = match self.domain {
+            _ if !v.is_finite() => return Err(format!("{v} is not a finite number")),
+            Domain::Real => true,
+            Domain::Unit => (0.0..=1.0).contains(&v),
+            Domain::Flag => v == 0.0 || v == 1.0,
+        };
+        match (ok, self.domain) {
+            (true, _) => Ok(()),
+            (false, Domain::Flag) => Err(format!("{v} is not 0 or 1 (false or true)")),
+            (false, _) => Err(format!("{v} is outside [0, 1]")),
+        }
+    }
 }
 
 /// Scalar parameter values for one tensor (gradients and filters already resolved).
@@ -48,30 +80,35 @@ pub const WEIGHT: ParamSpec = ParamSpec {
     name: "weight",
     default: Some(1.0),
     per_model: true,
+    domain: Domain::Real,
     help: "the model's weight in the sum",
 };
 pub const DENSITY: ParamSpec = ParamSpec {
     name: "density",
     default: Some(1.0),
     per_model: true,
+    domain: Domain::Unit,
     help: "share of delta entries kept (1.0 keeps all)",
 };
 pub const NORMALIZE: ParamSpec = ParamSpec {
     name: "normalize",
     default: Some(1.0),
     per_model: false,
+    domain: Domain::Flag,
     help: "divide by the sum of weights (1 = on)",
 };
 pub const NORMALIZE_OFF: ParamSpec = ParamSpec {
     name: "normalize",
     default: Some(0.0),
     per_model: false,
+    domain: Domain::Flag,
     help: "divide by the sum of weights (0 = off)",
 };
 pub const LAMBDA: ParamSpec = ParamSpec {
     name: "lambda",
     default: Some(1.0),
     per_model: false,
+    domain: Domain::Real,
     help: "scale of the merged delta",
 };
 /// mergekit's memory option; the arithmetic is the same, so engram accepts and ignores it.
@@ -79,6 +116,7 @@ pub const INT8_MASK: ParamSpec = ParamSpec {
     name: "int8_mask",
     default: Some(0.0),
     per_model: false,
+    domain: Domain::Flag,
     help: "accepted for mergekit compatibility; no effect (engram streams in f32)",
 };
 
@@ -110,6 +148,15 @@ impl ParamValue {
     pub fn is_scalar(&self) -> bool {
         matches!(self, ParamValue::Scalar(_))
     }
+
+    /// Every number written: the scalar, each gradient anchor, each filter's values.
+    pub fn numbers(&self) -> Vec<f64> {
+        match self {
+            ParamValue::Scalar(v) => vec![*v],
+            ParamValue::Gradient(g) => g.clone(),
+            ParamValue::Filtered(list) => list.iter().flat_map(|(_, v)| v.numbers()).collect(),
+        }
+    }
 }
 
 /// mergekit's gradient: anchors spread evenly over [0, 1], linear in between.
@@ -134,6 +181,53 @@ pub struct ParamSource {
 }
 
 impl ParamSource {
+    /// The one check of a merge's parameters, whoever wrote them (a YAML config, flags,
+    /// another front end): every key is a parameter of `method`, a model's map holds only
+    /// per-model ones, and every number lies in its parameter's domain (a gradient then stays
+    /// in it between anchors). `models` names the models in errors. Checks across parameters
+    /// need values resolved per tensor: [`MergeMethod::check_params`], run by the plan.
+    pub fn validate(&self, method: &dyn MergeMethod, models: &[String]) -> Result<(), String> {
+        let maps = std::iter::once((None, &self.global))
+            .chain(self.per_model.iter().enumerate().map(|(i, m)| (Some(i), m)));
+        for (i, map) in maps {
+            let whose = i.map_or(String::new(), |i| match models.get(i) {
+                Some(m) => format!(" of model {m}"),
+                None => format!(" of model {}", i + 1),
+            });
+            for (k, v) in map {
+                let spec = method.params().iter().find(|s| s.name == k);
+                let spec = match spec {
+                    Some(s) if i.is_none() || s.per_model => s,
+                    Some(_) => {
+                        return Err(format!(
+                            "merge parameter '{k}'{whose}: {} takes it once for all models (global parameters)",
+                            method.name()
+                        ));
+                    }
+                    None => {
+                        let names: Vec<&str> = method
+                            .params()
+                            .iter()
+                            .filter(|s| i.is_none() || s.per_model)
+                            .map(|s| s.name)
+                            .collect();
+                        return Err(format!(
+                            "merge parameter '{k}'{whose}: {} does not take it; it accepts: {}",
+                            method.name(),
+                            names.join(", ")
+                        ));
+                    }
+                };
+                for x in v.numbers() {
+                    spec.check(x).map_err(|e| {
+                        format!("merge parameter '{k}'{whose}: {e} ({})", spec.help)
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Scalar parameters for one tensor. A per-model parameter given globally applies to every
     /// model unless the model sets its own (mergekit's precedence: model over global).
     pub fn resolve(&self, specs: &[ParamSpec], name: &str, pos: f64) -> (Vec<Params>, Params) {
@@ -181,6 +275,57 @@ mod tests {
         ]);
         assert_eq!(f.resolve("layers.0.self_attn.q_proj", 0.0), Some(0.3));
         assert_eq!(f.resolve("layers.0.mlp.up_proj", 0.0), Some(0.7));
+    }
+
+    /// Each number is checked against its parameter's domain wherever it is written; the
+    /// error names the parameter and the model.
+    #[test]
+    fn validation_refuses_out_of_domain_values_in_every_form() {
+        let ties = crate::merge::get("ties").unwrap();
+        let models = ["a/".to_string(), "b/".to_string()];
+        let bad = [
+            ("density", ParamValue::Scalar(1.5), "outside [0, 1]"),
+            ("density", ParamValue::Gradient(vec![0.5, f64::NAN]), "NaN"),
+            (
+                "lambda",
+                ParamValue::Scalar(f64::INFINITY),
+                "inf is not a finite",
+            ),
+            ("normalize", ParamValue::Scalar(0.5), "not 0 or 1"),
+            (
+                "weight",
+                ParamValue::Filtered(vec![(None, ParamValue::Scalar(f64::NAN))]),
+                "NaN",
+            ),
+            ("densty", ParamValue::Scalar(0.5), "does not take it"),
+        ];
+        for (k, v, want) in bad {
+            let mut src = ParamSource::default();
+            src.global.insert(k.into(), v.clone());
+            let e = src.validate(ties, &models).unwrap_err();
+            assert!(e.contains(&format!("'{k}'")) && e.contains(want), "{e}");
+            if k != "lambda" && k != "normalize" {
+                let src = ParamSource {
+                    per_model: vec![BTreeMap::new(), BTreeMap::from([(k.to_string(), v)])],
+                    ..Default::default()
+                };
+                let e = src.validate(ties, &models).unwrap_err();
+                assert!(e.contains(&format!("'{k}' of model b/")), "{e}");
+            }
+        }
+        let mut src = ParamSource {
+            per_model: vec![BTreeMap::from([("lambda".into(), ParamValue::Scalar(1.0))])],
+            ..Default::default()
+        };
+        let e = src.validate(ties, &models).unwrap_err();
+        assert!(e.contains("once for all models"), "{e}");
+        src.per_model = vec![BTreeMap::from([(
+            "density".into(),
+            ParamValue::Scalar(1.0),
+        )])];
+        src.global
+            .insert("normalize".into(), ParamValue::Scalar(0.0));
+        src.validate(ties, &models).unwrap();
     }
 
     #[test]

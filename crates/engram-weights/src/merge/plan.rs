@@ -75,6 +75,14 @@ impl<'a> MergePlan<'a> {
                 req.models.len()
             )));
         }
+        let model_names: Vec<String> = req
+            .models
+            .iter()
+            .map(|mm| mm.source().display().to_string())
+            .collect();
+        req.params
+            .validate(m, &model_names)
+            .map_err(Error::Invalid)?;
         let template = req
             .base
             .or(req.models.first().copied())
@@ -97,6 +105,17 @@ impl<'a> MergePlan<'a> {
         // A model without its own parameters takes the global ones.
         let mut params = req.params.clone();
         params.per_model.resize(req.models.len(), BTreeMap::new());
+        for t in tensors.iter().filter(|t| t.step == Step::Merge) {
+            let (per_model, _) = params.resolve(m.params(), t.view.name(), t.pos);
+            for (p, name) in per_model.iter().zip(&model_names) {
+                m.check_params(p).map_err(|e| {
+                    Error::Invalid(format!(
+                        "merge parameters of model {name} (tensor '{}'): {e}",
+                        t.view.name()
+                    ))
+                })?;
+            }
+        }
         let mut plan = MergePlan {
             template,
             tensors,

@@ -1,7 +1,7 @@
 //! SLERP: spherical linear interpolation between the base and one other model, per tensor.
 //! Paper: Animating Rotation with Quaternion Curves (Shoemake, SIGGRAPH 1985; no arXiv id), as used by mergekit; card: methods/merging.md.
 
-use super::{Chunk, ChunkKernel, MergeMethod, ParamSpec, TensorJob};
+use super::{Chunk, ChunkKernel, Domain, MergeMethod, ParamSpec, TensorJob};
 use engram_ckpt::{Error, Result};
 
 /// `slerp`, as mergekit's `SlerpMerge`, per tensor with v0 = the base and v1 = the model:
@@ -20,6 +20,7 @@ pub const T: ParamSpec = ParamSpec {
     name: "t",
     default: None,
     per_model: false,
+    domain: Domain::Real,
     help: "interpolation factor: 0 = base, 1 = the other model (a list: gradient over layers)",
 };
 

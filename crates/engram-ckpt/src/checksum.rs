@@ -1,0 +1,105 @@
+//! Per-tensor checksums: every file engram writes records, in its `__metadata__` under
+//! `engram.crc32`, a JSON object mapping each tensor to the CRC-32 of its name, dtype, shape
+//! and bytes. Readers verify them ([`crate::Model::verify`]): a flipped byte, a rewritten dtype
+//! or shape, a renamed, removed or added tensor is an error naming the tensor. CRC-32 detects
+//! corruption, not tampering: whoever can rewrite the file can rewrite the checksums.
+
+use crate::dtype::DType;
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+
+/// The metadata key.
+pub const KEY: &str = "engram.crc32";
+
+/// Bytes hashed per parallel piece of one tensor (pieces are combined in order).
+const PIECE: usize = 16 << 20;
+
+/// The CRC-32 of a tensor: its name, dtype, shape, then its bytes.
+pub fn tensor_crc(name: &str, dtype: DType, shape: &[usize], bytes: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&(name.len() as u64).to_le_bytes());
+    h.update(name.as_bytes());
+    h.update(dtype.name().as_bytes());
+    h.update(&(shape.len() as u64).to_le_bytes());
+    for d in shape {
+        h.update(&(*d as u64).to_le_bytes());
+    }
+    let pieces: Vec<crc32fast::Hasher> = bytes
+        .par_chunks(PIECE)
+        .map(|p| {
+            let mut h = crc32fast::Hasher::new();
+            h.update(p);
+            h
+        })
+        .collect();
+    for p in &pieces {
+        h.combine(p);
+    }
+    h.finalize()
+}
+
+/// The metadata value: a JSON object of fixed-width hex checksums, so that placeholders (all
+/// zero) and final values serialize to the same length.
+pub fn encode(crcs: &BTreeMap<String, u32>) -> String {
+    let m: serde_json::Map<String, serde_json::Value> = crcs
+        .iter()
+        .map(|(n, c)| (n.clone(), format!("{c:08x}").into()))
+        .collect();
+    serde_json::Value::Object(m).to_string()
+}
+
+/// Parses the metadata value; `Err` with a message when it is malformed.
+pub fn decode(text: &str) -> Result<BTreeMap<String, u32>, String> {
+    let m: BTreeMap<String, String> =
+        serde_json::from_str(text).map_err(|e| format!("bad {KEY} metadata: {e}"))?;
+    m.into_iter()
+        .map(|(n, c)| {
+            let v = (c.len() == 8)
+                .then(|| u32::from_str_radix(&c, 16).ok())
+                .flatten()
+                .ok_or_else(|| format!("bad {KEY} metadata: '{c}' for tensor '{n}'"))?;
+            Ok((n, v))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn covers_name_dtype_shape_and_bytes() {
+        let b = vec![1u8; 40 << 20];
+        let c = tensor_crc("w", DType::F16, &[4, 5], &b);
+        assert_eq!(c, tensor_crc("w", DType::F16, &[4, 5], &b));
+        assert_ne!(c, tensor_crc("v", DType::F16, &[4, 5], &b));
+        assert_ne!(c, tensor_crc("w", DType::BF16, &[4, 5], &b));
+        assert_ne!(c, tensor_crc("w", DType::F16, &[5, 4], &b));
+        let mut f = b.clone();
+        f[30 << 20] ^= 1;
+        assert_ne!(c, tensor_crc("w", DType::F16, &[4, 5], &f));
+        // Pieces combined equal one pass.
+        let mut h = crc32fast::Hasher::new();
+        h.update(&1u64.to_le_bytes());
+        h.update(b"w");
+        h.update(b"F16");
+        h.update(&2u64.to_le_bytes());
+        h.update(&4u64.to_le_bytes());
+        h.update(&5u64.to_le_bytes());
+        h.update(&b);
+        assert_eq!(c, h.finalize());
+    }
+
+    #[test]
+    fn encodes_fixed_width_and_decodes() {
+        let mut m = BTreeMap::new();
+        m.insert("a\"b".to_string(), 0u32);
+        let zero = encode(&m);
+        m.insert("a\"b".to_string(), u32::MAX);
+        assert_eq!(zero.len(), encode(&m).len());
+        assert_eq!(decode(&encode(&m)).unwrap(), m);
+        assert!(decode(r#"{"a":"12"}"#).is_err());
+        assert!(decode(r#"{"a":"zzzzzzzz"}"#).is_err());
+        assert!(decode("[]").is_err());
+    }
+}

@@ -1,0 +1,455 @@
+//! Multi-file outputs committed as one: an output folder is built in a fresh sibling folder
+//! (`.NAME.engram-new-PID-SEQ`) and switched into place by one atomic rename, so that a reader
+//! sees the old folder or the new one, never a mix.
+//!
+//! Where the destination exists, the switch is `renameat2(RENAME_EXCHANGE)`; the old content
+//! then sits under the staging name and is removed. Files of the old folder that the new
+//! output does not replace and that are not stale outputs (old weights, old index) are
+//! hard-linked into the new folder before the switch; subfolders (which cannot be linked) are
+//! moved after it. A file system without `RENAME_EXCHANGE` gets two renames instead (old
+//! folder aside as `.NAME.engram-old-PID-SEQ`, new folder in): for that instant the folder is
+//! absent, never mixed, and a killed run's old folder is put back by the next run.
+//!
+//! Staging folders of killed runs are found (their process is gone) and cleaned by the next
+//! run that writes beside them: files are removed, subfolders the run had not yet moved back
+//! are moved into the destination.
+
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Files this process has open as inputs: (device, inode, canonical path, registration id).
+static INPUTS: Mutex<Vec<(u64, u64, PathBuf, u64)>> = Mutex::new(Vec::new());
+
+/// An input file's registration, removed when the file is closed (dropped).
+pub struct OpenInput(u64);
+
+impl OpenInput {
+    pub fn register(path: &Path, meta: &std::fs::Metadata) -> OpenInput {
+        use std::os::unix::fs::MetadataExt;
+        let id = SEQ.fetch_add(1, Ordering::Relaxed);
+        let canon = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        if let Ok(mut g) = INPUTS.lock() {
+            g.push((meta.dev(), meta.ino(), canon, id));
+        }
+        OpenInput(id)
+    }
+}
+
+impl Drop for OpenInput {
+    fn drop(&mut self) {
+        if let Ok(mut g) = INPUTS.lock() {
+            g.retain(|e| e.3 != self.0);
+        }
+    }
+}
+
+/// Refuses an output path that is, or holds, a file this process has open as an input: the
+/// same file under another spelling, through a symlink or a hard link, or a folder holding it.
+pub fn refuse_input(dest: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let canon = match dest.canonicalize() {
+        Ok(c) => c,
+        Err(_) => match (dest.parent(), dest.file_name()) {
+            (Some(p), Some(n)) => {
+                let p = if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                };
+                p.canonicalize()
+                    .map(|c| c.join(n))
+                    .unwrap_or_else(|_| dest.to_path_buf())
+            }
+            _ => dest.to_path_buf(),
+        },
+    };
+    let id = std::fs::metadata(dest).ok().map(|m| (m.dev(), m.ino()));
+    let g = INPUTS
+        .lock()
+        .map_err(|_| Error::Invalid("input registry poisoned".into()))?;
+    for (dev, ino, path, _) in g.iter() {
+        if id == Some((*dev, *ino)) || path.starts_with(&canon) {
+            return Err(Error::format(
+                dest,
+                format!(
+                    "output would overwrite {}, an input of this run; write elsewhere",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+const NEW: &str = ".engram-new-";
+const OLD: &str = ".engram-old-";
+
+/// An output folder under construction. Write into [`Staged::path`], then [`Staged::commit`];
+/// dropped without a commit, the staging folder is removed and the destination is unchanged.
+pub struct Staged {
+    dest: PathBuf,
+    stage: PathBuf,
+    created_parents: Vec<PathBuf>,
+    done: bool,
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn sibling(dest: &Path, tag: &str) -> PathBuf {
+    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    dest.with_file_name(format!(".{name}{tag}{}-{seq}", std::process::id()))
+}
+
+/// Whether `pid` (from a temporary name) belongs to a process that no longer runs.
+pub(crate) fn dead(pid: &str) -> bool {
+    pid.parse::<u32>()
+        .is_ok_and(|p| p != std::process::id() && !Path::new(&format!("/proc/{p}")).exists())
+}
+
+/// The absolute form of a destination: its parent canonicalized (created if missing, the
+/// folders created returned), a symlinked destination resolved to the folder it names.
+fn resolve(dest: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
+    if std::fs::symlink_metadata(dest).is_ok_and(|m| m.file_type().is_symlink()) {
+        let real = dest.canonicalize().map_err(|e| Error::io(dest, e))?;
+        return Ok((real, Vec::new()));
+    }
+    let name = dest
+        .file_name()
+        .filter(|n| *n != "." && *n != "..")
+        .ok_or_else(|| Error::format(dest, "output folder must end in a folder name"))?;
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let created: Vec<PathBuf> = parent
+        .ancestors()
+        .take_while(|p| !p.as_os_str().is_empty() && std::fs::symlink_metadata(p).is_err())
+        .map(Path::to_path_buf)
+        .collect();
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let parent = parent.canonicalize().map_err(|e| Error::io(parent, e))?;
+    Ok((parent.join(name), created))
+}
+
+impl Staged {
+    /// Starts an output folder `dest` (created by the commit if it does not exist). Refuses a
+    /// destination that is a file, or the current folder or one above it (the switch would
+    /// leave this process and the user's shell in a removed folder).
+    pub fn new(dest: &Path) -> Result<Staged> {
+        refuse_input(dest)?;
+        let (abs, created_parents) = resolve(dest)?;
+        if let Ok(m) = std::fs::symlink_metadata(&abs)
+            && !m.is_dir()
+        {
+            return Err(Error::format(
+                dest,
+                "output folder exists and is not a folder",
+            ));
+        }
+        if let Ok(cwd) = std::env::current_dir().and_then(|c| c.canonicalize())
+            && cwd.starts_with(&abs)
+        {
+            return Err(Error::format(
+                dest,
+                "output folder is the current folder (or holds it); engram replaces an output folder as a whole, so name one the shell is not in",
+            ));
+        }
+        if let Some(parent) = abs.parent() {
+            clean_dead(parent, &abs);
+        }
+        let stage = sibling(&abs, NEW);
+        std::fs::create_dir(&stage).map_err(|e| Error::io(&stage, e))?;
+        Ok(Staged {
+            dest: abs,
+            stage,
+            created_parents,
+            done: false,
+        })
+    }
+
+    /// The folder to write the output into.
+    pub fn path(&self) -> &Path {
+        &self.stage
+    }
+
+    /// The destination, absolute.
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Switches the staged folder into place. Entries of the old folder that the new one does
+    /// not hold are kept, except those `stale` names (outputs of the same kind, such as old
+    /// shards) and temporary files.
+    pub fn commit(mut self, stale: &dyn Fn(&str) -> bool) -> Result<()> {
+        sync_dir(&self.stage)?;
+        let old_exists = std::fs::symlink_metadata(&self.dest).is_ok();
+        let mut later = Vec::new();
+        if old_exists {
+            later = self.link_kept(stale)?;
+        }
+        if !old_exists {
+            std::fs::rename(&self.stage, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
+            self.done = true;
+        } else if exchange(&self.stage, &self.dest).map_err(|e| Error::io(&self.dest, e))? {
+            // The staging name now holds the old folder.
+            self.done = true;
+            move_back(&self.stage, &self.dest, &later);
+            remove_files(&self.stage);
+        } else {
+            let aside = sibling(&self.dest, OLD);
+            std::fs::rename(&self.dest, &aside).map_err(|e| Error::io(&self.dest, e))?;
+            if let Err(e) = std::fs::rename(&self.stage, &self.dest) {
+                let _ = std::fs::rename(&aside, &self.dest);
+                return Err(Error::io(&self.dest, e));
+            }
+            self.done = true;
+            move_back(&aside, &self.dest, &later);
+            remove_files(&aside);
+        }
+        if let Some(parent) = self.dest.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    /// Hard-links the old folder's kept files into the staged one; returns the kept entries
+    /// that cannot be linked (folders, special files), to be moved after the switch.
+    fn link_kept(&self, stale: &dyn Fn(&str) -> bool) -> Result<Vec<std::ffi::OsString>> {
+        let mut later = Vec::new();
+        let rd = std::fs::read_dir(&self.dest).map_err(|e| Error::io(&self.dest, e))?;
+        for e in rd {
+            let e = e.map_err(|e| Error::io(&self.dest, e))?;
+            let name = e.file_name();
+            let text = name.to_string_lossy();
+            if stale(&text) || is_temporary(&text) || self.stage.join(&name).exists() {
+                continue;
+            }
+            let from = e.path();
+            let to = self.stage.join(&name);
+            let ft = e.file_type().map_err(|err| Error::io(&from, err))?;
+            if ft.is_symlink() {
+                let target = std::fs::read_link(&from).map_err(|err| Error::io(&from, err))?;
+                std::os::unix::fs::symlink(&target, &to).map_err(|err| Error::io(&to, err))?;
+            } else if ft.is_file() {
+                if std::fs::hard_link(&from, &to).is_err() {
+                    std::fs::copy(&from, &to).map_err(|err| Error::io(&from, err))?;
+                }
+            } else {
+                later.push(name);
+            }
+        }
+        Ok(later)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_dir_all(&self.stage);
+            for d in &self.created_parents {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
+}
+
+/// Names engram uses for temporary files and staging folders.
+pub(crate) fn is_temporary(name: &str) -> bool {
+    name.contains(".engram-tmp-") || name.contains(NEW) || name.contains(OLD)
+}
+
+/// `renameat2(a, b, RENAME_EXCHANGE)`; `Ok(false)` where the file system cannot exchange.
+fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::other("path holds a NUL byte"))
+    };
+    let (ca, cb) = (c(a)?, c(b)?);
+    // SAFETY: both are valid NUL-terminated paths that outlive the call.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::ENOTSUP) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+/// Moves `names` from `from` into `to` where `to` does not hold them yet. Best effort.
+fn move_back(from: &Path, to: &Path, names: &[std::ffi::OsString]) {
+    for n in names {
+        let dst = to.join(n);
+        if std::fs::symlink_metadata(&dst).is_err() {
+            let _ = std::fs::rename(from.join(n), dst);
+        }
+    }
+}
+
+/// Removes the files of a replaced (or abandoned) folder, then the folder if it is empty.
+/// Subfolders are never removed: they are user content a killed run had not moved back.
+fn remove_files(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| !t.is_dir()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Cleans staging folders of dead runs beside `dest`: an old folder set aside while the
+/// destination is missing is put back; otherwise user subfolders go back into the destination
+/// and the rest is removed.
+fn clean_dead(parent: &Path, dest: &Path) {
+    let Some(name) = dest.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let file = e.file_name();
+        let Some(file) = file.to_str() else { continue };
+        let Some(rest) = file.strip_prefix('.').and_then(|f| f.strip_prefix(name)) else {
+            continue;
+        };
+        let (tag, tail) = if let Some(t) = rest.strip_prefix(NEW) {
+            (NEW, t)
+        } else if let Some(t) = rest.strip_prefix(OLD) {
+            (OLD, t)
+        } else {
+            continue;
+        };
+        if !tail.split('-').next().is_some_and(dead) {
+            continue;
+        }
+        let path = e.path();
+        if tag == OLD && std::fs::symlink_metadata(dest).is_err() {
+            let _ = std::fs::rename(&path, dest);
+            continue;
+        }
+        if let Ok(sub) = std::fs::read_dir(&path) {
+            let dirs: Vec<_> = sub
+                .flatten()
+                .filter(|s| s.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|s| s.file_name())
+                .collect();
+            if std::fs::symlink_metadata(dest).is_ok() {
+                move_back(&path, dest, &dirs);
+            }
+        }
+        remove_files(&path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(p: &Path, s: &str) {
+        std::fs::write(p, s).unwrap();
+    }
+    fn read(p: &Path) -> String {
+        std::fs::read_to_string(p).unwrap()
+    }
+
+    #[test]
+    fn commits_new_and_replaces_old_keeping_foreign_entries() {
+        let t = tempfile::tempdir().unwrap();
+        let out = t.path().join("a/out");
+        let s = Staged::new(&out).unwrap();
+        put(&s.path().join("model.safetensors"), "one");
+        assert!(!out.exists());
+        s.commit(&|_| false).unwrap();
+        assert_eq!(read(&out.join("model.safetensors")), "one");
+        // The old folder holds a stale shard, a user file and a user folder.
+        put(&out.join("model-00001-of-00002.safetensors"), "stale");
+        put(&out.join("notes.txt"), "mine");
+        std::fs::create_dir(out.join(".git")).unwrap();
+        put(&out.join(".git/HEAD"), "ref");
+        let s = Staged::new(&out).unwrap();
+        put(&s.path().join("model.safetensors"), "two");
+        s.commit(&|n| n.starts_with("model")).unwrap();
+        assert_eq!(read(&out.join("model.safetensors")), "two");
+        assert!(!out.join("model-00001-of-00002.safetensors").exists());
+        assert_eq!(read(&out.join("notes.txt")), "mine");
+        assert_eq!(read(&out.join(".git/HEAD")), "ref");
+        let left: Vec<_> = std::fs::read_dir(t.path().join("a")).unwrap().collect();
+        assert_eq!(left.len(), 1, "no staging folder left: {left:?}");
+    }
+
+    #[test]
+    fn an_abandoned_stage_changes_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let out = t.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        put(&out.join("model.safetensors"), "old");
+        {
+            let s = Staged::new(&out).unwrap();
+            put(&s.path().join("model.safetensors"), "half");
+        }
+        assert_eq!(read(&out.join("model.safetensors")), "old");
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
+        // A file where the folder should be, and missing parents created then removed.
+        put(&t.path().join("file"), "x");
+        assert!(Staged::new(&t.path().join("file")).is_err());
+        drop(Staged::new(&t.path().join("p/q/r")).unwrap());
+        assert!(!t.path().join("p").exists());
+    }
+
+    #[test]
+    fn dead_runs_are_cleaned_and_set_aside_folders_restored() {
+        let t = tempfile::tempdir().unwrap();
+        let out = t.path().join("out");
+        // A dead run's stage before its switch (new content only) ...
+        let dead_new = t.path().join(".out.engram-new-999999999-0");
+        std::fs::create_dir(&dead_new).unwrap();
+        put(&dead_new.join("model.safetensors"), "half");
+        // ... and a dead run that set the old folder aside and was killed before the new one
+        // went in: the old folder comes back.
+        let dead_old = t.path().join(".out.engram-old-999999999-1");
+        std::fs::create_dir(&dead_old).unwrap();
+        put(&dead_old.join("model.safetensors"), "old");
+        let s = Staged::new(&out).unwrap();
+        assert!(!dead_new.exists());
+        assert!(!dead_old.exists());
+        assert_eq!(read(&out.join("model.safetensors")), "old");
+        drop(s);
+        // A dead run killed after its switch, before moving a user folder back.
+        let dead = t.path().join(".out.engram-new-999999999-2");
+        std::fs::create_dir_all(dead.join("sub")).unwrap();
+        put(&dead.join("sub/f"), "user");
+        put(&dead.join("model.safetensors"), "older");
+        drop(Staged::new(&out).unwrap());
+        assert_eq!(read(&out.join("sub/f")), "user");
+        assert!(!dead.exists());
+    }
+
+    #[test]
+    fn refuses_the_current_folder() {
+        let cwd = std::env::current_dir().unwrap();
+        let e = Staged::new(&cwd).err().unwrap().to_string();
+        assert!(e.contains("current folder"), "{e}");
+    }
+}

@@ -1,0 +1,91 @@
+//! Strings that come from outside (task names, tensor names, metadata) where they meet the
+//! file system or a terminal: one check for a string used as a file or folder name, one
+//! escape for text printed to a terminal.
+
+use crate::error::{Error, Result};
+use std::borrow::Cow;
+
+/// Longest plain name in bytes (file systems allow 255; room is left for suffixes).
+pub const MAX_NAME_BYTES: usize = 200;
+
+/// Checks that `name` can be one component of a path: non-empty, at most
+/// [`MAX_NAME_BYTES`] bytes, not `.` or `..`, and without `/`, `\`, NUL or other control
+/// characters. `what` says what the name is (e.g. "task name") in the error.
+pub fn plain_name(what: &str, name: &str) -> Result<()> {
+    let why = if name.is_empty() {
+        "is empty"
+    } else if name.len() > MAX_NAME_BYTES {
+        "is longer than 200 bytes"
+    } else if name == "." || name == ".." {
+        "is not a plain name"
+    } else if name.contains(['/', '\\']) {
+        "contains a path separator"
+    } else if name.chars().any(char::is_control) {
+        "contains a control character"
+    } else {
+        return Ok(());
+    };
+    Err(Error::Invalid(format!(
+        "{what} '{}' {why}: use a plain file name",
+        esc(&name.chars().take(MAX_NAME_BYTES).collect::<String>())
+    )))
+}
+
+/// `s` as printed to a terminal: control characters (C0, DEL, C1) and the bidirectional
+/// overrides that reorder what is shown become `\u{..}` escapes, so that a tensor name or a
+/// metadata value cannot move the cursor, retitle the window or hide text.
+pub fn esc(s: &str) -> Cow<'_, str> {
+    let bad = unsafe_char;
+    if !s.chars().any(bad) {
+        return Cow::Borrowed(s);
+    }
+    Cow::Owned(
+        s.chars()
+            .map(|c| {
+                if bad(c) {
+                    format!("\\u{{{:x}}}", c as u32)
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
+/// The characters [`esc`] escapes (JSON writers escape them in their own syntax).
+pub fn unsafe_char(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_names_only() {
+        for ok in ["ft-1", "task_a", "a.b", "é", &"x".repeat(200)] {
+            plain_name("task name", ok).unwrap();
+        }
+        for (bad, why) in [
+            ("", "empty"),
+            (".", "plain"),
+            ("..", "plain"),
+            ("../x", "separator"),
+            ("a\\b", "separator"),
+            ("/abs", "separator"),
+            ("a\0b", "control"),
+            ("a\nb", "control"),
+            (&"x".repeat(201), "200 bytes"),
+        ] {
+            let e = plain_name("task name", bad).unwrap_err().to_string();
+            assert!(e.contains("task name") && e.contains(why), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(esc("model.w"), "model.w");
+        assert_eq!(esc("a\u{1b}[31mb\u{7}"), "a\\u{1b}[31mb\\u{7}");
+        assert_eq!(esc("x\ny\u{202e}z\u{9f}"), "x\\u{a}y\\u{202e}z\\u{9f}");
+    }
+}

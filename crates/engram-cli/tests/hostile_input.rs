@@ -1,0 +1,725 @@
+//! A corpus of hostile but well-formed inputs, generated here: out-of-range and non-finite
+//! numbers in every weight command (flags and YAML), sizes that would allocate or spawn
+//! without bound, user strings that become paths, tensor names and metadata that attack the
+//! terminal or the table layout, and patches applied to the wrong model. Each case names its
+//! class of the reliability issue ("6-paths", "8-validation", "9-sizes", "11-printing",
+//! "12-patches"); a failing case must exit with its status (1, or clap's 2 for a bad global
+//! flag; never a panic's 101), name the parameter or tensor on stderr, and write no output.
+
+use std::path::{Path, PathBuf};
+
+mod common;
+use common::{engram, s};
+
+struct Case {
+    class: &'static str,
+    args: Vec<String>,
+    /// Exit status wanted: 0, 1, or 2 (clap's usage error).
+    code: i32,
+    /// Substrings stderr (failures) or stdout (successes) must hold.
+    expect: Vec<String>,
+    /// A path that must not exist afterwards (the output of a refused run).
+    absent: Option<PathBuf>,
+}
+
+fn case(class: &'static str, args: &[&str], code: i32, expect: &[&str]) -> Case {
+    Case {
+        class,
+        args: args.iter().map(|a| a.to_string()).collect(),
+        code,
+        expect: expect.iter().map(|e| e.to_string()).collect(),
+        absent: None,
+    }
+}
+
+impl Case {
+    fn absent(mut self, p: &Path) -> Case {
+        self.absent = Some(p.to_path_buf());
+        self
+    }
+}
+
+/// A tensor of a hand-built file: name, dtype, shape.
+type Tensor<'a> = (&'a str, &'a str, &'a [usize]);
+
+/// A safetensors file of `tensors`, values from `seed`, with metadata.
+fn st(path: &Path, tensors: &[Tensor], seed: u32, md: &[(&str, &str)]) {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (i, (name, dtype, shape)) in tensors.iter().enumerate() {
+        let n: usize = shape.iter().product();
+        let start = data.len();
+        for k in 0..n {
+            let v = ((k as u32 * 7 + i as u32 * 13 + seed * 31) % 17) as f32 / 8.0 - 1.0;
+            match *dtype {
+                "F32" => data.extend_from_slice(&v.to_le_bytes()),
+                "I32" => data.extend_from_slice(&(k as i32).to_le_bytes()),
+                "U8" => data.push((k % 4) as u8),
+                d => panic!("dtype {d}"),
+            }
+        }
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    if !md.is_empty() {
+        let m: serde_json::Map<_, _> = md
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .collect();
+        header.insert("__metadata__".into(), m.into());
+    }
+    let h = serde_json::Value::Object(header).to_string();
+    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(h.as_bytes());
+    bytes.extend_from_slice(&data);
+    std::fs::write(path, bytes).unwrap();
+}
+
+const SHAPES: &[Tensor] = &[
+    ("model.layers.0.w", "F32", &[4, 4]),
+    ("model.layers.1.w", "F32", &[4, 4]),
+    ("model.norm.weight", "F32", &[4]),
+];
+
+/// base, ft-1, ft-2 and an unrelated model of the same shapes, as single files.
+fn family(d: &Path) -> [PathBuf; 4] {
+    ["base", "ft-1", "ft-2", "other"].map(|n| {
+        let p = d.join(format!("{n}.safetensors"));
+        let seed = match n {
+            "base" => 0,
+            "ft-1" => 1,
+            "ft-2" => 2,
+            _ => 9,
+        };
+        st(&p, SHAPES, seed, &[]);
+        p
+    })
+}
+
+fn p(d: &Path, name: &str) -> String {
+    s(&d.join(name)).to_string()
+}
+
+/// Class 8: every numeric merge parameter, in flag and YAML form; other commands' numbers.
+fn validation(d: &Path, f: &[PathBuf; 4]) -> Vec<Case> {
+    let [base, ft1, ft2, _] = f.each_ref().map(|x| s(x).to_string());
+    let out = d.join("merged");
+    let mut v = Vec::new();
+    // (method, flags, the parameter stderr names)
+    let flags: &[(&str, &[&str], &str)] = &[
+        ("task_arithmetic", &["--lambda", "nan"], "'lambda'"),
+        ("task_arithmetic", &["--lambda", "inf"], "'lambda'"),
+        ("task_arithmetic", &["--lambda=-inf"], "'lambda'"),
+        ("task_arithmetic", &["--weights", "inf,1"], "'weight'"),
+        ("task_arithmetic", &["--weights", "1,nan"], "'weight'"),
+        ("slerp", &["--t", "nan"], "'t'"),
+        ("slerp", &["--t", "inf"], "'t'"),
+        ("ties", &["--density", "5"], "'density'"),
+        ("ties", &["--density=-0.1"], "'density'"),
+        ("ties", &["--density", "nan"], "'density'"),
+        ("ties", &["--param", "normalize=2"], "'normalize'"),
+        ("ties", &["--param", "rescale=nan"], "'rescale'"),
+        ("ties", &["--param", "int8_mask=0.5"], "'int8_mask'"),
+        ("ties", &["--param", "epsilon=0.1"], "'epsilon'"),
+        ("dare_linear", &["--density", "1.5"], "'density'"),
+        ("della", &["--param", "epsilon=nan"], "'epsilon'"),
+        ("della", &["--param", "epsilon=2"], "'epsilon'"),
+        (
+            "della",
+            &["--density", "0.5", "--param", "epsilon=0.6"],
+            "epsilon 0.6",
+        ),
+        (
+            "della_linear",
+            &["--density", "0.9", "--param", "epsilon=0.2"],
+            "epsilon 0.2",
+        ),
+        ("breadcrumbs", &["--param", "gamma=1.5"], "'gamma'"),
+        (
+            "breadcrumbs",
+            &["--density", "0.9", "--param", "gamma=0.2"],
+            "gamma 0.2",
+        ),
+        (
+            "breadcrumbs_ties",
+            &["--density", "0.995"],
+            "gamma 0.01 + density 0.995",
+        ),
+        (
+            "model_stock",
+            &["--param", "filter_wise=inf"],
+            "'filter_wise'",
+        ),
+        ("linear", &["--param", "normalize=-1"], "'normalize'"),
+    ];
+    for (method, extra, want) in flags {
+        let models: &[&str] = if *method == "slerp" {
+            &[&ft1]
+        } else {
+            &[&ft1, &ft2]
+        };
+        let mut args = vec!["merge", "--method", method, "--base", &base];
+        args.extend_from_slice(models);
+        args.extend_from_slice(extra);
+        args.extend(["-o", s(&out)]);
+        v.push(case("8-validation", &args, 1, &[want]).absent(&out));
+    }
+    // The same values in YAML: (method, global parameters, per-model parameters of ft-1).
+    let yaml: &[(&str, &str, &str, &str)] = &[
+        ("task_arithmetic", "lambda: .nan", "", "'lambda'"),
+        ("task_arithmetic", "lambda: .inf", "", "'lambda'"),
+        ("task_arithmetic", "", "weight: .inf", "'weight' of model"),
+        (
+            "task_arithmetic",
+            "",
+            "weight: [0.5, .nan]",
+            "'weight' of model",
+        ),
+        (
+            "task_arithmetic",
+            "",
+            "weight: [{filter: layers, value: .nan}, {value: 1}]",
+            "'weight' of model",
+        ),
+        ("ties", "density: 5", "", "'density'"),
+        ("ties", "density: -0.5", "", "'density'"),
+        ("ties", "", "density: [0.5, 7]", "'density' of model"),
+        ("ties", "normalize: 3", "", "'normalize'"),
+        ("ties", "", "lambda: 0.5", "'lambda' of model"),
+        ("della", "density: 0.5\n  epsilon: 0.6", "", "epsilon 0.6"),
+        (
+            "della",
+            "",
+            "density: 0.3\n      epsilon: 0.4",
+            "epsilon 0.4",
+        ),
+        ("breadcrumbs", "density: 0.9\n  gamma: 0.2", "", "gamma 0.2"),
+        ("breadcrumbs", "", "gamma: 1.01", "'gamma' of model"),
+    ];
+    for (i, (method, global, own, want)) in yaml.iter().enumerate() {
+        let cfg = d.join(format!("cfg-{i}.yml"));
+        let global = if global.is_empty() {
+            String::new()
+        } else {
+            format!("parameters:\n  {global}\n")
+        };
+        let own = if own.is_empty() {
+            String::new()
+        } else {
+            format!("    parameters:\n      {own}\n")
+        };
+        std::fs::write(
+            &cfg,
+            format!(
+                "merge_method: {method}\nbase_model: {base}\nmodels:\n  - model: {ft1}\n{own}  - model: {ft2}\n{global}"
+            ),
+        )
+        .unwrap();
+        v.push(
+            case(
+                "8-validation",
+                &["merge", s(&cfg), "-o", s(&out)],
+                1,
+                &[want],
+            )
+            .absent(&out),
+        );
+    }
+    // Other weight commands that take numbers.
+    let tall = ["--base", &base, &ft1, &ft2];
+    let other: &[(&[&str], &str)] = &[
+        (&["tall", "--lambda", "nan"], "lambda"),
+        (&["tall", "--lambda", "inf"], "lambda"),
+        (&["tall", "--lambdas", "0.5,nan"], "lambda"),
+        (&["tall", "--tau", "ties", "--density", "5"], "density"),
+        (&["tall", "--tau", "ties", "--density", "0"], "density"),
+        (&["tall", "--tau", "ties", "--density", "nan"], "density"),
+        (
+            &["consensus", "--alpha", "nan", "-o", &p(d, "c")],
+            "--alpha",
+        ),
+        (
+            &["consensus", "--alpha", "inf", "-o", &p(d, "c")],
+            "--alpha",
+        ),
+        (&["consensus", "-k", "3", "-o", &p(d, "c")], "-k 3"),
+        (
+            &["consensus", "--lambda", "nan", "-o", &p(d, "c")],
+            "lambda",
+        ),
+        (&["compress", "--lambda", "nan", "-o", &p(d, "c")], "lambda"),
+    ];
+    for (args, want) in other {
+        let mut a = args.to_vec();
+        a.extend_from_slice(&tall);
+        v.push(case("8-validation", &a, 1, &[want]).absent(&d.join("c")));
+    }
+    let tv = p(d, "tv");
+    for scale in ["nan", "inf", "-inf"] {
+        let o = d.join("applied");
+        let spec = format!("{}:{scale}", ft1);
+        let cases: [&[&str]; 3] = [
+            &["tv", "apply", "--base", &base, &ft1, "--force", "-o", s(&o)],
+            &["tv", "apply", "--base", &base, &spec, "-o", s(&o)],
+            &["tv", "scale", &tv, "-o", s(&o)],
+        ];
+        for (k, args) in cases.iter().enumerate() {
+            let mut a = args.to_vec();
+            let flag = format!("--scale={scale}");
+            let by = format!("--by={scale}");
+            match k {
+                0 => a.push(&flag),
+                2 => a.push(&by),
+                _ => {}
+            }
+            let want = if k == 1 { "finite" } else { "scale" };
+            v.push(case("8-validation", &a, 1, &[want]).absent(&o));
+        }
+    }
+    for bad in ["nan", "inf"] {
+        let o = d.join("s");
+        v.push(
+            case(
+                "8-validation",
+                &["synth", "-q", "-o", s(&o), &format!("--delta-scale={bad}")],
+                1,
+                &["delta scale"],
+            )
+            .absent(&o),
+        );
+    }
+    v
+}
+
+/// Class 9: sizes and counts checked before anything is allocated or started.
+fn sizes(d: &Path, f: &[PathBuf; 4]) -> Vec<Case> {
+    let base = s(&f[0]);
+    let mut v = Vec::new();
+    for n in ["0", "1025", "100000", "99999999999999999999"] {
+        v.push(case(
+            "9-sizes",
+            &["--threads", n, "inspect", base],
+            2,
+            &["--threads"],
+        ));
+    }
+    let o = d.join("s");
+    for (args, want) in [
+        (vec!["--params", "1e30"], "1e30"),
+        (vec!["--params", "5000B"], "at most"),
+        (vec!["-n", "100000"], "fine-tunes"),
+    ] {
+        let mut a = vec!["synth", "-q", "-o", s(&o)];
+        a.extend(args);
+        v.push(case("9-sizes", &a, 1, &[want]).absent(&o));
+    }
+    let c = d.join("conv");
+    for size in ["0", "0.1", "-5", "nan", "inf", "1e30"] {
+        let arg = format!("--shard-size={size}");
+        v.push(case("9-sizes", &["convert", base, "-o", s(&c), &arg], 1, &[size]).absent(&c));
+        let args = [
+            "merge",
+            "--method",
+            "linear",
+            s(&f[1]),
+            s(&f[2]),
+            &arg,
+            "-o",
+            s(&c),
+        ];
+        v.push(case("9-sizes", &args, 1, &[size]).absent(&c));
+    }
+    // A huge count that is only a bound must not overflow.
+    v.push(case(
+        "9-sizes",
+        &["inspect", base, "--head", &u64::MAX.to_string()],
+        0,
+        &["model.norm.weight"],
+    ));
+    v
+}
+
+/// Class 6: task names become folder names (`tall --reconstruct`) and bundle tensor names.
+fn paths(d: &Path, f: &[PathBuf; 4]) -> Vec<Case> {
+    let r = d.join("deep/er/rec");
+    let long = "x".repeat(201);
+    let mut v = Vec::new();
+    let names: &[(&str, &str)] = &[
+        ("../../escaped", "separator"),
+        ("..", "plain name"),
+        (".", "plain name"),
+        ("a/b", "separator"),
+        ("/tmp/abs", "separator"),
+        ("a\\b", "separator"),
+        ("", "empty"),
+        (&long, "200 bytes"),
+        ("a\u{1}b", "control"),
+        ("a\u{1b}[2Jb", "control"),
+        ("same", "twice"),
+    ];
+    for (bad, want) in names {
+        let tasks = format!("{bad},same");
+        for cmd in ["tall", "consensus", "compress"] {
+            let mut a = vec![cmd, "--base", s(&f[0]), s(&f[1]), s(&f[2])];
+            let t = format!("--tasks={tasks}");
+            a.push(&t);
+            match cmd {
+                "tall" => a.extend(["--reconstruct", s(&r)]),
+                _ => a.extend(["-o", s(&r)]),
+            }
+            v.push(case("6-paths", &a, 1, &["task name", want]).absent(&r));
+        }
+    }
+    v
+}
+
+/// Class 11: tensor names of any length and with control characters, metadata likewise.
+fn printing(d: &Path) -> Vec<Case> {
+    let mut v = Vec::new();
+    for len in [65_535, 65_536, 70_000] {
+        let name = "n".repeat(len);
+        let (a, b) = (
+            d.join(format!("long{len}a.st")),
+            d.join(format!("long{len}b.st")),
+        );
+        let t: &[Tensor] = &[(&name, "F32", &[3, 3]), ("b", "F32", &[2])];
+        let (a, b) = (
+            a.with_extension("safetensors"),
+            b.with_extension("safetensors"),
+        );
+        st(&a, t, 0, &[]);
+        st(&b, t, 1, &[]);
+        let head = &name[..100];
+        v.push(case("11-printing", &["inspect", s(&a)], 0, &[head]));
+        v.push(case("11-printing", &["analyze", s(&a)], 0, &[head]));
+        v.push(case("11-printing", &["diff", s(&a), s(&b)], 0, &[head]));
+        v.push(case(
+            "11-printing",
+            &["diff", s(&a), s(&b), "--all"],
+            0,
+            &[head],
+        ));
+    }
+    let evil = [
+        ("esc", "w\u{1b}[31mred", "\\u{1b}"),
+        ("bel", "w\u{7}", "\\u{7}"),
+        ("cr", "w\rfake", "\\u{d}"),
+        ("nl", "w\nfake", "\\u{a}"),
+        ("csi", "w\u{9b}2J", "\\u{9b}"),
+        ("bidi", "w\u{202e}txt", "\\u{202e}"),
+        ("del", "w\u{7f}", "\\u{7f}"),
+    ];
+    for (tag, name, want) in evil {
+        let (a, b) = (
+            d.join(format!("{tag}-a.safetensors")),
+            d.join(format!("{tag}-b.safetensors")),
+        );
+        let t: &[Tensor] = &[(name, "F32", &[3, 3])];
+        st(&a, t, 0, &[(name, name)]);
+        st(&b, t, 1, &[]);
+        v.push(case("11-printing", &["inspect", s(&a)], 0, &[want]));
+        v.push(case("11-printing", &["inspect", s(&a), "--json"], 0, &[]));
+        v.push(case("11-printing", &["analyze", s(&a)], 0, &[want]));
+        v.push(case(
+            "11-printing",
+            &["diff", s(&a), s(&b), "--all"],
+            0,
+            &[want],
+        ));
+        // Errors quote the name: escaped too (but for line breaks: some messages are lists
+        // of lines, and the checkpoint layer's messages quote names as they are).
+        if tag == "nl" {
+            continue;
+        }
+        let (o, plain) = (d.join("o"), f_other(d));
+        let args = ["merge", "--method", "linear", s(&a), s(&plain), "-o", s(&o)];
+        v.push(case("11-printing", &args, 1, &[want]).absent(&o));
+    }
+    v
+}
+
+/// A model without the evil names, for merges that must fail naming one.
+fn f_other(d: &Path) -> PathBuf {
+    let p = d.join("plain.safetensors");
+    if !p.exists() {
+        st(&p, &[("x", "F32", &[3, 3])], 0, &[]);
+    }
+    p
+}
+
+/// Class 12: patches and task vectors check what they are applied to.
+fn patches(d: &Path, f: &[PathBuf; 4]) -> Vec<Case> {
+    let [base, ft1, ft2, other] = f.each_ref().map(|x| s(x).to_string());
+    let patch = p(d, "p.safetensors");
+    let tv = p(d, "tv");
+    let o = d.join("patched");
+    let mut v = vec![
+        case(
+            "12-patches",
+            &["patch", "apply", &other, "--patch", &patch, "-o", s(&o)],
+            1,
+            &["another base"],
+        )
+        .absent(&o),
+        case(
+            "12-patches",
+            &["patch", "remove", &other, "--patch", &patch, "-o", s(&o)],
+            1,
+            &["another base"],
+        )
+        .absent(&o),
+        case(
+            "12-patches",
+            &["patch", "apply", &ft2, "--patch", &patch, "-o", s(&o)],
+            1,
+            &["another base"],
+        )
+        .absent(&o),
+        case(
+            "12-patches",
+            &["tv", "apply", "--base", &other, &tv, "-o", s(&o)],
+            1,
+            &["another base"],
+        )
+        .absent(&o),
+        // What the patch was taken against, and --force, are accepted.
+        case(
+            "12-patches",
+            &[
+                "patch",
+                "apply",
+                &ft1,
+                "--patch",
+                &patch,
+                "-o",
+                &p(d, "ok1"),
+            ],
+            0,
+            &[],
+        ),
+        case(
+            "12-patches",
+            &[
+                "patch",
+                "apply",
+                &base,
+                "--patch",
+                &patch,
+                "-o",
+                &p(d, "ok2"),
+            ],
+            0,
+            &[],
+        ),
+        case(
+            "12-patches",
+            &[
+                "patch",
+                "apply",
+                &other,
+                "--patch",
+                &patch,
+                "--force",
+                "-o",
+                &p(d, "ok3"),
+            ],
+            0,
+            &[],
+        ),
+    ];
+    // Hand-built patches (no fingerprint, so only the tensor checks apply).
+    let rws = [("engram.patch", "rws"), ("patch.levels", "none")];
+    let q4 = [("engram.patch", "rws"), ("patch.levels", "4")];
+    type Bad<'a> = (&'a str, &'a [Tensor<'a>], &'a [(&'a str, &'a str)], &'a str);
+    let bad: &[Bad] = &[
+        (
+            "missing",
+            &[("model.layers.9.w", "F32", &[4, 4])],
+            &rws,
+            "not in the model",
+        ),
+        (
+            "shape",
+            &[("model.layers.0.w", "F32", &[2, 8])],
+            &rws,
+            "shape",
+        ),
+        (
+            "dtype",
+            &[("model.layers.0.w", "I32", &[4, 4])],
+            &rws,
+            "dtype",
+        ),
+        (
+            "range",
+            &[("model.norm.weight.__range", "F32", &[2])],
+            &rws,
+            "range",
+        ),
+        (
+            "codes",
+            &[
+                ("model.norm.weight", "F32", &[4]),
+                ("model.norm.weight.__range", "F32", &[2]),
+            ],
+            &q4,
+            "dtype",
+        ),
+        (
+            "norange",
+            &[("model.norm.weight", "U8", &[4])],
+            &q4,
+            "model.norm.weight.__range",
+        ),
+        (
+            "orphan",
+            &[("model.norm.weight.__range", "F32", &[2])],
+            &q4,
+            "without its codes",
+        ),
+        (
+            "rshape",
+            &[
+                ("model.norm.weight", "U8", &[4]),
+                ("model.norm.weight.__range", "F32", &[3]),
+            ],
+            &q4,
+            "shape",
+        ),
+    ];
+    for (tag, tensors, md, want) in bad {
+        let pf = d.join(format!("bad-{tag}.safetensors"));
+        st(&pf, tensors, 3, md);
+        let name = tensors[0].0.trim_end_matches(".__range");
+        v.push(
+            case(
+                "12-patches",
+                &["patch", "apply", &ft1, "--patch", s(&pf), "-o", s(&o)],
+                1,
+                &[name, want],
+            )
+            .absent(&o),
+        );
+    }
+    // A patch onto an integer tensor of the model.
+    let int_model = d.join("int.safetensors");
+    st(&int_model, &[("model.norm.weight", "I32", &[4])], 0, &[]);
+    let pf = d.join("bad-int.safetensors");
+    st(&pf, &[("model.norm.weight", "F32", &[4])], 3, &rws);
+    v.push(
+        case(
+            "12-patches",
+            &[
+                "patch",
+                "apply",
+                s(&int_model),
+                "--patch",
+                s(&pf),
+                "-o",
+                s(&o),
+            ],
+            1,
+            &["model.norm.weight", "not a float"],
+        )
+        .absent(&o),
+    );
+    v
+}
+
+#[test]
+fn hostile_inputs_are_refused_by_class() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    let f = family(d);
+    let (patch, tv) = (d.join("p.safetensors"), d.join("tv"));
+    common::ok(&[
+        "patch",
+        "extract",
+        "-q",
+        "--pre",
+        s(&f[0]),
+        "--clean",
+        s(&f[1]),
+        "--model",
+        s(&f[2]),
+        "-o",
+        s(&patch),
+    ]);
+    common::ok(&[
+        "tv",
+        "extract",
+        "-q",
+        "--base",
+        s(&f[0]),
+        "--model",
+        s(&f[1]),
+        "-o",
+        s(&tv),
+    ]);
+
+    let cases: Vec<Case> = vec![
+        validation(d, &f),
+        sizes(d, &f),
+        paths(d, &f),
+        printing(d),
+        patches(d, &f),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut counts = std::collections::BTreeMap::new();
+    for c in &cases {
+        let out = engram(&c.args.iter().map(String::as_str).collect::<Vec<_>>());
+        let (so, se) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        let what = format!(
+            "[{}] {:?}\nstdout: {}\nstderr: {se}",
+            c.class,
+            c.args,
+            so.chars().take(2000).collect::<String>()
+        );
+        assert_eq!(out.status.code(), Some(c.code), "{what}");
+        assert!(!se.contains("panicked"), "{what}");
+        let text = if c.code == 0 { &so } else { &se };
+        for e in &c.expect {
+            assert!(text.contains(e.as_str()), "missing {e:?}: {what}");
+        }
+        // Nothing printed reaches the terminal raw: no control character but the line breaks.
+        for t in [&so, &se] {
+            let raw = t
+                .chars()
+                .find(|&ch| ch != '\n' && engram_weights::names::unsafe_char(ch));
+            assert!(raw.is_none(), "raw {raw:?} printed: {what}");
+        }
+        if c.args.iter().any(|a| a == "--json") {
+            serde_json::from_str::<serde_json::Value>(&so)
+                .unwrap_or_else(|e| panic!("{e}: {what}"));
+        }
+        if let Some(a) = &c.absent {
+            assert!(!a.exists(), "{} written: {what}", a.display());
+        }
+        // A refused path component never creates anything outside the output folder.
+        assert!(
+            !d.join("escaped").exists() && !d.join("deep/escaped").exists(),
+            "{what}"
+        );
+        *counts.entry(c.class).or_insert(0) += 1;
+    }
+    eprintln!("hostile input cases by class: {counts:?}");
+    for class in [
+        "6-paths",
+        "8-validation",
+        "9-sizes",
+        "11-printing",
+        "12-patches",
+    ] {
+        assert!(
+            counts.get(class).is_some_and(|n| *n >= 8),
+            "{class}: {counts:?}"
+        );
+    }
+}
