@@ -237,7 +237,14 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
     machine::write_json(&o.json_out, &doc)?;
     progress(Progress::Output(render_text(&doc, &o.json_out)));
     if o.clean {
-        remove(&o.dir)?;
+        let owned = [
+            "base",
+            "out-f32",
+            "out-bf16-sharded",
+            ".copy-bound.tmp",
+            ".peak-rss",
+        ];
+        machine::remove_owned(&o.dir, &owned.map(String::from))?;
     }
     Ok(doc)
 }

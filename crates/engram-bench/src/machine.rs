@@ -148,6 +148,22 @@ pub fn remove(p: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `--clean`: removes the entries `names` a benchmark wrote in its folder `dir`, then `dir`
+/// if that left it empty (and the shell is not in it). Nothing else there is removed: the
+/// folder is the user's.
+pub fn remove_owned(dir: &Path, names: &[String]) -> Result<()> {
+    for n in names {
+        remove(&dir.join(n))?;
+    }
+    let cwd = std::env::current_dir().and_then(|c| c.canonicalize());
+    let real = dir.canonicalize();
+    if !matches!((cwd, real), (Ok(c), Ok(r)) if c.starts_with(&r)) {
+        // Fails, as it should, on a folder that still holds something.
+        let _ = std::fs::remove_dir(dir);
+    }
+    Ok(())
+}
+
 /// Bytes of the files directly in folder `p`.
 pub fn dir_bytes(p: &Path) -> Result<u64> {
     let mut total = 0;
@@ -195,6 +211,20 @@ pub fn read_all(files: &[PathBuf]) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--clean` removes what the benchmark wrote, never a user's file beside it.
+    #[test]
+    fn clean_removes_only_the_benchmarks_entries() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("bench");
+        std::fs::create_dir_all(dir.join("out/x")).unwrap();
+        std::fs::write(dir.join("mine.txt"), "keep").unwrap();
+        remove_owned(&dir, &["out".into(), "absent".into()]).unwrap();
+        assert!(!dir.join("out").exists() && dir.join("mine.txt").is_file());
+        std::fs::remove_file(dir.join("mine.txt")).unwrap();
+        remove_owned(&dir, &[]).unwrap();
+        assert!(!dir.exists(), "an emptied folder goes");
+    }
 
     #[test]
     fn medians() {

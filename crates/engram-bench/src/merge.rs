@@ -316,7 +316,11 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
         o.json_out.display()
     )));
     if o.clean {
-        remove(&o.dir)?;
+        let mut owned: Vec<String> = o.sizes.iter().map(|s| s.to_ascii_lowercase()).collect();
+        owned.extend(
+            ["out", "bound.tmp", "mk-task_arithmetic.yml", "mk-ties.yml"].map(String::from),
+        );
+        machine::remove_owned(&o.dir, &owned)?;
     }
     Ok(doc)
 }

@@ -35,12 +35,21 @@ fn parse_scaled(s: &str, units: &[(&str, f64)]) -> Result<u64> {
         .iter()
         .find_map(|(u, m)| low.strip_suffix(u).map(|n| (n.trim().to_string(), *m)))
         .unwrap_or((low.clone(), 1.0));
-    let v: f64 = num.parse()?;
-    let n = (v * mult).round();
-    if !(n >= 1.0 && n < u64::MAX as f64) {
-        bail!("must be a whole number from 1 to 2^64");
+    // Whole numbers exactly (u64::MAX is not an f64), others through f64.
+    let n = match num.parse::<u64>() {
+        Ok(i) if mult.fract() == 0.0 => i.checked_mul(mult as u64),
+        _ => {
+            let n = (num.parse::<f64>()? * mult).round();
+            // 2^64 as f64; every f64 below it converts exactly.
+            (0.0..18_446_744_073_709_551_616.0)
+                .contains(&n)
+                .then_some(n as u64)
+        }
+    };
+    match n {
+        Some(n) if n >= 1 => Ok(n),
+        _ => bail!("must be a whole number from 1 to {}", u64::MAX),
     }
-    Ok(n as u64)
 }
 
 /// `1234567` -> `1.2M`; exact below ten thousand.
@@ -82,6 +91,12 @@ mod tests {
         assert!(parse_bytes("lots").is_err());
         assert!(parse_bytes("0.1").is_err(), "rounds to 0 bytes");
         assert!(parse_count("1e30").is_err());
+        // The largest count is exact; one more, or one that overflows by a unit, is refused.
+        assert_eq!(parse_bytes("18446744073709551615").unwrap(), u64::MAX);
+        for big in ["18446744073709551616", "18446744073709551615k", "2e19"] {
+            let e = format!("{:#}", parse_bytes(big).unwrap_err());
+            assert!(e.contains("from 1 to 18446744073709551615"), "{e}");
+        }
         let e = format!("{:#}", parse_count("x").unwrap_err());
         assert!(e.contains("'x'"), "{e}");
     }

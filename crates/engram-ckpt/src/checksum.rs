@@ -11,6 +11,29 @@ use std::collections::BTreeMap;
 /// The metadata key.
 pub const KEY: &str = "engram.crc32";
 
+/// The metadata key of an output's identity, the same in every file of one output (every
+/// shard of a model): `IIIIIIII/NNNNN`, the CRC-32 of all its tensors' checksums and its file
+/// count. Files of different outputs mixed in one folder disagree on it.
+pub const OUTPUT_KEY: &str = "engram.output";
+
+/// The identity of an output of `files` files whose tensors have the checksums `crcs`.
+pub fn output_id<'a>(crcs: impl Iterator<Item = (&'a String, &'a u32)>, files: usize) -> String {
+    let mut all: Vec<(&String, &u32)> = crcs.collect();
+    all.sort();
+    let mut h = crc32fast::Hasher::new();
+    for (n, c) in all {
+        h.update(&(n.len() as u64).to_le_bytes());
+        h.update(n.as_bytes());
+        h.update(&c.to_le_bytes());
+    }
+    format!("{:08x}/{files:05}", h.finalize())
+}
+
+/// The placeholder of [`OUTPUT_KEY`] (same length as any identity).
+pub fn output_placeholder() -> String {
+    output_id(std::iter::empty(), 0).replace(|c: char| c != '/', "0")
+}
+
 /// Bytes hashed per parallel piece of one tensor (pieces are combined in order).
 const PIECE: usize = 16 << 20;
 

@@ -11,8 +11,10 @@
 //! absent, never mixed, and a killed run's old folder is put back by the next run.
 //!
 //! Staging folders of killed runs are found (their process is gone) and cleaned by the next
-//! run that writes beside them: files are removed, subfolders the run had not yet moved back
-//! are moved into the destination.
+//! run that writes into the same parent folder: one killed before its switch (it still holds
+//! the `.engram-staging` mark) is removed whole; one killed after it holds the replaced old
+//! folder, whose subfolders not yet moved back go into the destination before the rest is
+//! removed. The replaced folder's permissions are given to the new one.
 
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -85,6 +87,9 @@ pub fn refuse_input(dest: &Path) -> Result<()> {
 
 const NEW: &str = ".engram-new-";
 const OLD: &str = ".engram-old-";
+/// Inside a staging folder until its switch: a dead run's staging folder holding it holds
+/// only new, uncommitted output; without it, the replaced old folder.
+const MARK: &str = ".engram-staging";
 
 /// An output folder under construction. Write into [`Staged::path`], then [`Staged::commit`];
 /// dropped without a commit, the staging folder is removed and the destination is unchanged.
@@ -129,6 +134,15 @@ fn resolve(dest: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
         .take_while(|p| !p.as_os_str().is_empty() && std::fs::symlink_metadata(p).is_err())
         .map(Path::to_path_buf)
         .collect();
+    if let Some(file) = parent
+        .ancestors()
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| !m.is_dir()))
+    {
+        return Err(Error::format(
+            file,
+            "is not a folder, so no output folder can be made under it",
+        ));
+    }
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     let parent = parent.canonicalize().map_err(|e| Error::io(parent, e))?;
     Ok((parent.join(name), created))
@@ -158,16 +172,18 @@ impl Staged {
             ));
         }
         if let Some(parent) = abs.parent() {
-            clean_dead(parent, &abs);
+            clean_dead(parent);
         }
         let stage = sibling(&abs, NEW);
         std::fs::create_dir(&stage).map_err(|e| Error::io(&stage, e))?;
-        Ok(Staged {
+        let staged = Staged {
             dest: abs,
             stage,
             created_parents,
             done: false,
-        })
+        };
+        std::fs::write(staged.stage.join(MARK), b"").map_err(|e| Error::io(&staged.stage, e))?;
+        Ok(staged)
     }
 
     /// The folder to write the output into.
@@ -184,20 +200,22 @@ impl Staged {
     /// not hold are kept, except those `stale` names (outputs of the same kind, such as old
     /// shards) and temporary files.
     pub fn commit(mut self, stale: &dyn Fn(&str) -> bool) -> Result<()> {
-        sync_dir(&self.stage)?;
-        let old_exists = std::fs::symlink_metadata(&self.dest).is_ok();
+        let old = std::fs::symlink_metadata(&self.dest).ok();
         let mut later = Vec::new();
-        if old_exists {
+        if let Some(m) = &old {
             later = self.link_kept(stale)?;
+            // A mark in the live folder is a left-over of a run killed just after its switch.
+            let _ = std::fs::remove_file(self.dest.join(MARK));
+            std::fs::set_permissions(&self.stage, m.permissions())
+                .map_err(|e| Error::io(&self.stage, e))?;
         }
-        if !old_exists {
+        sync_dir(&self.stage)?;
+        let replaced = if old.is_none() {
             std::fs::rename(&self.stage, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
-            self.done = true;
+            None
         } else if exchange(&self.stage, &self.dest).map_err(|e| Error::io(&self.dest, e))? {
             // The staging name now holds the old folder.
-            self.done = true;
-            move_back(&self.stage, &self.dest, &later);
-            remove_files(&self.stage);
+            Some(self.stage.clone())
         } else {
             let aside = sibling(&self.dest, OLD);
             std::fs::rename(&self.dest, &aside).map_err(|e| Error::io(&self.dest, e))?;
@@ -205,9 +223,12 @@ impl Staged {
                 let _ = std::fs::rename(&aside, &self.dest);
                 return Err(Error::io(&self.dest, e));
             }
-            self.done = true;
-            move_back(&aside, &self.dest, &later);
-            remove_files(&aside);
+            Some(aside)
+        };
+        self.done = true;
+        let _ = std::fs::remove_file(self.dest.join(MARK));
+        if let Some(r) = replaced {
+            finish_replaced(&r, &self.dest, &later);
         }
         if let Some(parent) = self.dest.parent() {
             sync_dir(parent)?;
@@ -224,7 +245,8 @@ impl Staged {
             let e = e.map_err(|e| Error::io(&self.dest, e))?;
             let name = e.file_name();
             let text = name.to_string_lossy();
-            if stale(&text) || is_temporary(&text) || self.stage.join(&name).exists() {
+            let taken = std::fs::symlink_metadata(self.stage.join(&name)).is_ok();
+            if stale(&text) || is_temporary(&text) || taken {
                 continue;
             }
             let from = e.path();
@@ -258,7 +280,7 @@ impl Drop for Staged {
 
 /// Names engram uses for temporary files and staging folders.
 pub(crate) fn is_temporary(name: &str) -> bool {
-    name.contains(".engram-tmp-") || name.contains(NEW) || name.contains(OLD)
+    name == MARK || name.contains(".engram-tmp-") || name.contains(NEW) || name.contains(OLD)
 }
 
 /// `renameat2(a, b, RENAME_EXCHANGE)`; `Ok(false)` where the file system cannot exchange.
@@ -295,18 +317,31 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(dir, e))
 }
 
-/// Moves `names` from `from` into `to` where `to` does not hold them yet. Best effort.
-fn move_back(from: &Path, to: &Path, names: &[std::ffi::OsString]) {
+/// Moves `names` from `from` into `to` where `to` does not hold them yet; whether every one
+/// of them is now in `to`.
+fn move_back(from: &Path, to: &Path, names: &[std::ffi::OsString]) -> bool {
+    let mut all = true;
     for n in names {
         let dst = to.join(n);
         if std::fs::symlink_metadata(&dst).is_err() {
-            let _ = std::fs::rename(from.join(n), dst);
+            all &= std::fs::rename(from.join(n), dst).is_ok();
         }
+    }
+    all
+}
+
+/// After a switch: the replaced folder `old` gives its kept subfolders (`later`) back to
+/// `dest`, then goes. Were a move to fail, only its files are removed, so that no user
+/// folder is lost.
+fn finish_replaced(old: &Path, dest: &Path, later: &[std::ffi::OsString]) {
+    if move_back(old, dest, later) {
+        let _ = std::fs::remove_dir_all(old);
+    } else {
+        remove_files(old);
     }
 }
 
-/// Removes the files of a replaced (or abandoned) folder, then the folder if it is empty.
-/// Subfolders are never removed: they are user content a killed run had not moved back.
+/// Removes the files of a folder, then the folder if it is empty.
 fn remove_files(dir: &Path) {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
@@ -318,49 +353,78 @@ fn remove_files(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
-/// Cleans staging folders of dead runs beside `dest`: an old folder set aside while the
-/// destination is missing is put back; otherwise user subfolders go back into the destination
-/// and the rest is removed.
-fn clean_dead(parent: &Path, dest: &Path) {
-    let Some(name) = dest.file_name().and_then(|n| n.to_str()) else {
-        return;
-    };
+/// Cleans the staging folders of dead runs in `parent`, whatever output they were for.
+/// Before its switch a staging folder (marked) holds only uncommitted output: removed. After
+/// it (unmarked), it holds the replaced folder: its subfolders that the destination lacks are
+/// moved there (a killed run had not moved them back yet), the rest is removed. A folder set
+/// aside (`.engram-old-`) while the destination is missing is put back. A mark left in a
+/// destination by a run killed just after its switch is removed.
+fn clean_dead(parent: &Path) {
     let Ok(rd) = std::fs::read_dir(parent) else {
         return;
     };
     for e in rd.flatten() {
         let file = e.file_name();
         let Some(file) = file.to_str() else { continue };
-        let Some(rest) = file.strip_prefix('.').and_then(|f| f.strip_prefix(name)) else {
+        let Some((name, tag, tail)) = [NEW, OLD].iter().find_map(|tag| {
+            let at = file.rfind(tag)?;
+            Some((file.get(1..at)?, *tag, &file[at + tag.len()..]))
+        }) else {
             continue;
         };
-        let (tag, tail) = if let Some(t) = rest.strip_prefix(NEW) {
-            (NEW, t)
-        } else if let Some(t) = rest.strip_prefix(OLD) {
-            (OLD, t)
-        } else {
-            continue;
-        };
-        if !tail.split('-').next().is_some_and(dead) {
+        if !file.starts_with('.')
+            || name.is_empty()
+            || !e.file_type().is_ok_and(|t| t.is_dir())
+            || !tail.split('-').next().is_some_and(dead)
+        {
             continue;
         }
         let path = e.path();
-        if tag == OLD && std::fs::symlink_metadata(dest).is_err() {
-            let _ = std::fs::rename(&path, dest);
+        let dest = parent.join(name);
+        let dest_there = std::fs::symlink_metadata(&dest).is_ok();
+        if dest_there {
+            let _ = std::fs::remove_file(dest.join(MARK));
+        }
+        if tag == NEW && path.join(MARK).exists() {
+            let _ = std::fs::remove_dir_all(&path);
             continue;
         }
-        if let Ok(sub) = std::fs::read_dir(&path) {
-            let dirs: Vec<_> = sub
-                .flatten()
-                .filter(|s| s.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|s| s.file_name())
-                .collect();
-            if std::fs::symlink_metadata(dest).is_ok() {
-                move_back(&path, dest, &dirs);
-            }
+        if tag == OLD && !dest_there {
+            let _ = std::fs::rename(&path, &dest);
+            continue;
         }
-        remove_files(&path);
+        let dirs: Vec<_> = std::fs::read_dir(&path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|s| s.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|s| s.file_name())
+            .collect();
+        if dest_there {
+            finish_replaced(&path, &dest, &dirs);
+        } else {
+            remove_files(&path);
+        }
     }
+}
+
+/// Reads a small input file (a run file, a merge config, a results file): refused unless it
+/// is a regular file (a FIFO would block, a device never end) of at most `limit` bytes, and
+/// registered as an input of this run for as long as the returned guard lives.
+pub fn read_input(path: &Path, what: &str, limit: u64) -> Result<(Vec<u8>, OpenInput)> {
+    let meta = crate::file::regular_file(path, what)?;
+    if meta.len() > limit {
+        return Err(Error::format(
+            path,
+            format!(
+                "is {} bytes; {what} is expected to be at most {limit}",
+                meta.len()
+            ),
+        ));
+    }
+    let guard = OpenInput::register(path, &meta);
+    let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok((data, guard))
 }
 
 #[cfg(test)]
@@ -436,6 +500,19 @@ mod tests {
         assert!(!dead_old.exists());
         assert_eq!(read(&out.join("model.safetensors")), "old");
         drop(s);
+        // A dead run killed before its switch, with a subfolder of new output: removed whole,
+        // nothing of it reaches the destination.
+        let dead_marked = t.path().join(".out.engram-new-999999999-3");
+        std::fs::create_dir_all(dead_marked.join("task-a")).unwrap();
+        put(&dead_marked.join(MARK), "");
+        put(&dead_marked.join("task-a/model.safetensors"), "new");
+        // A stage of another output in the same folder is cleaned too.
+        let other = t.path().join(".other.engram-new-999999999-4");
+        std::fs::create_dir_all(&other).unwrap();
+        put(&other.join(MARK), "");
+        drop(Staged::new(&out).unwrap());
+        assert!(!dead_marked.exists() && !other.exists());
+        assert!(!out.join("task-a").exists());
         // A dead run killed after its switch, before moving a user folder back.
         let dead = t.path().join(".out.engram-new-999999999-2");
         std::fs::create_dir_all(dead.join("sub")).unwrap();
@@ -444,6 +521,37 @@ mod tests {
         drop(Staged::new(&out).unwrap());
         assert_eq!(read(&out.join("sub/f")), "user");
         assert!(!dead.exists());
+        // Replacing again removes the replaced folder whole, subfolders of old output included.
+        std::fs::create_dir_all(out.join("gone")).unwrap();
+        let s = Staged::new(&out).unwrap();
+        std::fs::create_dir(s.path().join("gone")).unwrap();
+        s.commit(&|_| false).unwrap();
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 1);
+        assert!(!out.join(MARK).exists());
+    }
+
+    #[test]
+    fn keeps_the_replaced_folders_permissions_and_refuses_special_inputs() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let out = t.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o700)).unwrap();
+        Staged::new(&out).unwrap().commit(&|_| false).unwrap();
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o700);
+        let e = read_input(Path::new("/dev/zero"), "a run file", 1 << 20)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("device"), "{e}");
+        let big = t.path().join("big.toml");
+        std::fs::write(&big, vec![b' '; 100]).unwrap();
+        assert!(read_input(&big, "a run file", 99).is_err());
+        let (data, guard) = read_input(&big, "a run file", 100).unwrap();
+        assert_eq!(data.len(), 100);
+        assert!(refuse_input(&big).is_err());
+        drop(guard);
+        assert!(refuse_input(&big).is_ok());
     }
 
     #[test]

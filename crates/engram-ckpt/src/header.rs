@@ -123,12 +123,13 @@ impl<'de> serde::Deserialize<'de> for Entries {
 pub fn parse_header(json: &[u8], data_len: u64) -> Result<Header, HeaderError> {
     let text =
         std::str::from_utf8(json).map_err(|e| err(format!("header is not valid UTF-8: {e}")))?;
-    let trimmed = text.trim_end_matches([' ', '\0']);
-    if !trimmed.trim_start().starts_with('{') {
+    // As the reference: the header starts with '{' (no BOM, no leading space) and is valid
+    // JSON, which allows trailing spaces (the padding writers add) but not NUL bytes.
+    if !text.starts_with('{') {
         return Err(err("header is not a JSON object (does not start with '{')"));
     }
     let Entries(entries) =
-        serde_json::from_str(trimmed).map_err(|e| err(format!("header is not valid JSON: {e}")))?;
+        serde_json::from_str(text).map_err(|e| err(format!("header is not valid JSON: {e}")))?;
 
     let mut seen = HashSet::new();
     let mut metadata = BTreeMap::new();

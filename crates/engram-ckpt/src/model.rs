@@ -2,6 +2,7 @@
 //! shards named by `model.safetensors.index.json`), plus the side files (config, tokenizer,
 //! generation config) that outputs carry along.
 
+use crate::checksum;
 use crate::error::{Error, Result};
 use crate::file::{SafetensorsFile, TensorView};
 use crate::header::HeaderError;
@@ -45,10 +46,22 @@ impl Model {
         if meta.is_dir() {
             let side_files = side_files_in(path)?;
             let index = path.join(INDEX_NAME);
+            let single = path.join(SINGLE_NAME);
+            if exists(&index) && exists(&single) {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "holds both {SINGLE_NAME} and {INDEX_NAME}: two models (tools differ in which they load); remove one"
+                    ),
+                ));
+            }
+            let root = confinement_root(path)?;
             let mut m = if exists(&index) {
+                inside(&root, &index, INDEX_NAME)?;
                 Self::open_index(&index)?
-            } else if exists(&path.join(SINGLE_NAME)) {
-                Self::from_files(path, vec![SafetensorsFile::open(&path.join(SINGLE_NAME))?])?
+            } else if exists(&single) {
+                inside(&root, &single, SINGLE_NAME)?;
+                Self::from_files(path, vec![SafetensorsFile::open(&single)?])?
             } else {
                 let mut st: Vec<PathBuf> = list_dir(path)?
                     .into_iter()
@@ -62,7 +75,10 @@ impl Model {
                             "folder holds no .safetensors file (and no model.safetensors.index.json)",
                         ));
                     }
-                    1 => Self::from_files(path, vec![SafetensorsFile::open(&st[0])?])?,
+                    1 => {
+                        inside(&root, &st[0], "the model file")?;
+                        Self::from_files(path, vec![SafetensorsFile::open(&st[0])?])?
+                    }
                     n => {
                         return Err(Error::format(
                             path,
@@ -107,7 +123,7 @@ impl Model {
         }
         shard_names.sort();
         let mut files = Vec::with_capacity(shard_names.len());
-        let canon_dir = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
+        let root = confinement_root(dir)?;
         for s in &shard_names {
             let p = dir.join(s);
             if !p.exists() {
@@ -121,7 +137,7 @@ impl Model {
             }
             // Symlinks pointing outside the folder are refused like '../' names.
             let canon = p.canonicalize().map_err(|e| Error::io(&p, e))?;
-            if !canon.starts_with(&canon_dir) {
+            if !canon.starts_with(&root) {
                 return Err(Error::format(
                     index,
                     format!("shard '{s}' resolves outside the model folder"),
@@ -180,6 +196,24 @@ impl Model {
     }
 
     fn from_files(source: &Path, files: Vec<SafetensorsFile>) -> Result<Model> {
+        // Files engram wrote as one output share its identity; two identities are two outputs.
+        let ids: Vec<(&Path, Option<&String>)> = files
+            .iter()
+            .map(|f| (f.path(), f.metadata().get(checksum::OUTPUT_KEY)))
+            .collect();
+        if let Some((a, b)) = ids.iter().zip(ids.iter().skip(1)).find(|(a, b)| a.1 != b.1) {
+            return Err(Error::format(
+                source,
+                format!(
+                    "mixes files of different outputs: {} has {} {}, {} has {}",
+                    a.0.display(),
+                    checksum::OUTPUT_KEY,
+                    a.1.map_or("none", String::as_str),
+                    b.0.display(),
+                    b.1.map_or("none", String::as_str)
+                ),
+            ));
+        }
         let mut order = Vec::new();
         let mut by_name = HashMap::new();
         for (fi, f) in files.iter().enumerate() {
@@ -284,7 +318,43 @@ impl Model {
     /// listed tensor is present with the recorded name, dtype, shape and bytes. Files without
     /// checksums (written by other tools) pass. The error names the file and the tensor.
     pub fn verify(&self) -> Result<()> {
-        self.files.iter().try_for_each(SafetensorsFile::verify)
+        self.files.iter().try_for_each(SafetensorsFile::verify)?;
+        // The files' shared identity must be that of their tensors taken together (a shard
+        // of another output, with valid checksums of its own, does not fit).
+        let Some(first) = self.files.first() else {
+            return Ok(());
+        };
+        let Some(id) = first.metadata().get(checksum::OUTPUT_KEY) else {
+            return Ok(());
+        };
+        let n: usize = id
+            .split('/')
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        if self.files.len() == 1 && n != 1 {
+            return Ok(()); // one shard opened on its own
+        }
+        let mut all = BTreeMap::new();
+        for f in &self.files {
+            let text = f
+                .metadata()
+                .get(checksum::KEY)
+                .map(String::as_str)
+                .unwrap_or("{}");
+            all.extend(checksum::decode(text).map_err(|e| Error::format(f.path(), e))?);
+        }
+        if checksum::output_id(all.iter(), self.files.len()) != *id {
+            return Err(Error::format(
+                &self.source,
+                format!(
+                    "its {} file(s) do not form the output they were written as ({} {id}): a file is missing, extra or from another output",
+                    self.files.len(),
+                    checksum::OUTPUT_KEY
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks every float tensor for NaN and infinite values (`--check-finite`).
@@ -473,6 +543,31 @@ fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The folder a model folder's files must resolve into: the folder itself, or for a snapshot
+/// of a Hugging Face hub cache (`<repo>/snapshots/<rev>/`, whose files are symlinks into
+/// `<repo>/blobs/`) the repository folder. Canonical.
+pub fn confinement_root(dir: &Path) -> Result<PathBuf> {
+    let canon = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
+    let repo = canon
+        .parent()
+        .filter(|p| p.file_name().is_some_and(|n| n == "snapshots"))
+        .and_then(Path::parent)
+        .filter(|r| r.join("blobs").is_dir());
+    Ok(repo.map(Path::to_path_buf).unwrap_or(canon))
+}
+
+/// Refuses a file of a model folder that resolves outside it (through a symlink).
+pub fn inside(root: &Path, file: &Path, what: &str) -> Result<()> {
+    let ok = file.canonicalize().is_ok_and(|c| c.starts_with(root));
+    if !ok {
+        return Err(Error::format(
+            file,
+            format!("{what} is a symlink leading outside the model folder (or nowhere); refused"),
+        ));
+    }
+    Ok(())
+}
+
 /// Whether anything (even a dangling symlink or a FIFO) is at `p`.
 fn exists(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok()
@@ -482,7 +577,7 @@ fn exists(p: &Path) -> bool {
 /// a FIFO, socket or device, or a symlink leading outside the folder, is an error: outputs
 /// copy side files, and must neither block on them nor copy files from elsewhere.
 pub fn side_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
-    let canon_dir = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
+    let root = confinement_root(dir)?;
     let mut out = Vec::new();
     for p in list_dir(dir)? {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -497,13 +592,7 @@ pub fn side_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
             continue;
         }
         if lmeta.file_type().is_symlink() {
-            let inside = p.canonicalize().is_ok_and(|c| c.starts_with(&canon_dir));
-            if !inside {
-                return Err(Error::format(
-                    &p,
-                    "side file is a symlink leading outside the model folder (or nowhere); refused",
-                ));
-            }
+            inside(&root, &p, "side file")?;
             let meta = std::fs::metadata(&p).map_err(|e| Error::io(&p, e))?;
             if meta.is_dir() {
                 continue;

@@ -22,6 +22,10 @@ pub fn plain_name(what: &str, name: &str) -> Result<()> {
         "contains a path separator"
     } else if name.chars().any(char::is_control) {
         "contains a control character"
+    } else if name.chars().any(invisible) {
+        "contains an invisible or direction-changing character"
+    } else if name.trim() != name || name.starts_with('-') {
+        "starts or ends with a space, or starts with '-'"
     } else {
         return Ok(());
     };
@@ -54,7 +58,16 @@ pub fn esc(s: &str) -> Cow<'_, str> {
 
 /// The characters [`esc`] escapes (JSON writers escape them in their own syntax).
 pub fn unsafe_char(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    c.is_control() || invisible(c)
+}
+
+/// Format characters that hide or reorder text: bidirectional marks, embeddings, overrides
+/// and isolates, zero-width characters, the byte-order mark.
+fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}' | '\u{061c}'
+    )
 }
 
 #[cfg(test)]
@@ -75,6 +88,12 @@ mod tests {
             ("/abs", "separator"),
             ("a\0b", "control"),
             ("a\nb", "control"),
+            ("a\u{202e}b", "invisible"),
+            ("\u{feff}a", "invisible"),
+            ("a\u{200b}", "invisible"),
+            (" ", "space"),
+            ("a ", "space"),
+            ("-rf", "'-'"),
             (&"x".repeat(201), "200 bytes"),
         ] {
             let e = plain_name("task name", bad).unwrap_err().to_string();

@@ -81,6 +81,8 @@ pub struct ModelWriter {
     staged: Option<Staged>,
     /// Each shard's metadata (the options' plus its checksums, placeholders until `finish`).
     metadata: Vec<BTreeMap<String, String>>,
+    /// Metadata values set after `create` ([`ModelWriter::set_metadata`]).
+    late: std::sync::Mutex<BTreeMap<String, String>>,
     /// Folders `create` made (deepest first), removed again if the write does not finish.
     created_dirs: Vec<PathBuf>,
     finished: bool,
@@ -205,6 +207,7 @@ impl ModelWriter {
             index,
             staged,
             metadata: Vec::new(),
+            late: Default::default(),
             created_dirs,
             finished: false,
         };
@@ -228,6 +231,7 @@ impl ModelWriter {
             }
             let mut md = opts.metadata.clone();
             md.insert(checksum::KEY.into(), checksum::encode(&crcs));
+            md.insert(checksum::OUTPUT_KEY.into(), checksum::output_placeholder());
             let header = serialize_header(&infos, &md);
             let tmp = if single {
                 tmp_name(&dest)
@@ -340,12 +344,11 @@ impl ModelWriter {
                 )));
             }
         }
-        for (si, sh) in self.shards.iter().enumerate() {
-            self.seal(si, sh)?;
-        }
+        self.seal()?;
         let mut names = Vec::new();
         for sh in &self.shards {
             if sh.tmp != sh.dest {
+                keep_mode(&sh.file, &sh.dest);
                 std::fs::rename(&sh.tmp, &sh.dest).map_err(|e| Error::io(&sh.dest, e))?;
             }
             names.push(sh.dest.clone());
@@ -388,9 +391,8 @@ impl ModelWriter {
             .collect())
     }
 
-    /// Computes the checksums of shard `si`'s tensors from the written file and rewrites its
-    /// header with them (the same length as the placeholders), then syncs the file.
-    fn seal(&self, si: usize, sh: &Shard) -> Result<()> {
+    /// The checksums of shard `sh`'s tensors, from the written file.
+    fn shard_crcs(&self, sh: &Shard) -> Result<BTreeMap<String, u32>> {
         // SAFETY: a read-only map of our own temporary file, which nobody else writes.
         let map = unsafe { memmap2::Mmap::map(&sh.file) }.map_err(|e| Error::io(&sh.tmp, e))?;
         let mut crcs = BTreeMap::new();
@@ -403,20 +405,57 @@ impl ModelWriter {
                 checksum::tensor_crc(&info.name, info.dtype, &info.shape, bytes),
             );
         }
-        drop(map);
-        let mut md = self.metadata[si].clone();
-        md.insert(checksum::KEY.into(), checksum::encode(&crcs));
-        let header = serialize_header(&sh.header, &md);
-        if header.len() as u64 != sh.data_start {
+        Ok(crcs)
+    }
+
+    /// Records every shard's checksums, the output's identity and the late metadata in the
+    /// headers (the same length as the placeholders written by `create`), then syncs.
+    fn seal(&self) -> Result<()> {
+        let crcs = self
+            .shards
+            .iter()
+            .map(|sh| self.shard_crcs(sh))
+            .collect::<Result<Vec<_>>>()?;
+        let id = checksum::output_id(crcs.iter().flatten(), self.shards.len());
+        let late = self.late.lock().map(|g| g.clone()).unwrap_or_default();
+        for ((si, sh), crcs) in self.shards.iter().enumerate().zip(&crcs) {
+            let mut md = self.metadata[si].clone();
+            md.insert(checksum::KEY.into(), checksum::encode(crcs));
+            md.insert(checksum::OUTPUT_KEY.into(), id.clone());
+            md.extend(late.clone());
+            let header = serialize_header(&sh.header, &md);
+            if header.len() as u64 != sh.data_start {
+                return Err(Error::Invalid(format!(
+                    "{}: header length changed when checksums were recorded",
+                    sh.tmp.display()
+                )));
+            }
+            sh.file
+                .write_all_at(&header, 0)
+                .map_err(|e| Error::io(&sh.tmp, e))?;
+            sh.file.sync_all().map_err(|e| Error::io(&sh.tmp, e))?;
+        }
+        Ok(())
+    }
+
+    /// Sets a metadata value known only after `create` (e.g. another file's identity). The
+    /// key must have been given to `create` with a placeholder value of the same length.
+    pub fn set_metadata(&self, key: &str, value: &str) -> Result<()> {
+        let fits = self
+            .metadata
+            .first()
+            .and_then(|m| m.get(key))
+            .is_some_and(|p| p.len() == value.len());
+        if !fits {
             return Err(Error::Invalid(format!(
-                "{}: header length changed when checksums were recorded",
-                sh.tmp.display()
+                "metadata '{key}' set late needs a placeholder of {} bytes at create",
+                value.len()
             )));
         }
-        sh.file
-            .write_all_at(&header, 0)
-            .map_err(|e| Error::io(&sh.tmp, e))?;
-        sh.file.sync_all().map_err(|e| Error::io(&sh.tmp, e))
+        if let Ok(mut g) = self.late.lock() {
+            g.insert(key.to_string(), value.to_string());
+        }
+        Ok(())
     }
 }
 
@@ -472,6 +511,14 @@ pub fn plan_shards(specs: &[TensorSpec], max: Option<u64>) -> Vec<Vec<usize>> {
     groups
 }
 
+/// Gives a replacement file the permissions of the file it replaces (a private file stays
+/// private). Best effort: a new destination keeps the default mode.
+fn keep_mode(f: &File, dest: &Path) {
+    if let Ok(m) = std::fs::metadata(dest) {
+        let _ = f.set_permissions(m.permissions());
+    }
+}
+
 /// Writes a small file atomically: temporary file in the same folder, fsync, rename. Refuses
 /// a destination that is an input of this run.
 pub fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
@@ -482,6 +529,7 @@ pub fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
     let tmp = tmp_name(dest);
     let res = (|| {
         let f = File::create(&tmp)?;
+        keep_mode(&f, dest);
         f.write_all_at(data, 0)?;
         f.sync_all()?;
         std::fs::rename(&tmp, dest)

@@ -2,8 +2,8 @@
 //! numbers in every weight command (flags and YAML), sizes that would allocate or spawn
 //! without bound, user strings that become paths, tensor names and metadata that attack the
 //! terminal or the table layout, and patches applied to the wrong model. Each case names its
-//! class of the reliability issue ("6-paths", "8-validation", "9-sizes", "11-printing",
-//! "12-patches"); a failing case must exit with its status (1, or clap's 2 for a bad global
+//! class of the reliability issue ("1-commit", "2-failure", "6-paths", "8-validation",
+//! "9-sizes", "11-printing", "12-patches"); a failing case must exit with its status (1, or clap's 2 for a bad global
 //! flag; never a panic's 101), name the parameter or tensor on stderr, and write no output.
 
 use std::path::{Path, PathBuf};
@@ -20,6 +20,8 @@ struct Case {
     expect: Vec<String>,
     /// A path that must not exist afterwards (the output of a refused run).
     absent: Option<PathBuf>,
+    /// An environment variable set for the run.
+    env: Option<(&'static str, &'static str)>,
 }
 
 fn case(class: &'static str, args: &[&str], code: i32, expect: &[&str]) -> Case {
@@ -29,12 +31,18 @@ fn case(class: &'static str, args: &[&str], code: i32, expect: &[&str]) -> Case 
         code,
         expect: expect.iter().map(|e| e.to_string()).collect(),
         absent: None,
+        env: None,
     }
 }
 
 impl Case {
     fn absent(mut self, p: &Path) -> Case {
         self.absent = Some(p.to_path_buf());
+        self
+    }
+
+    fn env(mut self, k: &'static str, v: &'static str) -> Case {
+        self.env = Some((k, v));
         self
     }
 }
@@ -628,6 +636,501 @@ fn patches(d: &Path, f: &[PathBuf; 4]) -> Vec<Case> {
     v
 }
 
+/// A mergekit config of task_arithmetic over ft-1 and ft-2, with `extra` lines at the end.
+fn config(d: &Path, f: &[PathBuf; 4], name: &str, extra: &str) -> String {
+    let cfg = d.join(name);
+    let [base, ft1, ft2, _] = f.each_ref().map(|x| s(x).to_string());
+    std::fs::write(
+        &cfg,
+        format!("merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n  - model: {ft1}\n  - model: {ft2}\n{extra}"),
+    )
+    .unwrap();
+    s(&cfg).to_string()
+}
+
+/// Class 8: the config form of `merge` refuses the quick form's flags (they would be
+/// ignored), takes --out-dtype and --seed once, and reads the config as a checked input.
+fn config_form(d: &Path, f: &[PathBuf; 4]) -> Vec<Case> {
+    let out = d.join("merged");
+    let cfg = config(d, f, "form.yml", "");
+    let seeded = config(d, f, "seeded.yml", "seed: 4\nout_dtype: float32\n");
+    let base = s(&f[0]);
+    let mut v = Vec::new();
+    let flags: &[&[&str]] = &[
+        &["--lambda", "nan"],
+        &["--lambda", "0.5"],
+        &["--density", "7"],
+        &["--weights", "3,3"],
+        &["--t", "0.5"],
+        &["--param", "lambda=9"],
+        &["--trim-scope", "model"],
+        &["--base", base],
+    ];
+    for extra in flags {
+        let mut a = vec!["merge", &cfg];
+        a.extend_from_slice(extra);
+        a.extend(["-o", s(&out)]);
+        v.push(case("8-validation", &a, 1, &[extra[0], "quick form"]).absent(&out));
+    }
+    for (flag, val) in [("--seed", "3"), ("--out-dtype", "f16")] {
+        let a = ["merge", &seeded, flag, val, "-o", s(&out)];
+        v.push(case("8-validation", &a, 1, &[flag, "give it once"]).absent(&out));
+    }
+    let a = ["merge", &cfg, "--out-dtype", "i8", "-o", s(&out)];
+    v.push(case("8-validation", &a, 1, &["not a float type"]).absent(&out));
+    for special in ["/dev/zero", "/dev/null"] {
+        let a = ["merge", special, "-o", s(&out)];
+        v.push(case("8-validation", &a, 1, &[special]).absent(&out));
+    }
+    // Where the config does not set them, --out-dtype and --seed take effect.
+    let a = [
+        "merge",
+        &cfg,
+        "--seed",
+        "3",
+        "--out-dtype",
+        "f16",
+        "-o",
+        &p(d, "cfg-ok"),
+    ];
+    v.push(case("8-validation", &a, 0, &["merged"]));
+    v.push(case(
+        "8-validation",
+        &["inspect", &p(d, "cfg-ok")],
+        0,
+        &["F16"],
+    ));
+    v
+}
+
+/// Class 8: booleans where numbers belong, filter entries no tensor reaches, normalizing by
+/// a zero sum of weights, overflow from finite inputs, and options of another mode.
+fn loose_values(d: &Path, f: &[PathBuf; 4]) -> Vec<Case> {
+    let [base, ft1, ft2, _] = f.each_ref().map(|x| s(x).to_string());
+    let out = d.join("merged");
+    let mut v = Vec::new();
+    let yaml: &[(&str, &str)] = &[
+        ("parameters:\n  lambda: true\n", "boolean"),
+        ("parameters:\n  lambda: false\n", "boolean"),
+        ("parameters:\n  normalize: [0, 1]\n", "not a gradient"),
+        (
+            "parameters:\n  lambda: [{filter: layers, value: true}, {value: 1}]\n",
+            "boolean",
+        ),
+        (
+            "parameters:\n  lambda: [{value: 1}, {filter: layers, value: 2}]\n",
+            "can never apply",
+        ),
+        (
+            "parameters:\n  lambda: [{filter: layers, value: 1}, {filter: layers.0, value: 2}]\n",
+            "can never apply",
+        ),
+        (
+            "parameters:\n  lambda: [{filter: norm, value: 1}, {filter: norm, value: 2}, {value: 3}]\n",
+            "can never apply",
+        ),
+        (
+            "parameters:\n  normalize: true\n  lambda: 1e39\n",
+            "not finite",
+        ),
+    ];
+    for (i, (extra, want)) in yaml.iter().enumerate() {
+        let cfg = config(d, f, &format!("loose-{i}.yml"), extra);
+        v.push(case("8-validation", &["merge", &cfg, "-o", s(&out)], 1, &[want]).absent(&out));
+    }
+    // A model's own weight as a boolean (YAML and flags).
+    let cfg = d.join("weight-bool.yml");
+    std::fs::write(
+        &cfg,
+        format!("merge_method: linear\nmodels:\n  - model: {ft1}\n    parameters:\n      weight: false\n  - model: {ft2}\n"),
+    )
+    .unwrap();
+    v.push(
+        case(
+            "8-validation",
+            &["merge", s(&cfg), "-o", s(&out)],
+            1,
+            &["'weight' of model", "boolean"],
+        )
+        .absent(&out),
+    );
+    // (method, flags, what stderr names)
+    let flags: &[(&str, &[&str], &str)] = &[
+        ("task_arithmetic", &["--param", "lambda=true"], "boolean"),
+        ("ties", &["--param", "density=false"], "boolean"),
+        ("slerp", &["--param", "t=true"], "boolean"),
+        (
+            "task_arithmetic",
+            &["--param", "normalize=1", "--weights", "1,-1"],
+            "sum to 0",
+        ),
+        (
+            "task_arithmetic",
+            &["--param", "normalize=true", "--weights", "0,0"],
+            "sum to 0",
+        ),
+        ("linear", &["--weights", "2,-2"], "sum to 0"),
+        (
+            "dare_linear",
+            &["--param", "normalize=1", "--weights", "1,-1"],
+            "sum to 0",
+        ),
+        (
+            "breadcrumbs",
+            &["--param", "normalize=1", "--weights=-3,3"],
+            "sum to 0",
+        ),
+        (
+            "della_linear",
+            &["--param", "normalize=1", "--weights", "0.5,-0.5"],
+            "sum to 0",
+        ),
+        ("task_arithmetic", &["--lambda", "1e300"], "not finite"),
+        (
+            "task_arithmetic",
+            &["--lambda", "1e38", "--weights", "3,3"],
+            "not finite",
+        ),
+        (
+            "task_arithmetic",
+            &["--lambda", "1e6", "--out-dtype", "f16"],
+            "F16",
+        ),
+        (
+            "linear",
+            &["--weights", "3e38,3e38", "--param", "normalize=0"],
+            "not finite",
+        ),
+    ];
+    for (method, extra, want) in flags {
+        let models: &[&str] = if *method == "slerp" {
+            &[&ft1]
+        } else {
+            &[&ft1, &ft2]
+        };
+        let mut args = vec!["merge", "--method", method, "--base", &base];
+        args.extend_from_slice(models);
+        args.extend_from_slice(extra);
+        args.extend(["-o", s(&out)]);
+        v.push(case("8-validation", &args, 1, &[want]).absent(&out));
+    }
+    // Task-vector arithmetic overflows likewise.
+    let (tv, o) = (p(d, "tv"), d.join("applied"));
+    let args = [
+        "tv",
+        "apply",
+        "--base",
+        &base,
+        &tv,
+        "--scale",
+        "3e38",
+        "-o",
+        s(&o),
+    ];
+    v.push(case("8-validation", &args, 1, &["not finite"]).absent(&o));
+    // --density belongs to --tau ties.
+    let c = d.join("c");
+    for (cmd, tau) in [
+        ("tall", "sum"),
+        ("consensus", "sum"),
+        ("compress", "ta"),
+        ("tall", "ta"),
+    ] {
+        let mut a = vec![
+            cmd,
+            "--base",
+            &base,
+            &ft1,
+            &ft2,
+            "--tau",
+            tau,
+            "--density",
+            "0.3",
+        ];
+        if cmd != "tall" {
+            a.extend(["-o", s(&c)]);
+        }
+        v.push(case("8-validation", &a, 1, &["--density", "--tau ties"]).absent(&c));
+    }
+    // A study's options and data are checked before its folder is touched.
+    let m8 = d.join("m8");
+    let none = p(d, "no-data");
+    for (flag, val, want) in [
+        ("--finetune-lr", "nan", "lr"),
+        ("--finetune-lr", "0", "lr"),
+        ("--finetune-lr", "-1", "lr"),
+        ("--finetune-lr", "1e309", "lr"),
+        ("--finetune-steps", "0", "iterations"),
+        ("--finetune-steps", "1000000000000000", "iterations"),
+        ("--hidden", "0", "--hidden"),
+        ("--seed", "1", "no-data"),
+    ] {
+        let a = [
+            "study",
+            "merge8",
+            "--quick",
+            "-o",
+            s(&m8),
+            "--data-dir",
+            &none,
+            flag,
+            val,
+        ];
+        let a: Vec<&str> = if flag == "--finetune-lr" && val == "-1" {
+            let mut a = a[..7].to_vec();
+            a.push("--finetune-lr=-1");
+            a
+        } else {
+            a.to_vec()
+        };
+        v.push(case("8-validation", &a, 1, &[want]).absent(&m8));
+    }
+    v
+}
+
+/// Class 12: no tensor is skipped: a tensor one input has and another lacks is an error
+/// naming it in task vectors, patches, merges and the TALL family; task-vector commands take
+/// task vectors only; a patch's checksums are verified.
+fn completeness(d: &Path, f: &[PathBuf; 4]) -> Vec<Case> {
+    let [base, ft1, ft2, _] = f.each_ref().map(|x| s(x).to_string());
+    let tvmark = [("engram.task_vector", "1")];
+    let mut with_ghost = SHAPES.to_vec();
+    with_ghost.push(("ghost.weight", "F32", &[2]));
+    let less = &SHAPES[..2];
+    let mk = |name: &str, t: &[Tensor], md: &[(&str, &str)]| {
+        let f = d.join(name);
+        st(&f, t, 5, md);
+        s(&f).to_string()
+    };
+    let (extra, base_less) = (
+        mk("extra.safetensors", &with_ghost, &[]),
+        mk("base-less.safetensors", less, &[]),
+    );
+    let tv_ghost = mk("tv-ghost.safetensors", &with_ghost, &tvmark);
+    let tv_less = mk("tv-less.safetensors", less, &tvmark);
+    let unmarked = mk("tv-unmarked.safetensors", SHAPES, &[]);
+    let (tv, patch, o) = (p(d, "tv"), p(d, "p.safetensors"), d.join("o12"));
+    let o_ = s(&o);
+    const GHOST: &str = "ghost.weight";
+    const NORM: &str = "model.norm.weight";
+    let cases: Vec<(Vec<&str>, &[&str])> = vec![
+        (
+            vec!["tv", "apply", "--base", &base, &tv_ghost, "--force"],
+            &[GHOST, "not in"],
+        ),
+        (
+            vec!["tv", "apply", "--base", &base_less, &tv, "--force"],
+            &[NORM, "not in"],
+        ),
+        (
+            vec!["tv", "apply", "--base", &base, &tv_less, "--force"],
+            &[NORM, "missing"],
+        ),
+        (vec!["tv", "add", &tv, &tv_less], &[NORM, "missing"]),
+        (vec!["tv", "add", &tv_less, &tv], &[NORM, "not in"]),
+        (vec!["tv", "add", &tv, &tv_ghost], &[GHOST, "not in"]),
+        (
+            vec!["tv", "extract", "--base", &base_less, "--model", &ft1],
+            &[NORM, "missing"],
+        ),
+        (
+            vec!["tv", "extract", "--base", &base, "--model", &extra],
+            &[GHOST, "missing"],
+        ),
+        (
+            vec!["tv", "extract", "--base", &extra, "--model", &ft1],
+            &[GHOST, "not in"],
+        ),
+        (
+            vec!["tv", "apply", "--base", &base, &ft2],
+            &["not a task vector"],
+        ),
+        (
+            vec!["tv", "apply", "--base", &base, &patch, "--force"],
+            &["not a task vector"],
+        ),
+        (
+            vec!["tv", "apply", "--base", &base, &unmarked],
+            &["not a task vector"],
+        ),
+        (vec!["tv", "add", &tv, &unmarked], &["not a task vector"]),
+        (vec!["tv", "add", &ft1, &ft2], &["not a task vector"]),
+        (
+            vec!["tv", "scale", &unmarked, "--by", "2"],
+            &["not a task vector"],
+        ),
+        (
+            vec!["patch", "extract", "--pre", &base, "--model", &base_less],
+            &[NORM, "missing"],
+        ),
+        (
+            vec![
+                "patch", "extract", "--pre", &base, "--clean", &base_less, "--model", &ft1,
+            ],
+            &[NORM],
+        ),
+        (
+            vec![
+                "merge",
+                "--method",
+                "task_arithmetic",
+                "--base",
+                &base,
+                &ft1,
+                &extra,
+            ],
+            &[GHOST, "--allow-missing"],
+        ),
+        (
+            vec!["merge", "--method", "linear", &ft1, &extra],
+            &[GHOST, "--allow-missing"],
+        ),
+        (
+            vec!["tall", "--base", &base, &ft1, &extra],
+            &[GHOST, "not in the base"],
+        ),
+        (
+            vec!["tall", "--base", &base_less, &ft1, &ft2],
+            &[NORM, "not in the base"],
+        ),
+        (
+            vec!["consensus", "--base", &base, &ft1, &extra],
+            &[GHOST, "not in the base"],
+        ),
+        (
+            vec!["compress", "--base", &base, &extra, &ft2],
+            &[GHOST, "not in the base"],
+        ),
+        (
+            vec![
+                "compress", "--base", &base_less, &ft1, &ft2, "--tau", "ties",
+            ],
+            &[NORM, "not in the base"],
+        ),
+    ];
+    let mut v = Vec::new();
+    for (mut a, want) in cases {
+        match a[0] {
+            "tall" => a.extend(["--reconstruct", o_]),
+            _ => a.extend(["-o", o_]),
+        }
+        v.push(case("12-patches", &a, 1, want).absent(&o));
+    }
+    // --allow-missing names what it leaves out.
+    let a = [
+        "merge",
+        "--method",
+        "task_arithmetic",
+        "--base",
+        &base,
+        &ft1,
+        &extra,
+        "--allow-missing",
+        "-o",
+        &p(d, "ok-missing"),
+    ];
+    v.push(case(
+        "12-patches",
+        &a,
+        0,
+        &["ignored (not in the base): ghost.weight"],
+    ));
+    // A patch with a flipped byte is refused by apply and remove.
+    let bad = d.join("p-flipped.safetensors");
+    let mut bytes = std::fs::read(d.join("p.safetensors")).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x55;
+    std::fs::write(&bad, bytes).unwrap();
+    for cmd in ["apply", "remove"] {
+        let a = ["patch", cmd, &ft1, "--patch", s(&bad), "-o", o_];
+        v.push(case("12-patches", &a, 1, &["checksum"]).absent(&o));
+    }
+    v
+}
+
+/// Sizes that cannot be honoured, the thread count from the environment, and outputs: a
+/// failing run writes nothing; a rewritten synthetic family leaves no model of the old one.
+fn outputs(d: &Path, f: &[PathBuf; 4]) -> Vec<Case> {
+    let base = s(&f[0]);
+    let o = d.join("s");
+    let mut v = Vec::new();
+    for n in ["1", "1k", "2M"] {
+        let a = ["synth", "-q", "-o", s(&o), "--params", n];
+        v.push(case("9-sizes", &a, 1, &["within 10%"]).absent(&o));
+    }
+    let c = d.join("conv-max");
+    let max = u64::MAX.to_string();
+    v.push(case(
+        "9-sizes",
+        &["convert", base, "-o", s(&c), "--shard-size", &max],
+        0,
+        &[],
+    ));
+    let over = "18446744073709551616";
+    let a = [
+        "convert",
+        base,
+        "-o",
+        &p(d, "conv-over"),
+        "--shard-size",
+        over,
+    ];
+    v.push(case("9-sizes", &a, 1, &[&format!("from 1 to {max}")]).absent(&d.join("conv-over")));
+    for n in ["0", "1025", "100000", "lots"] {
+        let bad = Box::leak(n.to_string().into_boxed_str());
+        let a = ["inspect", base, "--stats"];
+        v.push(
+            case("9-sizes", &a, 1, &["RAYON_NUM_THREADS", "1 to 1024"])
+                .env("RAYON_NUM_THREADS", bad),
+        );
+    }
+    v.push(
+        case("9-sizes", &["inspect", base], 0, &["model.norm.weight"])
+            .env("RAYON_NUM_THREADS", "3"),
+    );
+    // analyze: a bad --out fails before the masks file is written.
+    let afile = d.join("afile");
+    std::fs::write(&afile, "x").unwrap();
+    let m = d.join("lift.safetensors");
+    let a = [
+        "analyze",
+        base,
+        "--out",
+        &p(d, "afile/sub"),
+        "--lift-masks",
+        s(&m),
+    ];
+    v.push(case("2-failure", &a, 1, &["afile"]).absent(&m));
+    // synth over an earlier, larger family: the old ft-3 goes, a user's file stays.
+    let fam = d.join("fam-s");
+    v.push(case(
+        "1-commit",
+        &["synth", "-q", "-o", s(&fam), "-n", "3"],
+        0,
+        &[],
+    ));
+    v.push(case(
+        "1-commit",
+        &["inspect", &p(d, "fam-s/ft-3")],
+        0,
+        &["model"],
+    ));
+    v.push(
+        case(
+            "1-commit",
+            &["synth", "-q", "-o", s(&fam), "-n", "1"],
+            0,
+            &[],
+        )
+        .absent(&fam.join("ft-3")),
+    );
+    v.push(
+        case("1-commit", &["inspect", &p(d, "fam-s/ft-1")], 0, &["model"])
+            .absent(&fam.join("ft-2")),
+    );
+    v
+}
+
 #[test]
 fn hostile_inputs_are_refused_by_class() {
     let d = tempfile::tempdir().unwrap();
@@ -665,13 +1168,24 @@ fn hostile_inputs_are_refused_by_class() {
         paths(d, &f),
         printing(d),
         patches(d, &f),
+        config_form(d, &f),
+        loose_values(d, &f),
+        completeness(d, &f),
+        outputs(d, &f),
     ]
     .into_iter()
     .flatten()
     .collect();
     let mut counts = std::collections::BTreeMap::new();
     for c in &cases {
-        let out = engram(&c.args.iter().map(String::as_str).collect::<Vec<_>>());
+        let out = match c.env {
+            None => engram(&c.args.iter().map(String::as_str).collect::<Vec<_>>()),
+            Some((k, v)) => std::process::Command::new(env!("CARGO_BIN_EXE_engram"))
+                .args(&c.args)
+                .env(k, v)
+                .output()
+                .unwrap(),
+        };
         let (so, se) = (
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),

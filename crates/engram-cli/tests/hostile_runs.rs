@@ -252,7 +252,11 @@ fn class_5_resume_refuses_a_changed_run() {
             "lr = 0.01\neps = 1e-8",
             "train.optimizer.eps: 0.00001 -> 1e-8",
         ),
-        (lr, "lr = 0.01\nmomentum = 0.5", "train.optimizer.momentum"),
+        (
+            "kind = \"adam\"",
+            "kind = \"sgd\"\nmomentum = 0.5",
+            "train.optimizer.momentum: 0.0 -> 0.5",
+        ),
         (
             "iterations = 2",
             "iterations = 3",
@@ -303,7 +307,7 @@ fn class_5_resume_refuses_a_changed_run() {
         (
             tasks,
             "tasks = 3\nshuffle-classes = true",
-            "scenario.shuffle-classes: (not set) -> true",
+            "scenario.shuffle-classes: false -> true",
         ),
         (tasks, "tasks = 3\nvalidation = 0.1", "scenario.validation"),
         (tasks, "tasks = 2", "scenario.tasks: 3 -> 2"),
@@ -772,6 +776,37 @@ fn class_9_sizes_are_checked_before_allocation() {
             "tasks = 3\ntrain-per-task = 0",
             "train-per-task",
         ),
+        // Zero sizes of every model kind (a zero d_model with one head reached burn).
+        (
+            mlp,
+            "kind = \"vit\"\npatch = 4\nd_model = 0\nheads = 1",
+            "model.d_model = 0",
+        ),
+        (
+            mlp,
+            "kind = \"vit\"\npatch = 4\nheads = 0",
+            "model.heads = 0",
+        ),
+        (mlp, "kind = \"vit\"\npatch = 0", "model.patch = 0"),
+        (
+            mlp,
+            "kind = \"vit\"\npatch = 4\nlayers = 0",
+            "model.layers = 0",
+        ),
+        (mlp, "kind = \"resmlp\"\nwidth = 0", "model.width = 0"),
+        (mlp, "kind = \"resmlp\"\nhidden = 0", "model.hidden = 0"),
+        (mlp, "kind = \"resmlp\"\nblocks = 0", "model.blocks = 0"),
+        (
+            mlp,
+            "kind = \"cnn\"\nchannels = [0, 4]",
+            "model.channels = [0, 4]",
+        ),
+        (mlp, "kind = \"cnn\"\nhidden = 0", "model.hidden = 0"),
+        (
+            mlp,
+            "kind = \"mlp\"\nhidden = [16, 0]",
+            "model.hidden = [16, 0]",
+        ),
     ];
     let cases: Vec<Case> = table
         .iter()
@@ -873,6 +908,180 @@ fn class_8_values_are_checked_in_every_section() {
     check(d.path(), &cases);
 }
 
+/// Values a run file accepted and then clamped or ignored: every strategy's keys against the
+/// run (task count, the network's weights, the optimizer), keys without effect, zeros.
+#[test]
+fn class_8_values_fit_the_run_and_none_is_ignored() {
+    let lr = "lr = 0.01";
+    let resmlp = |st: &str| {
+        edit("name = \"naive\"", st).replace(
+            "kind = \"mlp\"\nhidden = [16]",
+            "kind = \"resmlp\"\nwidth = 8\nhidden = 8\nblocks = 2",
+        )
+    };
+    let strategy = |st: &str| edit("name = \"naive\"", st);
+    let alphas = vec!["0.5"; 99].join(", ");
+    let table = [
+        (
+            edit(lr, "lr = 0.01\nmomentum = 0.5"),
+            "momentum has no effect with kind = \"adam\"",
+        ),
+        (
+            edit("kind = \"adam\"", "kind = \"sgd\"\nbetas = [0.8, 0.9]"),
+            "betas has no effect",
+        ),
+        (
+            edit("kind = \"adam\"", "kind = \"sgd\"\neps = 1e-8"),
+            "eps has no effect",
+        ),
+        (
+            edit("iterations = 2", "iterations = 2\nepochs = 3"),
+            "train.epochs has no effect",
+        ),
+        (
+            strategy("name = \"lift\"\nfrom-task = 99"),
+            "from-task = 99 must be in [0, 2]",
+        ),
+        (
+            strategy("name = \"kappatune\"\nfrom-task = 3"),
+            "from-task = 3 must be in [0, 2]",
+        ),
+        (
+            strategy("name = \"lora\"\nfrom-task = 99"),
+            "from-task = 99",
+        ),
+        (
+            resmlp("name = \"block-expansion\"\nfrom-task = 99"),
+            "from-task = 99",
+        ),
+        (
+            strategy("name = \"kappatune\"\nn = 0\ntrain-head = false"),
+            "n = 0 must be at least 1 (with train-head = false)",
+        ),
+        (
+            strategy("name = \"kappatune\"\nn = 1000000000000"),
+            "n = 1000000000000 must be in [0, 1]",
+        ),
+        (
+            strategy("name = \"kappatune\"\nn = 2"),
+            "n = 2 must be in [0, 1]",
+        ),
+        (
+            strategy("name = \"lift\"\nrank = 1000000000000"),
+            "rank = 1000000000000 must be in [1, 13]",
+        ),
+        (
+            strategy("name = \"lift\"\nrank = 18446744073709551615"),
+            "rank",
+        ),
+        (
+            strategy("name = \"lift\"\nfilter-rank = 1000000000000"),
+            "filter-rank = 1000000000000 must be in [1, 16]",
+        ),
+        (strategy("name = \"lift\"\nrank = 0"), "rank = 0"),
+        (
+            strategy("name = \"lift\"\ninterval = 0"),
+            "interval = 0 must be at least 1",
+        ),
+        (
+            strategy("name = \"lift\"\nselection = \"random\"\ninterval = 5"),
+            "interval has no effect",
+        ),
+        (
+            strategy("name = \"lift\"\nselection = \"magnitude\"\nfilter-rank = 2"),
+            "filter-rank has no effect",
+        ),
+        (
+            edit("kind = \"adam\"", "kind = \"sgd\"")
+                .replace("name = \"naive\"", "name = \"lift\""),
+            "sparse AdamW",
+        ),
+        (
+            strategy("name = \"lora\"\nr = 1000000000000"),
+            "r = 1000000000000 exceeds the rank",
+        ),
+        (
+            strategy("name = \"lora\"\north-lambda = 2.0"),
+            "orth-lambda has no effect",
+        ),
+        (
+            resmlp("name = \"block-expansion\"\nexpansions = 1000000000000000000"),
+            "expansions = 1000000000000000000 must be in [1, 2]",
+        ),
+        (
+            resmlp("name = \"block-expansion\"\nexpansions = 0"),
+            "expansions = 0",
+        ),
+        (
+            resmlp("name = \"block-expansion\"\nblocks = [2]"),
+            "blocks = 2 must be in [0, 1]",
+        ),
+        (
+            resmlp("name = \"block-expansion\"\nblocks = [1, 1]"),
+            "twice",
+        ),
+        (
+            resmlp("name = \"block-expansion\"\nblocks = [1]\nexpansions = 1"),
+            "expansions has no effect",
+        ),
+        (
+            resmlp("name = \"block-expansion\"\ngate = \"dlerp\"\na = 1.0"),
+            "a has no effect",
+        ),
+        (
+            strategy("name = \"block-expansion\""),
+            "needs residual blocks",
+        ),
+        (
+            strategy("name = \"kd-wa\"\nexemplars = 0"),
+            "exemplars = 0 must be at least 1",
+        ),
+        (
+            strategy("name = \"kd-wa\"\nexemplars = 5"),
+            "exemplars = 5 must be at least 6",
+        ),
+        (
+            strategy("name = \"kd-wa\"\nkd = false\ntemperature = 3.0"),
+            "temperature has no effect",
+        ),
+        (
+            strategy(&format!("name = \"lwf\"\nalpha-per-task = [{alphas}]")),
+            "alpha-per-task's length = 99 must be in [0, 3]",
+        ),
+        (
+            strategy("name = \"lwf\"\nalpha = 2.0\nalpha-per-task = [1.0]"),
+            "alpha has no effect",
+        ),
+        (
+            strategy("name = \"classp\"\nscaling = false\neps = 0.1"),
+            "eps has no effect",
+        ),
+        (
+            strategy("name = \"classp\"\nscaling = false\np = 2.0"),
+            "p has no effect",
+        ),
+        (
+            strategy("name = \"der\"\nbeta = 0.5"),
+            "beta belongs to der++",
+        ),
+        (
+            strategy("name = \"er\"\nbuffer = 0"),
+            "buffer must be at least 1",
+        ),
+        (strategy("name = \"ewc\"\nsamples = 0"), "samples"),
+        (
+            strategy("name = \"ewc\"\npenalty-convention = \"half\""),
+            "penalty-convention",
+        ),
+    ];
+    let cases: Vec<Case> = table
+        .iter()
+        .map(|(run, needle)| case("8-values", *needle, run.clone(), &[needle]))
+        .collect();
+    let d = tempfile::tempdir().unwrap();
+    check(d.path(), &cases);
+}
+
 #[test]
 fn class_10_missing_data_is_an_error() {
     let digits = |k: usize| format!("{k}.json");
@@ -931,7 +1140,7 @@ fn class_10_missing_data_is_an_error() {
             "10-data",
             "a digit file that is a folder",
             run.clone(),
-            &["lacks 2.json"],
+            &["2.json", "is a folder, not a regular file"],
         )
         .args(&data)
         .prep(Rc::new(|p: &Path| {
@@ -1037,4 +1246,301 @@ fn data_files_are_recorded_and_checked_on_resume() {
     copy_tree(&data, &copy);
     let r = resume(&copy);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}
+
+/// The same settings written differently (a default written out, a zero that means none)
+/// resume the run; each case checkpoints its base run and resumes with the variant.
+#[test]
+fn class_5_resume_accepts_the_same_settings_written_differently() {
+    let l2 = edit("name = \"naive\"", "name = \"l2\"");
+    let tasks = "tasks = 3";
+    let table = [
+        (RUN.to_string(), tasks, "tasks = 3\nshuffle-classes = false"),
+        (RUN.to_string(), tasks, "tasks = 3\nvalidation = 0.0"),
+        (RUN.to_string(), tasks, "tasks = 3\nseed = 0"),
+        (
+            RUN.to_string(),
+            "test-per-class = 5",
+            "test-per-class = 5\nseparation = 0.5",
+        ),
+        (
+            RUN.to_string(),
+            "dataset = \"blobs\"",
+            "dataset = \"blobs\"\n",
+        ),
+        (l2.clone(), "name = \"l2\"", "name = \"l2\"\nlambda = 1.0"),
+        (l2.clone(), "name = \"l2\"", "name = \"l2\"\nparams = []"),
+        (
+            l2,
+            "name = \"l2\"",
+            "name = \"l2\"\nlambda = 1.0\nparams = []",
+        ),
+    ];
+    let d = tempfile::tempdir().unwrap();
+    for (i, (base, from, to)) in table.iter().enumerate() {
+        let dir = d.path().join(i.to_string());
+        checkpoint(&dir, base, &[]);
+        assert!(base.contains(from), "{from}");
+        let cfg = dir.join("same.toml");
+        std::fs::write(&cfg, base.replacen(from, to, 1)).unwrap();
+        let out = dir.join("out");
+        let r = engram(&[
+            "train",
+            "-q",
+            "--config",
+            s(&cfg),
+            "-o",
+            s(&out),
+            "--resume",
+        ]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(r.status.success(), "[5-resume] {to:?}: {err}");
+    }
+    eprintln!("class 5-resume (same settings): {} cases", table.len());
+}
+
+/// The run file must be a regular file, read once (a FIFO would block, a device never end).
+#[test]
+fn class_7_the_run_file_is_a_regular_file() {
+    let d = tempfile::tempdir().unwrap();
+    let fifo = d.path().join("fifo.toml");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.unwrap().success());
+    let zero = d.path().join("zero.toml");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let looped = d.path().join("loop.toml");
+    std::os::unix::fs::symlink(&looped, &looped).unwrap();
+    let folder = d.path().join("folder.toml");
+    std::fs::create_dir(&folder).unwrap();
+    let big = d.path().join("big.toml");
+    std::fs::write(&big, format!("{RUN}\n{}", "#".repeat(2 << 20))).unwrap();
+    let out = d.path().join("out");
+    let cases = [
+        (&fifo, "a FIFO"),
+        (&zero, "a device"),
+        (&looped, "loop.toml"),
+        (&folder, "a folder"),
+        (&big, "at most"),
+    ];
+    for (cfg, needle) in cases {
+        let err = common::fails(&["train", "-q", "--config", s(cfg), "-o", s(&out)]);
+        assert!(err.contains(needle), "[7-special] {cfg:?}: {err}");
+    }
+    assert!(!out.exists());
+    eprintln!("class 7-special (run file): {} cases", cases.len());
+}
+
+/// `--export-masks` is checked before the run: onto one of the run's own outputs or its
+/// run file, or with a strategy without masks, it is an error that leaves an earlier run
+/// (replaced with `--overwrite`) as it was.
+#[test]
+fn class_3_export_masks_never_replaces_the_runs_own_files() {
+    let d = tempfile::tempdir().unwrap();
+    let lift = edit("name = \"naive\"", "name = \"lift\"\nfrom-task = 1");
+    let base = d.path().join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    let cfg = base.join("run.toml");
+    std::fs::write(&cfg, &lift).unwrap();
+    let out = base.join("out");
+    ok(&["train", "-q", "--config", s(&cfg), "-o", s(&out)]);
+    let before: Vec<_> = tree(&out)
+        .into_iter()
+        .map(|p| (std::fs::read(out.join(&p)).ok(), p))
+        .collect();
+    let naive = d.path().join("naive.toml");
+    std::fs::write(&naive, RUN).unwrap();
+    let run = s(&cfg);
+    let cases = [
+        (run, "out/t/results.json", "inside the run's folder"),
+        (
+            run,
+            "out/t/checkpoint/task-3.model.safetensors",
+            "inside the run's folder",
+        ),
+        (run, "out/t/checkpoint", "inside the run's folder"),
+        (run, "out/t/../t/results.json", "inside the run's folder"),
+        (run, "run.toml", "an input of this run"),
+        (
+            s(&naive),
+            "masks.safetensors",
+            "strategy naive has no masks",
+        ),
+    ];
+    for (cfg, export, needle) in cases {
+        let export = base.join(export);
+        let args = ["train", "-q", "--config", cfg, "-o", s(&out), "--overwrite"];
+        let err = common::fails(&[&args[..], &["--export-masks", s(&export)]].concat());
+        assert!(err.contains(needle), "[3-outputs] {export:?}: {err}");
+        let after: Vec<_> = tree(&out)
+            .into_iter()
+            .map(|p| (std::fs::read(out.join(&p)).ok(), p))
+            .collect();
+        assert!(
+            after == before,
+            "[3-outputs] {export:?} changed the earlier run"
+        );
+        assert!(!std::fs::read_to_string(cfg).unwrap().is_empty());
+    }
+    // A refusal at the start (here a strategy's value against the run) also leaves it.
+    let bad = base.join("bad.toml");
+    std::fs::write(&bad, lift.replace("from-task = 1", "from-task = 9")).unwrap();
+    let err = common::fails(&[
+        "train",
+        "-q",
+        "--config",
+        s(&bad),
+        "-o",
+        s(&out),
+        "--overwrite",
+    ]);
+    assert!(err.contains("from-task = 9"), "{err}");
+    let after: Vec<_> = tree(&out)
+        .into_iter()
+        .map(|p| (std::fs::read(out.join(&p)).ok(), p))
+        .collect();
+    assert!(
+        after == before,
+        "a refused --overwrite changed the earlier run"
+    );
+    eprintln!(
+        "class 3-outputs (--export-masks): {} cases",
+        cases.len() + 1
+    );
+}
+
+/// What `train` prints (the summary line, paths) is escaped like every terminal text.
+#[test]
+fn class_6_printed_paths_are_escaped() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("run.toml");
+    std::fs::write(&cfg, RUN).unwrap();
+    let out = d.path().join("out\u{1b}[31m\u{202e}x");
+    let r = engram(&["train", "--config", s(&cfg), "-o", s(&out)]);
+    let text = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        text.contains("results: ") && text.contains("\\u{1b}[31m\\u{202e}x"),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{202e}'),
+        "{text}"
+    );
+}
+
+/// Data files that are not regular files, lead outside the data folder, or carry bytes after
+/// their gzip data are refused with that reason.
+#[test]
+fn class_7_data_files_are_regular_files_inside_the_data_folder() {
+    fn gz(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut c = std::process::Command::new("gzip")
+            .args(["-c", "-n"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(bytes).unwrap();
+        c.wait_with_output().unwrap().stdout
+    }
+    let with = |f: fn(&Path, &Path)| -> Prep {
+        Rc::new(move |p: &Path| {
+            let d = p.join("data");
+            fake_digits(&d);
+            f(&d.join("3.json"), p)
+        })
+    };
+    let data = ["--data-dir", "{dir}/data"];
+    let run = digits_run();
+    let table: [(&str, &str, Prep); 7] = [
+        (
+            "a FIFO",
+            "a FIFO",
+            with(|f, _| {
+                std::fs::remove_file(f).unwrap();
+                let made = std::process::Command::new("mkfifo").arg(f).status();
+                assert!(made.unwrap().success());
+            }),
+        ),
+        (
+            "a symlink to /dev/zero",
+            "a device",
+            with(|f, _| {
+                std::fs::remove_file(f).unwrap();
+                std::os::unix::fs::symlink("/dev/zero", f).unwrap();
+            }),
+        ),
+        (
+            "a symlink loop",
+            "leads nowhere or loops",
+            with(|f, _| {
+                std::fs::remove_file(f).unwrap();
+                std::os::unix::fs::symlink(f, f).unwrap();
+            }),
+        ),
+        (
+            "a folder",
+            "a folder, not a regular file",
+            with(|f, _| {
+                std::fs::remove_file(f).unwrap();
+                std::fs::create_dir(f).unwrap();
+            }),
+        ),
+        (
+            "a symlink out of the data folder",
+            "leads outside the data folder",
+            with(|f, p| {
+                let outside = p.join("3.json");
+                std::fs::rename(f, &outside).unwrap();
+                std::os::unix::fs::symlink(&outside, f).unwrap();
+            }),
+        ),
+        (
+            "a gzip file with a second member",
+            "another gzip member",
+            with(|f, _| {
+                let mut b = gz(&std::fs::read(f).unwrap());
+                b.extend(gz(b"{\"data\": []}"));
+                std::fs::write(f, b).unwrap();
+            }),
+        ),
+        (
+            "a gzip file with trailing bytes",
+            "3 bytes follow its gzip data",
+            with(|f, _| {
+                let mut b = gz(&std::fs::read(f).unwrap());
+                b.extend(b"abc");
+                std::fs::write(f, b).unwrap();
+            }),
+        ),
+    ];
+    let cases: Vec<Case> = table
+        .into_iter()
+        .map(|(what, needle, prep)| {
+            case("7-special", what, run.clone(), &["3.json", needle])
+                .args(&data)
+                .prep(prep)
+        })
+        .collect();
+    let d = tempfile::tempdir().unwrap();
+    check(d.path(), &cases);
+    // A symlink that stays inside the data folder is read.
+    let data = d.path().join("inside");
+    fake_digits(&data);
+    std::fs::create_dir(data.join("sub")).unwrap();
+    std::fs::rename(data.join("3.json"), data.join("sub/3.json")).unwrap();
+    std::os::unix::fs::symlink("sub/3.json", data.join("3.json")).unwrap();
+    let cfg = d.path().join("run.toml");
+    std::fs::write(&cfg, digits_run()).unwrap();
+    let out = d.path().join("out");
+    ok(&[
+        "train",
+        "-q",
+        "--config",
+        s(&cfg),
+        "-o",
+        s(&out),
+        "--data-dir",
+        s(&data),
+    ]);
 }

@@ -606,7 +606,8 @@ fn class6_and_7_side_files_and_special_files_are_refused_before_opening() {
     mkfifo(&fifo_dir.join("model.safetensors"));
     let fifo_file = t.path().join("fifo.safetensors");
     mkfifo(&fifo_file);
-    let fifo_index = mk("fifo-index");
+    let fifo_index = t.path().join("fifo-index");
+    std::fs::create_dir_all(&fifo_index).unwrap();
     mkfifo(&fifo_index.join("model.safetensors.index.json"));
     let sock_dir = mk("socket");
     let _sock = std::os::unix::net::UnixListener::bind(sock_dir.join("config.json")).unwrap();
@@ -747,4 +748,250 @@ fn class11_holes_trailing_bytes_and_unlisted_shards_are_refused() {
             assert!(!t.path().join("o").exists());
         }
     }
+}
+
+/// A small, fast training run (blobs, three tasks): its results.json is a report's input.
+const RUN: &str = r#"
+name = "t"
+seed = 1
+[scenario]
+kind = "class-incremental"
+dataset = "blobs"
+tasks = 3
+classes-per-task = 2
+[scenario.blobs]
+train-per-class = 20
+test-per-class = 5
+[model]
+kind = "mlp"
+hidden = [16]
+[strategy]
+name = "naive"
+[train]
+iterations = 2
+batch-size = 16
+[train.optimizer]
+kind = "adam"
+lr = 0.01
+"#;
+
+#[test]
+fn class3_a_report_never_replaces_its_results() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = t.path().join("run.toml");
+    std::fs::write(&cfg, RUN).unwrap();
+    let runs = t.path().join("runs");
+    ok(&["train", "-q", "-c", s(&cfg), "-o", s(&runs)]);
+    let before = snapshot(&runs);
+    let run = runs.join("t");
+    for (class, out) in [("3-report-onto-run", &run), ("3-report-onto-parent", &runs)] {
+        let e = fails(&["report", "-q", s(&run), "-o", s(out)]);
+        assert!(e.contains("an input of this run"), "{class}: {e}");
+        assert_eq!(snapshot(&runs), before, "{class}");
+    }
+    // A results.json symlink leading out of the folder named.
+    let outside = t.path().join("elsewhere");
+    std::fs::create_dir_all(outside.join("r")).unwrap();
+    std::fs::copy(run.join("results.json"), outside.join("r/results.json")).unwrap();
+    let named = t.path().join("named/r");
+    std::fs::create_dir_all(&named).unwrap();
+    std::os::unix::fs::symlink(outside.join("r/results.json"), named.join("results.json")).unwrap();
+    let e = fails(&[
+        "report",
+        "-q",
+        s(&t.path().join("named")),
+        "-o",
+        s(&t.path().join("rep")),
+    ]);
+    assert!(e.contains("outside"), "6-results-symlink-out: {e}");
+}
+
+#[test]
+fn class1_and_4_files_of_different_outputs_are_not_one_model() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        t.path().join("a.safetensors"),
+        t.path().join("b.safetensors"),
+    );
+    model(&a, 6, 1000, 1.0);
+    model(&b, 6, 1000, 2.0);
+    let (sa, sb) = (t.path().join("sa"), t.path().join("sb"));
+    ok(&["convert", "-q", s(&a), "-o", s(&sa), "--shard-size", "8KB"]);
+    ok(&["convert", "-q", s(&b), "-o", s(&sb), "--shard-size", "8KB"]);
+    // A shard of another output (same names, same layout, valid checksums of its own).
+    let shard = "model-00002-of-00003.safetensors";
+    std::fs::copy(sb.join(shard), sa.join(shard)).unwrap();
+    for args in [
+        vec!["inspect", s(&sa)],
+        vec!["convert", s(&sa), "-o", s(&t.path().join("o"))],
+    ] {
+        let e = fails(&args);
+        assert!(e.contains("different outputs"), "1-mixed-shard: {e}");
+    }
+    // A bundle with the masks file of another bundle.
+    let (base, fts) = family(&t.path().join("f"), 2);
+    let (b1, b2) = (t.path().join("b1"), t.path().join("b2"));
+    ok(&compress_args(&base, &fts, &b1, "0.3,0.3"));
+    ok(&compress_args(&base, &fts, &b2, "0.6,0.6"));
+    std::fs::copy(b2.join("masks.safetensors"), b1.join("masks.safetensors")).unwrap();
+    let e = fails(&[
+        "extract",
+        s(&b1),
+        "--task",
+        "a",
+        "-o",
+        s(&t.path().join("x")),
+    ]);
+    assert!(
+        e.contains("not the masks file written with"),
+        "1-foreign-masks: {e}"
+    );
+    // A folder holding a whole model and an index of shards: two models.
+    std::fs::copy(&a, sb.join("model.safetensors")).unwrap();
+    let e = fails(&["inspect", s(&sb)]);
+    assert!(e.contains("holds both"), "11-single-and-index: {e}");
+}
+
+#[test]
+fn class1_reruns_and_killed_runs_of_tall_leave_no_copies_and_no_mix() {
+    let t = tempfile::tempdir().unwrap();
+    let (base, fts) = family(&t.path().join("f"), 2);
+    let out = t.path().join("rec");
+    let args = |tasks: &'static str| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "tall",
+            "-q",
+            "--base",
+            s(&base),
+            "--tasks",
+            tasks,
+            "--reconstruct",
+            s(&out),
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        a.extend(fts.iter().map(|p| s(p).to_string()));
+        a
+    };
+    let run = |a: &[String]| ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    for _ in 0..3 {
+        run(&args("a,b"));
+    }
+    assert_eq!(strays(t.path(), &["f", "rec"]), Vec::<String>::new());
+    // Killed at many moments, then rerun with other task names: the folder holds the old
+    // tasks or the new ones, never a killed run's task beside them.
+    for delay in [0u64, 10, 30, 60, 120] {
+        let a = args("x,y");
+        let mut c = Command::new(env!("CARGO_BIN_EXE_engram"))
+            .args(&a)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    run(&args("p,q"));
+    let mut names = strays(&out, &[]);
+    names.sort();
+    assert!(
+        names == ["a", "b", "p", "q"] || names == ["a", "b", "p", "q", "x", "y"],
+        "{names:?}"
+    );
+    assert_eq!(strays(t.path(), &["f", "rec"]), Vec::<String>::new());
+}
+
+#[test]
+fn class6_model_files_stay_inside_their_folder_and_hub_caches_open() {
+    let t = tempfile::tempdir().unwrap();
+    let real = t.path().join("real.safetensors");
+    model(&real, 2, 8, 1.0);
+    let m = t.path().join("m");
+    std::fs::create_dir(&m).unwrap();
+    std::os::unix::fs::symlink(&real, m.join("model.safetensors")).unwrap();
+    let e = fails(&["inspect", s(&m)]);
+    assert!(
+        e.contains("outside the model folder"),
+        "6-model-file-symlink-out: {e}"
+    );
+    // A bundle file symlinked out of its bundle folder.
+    let (base, fts) = family(&t.path().join("f"), 2);
+    let b = t.path().join("b");
+    ok(&compress_args(&base, &fts, &b, "0.3,0.3"));
+    let bl = t.path().join("bl");
+    std::fs::create_dir(&bl).unwrap();
+    std::os::unix::fs::symlink(b.join("bundle.safetensors"), bl.join("bundle.safetensors"))
+        .unwrap();
+    let e = fails(&[
+        "extract",
+        s(&bl),
+        "--task",
+        "a",
+        "-o",
+        s(&t.path().join("x")),
+    ]);
+    assert!(
+        e.contains("outside the model folder"),
+        "6-bundle-symlink-out: {e}"
+    );
+    // A Hugging Face hub cache: snapshot files are symlinks into the repository's blobs.
+    let repo = t.path().join("models--org--name");
+    let snap = repo.join("snapshots/abc123");
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::copy(&real, repo.join("blobs/1111")).unwrap();
+    std::fs::write(repo.join("blobs/2222"), "{}").unwrap();
+    std::os::unix::fs::symlink("../../blobs/1111", snap.join("model.safetensors")).unwrap();
+    std::os::unix::fs::symlink("../../blobs/2222", snap.join("config.json")).unwrap();
+    ok(&["inspect", s(&snap)]);
+    let out = t.path().join("from-cache");
+    ok(&["convert", "-q", s(&snap), "-o", s(&out)]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("config.json")).unwrap(),
+        "{}"
+    );
+}
+
+#[test]
+fn class1_a_replaced_output_keeps_its_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src.safetensors");
+    model(&src, 2, 8, 1.0);
+    let dir = t.path().join("private");
+    ok(&["convert", "-q", s(&src), "-o", s(&dir)]);
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let file = t.path().join("private.safetensors");
+    ok(&["convert", "-q", s(&src), "-o", s(&file)]);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    ok(&["convert", "-q", s(&src), "-o", s(&dir)]);
+    ok(&["convert", "-q", s(&src), "-o", s(&file)]);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&file), 0o600);
+}
+
+#[test]
+fn class11_headers_start_with_a_brace_and_are_not_nul_padded() {
+    let t = tempfile::tempdir().unwrap();
+    const A: &str = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+    let cases = [
+        (
+            "11-leading-space",
+            format!(" {A}"),
+            "does not start with '{'",
+        ),
+        ("11-bom", format!("\u{feff}{A}"), "does not start with '{'"),
+        ("11-nul-padding", format!("{A}\0\0\0"), "not valid JSON"),
+    ];
+    for (class, json, want) in cases {
+        let p = t.path().join(format!("{class}.safetensors"));
+        std::fs::write(&p, st(&json, 4)).unwrap();
+        let e = fails(&["inspect", s(&p)]);
+        assert!(e.contains(want), "{class}: {e}");
+    }
+    // Space padding (what writers add) stays valid.
+    let p = t.path().join("padded.safetensors");
+    std::fs::write(&p, st(&format!("{A}   "), 4)).unwrap();
+    ok(&["inspect", s(&p)]);
 }

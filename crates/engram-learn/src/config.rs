@@ -66,6 +66,31 @@ impl RunConfig {
         Ok(engram_ckpt::names::plain_name("name", &self.run_name())?)
     }
 
+    /// The run file with every default filled in (the scenario's, the strategy's parameters,
+    /// the name): what a checkpoint records, so that the same settings written differently
+    /// resume and different ones do not.
+    pub fn normalized(&self) -> Result<RunConfig> {
+        let strategy = crate::strategy::build(
+            &self.strategy.name,
+            &Value::Object(self.strategy.params.clone()),
+        )?;
+        let Value::Object(params) = strategy.params() else {
+            return Err(err!(
+                "strategy {}: parameters are not a table",
+                self.strategy.name
+            ));
+        };
+        Ok(RunConfig {
+            name: Some(self.run_name()),
+            scenario: self.scenario.normalized()?,
+            strategy: StrategyConfig {
+                name: self.strategy.name.clone(),
+                params,
+            },
+            ..self.clone()
+        })
+    }
+
     /// The run's name, also its folder's name (checked by [`RunConfig::validate`]).
     pub fn run_name(&self) -> String {
         self.name.clone().unwrap_or_else(|| {
@@ -194,10 +219,59 @@ lr = 0.01
                 "[train]\niterations = 18446744073709551615\n[train.optimizer]",
                 "train.iterations",
             ),
+            // A key without effect for the settings around it.
+            (
+                "lr = 0.01",
+                "lr = 0.01\nmomentum = 0.5",
+                "momentum has no effect",
+            ),
+            (
+                "[train.optimizer]",
+                "[train]\nepochs = 2\niterations = 5\n[train.optimizer]",
+                "train.epochs has no effect",
+            ),
+            (
+                "[train.optimizer]",
+                "[strategy]\nname = \"lora\"\north-lambda = 1.0\n[train.optimizer]",
+                "orth-lambda has no effect",
+            ),
         ] {
             let text = RUN.replacen(from, to, 1);
             let e = RunConfig::parse_toml(&text).map_or_else(|e| e.to_string(), |_| "ok".into());
             assert!(e.contains(key), "{to}: {e}");
         }
+    }
+
+    /// The same settings written differently normalize to the same settings; different ones
+    /// stay different.
+    #[test]
+    fn normalized_settings_compare_equal_when_the_same() {
+        let norm = |t: &str| {
+            let c = RunConfig::parse_toml(t).expect(t);
+            serde_json::to_value(c.normalized().expect(t)).expect("json")
+        };
+        let base = norm(RUN);
+        for (from, to) in [
+            ("[scenario]", "[scenario]\nvalidation = 0.0"),
+            ("[scenario]", "[scenario]\ntasks = 5\nseed = 0"),
+            (
+                "dataset = \"blobs\"",
+                "dataset = \"blobs\"\nblobs = { classes = 10 }",
+            ),
+            ("name = \"t\"", "name = \"t\"\nseed = 0"),
+            ("lr = 0.01", "lr = 0.01\nschedule = \"constant\""),
+        ] {
+            assert_eq!(norm(&RUN.replacen(from, to, 1)), base, "{to}");
+        }
+        let l2 = RUN.replacen("[model]", "[strategy]\nname = \"l2\"\n[model]", 1);
+        let l2x = l2.replacen(
+            "name = \"l2\"",
+            "name = \"l2\"\nlambda = 1.0\nparams = []",
+            1,
+        );
+        assert_eq!(norm(&l2), norm(&l2x));
+        assert_ne!(norm(&l2), base);
+        let other = RUN.replacen("[scenario]", "[scenario]\nvalidation = 0.1", 1);
+        assert_ne!(norm(&other), base);
     }
 }

@@ -110,6 +110,20 @@ impl OptimConfig {
         if !(self.eps.is_finite() && self.eps > 0.0) {
             return Err(err!("eps must be positive, got {}", self.eps));
         }
+        // A key that has no effect with this optimizer is an error, not a setting ignored.
+        let d = OptimConfig::DEFAULT;
+        let unused = match self.kind {
+            OptimKind::Sgd if self.betas != d.betas => Some("betas"),
+            OptimKind::Sgd if self.eps != d.eps => Some("eps"),
+            OptimKind::Adam | OptimKind::Adamw if self.momentum != 0.0 => Some("momentum"),
+            _ => None,
+        };
+        if let Some(key) = unused {
+            return Err(err!(
+                "train.optimizer.{key} has no effect with kind = \"{}\"; remove it",
+                format!("{:?}", self.kind).to_lowercase()
+            ));
+        }
         if let Schedule::Step { every, gamma } = self.schedule
             && (every == 0 || !(gamma > 0.0 && gamma <= 1.0))
         {

@@ -35,33 +35,41 @@ pub fn run_config(
     opts: &RunOptions,
     on: &mut dyn FnMut(Event),
 ) -> Result<Option<Value>> {
-    let ckpt = dir.join("checkpoint");
-    if ckpt.join("state.json").exists() && !opts.resume {
-        if opts.overwrite {
-            std::fs::remove_dir_all(&ckpt).map_err(|e| Error::io(&ckpt, e))?;
-        } else {
-            return Err(err!(
-                "{} holds a checkpoint of this run: pass --resume to continue it or --overwrite to start over",
-                dir.display()
-            ));
-        }
-    }
     cfg.validate()?;
+    let ckpt = dir.join("checkpoint");
+    let results_file = dir.join("results.json");
+    if ckpt.join("state.json").exists() && !opts.resume && !opts.overwrite {
+        return Err(err!(
+            "{} holds a checkpoint of this run: pass --resume to continue it or --overwrite to start over",
+            engram_ckpt::names::esc(&dir.display().to_string())
+        ));
+    }
+    // Outputs that would replace an input (the run file) are refused before anything runs.
+    for p in [&ckpt, &results_file] {
+        engram_ckpt::commit::refuse_input(p)?;
+    }
+    if let Some(p) = opts.export_masks {
+        check_export(cfg, p, dir)?;
+    }
     let data = cfg.scenario.source()?.load(opts.data_dir)?;
     let files = data.files.clone();
     let scenario = cfg.scenario.build_with(data)?;
     let done = opts.stop_after.is_none_or(|n| n >= scenario.tasks.len());
     let export = opts.export_masks.filter(|_| done);
     let settings = settings(cfg, &files)?;
-    let out = train(
-        cfg,
-        &scenario,
-        settings,
-        Some(ckpt),
-        opts.stop_after,
-        export,
-        on,
-    )?;
+    // An earlier run's checkpoint and results go once the new run can start (the trainer's
+    // checks passed), not before: a run refused at its start leaves them as they were.
+    let discard = match opts.overwrite {
+        true => vec![ckpt.clone(), results_file.clone()],
+        false => Vec::new(),
+    };
+    let run = Run {
+        checkpoint_dir: Some(ckpt),
+        stop_after: opts.stop_after,
+        export_masks: export,
+        discard,
+    };
+    let out = train(cfg, &scenario, settings, run, on)?;
     if !done {
         return Ok(None);
     }
@@ -69,7 +77,7 @@ pub fn run_config(
     results["data"] = serde_json::to_value(&files).map_err(|e| err!("{e}"))?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let text = serde_json::to_string_pretty(&results).map_err(|e| err!("{e}"))? + "\n";
-    engram_ckpt::write_atomic(&dir.join("results.json"), text.as_bytes())?;
+    engram_ckpt::write_atomic(&results_file, text.as_bytes())?;
     Ok(Some(results))
 }
 
@@ -86,15 +94,65 @@ pub fn train_on(
     on: &mut dyn FnMut(Event),
 ) -> Result<RunOutput> {
     let settings = settings(cfg, &[])?;
-    train(
-        cfg,
-        scenario,
-        settings,
+    if let Some(p) = export_masks {
+        check_export(cfg, p, Path::new(""))?;
+    }
+    let run = Run {
         checkpoint_dir,
         stop_after,
         export_masks,
-        on,
-    )
+        discard: Vec::new(),
+    };
+    train(cfg, scenario, settings, run, on)
+}
+
+/// Where a run checkpoints, when it stops, where its masks go, and the outputs of an earlier
+/// run it replaces (removed once the run passed its start checks).
+struct Run<'a> {
+    checkpoint_dir: Option<PathBuf>,
+    stop_after: Option<usize>,
+    export_masks: Option<&'a Path>,
+    discard: Vec<PathBuf>,
+}
+
+/// Refuses, before the run, `--export-masks PATH` with a strategy that has no masks, or a
+/// PATH that is an input of the run or inside its folder `dir` (its results, its checkpoint).
+fn check_export(cfg: &RunConfig, path: &Path, dir: &Path) -> Result<()> {
+    let name = &cfg.strategy.name;
+    let strategy = crate::strategy::build(name, &Value::Object(cfg.strategy.params.clone()))?;
+    if !strategy.has_masks() {
+        return Err(err!(
+            "strategy {name} has no masks or importance to export (--export-masks)"
+        ));
+    }
+    if !dir.as_os_str().is_empty() && resolved(path).starts_with(resolved(dir)) {
+        return Err(err!(
+            "--export-masks {} is inside the run's folder {}, beside its results and checkpoint; \
+             write it elsewhere",
+            engram_ckpt::names::esc(&path.display().to_string()),
+            engram_ckpt::names::esc(&dir.display().to_string())
+        ));
+    }
+    Ok(engram_ckpt::commit::refuse_input(path)?)
+}
+
+/// `p` made absolute, with the part of it that exists resolved (symlinks, `..`).
+fn resolved(p: &Path) -> PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut rest = Vec::new();
+    let mut base = abs.as_path();
+    loop {
+        if let Ok(c) = base.canonicalize() {
+            return rest.iter().rev().fold(c, |a, n| a.join(n));
+        }
+        match (base.parent(), base.file_name()) {
+            (Some(up), Some(n)) => {
+                rest.push(n.to_os_string());
+                base = up;
+            }
+            _ => return abs,
+        }
+    }
 }
 
 /// [`train_on`] with the `settings` checkpoints record and compare.
@@ -102,18 +160,17 @@ fn train(
     cfg: &RunConfig,
     scenario: &Scenario,
     settings: Value,
-    checkpoint_dir: Option<PathBuf>,
-    stop_after: Option<usize>,
-    export_masks: Option<&Path>,
+    run: Run,
     on: &mut dyn FnMut(Event),
 ) -> Result<RunOutput> {
     let strategy = crate::strategy::build(
         &cfg.strategy.name,
         &Value::Object(cfg.strategy.params.clone()),
     )?;
+    let export_masks = run.export_masks;
     let mut trainer = Trainer {
-        checkpoint_dir,
-        stop_after,
+        checkpoint_dir: run.checkpoint_dir,
+        stop_after: run.stop_after,
         settings,
         ..Trainer::new(
             scenario,
@@ -123,6 +180,20 @@ fn train(
             strategy,
         )
     };
+    if !run.discard.is_empty() {
+        // The earlier run's outputs go only once this one can start.
+        trainer.check()?;
+        for p in &run.discard {
+            let gone = match p.is_dir() {
+                true => std::fs::remove_dir_all(p),
+                false => std::fs::remove_file(p),
+            };
+            match gone {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(p, e)),
+                _ => {}
+            }
+        }
+    }
     let out = trainer
         .run(on)
         .map_err(|e| err!("run {}: {e}", cfg.run_name()))?;
@@ -157,7 +228,7 @@ fn train(
 /// file as JSON and, under `data`, each data file's SHA-256 by file name (not by path, so
 /// that a copy of the same data elsewhere resumes the run).
 fn settings(cfg: &RunConfig, files: &[DataFile]) -> Result<Value> {
-    let mut v = serde_json::to_value(cfg).map_err(|e| err!("{e}"))?;
+    let mut v = serde_json::to_value(cfg.normalized()?).map_err(|e| err!("{e}"))?;
     let data: serde_json::Map<String, Value> = files
         .iter()
         .map(|f| {

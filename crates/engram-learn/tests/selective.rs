@@ -106,7 +106,7 @@ fn lift_trains_only_its_k_entries_with_k_sized_state() {
         &s,
         &p,
         "lift",
-        json!({"rank": 1, "filter-rank": 2, "interval": 0}),
+        json!({"rank": 1, "filter-rank": 2, "interval": 1000000}),
         2,
     );
     let weights = body_weights(&p);
@@ -176,7 +176,7 @@ fn lift_refresh_reselects_from_the_current_weights_and_the_controls_differ() {
         &s,
         &p,
         "lift",
-        json!({"interval": 0, "rank": 1, "filter-rank": 1}),
+        json!({"interval": 1000000, "rank": 1, "filter-rank": 1}),
         1,
     )
     .2;
@@ -184,18 +184,11 @@ fn lift_refresh_reselects_from_the_current_weights_and_the_controls_differ() {
         &s,
         &p,
         "lift",
-        json!({"interval": 0, "rank": 1, "selection": "magnitude"}),
+        json!({"interval": 1000000, "rank": 1, "selection": "magnitude"}),
         1,
     )
     .2;
-    let random = fine_tune(
-        &s,
-        &p,
-        "lift",
-        json!({"interval": 0, "rank": 1, "selection": "random"}),
-        1,
-    )
-    .2;
+    let random = fine_tune(&s, &p, "lift", json!({"rank": 1, "selection": "random"}), 1).2;
     assert_ne!(fixed, magnitude);
     assert_ne!(magnitude, random);
     for (a, b) in fixed.iter().zip(&random) {

@@ -16,7 +16,7 @@ use crate::maskcode;
 use crate::stream::{TensorChunks, bit, pack_bits};
 use crate::tall::Tall;
 use engram_ckpt::dtype::{encode_f32, round_through};
-use engram_ckpt::{DType, Error, Model, ModelWriter, Result, TensorSpec, WriteOptions};
+use engram_ckpt::{DType, Error, Model, ModelWriter, Result, TensorSpec, WriteOptions, model};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,6 +25,10 @@ use std::sync::Mutex;
 pub const BUNDLE_FILE: &str = "bundle.safetensors";
 /// Entropy-coded masks beside the bundle file (`MaskCoding::Arith`).
 pub const MASKS_FILE: &str = "masks.safetensors";
+/// Bundle metadata: the identity (`engram.output`) of the masks file written with it, so that
+/// masks of another bundle are refused.
+const MASKS_OUTPUT: &str = "tall.masks_output";
+use engram_ckpt::checksum::OUTPUT_KEY;
 
 /// How the task masks are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -220,6 +224,11 @@ pub fn write_bundle(
     md.insert("tall.mask_coding".into(), coding.name().into());
     if coding == MaskCoding::Arith {
         md.insert("tall.masks_file".into(), MASKS_FILE.into());
+        // The masks file's identity, known once it is written (a placeholder until then).
+        md.insert(
+            MASKS_OUTPUT.into(),
+            engram_ckpt::checksum::output_placeholder(),
+        );
         md.insert(
             "tall.mask_contexts".into(),
             "|tau| octave vs chunk mean (16), two previous bits, bits 1 and 2 rows above".into(),
@@ -289,7 +298,17 @@ pub fn write_bundle(
         }
     }
     let coded_bytes = match spool {
-        Some(s) => Some(s.finish(&stage, &md)?),
+        Some(s) => {
+            let bytes = s.finish(&stage, &md)?;
+            let masks = Model::open(&stage.join(MASKS_FILE))?;
+            let id = masks
+                .metadata()
+                .get(OUTPUT_KEY)
+                .cloned()
+                .unwrap_or_default();
+            w.set_metadata(MASKS_OUTPUT, &id)?;
+            Some(bytes)
+        }
         None => None,
     };
     w.finish(&[])?;
@@ -344,7 +363,9 @@ pub fn bundle_tasks(bundle: &Model) -> Result<Vec<String>> {
 /// Opens a bundle folder (or the bundle file itself).
 pub fn open_bundle(path: &Path) -> Result<Model> {
     let file = if path.is_dir() {
-        path.join(BUNDLE_FILE)
+        let f = path.join(BUNDLE_FILE);
+        model::inside(&model::confinement_root(path)?, &f, BUNDLE_FILE)?;
+        f
     } else {
         path.to_path_buf()
     };
@@ -399,8 +420,19 @@ pub fn extract_task(
     let dir = bundle.source().parent().unwrap_or(Path::new("."));
     let masks_file = match coding {
         MaskCoding::Arith => {
-            let m = Model::open(&dir.join(MASKS_FILE))?;
+            let f = dir.join(MASKS_FILE);
+            model::inside(&model::confinement_root(dir)?, &f, MASKS_FILE)?;
+            let m = Model::open(&f)?;
             verify_bundle_file(&m)?;
+            if m.metadata().get(OUTPUT_KEY) != bundle.metadata().get(MASKS_OUTPUT) {
+                return Err(Error::format(
+                    &f,
+                    format!(
+                        "is not the masks file written with {}",
+                        bundle.source().display()
+                    ),
+                ));
+            }
             Some(m)
         }
         MaskCoding::Packed => None,
@@ -631,7 +663,26 @@ mod tests {
             w.write_bytes(n, &d[..len]).unwrap();
         }
         w.finish(&[]).unwrap();
-        let e = extract_task(&bdir, "a", &dir.path().join("x"), &BTreeMap::new(), &|_| {})
+        // As written, the bundle refuses masks that are not its own.
+        let x = dir.path().join("x");
+        let e = extract_task(&bdir, "a", &x, &BTreeMap::new(), &|_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not the masks file written with"), "{e}");
+        // Past that check (the bundle made to name the new masks), the decoder itself refuses
+        // the short stream, naming the tensor.
+        let id = |p: &Path| Model::open(p).unwrap().metadata()[OUTPUT_KEY].clone();
+        let bf = bdir.join(BUNDLE_FILE);
+        let old_id = Model::open(&bf).unwrap().metadata()[MASKS_OUTPUT].clone();
+        let new_id = id(&mf);
+        let mut bytes = std::fs::read(&bf).unwrap();
+        let at = bytes
+            .windows(old_id.len())
+            .position(|w| w == old_id.as_bytes())
+            .unwrap();
+        bytes[at..at + new_id.len()].copy_from_slice(new_id.as_bytes());
+        std::fs::write(&bf, bytes).unwrap();
+        let e = extract_task(&bdir, "a", &x, &BTreeMap::new(), &|_| {})
             .unwrap_err()
             .to_string();
         assert!(e.contains("tall.maskac.a.layers.0.w"), "{e}");

@@ -1,7 +1,7 @@
 //! Output models of the weight-space operations: which dtype each tensor gets, and the writer.
 
 use crate::stream::TensorChunks;
-use engram_ckpt::{DType, ModelWriter, Result, TensorSpec, TensorView, WriteOptions};
+use engram_ckpt::{DType, Error, ModelWriter, Result, TensorSpec, TensorView, WriteOptions};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -60,4 +60,46 @@ pub fn copy_bytes_released(w: &ModelWriter, name: &str, v: &TensorView) -> Resul
 pub fn copy_as_f32(w: &ModelWriter, v: &TensorView) -> Result<()> {
     TensorChunks::new(None, std::slice::from_ref(v))
         .for_each(&|c| w.write_f32_at(v.name(), c.start, &c.models[0]))
+}
+
+/// The one check of computed values before they are written (merges, task-vector and patch
+/// arithmetic), always on: a value that is not finite in the output dtype `dt` (NaN, an
+/// infinity, or a magnitude that rounds to one: at least 65520 in f16) where every input at
+/// its position was finite is an overflow (a scale or λ too large) and an error naming the
+/// tensor; with `strict` (`--check-finite`) any non-finite value is. One vectorized scan;
+/// `inputs_finite(k)` (element `k` of the chunk) is asked only where a value fails.
+pub fn check_values(
+    out: &Path,
+    name: &str,
+    dt: DType,
+    start: usize,
+    vals: &[f32],
+    strict: bool,
+    inputs_finite: &dyn Fn(usize) -> bool,
+) -> Result<()> {
+    let lim = match dt {
+        DType::F16 => 65520.0,
+        DType::BF16 => 3.396_177_6e38,
+        _ => f32::INFINITY,
+    };
+    let fits = |v: f32| v.abs() < lim; // false for NaN
+    if vals.iter().all(|&v| fits(v)) {
+        return Ok(());
+    }
+    for (k, v) in vals.iter().enumerate().filter(|(_, v)| !fits(**v)) {
+        if inputs_finite(k) {
+            return Err(Error::tensor(
+                out,
+                name,
+                format!(
+                    "element {}: the result {v} is not finite as {dt} although every input there is finite (an overflow: is a scale or lambda too large?)",
+                    start + k
+                ),
+            ));
+        }
+        if strict {
+            return Err(Error::tensor(out, name, "result includes NaN or infinity"));
+        }
+    }
+    Ok(())
 }

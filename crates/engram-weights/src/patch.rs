@@ -139,6 +139,20 @@ pub fn extract(
         return Err(Error::Invalid(format!("--levels {l}: use 2 to 256 levels")));
     }
     let names = sel.select(corrupt);
+    // The selection over every input covers the same tensors: one the model lacks is an
+    // error, not a patch without it.
+    for m in std::iter::once(pre).chain(clean) {
+        if let Some(n) = sel.select(m).into_iter().find(|n| !names.contains(n)) {
+            return Err(Error::tensor(
+                corrupt.source(),
+                &n,
+                format!(
+                    "missing, or not a float tensor (it is one in {}); no tensor is skipped",
+                    m.source().display()
+                ),
+            ));
+        }
+    }
     if names.is_empty() {
         return Err(Error::Invalid(format!(
             "the selection covers no float tensor of {}",
@@ -252,8 +266,10 @@ pub struct Patch {
 }
 
 impl Patch {
+    /// Opens a patch and verifies its checksums ([`Model::verify`]).
     pub fn open(path: &Path) -> Result<Patch> {
         let model = Model::open(path)?;
+        model.verify()?;
         let md = model.metadata();
         if md.get("engram.patch").map(String::as_str) != Some("rws") {
             return Err(Error::format(
@@ -434,7 +450,7 @@ pub fn apply(
         &terms,
         out,
         None,
-        None,
+        false,
         &md,
         model.side_files(),
         true,

@@ -56,7 +56,8 @@ impl ArchConfig {
     }
 
     /// The shape closest to `params` parameters with a usual depth-to-width ratio; more than
-    /// [`MAX_PARAMS`] is refused before the tensor list is built.
+    /// [`MAX_PARAMS`] is refused before the tensor list is built, and a count no shape comes
+    /// within 10% of is refused.
     pub fn for_params(params: u64) -> Result<ArchConfig> {
         if params > MAX_PARAMS {
             return Err(Error::Invalid(format!(
@@ -82,9 +83,17 @@ impl ArchConfig {
                 best = Some((score, ArchConfig::new(vocab, h, layers as usize)));
             }
         }
-        Ok(best
-            .map(|b| b.1)
-            .unwrap_or_else(|| ArchConfig::new(512, 64, 2)))
+        // A size no shape comes near is refused, never replaced by another model.
+        match best {
+            Some((_, a)) if a.param_count().abs_diff(params) <= params / 10 => Ok(a),
+            near => Err(Error::Invalid(format!(
+                "{params} parameters: no synthetic shape comes within 10% ({}); use --size tiny for a small model",
+                near.map_or("none has a layer at that size".into(), |(_, a)| format!(
+                    "the nearest has {}",
+                    a.param_count()
+                ))
+            ))),
+        }
     }
 
     fn layer_params(&self) -> u64 {
@@ -347,10 +356,31 @@ mod tests {
 
     #[test]
     fn presets_hit_their_sizes() {
-        for (name, p) in [("small", 100e6), ("1b", 1e9), ("7b", 7e9)] {
+        for (name, p) in [
+            ("small", 100e6),
+            ("medium", 500e6),
+            ("1b", 1e9),
+            ("3b", 3e9),
+            ("7b", 7e9),
+        ] {
             let a = ArchConfig::preset(name).unwrap();
             let got = a.param_count() as f64;
-            assert!((got / p - 1.0).abs() < 0.15, "{name}: {got}");
+            assert!((got / p - 1.0).abs() <= 0.1, "{name}: {got}");
+        }
+    }
+
+    /// A count is built within 10%, or refused: never another size silently.
+    #[test]
+    fn counts_are_honoured_or_refused() {
+        for p in [1u64, 1000, 2_000_000] {
+            let e = ArchConfig::for_params(p).unwrap_err().to_string();
+            assert!(e.contains("within 10%"), "{p}: {e}");
+        }
+        let mut p = 3_000_000u64;
+        while p < 20_000_000_000 {
+            let got = ArchConfig::for_params(p).unwrap().param_count();
+            assert!(got.abs_diff(p) <= p / 10, "{p}: {got}");
+            p = p * 3 / 2;
         }
     }
 

@@ -143,7 +143,8 @@ pub fn choose_lambda(grid: &[f32], score: &mut dyn FnMut(f32) -> f64) -> (f32, V
 }
 
 impl<'a> Tall<'a> {
-    /// Checks that every model has the base's float tensors with equal shapes, and for the
+    /// Checks that every model has the base's float tensors with equal shapes and no tensor
+    /// the base lacks, and for the
     /// TIES recipe finds each model's global threshold (one streaming pass per model).
     pub fn new(
         base: &'a Model,
@@ -201,6 +202,20 @@ impl<'a> Tall<'a> {
                 }
             }
             tensors.push(v.name().to_string());
+        }
+        // A tensor of a fine-tune that the base lacks would be left out of every rebuilt
+        // model: an error, never a silent loss.
+        for m in &models {
+            for x in m.tensors() {
+                let why = match base.get(x.name()) {
+                    None => "not in the base; no tensor is skipped".to_string(),
+                    Some(v) if v.dtype().is_float() != x.dtype().is_float() => {
+                        format!("{} here but {} in the base", x.dtype(), v.dtype())
+                    }
+                    Some(_) => continue,
+                };
+                return Err(Error::tensor(m.source(), x.name(), why));
+            }
         }
         let mut tall = Tall {
             base,

@@ -2,9 +2,9 @@
 //! Paper: Editing Models with Task Arithmetic (arXiv 2212.04089); card: methods/merging.md.
 //!
 //! All of these are one operation, a linear combination `out = Σ_i c_i·x_i` over tensors,
-//! streamed chunk by chunk. A term that lacks a tensor contributes zero to it (a task vector
-//! or a weight patch may cover only some tensors); the first term (the template) fixes the
-//! output's tensors, dtypes and side files. Task vectors record a fingerprint of the base they
+//! streamed chunk by chunk. The first term (the template) fixes the output's tensors, dtypes
+//! and side files; every other term must hold the same float tensors (a weight patch, read
+//! through its decoder, may cover only some). Task vectors record a fingerprint of the base they
 //! were taken from, and applying one to another base is refused (card pitfall).
 
 use crate::rng::hash_str;
@@ -14,6 +14,22 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub const FINGERPRINT_KEY: &str = "engram.base_fingerprint";
+/// Marks a task vector (`tv extract`, `add`, `scale` write it); `apply`, `add` and `scale`
+/// refuse a file without it (a model or a patch given by mistake).
+pub const TASK_VECTOR_KEY: &str = "engram.task_vector";
+
+/// Refuses a file that is not a task vector engram wrote.
+pub fn check_task_vector(m: &Model) -> Result<()> {
+    match m.metadata().get(TASK_VECTOR_KEY).map(String::as_str) {
+        Some("1") => Ok(()),
+        _ => Err(Error::format(
+            m.source(),
+            format!(
+                "not a task vector (no {TASK_VECTOR_KEY}=1 metadata; write one with `engram tv extract`)"
+            ),
+        )),
+    }
+}
 
 /// Reads elements of a tensor (by name, from an element offset) into a buffer as f32;
 /// returns false if the source has no such tensor.
@@ -43,20 +59,22 @@ impl<'a> Term<'a> {
 pub struct CombineReport {
     pub tensors: usize,
     pub params: u64,
-    /// Float tensors of the template that some term lacks (they got zero from that term).
-    pub partial: Vec<String>,
     pub files: Vec<String>,
 }
 
-/// out = Σ_i c_i·x_i over the template's (first term's) tensors.
+/// out = Σ_i c_i·x_i over the template's (first term's) tensors; with `floats_only` its
+/// other tensors are left out (a task vector holds float tensors only), else copied.
 ///
-/// `only`: restrict the output to tensors for which it returns true (others are dropped).
+/// No tensor is skipped: every term read as stored holds each float tensor of the template
+/// (same shape, a float dtype) and no tensor the template lacks, or the call fails naming
+/// the tensor and the file. Terms with a decoder (patches) cover a subset, checked by their
+/// owner ([`crate::patch::Patch`]).
 #[allow(clippy::too_many_arguments)]
 pub fn combine(
     terms: &[Term],
     out: &Path,
     out_dtype: Option<DType>,
-    only: Option<&(dyn Fn(&str) -> bool + Sync)>,
+    floats_only: bool,
     metadata: &BTreeMap<String, String>,
     side_files: &[PathBuf],
     check_finite: bool,
@@ -74,39 +92,37 @@ pub fn combine(
     }
     let selected: Vec<TensorView> = template
         .tensors()
-        .filter(|v| only.is_none_or(|f| f(v.name())))
+        .filter(|v| !floats_only || v.dtype().is_float())
         .collect();
-    let mut report = CombineReport::default();
-    for v in &selected {
-        if !v.dtype().is_float() {
-            continue;
-        }
-        for t in &terms[1..] {
-            if t.decode.is_some() {
-                continue;
-            }
-            match t.model.get(v.name()) {
+    let tpath = template.source().display();
+    for t in terms[1..].iter().filter(|t| t.decode.is_none()) {
+        for v in selected.iter().filter(|v| v.dtype().is_float()) {
+            let why = match t.model.get(v.name()) {
+                None => format!("missing (it is in {tpath}); no tensor is skipped"),
                 Some(x) if x.shape() != v.shape() => {
-                    return Err(Error::tensor(
-                        t.model.source(),
-                        v.name(),
-                        format!(
-                            "shape {:?} differs from {:?} in {}",
-                            x.shape(),
-                            v.shape(),
-                            template.source().display()
-                        ),
-                    ));
+                    format!(
+                        "shape {:?} differs from {:?} in {tpath}",
+                        x.shape(),
+                        v.shape()
+                    )
                 }
-                Some(_) => {}
-                None => {
-                    if !report.partial.iter().any(|p| p == v.name()) {
-                        report.partial.push(v.name().to_string());
-                    }
+                Some(x) if !x.dtype().is_float() => format!("{} is not a float type", x.dtype()),
+                Some(_) => continue,
+            };
+            return Err(Error::tensor(t.model.source(), v.name(), why));
+        }
+        for x in t.model.tensors() {
+            let why = match template.get(x.name()) {
+                None => format!("not in {tpath}; no tensor is skipped"),
+                Some(v) if v.dtype().is_float() != x.dtype().is_float() => {
+                    format!("{} here but {} in {tpath}", x.dtype(), v.dtype())
                 }
-            }
+                Some(_) => continue,
+            };
+            return Err(Error::tensor(t.model.source(), x.name(), why));
         }
     }
+    let mut report = CombineReport::default();
     let w = crate::output::writer(
         out,
         crate::output::specs(selected.iter().copied(), out_dtype),
@@ -139,9 +155,23 @@ pub fn combine(
                     }
                 }
             }
-            if check_finite && acc.iter().any(|x| !x.is_finite()) {
-                return Err(Error::tensor(out, name, "result includes NaN or infinity"));
-            }
+            // Where a value fails, whether every term was finite there (read again: rare).
+            let finite = |k: usize| {
+                let mut one = [0f32];
+                terms.iter().all(|t| {
+                    match t.decode {
+                        Some(d) => d(name, c.start + k, &mut one).map(|p| !p || one[0].is_finite()),
+                        None => t
+                            .model
+                            .require(name)
+                            .and_then(|x| x.read_f32_into(c.start + k, &mut one))
+                            .map(|_| one[0].is_finite()),
+                    }
+                    .unwrap_or(false)
+                })
+            };
+            let dt = out_dtype.unwrap_or(v.dtype());
+            crate::output::check_values(out, name, dt, c.start, &acc, check_finite, &finite)?;
             progress(n as u64);
             w.write_f32_at(name, c.start, &acc)
         })?;
@@ -215,7 +245,7 @@ mod tests {
             &[Term::new(&models[0], 1.0), Term::new(&base, -1.0)],
             &tv_path,
             Some(DType::F32),
-            None,
+            false,
             &md,
             &[],
             true,
@@ -231,7 +261,7 @@ mod tests {
             &[Term::new(&base, 1.0), Term::new(&tv, 1.0)],
             &applied,
             None,
-            None,
+            false,
             &BTreeMap::new(),
             &[],
             true,
@@ -247,7 +277,7 @@ mod tests {
             ],
             &back,
             None,
-            None,
+            false,
             &BTreeMap::new(),
             &[],
             true,
@@ -267,43 +297,32 @@ mod tests {
         }
     }
 
+    /// A term lacking a tensor of the template, or holding one it lacks, is an error naming
+    /// the tensor and the file: nothing is skipped.
     #[test]
-    fn a_partial_term_contributes_zero_elsewhere() {
+    fn a_partial_or_extra_term_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (base, models) = random_family(dir.path(), SHAPES, 1, 4);
-        let part = dir.path().join("part");
-        let only = |n: &str| n == "b";
-        combine(
-            &[Term::new(&models[0], 1.0), Term::new(&base, -1.0)],
-            &part,
-            None,
-            Some(&only),
-            &BTreeMap::new(),
-            &[],
-            false,
-            &|_| {},
-        )
-        .unwrap();
-        let part = Model::open(&part).unwrap();
-        assert_eq!(part.len(), 1);
-        let out = dir.path().join("out");
-        let rep = combine(
-            &[Term::new(&base, 1.0), Term::new(&part, 2.0)],
-            &out,
-            None,
-            None,
-            &BTreeMap::new(),
-            &[],
-            false,
-            &|_| {},
-        )
-        .unwrap();
-        assert_eq!(rep.partial, vec!["a"]);
-        let out = Model::open(&out).unwrap();
-        assert_eq!(values(&out, "a"), values(&base, "a"));
-        let (b, f) = (values(&base, "b"), values(&models[0], "b"));
-        for (k, x) in values(&out, "b").iter().enumerate() {
-            assert!((x - (b[k] + 2.0 * (f[k] - b[k]))).abs() < 1e-6);
-        }
+        let (small, _) = random_family(&dir.path().join("s"), &SHAPES[1..], 0, 4);
+        let run = |terms: &[Term], floats_only| {
+            combine(
+                terms,
+                &dir.path().join("o"),
+                None,
+                floats_only,
+                &BTreeMap::new(),
+                &[],
+                false,
+                &|_| {},
+            )
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+        };
+        let e = run(&[Term::new(&base, 1.0), Term::new(&small, 2.0)], false);
+        assert!(e.contains("'a'") && e.contains("missing"), "{e}");
+        let e = run(&[Term::new(&small, 1.0), Term::new(&models[0], -1.0)], true);
+        assert!(e.contains("'a'") && e.contains("not in"), "{e}");
+        assert!(!dir.path().join("o").exists());
     }
 }

@@ -71,7 +71,8 @@ pub struct Options {
     pub finetune_lr: f64,
     /// Where the data sets are (default: the system packages' locations).
     pub data_dir: Option<PathBuf>,
-    /// Start over: delete an earlier study in `out` (only a folder holding study.json).
+    /// Start over: remove an earlier study's own entries from `out` ([`STUDY_FILES`]; only
+    /// where study.json is a study's settings).
     pub overwrite: bool,
 }
 
@@ -118,12 +119,15 @@ pub struct Settings {
 pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
     let t0 = Instant::now();
     let settings = settings(o);
-    prepare_dir(&o.out, &settings, o.overwrite)?;
+    // Everything that can be checked is, before the folder is touched: the settings of
+    // every training stage, the network, and the data (loaded).
+    check_settings(&settings)?;
     progress(Progress::Message(
         "loading Fashion-MNIST and MNIST digits".into(),
     ));
     let fashion = fashion_mnist::load(o.data_dir.as_deref())?;
     let digits = mnist_digits::load(o.data_dir.as_deref())?;
+    prepare_dir(&o.out, &settings, o.overwrite)?;
     let s = tasks::build_scenario(
         &fashion.train,
         &fashion.test,
@@ -309,32 +313,81 @@ fn settings(o: &Options) -> Settings {
     }
 }
 
-/// Creates `dir`, or checks that an earlier study there used the same settings.
+/// Checks the settings of every training stage and the network before anything runs.
+fn check_settings(st: &Settings) -> Result<()> {
+    ModelConfig::Mlp {
+        hidden: st.hidden.clone(),
+    }
+    .check()
+    .map_err(|e| anyhow!("--hidden: {e}"))?;
+    for (stage, cfg) in ["pre-training", "probe", "fine-tuning"]
+        .iter()
+        .zip(training::stage_configs(st))
+    {
+        cfg.validate().map_err(|e| anyhow!("{stage}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The entries a study writes in its folder: all that `--overwrite` removes.
+const STUDY_FILES: &[&str] = &[
+    "study.json",
+    "models",
+    "merges",
+    "bundle-packed",
+    "bundle-coded",
+    "bundle-check",
+    "results.json",
+    "report",
+];
+
+/// Creates `dir`, or checks that an earlier study there used the same settings. Only a
+/// folder whose study.json is a study's settings holds an earlier study; `overwrite` then
+/// removes that study's own entries ([`STUDY_FILES`]), never anything else there. The
+/// current folder (or one above it) is refused.
 fn prepare_dir(dir: &Path, settings: &Settings, overwrite: bool) -> Result<()> {
+    let abs = std::path::absolute(dir)?;
+    if let (Ok(cwd), Ok(real)) = (std::env::current_dir(), abs.canonicalize())
+        && cwd.canonicalize().is_ok_and(|c| c.starts_with(&real))
+    {
+        bail!(
+            "{} is the current folder (or holds it); give the study a folder of its own",
+            dir.display()
+        );
+    }
     let marker = dir.join("study.json");
     if dir.exists() {
-        if marker.is_file() {
-            let old: Option<Settings> = crate::machine::read_json(&marker)
-                .ok()
-                .and_then(|v| serde_json::from_value(v).ok());
-            if overwrite {
-                std::fs::remove_dir_all(dir)
-                    .with_context(|| format!("removing {}", dir.display()))?;
-            } else if old.as_ref() != Some(settings) {
-                bail!(
-                    "{} holds a merge-8 study with other settings; pass --overwrite to start over, or choose another --out",
-                    dir.display()
-                );
+        let is_file = std::fs::symlink_metadata(&marker).is_ok_and(|m| m.is_file());
+        let old: Option<Settings> = is_file
+            .then(|| crate::machine::read_json(&marker).ok())
+            .flatten()
+            .and_then(|v| serde_json::from_value(v).ok());
+        match old {
+            Some(_) if overwrite => {
+                for name in STUDY_FILES {
+                    crate::machine::remove(&dir.join(name))?;
+                }
             }
-        } else if std::fs::read_dir(dir)
-            .with_context(|| format!("reading {}", dir.display()))?
-            .next()
-            .is_some()
-        {
-            bail!(
-                "{} exists and is not a merge-8 study folder (no study.json); choose another --out",
+            Some(old) if old != *settings => bail!(
+                "{} holds a merge-8 study with other settings; pass --overwrite to start over, or choose another --out",
                 dir.display()
-            );
+            ),
+            Some(_) => {}
+            None if is_file || marker.exists() => bail!(
+                "{} is not a merge-8 study's settings; choose another --out",
+                marker.display()
+            ),
+            None if std::fs::read_dir(dir)
+                .with_context(|| format!("reading {}", dir.display()))?
+                .next()
+                .is_some() =>
+            {
+                bail!(
+                    "{} exists and is not a merge-8 study folder (no study.json); choose another --out",
+                    dir.display()
+                )
+            }
+            None => {}
         }
     }
     std::fs::create_dir_all(dir.join("models/heads"))?;
@@ -389,5 +442,102 @@ mod tests {
         std::fs::write(foreign.join("keep.txt"), "x").unwrap();
         assert!(prepare_dir(&foreign, &quick, true).is_err());
         assert!(foreign.join("keep.txt").is_file());
+        // A study.json that is not a study's settings licenses nothing.
+        for bad in ["{}", "not json", "[1, 2]"] {
+            std::fs::write(foreign.join("study.json"), bad).unwrap();
+            let e = prepare_dir(&foreign, &quick, true).unwrap_err().to_string();
+            assert!(e.contains("not a merge-8 study"), "{e}");
+            assert!(foreign.join("keep.txt").is_file());
+        }
+        // --overwrite removes the study's own entries only, never a user's.
+        std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+        std::fs::create_dir_all(dir.join("mine/deep")).unwrap();
+        std::fs::write(dir.join("results.json"), "{}").unwrap();
+        prepare_dir(&dir, &quick, true).unwrap();
+        assert!(dir.join("notes.txt").is_file() && dir.join("mine/deep").is_dir());
+        assert!(!dir.join("results.json").exists());
+    }
+
+    /// Bad options are refused before anything is written (the folder is not created).
+    #[test]
+    fn options_are_checked_before_the_folder_is_touched() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("m8");
+        let base = Options {
+            out: out.clone(),
+            quick: true,
+            data_dir: Some(d.path().join("no-data")),
+            ..Options::default()
+        };
+        let cases: Vec<(Options, &str)> = vec![
+            (
+                Options {
+                    finetune_lr: f64::NAN,
+                    ..base.clone()
+                },
+                "lr",
+            ),
+            (
+                Options {
+                    finetune_lr: 0.0,
+                    ..base.clone()
+                },
+                "lr",
+            ),
+            (
+                Options {
+                    finetune_lr: -1.0,
+                    ..base.clone()
+                },
+                "lr",
+            ),
+            (
+                Options {
+                    finetune_lr: f64::INFINITY,
+                    ..base.clone()
+                },
+                "lr",
+            ),
+            (
+                Options {
+                    finetune_steps: Some(0),
+                    ..base.clone()
+                },
+                "iterations",
+            ),
+            (
+                Options {
+                    finetune_steps: Some(1 << 50),
+                    ..base.clone()
+                },
+                "iterations",
+            ),
+            (
+                Options {
+                    hidden: vec![0],
+                    ..base.clone()
+                },
+                "--hidden",
+            ),
+            (
+                Options {
+                    pretrain_epochs: Some(0),
+                    ..base.clone()
+                },
+                "epochs",
+            ),
+            (base.clone(), "no-data"),
+        ];
+        for (o, want) in cases {
+            let e = format!("{:#}", run(&o, &mut |_| {}).unwrap_err());
+            assert!(e.contains(want), "{want}: {e}");
+            assert!(!out.exists(), "{want}: {e}");
+        }
+        // The current folder, or one above it, is never a study folder.
+        let cwd = std::env::current_dir().unwrap();
+        let e = prepare_dir(&cwd, &settings(&base), true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("current folder"), "{e}");
     }
 }

@@ -16,6 +16,26 @@ use engram_learn::train::{Event, TrainConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The training settings of each stage: pre-training, probe, fine-tune (epochs, or a fixed
+/// number of steps). One place, so that the study checks all of them before it starts.
+pub fn stage_configs(st: &Settings) -> [TrainConfig; 3] {
+    let cfg = |epochs, steps, lr| TrainConfig {
+        epochs,
+        iterations: steps,
+        batch_size: st.batch_size,
+        optimizer: OptimConfig {
+            lr,
+            ..OptimConfig::default()
+        },
+        ..TrainConfig::default()
+    };
+    [
+        cfg(st.pretrain_epochs, None, st.pretrain_lr),
+        cfg(1, Some(st.probe_steps), st.probe_lr),
+        cfg(1, Some(st.finetune_steps), st.finetune_lr),
+    ]
+}
+
 /// The study's data, models and where they live.
 pub struct Study {
     pub dir: PathBuf,
@@ -32,26 +52,6 @@ impl Study {
         v.iter()
             .map(|(k, x)| (k.clone(), x.clone()))
             .partition(|(k, _)| !k.starts_with(&self.head))
-    }
-
-    /// Epochs, or a fixed number of steps when `steps` is set.
-    fn train_cfg(
-        &self,
-        epochs: usize,
-        steps: Option<usize>,
-        lr: f64,
-        st: &Settings,
-    ) -> TrainConfig {
-        TrainConfig {
-            epochs,
-            iterations: steps,
-            batch_size: st.batch_size,
-            optimizer: OptimConfig {
-                lr,
-                ..OptimConfig::default()
-            },
-            ..TrainConfig::default()
-        }
     }
 
     /// Runs a training stage with a progress bar, or reads its earlier result.
@@ -150,7 +150,7 @@ impl Study {
             "pre-train",
             &self.dir.join("models/base-full.safetensors"),
             &pre,
-            self.train_cfg(st.pretrain_epochs, None, st.pretrain_lr, st),
+            stage_configs(st)[0].clone(),
             None,
             vec![],
             reused,
@@ -193,7 +193,7 @@ impl Study {
             &format!("probe {name}"),
             &self.dir.join(format!("models/heads/{name}.safetensors")),
             &self.only(t),
-            self.train_cfg(1, Some(st.probe_steps), st.probe_lr, st),
+            stage_configs(st)[1].clone(),
             Some(base.clone()),
             backbone,
             reused,
@@ -220,7 +220,7 @@ impl Study {
                 .dir
                 .join(format!("models/finetuned-full/{name}.safetensors")),
             &self.only(t),
-            self.train_cfg(1, Some(st.finetune_steps), st.finetune_lr, st),
+            stage_configs(st)[2].clone(),
             Some(init),
             vec![self.head.clone()],
             reused,

@@ -147,6 +147,9 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         }
     }
     let masked = |name: &str| a.lift_masks.is_some() && !contains_any(name, &a.lift_exclude);
+    // The report folder is staged before any output is written: a bad --out fails a run
+    // that has written nothing (the masks file included).
+    let staged = a.out.as_deref().map(engram_ckpt::Staged::new).transpose()?;
 
     // The mask file is declared up front (names, shapes) and filled by the workers.
     let writer = match &a.lift_masks {
@@ -211,16 +214,11 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     pb.finish_and_clear();
     let mut rows = rows?;
     rows.sort_by_key(|r| r.index);
-    if let (Some(w), Some(path)) = (writer, &a.lift_masks) {
-        w.finish(&[])
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
     let seconds = start.elapsed().as_secs_f64();
 
     let doc = to_json(&model, &a, &opts, &rows, &skipped, params, seconds);
-    if let Some(dir) = &a.out {
+    if let (Some(staged), Some(dir)) = (&staged, &a.out) {
         // analysis.json and analysis.html are switched in together.
-        let staged = engram_ckpt::Staged::new(dir)?;
         util::write_json_file(&staged.path().join("analysis.json"), &doc)?;
         let html = staged.path().join("analysis.html");
         engram_ckpt::write_atomic(
@@ -228,6 +226,13 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
             render_html(ctx, &model, &a, &rows, &skipped).as_bytes(),
         )
         .with_context(|| format!("writing {}", dir.join("analysis.html").display()))?;
+    }
+    // Every output is complete before the first is committed.
+    if let (Some(w), Some(path)) = (writer, &a.lift_masks) {
+        w.finish(&[])
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(staged) = staged {
         staged.commit(&|n| n == "analysis.json" || n == "analysis.html")?;
     }
     if a.json {

@@ -9,6 +9,7 @@
 
 use anyhow::{Context, Result, bail};
 use engram_ckpt::DType;
+use engram_weights::merge::params::ParamValue;
 use std::path::PathBuf;
 
 pub use engram_bench::units::{parse_bytes, parse_count};
@@ -47,17 +48,19 @@ pub fn scaled(arg: &str, default: f32) -> Result<(PathBuf, f32)> {
     Ok((PathBuf::from(arg), default))
 }
 
-/// `--param NAME=VALUE`, the value a number or `true`/`false` (read as 1 and 0).
-pub fn param(p: &str) -> Result<(String, f64)> {
+/// `--param NAME=VALUE`, the value a number or `true`/`false` (a boolean, which only
+/// switches such as `normalize` take: the merge's parameter check refuses it elsewhere).
+pub fn param(p: &str) -> Result<(String, ParamValue)> {
     let (k, v) = p
         .split_once('=')
         .with_context(|| format!("--param '{p}': use NAME=VALUE"))?;
     let v = match v {
-        "true" => 1.0,
-        "false" => 0.0,
-        v => v
-            .parse()
-            .with_context(|| format!("--param '{p}': '{v}' is not a number"))?,
+        "true" => ParamValue::Bool(true),
+        "false" => ParamValue::Bool(false),
+        v => ParamValue::Scalar(
+            v.parse()
+                .with_context(|| format!("--param '{p}': '{v}' is not a number"))?,
+        ),
     };
     Ok((k.to_string(), v))
 }
@@ -84,7 +87,7 @@ mod tests {
         assert!(scaled("x:inf", 1.0).is_err());
         assert_eq!(
             param("normalize=true").unwrap(),
-            ("normalize".to_string(), 1.0)
+            ("normalize".to_string(), ParamValue::Bool(true))
         );
         let e = param("density").unwrap_err().to_string();
         assert_eq!(e, "--param 'density': use NAME=VALUE");

@@ -8,6 +8,26 @@ use anyhow::Result;
 /// engram is run on.
 pub const MAX_THREADS: usize = 1024;
 
+/// The worker threads without `--threads`: `RAYON_NUM_THREADS` if set (1 to
+/// [`MAX_THREADS`]), else the cores.
+fn env_threads() -> Result<usize, String> {
+    match std::env::var_os("RAYON_NUM_THREADS") {
+        None => Ok(std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(MAX_THREADS)),
+        Some(v) => v
+            .to_str()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| (1..=MAX_THREADS).contains(n))
+            .ok_or_else(|| {
+                format!(
+                    "RAYON_NUM_THREADS={}: give 1 to {MAX_THREADS} worker threads (or unset it, or use --threads)",
+                    v.to_string_lossy()
+                )
+            }),
+    }
+}
+
 /// Global settings every command receives.
 pub struct Ctx {
     pub quiet: bool,
@@ -16,19 +36,27 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Prepares the process for one command: memory kept for reuse, the worker threads
-    /// (`--threads`, checked by clap to 1..=[`MAX_THREADS`]), the command line.
+    /// Prepares the process for one command: memory kept for reuse, the worker threads, the
+    /// command line. The pool is always built here from a checked count: `--threads`
+    /// (checked by clap to 1..=[`MAX_THREADS`]), else `RAYON_NUM_THREADS` (the same limit;
+    /// otherwise an error, exit status 1), else the cores (at most [`MAX_THREADS`]), so that
+    /// no environment variable sizes the pool unchecked.
     pub fn start(quiet: bool, threads: Option<usize>) -> Ctx {
         // Every command allocates and frees megabyte buffers per chunk or step; keeping freed
         // memory in the process instead of returning it to the kernel saves the page faults
         // (see the comment of `engram_learn::train::alloc`).
         engram_learn::train::alloc::keep_freed_memory();
-        if let Some(n) = threads {
-            // Only fails if a pool was already built, which cannot happen this early.
-            let _ = rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build_global();
-        }
+        let n = match threads.map_or_else(env_threads, Ok) {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("error: {}", engram_weights::names::esc(&e));
+                std::process::exit(1);
+            }
+        };
+        // Only fails if a pool was already built, which cannot happen this early.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
         Ctx {
             quiet,
             command_line: std::env::args().collect::<Vec<_>>().join(" "),

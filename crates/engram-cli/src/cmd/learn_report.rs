@@ -50,13 +50,24 @@ fn walk(
         if e.is_dir() {
             walk(&e, root, seen, out)?;
         } else if e.file_name().is_some_and(|n| n == "results.json") {
+            if !e.canonicalize().is_ok_and(|c| c.starts_with(root)) {
+                bail!(
+                    "{}: a symlink leading outside {}; refused",
+                    e.display(),
+                    root.display()
+                );
+            }
             out.push(e);
         }
     }
     Ok(())
 }
 
-pub fn load_results(paths: &[PathBuf]) -> Result<Vec<RunResults>> {
+/// The runs of the results.json files under `paths`, with each file's input registration
+/// (held while the report is written, so that it cannot replace one of its inputs).
+pub fn load_results(
+    paths: &[PathBuf],
+) -> Result<(Vec<RunResults>, Vec<engram_ckpt::commit::OpenInput>)> {
     let mut files = Vec::new();
     for p in paths {
         find(p, &mut files)?;
@@ -64,19 +75,21 @@ pub fn load_results(paths: &[PathBuf]) -> Result<Vec<RunResults>> {
     if files.is_empty() {
         bail!("no results.json found in {paths:?}");
     }
-    files
+    let mut guards = Vec::new();
+    let runs = files
         .iter()
         .map(|f| {
-            engram_ckpt::file::regular_file(f, "a results.json file")?;
-            let text = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+            let (text, guard) = engram_ckpt::commit::read_input(f, "a results.json file", 1 << 30)?;
+            guards.push(guard);
             serde_json::from_slice(&text)
                 .with_context(|| format!("{}: not an engram results file", f.display()))
         })
-        .collect()
+        .collect::<Result<Vec<RunResults>>>()?;
+    Ok((runs, guards))
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
-    let runs = load_results(&a.results)?;
+    let (runs, _inputs) = load_results(&a.results)?;
     let files = engram_report::report::write_report(&runs, &a.out)
         .with_context(|| format!("writing the report to {}", a.out.display()))?;
     if !ctx.quiet {

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  engram merge merge.yml -o merged/\n  engram merge --method ties --base base/ --density 0.2 ft-1/ ft-2/ -o merged/\n  engram merge --list"
+    after_help = "With a config file, the merge is the config's: --base, --density, --weights, --lambda, --t, --param and --trim-scope are refused (write them in the config). --out-dtype and --seed apply to both forms (an error if the config sets them too); so do --allow-missing, --check-finite, --shard-size and --json.\n\nExamples:\n  engram merge merge.yml -o merged/\n  engram merge --method ties --base base/ --density 0.2 ft-1/ ft-2/ -o merged/\n  engram merge --list"
 )]
 pub struct Args {
     /// A mergekit YAML config (merge_method, base_model, models, parameters, dtype, out_dtype;
@@ -50,10 +50,11 @@ pub struct Args {
     /// Seed of random methods (dare_*, della*): same seed, same bytes.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Output float dtype (default: the base's).
+    /// Output float dtype (default: the base's; a config's out_dtype).
     #[arg(long)]
     pub out_dtype: Option<String>,
-    /// Keep the base's tensor where a model lacks it (listed in the output) instead of failing.
+    /// Keep the base's tensor where a model lacks it, and leave out a tensor the base lacks
+    /// (both listed in the output), instead of failing.
     #[arg(long)]
     pub allow_missing: bool,
     /// Fail if a merged value is NaN or infinite.
@@ -91,24 +92,20 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     let Some(out) = a.out.clone() else {
         bail!("give the output with -o/--out");
     };
-    let cfg = match a.inputs.as_slice() {
+    // The config is an input of the run until the output is written.
+    let (cfg, _config_guard) = match a.inputs.as_slice() {
         [path] if a.method.is_none() => {
-            if a.base.is_some() {
-                bail!("give either a config file, or --method with --base and models");
-            }
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            let dir = path.parent().unwrap_or(std::path::Path::new("."));
-            config::parse(&text, dir).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            let (cfg, guard) = from_config(&a, path)?;
+            (cfg, Some(guard))
         }
-        _ => quick_config(&a)?,
+        _ => (quick_config(&a)?, None),
     };
     let base = cfg.base.as_deref().map(open).transpose()?;
     let models = open_all(&cfg.models)?;
     let req = MergeRequest::new(cfg.method, base.as_ref(), models.iter().collect())
         .with_params(cfg.params)
         .with_scope(cfg.scope)
-        .with_seed(cfg.seed)
+        .with_seed(cfg.seed.unwrap_or(0))
         .with_out_dtype(cfg.out_dtype)
         .with_allow_missing(a.allow_missing)
         .with_check_finite(a.check_finite)
@@ -161,6 +158,53 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     Ok(())
 }
 
+/// Largest merge config read (a mergekit config is a few kilobytes).
+const CONFIG_LIMIT: u64 = 1 << 20;
+
+/// The config form: the config decides the merge; flags of the quick form are refused, and
+/// --out-dtype and --seed apply unless the config sets them too.
+fn from_config(
+    a: &Args,
+    path: &std::path::Path,
+) -> Result<(config::MergeConfig, engram_ckpt::commit::OpenInput)> {
+    let quick = [
+        ("--base", a.base.is_some()),
+        ("--density", a.density.is_some()),
+        ("--weights", !a.weights.is_empty()),
+        ("--lambda", a.lambda.is_some()),
+        ("--t", a.t.is_some()),
+        ("--param", !a.params.is_empty()),
+        ("--trim-scope", a.trim_scope.is_some()),
+    ];
+    if let Some((flag, _)) = quick.iter().find(|(_, given)| *given) {
+        bail!(
+            "{flag} belongs to the quick form (--method with models); with a config file, write it in {}",
+            path.display()
+        );
+    }
+    let (bytes, guard) = engram_ckpt::commit::read_input(path, "a merge config", CONFIG_LIMIT)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", path.display()))?;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let mut cfg =
+        config::parse(&text, dir).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let out_dtype = opt_float_dtype(a.out_dtype.as_deref())?;
+    for (flag, given, in_config) in [
+        ("--out-dtype", out_dtype.is_some(), cfg.out_dtype.is_some()),
+        ("--seed", a.seed.is_some(), cfg.seed.is_some()),
+    ] {
+        if given && in_config {
+            bail!(
+                "{flag} is given and {} sets it too; give it once",
+                path.display()
+            );
+        }
+    }
+    cfg.out_dtype = cfg.out_dtype.or(out_dtype);
+    cfg.seed = cfg.seed.or(a.seed);
+    Ok((cfg, guard))
+}
+
 fn quick_config(a: &Args) -> Result<config::MergeConfig> {
     let name = a
         .method
@@ -183,7 +227,7 @@ fn quick_config(a: &Args) -> Result<config::MergeConfig> {
     set("t", a.t);
     for p in &a.params {
         let (k, v) = param(p)?;
-        global.insert(k, ParamValue::Scalar(v));
+        global.insert(k, v);
     }
     if !a.weights.is_empty() && a.weights.len() != models.len() {
         bail!("{} weights for {} models", a.weights.len(), models.len());
@@ -221,6 +265,6 @@ fn quick_config(a: &Args) -> Result<config::MergeConfig> {
         params,
         out_dtype: opt_float_dtype(a.out_dtype.as_deref())?,
         scope,
-        seed: a.seed.unwrap_or(0),
+        seed: a.seed,
     })
 }

@@ -48,9 +48,10 @@ pub struct TallArgs {
     /// whole model, elected sign, disjoint sum).
     #[arg(long, default_value = "sum", value_parser = ["sum", "ta", "ties"])]
     pub tau: String,
-    /// With --tau ties: share of each task vector kept (over the whole model).
-    #[arg(long, default_value_t = 0.2)]
-    pub density: f64,
+    /// With --tau ties (only): share of each task vector kept over the whole model
+    /// (default 0.2).
+    #[arg(long)]
+    pub density: Option<f64>,
 }
 
 impl TallArgs {
@@ -98,12 +99,13 @@ impl TallArgs {
         Ok(self.lambdas.clone())
     }
 
-    pub fn recipe(&self) -> MtlRecipe {
-        match self.tau.as_str() {
-            "ties" => MtlRecipe::Ties {
-                density: self.density,
-            },
-            _ => MtlRecipe::Sum,
+    pub fn recipe(&self) -> Result<MtlRecipe> {
+        match (self.tau.as_str(), self.density) {
+            ("ties", d) => Ok(MtlRecipe::Ties {
+                density: d.unwrap_or(0.2),
+            }),
+            (tau, Some(_)) => bail!("--density applies to --tau ties only, not --tau {tau}"),
+            _ => Ok(MtlRecipe::Sum),
         }
     }
 
@@ -117,6 +119,8 @@ impl TallArgs {
 
     /// Opens the models and builds the masks' plan (TIES thresholds take one pass).
     pub fn open(&self) -> Result<(Model, Vec<Model>)> {
+        // The options are checked before any model is read.
+        let _ = (self.recipe()?, self.task_names()?, self.lambdas()?);
         Ok((open(&self.base)?, open_all(&self.models)?))
     }
 
@@ -125,7 +129,7 @@ impl TallArgs {
             base,
             models.iter().collect(),
             self.task_names()?,
-            self.recipe(),
+            self.recipe()?,
             self.lambdas()?,
         )?)
     }

@@ -46,7 +46,8 @@ pub struct Merge8Args {
     /// Where the data sets are (default: the system packages' locations).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Start over: delete an earlier study in --out (only a folder holding study.json).
+    /// Start over: remove an earlier study's own files from --out (only where study.json is a
+    /// study's settings; other files there are kept).
     #[arg(long)]
     pub overwrite: bool,
 }

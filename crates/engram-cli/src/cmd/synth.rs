@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Output folder; receives `base/` and `ft-1/` ... `ft-N/` model folders.
+    /// Output folder; receives `base/` and `ft-1/` ... `ft-N/` model folders (those of an
+    /// earlier family there are replaced; other entries are kept).
     #[arg(short, long)]
     pub out: PathBuf,
     /// Model size: tiny (~0.2M parameters), small (~0.1B), medium (~0.5B), 1b, 3b, 7b.
@@ -58,9 +59,17 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         &ctx.command_line,
         &serde_json::json!({"arch": arch, "finetunes": a.finetunes, "dtype": dtype.name(), "seed": a.seed, "delta_scale": a.delta_scale}),
     );
+    // The family (base/, ft-1/ ...) is one output: staged, and switched in whole, so that
+    // models of an earlier, larger family (ft-3/ beside a new ft-1/ and ft-2/) do not stay.
+    let staged = engram_ckpt::Staged::new(&a.out)?;
     let pb = super::progress::bar(ctx, params, "synth");
-    let written = write_family(&a.out, &opts, &md, &|n| pb.inc(n))?;
+    let written = write_family(staged.path(), &opts, &md, &|n| pb.inc(n))?;
     pb.finish_and_clear();
+    staged.commit(&|n| {
+        n == "base"
+            || n.strip_prefix("ft-")
+                .is_some_and(|k| k.parse::<u32>().is_ok())
+    })?;
     if !ctx.quiet {
         println!(
             "wrote {} models of {} parameters ({} layers, hidden {}) as {} to {} ({} files)",

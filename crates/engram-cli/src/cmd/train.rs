@@ -3,11 +3,16 @@
 
 use super::Ctx;
 use super::progress::RunBars;
-use anyhow::{Context, Result};
+use anyhow::Result;
+use engram_ckpt::commit::read_input;
+use engram_ckpt::names::esc;
 use engram_learn::config::RunConfig;
 use engram_learn::run::RunOptions;
 use engram_report::results::RunResults;
 use std::path::PathBuf;
+
+/// Largest run file read (a run file is a few hundred bytes).
+const RUN_FILE_LIMIT: u64 = 1 << 20;
 
 #[derive(clap::Args)]
 #[command(
@@ -42,10 +47,13 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
-    let text = std::fs::read_to_string(&a.config)
-        .with_context(|| format!("cannot read {}", a.config.display()))?;
+    let shown = |p: &std::path::Path| esc(&p.display().to_string()).into_owned();
+    // Held for the whole run: no output of it may replace the run file.
+    let (bytes, _input) = read_input(&a.config, "a run file", RUN_FILE_LIMIT)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", shown(&a.config)))?;
     let cfg =
-        RunConfig::parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", a.config.display()))?;
+        RunConfig::parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", shown(&a.config)))?;
     let dir = a.out.join(cfg.run_name());
     let opts = RunOptions {
         data_dir: a.data_dir.as_deref(),
@@ -54,7 +62,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         stop_after: a.stop_after,
         export_masks: a.export_masks.as_deref(),
     };
-    let bars = RunBars::new(ctx, &cfg.strategy.name);
+    let bars = RunBars::new(ctx, &esc(&cfg.strategy.name));
     let results = engram_learn::run::run_config(&cfg, &dir, &opts, &mut |e| bars.on(e))?;
     bars.finish();
     if !ctx.quiet
@@ -65,7 +73,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
         println!(
             "{}: ACC {} AIA {} forgetting {} BWT {} FWT {} ECE {} ({:.1} s)",
-            r.display_name(),
+            esc(&r.display_name()),
             f(s.acc),
             f(s.aia),
             f(s.forgetting),
@@ -74,7 +82,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
             f(s.ece),
             s.total_time_s().unwrap_or(0.0)
         );
-        println!("results: {}", dir.join("results.json").display());
+        println!("results: {}", shown(&dir.join("results.json")));
     }
     Ok(())
 }

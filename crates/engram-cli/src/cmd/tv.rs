@@ -6,7 +6,9 @@ use super::models::open;
 use super::util::print_json;
 use anyhow::{Result, bail};
 use engram_ckpt::Model;
-use engram_weights::tv::{FINGERPRINT_KEY, Term, check_base, combine, fingerprint};
+use engram_weights::tv::{
+    FINGERPRINT_KEY, TASK_VECTOR_KEY, Term, check_base, check_task_vector, combine, fingerprint,
+};
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
@@ -62,6 +64,8 @@ pub enum Tv {
 pub fn run(ctx: &Ctx, t: Tv) -> Result<()> {
     let params = serde_json::json!({"command": ctx.command_line});
     let mut md = engram_ckpt::provenance(&ctx.command_line, &params);
+    // Every output but `apply`'s is a task vector.
+    md.insert(TASK_VECTOR_KEY.into(), "1".into());
     let report = match t {
         Tv::Extract {
             base,
@@ -72,14 +76,12 @@ pub fn run(ctx: &Ctx, t: Tv) -> Result<()> {
             let dt = float_dtype(&dtype)?;
             let (b, m) = (open(&base)?, open(&model)?);
             md.insert(FINGERPRINT_KEY.into(), fingerprint(&b));
-            md.insert("engram.task_vector".into(), "1".into());
-            let only = |n: &str| b.get(n).is_some_and(|v| v.dtype().is_float());
             let pb = super::progress::bar(ctx, m.param_count(), "extract");
             let r = combine(
                 &[Term::new(&m, 1.0), Term::new(&b, -1.0)],
                 &out,
                 Some(dt),
-                Some(&only),
+                true,
                 &md,
                 &[],
                 true,
@@ -96,6 +98,7 @@ pub fn run(ctx: &Ctx, t: Tv) -> Result<()> {
             out_dtype,
             force,
         } => {
+            md.remove(TASK_VECTOR_KEY);
             let b = open(&base)?;
             let (models, scales) = open_scaled(&vectors, scale)?;
             if !force {
@@ -107,7 +110,7 @@ pub fn run(ctx: &Ctx, t: Tv) -> Result<()> {
             terms.extend(models.iter().zip(&scales).map(|(m, c)| Term::new(m, *c)));
             let dt = opt_float_dtype(out_dtype.as_deref())?;
             let pb = super::progress::bar(ctx, b.param_count(), "apply");
-            let r = combine(&terms, &out, dt, None, &md, b.side_files(), true, &|n| {
+            let r = combine(&terms, &out, dt, false, &md, b.side_files(), true, &|n| {
                 pb.inc(n)
             })?;
             pb.finish_and_clear();
@@ -130,10 +133,11 @@ pub fn run(ctx: &Ctx, t: Tv) -> Result<()> {
                 .zip(&scales)
                 .map(|(m, c)| Term::new(m, *c))
                 .collect();
-            combine(&terms, &out, None, None, &md, &[], true, &|_| {})?
+            combine(&terms, &out, None, false, &md, &[], true, &|_| {})?
         }
         Tv::Scale { vector, by, out } => {
             let m = open(&vector)?;
+            check_task_vector(&m)?;
             if let Some(fp) = m.metadata().get(FINGERPRINT_KEY) {
                 md.insert(FINGERPRINT_KEY.into(), fp.clone());
             }
@@ -141,7 +145,7 @@ pub fn run(ctx: &Ctx, t: Tv) -> Result<()> {
                 &[Term::new(&m, by)],
                 &out,
                 None,
-                None,
+                false,
                 &md,
                 &[],
                 true,
@@ -156,12 +160,18 @@ pub fn run(ctx: &Ctx, t: Tv) -> Result<()> {
 }
 
 /// The task vectors given as `PATH` or `PATH:SCALE` (`default` where no scale is given),
-/// opened, and their scales; every argument is read before any model is opened.
+/// opened and checked to be task vectors, and their scales; every argument is read before any model is opened.
 fn open_scaled(vectors: &[String], default: f32) -> Result<(Vec<Model>, Vec<f32>)> {
+    if !default.is_finite() {
+        bail!("--scale {default} is not a finite number");
+    }
     let vs = vectors
         .iter()
         .map(|v| scaled(v, default))
         .collect::<Result<Vec<_>>>()?;
-    let models = vs.iter().map(|(p, _)| open(p)).collect::<Result<_>>()?;
+    let models: Vec<Model> = vs.iter().map(|(p, _)| open(p)).collect::<Result<_>>()?;
+    for m in &models {
+        check_task_vector(m)?;
+    }
     Ok((models, vs.into_iter().map(|(_, c)| c).collect()))
 }

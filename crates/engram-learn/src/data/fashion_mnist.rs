@@ -191,11 +191,11 @@ pub fn search_dirs(data_dir: Option<&Path>) -> Vec<PathBuf> {
 /// `dir/stem.gz`, else `dir/stem`, if present.
 fn find_file(dir: &Path, stem: &str) -> Option<PathBuf> {
     let gz = dir.join(format!("{stem}.gz"));
-    if gz.is_file() {
+    if super::present(&gz) {
         return Some(gz);
     }
     let raw = dir.join(stem);
-    raw.is_file().then_some(raw)
+    super::present(&raw).then_some(raw)
 }
 
 const FILES: [&str; 4] = [
@@ -242,7 +242,11 @@ fn locate_in(dirs: &[PathBuf]) -> Result<[PathBuf; 4], DataError> {
 
 /// Loads Fashion-MNIST (train 60,000, test 10,000).
 pub fn load(data_dir: Option<&Path>) -> Result<Split, DataError> {
-    let [train_x, train_y, test_x, test_y] = locate(data_dir)?;
+    let files = locate(data_dir)?;
+    for f in &files {
+        super::check_file(f, data_dir)?;
+    }
+    let [train_x, train_y, test_x, test_y] = files;
     let (train, test) = rayon::join(
         || read_pair(&train_x, &train_y, "fashion-mnist"),
         || read_pair(&test_x, &test_y, "fashion-mnist"),

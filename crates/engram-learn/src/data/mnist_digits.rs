@@ -103,7 +103,7 @@ fn candidates(dir: &Path) -> [PathBuf; 3] {
 fn digits_dir(dir: &Path) -> Option<PathBuf> {
     candidates(dir)
         .into_iter()
-        .find(|d| (0..10).all(|k| d.join(format!("{k}.json")).is_file()))
+        .find(|d| (0..10).all(|k| super::present(&d.join(format!("{k}.json")))))
 }
 
 fn npm_root() -> Option<PathBuf> {
@@ -123,8 +123,11 @@ pub fn locate(data_dir: Option<&Path>) -> Result<PathBuf, DataError> {
     if let Some(d) = data_dir {
         super::user_dir(d)?;
     }
-    if let Some(d) = dirs.iter().find_map(|d| digits_dir(d)) {
-        return Ok(d);
+    if let Some(found) = dirs.iter().find_map(|d| digits_dir(d)) {
+        for k in 0..10 {
+            super::check_file(&found.join(format!("{k}.json")), data_dir)?;
+        }
+        return Ok(found);
     }
     if let Some(d) = data_dir {
         let all: Vec<PathBuf> = dirs.iter().flat_map(|d| candidates(d)).collect();
@@ -134,7 +137,7 @@ pub fn locate(data_dir: Option<&Path>) -> Result<PathBuf, DataError> {
             d,
             &all,
             &files,
-            |d, f| d.join(f).is_file(),
+            |d, f| super::present(&d.join(f)),
         ));
     }
     if let Some(root) = npm_root() {

@@ -276,11 +276,65 @@ pub(crate) fn missing_in(
     }
 }
 
-/// Reads a whole file, decompressing it when it starts with the gzip magic bytes. At most
-/// `limit` decompressed bytes are accepted. Returns the contents and the file's record.
+/// Whether a data file's name is taken in a folder searched (by anything: a FIFO, a folder or
+/// a dangling symlink named so is found, then refused by [`check_file`] with its reason).
+pub(crate) fn present(path: &Path) -> bool {
+    path.symlink_metadata().is_ok()
+}
+
+/// Refuses a data file that is not a regular file (following symlinks: a FIFO would block, a
+/// device never end) or, when the user named the data folder (`root`, `--data-dir`), that
+/// leads outside it through a symlink. System data locations may hold symlinks (npm links).
+pub(crate) fn check_file(path: &Path, root: Option<&Path>) -> Result<(), DataError> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(source) if !present(path) => {
+            let path = path.to_path_buf();
+            return Err(DataError::Io { path, source });
+        }
+        Err(e) => {
+            let why =
+                format!("is a symbolic link that leads nowhere or loops ({e}), not a regular file");
+            return Err(DataError::corrupt(path, why));
+        }
+    };
+    if !meta.is_file() {
+        let kind = engram_ckpt::file::kind_of(&meta);
+        return Err(DataError::corrupt(
+            path,
+            format!("is {kind}, not a regular file"),
+        ));
+    }
+    if let Some(root) = root {
+        let inside = match (path.canonicalize(), root.canonicalize()) {
+            (Ok(p), Ok(r)) => p.starts_with(r),
+            _ => false,
+        };
+        if !inside {
+            return Err(DataError::corrupt(
+                path,
+                format!(
+                    "leads outside the data folder {} (--data-dir); copy the file there",
+                    root.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads a whole file, decompressing it when it starts with the gzip magic bytes (one gzip
+/// member, nothing after it). At most `limit` bytes, read or decompressed, are accepted.
+/// Returns the contents and the file's record.
 pub(crate) fn read_maybe_gz(path: &Path, limit: u64) -> Result<(Vec<u8>, DataFile), DataError> {
     use sha2::Digest;
     use std::io::Read;
+    check_file(path, None)?;
+    let too_big = || DataError::corrupt(path, format!("holds more than {limit} bytes"));
+    let size = std::fs::metadata(path).map_or(0, |m| m.len());
+    if size > limit {
+        return Err(too_big());
+    }
     let raw = std::fs::read(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
@@ -297,14 +351,21 @@ pub(crate) fn read_maybe_gz(path: &Path, limit: u64) -> Result<(Vec<u8>, DataFil
         return Ok((raw, file));
     }
     let mut out = Vec::new();
-    let mut dec = flate2::read::GzDecoder::new(&raw[..]).take(limit + 1);
-    dec.read_to_end(&mut out).map_err(|e| {
-        DataError::corrupt(path, format!("gzip data is corrupt or truncated ({e})"))
-    })?;
+    let mut dec = flate2::bufread::GzDecoder::new(&raw[..]);
+    (&mut dec)
+        .take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| {
+            DataError::corrupt(path, format!("gzip data is corrupt or truncated ({e})"))
+        })?;
     if out.len() as u64 > limit {
+        return Err(too_big());
+    }
+    let rest = dec.into_inner().len();
+    if rest > 0 {
         return Err(DataError::corrupt(
             path,
-            format!("decompresses to more than {limit} bytes"),
+            format!("{rest} bytes follow its gzip data (another gzip member or trailing bytes)"),
         ));
     }
     Ok((out, file))

@@ -214,7 +214,7 @@ impl ModelConfig {
                 width,
                 hidden,
                 blocks,
-            } => (*blocks, *width == 0 || *hidden == 0),
+            } => (*blocks, [width, hidden, blocks].contains(&&0)),
             ModelConfig::Cnn { channels, hidden } => (2, channels.contains(&0) || *hidden == 0),
             ModelConfig::Vit {
                 patch,
@@ -222,12 +222,12 @@ impl ModelConfig {
                 layers,
                 heads,
             } => {
-                if *heads == 0 || d_model % heads != 0 {
+                if *heads != 0 && d_model % heads != 0 {
                     return Err(err!(
                         "model.d_model = {d_model} must be a multiple of model.heads = {heads}"
                     ));
                 }
-                (*layers, *patch == 0 || *layers == 0)
+                (*layers, [patch, d_model, layers, heads].contains(&&0))
             }
         };
         if zero {
@@ -551,6 +551,12 @@ mod tests {
             (vit(7, 1 << 16, 1, 2), "model.d_model = 65536"),
             (vit(7, 64, 1 << 20, 2), "model.layers = 1048576"),
             (vit(7, 64, 1, 0), "model.heads = 0"),
+            (vit(4, 0, 1, 1), "model.d_model = 0"),
+            (vit(4, 8, 0, 2), "must be positive"),
+            (resmlp(0, 4, 1), "must be positive"),
+            (resmlp(8, 4, 0), "must be positive"),
+            (cnn([0, 4], 4), "must be positive"),
+            (cnn([4, 4], 0), "must be positive"),
             (vit(7, 64, 1, huge), "multiple of model.heads"),
             (vit(0, 8, 1, 2), "must be positive"),
         ] {

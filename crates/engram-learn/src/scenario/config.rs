@@ -152,6 +152,29 @@ impl ScenarioConfig {
         (kind(&self.kind)?.params)(&self.params)
     }
 
+    /// The config with every default filled in (the kind's keys, the blobs parameters, the
+    /// data set's own name; `validation = 0` as none), so that the same settings written
+    /// differently compare equal (a checkpoint records this form).
+    pub fn normalized(&self) -> Result<ScenarioConfig, ScenarioError> {
+        let src = self.source()?;
+        let Value::Object(params) = self.kind_params()? else {
+            return invalid(format!(
+                "scenario {}: parameters are not a table",
+                self.kind
+            ));
+        };
+        Ok(ScenarioConfig {
+            dataset: src.name().into(),
+            blobs: match src {
+                DataSource::Blobs(b) => Some(b),
+                _ => None,
+            },
+            validation: self.validation.filter(|v| *v > 0.0),
+            params,
+            ..self.clone()
+        })
+    }
+
     /// Checks everything that does not need the data (run before loading it).
     pub fn check(&self) -> Result<(), ScenarioError> {
         self.source()?;
@@ -191,7 +214,7 @@ impl ScenarioConfig {
             test_per_class: self.test_per_class,
         };
         let mut s = (kind(&self.kind)?.build)(data, &self.params, &common)?;
-        if let Some(v) = self.validation {
+        if let Some(v) = self.validation.filter(|v| *v > 0.0) {
             s.carve_validation(v, self.seed)?;
         }
         Ok(s)

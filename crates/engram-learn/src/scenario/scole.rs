@@ -247,8 +247,8 @@ struct Params {
     #[serde(default = "two")]
     classes_per_task: usize,
     /// SCoLe's `entropy_decrease` power (0 = uniform).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    skew: Option<f64>,
+    #[serde(default)]
+    skew: f64,
     /// Explicit class weights, one per class (instead of `skew`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     class_weights: Option<Vec<f64>>,
@@ -266,14 +266,14 @@ fn two() -> usize {
 
 fn params(m: &Map<String, Value>) -> Result<Params, ScenarioError> {
     let p: Params = parse_params("scole", m)?;
-    if p.skew.is_some() && p.class_weights.is_some() {
+    if p.skew != 0.0 && p.class_weights.is_some() {
         return invalid("scenario scole: give `skew` or `class-weights`, not both");
     }
     if p.tasks == 0 || p.classes_per_task == 0 {
         return invalid("scenario scole: tasks and classes-per-task must be at least 1");
     }
-    if let Some(s) = p.skew.filter(|s| !s.is_finite() || *s < 0.0) {
-        return invalid(format!("scenario scole: skew = {s} must be >= 0"));
+    if !(p.skew.is_finite() && p.skew >= 0.0) {
+        return invalid(format!("scenario scole: skew = {} must be >= 0", p.skew));
     }
     Ok(p)
 }
@@ -286,7 +286,7 @@ pub const SCOLE: Kind = Kind {
         let p = params(m)?;
         let distribution = match (&p.class_weights, p.skew) {
             (Some(w), _) => ClassDistribution::Weights(w.clone()),
-            (None, Some(e)) if e > 0.0 => ClassDistribution::EntropyDecrease(e),
+            (None, e) if e > 0.0 => ClassDistribution::EntropyDecrease(e),
             _ => ClassDistribution::Uniform,
         };
         let cfg = ScoleConfig {

@@ -12,7 +12,9 @@
 //! function unless α is 0 or 1).
 
 use super::parts::body::{is_head, keep_grads, values_of};
-use super::{Batch, Ctx, State, Strategy, parse_params};
+use super::{
+    Batch, Ctx, Setup, State, Strategy, check_from_task, in_range, no_effect, parse_params,
+};
 use crate::model::Net;
 use crate::model::resmlp::{Divergence, placement};
 use crate::{Result, err};
@@ -87,6 +89,22 @@ pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
     if p.merge_back && p.gate == Gate::Dlerp {
         return Err("strategy block-expansion: a dlerp blend cannot be merged back".into());
     }
+    let name = "block-expansion";
+    in_range(name, "expansions", p.expansions, 1, usize::MAX, "")?;
+    no_effect(
+        name,
+        "expansions",
+        !p.blocks.is_empty() && p.expansions != two(),
+        "when blocks are given",
+    )?;
+    let dlerp = p.gate == Gate::Dlerp;
+    no_effect(name, "a", dlerp && p.a != 0.0, "with gate = \"dlerp\"")?;
+    no_effect(
+        name,
+        "trainable-gate",
+        dlerp && p.trainable_gate,
+        "with gate = \"dlerp\" (its gate always trains)",
+    )?;
     Ok(Box::new(BlockExpansion {
         p,
         expanded: Vec::new(),
@@ -117,6 +135,36 @@ impl Strategy for BlockExpansion {
 
     fn params(&self) -> serde_json::Value {
         serde_json::to_value(&self.p).unwrap_or_default()
+    }
+
+    fn check(&self, s: &Setup) -> Result<()> {
+        let name = "block-expansion";
+        check_from_task(name, self.p.from_task, s)?;
+        let Net::ResMlp(m) = s.net else {
+            return Err(
+                "strategy block-expansion needs residual blocks: set model.kind = \"resmlp\""
+                    .into(),
+            );
+        };
+        let n = m.blocks.len();
+        let what = format!("the model has {n} residual blocks");
+        if self.p.blocks.is_empty() {
+            return in_range(name, "expansions", self.p.expansions, 1, n, &what);
+        }
+        for (i, &b) in self.p.blocks.iter().enumerate() {
+            in_range(
+                name,
+                "blocks",
+                b,
+                0,
+                n - 1,
+                &format!("{what}, counted from 0"),
+            )?;
+            if self.p.blocks[..i].contains(&b) {
+                return Err(err!("strategy {name}: blocks lists block {b} twice"));
+            }
+        }
+        Ok(())
     }
 
     fn before_task(&mut self, cx: &Ctx, net: Net) -> Result<Net> {

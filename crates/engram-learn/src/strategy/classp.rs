@@ -17,14 +17,14 @@
 //! schedule have no effect on the weights.
 
 use super::parts::penalty::{Host, host, json_usize, take};
-use super::{Ctx, State, Strategy, parse_params};
+use super::{Ctx, State, Strategy, no_effect, parse_params};
 use crate::model::Net;
 use crate::model::params::{flat_params, grad_flat, load_params};
 use crate::{Result, err};
 use burn::optim::GradientsParams;
 use std::collections::BTreeMap;
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Params {
     #[serde(default = "default_lr")]
@@ -92,6 +92,9 @@ pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
     if !(p.p.is_finite() && p.p > 0.0) {
         return Err(err!("strategy classp: p must be > 0, got {}", p.p));
     }
+    let off = "with scaling = false";
+    no_effect("classp", "eps", !p.scaling && p.eps != default_eps(), off)?;
+    no_effect("classp", "p", !p.scaling && p.p != default_p(), off)?;
     Ok(Box::new(Classp {
         lr: p.lr,
         threshold: p.threshold,
@@ -166,10 +169,17 @@ impl Strategy for Classp {
     }
 
     fn params(&self) -> serde_json::Value {
-        serde_json::json!({
-            "lr": self.lr, "threshold": self.threshold, "eps": self.eps, "p": self.p,
-            "scaling": self.scaling, "tensorwise-threshold": self.tensorwise,
-        })
+        let (lr, threshold, eps, p) = (self.lr, self.threshold, self.eps, self.p);
+        let (scaling, tensorwise_threshold) = (self.scaling, self.tensorwise);
+        let p = Params {
+            lr,
+            threshold,
+            eps,
+            p,
+            scaling,
+            tensorwise_threshold,
+        };
+        serde_json::to_value(p).unwrap_or_default()
     }
 
     fn after_backward(&mut self, _cx: &Ctx, net: &Net, grads: &mut GradientsParams) {

@@ -23,10 +23,10 @@ pub struct Params {
     #[serde(default = "default_alpha")]
     pub alpha: f64,
     /// Weight of the buffer CE, DER++ only (0.5).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub beta: Option<f64>,
     /// Examples per buffer batch; default: the stream batch's size.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_batch: Option<usize>,
 }
 
@@ -237,7 +237,7 @@ mod tests {
             .params();
         assert_eq!(
             p,
-            serde_json::json!({"buffer": 200, "alpha": 0.1, "beta": 0.5, "replay-batch": null})
+            serde_json::json!({"buffer": 200, "alpha": 0.1, "beta": 0.5})
         );
         let p = build(&serde_json::Value::Null).expect("der").params();
         assert_eq!(p["beta"], serde_json::Value::Null);

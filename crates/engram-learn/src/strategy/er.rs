@@ -23,7 +23,7 @@ pub struct Params {
     #[serde(default = "default_sampling")]
     pub sampling: Sampling,
     /// Examples replayed per step; default: the stream batch's size.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_batch: Option<usize>,
 }
 
@@ -98,7 +98,7 @@ mod tests {
         let st = build(&serde_json::Value::Null).expect("defaults");
         assert_eq!(
             st.params(),
-            serde_json::json!({"buffer": 200, "sampling": "reservoir", "replay-batch": null})
+            serde_json::json!({"buffer": 200, "sampling": "reservoir"})
         );
         let st =
             build(&serde_json::json!({"sampling": "class-balanced", "buffer": 50})).expect("cbrs");

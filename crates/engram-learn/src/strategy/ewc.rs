@@ -18,7 +18,7 @@ use crate::model::params::ParamInfo;
 use crate::{Result, err};
 use burn::prelude::*;
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Params {
     /// λ in the half convention (engram choice: 1000, PyCIL's value; sweep in decades).
@@ -38,7 +38,7 @@ struct Params {
     fisher_batch: usize,
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct OnlineParams {
     #[serde(default = "default_lambda")]
@@ -204,17 +204,24 @@ impl Strategy for Ewc {
     }
 
     fn params(&self) -> serde_json::Value {
-        let mut v = serde_json::json!({
-            "lambda": self.lambda,
-            "fisher": self.estimator,
-            "samples": self.samples,
-            "fisher-batch": self.fisher_batch,
-            "penalty_convention": "half",
-        });
-        if let Some(g) = self.gamma {
-            v["gamma"] = serde_json::json!(g);
-        }
-        v
+        let (lambda, fisher, samples, fisher_batch) =
+            (self.lambda, self.estimator, self.samples, self.fisher_batch);
+        let v = match self.gamma {
+            None => serde_json::to_value(Params {
+                lambda,
+                fisher,
+                samples,
+                fisher_batch,
+            }),
+            Some(gamma) => serde_json::to_value(OnlineParams {
+                lambda,
+                gamma,
+                fisher,
+                samples,
+                fisher_batch,
+            }),
+        };
+        v.unwrap_or_default()
     }
 
     fn loss(

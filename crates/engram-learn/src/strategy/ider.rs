@@ -44,7 +44,7 @@ pub struct Params {
     #[serde(default)]
     pub detach_feedback: bool,
     /// Examples per buffer batch; default: the stream batch's size.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_batch: Option<usize>,
 }
 
@@ -283,7 +283,7 @@ mod tests {
         assert_eq!(
             st.params(),
             serde_json::json!({"buffer": 200, "sampling": "class-balanced", "a": 0.05,
-                "b": 0.05, "c": 0.5, "detach-feedback": false, "replay-batch": null})
+                "b": 0.05, "c": 0.5, "detach-feedback": false})
         );
         let mut a = Ider {
             p: parse_params("ider", &serde_json::json!({"buffer": 4})).expect("p"),

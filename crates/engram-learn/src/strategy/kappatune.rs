@@ -11,7 +11,7 @@
 //! alone (a linear probe).
 
 use super::parts::body::{body_weights, is_head, keep_grads, values_of};
-use super::{Ctx, State, Strategy, parse_params};
+use super::{Ctx, Setup, State, Strategy, check_from_task, in_range, parse_params};
 use crate::model::Net;
 use crate::{Result, err};
 use burn::optim::GradientsParams;
@@ -30,7 +30,8 @@ pub enum Pick {
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Params {
-    /// Tensors to unfreeze (card: 100 on LLMs; small networks have a handful).
+    /// Tensors to unfreeze (card: 100 on LLMs; small networks have a handful); 0: the
+    /// output layer alone (`train-head`).
     #[serde(default = "default_n")]
     pub n: usize,
     /// lowest (KappaTune) | highest | random.
@@ -62,6 +63,16 @@ pub struct KappaTune {
 
 pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
     let p: Params = parse_params("kappatune", v)?;
+    // n = 0 trains the output layer alone ("head only"), unless that is frozen too.
+    let least = usize::from(!p.train_head);
+    in_range(
+        "kappatune",
+        "n",
+        p.n,
+        least,
+        usize::MAX,
+        "with train-head = false",
+    )?;
     Ok(Box::new(KappaTune {
         p,
         kappas: Vec::new(),
@@ -116,6 +127,24 @@ impl Strategy for KappaTune {
 
     fn params(&self) -> serde_json::Value {
         serde_json::to_value(&self.p).unwrap_or_default()
+    }
+
+    fn check(&self, s: &Setup) -> Result<()> {
+        check_from_task("kappatune", self.p.from_task, s)?;
+        let k = body_weights(s.net).len();
+        let what = format!("the model has {k} weight matrices besides its output layer");
+        in_range(
+            "kappatune",
+            "n",
+            self.p.n,
+            usize::from(!self.p.train_head),
+            k,
+            &what,
+        )
+    }
+
+    fn has_masks(&self) -> bool {
+        true
     }
 
     fn before_task(&mut self, cx: &Ctx, net: Net) -> Result<Net> {

@@ -1,7 +1,7 @@
 //! KD + WA: distillation and Weight Aligning (Zhao et al., CVPR 2020, arXiv 1911.07053).
 //! Card: shared/methods/replay_distillation.md ("KD + Weight Aligning").
 //!
-//! Training set of task t: its own examples plus the exemplar memory (`exemplars` = 0: none).
+//! Training set of task t: its own examples plus the exemplar memory.
 //! Loss: (1 − λ)·CE + λ·KD_T on the old-class logits, λ = C_old/(C_old + C_new) with C_new the
 //! task's classes (also when they recur, as in Domain-IL), KD as in `lwf` (KL form, no T²).
 //! After each task with old classes, γ = mean old-row norm / mean new-row norm of the output
@@ -13,7 +13,7 @@
 
 use super::lwf::{old_classes, old_head_kd, teacher_logits};
 use super::parts::buffer::{ce_by_task, host2};
-use super::{Batch, Ctx, State, Strategy, parse_params};
+use super::{Batch, Ctx, Setup, State, Strategy, in_range, no_effect, parse_params};
 use crate::model::Net;
 use crate::model::params::load_params;
 use crate::scenario::Part;
@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Params {
-    /// Exemplar memory in examples, over all classes (PyCIL: 2000); 0 trains without exemplars.
+    /// Exemplar memory in examples, over all classes, at least one per class (PyCIL: 2000).
     #[serde(default = "default_exemplars")]
     pub exemplars: usize,
     /// Temperature T of the distillation (2).
@@ -82,6 +82,13 @@ pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
             p.temperature
         ));
     }
+    in_range("kd-wa", "exemplars", p.exemplars, 1, usize::MAX, "")?;
+    no_effect(
+        "kd-wa",
+        "temperature",
+        !p.kd && p.temperature != default_t(),
+        "with kd = false",
+    )?;
     Ok(Box::new(KdWa {
         p,
         teacher: None,
@@ -258,6 +265,20 @@ impl Strategy for KdWa {
         serde_json::to_value(&self.p).unwrap_or_default()
     }
 
+    fn check(&self, s: &Setup) -> Result<()> {
+        let classes: std::collections::BTreeSet<_> =
+            s.scenario.tasks.iter().flat_map(|t| &t.classes).collect();
+        let c = classes.len();
+        in_range(
+            "kd-wa",
+            "exemplars",
+            self.p.exemplars,
+            c,
+            usize::MAX,
+            &format!("one for each of {c} classes"),
+        )
+    }
+
     fn before_task(&mut self, cx: &Ctx, net: Net) -> Result<Net> {
         self.teacher = (cx.task > 0 && self.p.kd).then(|| net.valid());
         Ok(net)
@@ -406,7 +427,7 @@ mod tests {
             let (o0, b0) = row_norms(&net, &old);
             let (n0, _) = row_norms(&net, &new);
             assert!((n0 / o0 - 1.0).abs() > 0.5);
-            let mut st = build(&serde_json::json!({"exemplars": 0})).expect("kd-wa");
+            let mut st = build(&serde_json::json!({"exemplars": 4})).expect("kd-wa");
             let cx = Ctx {
                 scenario: &s,
                 task: 1,

@@ -12,7 +12,7 @@ use crate::model::Net;
 use crate::{Result, err};
 use burn::prelude::*;
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Params {
     /// λ, half convention (engram choice: 1; sweep in decades).
@@ -58,7 +58,8 @@ impl Strategy for L2 {
     }
 
     fn params(&self) -> serde_json::Value {
-        serde_json::json!({"lambda": self.lambda, "params": self.prefixes, "penalty_convention": "half"})
+        let (lambda, params) = (self.lambda, self.prefixes.clone());
+        serde_json::to_value(Params { lambda, params }).unwrap_or_default()
     }
 
     fn before_task(&mut self, _cx: &Ctx, net: Net) -> Result<Net> {

@@ -15,7 +15,7 @@
 
 use super::parts::body::{BodyWeight, body_weights, is_head, keep_grads, values_of, write_back};
 use super::parts::sparse_adam::SparseState;
-use super::{Ctx, State, Strategy, parse_params};
+use super::{Ctx, Setup, State, Strategy, check_from_task, in_range, no_effect, parse_params};
 use crate::model::Net;
 use crate::model::params::grad_flat;
 use crate::{Result, err};
@@ -48,7 +48,8 @@ pub struct Params {
     /// Rank of W′ (card's CPU default: 8).
     #[serde(default = "eight")]
     pub filter_rank: usize,
-    /// Steps between refreshes of the mask; 0 = never (card's CPU default: 100).
+    /// Steps between refreshes of the mask, at least 1; more than a task's steps: never
+    /// (card's CPU default: 100).
     #[serde(default = "default_interval")]
     pub interval: usize,
     /// Tasks before this one train every parameter (a pre-training phase).
@@ -86,9 +87,29 @@ pub struct Lift {
 
 pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
     let p: Params = parse_params("lift", v)?;
-    if p.rank == 0 || p.filter_rank == 0 {
-        return Err("strategy lift: rank and filter-rank must be at least 1".into());
+    for (key, v) in [
+        ("rank", p.rank),
+        ("filter-rank", p.filter_rank),
+        ("interval", p.interval),
+    ] {
+        in_range("lift", key, v, 1, usize::MAX, "")?;
     }
+    let (random, principal) = (
+        p.selection == Selection::Random,
+        p.selection == Selection::Principal,
+    );
+    no_effect(
+        "lift",
+        "interval",
+        random && p.interval != default_interval(),
+        "with selection = \"random\" (drawn once per task)",
+    )?;
+    no_effect(
+        "lift",
+        "filter-rank",
+        !principal && p.filter_rank != eight(),
+        "unless selection = \"principal\"",
+    )?;
     Ok(Box::new(Lift {
         p,
         states: Vec::new(),
@@ -170,13 +191,32 @@ impl Strategy for Lift {
         serde_json::to_value(&self.p).unwrap_or_default()
     }
 
+    fn check(&self, s: &Setup) -> Result<()> {
+        check_from_task("lift", self.p.from_task, s)?;
+        if s.optim.kind == crate::optim::OptimKind::Sgd {
+            return Err("strategy lift trains with a sparse AdamW: set the run's optimizer to adam or adamw".into());
+        }
+        // Past these, every matrix is trained whole (rank) or filtered at full rank.
+        let w = body_weights(s.net);
+        let full = w
+            .iter()
+            .map(|b| (b.rows * b.cols).div_ceil(b.rows + b.cols))
+            .max();
+        let what = "beyond it every weight matrix trains whole";
+        in_range("lift", "rank", self.p.rank, 1, full.unwrap_or(0), what)?;
+        let top = w.iter().map(|b| b.rows.min(b.cols)).max().unwrap_or(0);
+        let what = "the largest rank of the model's weight matrices";
+        in_range("lift", "filter-rank", self.p.filter_rank, 1, top, what)
+    }
+
+    fn has_masks(&self) -> bool {
+        true
+    }
+
     fn before_task(&mut self, cx: &Ctx, net: Net) -> Result<Net> {
         self.states.clear();
         self.since = 0;
         if self.active(cx) {
-            if cx.optim.kind == crate::optim::OptimKind::Sgd {
-                return Err("strategy lift trains with a sparse AdamW: set the run's optimizer to adam or adamw".into());
-            }
             self.choose(cx, &net, true)?;
         }
         Ok(net)

@@ -16,9 +16,9 @@
 //! the old ones (its gradient 2λ·Σ_old A_old·A_oldᵀ·A is added to ∂A; the term is not part of
 //! the loss the trainer reports).
 
-use super::parts::body::{body_weights, is_head, keep_grads, values_of, write_back};
+use super::parts::body::{BodyWeight, body_weights, is_head, keep_grads, values_of, write_back};
 use super::parts::penalty::take;
-use super::{Ctx, State, Strategy, parse_params};
+use super::{Ctx, Setup, State, Strategy, check_from_task, no_effect, parse_params};
 use crate::model::Net;
 use crate::model::params::grad_flat;
 use crate::optim::OptimKind;
@@ -108,6 +108,8 @@ pub fn build(v: &serde_json::Value) -> Result<Box<dyn Strategy>> {
     if !(p.orth_lambda.is_finite() && p.orth_lambda >= 0.0) {
         return Err("strategy lora: orth-lambda must be >= 0".into());
     }
+    let set = !p.orthogonal && p.orth_lambda != default_orth();
+    no_effect("lora", "orth-lambda", set, "unless orthogonal = true")?;
     Ok(Box::new(Lora {
         p,
         adapters: Vec::new(),
@@ -169,10 +171,11 @@ impl Lora {
         (self.p.alpha / self.p.r as f64) as f32
     }
 
-    fn start(&mut self, cx: &Ctx, net: &Net) -> Result<()> {
-        let values = crate::model::params::named_values(net);
+    /// The weights that get adapters (`targets`; empty: every body weight), each of rank
+    /// at least `r`.
+    fn targets(&self, net: &Net) -> Result<Vec<BodyWeight>> {
         let body = body_weights(net);
-        let chosen: Vec<_> = if self.p.targets.is_empty() {
+        let chosen: Vec<BodyWeight> = if self.p.targets.is_empty() {
             body
         } else {
             for t in &self.p.targets {
@@ -199,6 +202,13 @@ impl Lora {
                 b.cols
             ));
         }
+        Ok(chosen)
+    }
+
+    fn start(&mut self, cx: &Ctx, net: &Net) -> Result<()> {
+        let values = crate::model::params::named_values(net);
+        let chosen = self.targets(net)?;
+        let r = self.p.r;
         self.adapters = chosen
             .into_iter()
             .map(|b| {
@@ -239,15 +249,17 @@ impl Strategy for Lora {
         serde_json::to_value(&self.p).unwrap_or_default()
     }
 
+    fn check(&self, s: &Setup) -> Result<()> {
+        check_from_task("lora", self.p.from_task, s)?;
+        if s.optim.kind == OptimKind::Sgd {
+            return Err("strategy lora trains its factors with Adam: set the run's optimizer to adam or adamw".into());
+        }
+        self.targets(s.net).map(drop)
+    }
+
     fn before_task(&mut self, cx: &Ctx, net: Net) -> Result<Net> {
         if cx.task < self.p.from_task {
             return Ok(net);
-        }
-        if cx.optim.kind == OptimKind::Sgd {
-            return Err(
-                "strategy lora trains its factors with Adam: set the run's optimizer to adam or adamw"
-                    .into(),
-            );
         }
         let (r, s) = (self.p.r, self.scale());
         if self.adapters.is_empty() {

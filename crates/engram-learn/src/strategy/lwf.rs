@@ -9,7 +9,7 @@
 //! default, as the card says). The teacher is the model the trainer hands to `before_task`,
 //! which on a resumed run is the checkpointed model: it is not stored again in the state.
 
-use super::{Batch, Ctx, Strategy, parse_params};
+use super::{Batch, Ctx, Setup, Strategy, in_range, no_effect, parse_params};
 use crate::model::Net;
 use crate::scenario::EvalMode;
 use crate::{Result, err};
@@ -48,6 +48,8 @@ impl Params {
         {
             return Err("strategy lwf: alpha must be finite and ≥ 0".into());
         }
+        let set = !self.alpha_per_task.is_empty() && self.alpha != one();
+        no_effect("lwf", "alpha", set, "when alpha-per-task is given")?;
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
             return Err(err!(
                 "strategy lwf: temperature must be finite and > 0, got {}",
@@ -146,6 +148,18 @@ impl Strategy for Lwf {
 
     fn params(&self) -> serde_json::Value {
         serde_json::to_value(&self.p).unwrap_or_default()
+    }
+
+    fn check(&self, s: &Setup) -> Result<()> {
+        let (n, t) = (self.p.alpha_per_task.len(), s.scenario.tasks.len());
+        in_range(
+            "lwf",
+            "alpha-per-task's length",
+            n,
+            0,
+            t,
+            &format!("one per task, {t} tasks"),
+        )
     }
 
     fn before_task(&mut self, cx: &Ctx, net: Net) -> Result<Net> {

@@ -77,13 +77,33 @@ pub struct State {
     pub json: serde_json::Value,
 }
 
+/// What [`Strategy::check`] sees: the run's scenario, its freshly built network and its
+/// optimizer settings.
+pub struct Setup<'a> {
+    pub scenario: &'a Scenario,
+    pub net: &'a Net,
+    pub optim: &'a OptimConfig,
+}
+
 pub trait Strategy: Send {
     /// Registry name.
     fn name(&self) -> &'static str;
 
-    /// Parameters as configured (recorded in the results).
+    /// Parameters with their defaults filled in: every key the run file accepts, no other
+    /// (what `engram strategies` lists and what a checkpoint records and compares).
     fn params(&self) -> serde_json::Value {
-        serde_json::Value::Null
+        serde_json::json!({})
+    }
+
+    /// Checks the parameters against the run (task count, the network's weights, the
+    /// optimizer) before anything trains; the trainer calls it once, at the start.
+    fn check(&self, _setup: &Setup) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether [`Strategy::masks`] has something to export (asked before the run starts).
+    fn has_masks(&self) -> bool {
+        false
     }
 
     /// Before training a task: set up anchors, heads, buffers.
@@ -293,7 +313,78 @@ pub fn parse_params<T: serde::de::DeserializeOwned>(
     serde_json::from_value(v).map_err(|e| err!("strategy {name}: {e}"))
 }
 
+/// Refuses `key` when it is set (`set`) but has no effect (`why`: when it has none).
+pub(crate) fn no_effect(name: &str, key: &str, set: bool, why: &str) -> Result<()> {
+    match set {
+        true => Err(err!(
+            "strategy {name}: {key} has no effect {why}; remove it"
+        )),
+        false => Ok(()),
+    }
+}
+
+/// Refuses `key = v` outside `lo..=hi` (`what`: where the bounds come from).
+pub(crate) fn in_range(
+    name: &str,
+    key: &str,
+    v: usize,
+    lo: usize,
+    hi: usize,
+    what: &str,
+) -> Result<()> {
+    let range = match hi {
+        usize::MAX => format!("must be at least {lo}"),
+        _ if hi < lo => "fits nothing".into(),
+        _ => format!("must be in [{lo}, {hi}]"),
+    };
+    match (lo..=hi).contains(&v) {
+        true => Ok(()),
+        false if what.is_empty() => Err(err!("strategy {name}: {key} = {v} {range}")),
+        false => Err(err!("strategy {name}: {key} = {v} {range} ({what})")),
+    }
+}
+
+/// `from-task` of the strategies that begin later: a task of the scenario.
+pub(crate) fn check_from_task(name: &str, from: usize, s: &Setup) -> Result<()> {
+    let t = s.scenario.tasks.len();
+    in_range(
+        name,
+        "from-task",
+        from,
+        0,
+        t.saturating_sub(1),
+        &format!("{t} tasks, counted from 0"),
+    )
+}
+
 /// Helper for strategies keeping named host tensors between tasks.
 pub fn tensors_to_map(t: &[(String, Vec<usize>, Vec<f32>)]) -> BTreeMap<String, Vec<f32>> {
     t.iter().map(|(n, _, v)| (n.clone(), v.clone())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One source of truth for a strategy's keys: the parameters it lists (`engram
+    /// strategies`, a checkpoint's settings) are exactly the keys it accepts, and building it
+    /// from them gives the same parameters; a key it does not list is refused.
+    #[test]
+    fn listed_parameters_are_the_accepted_keys() {
+        for (name, _, build) in REGISTRY {
+            let listed = build(&serde_json::Value::Null).expect(name).params();
+            let keys = listed.as_object().expect("a table");
+            let again = build(&listed).map_err(|e| format!("{name}: {e}"));
+            assert_eq!(again.expect("listed keys build").params(), listed, "{name}");
+            for key in keys.keys() {
+                assert!(!key.contains('_'), "{name}: {key} is not kebab-case");
+            }
+            let mut unknown = keys.clone();
+            unknown.insert("penalty-convention".into(), "half".into());
+            assert!(
+                build(&serde_json::Value::Object(unknown)).is_err(),
+                "{name}"
+            );
+        }
+    }
 }

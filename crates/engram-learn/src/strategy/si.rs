@@ -17,7 +17,7 @@ use crate::{Result, err};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Params {
     /// Strength c of the surrogate loss.
@@ -91,7 +91,11 @@ impl Strategy for Si {
     }
 
     fn params(&self) -> serde_json::Value {
-        serde_json::json!({"c": self.c, "xi": self.xi, "gradient": "unregularised"})
+        serde_json::to_value(Params {
+            c: self.c,
+            xi: self.xi,
+        })
+        .unwrap_or_default()
     }
 
     fn before_task(&mut self, _cx: &Ctx, net: Net) -> Result<Net> {

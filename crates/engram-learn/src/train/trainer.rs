@@ -71,6 +71,11 @@ impl TrainConfig {
         if self.epochs == 0 && self.iterations.is_none() {
             return Err("train.epochs must be at least 1".into());
         }
+        if self.iterations.is_some() && self.epochs != default_epochs() {
+            return Err(
+                "train.epochs has no effect when train.iterations is set; remove one".into(),
+            );
+        }
         if self.iterations == Some(0) {
             return Err("train.iterations must be at least 1".into());
         }
@@ -255,11 +260,26 @@ impl Trainer<'_> {
     }
 
     /// [`Trainer::run`], also handing back the trained network.
-    pub fn run_net(&mut self, on: &mut dyn FnMut(Event)) -> Result<(RunOutput, Net)> {
+    /// Every check made at the start of a run (settings, sizes, the strategy's parameters
+    /// against the scenario and the network), without training: a caller that must not
+    /// change anything before a run can start (replacing an earlier run) asks first.
+    pub fn check(&self) -> Result<()> {
+        self.start_net(&Device::flex().autodiff()).map(drop)
+    }
+
+    /// The run's fresh network, after every check made at the start.
+    fn start_net(&self, ad: &Device) -> Result<Net> {
         self.train.validate()?;
         let s = self.scenario;
         if s.tasks.is_empty() {
             return Err("the scenario has no tasks".into());
+        }
+        if let Some(st) = self.start.as_ref().filter(|st| st.task >= s.tasks.len()) {
+            return Err(err!(
+                "start at task {} of a scenario of {} tasks",
+                st.task,
+                s.tasks.len()
+            ));
         }
         super::alloc::keep_freed_memory();
         // The network's size and a batch's activations (at most the data) are checked
@@ -268,19 +288,30 @@ impl Trainer<'_> {
             .min(s.train.len().max(s.test.len()).max(1));
         self.model
             .check_size(s.train.dim, s.train.image, s.num_outputs, batch)?;
-        let base = Device::flex();
         // Seed and build under the RNG guard, so that trainers on other threads cannot draw
         // from burn's process-wide generator in between.
-        let rng = crate::backend::seeded(&base, self.seed);
-        let ad = base.clone().autodiff();
-        let mut net = self.model.build_with_feedback(
+        let rng = crate::backend::seeded(&Device::flex(), self.seed);
+        let net = self.model.build_with_feedback(
             s.train.dim,
             s.train.image,
             s.num_outputs,
             self.strategy.feedback_input(),
-            &ad,
+            ad,
         )?;
         drop(rng);
+        self.strategy.check(&crate::strategy::Setup {
+            scenario: s,
+            net: &net,
+            optim: &self.train.optimizer,
+        })?;
+        Ok(net)
+    }
+
+    pub fn run_net(&mut self, on: &mut dyn FnMut(Event)) -> Result<(RunOutput, Net)> {
+        let base = Device::flex();
+        let ad = base.clone().autodiff();
+        let mut net = self.start_net(&ad)?;
+        let s = self.scenario;
         let mut out = RunOutput {
             eval_mode: format!("{:?}", s.eval),
             params: crate::model::params::param_count(&net),
@@ -305,13 +336,6 @@ impl Trainer<'_> {
             on(Event::Resumed { completed: first });
         } else {
             if let Some(st) = &self.start {
-                if st.task >= s.tasks.len() {
-                    return Err(err!(
-                        "start at task {} of a scenario of {} tasks",
-                        st.task,
-                        s.tasks.len()
-                    ));
-                }
                 net = crate::model::params::load_params(net, &st.values)?;
                 first = st.task;
             }

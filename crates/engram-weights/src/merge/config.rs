@@ -22,7 +22,8 @@ pub struct MergeConfig {
     pub params: ParamSource,
     pub out_dtype: Option<DType>,
     pub scope: TrimScope,
-    pub seed: u64,
+    /// `None`: not given (seed 0).
+    pub seed: Option<u64>,
 }
 
 impl std::fmt::Debug for dyn MergeMethod {
@@ -134,10 +135,10 @@ pub fn parse(text: &str, dir: &Path) -> Res<MergeConfig> {
         }
         Some(_) => return Err("trim_scope must be 'tensor' or 'model'".into()),
     };
-    let seed = match top_map.get("seed") {
-        None => 0,
-        Some(v) => v.as_u64().ok_or("seed must be a non-negative integer")?,
-    };
+    let seed = top_map
+        .get("seed")
+        .map(|v| v.as_u64().ok_or("seed must be a non-negative integer"))
+        .transpose()?;
     // Checked here too (the plan checks every request), so that a bad value is reported
     // before any model is opened.
     let params = ParamSource { global, per_model };
@@ -225,7 +226,7 @@ fn parse_params(v: &Value, what: &str) -> Res<BTreeMap<String, ParamValue>> {
 
 fn param_value(v: &Value, what: &str) -> Res<ParamValue> {
     match v {
-        Value::Bool(b) => Ok(ParamValue::Scalar(f64::from(u8::from(*b)))),
+        Value::Bool(b) => Ok(ParamValue::Bool(*b)),
         Value::Number(n) => n
             .as_f64()
             .map(ParamValue::Scalar)

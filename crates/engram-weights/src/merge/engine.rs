@@ -5,8 +5,9 @@
 use super::plan::{MergePlan, Step};
 pub use super::plan::{layer_index, layer_positions};
 pub use super::request::MergeRequest;
+use crate::output::check_values;
 pub use crate::output::copy_as_f32;
-use engram_ckpt::{Error, ModelWriter, Result, WriteOptions};
+use engram_ckpt::{ModelWriter, Result, WriteOptions};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -19,7 +20,7 @@ pub struct MergeReport {
     pub copied: Vec<String>,
     /// Tensors some model lacks, kept from the base (`--allow-missing`).
     pub kept_from_base: Vec<String>,
-    /// Tensors present in a model but not in the template: not in the output.
+    /// Tensors present in a model but not in the template: left out (`--allow-missing`).
     pub ignored: Vec<String>,
     /// With trim_scope model: the |τ| threshold of each model.
     pub model_thresholds: Option<Vec<Option<f32>>>,
@@ -41,15 +42,16 @@ pub fn run_merge<'a>(
         model_thresholds: plan.model_thresholds.clone(),
         ..Default::default()
     };
+    let specs = plan.specs(req.out_dtype);
     let writer = ModelWriter::create(
         out,
-        plan.specs(req.out_dtype),
+        specs.clone(),
         &WriteOptions {
             max_shard_bytes: req.max_shard_bytes,
             metadata: metadata.clone(),
         },
     )?;
-    for t in &plan.tensors {
+    for (t, spec) in plan.tensors.iter().zip(&specs) {
         let name = t.view.name();
         match t.step {
             Step::Copy => writer.write_bytes(name, t.view.bytes)?,
@@ -64,15 +66,21 @@ pub fn run_merge<'a>(
             Step::Merge => {
                 let job = plan.job(req, t)?;
                 let kernel = req.method.prepare(&job)?;
-                job.apply(kernel.as_ref(), req.method.row_aligned(), &|start, vals| {
-                    if req.check_finite && vals.iter().any(|v| !v.is_finite()) {
-                        return Err(Error::tensor(
-                            out,
-                            name,
-                            "merged values include NaN or infinity",
-                        ));
-                    }
-                    writer.write_f32_at(name, start, vals)
+                job.apply(kernel.as_ref(), req.method.row_aligned(), &|c, vals| {
+                    let finite = |k: usize| {
+                        c.base.get(k).is_none_or(|b| b.is_finite())
+                            && c.models.iter().all(|m| m[k].is_finite())
+                    };
+                    check_values(
+                        out,
+                        name,
+                        spec.dtype,
+                        c.start,
+                        vals,
+                        req.check_finite,
+                        &finite,
+                    )?;
+                    writer.write_f32_at(name, c.start, vals)
                 })?;
                 report.tensors_merged += 1;
                 report.params_merged += t.view.numel() as u64;
@@ -172,5 +180,54 @@ mod tests {
         for name in &rep.kept_from_base {
             assert_eq!(values(&merged, name), values(&base, name), "{name}");
         }
+        // A tensor the base lacks: an error, or left out and listed with allow_missing.
+        let out2 = dir.path().join("out2");
+        let mut req = MergeRequest::new(req.method, Some(&other[0]), vec![&base]);
+        let e = run_merge(&req, &out2, &BTreeMap::new(), &|_| {}).unwrap_err();
+        assert!(
+            e.to_string().contains("'model.layers.1.w'")
+                && e.to_string().contains("--allow-missing"),
+            "{e}"
+        );
+        req.allow_missing = true;
+        let rep = run_merge(&req, &out2, &BTreeMap::new(), &|_| {}).unwrap();
+        assert_eq!(rep.ignored, vec!["model.layers.1.w", "model.norm.weight"]);
+    }
+
+    /// An overflow from finite inputs, and normalizing by weights that sum to 0, are errors
+    /// naming the tensor; nothing is written.
+    #[test]
+    fn overflow_and_a_zero_weight_sum_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, models) = random_family(dir.path(), &SHAPES[2..], 2, 6);
+        let ta = crate::merge::get("task_arithmetic").unwrap();
+        let out = dir.path().join("out");
+        let run = |global: &[(&str, f64)], w: &[f64]| {
+            let mut p = ParamSource::default();
+            for (k, v) in global {
+                p.global.insert(k.to_string(), ParamValue::Scalar(*v));
+            }
+            p.per_model = w
+                .iter()
+                .map(|w| BTreeMap::from([("weight".to_string(), ParamValue::Scalar(*w))]))
+                .collect();
+            let req = MergeRequest::new(ta, Some(&base), models.iter().collect())
+                .with_params(p)
+                .with_check_finite(false);
+            run_merge(&req, &out, &BTreeMap::new(), &|_| {})
+                .unwrap_err()
+                .to_string()
+        };
+        let e = run(&[("lambda", 1e300)], &[1.0, 1.0]);
+        assert!(
+            e.contains("model.layers.1.w") && e.contains("not finite"),
+            "{e}"
+        );
+        let e = run(&[("normalize", 1.0)], &[1.0, -1.0]);
+        assert!(
+            e.contains("model.layers.1.w") && e.contains("sum to 0"),
+            "{e}"
+        );
+        assert!(!out.exists());
     }
 }

@@ -60,6 +60,10 @@ pub fn gta_kernel<'a, S: Sparsifier + 'a>(
         .iter()
         .map(|p| p.value(specs, "weight") as f32)
         .collect();
+    let normalize = job.global.flag(specs, "normalize");
+    if normalize && !consensus {
+        job.weight_sum(&weights)?;
+    }
     let factors = if job.global.flag(specs, "rescale") {
         l1_factors(job, &sparsifier, rows)?
     } else {
@@ -71,7 +75,7 @@ pub fn gta_kernel<'a, S: Sparsifier + 'a>(
         combine: Combine {
             consensus,
             weights,
-            normalize: job.global.flag(specs, "normalize"),
+            normalize,
             lambda: job.global.value(specs, "lambda") as f32,
         },
     }))
@@ -150,8 +154,8 @@ impl<S: Sparsifier> ChunkKernel for Gta<S> {
 /// - With `consensus` (TIES): γ = [`elect_sign`] of the v_i per entry, A = {i : v_i ≠ 0,
 ///   sign v_i = γ}, τ_m = Σ_A v_i, divided by Σ_A w_i with `normalize` (dis-mean; a zero
 ///   divisor counts as 1, as mergekit), else not (dis-sum).
-/// - Without: τ_m = Σ_i v_i, divided by Σ_i w_i with `normalize` (a sum below 1e-8 counts
-///   as 1, as mergekit).
+/// - Without: τ_m = Σ_i v_i, divided by Σ_i w_i with `normalize` (a sum below 1e-8 is
+///   refused when the kernel is built, [`TensorJob::weight_sum`]; mergekit divides by 1).
 pub struct Combine {
     pub consensus: bool,
     /// Per model w_i (already applied to the v_i; needed for the divisors).

@@ -73,18 +73,37 @@ impl<'a> TensorJob<'a> {
         self.chunks(rows).map(&|c| Ok(f(c)))
     }
 
-    /// Runs `kernel` over every chunk in parallel and hands each finished chunk to `sink`.
+    /// Runs `kernel` over every chunk in parallel and hands each input chunk and its result
+    /// to `sink`.
     pub fn apply(
         &self,
         kernel: &dyn ChunkKernel,
         rows: bool,
-        sink: &(dyn Fn(usize, &[f32]) -> Result<()> + Sync),
+        sink: &(dyn Fn(&Chunk, &[f32]) -> Result<()> + Sync),
     ) -> Result<()> {
         self.chunks(rows).for_each(&|c| {
             let mut out = vec![0f32; c.len];
             kernel.merge(c, &mut out);
-            sink(c.start, &out)
+            sink(c, &out)
         })
+    }
+
+    /// Σ w_i for `normalize`: a sum of (nearly) 0 cannot normalize, and is an error naming
+    /// the tensor rather than a silent fall-back to no normalization (every method that
+    /// divides by the sum of the weights asks here).
+    pub fn weight_sum(&self, w: &[f32]) -> Result<f32> {
+        let sum: f32 = w.iter().sum();
+        if sum.abs() < 1e-8 {
+            let path = self.base.or(self.models.first().copied()).map(|v| v.path);
+            return Err(engram_ckpt::Error::tensor(
+                path.unwrap_or(std::path::Path::new("")),
+                self.name,
+                format!(
+                    "normalize: the weights {w:?} sum to 0; give weights with a nonzero sum, or normalize: 0"
+                ),
+            ));
+        }
+        Ok(sum)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::params::{INT8_MASK, NORMALIZE, WEIGHT};
 use super::{Chunk, ChunkKernel, MergeMethod, ParamSpec, TensorJob};
-use engram_ckpt::{Error, Result};
+use engram_ckpt::Result;
 
 pub struct Linear;
 
@@ -28,16 +28,8 @@ impl MergeMethod for Linear {
             .iter()
             .map(|p| p.value(PARAMS, "weight") as f32)
             .collect();
-        let wsum: f32 = w.iter().sum();
         let scale = if job.global.flag(PARAMS, "normalize") {
-            if wsum == 0.0 {
-                return Err(Error::tensor(
-                    job.models[0].path,
-                    job.name,
-                    "linear merge with normalize: the weights sum to 0",
-                ));
-            }
-            1.0 / wsum
+            1.0 / job.weight_sum(&w)?
         } else {
             1.0
         };

@@ -120,11 +120,13 @@ pub const INT8_MASK: ParamSpec = ParamSpec {
     help: "accepted for mergekit compatibility; no effect (engram streams in f32)",
 };
 
-/// A parameter as written in a config: a scalar, a gradient over layers (mergekit's list
-/// form), or a filter list (`[{filter: "self_attn", value: ...}, {value: ...}]`).
+/// A parameter as written in a config: a scalar, a boolean (only switches take one), a
+/// gradient over layers (mergekit's list form), or a filter list
+/// (`[{filter: "self_attn", value: ...}, {value: ...}]`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum ParamValue {
     Scalar(f64),
+    Bool(bool),
     Gradient(Vec<f64>),
     Filtered(Vec<(Option<String>, ParamValue)>),
 }
@@ -136,6 +138,7 @@ impl ParamValue {
     pub fn resolve(&self, name: &str, pos: f64) -> Option<f64> {
         match self {
             ParamValue::Scalar(v) => Some(*v),
+            ParamValue::Bool(b) => Some(f64::from(u8::from(*b))),
             ParamValue::Gradient(g) => interpolate(g, pos),
             ParamValue::Filtered(list) => list.iter().find_map(|(f, v)| match f {
                 Some(f) if !name.contains(f.as_str()) => None,
@@ -146,15 +149,52 @@ impl ParamValue {
 
     /// Whether the value is the same for every tensor.
     pub fn is_scalar(&self) -> bool {
-        matches!(self, ParamValue::Scalar(_))
+        matches!(self, ParamValue::Scalar(_) | ParamValue::Bool(_))
     }
 
     /// Every number written: the scalar, each gradient anchor, each filter's values.
     pub fn numbers(&self) -> Vec<f64> {
         match self {
             ParamValue::Scalar(v) => vec![*v],
+            ParamValue::Bool(b) => vec![f64::from(u8::from(*b))],
             ParamValue::Gradient(g) => g.clone(),
             ParamValue::Filtered(list) => list.iter().flat_map(|(_, v)| v.numbers()).collect(),
+        }
+    }
+
+    /// What makes the value ill-formed whatever its parameter: a boolean for a parameter
+    /// that is not a switch, a gradient for a switch, or a filter entry no tensor can reach (an earlier entry without
+    /// a filter, or with a filter contained in its own, matches every tensor it would).
+    fn check_form(&self, domain: Domain) -> Result<(), String> {
+        match self {
+            ParamValue::Bool(b) if domain != Domain::Flag => {
+                Err(format!("{b} is a boolean; this parameter takes a number"))
+            }
+            // Between its anchors a gradient of 0 and 1 would be neither.
+            ParamValue::Gradient(_) if domain == Domain::Flag => {
+                Err("a switch is 0 or 1 (false or true), not a gradient over layers".into())
+            }
+            ParamValue::Filtered(list) => {
+                for (j, (f, v)) in list.iter().enumerate() {
+                    let shadow = list[..j].iter().position(|(e, _)| match (e, f) {
+                        (None, _) => true,
+                        (Some(e), Some(f)) => f.contains(e.as_str()),
+                        (Some(_), None) => false,
+                    });
+                    if let Some(i) = shadow {
+                        return Err(format!(
+                            "filter entry {j} can never apply: entry {i} ({}) matches every tensor it would; put the more specific filters first",
+                            list[i]
+                                .0
+                                .as_deref()
+                                .map_or("no filter".into(), |e| format!("filter '{e}'"))
+                        ));
+                    }
+                    v.check_form(domain)?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -218,11 +258,11 @@ impl ParamSource {
                         ));
                     }
                 };
-                for x in v.numbers() {
-                    spec.check(x).map_err(|e| {
-                        format!("merge parameter '{k}'{whose}: {e} ({})", spec.help)
-                    })?;
-                }
+                let numbers = v.numbers().into_iter().map(|x| spec.check(x));
+                std::iter::once(v.check_form(spec.domain))
+                    .chain(numbers)
+                    .collect::<Result<(), String>>()
+                    .map_err(|e| format!("merge parameter '{k}'{whose}: {e} ({})", spec.help))?;
             }
         }
         Ok(())
@@ -326,6 +366,59 @@ mod tests {
         src.global
             .insert("normalize".into(), ParamValue::Scalar(0.0));
         src.validate(ties, &models).unwrap();
+    }
+
+    /// Booleans are switches only; a filter entry that an earlier one shadows is an error.
+    #[test]
+    fn booleans_and_dead_filter_entries_are_refused() {
+        let ta = crate::merge::get("task_arithmetic").unwrap();
+        let f = |e: &[(Option<&str>, ParamValue)]| {
+            ParamValue::Filtered(
+                e.iter()
+                    .map(|(k, v)| (k.map(String::from), v.clone()))
+                    .collect(),
+            )
+        };
+        let (one, two) = (ParamValue::Scalar(1.0), ParamValue::Scalar(2.0));
+        let check = |k: &str, v: ParamValue| {
+            let mut src = ParamSource::default();
+            src.global.insert(k.into(), v);
+            src.validate(ta, &[])
+        };
+        for (v, want) in [
+            (ParamValue::Bool(true), "boolean"),
+            (
+                f(&[(Some("a"), ParamValue::Bool(false)), (None, one.clone())]),
+                "boolean",
+            ),
+            (
+                f(&[(None, one.clone()), (Some("x"), two.clone())]),
+                "entry 1 can never apply",
+            ),
+            (
+                f(&[
+                    (Some("layers"), one.clone()),
+                    (Some("layers.0"), two.clone()),
+                ]),
+                "never",
+            ),
+            (
+                f(&[(Some("q"), one.clone()), (Some("q"), two.clone())]),
+                "never",
+            ),
+        ] {
+            let e = check("lambda", v).unwrap_err();
+            assert!(e.contains("'lambda'") && e.contains(want), "{e}");
+        }
+        let e = check("normalize", ParamValue::Gradient(vec![0.0, 1.0])).unwrap_err();
+        assert!(e.contains("not a gradient"), "{e}");
+        check("normalize", ParamValue::Bool(true)).unwrap();
+        let specific_first = f(&[
+            (Some("layers.0"), one.clone()),
+            (Some("layers"), two),
+            (None, one),
+        ]);
+        check("lambda", specific_first).unwrap();
     }
 
     #[test]

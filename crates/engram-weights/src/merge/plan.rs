@@ -39,7 +39,8 @@ pub struct MergePlan<'a> {
     pub params: ParamSource,
     /// With model-scope trimming: per model, the |τ| threshold over the whole model.
     pub model_thresholds: Option<Vec<Option<f32>>>,
-    /// Tensors present in a model but not in the template: not in the output.
+    /// Tensors present in a model but not in the template: not in the output
+    /// (`allow_missing`; otherwise an error).
     pub ignored: Vec<String>,
 }
 
@@ -97,9 +98,20 @@ impl<'a> MergePlan<'a> {
         let mut ignored: Vec<String> = Vec::new();
         for mm in &req.models {
             for n in mm.names() {
-                if template.get(n).is_none() && !ignored.iter().any(|x| x == n) {
-                    ignored.push(n.to_string());
+                if template.get(n).is_some() || ignored.iter().any(|x| x == n) {
+                    continue;
                 }
+                if !req.allow_missing {
+                    return Err(Error::tensor(
+                        mm.source(),
+                        n,
+                        format!(
+                            "not in {} (use --allow-missing to leave it out of the output)",
+                            template.source().display()
+                        ),
+                    ));
+                }
+                ignored.push(n.to_string());
             }
         }
         // A model without its own parameters takes the global ones.

@@ -26,9 +26,8 @@ impl MergeMethod for TaskArithmetic {
             .map(|p| p.value(PARAMS, "weight") as f32)
             .collect();
         let lambda = job.global.value(PARAMS, "lambda") as f32;
-        let wsum: f32 = w.iter().sum();
-        let scale = if job.global.flag(PARAMS, "normalize") && wsum != 0.0 {
-            lambda / wsum
+        let scale = if job.global.flag(PARAMS, "normalize") {
+            lambda / job.weight_sum(&w)?
         } else {
             lambda
         };
