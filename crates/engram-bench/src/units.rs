@@ -35,11 +35,16 @@ fn parse_scaled(s: &str, units: &[(&str, f64)]) -> Result<u64> {
         .iter()
         .find_map(|(u, m)| low.strip_suffix(u).map(|n| (n.trim().to_string(), *m)))
         .unwrap_or((low.clone(), 1.0));
-    // Whole numbers exactly (u64::MAX is not an f64), others through f64.
+    // Whole numbers exactly (u64::MAX is not an f64), others through f64; a fraction of a
+    // unit (`0.5`, `0.1B`) is an error, not rounded (decimal noise of `1.1GB` is not one).
     let n = match num.parse::<u64>() {
         Ok(i) if mult.fract() == 0.0 => i.checked_mul(mult as u64),
         _ => {
-            let n = (num.parse::<f64>()? * mult).round();
+            let x = num.parse::<f64>()? * mult;
+            let n = x.round();
+            if (x - n).abs() > 4.0 * f64::EPSILON * n.abs().max(1.0) {
+                bail!("{x} is not a whole number");
+            }
             // 2^64 as f64; every f64 below it converts exactly.
             (0.0..18_446_744_073_709_551_616.0)
                 .contains(&n)
@@ -89,7 +94,11 @@ mod tests {
         assert_eq!(parse_bytes("2g").unwrap(), 2_000_000_000);
         assert!(parse_count("-3M").is_err());
         assert!(parse_bytes("lots").is_err());
-        assert!(parse_bytes("0.1").is_err(), "rounds to 0 bytes");
+        assert_eq!(parse_bytes("1.1GB").unwrap(), 1_100_000_000);
+        for frac in ["0.1", "0.5", "0.1B", "1.5", "0.3GiB"] {
+            let e = format!("{:#}", parse_bytes(frac).unwrap_err());
+            assert!(e.contains("not a whole number"), "{frac}: {e}");
+        }
         assert!(parse_count("1e30").is_err());
         // The largest count is exact; one more, or one that overflows by a unit, is refused.
         assert_eq!(parse_bytes("18446744073709551615").unwrap(), u64::MAX);

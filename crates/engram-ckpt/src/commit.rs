@@ -237,34 +237,82 @@ impl Staged {
     }
 
     /// Hard-links the old folder's kept files into the staged one; returns the kept entries
-    /// that cannot be linked (folders, special files), to be moved after the switch.
-    fn link_kept(&self, stale: &dyn Fn(&str) -> bool) -> Result<Vec<std::ffi::OsString>> {
+    /// that cannot be linked (folders, special files), relative paths, to be moved after the
+    /// switch.
+    fn link_kept(&self, stale: &dyn Fn(&str) -> bool) -> Result<Vec<PathBuf>> {
         let mut later = Vec::new();
-        let rd = std::fs::read_dir(&self.dest).map_err(|e| Error::io(&self.dest, e))?;
-        for e in rd {
-            let e = e.map_err(|e| Error::io(&self.dest, e))?;
-            let name = e.file_name();
-            let text = name.to_string_lossy();
-            let taken = std::fs::symlink_metadata(self.stage.join(&name)).is_ok();
-            if stale(&text) || is_temporary(&text) || taken {
-                continue;
-            }
-            let from = e.path();
-            let to = self.stage.join(&name);
-            let ft = e.file_type().map_err(|err| Error::io(&from, err))?;
-            if ft.is_symlink() {
-                let target = std::fs::read_link(&from).map_err(|err| Error::io(&from, err))?;
-                std::os::unix::fs::symlink(&target, &to).map_err(|err| Error::io(&to, err))?;
-            } else if ft.is_file() {
-                if std::fs::hard_link(&from, &to).is_err() {
-                    std::fs::copy(&from, &to).map_err(|err| Error::io(&from, err))?;
-                }
-            } else {
-                later.push(name);
-            }
-        }
+        link_kept_in(&self.dest, &self.stage, Path::new(""), stale, &mut later)?;
         Ok(later)
     }
+}
+
+/// [`Staged::link_kept`] for the old folder `old` and its new counterpart `new` (at `rel`
+/// below the output). A file the new output replaces gives it its permissions; a subfolder
+/// the new output also holds (a task model of `tall`, a fine-tune of `synth`) keeps the user's
+/// files in it the same way, its own stale files being the model files it replaces.
+fn link_kept_in(
+    old: &Path,
+    new: &Path,
+    rel: &Path,
+    stale: &dyn Fn(&str) -> bool,
+    later: &mut Vec<PathBuf>,
+) -> Result<()> {
+    let rd = std::fs::read_dir(old).map_err(|e| Error::io(old, e))?;
+    for e in rd {
+        let e = e.map_err(|e| Error::io(old, e))?;
+        let name = e.file_name();
+        let text = name.to_string_lossy();
+        let (from, to) = (e.path(), new.join(&name));
+        let ft = e.file_type().map_err(|err| Error::io(&from, err))?;
+        if let Ok(t) = std::fs::symlink_metadata(&to) {
+            if ft.is_dir() && t.is_dir() {
+                link_kept_in(&from, &to, &rel.join(&name), &is_model_file, later)?;
+            } else if !ft.is_symlink() && !t.file_type().is_symlink() {
+                let mode = e
+                    .metadata()
+                    .map_err(|err| Error::io(&from, err))?
+                    .permissions();
+                std::fs::set_permissions(&to, mode).map_err(|err| Error::io(&to, err))?;
+            }
+            continue;
+        }
+        if stale(&text) || is_temporary(&text) {
+            continue;
+        }
+        if ft.is_symlink() {
+            let target = std::fs::read_link(&from).map_err(|err| Error::io(&from, err))?;
+            std::os::unix::fs::symlink(&target, &to).map_err(|err| Error::io(&to, err))?;
+        } else if ft.is_file() {
+            if std::fs::hard_link(&from, &to).is_err() {
+                std::fs::copy(&from, &to).map_err(|err| Error::io(&from, err))?;
+            }
+        } else {
+            later.push(rel.join(&name));
+        }
+    }
+    Ok(())
+}
+
+/// Files of a model folder that describe its weights, and go with them: the weights (standard
+/// names) and the side files of Hugging Face models (config, tokenizer, generation settings).
+/// An output folder replacing a model does not keep the old model's copies of them.
+pub fn is_model_file(name: &str) -> bool {
+    const SIDE: &[&str] = &[
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "tokenizer.model",
+        "vocab.json",
+        "vocab.txt",
+        "merges.txt",
+        "preprocessor_config.json",
+        "chat_template.json",
+        "chat_template.jinja",
+    ];
+    crate::writer::is_weight_name(name) || SIDE.contains(&name)
 }
 
 impl Drop for Staged {
@@ -317,9 +365,9 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(dir, e))
 }
 
-/// Moves `names` from `from` into `to` where `to` does not hold them yet; whether every one
-/// of them is now in `to`.
-fn move_back(from: &Path, to: &Path, names: &[std::ffi::OsString]) -> bool {
+/// Moves `names` (relative paths) from `from` into `to` where `to` does not hold them yet;
+/// whether every one of them is now in `to`.
+fn move_back(from: &Path, to: &Path, names: &[PathBuf]) -> bool {
     let mut all = true;
     for n in names {
         let dst = to.join(n);
@@ -333,11 +381,27 @@ fn move_back(from: &Path, to: &Path, names: &[std::ffi::OsString]) -> bool {
 /// After a switch: the replaced folder `old` gives its kept subfolders (`later`) back to
 /// `dest`, then goes. Were a move to fail, only its files are removed, so that no user
 /// folder is lost.
-fn finish_replaced(old: &Path, dest: &Path, later: &[std::ffi::OsString]) {
+fn finish_replaced(old: &Path, dest: &Path, later: &[PathBuf]) {
     if move_back(old, dest, later) {
         let _ = std::fs::remove_dir_all(old);
     } else {
         remove_files(old);
+    }
+}
+
+/// The subfolders of `old` (relative paths) that `new` lacks, looking inside subfolders both
+/// hold: what a run killed after its switch had not yet moved back.
+fn missing_dirs(old: &Path, new: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(old).into_iter().flatten().flatten() {
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let there = new.join(e.file_name());
+        match std::fs::symlink_metadata(&there) {
+            Err(_) => out.push(rel.join(e.file_name())),
+            Ok(m) if m.is_dir() => missing_dirs(&e.path(), &there, &rel.join(e.file_name()), out),
+            Ok(_) => {}
+        }
     }
 }
 
@@ -393,14 +457,9 @@ fn clean_dead(parent: &Path) {
             let _ = std::fs::rename(&path, &dest);
             continue;
         }
-        let dirs: Vec<_> = std::fs::read_dir(&path)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|s| s.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|s| s.file_name())
-            .collect();
         if dest_there {
+            let mut dirs = Vec::new();
+            missing_dirs(&path, &dest, Path::new(""), &mut dirs);
             finish_replaced(&path, &dest, &dirs);
         } else {
             remove_files(&path);

@@ -558,6 +558,9 @@ pub fn confinement_root(dir: &Path) -> Result<PathBuf> {
 
 /// Refuses a file of a model folder that resolves outside it (through a symlink).
 pub fn inside(root: &Path, file: &Path, what: &str) -> Result<()> {
+    if std::fs::symlink_metadata(file).is_err() {
+        return Err(Error::format(file, format!("{what} is missing")));
+    }
     let ok = file.canonicalize().is_ok_and(|c| c.starts_with(root));
     if !ok {
         return Err(Error::format(

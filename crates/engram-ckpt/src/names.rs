@@ -24,8 +24,8 @@ pub fn plain_name(what: &str, name: &str) -> Result<()> {
         "contains a control character"
     } else if name.chars().any(invisible) {
         "contains an invisible or direction-changing character"
-    } else if name.trim() != name || name.starts_with('-') {
-        "starts or ends with a space, or starts with '-'"
+    } else if name.trim() != name || name.starts_with(['-', '.']) {
+        "starts or ends with a space, or starts with '-' or '.'"
     } else {
         return Ok(());
     };
@@ -61,12 +61,30 @@ pub fn unsafe_char(c: char) -> bool {
     c.is_control() || invisible(c)
 }
 
-/// Format characters that hide or reorder text: bidirectional marks, embeddings, overrides
-/// and isolates, zero-width characters, the byte-order mark.
+/// Characters that are invisible or reorder text: Unicode's default-ignorable code points
+/// (soft hyphen, zero-width and joiner characters, bidirectional marks, embeddings, overrides
+/// and isolates, invisible operators, variation selectors, Hangul fillers, tags, the
+/// byte-order mark) and the line and paragraph separators.
 fn invisible(c: char) -> bool {
     matches!(
         c,
-        '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}' | '\u{061c}'
+        '\u{ad}'
+            | '\u{34f}'
+            | '\u{61c}'
+            | '\u{115f}'..='\u{1160}'
+            | '\u{17b4}'..='\u{17b5}'
+            | '\u{180b}'..='\u{180f}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}'
+            | '\u{3164}'
+            | '\u{fe00}'..='\u{fe0f}'
+            | '\u{feff}'
+            | '\u{ffa0}'
+            | '\u{fff0}'..='\u{fffb}'
+            | '\u{1bca0}'..='\u{1bca3}'
+            | '\u{1d173}'..='\u{1d17a}'
+            | '\u{e0000}'..='\u{e0fff}'
     )
 }
 
@@ -94,6 +112,10 @@ mod tests {
             (" ", "space"),
             ("a ", "space"),
             ("-rf", "'-'"),
+            (".engram-staging", "'.'"),
+            ("a\u{2028}b", "invisible"),
+            ("a\u{ad}b", "invisible"),
+            ("a\u{e0041}", "invisible"),
             (&"x".repeat(201), "200 bytes"),
         ] {
             let e = plain_name("task name", bad).unwrap_err().to_string();

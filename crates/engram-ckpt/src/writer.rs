@@ -157,6 +157,7 @@ impl ModelWriter {
         let single = is_single_file_target(out);
         let (dir, staged, created_dirs) = if single {
             crate::commit::refuse_input(out)?;
+            refuse_special_output(out)?;
             let dir = out
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
@@ -383,7 +384,7 @@ impl ModelWriter {
             names.push(copy_side_file(f, &staged.path().join(name))?);
         }
         let dest = staged.dest().to_path_buf();
-        staged.commit(&is_weight_name)?;
+        staged.commit(&crate::commit::is_model_file)?;
         self.finished = true;
         Ok(names
             .iter()
@@ -511,6 +512,29 @@ pub fn plan_shards(specs: &[TensorSpec], max: Option<u64>) -> Vec<Vec<usize>> {
     groups
 }
 
+/// An output file may replace only a regular file (or a symlink to one, which is replaced
+/// itself): a FIFO, socket or device at the destination, or a symlink to one, is an error.
+fn refuse_special_output(dest: &Path) -> Result<()> {
+    let Ok(m) = std::fs::symlink_metadata(dest) else {
+        return Ok(());
+    };
+    let target = if m.file_type().is_symlink() {
+        std::fs::metadata(dest).ok()
+    } else {
+        Some(m)
+    };
+    match target {
+        Some(t) if !t.is_file() => Err(Error::format(
+            dest,
+            format!(
+                "output is {}; engram replaces only regular files",
+                crate::file::kind_of(&t)
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Gives a replacement file the permissions of the file it replaces (a private file stays
 /// private). Best effort: a new destination keeps the default mode.
 fn keep_mode(f: &File, dest: &Path) {
@@ -523,6 +547,7 @@ fn keep_mode(f: &File, dest: &Path) {
 /// a destination that is an input of this run.
 pub fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
     crate::commit::refuse_input(dest)?;
+    refuse_special_output(dest)?;
     if let Some(dir) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }

@@ -114,16 +114,12 @@ fn rewriting_a_folder_removes_stale_weight_files_only() {
     std::fs::write(d.join("pytorch_model.bin"), b"keep").unwrap();
     assert!(d.join("model-00003-of-00003.safetensors").is_file());
 
-    // Single file now: the index and the shards go, everything else stays.
+    // Single file now: the index and the shards go, and the old model's config (the new one
+    // has none: the old config would describe other weights); everything else stays.
     write(&d, 6, 1000, 2.0, None);
     assert_eq!(
         listing(&d),
-        [
-            "config.json",
-            "model-notes.txt",
-            "model.safetensors",
-            "pytorch_model.bin"
-        ]
+        ["model-notes.txt", "model.safetensors", "pytorch_model.bin"]
     );
     let m = Model::open(&d).unwrap();
     assert_eq!(m.require("t.5").unwrap().to_f32().unwrap(), vec![2.0; 1000]);

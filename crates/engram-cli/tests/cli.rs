@@ -428,7 +428,7 @@ fn convert_check_finite_refuses_and_writes_nothing() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("tensor 'w'") && err.contains("beyond its range"),
+        err.contains("tensor 'w'") && err.contains("beyond the range of F16"),
         "{err}"
     );
     assert!(!o.exists());

@@ -168,7 +168,11 @@ fn validation(d: &Path, f: &[PathBuf; 4]) -> Vec<Case> {
         } else {
             &[&ft1, &ft2]
         };
-        let mut args = vec!["merge", "--method", method, "--base", &base];
+        // linear takes no base.
+        let mut args = vec!["merge", "--method", method];
+        if *method != "linear" {
+            args.extend(["--base", &base]);
+        }
         args.extend_from_slice(models);
         args.extend_from_slice(extra);
         args.extend(["-o", s(&out)]);
@@ -324,7 +328,9 @@ fn sizes(d: &Path, f: &[PathBuf; 4]) -> Vec<Case> {
         v.push(case("9-sizes", &a, 1, &[want]).absent(&o));
     }
     let c = d.join("conv");
-    for size in ["0", "0.1", "-5", "nan", "inf", "1e30"] {
+    for size in [
+        "0", "0.1", "0.5", "0.1B", "1.0005k", "-5", "nan", "inf", "1e30",
+    ] {
         let arg = format!("--shard-size={size}");
         v.push(case("9-sizes", &["convert", base, "-o", s(&c), &arg], 1, &[size]).absent(&c));
         let args = [
@@ -653,7 +659,14 @@ fn config(d: &Path, f: &[PathBuf; 4], name: &str, extra: &str) -> String {
 fn config_form(d: &Path, f: &[PathBuf; 4]) -> Vec<Case> {
     let out = d.join("merged");
     let cfg = config(d, f, "form.yml", "");
-    let seeded = config(d, f, "seeded.yml", "seed: 4\nout_dtype: float32\n");
+    let dare = |name: &str, extra: &str| {
+        let c = config(d, f, name, extra);
+        let text = std::fs::read_to_string(&c).unwrap();
+        std::fs::write(&c, text.replace("task_arithmetic", "dare_linear")).unwrap();
+        c
+    };
+    let seeded = dare("seeded.yml", "seed: 4\nout_dtype: float32\n");
+    let dare_cfg = dare("dare.yml", "");
     let base = s(&f[0]);
     let mut v = Vec::new();
     let flags: &[&[&str]] = &[
@@ -685,7 +698,7 @@ fn config_form(d: &Path, f: &[PathBuf; 4]) -> Vec<Case> {
     // Where the config does not set them, --out-dtype and --seed take effect.
     let a = [
         "merge",
-        &cfg,
+        &dare_cfg,
         "--seed",
         "3",
         "--out-dtype",
@@ -808,7 +821,11 @@ fn loose_values(d: &Path, f: &[PathBuf; 4]) -> Vec<Case> {
         } else {
             &[&ft1, &ft2]
         };
-        let mut args = vec!["merge", "--method", method, "--base", &base];
+        // linear takes no base.
+        let mut args = vec!["merge", "--method", method];
+        if *method != "linear" {
+            args.extend(["--base", &base]);
+        }
         args.extend_from_slice(models);
         args.extend_from_slice(extra);
         args.extend(["-o", s(&out)]);
@@ -1131,6 +1148,240 @@ fn outputs(d: &Path, f: &[PathBuf; 4]) -> Vec<Case> {
     v
 }
 
+/// A safetensors file of one-dimensional tensors with the given values (`F32` or `I32`).
+fn vals(path: &Path, tensors: &[(&str, &str, &[f64])]) -> String {
+    let (mut header, mut data) = (serde_json::Map::new(), Vec::new());
+    for (name, dtype, v) in tensors {
+        let start = data.len();
+        for x in *v {
+            match *dtype {
+                "F32" => data.extend_from_slice(&(*x as f32).to_le_bytes()),
+                _ => data.extend_from_slice(&(*x as i32).to_le_bytes()),
+            }
+        }
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": [v.len()], "data_offsets": [start, data.len()]}),
+        );
+    }
+    let h = serde_json::Value::Object(header).to_string();
+    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(h.as_bytes());
+    bytes.extend_from_slice(&data);
+    std::fs::write(path, bytes).unwrap();
+    s(path).to_string()
+}
+
+/// Class 13: a finite value beyond the output dtype's range (f8 would saturate, f16 become
+/// infinite) is an error naming the tensor and element, in every command that writes floats.
+fn ranges(d: &Path) -> Vec<Case> {
+    let small = vals(&d.join("r-small.safetensors"), &[("w", "F32", &[1.0, 2.0])]);
+    let big = vals(
+        &d.join("r-big.safetensors"),
+        &[("w", "F32", &[1.0, 1000.0])],
+    );
+    let big2 = vals(
+        &d.join("r-big2.safetensors"),
+        &[("w", "F32", &[2.0, 900.0])],
+    );
+    let huge = vals(&d.join("r-huge.safetensors"), &[("w", "F32", &[1.0, 1e5])]);
+    let o = d.join("r-out");
+    let mut v = Vec::new();
+    let e4 = ["tensor 'w'", "element 1", "beyond the range of F8_E4M3"];
+    for (src, dt, want) in [
+        (&big, "f8_e4m3", "F8_E4M3"),
+        (&huge, "f8_e5m2", "F8_E5M2"),
+        (&huge, "f16", "F16"),
+    ] {
+        let a = ["convert", src, "-o", s(&o), "--dtype", dt];
+        let want = format!("beyond the range of {want}");
+        v.push(case("13-ranges", &a, 1, &["tensor 'w'", "element 1", &want]).absent(&o));
+    }
+    let runs: &[&[&str]] = &[
+        &[
+            "merge",
+            "--method",
+            "linear",
+            &big,
+            &big2,
+            "--out-dtype",
+            "f8_e4m3",
+        ],
+        &[
+            "tv", "extract", "--base", &small, "--model", &big, "--dtype", "f8_e4m3",
+        ],
+        &[
+            "consensus",
+            "--base",
+            &small,
+            &big,
+            &big2,
+            "-k",
+            "1",
+            "--out-dtype",
+            "f8_e4m3",
+        ],
+    ];
+    for r in runs {
+        let mut a = r.to_vec();
+        a.extend(["-o", s(&o)]);
+        v.push(case("13-ranges", &a, 1, &e4).absent(&o));
+    }
+    let a = [
+        "synth",
+        "-q",
+        "-o",
+        s(&o),
+        "--delta-scale",
+        "1e30",
+        "--dtype",
+        "f16",
+    ];
+    v.push(case("13-ranges", &a, 1, &["beyond the range of F16"]).absent(&o));
+    // Values that fit convert; --check-finite keeps refusing non-finite input.
+    let a = [
+        "convert",
+        &big,
+        "-o",
+        &p(d, "r-ok.safetensors"),
+        "--dtype",
+        "f16",
+    ];
+    v.push(case("13-ranges", &a, 0, &["wrote"]));
+    v
+}
+
+/// Class 14: non-float tensors are copied, never computed: one that differs between inputs,
+/// or that only some inputs have, is an error naming it (its values would be lost).
+fn non_floats(d: &Path) -> Vec<Case> {
+    let m = |n: &str, w: f64, pos: &[f64], extra: bool| {
+        let mut t: Vec<(&str, &str, &[f64])> = vec![("w", "F32", &[1.0, 2.0]), ("pos", "I32", pos)];
+        let wv = [w, 2.0];
+        t[0].2 = &wv;
+        if extra {
+            t.push(("ids", "I32", &[7.0]));
+        }
+        vals(&d.join(format!("{n}.safetensors")), &t)
+    };
+    let base = m("n-base", 1.0, &[0.0, 1.0, 2.0], false);
+    let same = m("n-same", 1.5, &[0.0, 1.0, 2.0], false);
+    let diff = m("n-diff", 1.7, &[0.0, 1.0, 5.0], false);
+    let extra = m("n-extra", 1.7, &[0.0, 1.0, 2.0], true);
+    let o = d.join("n-out");
+    let mut v = Vec::new();
+    let runs: &[(&[&str], &str)] = &[
+        (
+            &["tall", "--base", &base, &same, &diff, "--reconstruct"],
+            "'pos'",
+        ),
+        (&["compress", "--base", &base, &same, &diff, "-o"], "'pos'"),
+        (&["consensus", "--base", &base, &same, &diff, "-o"], "'pos'"),
+        (
+            &["tv", "extract", "--base", &base, "--model", &diff, "-o"],
+            "'pos'",
+        ),
+        (
+            &["tv", "extract", "--base", &base, "--model", &extra, "-o"],
+            "'ids'",
+        ),
+        (
+            &[
+                "patch", "extract", "--pre", &base, "--clean", &same, "--model", &diff, "-o",
+            ],
+            "'pos'",
+        ),
+        (
+            &[
+                "patch", "extract", "--pre", &base, "--clean", &same, "--model", &extra, "-o",
+            ],
+            "'ids'",
+        ),
+        (
+            &[
+                "merge",
+                "--method",
+                "task_arithmetic",
+                "--base",
+                &base,
+                &same,
+                &diff,
+                "-o",
+            ],
+            "'pos'",
+        ),
+    ];
+    for (r, want) in runs {
+        let mut a = r.to_vec();
+        a.push(s(&o));
+        v.push(case("14-non-float", &a, 1, &[want]).absent(&o));
+    }
+    let a = [
+        "tv",
+        "extract",
+        "--base",
+        &base,
+        "--model",
+        &same,
+        "-o",
+        &p(d, "n-ok"),
+    ];
+    v.push(case("14-non-float", &a, 0, &[]));
+    v
+}
+
+/// Class 8: merge flags that conflict or would have no effect are errors naming them.
+fn flags(d: &Path, f: &[PathBuf; 4]) -> Vec<Case> {
+    let [base, ft1, ft2, _] = f.each_ref().map(|x| s(x).to_string());
+    let out = d.join("merged");
+    let mut v = Vec::new();
+    let runs: &[(&str, &[&str], &[&str])] = &[
+        (
+            "task_arithmetic",
+            &["--param", "lambda=0.5", "--lambda", "0.4"],
+            &["lambda", "given twice"],
+        ),
+        (
+            "della",
+            &["--param", "epsilon=0.1", "--param", "epsilon=0.2"],
+            &["epsilon=0.2", "given twice"],
+        ),
+        (
+            "linear",
+            &[],
+            &["--base has no effect", "linear takes no base"],
+        ),
+        ("ties", &["--seed", "3"], &["--seed has no effect"]),
+    ];
+    for (method, extra, want) in runs {
+        let mut a = vec![
+            "merge",
+            "--method",
+            method,
+            "--base",
+            &base,
+            &ft1,
+            &ft2,
+            "-o",
+            s(&out),
+        ];
+        a.extend_from_slice(extra);
+        v.push(case("8-validation", &a, 1, want).absent(&out));
+    }
+    let listed = format!("  - model: {base}\n    parameters:\n      weight: 0.3\n");
+    for (name, extra, want) in [
+        (
+            "listed.yml",
+            listed.as_str(),
+            "models[2].parameters.weight has no effect",
+        ),
+        ("seed.yml", "seed: 3\n", "seed has no effect"),
+    ] {
+        let cfg = config(d, f, name, extra);
+        v.push(case("8-validation", &["merge", &cfg, "-o", s(&out)], 1, &[want]).absent(&out));
+    }
+    v
+}
+
 #[test]
 fn hostile_inputs_are_refused_by_class() {
     let d = tempfile::tempdir().unwrap();
@@ -1172,6 +1423,9 @@ fn hostile_inputs_are_refused_by_class() {
         loose_values(d, &f),
         completeness(d, &f),
         outputs(d, &f),
+        ranges(d),
+        non_floats(d),
+        flags(d, &f),
     ]
     .into_iter()
     .flatten()

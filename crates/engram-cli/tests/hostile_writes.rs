@@ -995,3 +995,82 @@ fn class11_headers_start_with_a_brace_and_are_not_nul_padded() {
     std::fs::write(&p, st(&format!("{A}   "), 4)).unwrap();
     ok(&["inspect", s(&p)]);
 }
+
+#[test]
+fn class1_replacing_an_output_keeps_user_files_but_not_the_old_models_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let (base, fts) = family(&t.path().join("f"), 2);
+    let rec = t.path().join("rec");
+    let tall = |lambda: &str| {
+        let mut a = vec![
+            "tall",
+            "-q",
+            "--base",
+            s(&base),
+            "--lambda",
+            lambda,
+            "--reconstruct",
+            s(&rec),
+        ];
+        a.extend(fts.iter().map(|p| s(p)));
+        ok(&a);
+    };
+    tall("0.6");
+    // User files inside a task folder that the next run rewrites survive it, with their modes.
+    std::fs::write(rec.join("ft-1/eval.txt"), "notes").unwrap();
+    std::fs::create_dir(rec.join("ft-1/lora")).unwrap();
+    std::fs::write(rec.join("ft-1/lora/a"), "w").unwrap();
+    let weights = rec.join("ft-1/model.safetensors");
+    std::fs::set_permissions(&weights, std::fs::Permissions::from_mode(0o600)).unwrap();
+    tall("0.3");
+    assert_eq!(
+        std::fs::read_to_string(rec.join("ft-1/eval.txt")).unwrap(),
+        "notes"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rec.join("ft-1/lora/a")).unwrap(),
+        "w"
+    );
+    let mode = std::fs::metadata(&weights).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "1-file-mode-inside-folder");
+    // A model without side files replacing one with them: the old config does not stay to
+    // describe other weights; the user's notes do.
+    let out = t.path().join("cv");
+    ok(&["convert", "-q", s(&fts[0]), "-o", s(&out)]);
+    assert!(out.join("config.json").is_file());
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    let bare = t.path().join("bare.safetensors");
+    model(&bare, 2, 8, 1.0);
+    ok(&["convert", "-q", s(&bare), "-o", s(&out)]);
+    assert!(!out.join("config.json").exists(), "1-old-side-file-mix");
+    assert_eq!(
+        std::fs::read_to_string(out.join("notes.txt")).unwrap(),
+        "mine"
+    );
+}
+
+#[test]
+fn class7_an_output_file_that_is_a_special_file_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src.safetensors");
+    model(&src, 2, 8, 1.0);
+    let fifo = t.path().join("fifo.safetensors");
+    mkfifo(&fifo);
+    let dev = t.path().join("dev.safetensors");
+    std::os::unix::fs::symlink("/dev/null", &dev).unwrap();
+    for (class, out) in [
+        ("7-output-fifo", &fifo),
+        ("7-output-symlink-to-device", &dev),
+    ] {
+        let e = fails_fast(&["convert", s(&src), "-o", s(out)]);
+        assert!(e.contains("replaces only regular files"), "{class}: {e}");
+    }
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+}

@@ -149,6 +149,11 @@ fn dash(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "–".into())
 }
 
+/// Longest task sequence whose accuracy matrices and per-task curves a page draws: the
+/// matrix grows with the square of the tasks (a 1000-task run would make a page of hundreds
+/// of megabytes).
+pub const MAX_DRAWN_TASKS: usize = 100;
+
 /// Per-task accuracy curves from an accuracy matrix: task i from the step it was trained on.
 fn task_series(r: &RunResults) -> Vec<Series> {
     let labels = r.task_labels();
@@ -286,7 +291,15 @@ pub fn render_index(results: &[RunResults]) -> String {
                 }
                 let labels = r.task_labels();
                 let mut figs = Vec::new();
-                if r.num_tasks() > 0 {
+                let drawn = r.num_tasks() <= MAX_DRAWN_TASKS;
+                if !drawn {
+                    page.note(&format!(
+                        "{} tasks: the accuracy matrices ({} cells) and per-task curves are not drawn (at most {MAX_DRAWN_TASKS} tasks); they are in results.json",
+                        r.num_tasks(),
+                        r.num_tasks() * r.num_tasks()
+                    ));
+                }
+                if r.num_tasks() > 0 && drawn {
                     figs.push(accuracy_heatmap(
                         &format!("Accuracy matrix ({})", r.eval_mode),
                         &labels,
@@ -304,7 +317,11 @@ pub fn render_index(results: &[RunResults]) -> String {
                         &task_series(r),
                     ));
                 }
-                if let Some(m) = r.task_il_accuracy.as_ref().filter(|m| !m.is_empty()) {
+                if let Some(m) = r
+                    .task_il_accuracy
+                    .as_ref()
+                    .filter(|m| !m.is_empty() && drawn)
+                {
                     let til_labels = if m.len() == labels.len() {
                         labels.clone()
                     } else {
@@ -587,6 +604,25 @@ mod tests {
         );
         assert!(lines[3].starts_with("\"naive, \"\"plain\"\"-split-0\",\"naive, \"\"plain\"\"\","));
         assert_eq!(render_index(&results), html);
+    }
+
+    #[test]
+    fn long_task_sequences_are_not_drawn_cell_by_cell() {
+        let mut long = run("ewc", "permuted", 0, 50.0, None);
+        for n in [MAX_DRAWN_TASKS, MAX_DRAWN_TASKS + 1] {
+            long.tasks = (0..n).map(|i| i.to_string()).collect();
+            long.accuracy = vec![vec![50.0; n]; n];
+            long.validate().unwrap();
+            let html = render_index(std::slice::from_ref(&long));
+            let cells = html.matches("class=\"cell\"").count();
+            if n == MAX_DRAWN_TASKS {
+                assert!(cells > 0);
+            } else {
+                assert_eq!(cells, 0);
+                assert!(html.contains("are not drawn"), "{n}");
+                assert!(html.len() < 100_000, "{}", html.len());
+            }
+        }
     }
 
     #[test]

@@ -138,6 +138,9 @@ pub fn extract(
     {
         return Err(Error::Invalid(format!("--levels {l}: use 2 to 256 levels")));
     }
+    // A patch holds float tensors only: the non-float ones must be the same in every input.
+    let others: Vec<&Model> = std::iter::once(pre).chain(clean).collect();
+    crate::output::same_non_floats(corrupt, &others)?;
     let names = sel.select(corrupt);
     // The selection over every input covers the same tensors: one the model lacks is an
     // error, not a patch without it.

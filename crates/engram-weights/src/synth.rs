@@ -316,6 +316,12 @@ pub fn write_family(
         let n = SYNTH_CHUNK.min(s.numel() - start);
         let mut r = Rng::keyed(opts.seed, &s.name, c as u64);
         let base: Vec<f32> = (0..n).map(|_| base_value(&s.name, &mut r)).collect();
+        // A scale too large for the dtype (`--delta-scale 1e30` in f16) is an error, not an
+        // infinity written.
+        let check = |d: &Path, v: &[f32]| {
+            crate::output::check_values(d, &s.name, s.dtype, start, v, false, &|_| true)
+        };
+        check(&dirs[0], &base)?;
         writers[0].write_f32_at(&s.name, start, &base)?;
         let mut shared_rng = Rng::keyed(opts.seed ^ 0x5a4ed, &s.name, c as u64);
         let shared: Vec<f32> = (0..n).map(|_| shared_rng.bell()).collect();
@@ -333,6 +339,7 @@ pub fn write_family(
                     base[k]
                 };
             }
+            check(&dirs[t], &ft)?;
             w.write_f32_at(&s.name, start, &ft)?;
         }
         progress(n as u64);

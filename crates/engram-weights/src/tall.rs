@@ -185,6 +185,8 @@ impl<'a> Tall<'a> {
                 "lambda {l} must be finite and >= 0"
             )));
         }
+        // Non-float tensors are the base's in every rebuilt model: a fine-tune's must match.
+        crate::output::same_non_floats(base, &models)?;
         let mut tensors = Vec::new();
         for v in base.tensors().filter(|v| v.dtype().is_float()) {
             for m in &models {
@@ -385,6 +387,7 @@ impl<'a> Tall<'a> {
         progress: &(dyn Fn(u64) + Sync),
         build: &(dyn Fn(&MaskChunk, &mut [f32]) + Sync),
     ) -> Result<Vec<std::path::PathBuf>> {
+        let dest = out;
         let w = crate::output::writer(
             out,
             crate::output::specs(self.base.tensors(), out_dtype),
@@ -395,9 +398,13 @@ impl<'a> Tall<'a> {
                 w.write_bytes(v.name(), v.bytes)?;
                 continue;
             }
+            let dt = out_dtype.unwrap_or(v.dtype());
             self.visit(v.name(), &|c| {
                 let mut out = vec![0f32; c.tau.len()];
                 build(c, &mut out);
+                let finite =
+                    |k: usize| c.base[k].is_finite() && c.deltas.iter().all(|d| d[k].is_finite());
+                crate::output::check_values(dest, v.name(), dt, c.start, &out, false, &finite)?;
                 progress(out.len() as u64);
                 w.write_f32_at(v.name(), c.start, &out)
             })?;

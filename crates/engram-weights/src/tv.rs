@@ -95,6 +95,12 @@ pub fn combine(
         .filter(|v| !floats_only || v.dtype().is_float())
         .collect();
     let tpath = template.source().display();
+    // With `floats_only` (extract) the non-float tensors are left out: they must be the same
+    // in every input, or the task vector would lose them.
+    if floats_only {
+        let others: Vec<&Model> = terms[1..].iter().map(|t| t.model).collect();
+        crate::output::same_non_floats(template, &others)?;
+    }
     for t in terms[1..].iter().filter(|t| t.decode.is_none()) {
         for v in selected.iter().filter(|v| v.dtype().is_float()) {
             let why = match t.model.get(v.name()) {

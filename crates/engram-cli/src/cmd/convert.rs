@@ -11,9 +11,10 @@ use super::args::{opt_bytes, opt_float_dtype};
 use super::util;
 use anyhow::{Result, bail};
 use engram_ckpt::chunk::{self, CHUNK};
-use engram_ckpt::dtype::{decode_f32, encode_f32};
+use engram_ckpt::dtype::encode_f32;
 use engram_ckpt::writer::is_single_file_target;
 use engram_ckpt::{Error, ModelWriter, TensorSpec, WriteOptions};
+use engram_weights::output::fits;
 use rayon::prelude::*;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -32,8 +33,8 @@ pub struct Args {
     /// Shard the output folder at this size (e.g. 2GB, 500MB), with an index.
     #[arg(long, value_name = "SIZE")]
     pub shard_size: Option<String>,
-    /// Refuse NaN or infinite values in the input, and values that the conversion would make
-    /// infinite (beyond the output dtype's range); nothing is written then.
+    /// Refuse NaN or infinite values in the input; nothing is written then. (A finite value
+    /// beyond the output dtype's range is always an error.)
     #[arg(long)]
     pub check_finite: bool,
 }
@@ -108,26 +109,21 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
                         ),
                     ));
                 }
+                // A finite value that the output cannot hold (f16 beyond 65504 would become
+                // infinite, f8 would saturate) is an error, whatever --check-finite says.
+                if let Some(at) = v.iter().position(|&x| x.is_finite() && !fits(to, x)) {
+                    return Err(Error::tensor(
+                        t.path,
+                        t.name(),
+                        format!(
+                            "value {} at element {} is beyond the range of {to}",
+                            v[at],
+                            start + at
+                        ),
+                    ));
+                }
                 out.resize(k * to.size(), 0);
                 encode_f32(to, v, out);
-                if a.check_finite && to != t.dtype() {
-                    // Values beyond the output's range become infinite (F16 above 65504).
-                    decode_f32(to, out, v);
-                    if let Some(at) = v.iter().position(|x| !x.is_finite()) {
-                        let mut orig = [0f32];
-                        t.read_f32_into(start + at, &mut orig)?;
-                        let orig = orig[0];
-                        return Err(Error::tensor(
-                            t.path,
-                            t.name(),
-                            format!(
-                                "value {orig} at element {} becomes {} in {to} (beyond its range)",
-                                start + at,
-                                v[at]
-                            ),
-                        ));
-                    }
-                }
                 writer.write_bytes_at(t.name(), start, out)?;
             }
             t.release(start, start + k);

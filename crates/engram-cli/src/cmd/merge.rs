@@ -200,6 +200,8 @@ fn from_config(
             );
         }
     }
+    config::check_effect(cfg.method, false, a.seed.is_some(), ["", "--seed"])
+        .map_err(anyhow::Error::msg)?;
     cfg.out_dtype = cfg.out_dtype.or(out_dtype);
     cfg.seed = cfg.seed.or(a.seed);
     Ok((cfg, guard))
@@ -216,18 +218,21 @@ fn quick_config(a: &Args) -> Result<config::MergeConfig> {
     if models.is_empty() {
         bail!("no models to merge");
     }
-    let mut global = BTreeMap::new();
-    let mut set = |k: &str, v: Option<f64>| {
-        if let Some(v) = v {
-            global.insert(k.to_string(), ParamValue::Scalar(v));
-        }
-    };
-    set("density", a.density);
-    set("lambda", a.lambda);
-    set("t", a.t);
+    // Each parameter once: `--lambda 0.4 --param lambda=0.5` or a repeated --param is an error.
+    let mut given: Vec<(String, String, ParamValue)> =
+        [("density", a.density), ("lambda", a.lambda), ("t", a.t)]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.into(), format!("--{k}"), ParamValue::Scalar(v?))))
+            .collect();
     for p in &a.params {
         let (k, v) = param(p)?;
-        global.insert(k, v);
+        given.push((k.clone(), format!("--param {p}"), v));
+    }
+    let mut global = BTreeMap::new();
+    for (k, flag, v) in given {
+        if global.insert(k.clone(), v).is_some() {
+            bail!("{flag}: parameter '{k}' is given twice; give it once");
+        }
     }
     if !a.weights.is_empty() && a.weights.len() != models.len() {
         bail!("{} weights for {} models", a.weights.len(), models.len());
@@ -244,6 +249,13 @@ fn quick_config(a: &Args) -> Result<config::MergeConfig> {
     params
         .validate(method, &names)
         .map_err(anyhow::Error::msg)?;
+    config::check_effect(
+        method,
+        a.base.is_some(),
+        a.seed.is_some(),
+        ["--base", "--seed"],
+    )
+    .map_err(anyhow::Error::msg)?;
     let scope = match a.trim_scope.as_deref() {
         Some("model") => {
             if !method.trims_by_magnitude() {

@@ -64,6 +64,9 @@ impl BlobsConfig {
         if self.train_per_class == 0 {
             return bad("train-per-class must be at least 1".into());
         }
+        if self.test_per_class == 0 {
+            return bad("test-per-class must be at least 1 (every task is evaluated)".into());
+        }
         if !self.separation.is_finite() || self.separation < 0.0 {
             return bad(format!(
                 "separation = {} must be finite and >= 0",
@@ -220,6 +223,10 @@ mod tests {
             },
             BlobsConfig {
                 train_per_class: usize::MAX,
+                ..BlobsConfig::default()
+            },
+            BlobsConfig {
+                test_per_class: 0,
                 ..BlobsConfig::default()
             },
         ] {

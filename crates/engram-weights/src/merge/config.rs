@@ -105,6 +105,11 @@ pub fn parse(text: &str, dir: &Path) -> Res<MergeConfig> {
             // mergekit skips the base when it is listed among the models of a method that
             // works on task vectors; its delta is zero and it must not count in normalization.
             if method.needs_base() && base.as_ref().is_some_and(|b| same_path(b, &path)) {
+                if let Some(k) = params.keys().next() {
+                    return Err(format!(
+                        "models[{i}].parameters.{k} has no effect: the entry is the base_model (its delta is zero); remove it"
+                    ));
+                }
                 continue;
             }
             models.push(path);
@@ -139,6 +144,12 @@ pub fn parse(text: &str, dir: &Path) -> Res<MergeConfig> {
         .get("seed")
         .map(|v| v.as_u64().ok_or("seed must be a non-negative integer"))
         .transpose()?;
+    check_effect(
+        method,
+        base.is_some(),
+        seed.is_some(),
+        ["base_model", "seed"],
+    )?;
     // Checked here too (the plan checks every request), so that a bad value is reported
     // before any model is opened.
     let params = ParamSource { global, per_model };
@@ -153,6 +164,25 @@ pub fn parse(text: &str, dir: &Path) -> Res<MergeConfig> {
         scope,
         seed,
     })
+}
+
+/// A base for a method that takes none, or a seed for a method that draws no random numbers,
+/// would be ignored: an error naming the setting (`keys`: how the user gave base and seed).
+pub fn check_effect(
+    method: &dyn super::MergeMethod,
+    base: bool,
+    seed: bool,
+    keys: [&str; 2],
+) -> Result<(), String> {
+    let m = method.name();
+    match (base && !method.needs_base(), seed && !method.random()) {
+        (true, _) => Err(format!("{} has no effect: {m} takes no base", keys[0])),
+        (_, true) => Err(format!(
+            "{} has no effect: {m} is deterministic (only dare_* and della* draw random numbers)",
+            keys[1]
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn unsupported_top(k: &str) -> String {

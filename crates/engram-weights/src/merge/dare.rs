@@ -37,6 +37,9 @@ const PARAMS: &[ParamSpec] = &[
 ];
 
 impl MergeMethod for DareLinear {
+    fn random(&self) -> bool {
+        true
+    }
     fn name(&self) -> &'static str {
         "dare_linear"
     }
@@ -53,6 +56,9 @@ impl MergeMethod for DareLinear {
 }
 
 impl MergeMethod for DareTies {
+    fn random(&self) -> bool {
+        true
+    }
     fn name(&self) -> &'static str {
         "dare_ties"
     }

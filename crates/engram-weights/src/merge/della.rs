@@ -65,6 +65,9 @@ fn check_spread(p: &Params) -> std::result::Result<(), String> {
 }
 
 impl MergeMethod for Della {
+    fn random(&self) -> bool {
+        true
+    }
     fn name(&self) -> &'static str {
         "della"
     }
@@ -87,6 +90,9 @@ impl MergeMethod for Della {
 }
 
 impl MergeMethod for DellaLinear {
+    fn random(&self) -> bool {
+        true
+    }
     fn name(&self) -> &'static str {
         "della_linear"
     }

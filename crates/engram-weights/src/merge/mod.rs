@@ -65,6 +65,10 @@ pub trait MergeMethod: Sync {
     fn needs_base(&self) -> bool {
         true
     }
+    /// Whether the method draws random numbers (so that a seed has an effect).
+    fn random(&self) -> bool {
+        false
+    }
     fn min_models(&self) -> usize {
         1
     }

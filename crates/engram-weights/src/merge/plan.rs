@@ -221,6 +221,20 @@ impl<'a> MergePlan<'a> {
 /// with the same shape and a float dtype; keep the base's where a model lacks it, if allowed.
 fn step_of(req: &MergeRequest, template: &Model, view: &TensorView) -> Result<Step> {
     if !view.dtype().is_float() {
+        // Copied from the template: every model's must be the same, or its values are lost.
+        for mm in &req.models {
+            match mm.get(view.name()) {
+                Some(x) => crate::output::same_non_float(template, view, mm, &x)?,
+                None if req.allow_missing => {}
+                None => {
+                    return Err(Error::tensor(
+                        mm.source(),
+                        view.name(),
+                        "missing from this model (use --allow-missing to keep the base's tensor)",
+                    ));
+                }
+            }
+        }
         return Ok(Step::Copy);
     }
     let name = view.name();
