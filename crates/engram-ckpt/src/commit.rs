@@ -71,8 +71,15 @@ pub fn refuse_input(dest: &Path) -> Result<()> {
     let g = INPUTS
         .lock()
         .map_err(|_| Error::Invalid("input registry poisoned".into()))?;
+    // A model file written into the folder of an input model would change that model (a new
+    // index beside its weights makes it another model).
+    let model_name = canon
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(is_model_file);
     for (dev, ino, path, _) in g.iter() {
-        if id == Some((*dev, *ino)) || path.starts_with(&canon) {
+        let same_folder = model_name && path.parent() == canon.parent();
+        if id == Some((*dev, *ino)) || path.starts_with(&canon) || same_folder {
             return Err(Error::format(
                 dest,
                 format!(
@@ -98,6 +105,20 @@ pub struct Staged {
     stage: PathBuf,
     created_parents: Vec<PathBuf>,
     done: bool,
+    /// Locks held while this run lives: on the staging folder, and from the switch on, on the
+    /// replaced folder. A later run takes a staging folder for dead only if it can lock it
+    /// (process IDs alone mislead across PID namespaces: containers sharing a volume).
+    _locks: Vec<std::fs::File>,
+}
+
+/// An exclusive lock on `path` (a folder or file) held by the returned handle; `None` if
+/// another live process holds it.
+pub(crate) fn try_lock(path: &Path) -> Option<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).ok()?;
+    // SAFETY: a valid open descriptor.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    (r == 0).then_some(f)
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -108,10 +129,44 @@ fn sibling(dest: &Path, tag: &str) -> PathBuf {
     dest.with_file_name(format!(".{name}{tag}{}-{seq}", std::process::id()))
 }
 
-/// Whether `pid` (from a temporary name) belongs to a process that no longer runs.
-pub(crate) fn dead(pid: &str) -> bool {
-    pid.parse::<u32>()
-        .is_ok_and(|p| p != std::process::id() && !Path::new(&format!("/proc/{p}")).exists())
+/// An existing output folder can be replaced as a whole only if this process may change it
+/// (remove the old model's files, move the user's subfolders) and nothing is mounted on it or
+/// in it (a mount cannot be moved): refused up front otherwise.
+fn check_replaceable(dest: &Path, abs: &Path, m: &std::fs::Metadata) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let c = std::ffi::CString::new(abs.as_os_str().as_bytes())
+        .map_err(|_| Error::format(dest, "path holds a NUL byte"))?;
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+        return Err(Error::format(
+            dest,
+            "output folder is not writable by this user; engram replaces it as a whole",
+        ));
+    }
+    let parent_dev = abs
+        .parent()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|p| p.dev());
+    if parent_dev.is_some_and(|d| d != m.dev()) {
+        return Err(Error::format(
+            dest,
+            "output folder is a mount point; name a folder inside it",
+        ));
+    }
+    for e in std::fs::read_dir(abs)
+        .map_err(|e| Error::io(abs, e))?
+        .flatten()
+    {
+        let sub = std::fs::symlink_metadata(e.path()).map_err(|err| Error::io(&e.path(), err))?;
+        if sub.is_dir() && sub.dev() != m.dev() {
+            return Err(Error::format(
+                &e.path(),
+                "is a mount point inside the output folder; engram cannot move it (unmount it or write elsewhere)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The absolute form of a destination: its parent canonicalized (created if missing, the
@@ -163,6 +218,9 @@ impl Staged {
                 "output folder exists and is not a folder",
             ));
         }
+        if let Ok(m) = std::fs::metadata(&abs) {
+            check_replaceable(dest, &abs, &m)?;
+        }
         if let Ok(cwd) = std::env::current_dir().and_then(|c| c.canonicalize())
             && cwd.starts_with(&abs)
         {
@@ -176,11 +234,13 @@ impl Staged {
         }
         let stage = sibling(&abs, NEW);
         std::fs::create_dir(&stage).map_err(|e| Error::io(&stage, e))?;
+        let lock = try_lock(&stage).ok_or_else(|| Error::format(&stage, "cannot lock"))?;
         let staged = Staged {
             dest: abs,
             stage,
             created_parents,
             done: false,
+            _locks: vec![lock],
         };
         std::fs::write(staged.stage.join(MARK), b"").map_err(|e| Error::io(&staged.stage, e))?;
         Ok(staged)
@@ -206,8 +266,9 @@ impl Staged {
             later = self.link_kept(stale)?;
             // A mark in the live folder is a left-over of a run killed just after its switch.
             let _ = std::fs::remove_file(self.dest.join(MARK));
-            std::fs::set_permissions(&self.stage, m.permissions())
-                .map_err(|e| Error::io(&self.stage, e))?;
+            // The replaced folder stays locked while this run finishes with it.
+            self._locks.extend(try_lock(&self.dest));
+            give_owner(&self.stage, m);
         }
         sync_dir(&self.stage)?;
         let replaced = if old.is_none() {
@@ -227,6 +288,10 @@ impl Staged {
         };
         self.done = true;
         let _ = std::fs::remove_file(self.dest.join(MARK));
+        if let Some(m) = &old {
+            std::fs::set_permissions(&self.dest, m.permissions())
+                .map_err(|e| Error::io(&self.dest, e))?;
+        }
         if let Some(r) = replaced {
             finish_replaced(&r, &self.dest, &later);
         }
@@ -321,6 +386,30 @@ impl Drop for Staged {
             let _ = std::fs::remove_dir_all(&self.stage);
             for d in &self.created_parents {
                 let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
+}
+
+/// Gives what this process created in `dir` (recursively) the owner and group of the folder
+/// it replaces (`old`), so that a folder replaced by root stays its user's. Best effort; a
+/// no-op when they already match.
+fn give_owner(dir: &Path, old: &std::fs::Metadata) {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if old.uid() == me && old.gid() == std::fs::metadata(dir).map_or(old.gid(), |m| m.gid()) {
+        return;
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let _ = std::os::unix::fs::lchown(&d, Some(old.uid()), Some(old.gid()));
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let ours = e.metadata().is_ok_and(|m| m.uid() == me);
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            } else if ours {
+                let _ = std::os::unix::fs::lchown(e.path(), Some(old.uid()), Some(old.gid()));
             }
         }
     }
@@ -439,11 +528,18 @@ fn clean_dead(parent: &Path) {
         if !file.starts_with('.')
             || name.is_empty()
             || !e.file_type().is_ok_and(|t| t.is_dir())
-            || !tail.split('-').next().is_some_and(dead)
+            || tail
+                .split('-')
+                .next()
+                .is_none_or(|p| p.parse::<u32>().is_err())
         {
             continue;
         }
         let path = e.path();
+        // Its run is dead if nobody holds its lock (whatever PID namespace it ran in).
+        let Some(_lock) = try_lock(&path) else {
+            continue;
+        };
         let dest = parent.join(name);
         let dest_there = std::fs::symlink_metadata(&dest).is_ok();
         if dest_there {
@@ -611,6 +707,21 @@ mod tests {
         assert!(refuse_input(&big).is_err());
         drop(guard);
         assert!(refuse_input(&big).is_ok());
+    }
+
+    #[test]
+    fn a_staging_folder_locked_by_a_live_run_is_left_alone() {
+        // Its process ID looks dead here (another PID namespace), but its lock is held.
+        let t = tempfile::tempdir().unwrap();
+        let live = t.path().join(".out.engram-new-999999999-7");
+        std::fs::create_dir(&live).unwrap();
+        put(&live.join(MARK), "");
+        let held = try_lock(&live).unwrap();
+        drop(Staged::new(&t.path().join("out")).unwrap());
+        assert!(live.join(MARK).exists());
+        drop(held);
+        drop(Staged::new(&t.path().join("out")).unwrap());
+        assert!(!live.exists());
     }
 
     #[test]

@@ -104,24 +104,20 @@ fn tmp_name(dest: &Path) -> PathBuf {
 }
 
 /// Removes temporary files that killed engram processes left in `dir`: names made by
-/// [`tmp_name`] whose process no longer exists (no `/proc/PID`). Best effort.
+/// [`tmp_name`] that no live process holds locked (a writer locks its temporary files; a
+/// process ID alone misleads across PID namespaces). Best effort.
 fn remove_dead_tmps(dir: &Path) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
-    let me = std::process::id();
     for e in rd.flatten() {
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Some((_, rest)) = name.rsplit_once(".engram-tmp-") else {
-            continue;
-        };
-        let dead = rest
-            .split('-')
-            .next()
-            .and_then(|p| p.parse::<u32>().ok())
-            .is_some_and(|pid| pid != me && !Path::new(&format!("/proc/{pid}")).exists());
-        if dead && name.starts_with('.') {
+        let ours = name.starts_with('.') && name.contains(".engram-tmp-");
+        if ours
+            && e.file_type().is_ok_and(|t| t.is_file())
+            && crate::commit::try_lock(&e.path()).is_some()
+        {
             let _ = std::fs::remove_file(e.path());
         }
     }
@@ -245,6 +241,7 @@ impl ModelWriter {
                 .create_new(true)
                 .open(&tmp)
                 .map_err(|e| Error::io(&tmp, e))?;
+            lock_file(&file);
             w.shards.push(Shard {
                 tmp: tmp.clone(),
                 dest,
@@ -535,6 +532,13 @@ fn refuse_special_output(dest: &Path) -> Result<()> {
     }
 }
 
+/// Locks a temporary file for this process's lifetime (see [`remove_dead_tmps`]).
+fn lock_file(f: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor; the lock goes with the file's last descriptor.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+}
+
 /// Gives a replacement file the permissions of the file it replaces (a private file stays
 /// private). Best effort: a new destination keeps the default mode.
 fn keep_mode(f: &File, dest: &Path) {
@@ -554,6 +558,7 @@ pub fn write_atomic(dest: &Path, data: &[u8]) -> Result<()> {
     let tmp = tmp_name(dest);
     let res = (|| {
         let f = File::create(&tmp)?;
+        lock_file(&f);
         keep_mode(&f, dest);
         f.write_all_at(data, 0)?;
         f.sync_all()?;

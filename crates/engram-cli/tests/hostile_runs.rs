@@ -12,29 +12,7 @@ mod common;
 use common::{engram, ok, s};
 
 /// A small, fast run: three tasks of blobs, two steps each.
-const RUN: &str = r#"
-name = "t"
-seed = 1
-[scenario]
-kind = "class-incremental"
-dataset = "blobs"
-tasks = 3
-classes-per-task = 2
-[scenario.blobs]
-train-per-class = 20
-test-per-class = 5
-[model]
-kind = "mlp"
-hidden = [16]
-[strategy]
-name = "naive"
-[train]
-iterations = 2
-batch-size = 16
-[train.optimizer]
-kind = "adam"
-lr = 0.01
-"#;
+use common::BLOBS_RUN as RUN;
 
 /// `RUN` with `from` replaced by `to` (which must be there).
 fn edit(from: &str, to: &str) -> String {

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{fails, family, mkfifo, ok, s, st};
+use common::{BLOBS_RUN as RUN, fails, family, mkfifo, ok, s, st};
 
 /// Like `fails`, but the command must also finish within 20 s (a FIFO must not block it).
 fn fails_fast(args: &[&str]) -> String {
@@ -323,7 +323,12 @@ fn class3_an_output_never_overwrites_an_input() {
     let ft0 = s(&fts[0]);
     let ft1 = s(&fts[1]);
     let parent = t.path().join("f");
+    let index_in_input = base.join("model.safetensors.index.json");
     let cases: Vec<(&str, Vec<&str>)> = vec![
+        (
+            "3-model-file-into-input-folder",
+            vec!["analyze", s(&base), "--lift-masks", s(&index_in_input)],
+        ),
         (
             "3-convert-same-file",
             vec!["convert", s(&one), "-o", s(&one)],
@@ -749,31 +754,6 @@ fn class11_holes_trailing_bytes_and_unlisted_shards_are_refused() {
         }
     }
 }
-
-/// A small, fast training run (blobs, three tasks): its results.json is a report's input.
-const RUN: &str = r#"
-name = "t"
-seed = 1
-[scenario]
-kind = "class-incremental"
-dataset = "blobs"
-tasks = 3
-classes-per-task = 2
-[scenario.blobs]
-train-per-class = 20
-test-per-class = 5
-[model]
-kind = "mlp"
-hidden = [16]
-[strategy]
-name = "naive"
-[train]
-iterations = 2
-batch-size = 16
-[train.optimizer]
-kind = "adam"
-lr = 0.01
-"#;
 
 #[test]
 fn class3_a_report_never_replaces_its_results() {

@@ -355,14 +355,16 @@ fn weights(ctx: &Ctx, a: Args) -> Result<()> {
         "{:.2}x smaller; {exact} of {} tasks extracted bit-exact.",
         rep.ratio, a.tasks
     ));
-    std::fs::create_dir_all(&a.report)?;
-    let index = a.report.join("index.html");
-    engram_ckpt::write_atomic(&index, page.render().as_bytes())?;
+    // The page and its JSON are switched in together.
+    let staged = engram_ckpt::Staged::new(&a.report)?;
+    engram_ckpt::write_atomic(&staged.path().join("index.html"), page.render().as_bytes())?;
     let summary = serde_json::json!({"steps": rows, "tall": stats.total, "compression": rep, "exact_extractions": exact});
     engram_ckpt::write_atomic(
-        &a.report.join("demo.json"),
+        &staged.path().join("demo.json"),
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;
+    staged.commit(&|n| n == "index.html" || n == "demo.json")?;
+    let index = a.report.join("index.html");
     if !ctx.quiet {
         for r in &rows {
             println!("{:<32} {:>8} s", r[0], r[1]);

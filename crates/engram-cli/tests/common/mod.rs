@@ -71,3 +71,28 @@ pub fn mkfifo(p: &Path) {
         .unwrap();
     assert!(st.success());
 }
+
+/// A small, fast training run: three tasks of blobs, two steps each.
+pub const BLOBS_RUN: &str = r#"
+name = "t"
+seed = 1
+[scenario]
+kind = "class-incremental"
+dataset = "blobs"
+tasks = 3
+classes-per-task = 2
+[scenario.blobs]
+train-per-class = 20
+test-per-class = 5
+[model]
+kind = "mlp"
+hidden = [16]
+[strategy]
+name = "naive"
+[train]
+iterations = 2
+batch-size = 16
+[train.optimizer]
+kind = "adam"
+lr = 0.01
+"#;

@@ -176,6 +176,32 @@ pub fn load_latest(
             "completed = {k} with {rows} tasks recorded does not fit this run of {tasks} tasks"
         )));
     }
+    // Every recorded number must be one a run could have produced: percentages in [0, 100],
+    // times finite and not negative, a baseline per task.
+    let percent = |v: &f64| v.is_finite() && (0.0..=100.0).contains(v);
+    let percents = o
+        .accuracy
+        .iter()
+        .chain(&o.task_il_accuracy)
+        .flatten()
+        .chain(&o.baseline)
+        .chain(&o.baseline_task_il)
+        .chain(&o.all_class_curve)
+        .chain(&o.current_task_curve)
+        .chain(std::iter::once(&o.ece));
+    let mut percents = percents;
+    if o.baseline.len() != tasks
+        || o.baseline_task_il.len() != tasks
+        || !percents.all(percent)
+        || !o
+            .seconds_per_task
+            .iter()
+            .all(|t| t.is_finite() && *t >= 0.0)
+    {
+        return Err(bad(
+            "the recorded results are not ones a run produces (a baseline per task, percentages in [0, 100], times >= 0)".into(),
+        ));
+    }
     if o.eval_mode != format!("{:?}", scenario.eval)
         || !full(&o.accuracy)
         || !full(&o.task_il_accuracy)
@@ -269,6 +295,18 @@ mod tests {
         settings: Option<Value>,
         now: &Value,
     ) -> String {
+        load_err_with(completed, model, strategy, settings, now, &|_| {})
+    }
+
+    /// [`load_err`] with the recorded results changed by `tweak`.
+    fn load_err_with(
+        completed: usize,
+        model: &str,
+        strategy: Option<&str>,
+        settings: Option<Value>,
+        now: &Value,
+        tweak: &dyn Fn(&mut RunOutput),
+    ) -> String {
         let s = ScenarioConfig::new("class-incremental", "blobs")
             .with("tasks", 3)
             .build(None)
@@ -283,10 +321,14 @@ mod tests {
                 eval_mode: format!("{:?}", s.eval),
                 accuracy: vec![vec![0.0; 3]; rows],
                 seconds_per_task: vec![1.0; rows],
+                baseline: vec![10.0; 3],
+                baseline_task_il: vec![50.0; 3],
                 ..Default::default()
             },
             settings,
         };
+        let mut f = f;
+        tweak(&mut f.output);
         let dir = tempfile::tempdir().expect("dir");
         let text = serde_json::to_vec(&f).expect("json");
         std::fs::write(dir.path().join("state.json"), text).expect("write");
@@ -324,6 +366,18 @@ mod tests {
         for (k, model, strategy, want) in cases {
             let e = load_err(k, model, strategy, None, &Value::Null);
             assert!(e.contains("state.json") && e.contains(want), "{model}: {e}");
+        }
+        // Recorded results no run produces: refused before anything trains.
+        let tweaks: [&dyn Fn(&mut RunOutput); 5] = [
+            &|o| o.baseline.clear(),
+            &|o| o.baseline_task_il = vec![1.0; 99],
+            &|o| o.accuracy[0][0] = -400.0,
+            &|o| o.seconds_per_task[0] = -5.0,
+            &|o| o.ece = 1e308,
+        ];
+        for t in tweaks {
+            let e = load_err_with(1, m1, None, None, &Value::Null, t);
+            assert!(e.contains("not ones a run produces"), "{e}");
         }
         // Well-formed, but the model file is not there.
         let e = load_err(1, m1, None, None, &Value::Null);
