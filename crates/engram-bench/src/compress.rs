@@ -54,6 +54,22 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
     if o.tasks == 0 {
         bail!("--tasks must be at least 1");
     }
+    machine::check_json_out(&o.json_out, "--json-out")?;
+    machine::check_out_dir(&o.dir, "--dir")?;
+    // `--clean` removes each size's family after it; after a failure, all of them.
+    machine::with_clean(
+        o.clean,
+        || measure_all(o, progress),
+        || {
+            for size in &o.sizes {
+                remove(&o.dir.join(size.to_ascii_lowercase()))?;
+            }
+            Ok(())
+        },
+    )
+}
+
+fn measure_all(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
     let exe = arg(&machine::engram_exe(o.engram.as_deref())?);
     let threads = rayon::current_num_threads();
     let mut cases = Vec::new();

@@ -70,11 +70,31 @@ struct Step {
     out: Option<PathBuf>,
 }
 
-/// Runs the benchmark; writes and returns its JSON (the table goes to `Output`).
+/// The entries the benchmark writes in its folder: what `--clean` removes.
+const OWNED: [&str; 5] = [
+    "base",
+    "out-f32",
+    "out-bf16-sharded",
+    ".copy-bound.tmp",
+    ".peak-rss",
+];
+
+/// Runs the benchmark; writes and returns its JSON (the table goes to `Output`). Every
+/// output path is checked before any work; `--clean` cleans also after a failed run.
 pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
     if o.repeat == 0 {
         bail!("--repeat must be at least 1");
     }
+    machine::check_json_out(&o.json_out, "--json-out")?;
+    machine::check_out_dir(&o.dir, "--dir")?;
+    machine::with_clean(
+        o.clean,
+        || measure_all(o, progress),
+        || machine::remove_owned(&o.dir, &OWNED.map(String::from)),
+    )
+}
+
+fn measure_all(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
     let arch = match ArchConfig::preset(&o.size) {
         Some(arch) => arch,
         None => ArchConfig::for_params(parse_count(&o.size)?)?,
@@ -236,16 +256,6 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
     });
     machine::write_json(&o.json_out, &doc)?;
     progress(Progress::Output(render_text(&doc, &o.json_out)));
-    if o.clean {
-        let owned = [
-            "base",
-            "out-f32",
-            "out-bf16-sharded",
-            ".copy-bound.tmp",
-            ".peak-rss",
-        ];
-        machine::remove_owned(&o.dir, &owned.map(String::from))?;
-    }
     Ok(doc)
 }
 
@@ -340,6 +350,27 @@ fn copy_all(files: &[PathBuf], tmp: &Path) -> Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--json-out` naming a folder is refused before the benchmark runs: nothing is built in
+    /// `--dir`, and `--clean` has nothing to leave behind.
+    #[test]
+    fn a_bad_json_out_is_refused_before_any_work() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("io-model");
+        let json_out = d.path().join("existing");
+        std::fs::create_dir_all(&json_out).unwrap();
+        let o = Options {
+            size: "tiny".into(),
+            dir: dir.clone(),
+            json_out,
+            clean: true,
+            engram: Some(d.path().join("no-such-engram")),
+            ..Options::default()
+        };
+        let e = format!("{:#}", run(&o, &mut |_| {}).unwrap_err());
+        assert!(e.contains("--json-out") && e.contains("folder"), "{e}");
+        assert!(!dir.exists(), "no work was done: {e}");
+    }
 
     #[test]
     fn table_shows_every_step_and_the_bounds() {

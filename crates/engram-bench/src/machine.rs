@@ -164,6 +164,157 @@ pub fn remove_owned(dir: &Path, names: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Checks, before any work starts, that a results file can be written at `path` (`flag`
+/// names the option in errors): it is not a folder, a FIFO, a socket or a device, and its
+/// folder exists or can be created (nothing on the way is a file). A run then cannot fail
+/// at its end, after all its work, on an output path it could have refused at once.
+pub fn check_json_out(path: &Path, flag: &str) -> Result<()> {
+    if path.file_name().is_none() {
+        bail!("{flag} {}: not a file name", path.display());
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => bail!(
+            "{flag} {}: output is {}, expected a file",
+            path.display(),
+            engram_ckpt::file::kind_of(&m)
+        ),
+        Ok(_) => {}
+        // A file on the way is named by the folder check.
+        Err(e) if absent(&e) => {}
+        Err(e) => bail!("{flag} {}: {e}", path.display()),
+    }
+    check_folder_creatable(path.parent(), flag, path)
+}
+
+/// Nothing there (or a file on the way, found by looking further up).
+fn absent(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{NotADirectory, NotFound};
+    matches!(e.kind(), NotFound | NotADirectory)
+}
+
+/// Checks that folder `dir` (of output `out`) exists as a folder or can be created: its
+/// nearest existing ancestor is a folder.
+fn check_folder_creatable(dir: Option<&Path>, flag: &str, out: &Path) -> Result<()> {
+    let mut cur = dir.filter(|p| !p.as_os_str().is_empty());
+    while let Some(d) = cur {
+        match std::fs::metadata(d) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(m) => bail!(
+                "{flag} {}: {} is {}, not a folder",
+                out.display(),
+                d.display(),
+                engram_ckpt::file::kind_of(&m)
+            ),
+            Err(e) if absent(&e) => {
+                cur = d.parent().filter(|p| !p.as_os_str().is_empty());
+            }
+            Err(e) => bail!("{flag} {}: {}: {e}", out.display(), d.display()),
+        }
+    }
+    Ok(())
+}
+
+/// Checks, before any work starts, that `dir` can be an output folder (`flag` names the
+/// option): it is a folder or can be created.
+pub fn check_out_dir(dir: &Path, flag: &str) -> Result<()> {
+    check_folder_creatable(Some(dir), flag, dir)
+}
+
+/// `--clean` that also cleans when the run fails: runs `work`, then (if `clean`) `cleanup`,
+/// whatever `work` returned. The run's error comes first; a cleanup error is reported after
+/// a successful run.
+pub fn with_clean<T>(
+    clean: bool,
+    work: impl FnOnce() -> Result<T>,
+    cleanup: impl FnOnce() -> Result<()>,
+) -> Result<T> {
+    let r = work();
+    if !clean {
+        return r;
+    }
+    let c = cleanup();
+    match (r, c) {
+        (Err(e), Err(c)) => Err(e.context(format!("(and --clean failed: {c:#})"))),
+        (Err(e), Ok(())) => Err(e),
+        (Ok(_), Err(c)) => Err(c),
+        (Ok(v), Ok(())) => Ok(v),
+    }
+}
+
+/// Removes precisely what a run wrote under `dir`: the files `files` (relative paths), and in
+/// each model folder of `model_dirs` (relative; written whole through
+/// [`engram_ckpt::Staged`]) the files `is_output` names, then every folder on the way that
+/// this left empty (deepest first). Nothing else is removed: a user's file inside one of the
+/// run's folders stays, and so does its folder. A folder on the way that is a symlink is not
+/// followed, and a path that is a folder where a file was written is left alone.
+pub fn remove_precise(
+    dir: &Path,
+    files: &[String],
+    model_dirs: &[String],
+    is_output: &dyn Fn(&str) -> bool,
+) -> Result<()> {
+    // Each relative path's folders must be real folders under `dir`, not symlinks.
+    let real_dirs = |rel: &Path| -> bool {
+        let mut p = dir.to_path_buf();
+        for c in rel.components() {
+            p.push(c);
+            if !std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                return false;
+            }
+        }
+        true
+    };
+    let mut folders = std::collections::BTreeSet::new();
+    let remove_file = |rel: &Path| -> Result<()> {
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        if !real_dirs(parent) {
+            return Ok(());
+        }
+        let p = dir.join(rel);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if !m.is_dir() => {
+                std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))
+            }
+            _ => Ok(()),
+        }
+    };
+    for f in files {
+        let rel = Path::new(f);
+        remove_file(rel)?;
+        folders.extend(rel.ancestors().skip(1).map(Path::to_path_buf));
+    }
+    for d in model_dirs {
+        let rel = Path::new(d);
+        folders.extend(rel.ancestors().map(Path::to_path_buf));
+        if !real_dirs(rel) {
+            continue;
+        }
+        let abs = dir.join(rel);
+        let names: Vec<String> = std::fs::read_dir(&abs)
+            .with_context(|| format!("reading {}", abs.display()))?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(String::from))
+            .filter(|n| is_output(n))
+            .collect();
+        for n in names {
+            remove_file(&rel.join(n))?;
+        }
+    }
+    // Deepest first: a folder's path is longer than its parent's.
+    let mut folders: Vec<PathBuf> = folders
+        .into_iter()
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect();
+    folders.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for f in folders {
+        if real_dirs(&f) {
+            // Fails, as it should, on a folder that still holds something.
+            let _ = std::fs::remove_dir(dir.join(f));
+        }
+    }
+    Ok(())
+}
+
 /// Bytes of the files directly in folder `p`.
 pub fn dir_bytes(p: &Path) -> Result<u64> {
     let mut total = 0;
@@ -224,6 +375,67 @@ mod tests {
         std::fs::remove_file(dir.join("mine.txt")).unwrap();
         remove_owned(&dir, &[]).unwrap();
         assert!(!dir.exists(), "an emptied folder goes");
+    }
+
+    /// An output path that cannot be written is refused at once, before any work: a folder,
+    /// a FIFO, a file where a folder must be; a new file in a new folder is fine.
+    #[test]
+    fn json_outputs_are_checked_before_any_work() {
+        let d = tempfile::tempdir().unwrap();
+        let folder = d.path().join("folder");
+        std::fs::create_dir_all(&folder).unwrap();
+        let file = d.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let fifo = d.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        let made = unsafe { libc_mkfifo(c.as_ptr(), 0o600) } == 0;
+        let mut bad = vec![
+            (folder.clone(), "a folder"),
+            (file.join("x.json"), "not a folder"),
+            (file.join("a/b/x.json"), "not a folder"),
+        ];
+        if made {
+            bad.push((fifo.clone(), "FIFO"));
+        }
+        for (p, want) in bad {
+            let e = check_json_out(&p, "--json-out").unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("--json-out"), "{want}: {e}");
+        }
+        check_json_out(&file, "--json-out").unwrap();
+        check_json_out(&d.path().join("new/deeper/x.json"), "--json-out").unwrap();
+        check_json_out(Path::new("x.json"), "--json-out").unwrap();
+        assert!(!d.path().join("new").exists(), "checking creates nothing");
+        assert!(check_out_dir(&file, "--dir").is_err());
+        check_out_dir(&folder, "--dir").unwrap();
+    }
+
+    // mkfifo(3), without a libc dependency.
+    unsafe extern "C" {
+        #[link_name = "mkfifo"]
+        fn libc_mkfifo(path: *const std::ffi::c_char, mode: u32) -> i32;
+    }
+
+    /// `--clean` also cleans after a failed run, and the run's error is the one reported.
+    #[test]
+    fn clean_runs_also_when_the_run_fails() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("bench");
+        let work = || -> Result<()> {
+            std::fs::create_dir_all(dir.join("out")).unwrap();
+            bail!("the benchmark failed")
+        };
+        let e = with_clean(true, work, || remove_owned(&dir, &["out".into()])).unwrap_err();
+        assert_eq!(e.to_string(), "the benchmark failed");
+        assert!(!dir.exists(), "--clean removed the failed run's outputs");
+        let kept = with_clean(false, work, || remove_owned(&dir, &["out".into()]));
+        assert!(
+            kept.is_err() && dir.join("out").is_dir(),
+            "no --clean, nothing removed"
+        );
+        assert_eq!(with_clean(true, || Ok(5), || Ok(())).unwrap(), 5);
+        let e = with_clean(true, || Ok(5), || bail!("cleanup failed")).unwrap_err();
+        assert_eq!(e.to_string(), "cleanup failed");
     }
 
     #[test]

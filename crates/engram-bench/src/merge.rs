@@ -225,6 +225,22 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
     if o.repeat == 0 || o.n.contains(&0) {
         bail!("--repeat and every --n must be at least 1");
     }
+    machine::check_json_out(&o.json_out, "--json-out")?;
+    machine::check_out_dir(&o.dir, "--dir")?;
+    machine::with_clean(
+        o.clean,
+        || measure_all(o, progress),
+        || {
+            let mut owned: Vec<String> = o.sizes.iter().map(|s| s.to_ascii_lowercase()).collect();
+            owned.extend(
+                ["out", "bound.tmp", "mk-task_arithmetic.yml", "mk-ties.yml"].map(String::from),
+            );
+            machine::remove_owned(&o.dir, &owned)
+        },
+    )
+}
+
+fn measure_all(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
     let exe = machine::engram_exe(o.engram.as_deref())?;
     let mergekit = mergekit(o)?;
     let mk_max = parse_count(&o.mergekit_max)?;
@@ -315,13 +331,6 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
         "\"x bound\" = (read inputs + write output, warm cache) / engram time; results: {}\n",
         o.json_out.display()
     )));
-    if o.clean {
-        let mut owned: Vec<String> = o.sizes.iter().map(|s| s.to_ascii_lowercase()).collect();
-        owned.extend(
-            ["out", "bound.tmp", "mk-task_arithmetic.yml", "mk-ties.yml"].map(String::from),
-        );
-        machine::remove_owned(&o.dir, &owned)?;
-    }
     Ok(doc)
 }
 

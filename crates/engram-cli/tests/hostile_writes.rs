@@ -769,6 +769,9 @@ fn class3_a_report_never_replaces_its_results() {
         assert!(e.contains("an input of this run"), "{class}: {e}");
         assert_eq!(snapshot(&runs), before, "{class}");
     }
+    // A report written inside the runs folder is not read back as a run by later reports.
+    ok(&["report", "-q", s(&run), "-o", s(&runs.join("rep"))]);
+    ok(&["report", "-q", s(&runs), "-o", s(&t.path().join("rep2"))]);
     // A results.json symlink leading out of the folder named.
     let outside = t.path().join("elsewhere");
     std::fs::create_dir_all(outside.join("r")).unwrap();

@@ -164,6 +164,8 @@ fn chosen_specs(o: &Options, all: &[Spec]) -> Result<Vec<Spec>> {
 pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
     let start = Instant::now();
     let out = o.out();
+    crate::machine::check_out_dir(&out, "--out")?;
+    crate::machine::check_json_out(&out.join("results.json"), "--out")?;
     let strategies = strategies(o)?;
     let all_specs = specs(o.quick);
     let specs = chosen_specs(o, &all_specs)?;

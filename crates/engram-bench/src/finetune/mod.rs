@@ -292,6 +292,8 @@ fn scores(net: &Net, s: &Scenario) -> (f64, f64) {
 /// tables and the claims go to `Output`).
 pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
     let out = o.out();
+    crate::machine::check_out_dir(&out, "--out")?;
+    crate::machine::check_json_out(&out.join("results.json"), "--out")?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let dd = o.data_dir.as_deref();
     let fm = data::load("fashion-mnist", dd).map_err(|e| anyhow!("{e}"))?;

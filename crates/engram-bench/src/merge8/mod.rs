@@ -71,8 +71,8 @@ pub struct Options {
     pub finetune_lr: f64,
     /// Where the data sets are (default: the system packages' locations).
     pub data_dir: Option<PathBuf>,
-    /// Start over: remove an earlier study's own entries from `out` ([`STUDY_FILES`]; only
-    /// where study.json is a study's settings).
+    /// Start over: remove an earlier study's own files from `out` ([`study_files`]; only
+    /// where study.json is a study's settings), never a user's file there.
     pub overwrite: bool,
 }
 
@@ -122,6 +122,10 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
     // Everything that can be checked is, before the folder is touched: the settings of
     // every training stage, the network, and the data (loaded).
     check_settings(&settings)?;
+    crate::machine::check_out_dir(&o.out, "--out")?;
+    for f in ["results.json", "study.json", "report/index.html"] {
+        crate::machine::check_json_out(&o.out.join(f), "--out")?;
+    }
     progress(Progress::Message(
         "loading Fashion-MNIST and MNIST digits".into(),
     ));
@@ -329,21 +333,80 @@ fn check_settings(st: &Settings) -> Result<()> {
     Ok(())
 }
 
-/// The entries a study writes in its folder: all that `--overwrite` removes.
-const STUDY_FILES: &[&str] = &[
-    "study.json",
-    "models",
-    "merges",
+/// The files a study writes in its folder, relative to it: with the model files of
+/// [`STUDY_MODEL_DIRS`], all that `--overwrite` removes (then the study's folders that this
+/// leaves empty). A user's file anywhere in the folder, also inside the study's own
+/// subfolders, stays.
+fn study_files() -> Vec<String> {
+    let mut f: Vec<String> = [
+        "study.json",
+        "results.json",
+        "report/index.html",
+        "models/base-full.safetensors",
+        "models/base.safetensors",
+        "merges/grid/candidate.safetensors",
+    ]
+    .map(String::from)
+    .to_vec();
+    for (task, _, _) in TASKS {
+        for sub in ["heads", "finetuned", "finetuned-full"] {
+            f.push(format!("models/{sub}/{task}.safetensors"));
+        }
+        for rname in ["sum", "ties"] {
+            f.push(format!("merges/tall-{rname}/{task}.safetensors"));
+        }
+    }
+    // The same spelling of λ as `Merger::merged` gives the chosen one.
+    for (method, grid) in [
+        ("task_arithmetic", &weights::TA_GRID[..]),
+        ("ties", &weights::TIES_GRID[..]),
+    ] {
+        for l in grid {
+            f.push(format!("merges/{method}-lambda-{l}.safetensors"));
+        }
+    }
+    for rname in ["sum", "ties"] {
+        for k in weights::K_VALUES {
+            f.push(format!("merges/consensus-{rname}-k{k}.safetensors"));
+        }
+    }
+    f
+}
+
+/// Model folders a study writes whole (through [`engram_ckpt::Staged`]): `--overwrite`
+/// removes in them the files that [`is_study_model_file`] names, as a new commit would.
+const STUDY_MODEL_DIRS: &[&str] = &[
     "bundle-packed",
     "bundle-coded",
-    "bundle-check",
-    "results.json",
-    "report",
+    storage::CHECK_MEMORY,
+    storage::CHECK_PACKED,
+    storage::CHECK_CODED,
 ];
+
+/// The files of a study's model folder (bundle, masks, weights, side files).
+fn is_study_model_file(name: &str) -> bool {
+    use engram_weights::compress::{BUNDLE_FILE, MASKS_FILE};
+    name == BUNDLE_FILE || name == MASKS_FILE || engram_ckpt::commit::is_model_file(name)
+}
+
+/// Removes what a study wrote in `dir` ([`study_files`], [`STUDY_MODEL_DIRS`]) and nothing
+/// else.
+fn remove_study(dir: &Path) -> Result<()> {
+    crate::machine::remove_precise(
+        dir,
+        &study_files(),
+        &STUDY_MODEL_DIRS
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+        &is_study_model_file,
+    )
+}
 
 /// Creates `dir`, or checks that an earlier study there used the same settings. Only a
 /// folder whose study.json is a study's settings holds an earlier study; `overwrite` then
-/// removes that study's own entries ([`STUDY_FILES`]), never anything else there. The
+/// removes that study's own files ([`study_files`], [`STUDY_MODEL_DIRS`]), never anything
+/// else there, also not a user's file inside the study's subfolders. The
 /// current folder (or one above it) is refused.
 fn prepare_dir(dir: &Path, settings: &Settings, overwrite: bool) -> Result<()> {
     let abs = std::path::absolute(dir)?;
@@ -364,9 +427,7 @@ fn prepare_dir(dir: &Path, settings: &Settings, overwrite: bool) -> Result<()> {
             .and_then(|v| serde_json::from_value(v).ok());
         match old {
             Some(_) if overwrite => {
-                for name in STUDY_FILES {
-                    crate::machine::remove(&dir.join(name))?;
-                }
+                remove_study(dir)?;
             }
             Some(old) if old != *settings => bail!(
                 "{} holds a merge-8 study with other settings; pass --overwrite to start over, or choose another --out",
@@ -456,6 +517,74 @@ mod tests {
         prepare_dir(&dir, &quick, true).unwrap();
         assert!(dir.join("notes.txt").is_file() && dir.join("mine/deep").is_dir());
         assert!(!dir.join("results.json").exists());
+    }
+
+    /// `--overwrite` removes the files the study wrote, also inside its subfolders, and keeps
+    /// every other file there (`models/user.txt`, `report/mynote`, a note in a bundle).
+    #[test]
+    fn overwrite_keeps_user_files_inside_the_studys_folders() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("m8");
+        let quick = settings(&Options {
+            quick: true,
+            ..Options::default()
+        });
+        prepare_dir(&dir, &quick, false).unwrap();
+        let study = [
+            "results.json",
+            "report/index.html",
+            "models/base.safetensors",
+            "models/heads/fashion.safetensors",
+            "models/finetuned-full/digits-permuted.safetensors",
+            "merges/task_arithmetic-lambda-0.02.safetensors",
+            "merges/ties-lambda-1.safetensors",
+            "merges/consensus-ties-k3.safetensors",
+            "merges/tall-sum/digits.safetensors",
+            "merges/grid/candidate.safetensors",
+            "bundle-packed/bundle.safetensors",
+            "bundle-coded/masks.safetensors",
+            "bundle-coded/config.json",
+            "bundle-check/memory/model.safetensors",
+        ];
+        let user = [
+            "models/user.txt",
+            "report/mynote",
+            "merges/tall-sum/notes.md",
+            "bundle-packed/README",
+            "bundle-check/bundle-coded/keep",
+            "models/heads/mine/deep.txt",
+            "merges/my-merge.safetensors",
+        ];
+        for f in study.iter().chain(&user) {
+            let p = dir.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, "x").unwrap();
+        }
+        // The grid's λ are spelled as the chosen one is.
+        assert_eq!(
+            format!("{}", weights::TA_GRID[0]),
+            "0.02",
+            "task_arithmetic-lambda-0.02"
+        );
+        prepare_dir(&dir, &quick, true).unwrap();
+        for f in user {
+            assert_eq!(std::fs::read_to_string(dir.join(f)).unwrap(), "x", "{f}");
+        }
+        for f in study {
+            assert!(!dir.join(f).exists(), "{f} was not removed");
+        }
+        // Folders that held only the study's files go; prepare_dir makes its own anew.
+        assert!(!dir.join("bundle-coded").exists() && !dir.join("merges/grid").exists());
+        assert!(!dir.join("bundle-check/memory").exists());
+        assert!(dir.join("models/heads").is_dir() && dir.join("study.json").is_file());
+        // A study folder that is a symlink is not followed into another folder.
+        let elsewhere = d.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("index.html"), "theirs").unwrap();
+        std::fs::remove_dir_all(dir.join("report")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.join("report")).unwrap();
+        prepare_dir(&dir, &quick, true).unwrap();
+        assert!(elsewhere.join("index.html").is_file());
     }
 
     /// Bad options are refused before anything is written (the folder is not created).

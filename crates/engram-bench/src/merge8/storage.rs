@@ -11,6 +11,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
+/// The scratch model folders of the byte-for-byte check, relative to the study's folder.
+pub const CHECK_MEMORY: &str = "bundle-check/memory";
+pub const CHECK_PACKED: &str = "bundle-check/bundle-packed";
+pub const CHECK_CODED: &str = "bundle-check/bundle-coded";
+
 /// Writes the packed and the entropy-coded bundle, rebuilds every task from both and checks
 /// each against the in-memory reconstruction byte for byte; times one rebuild.
 pub fn compress_and_check(dir: &Path, tall: &Tall, family: &str) -> Result<StorageResult> {
@@ -31,11 +36,10 @@ pub fn compress_and_check(dir: &Path, tall: &Tall, family: &str) -> Result<Stora
         &md,
         &|_| {},
     )?;
-    let check = dir.join("bundle-check");
     let mut bit_exact = true;
     let mut times = Vec::new();
     for (t, name) in tall.tasks.iter().enumerate() {
-        let mem = check.join("memory");
+        let mem = dir.join(CHECK_MEMORY);
         tall.write_model(
             &mem,
             None,
@@ -44,8 +48,11 @@ pub fn compress_and_check(dir: &Path, tall: &Tall, family: &str) -> Result<Stora
             &Tall::reconstruct_kernel(t, DType::F32),
         )?;
         let want = std::fs::read(mem.join("model.safetensors"))?;
-        for b in ["bundle-packed", "bundle-coded"] {
-            let out = check.join(b);
+        for (b, scratch) in [
+            ("bundle-packed", CHECK_PACKED),
+            ("bundle-coded", CHECK_CODED),
+        ] {
+            let out = dir.join(scratch);
             let t0 = Instant::now();
             extract_task(&dir.join(b), name, &out, &md, &|_| {})?;
             if b == "bundle-coded" {
@@ -54,7 +61,13 @@ pub fn compress_and_check(dir: &Path, tall: &Tall, family: &str) -> Result<Stora
             bit_exact &= std::fs::read(out.join("model.safetensors"))? == want;
         }
     }
-    let _ = std::fs::remove_dir_all(&check);
+    // Only the check's own files: a user's file in bundle-check stays.
+    let _ = crate::machine::remove_precise(
+        dir,
+        &[],
+        &[CHECK_MEMORY, CHECK_PACKED, CHECK_CODED].map(String::from),
+        &super::is_study_model_file,
+    );
     times.sort_by(f64::total_cmp);
     Ok(StorageResult {
         family: family.into(),

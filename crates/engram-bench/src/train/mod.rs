@@ -382,6 +382,7 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
     if o.train_examples == Some(0) {
         bail!("--train-examples must be at least 1");
     }
+    machine::check_json_out(&o.json_out, "--json-out")?;
     let nets = o
         .models
         .iter()

@@ -46,10 +46,17 @@ fn walk(
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     entries.sort();
+    // A report's own folder (index.html, results.csv, results.json) holds no run: its
+    // results.json lists the runs of another report.
+    let is_report = ["index.html", "results.csv"].iter().all(|n| {
+        entries
+            .iter()
+            .any(|e| e.file_name().is_some_and(|f| f == *n))
+    });
     for e in entries {
         if e.is_dir() {
             walk(&e, root, seen, out)?;
-        } else if e.file_name().is_some_and(|n| n == "results.json") {
+        } else if !is_report && e.file_name().is_some_and(|n| n == "results.json") {
             if !e.canonicalize().is_ok_and(|c| c.starts_with(root)) {
                 bail!(
                     "{}: a symlink leading outside {}; refused",
