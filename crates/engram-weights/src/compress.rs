@@ -403,6 +403,7 @@ pub fn extract_task(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Vec<PathBuf>> {
     let bundle = open_bundle(bundle_dir)?;
+    let out_dir = out;
     let tasks = bundle_tasks(&bundle)?;
     if !tasks.iter().any(|t| t == task) {
         return Err(Error::Invalid(format!(
@@ -469,7 +470,7 @@ pub fn extract_task(
         }
         let tv = [*b, tau];
         if let Some(mf) = &masks_file {
-            extract_coded(mf, task, name, &tv, &w, progress)?;
+            extract_coded(mf, task, name, &tv, out, &w, progress)?;
             continue;
         }
         let mask = bundle.require(&mask_name(task, name))?;
@@ -492,6 +493,7 @@ pub fn extract_task(
                     }
                 })
                 .collect();
+            check_rebuilt(out_dir, &w, name, c.start, &out, base, tau)?;
             progress(out.len() as u64);
             w.write_f32_at(name, c.start, &out)
         })?;
@@ -500,12 +502,30 @@ pub fn extract_task(
     w.finish(&side)
 }
 
+/// The rebuilt values θ₀ + m ⊙ τ must fit the output dtype wherever base and τ are finite
+/// (the one output check, `output::check_values`).
+fn check_rebuilt(
+    dest: &Path,
+    w: &ModelWriter,
+    name: &str,
+    start: usize,
+    out: &[f32],
+    base: &[f32],
+    tau: &[f32],
+) -> Result<()> {
+    let dt = w.spec(name).map_or(DType::F32, |s| s.dtype);
+    crate::output::check_values(dest, name, dt, start, out, false, &|k| {
+        base[k].is_finite() && tau[k].is_finite()
+    })
+}
+
 /// Rebuilds tensor `name` of `task` from entropy-coded masks, chunk by chunk in parallel.
 fn extract_coded(
     masks: &Model,
     task: &str,
     name: &str,
     tv: &[engram_ckpt::TensorView; 2],
+    out_dir: &Path,
     w: &ModelWriter,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
@@ -525,6 +545,7 @@ fn extract_coded(
         let out: Vec<f32> = (0..n)
             .map(|k| if m[k] { base[k] + tau[k] } else { base[k] })
             .collect();
+        check_rebuilt(out_dir, w, name, c.start, &out, base, tau)?;
         progress(n as u64);
         w.write_f32_at(name, c.start, &out)
     })
@@ -602,6 +623,40 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("no task 'zz'"));
+    }
+
+    #[test]
+    fn a_rebuilt_value_beyond_the_dtype_is_an_error() {
+        // f16 base at 60000, two fine-tunes each +5000: the merged vector is +10000, and the
+        // rebuilt task (its mask on) would be 70000, beyond f16's range.
+        let dir = tempfile::tempdir().unwrap();
+        let shapes: &[(&str, &[usize])] = &[("w", &[16])];
+        let f16 = |name: &str, v: f32| {
+            crate::testutil::write_model(&dir.path().join(name), DType::F16, shapes, &|_, _| v)
+        };
+        let base = f16("base", 60000.0);
+        let models = [f16("a", 65000.0), f16("b", 65000.0)];
+        let tall = Tall::new(
+            &base,
+            models.iter().collect(),
+            vec!["a".into(), "b".into()],
+            MtlRecipe::Sum,
+            vec![0.4; 2],
+        )
+        .unwrap();
+        for coding in [MaskCoding::Packed, MaskCoding::Arith] {
+            let bdir = dir.path().join(format!("bundle-{}", coding.name()));
+            write_bundle(&tall, &bdir, DType::F32, coding, &BTreeMap::new(), &|_| {}).unwrap();
+            let x = dir.path().join(format!("x-{}", coding.name()));
+            let e = extract_task(&bdir, "a", &x, &BTreeMap::new(), &|_| {})
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("beyond the range of F16") && e.contains("'w'"),
+                "{e}"
+            );
+            assert!(!x.exists());
+        }
     }
 
     #[test]
