@@ -21,19 +21,41 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Files this process has open as inputs: (device, inode, canonical path, registration id).
-static INPUTS: Mutex<Vec<(u64, u64, PathBuf, u64)>> = Mutex::new(Vec::new());
+/// A file this process has open as an input.
+struct Input {
+    dev: u64,
+    ino: u64,
+    /// Canonical.
+    path: PathBuf,
+    /// The registration, removed when its [`OpenInput`] drops.
+    id: u64,
+    /// Whether a folder holding it is protected too (models), or only the file (small inputs).
+    folder: bool,
+}
+
+static INPUTS: Mutex<Vec<Input>> = Mutex::new(Vec::new());
 
 /// An input file's registration, removed when the file is closed (dropped).
 pub struct OpenInput(u64);
 
 impl OpenInput {
+    /// Registers a model file: no output may be it, or replace a folder holding it.
     pub fn register(path: &Path, meta: &std::fs::Metadata) -> OpenInput {
+        Self::add(path, meta, true)
+    }
+
+    fn add(path: &Path, meta: &std::fs::Metadata, folder: bool) -> OpenInput {
         use std::os::unix::fs::MetadataExt;
         let id = SEQ.fetch_add(1, Ordering::Relaxed);
         let canon = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
         if let Ok(mut g) = INPUTS.lock() {
-            g.push((meta.dev(), meta.ino(), canon, id));
+            g.push(Input {
+                dev: meta.dev(),
+                ino: meta.ino(),
+                path: canon,
+                id,
+                folder,
+            });
         }
         OpenInput(id)
     }
@@ -42,7 +64,7 @@ impl OpenInput {
 impl Drop for OpenInput {
     fn drop(&mut self) {
         if let Ok(mut g) = INPUTS.lock() {
-            g.retain(|e| e.3 != self.0);
+            g.retain(|e| e.id != self.0);
         }
     }
 }
@@ -77,9 +99,17 @@ pub fn refuse_input(dest: &Path) -> Result<()> {
         .file_name()
         .and_then(|n| n.to_str())
         .is_some_and(is_model_file);
-    for (dev, ino, path, _) in g.iter() {
-        let same_folder = model_name && path.parent() == canon.parent();
-        if id == Some((*dev, *ino)) || path.starts_with(&canon) || same_folder {
+    for Input {
+        dev,
+        ino,
+        path,
+        folder,
+        ..
+    } in g.iter()
+    {
+        let same_folder = *folder && model_name && path.parent() == canon.parent();
+        let holds = *folder && path.starts_with(&canon);
+        if id == Some((*dev, *ino)) || *path == canon || holds || same_folder {
             return Err(Error::format(
                 dest,
                 format!(
@@ -260,6 +290,7 @@ impl Staged {
     /// not hold are kept, except those `stale` names (outputs of the same kind, such as old
     /// shards) and temporary files.
     pub fn commit(mut self, stale: &dyn Fn(&str) -> bool) -> Result<()> {
+        self.refuse_replacing_inputs(stale)?;
         let old = std::fs::symlink_metadata(&self.dest).ok();
         let mut later = Vec::new();
         if let Some(m) = &old {
@@ -297,6 +328,43 @@ impl Staged {
         }
         if let Some(parent) = self.dest.parent() {
             sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses the switch where it would replace or drop an input of this run that lies in
+    /// the destination (a results file the new output also writes, say).
+    fn refuse_replacing_inputs(&self, stale: &dyn Fn(&str) -> bool) -> Result<()> {
+        let g = INPUTS
+            .lock()
+            .map_err(|_| Error::Invalid("input registry poisoned".into()))?;
+        for Input { path, .. } in g.iter() {
+            let Ok(rel) = path.strip_prefix(&self.dest) else {
+                continue;
+            };
+            let top = rel
+                .components()
+                .next()
+                .map(|c| c.as_os_str().to_string_lossy());
+            let nested_model = rel
+                .parent()
+                .is_some_and(|p| !p.as_os_str().is_empty() && self.stage.join(p).is_dir())
+                && rel
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(is_model_file);
+            let replaced = std::fs::symlink_metadata(self.stage.join(rel)).is_ok()
+                || top.is_some_and(|t| rel.components().count() == 1 && stale(&t))
+                || nested_model;
+            if replaced {
+                return Err(Error::format(
+                    &self.dest,
+                    format!(
+                        "output would overwrite {}, an input of this run; write elsewhere",
+                        path.display()
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -565,7 +633,8 @@ fn clean_dead(parent: &Path) {
 
 /// Reads a small input file (a run file, a merge config, a results file): refused unless it
 /// is a regular file (a FIFO would block, a device never end) of at most `limit` bytes, and
-/// registered as an input of this run for as long as the returned guard lives.
+/// registered as an input of this run for as long as the returned guard lives (no output may
+/// be that file; a folder holding it may be replaced, as the file is kept).
 pub fn read_input(path: &Path, what: &str, limit: u64) -> Result<(Vec<u8>, OpenInput)> {
     let meta = crate::file::regular_file(path, what)?;
     if meta.len() > limit {
@@ -577,7 +646,9 @@ pub fn read_input(path: &Path, what: &str, limit: u64) -> Result<(Vec<u8>, OpenI
             ),
         ));
     }
-    let guard = OpenInput::register(path, &meta);
+    // Read whole: replacing a folder that holds it keeps it (a user file), so only the file
+    // itself is protected.
+    let guard = OpenInput::add(path, &meta, false);
     let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     Ok((data, guard))
 }

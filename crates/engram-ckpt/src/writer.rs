@@ -378,6 +378,9 @@ impl ModelWriter {
         }
         for f in side_files {
             let Some(name) = f.file_name() else { continue };
+            if users_own(staged.dest(), name) {
+                continue;
+            }
             names.push(copy_side_file(f, &staged.path().join(name))?);
         }
         let dest = staged.dest().to_path_buf();
@@ -461,6 +464,14 @@ impl ModelWriter {
 /// carry over from the folder it replaces.
 pub fn is_weight_name(name: &str) -> bool {
     name == SINGLE_NAME || name == INDEX_NAME || is_shard_name(name)
+}
+
+/// Whether the existing output folder `dest` holds a file `name` of the user's own: not one of
+/// a model's files (a README.md the user wrote, say). Such a file is kept rather than replaced
+/// by the input's side file of the same name.
+pub fn users_own(dest: &Path, name: &std::ffi::OsStr) -> bool {
+    let model_file = name.to_str().is_some_and(crate::commit::is_model_file);
+    !model_file && std::fs::symlink_metadata(dest.join(name)).is_ok()
 }
 
 /// Copies a side file (config, tokenizer) to `dest`, refusing anything but a regular file

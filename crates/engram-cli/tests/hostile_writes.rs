@@ -764,11 +764,19 @@ fn class3_a_report_never_replaces_its_results() {
     ok(&["train", "-q", "-c", s(&cfg), "-o", s(&runs)]);
     let before = snapshot(&runs);
     let run = runs.join("t");
-    for (class, out) in [("3-report-onto-run", &run), ("3-report-onto-parent", &runs)] {
-        let e = fails(&["report", "-q", s(&run), "-o", s(out)]);
-        assert!(e.contains("an input of this run"), "{class}: {e}");
-        assert_eq!(snapshot(&runs), before, "{class}");
-    }
+    // Onto the run's own results.json: refused.
+    let e = fails(&["report", "-q", s(&run), "-o", s(&run)]);
+    assert!(e.contains("an input of this run"), "3-report-onto-run: {e}");
+    assert_eq!(snapshot(&runs), before, "3-report-onto-run");
+    // Into the folder holding the runs: the runs' files stay as they were, and the report's
+    // own results.json is not read back as a run.
+    ok(&["report", "-q", s(&runs), "-o", s(&runs)]);
+    let after = snapshot(&runs);
+    assert!(
+        before.iter().all(|f| after.contains(f)),
+        "3-report-into-runs"
+    );
+    ok(&["report", "-q", s(&runs), "-o", s(&t.path().join("rep0"))]);
     // A report written inside the runs folder is not read back as a run by later reports.
     ok(&["report", "-q", s(&run), "-o", s(&runs.join("rep"))]);
     ok(&["report", "-q", s(&runs), "-o", s(&t.path().join("rep2"))]);
@@ -1056,4 +1064,51 @@ fn class7_an_output_file_that_is_a_special_file_is_refused() {
             .file_type()
             .is_fifo()
     );
+}
+
+#[test]
+fn class1_the_users_readme_and_config_beside_an_output_are_kept() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    model(&src.join("model.safetensors"), 2, 8, 1.0);
+    std::fs::write(src.join("README.md"), "base card").unwrap();
+    // A repository folder with the user's own card and the merge config kept inside it.
+    let repo = t.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    std::fs::write(repo.join("README.md"), "my card").unwrap();
+    let a = t.path().join("a.safetensors");
+    let b = t.path().join("b.safetensors");
+    model(&a, 2, 8, 1.0);
+    model(&b, 2, 8, 3.0);
+    std::fs::write(
+        repo.join("merge.yml"),
+        format!(
+            "merge_method: linear\nmodels:\n  - model: {}\n  - model: {}\n",
+            s(&a),
+            s(&b)
+        ),
+    )
+    .unwrap();
+    ok(&["convert", "-q", s(&src), "-o", s(&repo)]);
+    assert_eq!(
+        std::fs::read_to_string(repo.join("README.md")).unwrap(),
+        "my card"
+    );
+    ok(&["merge", "-q", s(&repo.join("merge.yml")), "-o", s(&repo)]);
+    assert!(repo.join("merge.yml").is_file());
+    // Negative values are values, not flags.
+    let neg = t.path().join("neg");
+    ok(&[
+        "merge",
+        "-q",
+        "--method",
+        "linear",
+        "--weights",
+        "-1,2",
+        s(&a),
+        s(&b),
+        "-o",
+        s(&neg),
+    ]);
 }

@@ -313,7 +313,10 @@ pub fn write_bundle(
     };
     w.finish(&[])?;
     for f in tall.base.side_files() {
-        if let Some(n) = f.file_name() {
+        if let Some(n) = f
+            .file_name()
+            .filter(|n| !engram_ckpt::writer::users_own(staged.dest(), n))
+        {
             engram_ckpt::writer::copy_side_file(f, &stage.join(n))?;
         }
     }

@@ -13,6 +13,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 #[command(
+    // `--lambda -0.5` (a negative λ forgets a task) and `--weights -1,1` are values.
+    allow_negative_numbers = true,
     after_help = "With a config file, the merge is the config's: --base, --density, --weights, --lambda, --t, --param and --trim-scope are refused (write them in the config). --out-dtype and --seed apply to both forms (an error if the config sets them too); so do --allow-missing, --check-finite, --shard-size and --json.\n\nExamples:\n  engram merge merge.yml -o merged/\n  engram merge --method ties --base base/ --density 0.2 ft-1/ ft-2/ -o merged/\n  engram merge --list"
 )]
 pub struct Args {
@@ -33,7 +35,7 @@ pub struct Args {
     #[arg(long)]
     pub density: Option<f64>,
     /// Per-model weights, comma-separated in model order (default 1 each).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
     pub weights: Vec<f64>,
     /// Scale of the merged delta (task_arithmetic, ties, dare_*, della*, breadcrumbs*).
     #[arg(long)]
