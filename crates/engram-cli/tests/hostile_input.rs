@@ -1460,7 +1460,7 @@ fn hostile_inputs_are_refused_by_class() {
         for t in [&so, &se] {
             let raw = t
                 .chars()
-                .find(|&ch| ch != '\n' && engram_weights::names::unsafe_char(ch));
+                .find(|&ch| ch != '\n' && engram_ckpt::names::unsafe_char(ch));
             assert!(raw.is_none(), "raw {raw:?} printed: {what}");
         }
         if c.args.iter().any(|a| a == "--json") {

@@ -3,7 +3,6 @@
 pub mod compress;
 pub mod maskcode;
 pub mod merge;
-pub use engram_ckpt::names;
 pub mod output;
 pub mod patch;
 pub mod rng;

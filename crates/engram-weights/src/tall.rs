@@ -168,7 +168,7 @@ impl<'a> Tall<'a> {
         }
         // Task names name folders (`tall --reconstruct`) and tensors (bundles).
         for (i, t) in tasks.iter().enumerate() {
-            crate::names::plain_name("task name", t)?;
+            engram_ckpt::names::plain_name("task name", t)?;
             if tasks[..i].contains(t) {
                 return Err(Error::Invalid(format!("task name '{t}' is given twice")));
             }

@@ -49,7 +49,7 @@ impl Ctx {
         let n = match threads.map_or_else(env_threads, Ok) {
             Ok(n) => n,
             Err(e) => {
-                eprintln!("error: {}", engram_weights::names::esc(&e));
+                eprintln!("error: {}", engram_ckpt::names::esc(&e));
                 std::process::exit(1);
             }
         };
@@ -72,7 +72,7 @@ impl Ctx {
             // Messages quote tensor names and metadata: escaped like every other output,
             // line by line (some messages list one item per line).
             let msg = engram_bench::error_chain(&e);
-            let lines: Vec<_> = msg.split('\n').map(engram_weights::names::esc).collect();
+            let lines: Vec<_> = msg.split('\n').map(engram_ckpt::names::esc).collect();
             eprintln!("error: {}", lines.join("\n"));
             std::process::exit(1);
         }

@@ -52,7 +52,7 @@ pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
 }
 
 /// Text from files as printed to a terminal (one escape for every printer).
-pub use engram_weights::names::{esc, unsafe_char};
+pub use engram_ckpt::names::{esc, unsafe_char};
 
 /// Widest a table column grows: longer cells overflow it (a format width above 65535
 /// panics, and a wider column helps no one).
