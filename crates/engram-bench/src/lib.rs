@@ -10,7 +10,8 @@
 //! - [`compress`]: bundles with packed and coded masks on large synthetic families (B6);
 //! - [`cl`]: the continual-learning suite (B3);
 //! - [`finetune`]: selective fine-tuning, source retention against target accuracy;
-//! - [`merge8`]: the merge-8 study, trained models merged, masked and compressed (B2, B6).
+//! - [`merge8`]: the merge-8 study, trained models merged, masked and compressed (B2, B6);
+//! - [`scole`]: knowledge accumulation over a long SCoLe stream, masking and head compared.
 //!
 //! Shared parts: [`machine`] (what the machine is, medians, peak memory, files),
 //! [`synthetic`] (the synthetic model families the weight-space benchmarks measure on) and
@@ -23,6 +24,7 @@ pub mod io;
 pub mod machine;
 pub mod merge;
 pub mod merge8;
+pub mod scole;
 pub mod synthetic;
 pub mod train;
 pub mod units;

@@ -126,30 +126,99 @@ pub fn evaluate(
     device: &Device,
     batch: usize,
 ) -> (Vec<f64>, Vec<f64>) {
+    let e = evaluate_all(net, s, k, device, batch);
+    (e.row, e.task_il)
+}
+
+/// What one evaluation after a task measures (see [`evaluate_all`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Evaluation {
+    /// a[k][i] in the scenario's mode, percent.
+    pub row: Vec<f64>,
+    /// The same in Task-IL.
+    pub task_il: Vec<f64>,
+    /// ECE (15 bins, percent) on each task's test set, from the same masked logits as `row`
+    /// (empty before training).
+    pub ece_row: Vec<f64>,
+    /// ECE over the union of the test sets of the tasks seen so far, Class-IL over the
+    /// classes seen (Domain-IL: every output); `None` before training.
+    pub ece_seen: Option<f64>,
+}
+
+/// The classes task `i`'s column is scored over after task `k` in the scenario's mode
+/// (metrics card, "Evaluation modes" and "FWT in Class-IL"):
+/// - Task-IL: task `i`'s own classes;
+/// - Domain-IL: every output;
+/// - Class-IL: the classes of tasks 0..=max(k, i). For a seen task (i ≤ k) these are the
+///   classes seen so far; for a task not yet trained (i > k, the upper triangle FWT reads, and
+///   the baseline before training, k = None) the classes seen so far **plus** those of tasks up
+///   to i, as aimagelab/mammoth scores a[i−1][i]: masking to the classes seen before task i
+///   would make a[i−1][i] ≡ 0 for disjoint class splits, and FWT the same for every strategy.
+pub fn column_mask(s: &Scenario, k: Option<usize>, i: usize) -> Vec<bool> {
     let c = s.num_outputs;
-    let seen = class_mask(
-        c,
-        s.tasks
-            .iter()
-            .take(k.map_or(0, |k| k + 1))
-            .flat_map(|t| t.classes.iter().copied()),
-    );
-    let all = vec![true; c];
-    let mut row = Vec::with_capacity(s.tasks.len());
-    let mut til = Vec::with_capacity(s.tasks.len());
+    match s.eval {
+        EvalMode::TaskIl => class_mask(c, s.tasks[i].classes.iter().copied()),
+        EvalMode::DomainIl => vec![true; c],
+        EvalMode::ClassIl => {
+            let upto = k.map_or(i, |k| k.max(i));
+            class_mask(
+                c,
+                s.tasks[..=upto]
+                    .iter()
+                    .flat_map(|t| t.classes.iter().copied()),
+            )
+        }
+    }
+}
+
+/// ECE (percent) of the argmax over the allowed classes (`None`: no class allowed or no
+/// example).
+fn masked_ece(logits: &[f32], labels: &[u32], c: usize, allowed: &[bool]) -> Option<f64> {
+    let classes: Vec<usize> = (0..c).filter(|&k| allowed[k]).collect();
+    ClassMask::only(c, &classes)
+        .and_then(|m| crate::metrics::ece_from_logits(logits, c, labels, &m))
+        .ok()
+}
+
+/// The accuracy row (scenario mode and Task-IL) after training through task `k` (`None`:
+/// before training), with the calibration of the same predictions: ECE per task, and over
+/// the tasks seen so far. One forward pass per test example.
+pub fn evaluate_all(
+    net: &Net,
+    s: &Scenario,
+    k: Option<usize>,
+    device: &Device,
+    batch: usize,
+) -> Evaluation {
+    let c = s.num_outputs;
+    let mut e = Evaluation::default();
+    let (mut seen_logits, mut seen_labels) = (Vec::new(), Vec::new());
     for (i, t) in s.tasks.iter().enumerate() {
         let (lg, lb, _) = test_logits(net, s, i, device, batch);
         let own = class_mask(c, t.classes.iter().copied());
-        til.push(accuracy(&lg, &lb, c, &own));
-        row.push(match s.eval {
-            EvalMode::TaskIl => accuracy(&lg, &lb, c, &own),
-            EvalMode::DomainIl => accuracy(&lg, &lb, c, &all),
-            // Before any training no class is seen: score over all outputs.
-            EvalMode::ClassIl if k.is_none() => accuracy(&lg, &lb, c, &all),
-            EvalMode::ClassIl => accuracy(&lg, &lb, c, &seen),
-        });
+        e.task_il.push(accuracy(&lg, &lb, c, &own));
+        let mask = column_mask(s, k, i);
+        e.row.push(accuracy(&lg, &lb, c, &mask));
+        if let Some(k) = k {
+            e.ece_row
+                .push(masked_ece(&lg, &lb, c, &mask).unwrap_or(0.0));
+            if i <= k {
+                seen_logits.extend(lg);
+                seen_labels.extend(lb);
+            }
+        }
     }
-    (row, til)
+    if let Some(k) = k {
+        let seen = match s.eval {
+            EvalMode::DomainIl => vec![true; c],
+            EvalMode::ClassIl | EvalMode::TaskIl => class_mask(
+                c,
+                s.tasks[..=k].iter().flat_map(|t| t.classes.iter().copied()),
+            ),
+        };
+        e.ece_seen = masked_ece(&seen_logits, &seen_labels, c, &seen);
+    }
+    e
 }
 
 /// [`evaluate`] on the CPU device in batches of 1000: the scenario-mode and Task-IL rows of

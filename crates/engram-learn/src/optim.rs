@@ -49,6 +49,12 @@ pub struct OptimConfig {
     pub eps: f64,
     #[serde(default = "default_schedule")]
     pub schedule: Schedule,
+    /// Clip the gradient's global L2 norm (all parameters together) to this value before
+    /// every step, as PyTorch's `clip_grad_norm_` (gradients × min(1, max/(‖g‖ + 1e-6))),
+    /// SCoLe's setting (10; `shared/methods/theory.md`). `None`: no clipping. Applies to the
+    /// trainer's optimizer, not to strategies that update some weights themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_grad_norm: Option<f64>,
 }
 
 fn default_kind() -> OptimKind {
@@ -83,6 +89,7 @@ impl OptimConfig {
         betas: [0.9, 0.999],
         eps: 1e-5,
         schedule: Schedule::Constant,
+        clip_grad_norm: None,
     };
 
     /// The given kind at learning rate `lr`, every other setting at its default.
@@ -106,6 +113,13 @@ impl OptimConfig {
         }
         if !self.betas.iter().all(|b| (0.0..1.0).contains(b)) {
             return Err(err!("betas must be in [0, 1), got {:?}", self.betas));
+        }
+        if let Some(c) = self.clip_grad_norm
+            && !(c.is_finite() && c > 0.0)
+        {
+            return Err(err!(
+                "train.optimizer.clip-grad-norm must be positive, got {c}"
+            ));
         }
         if !(self.eps.is_finite() && self.eps > 0.0) {
             return Err(err!("eps must be positive, got {}", self.eps));

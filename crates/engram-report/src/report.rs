@@ -286,6 +286,9 @@ pub fn render_index(results: &[RunResults]) -> String {
                     dash(s.ece),
                     r.sequence_len()
                 ));
+                for n in &r.notes {
+                    page.note(&format!("Note: {n}"));
+                }
                 if !r.params.is_null() {
                     page.note(&format!("params: {}", r.params));
                 }
@@ -345,6 +348,26 @@ pub fn render_index(results: &[RunResults]) -> String {
                         },
                         &[Series {
                             label: "all classes".into(),
+                            points: c
+                                .iter()
+                                .enumerate()
+                                .map(|(j, &v)| ((j + 1) as f64, v))
+                                .collect(),
+                        }],
+                    ));
+                }
+                if let Some(c) = r.ece_curve.as_ref().filter(|c| c.len() > 1) {
+                    figs.push(line_chart(
+                        &LineChart {
+                            title: "Calibration after each task (ECE over the tasks seen)".into(),
+                            x_label: "tasks trained".into(),
+                            y_label: "ECE (%)".into(),
+                            y_range: None,
+                            integer_x: true,
+                            log_x: c.len() > MAX_DRAWN_TASKS,
+                        },
+                        &[Series {
+                            label: "ECE".into(),
                             points: c
                                 .iter()
                                 .enumerate()
@@ -484,6 +507,9 @@ mod tests {
                 ..Default::default()
             },
             all_class_curve: None,
+            ece_curve: None,
+            ece_matrix: None,
+            notes: Vec::new(),
             params: serde_json::json!({"lambda": 1.0}),
         }
     }
@@ -573,12 +599,20 @@ mod tests {
         stream.all_class_curve = Some((0..500).map(|j| (j / 5) as f64).collect());
         stream.validate().unwrap();
         results.push(stream);
+        // ECE after each task and a note (issue 15): one more line, the note shown.
+        results[0].ece_curve = Some(vec![4.0, 11.0]);
+        results[0].notes = vec!["ewc <is> a Task-IL method".into()];
         let html = render_index(&results);
+        assert!(
+            html.contains("Note: ewc &lt;is&gt; a Task-IL method"),
+            "{html}"
+        );
+        assert!(html.contains("Calibration after each task"));
         assert!(html.contains("<td>72.00 ± 2.83</td>"), "{html}");
         // 3 runs × 4 cells + one Task-IL matrix of 4.
         assert_eq!(html.matches("class=\"cell\"").count(), 16);
-        // Per-task curves: 2 per run, plus two all-class curves.
-        assert_eq!(html.matches("class=\"line\"").count(), 8);
+        // Per-task curves: 2 per run, plus two all-class curves and one ECE curve.
+        assert_eq!(html.matches("class=\"line\"").count(), 9);
         assert!(html.contains("<h2>Scenario: scole</h2>"));
         // Two grouped charts, two strategies; only forgetting and ACC are reported (no BWT,
         // no AIA), so one bar per strategy in each; the stream's scenario adds its ACC bar.

@@ -14,6 +14,8 @@
 //!               "min_accuracy": 60.2, "ece": 12.0, "time_per_task_s": [3.1, 3.3],
 //!               "time_total_s": 6.4, "peak_memory_bytes": 123456, "state_bytes": 4096, ...},
 //!   "all_class_curve": [12.0, 15.5, ...] | null,
+//!   "ece_curve": [3.1, 9.8] | null, "ece_matrix": [[3.1, 40.2], [20.5, 4.0]] | null,
+//!   "notes": ["..."],
 //!   "params": {"lambda": 100.0, ...}
 //! }
 //! ```
@@ -58,6 +60,15 @@ pub struct RunResults {
     /// Accuracy on all classes along a long stream (SCoLe), one point per evaluation.
     #[serde(default)]
     pub all_class_curve: Option<Vec<f64>>,
+    /// ECE (15 bins, percent) after each task over the test sets of the tasks seen so far.
+    #[serde(default)]
+    pub ece_curve: Option<Vec<f64>>,
+    /// ECE[k][i] on task i's test set after task k (like `accuracy`).
+    #[serde(default)]
+    pub ece_matrix: Option<Vec<Vec<f64>>>,
+    /// Notes on how to read the run (e.g. a Task-IL method run in Class-IL).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// The run's parameters (free form).
     #[serde(default)]
     pub params: Value,

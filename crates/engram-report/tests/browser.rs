@@ -127,6 +127,9 @@ fn runs() -> Vec<RunResults> {
         baseline: Some(vec![10.0, 10.0, 10.0, 10.0]),
         summary: summary(52.0, 45.0),
         all_class_curve: None,
+        ece_curve: None,
+        ece_matrix: None,
+        notes: Vec::new(),
         params: serde_json::json!({"lr": 0.01, "epochs": 1}),
     };
     naive.all_class_curve = Some(
@@ -143,6 +146,9 @@ fn runs() -> Vec<RunResults> {
         accuracy: matrix(12.0),
         summary: summary(71.0, 18.0),
         all_class_curve: None,
+        ece_curve: None,
+        ece_matrix: None,
+        notes: Vec::new(),
         params: serde_json::json!({"lambda": 100.0}),
         ..naive.clone()
     };

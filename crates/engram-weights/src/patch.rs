@@ -7,16 +7,180 @@
 //! plus a `NAME.__range` F32 [min, max]; max = min stores a constant). Applying adds
 //! Σ α_c·δ_c to the clean model; removing subtracts it. Each patch is processed one tensor at
 //! a time (a few tensors in memory).
+//!
+//! **Scales.** Patches applied together without scales of their own each get α_c = α/n, n the
+//! number of patches applied together and α = 1 by default ([`default_scale`]; the card's
+//! default, as the reference `model_patching.py`). Explicit per-patch scales are allowed.
+//! The scales applied are recorded, with each patch's fingerprint, in the output's
+//! `engram.patches` metadata; removing a patch without a scale of its own subtracts the net
+//! scale recorded for it ([`recorded_scale`]), so `remove` undoes exactly what `apply` did.
+//!
+//! **BatchNorm** (card step 7, engram default). A BatchNorm layer is recognised by name
+//! ([`BnLayers`]): module `P` is one when the model has `P.running_mean` or `P.running_var`
+//! (PyTorch's names; Keras' `P.moving_mean` / `P.moving_variance` likewise). Then
+//! - `P.weight` and `P.bias` are its affine parameters: patched like weights (δ, projection,
+//!   quantization) when the selection covers them;
+//! - its running statistics are carried as differences from the clean model, μ_c − μ_clean
+//!   and var_c − var_clean (from θ_pre when no clean model is given), never projected, and mix
+//!   linearly on apply: μ = μ_clean + Σ_c α_c·(μ_c − μ_clean), likewise the variance. A mix
+//!   that would leave a variance ≤ 0 (or not finite) is refused, naming the tensor, before
+//!   anything is written;
+//! - `P.num_batches_tracked` is never patched (the model's counter is copied unchanged);
+//! - counting `--first-layers` by modules, a BatchNorm module belongs to the layer before it
+//!   (the previous non-BN module in model order) and does not count as a layer of its own; a
+//!   BatchNorm module with no layer before it counts as one. Names with a layer number
+//!   (`layers.N.`) are counted by that number as before.
+//!
+//! Re-estimating the running statistics on a calibration batch (the card's option) needs a
+//! forward pass of the model, which this crate does not have: it is not offered.
 
 use crate::merge::engine::layer_index;
 use crate::tv::{CombineReport, FINGERPRINT_KEY, Term, combine, fingerprint};
 use engram_ckpt::{DType, Error, Model, ModelWriter, Result, TensorSpec, WriteOptions};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 pub const RANGE_SUFFIX: &str = ".__range";
 /// Metadata key of the fingerprint of the clean model a patch was extracted with (`--clean`).
 pub const CLEAN_FINGERPRINT_KEY: &str = "patch.clean_fingerprint";
+
+/// Suffixes of a BatchNorm layer's running mean (PyTorch, Keras).
+const BN_MEAN: [&str; 2] = ["running_mean", "moving_mean"];
+/// Suffixes of a BatchNorm layer's running variance (PyTorch, Keras).
+const BN_VAR: [&str; 2] = ["running_var", "moving_variance"];
+/// The suffix of PyTorch's batch counter: never patched.
+const BN_COUNT: &str = "num_batches_tracked";
+
+/// What a tensor is to a BatchNorm layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BnRole {
+    /// Not a BatchNorm tensor (or not recognised as one).
+    None,
+    /// `weight` or `bias` of a BatchNorm layer: patched like weights.
+    Affine,
+    /// The running mean: carried as μ_c − μ_clean, mixed linearly.
+    Mean,
+    /// The running variance: carried as var_c − var_clean, mixed linearly, kept positive.
+    Var,
+    /// `num_batches_tracked`: never patched.
+    Count,
+}
+
+/// The BatchNorm layers of a model, recognised by name: module `P` is one when the model
+/// has `P.running_mean` or `P.running_var` (or Keras' `moving_mean` / `moving_variance`).
+#[derive(Clone, Debug, Default)]
+pub struct BnLayers {
+    modules: BTreeSet<String>,
+}
+
+fn split_module(name: &str) -> (&str, &str) {
+    name.rsplit_once('.').unwrap_or(("", name))
+}
+
+impl BnLayers {
+    pub fn of(m: &Model) -> BnLayers {
+        BnLayers::from_names(m.tensors().map(|v| v.name().to_string()))
+    }
+
+    pub fn from_names(names: impl IntoIterator<Item = String>) -> BnLayers {
+        let modules = names
+            .into_iter()
+            .filter_map(|n| {
+                let (module, last) = split_module(&n);
+                (BN_MEAN.contains(&last) || BN_VAR.contains(&last)).then(|| module.to_string())
+            })
+            .collect();
+        BnLayers { modules }
+    }
+
+    /// Whether `module` (a name without its last component) is a BatchNorm layer.
+    pub fn is_bn_module(&self, module: &str) -> bool {
+        self.modules.contains(module)
+    }
+
+    pub fn role(&self, name: &str) -> BnRole {
+        let (module, last) = split_module(name);
+        if !self.modules.contains(module) {
+            return BnRole::None;
+        }
+        match last {
+            l if BN_MEAN.contains(&l) => BnRole::Mean,
+            l if BN_VAR.contains(&l) => BnRole::Var,
+            BN_COUNT => BnRole::Count,
+            "weight" | "bias" | "gamma" | "beta" => BnRole::Affine,
+            _ => BnRole::None,
+        }
+    }
+}
+
+/// The scale of each of `n` patches applied together without scales of their own: α/n
+/// (card step 5; α = 1 by default). An error for n = 0 or a non-finite α.
+pub fn default_scale(alpha: f32, n: usize) -> Result<f32> {
+    if n == 0 {
+        return Err(Error::Invalid("no patch to apply".into()));
+    }
+    if !alpha.is_finite() {
+        return Err(Error::Invalid(format!("--scale {alpha} must be finite")));
+    }
+    Ok(alpha / n as f32)
+}
+
+/// Metadata key of the record of applied patches (a JSON list of
+/// `{"patch", "fingerprint", "alpha"}`; removals are recorded with a negative α).
+pub const APPLIED_KEY: &str = "engram.patches";
+
+/// The net scale `model` records for `patch` (applied minus removed, [`APPLIED_KEY`]),
+/// matched by the patch's fingerprint (by path for records without one); an error if the
+/// model records none or the patch was already removed.
+pub fn recorded_scale(model: &Model, patch: &Patch) -> Result<f32> {
+    let bad = |why: String| {
+        Err(Error::format(
+            model.source(),
+            format!(
+                "{why} for the patch {}; give its scale as PATCH:ALPHA",
+                patch.model.source().display()
+            ),
+        ))
+    };
+    let md = model.metadata();
+    let Some(raw) = md.get(APPLIED_KEY) else {
+        return bad(format!("records no applied patches ({APPLIED_KEY})"));
+    };
+    let Ok(serde_json::Value::Array(list)) = serde_json::from_str::<serde_json::Value>(raw) else {
+        return bad(format!("{APPLIED_KEY} is not a list"));
+    };
+    let fp = fingerprint(&patch.model);
+    let path = patch.model.source().display().to_string();
+    let mut net = 0f64;
+    let mut found = false;
+    for e in &list {
+        let same = match e.get("fingerprint").and_then(|f| f.as_str()) {
+            Some(f) => f == fp,
+            None => e.get("patch").and_then(|p| p.as_str()) == Some(path.as_str()),
+        };
+        if !same {
+            continue;
+        }
+        let Some(a) = e
+            .get("alpha")
+            .and_then(|a| a.as_f64())
+            .filter(|a| a.is_finite())
+        else {
+            return bad(format!(
+                "{APPLIED_KEY} holds an entry without a finite alpha"
+            ));
+        };
+        net += a;
+        found = true;
+    }
+    if !found {
+        return bad(format!("{APPLIED_KEY} does not record this patch"));
+    }
+    if net == 0.0 {
+        return bad("the patch was applied and removed already (net scale 0)".into());
+    }
+    Ok(net as f32)
+}
 
 /// Which tensors a patch covers.
 #[derive(Clone, Debug, Default)]
@@ -24,7 +188,8 @@ pub struct Selection {
     /// Substring patterns (`*` matches anything); empty = all tensors.
     pub include: Vec<String>,
     /// Only the first k layers: by layer number where names carry one (`layers.N.`),
-    /// otherwise the first k distinct modules (name without its last component) in model order.
+    /// otherwise the first k distinct modules (name without its last component) in model
+    /// order, a BatchNorm module counted with the layer before it ([`BnLayers`]).
     pub first_layers: Option<usize>,
 }
 
@@ -48,15 +213,20 @@ fn glob_match(pat: &str, s: &str) -> bool {
 }
 
 impl Selection {
-    /// Names of `m`'s float tensors that the selection covers, in model order.
+    /// Names of `m`'s float tensors that the selection covers, in model order. A BatchNorm
+    /// layer's `num_batches_tracked` is never covered.
     pub fn select(&self, m: &Model) -> Vec<String> {
+        let bn = BnLayers::of(m);
         let names: Vec<&str> = m
             .tensors()
             .filter(|v| v.dtype().is_float())
             .map(|v| v.name())
+            .filter(|n| bn.role(n) != BnRole::Count)
             .collect();
         let by_index = names.iter().any(|n| layer_index(n).is_some());
-        let mut modules: Vec<&str> = Vec::new();
+        // Layers counted by module: a BatchNorm module joins the layer before it.
+        let mut layers: Vec<&str> = Vec::new();
+        let mut layer_of: BTreeMap<&str, usize> = BTreeMap::new();
         names
             .into_iter()
             .filter(|n| self.include.is_empty() || self.include.iter().any(|p| glob_match(p, n)))
@@ -65,13 +235,21 @@ impl Selection {
                 Some(k) if by_index => layer_index(n).is_some_and(|i| i < k),
                 Some(k) => {
                     let module = n.rsplit_once('.').map_or(*n, |(a, _)| a);
-                    if !modules.contains(&module) {
-                        modules.push(module);
-                    }
-                    modules
-                        .iter()
-                        .position(|x| *x == module)
-                        .is_some_and(|i| i < k)
+                    let layer = match layer_of.get(module) {
+                        Some(&l) => l,
+                        None => {
+                            let l = match layers.len() {
+                                n if n > 0 && bn.is_bn_module(module) => n - 1,
+                                _ => {
+                                    layers.push(module);
+                                    layers.len() - 1
+                                }
+                            };
+                            layer_of.insert(module, l);
+                            l
+                        }
+                    };
+                    layer < k
                 }
             })
             .map(str::to_string)
@@ -85,6 +263,9 @@ pub struct PatchReport {
     pub params: u64,
     /// Tensors where the projection was skipped because ⟨a,a⟩ = 0.
     pub projection_skipped: Vec<String>,
+    /// BatchNorm running statistics carried as differences from the clean model (from θ_pre
+    /// without one), unprojected.
+    pub bn_statistics: Vec<String>,
     pub bytes: u64,
     /// Bytes of the same tensors stored in full as the corrupted model's dtype.
     pub full_copy_bytes: u64,
@@ -121,6 +302,43 @@ pub fn dequantize(codes: &[u8], min: f32, max: f32, levels: u32, out: &mut [f32]
     }
 }
 
+/// [`crate::output::same_non_floats`], except that a BatchNorm counter (`num_batches_tracked`)
+/// need only have the same dtype and shape in every input: fine-tuning advances it, and a
+/// patch neither carries nor changes it.
+fn same_non_floats_but_counters(first: &Model, others: &[&Model]) -> Result<()> {
+    let bn = BnLayers::of(first);
+    for m in others {
+        for v in first.tensors().filter(|v| !v.dtype().is_float()) {
+            match m.get(v.name()) {
+                Some(x)
+                    if bn.role(v.name()) == BnRole::Count
+                        && (x.dtype(), x.shape()) == (v.dtype(), v.shape()) => {}
+                Some(x) => crate::output::same_non_float(first, &v, m, &x)?,
+                None => {
+                    let why = format!(
+                        "missing (a {} tensor of {}); no tensor is skipped",
+                        v.dtype(),
+                        first.source().display()
+                    );
+                    return Err(Error::tensor(m.source(), v.name(), why));
+                }
+            }
+        }
+        if let Some(x) = m
+            .tensors()
+            .find(|x| !x.dtype().is_float() && first.get(x.name()).is_none())
+        {
+            let why = format!(
+                "a {} tensor that {} lacks; no tensor is skipped",
+                x.dtype(),
+                first.source().display()
+            );
+            return Err(Error::tensor(m.source(), x.name(), why));
+        }
+    }
+    Ok(())
+}
+
 /// Extracts the patch of `corrupt` relative to `pre`, writing a safetensors file `out`.
 #[allow(clippy::too_many_arguments)]
 pub fn extract(
@@ -138,9 +356,10 @@ pub fn extract(
     {
         return Err(Error::Invalid(format!("--levels {l}: use 2 to 256 levels")));
     }
-    // A patch holds float tensors only: the non-float ones must be the same in every input.
+    // A patch holds float tensors only: the non-float ones must be the same in every input,
+    // but for BatchNorm counters, which fine-tuning advances and a patch never touches.
     let others: Vec<&Model> = std::iter::once(pre).chain(clean).collect();
-    crate::output::same_non_floats(corrupt, &others)?;
+    same_non_floats_but_counters(corrupt, &others)?;
     let names = sel.select(corrupt);
     // The selection over every input covers the same tensors: one the model lacks is an
     // error, not a patch without it.
@@ -196,6 +415,15 @@ pub fn extract(
         levels.map_or("none".into(), |l| l.to_string()),
     );
     md.insert("patch.projected".into(), clean.is_some().to_string());
+    md.insert(
+        "patch.bn_statistics".into(),
+        if clean.is_some() {
+            "minus-clean"
+        } else {
+            "minus-pre"
+        }
+        .into(),
+    );
     md.insert(FINGERPRINT_KEY.into(), fingerprint(pre));
     if let Some(clean) = clean {
         md.insert(CLEAN_FINGERPRINT_KEY.into(), fingerprint(clean));
@@ -209,14 +437,24 @@ pub fn extract(
         },
     )?;
     let mut skipped = Vec::new();
+    let mut bn_statistics = Vec::new();
+    let bn = BnLayers::of(corrupt);
     let mut params = 0u64;
     for n in &names {
-        let p = pre.require(n)?.to_f32()?;
+        let stats = matches!(bn.role(n), BnRole::Mean | BnRole::Var);
+        // Running statistics: μ_c − μ_clean (θ_pre without a clean model), unprojected.
+        let reference = match clean {
+            Some(c) if stats => c,
+            _ => pre,
+        };
+        let p = reference.require(n)?.to_f32()?;
         let mut d = corrupt.require(n)?.to_f32()?;
         for (x, b) in d.iter_mut().zip(&p) {
             *x -= b;
         }
-        if let Some(clean) = clean {
+        if stats {
+            bn_statistics.push(n.clone());
+        } else if let Some(clean) = clean {
             let mut a = clean.require(n)?.to_f32()?;
             for (x, b) in a.iter_mut().zip(&p) {
                 *x -= b;
@@ -257,6 +495,7 @@ pub fn extract(
         tensors: names,
         params,
         projection_skipped: skipped,
+        bn_statistics,
         bytes,
         full_copy_bytes,
     })
@@ -398,9 +637,48 @@ impl Patch {
     }
 }
 
+/// Refuses a mix that would leave a BatchNorm running variance of `model` ≤ 0 or not finite:
+/// computes each covered variance as [`combine`] does (the model's values, then each patch
+/// times `sign·α` in order, in f32), before anything is written.
+fn check_variances(model: &Model, patches: &[(Patch, f32)], sign: f32) -> Result<()> {
+    let bn = BnLayers::of(model);
+    for v in model.tensors().filter(|v| bn.role(v.name()) == BnRole::Var) {
+        let name = v.name();
+        if !patches.iter().any(|(p, _)| p.model.get(name).is_some()) {
+            continue;
+        }
+        let mut acc: Vec<f32> = v.to_f32()?.iter().map(|x| 1.0 * x).collect();
+        let mut buf = vec![0f32; acc.len()];
+        for (p, alpha) in patches {
+            if p.read(name, 0, &mut buf)? {
+                let coef = sign * alpha;
+                for (a, b) in acc.iter_mut().zip(&buf) {
+                    *a += coef * b;
+                }
+            }
+        }
+        if let Some((i, x)) = acc
+            .iter()
+            .enumerate()
+            .find(|(_, x)| **x <= 0.0 || !x.is_finite())
+        {
+            return Err(Error::tensor(
+                model.source(),
+                name,
+                format!(
+                    "a BatchNorm running variance would be {x} at element {i} after the \
+                     patches (it must stay positive); lower their scales"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Applies (sign +1) or removes (sign −1) patches, each with its scale, to `model`. Every
 /// patch must fit `model` tensor by tensor, and come from its θ_pre unless `force`
-/// ([`Patch::check_target`]).
+/// ([`Patch::check_target`]); a BatchNorm running variance must stay positive. The scales
+/// are recorded with each patch's fingerprint ([`APPLIED_KEY`], [`recorded_scale`]).
 pub fn apply(
     model: &Model,
     patches: &[(Patch, f32)],
@@ -416,6 +694,13 @@ pub fn apply(
         }
         p.check_tensors(model)?;
     }
+    if let Some((p, a)) = patches.iter().find(|(_, a)| !a.is_finite()) {
+        return Err(Error::format(
+            p.model.source(),
+            format!("scale {a} is not a finite number"),
+        ));
+    }
+    check_variances(model, patches, sign)?;
     let decoders: Vec<Box<crate::tv::Decode<'_>>> = patches
         .iter()
         .map(|(p, _)| Box::new(move |n: &str, s: usize, o: &mut [f32]| p.read(n, s, o)) as Box<_>)
@@ -431,11 +716,15 @@ pub fn apply(
     // Record what was applied, on top of what the input model already records.
     let mut applied: Vec<serde_json::Value> = model
         .metadata()
-        .get("engram.patches")
+        .get(APPLIED_KEY)
         .and_then(|s| serde_json::from_str(s).ok())
         .unwrap_or_default();
     for (p, alpha) in patches {
-        applied.push(serde_json::json!({"patch": p.model.source().display().to_string(), "alpha": sign * alpha}));
+        applied.push(serde_json::json!({
+            "patch": p.model.source().display().to_string(),
+            "fingerprint": fingerprint(&p.model),
+            "alpha": sign * alpha,
+        }));
     }
     let mut md = metadata.clone();
     // The output descends from the same θ_pre: `remove` and further patches accept it.
@@ -446,7 +735,7 @@ pub fn apply(
         md.insert(FINGERPRINT_KEY.into(), fp);
     }
     md.insert(
-        "engram.patches".into(),
+        APPLIED_KEY.into(),
         serde_json::Value::Array(applied).to_string(),
     );
     combine(
@@ -659,5 +948,326 @@ mod tests {
         let mut out = [0f32; 2];
         dequantize(&codes, min, max, 4, &mut out);
         assert_eq!(out, [0.5, 0.5]);
+    }
+
+    /// A small CNN with BatchNorm, named as PyTorch names it, no layer numbers: conv1, bn1,
+    /// conv2, bn2, fc. `f(name, i)` gives the float values; num_batches_tracked is I64.
+    fn bn_model(path: &Path, f: &dyn Fn(&str, usize) -> f32) -> Model {
+        let shapes: &[(&str, &[usize])] = &[
+            ("conv1.weight", &[4, 1, 3, 3]),
+            ("conv1.bias", &[4]),
+            ("bn1.weight", &[4]),
+            ("bn1.bias", &[4]),
+            ("bn1.running_mean", &[4]),
+            ("bn1.running_var", &[4]),
+            ("bn1.num_batches_tracked", &[]),
+            ("conv2.weight", &[4, 4, 3, 3]),
+            ("bn2.weight", &[4]),
+            ("bn2.bias", &[4]),
+            ("bn2.running_mean", &[4]),
+            ("bn2.running_var", &[4]),
+            ("bn2.num_batches_tracked", &[]),
+            ("fc.weight", &[3, 4]),
+            ("fc.bias", &[3]),
+        ];
+        let specs: Vec<TensorSpec> = shapes
+            .iter()
+            .map(|(n, s)| {
+                let dt = if n.ends_with("num_batches_tracked") {
+                    DType::I64
+                } else {
+                    DType::F32
+                };
+                TensorSpec::new(*n, dt, s)
+            })
+            .collect();
+        let w = ModelWriter::create(path, specs.clone(), &WriteOptions::default()).unwrap();
+        for s in &specs {
+            if s.dtype == DType::I64 {
+                // Fine-tuning advances the counter: it differs between models.
+                let count = 1000 + f(&s.name, 0).abs() as i64 * 100;
+                w.write_bytes(&s.name, &count.to_le_bytes()).unwrap();
+            } else {
+                let v: Vec<f32> = (0..s.numel()).map(|i| f(&s.name, i)).collect();
+                w.write_f32(&s.name, &v).unwrap();
+            }
+        }
+        w.finish(&[]).unwrap();
+        Model::open(path).unwrap()
+    }
+
+    /// θ_pre, θ_clean and two corruption models; variances stay near 1, everything else
+    /// differs per model and per element.
+    fn bn_family(dir: &Path) -> (Model, Model, Vec<Model>) {
+        let val = |k: u64| {
+            move |name: &str, i: usize| {
+                let r = crate::rng::Rng::keyed(k, name, i as u64).normal();
+                if name.ends_with("running_var") {
+                    1.0 + 0.1 * r.abs() + 0.05 * k as f32
+                } else if name.ends_with("num_batches_tracked") {
+                    10.0 * k as f32
+                } else {
+                    0.3 * r + 0.01 * k as f32
+                }
+            }
+        };
+        let pre = bn_model(&dir.join("pre.safetensors"), &val(0));
+        let clean = bn_model(&dir.join("clean.safetensors"), &val(1));
+        let cs = (2..4)
+            .map(|k| bn_model(&dir.join(format!("c{k}.safetensors")), &val(k)))
+            .collect();
+        (pre, clean, cs)
+    }
+
+    #[test]
+    fn batchnorm_layers_are_recognised_by_name_and_count_with_the_layer_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pre, _, _) = bn_family(dir.path());
+        let bn = BnLayers::of(&pre);
+        assert_eq!(bn.role("bn1.weight"), BnRole::Affine);
+        assert_eq!(bn.role("bn1.running_mean"), BnRole::Mean);
+        assert_eq!(bn.role("bn2.running_var"), BnRole::Var);
+        assert_eq!(bn.role("bn1.num_batches_tracked"), BnRole::Count);
+        assert_eq!(bn.role("conv1.weight"), BnRole::None);
+        assert_eq!(bn.role("fc.bias"), BnRole::None);
+        let first = |k| {
+            Selection {
+                include: vec![],
+                first_layers: Some(k),
+            }
+            .select(&pre)
+        };
+        // bn1 belongs to conv1, bn2 to conv2: one layer is conv1 and bn1 (no counter).
+        assert_eq!(
+            first(1),
+            [
+                "conv1.weight",
+                "conv1.bias",
+                "bn1.weight",
+                "bn1.bias",
+                "bn1.running_mean",
+                "bn1.running_var"
+            ]
+        );
+        assert_eq!(first(2).len(), 6 + 5);
+        assert!(first(2).iter().all(|n| !n.starts_with("fc.")));
+        assert_eq!(first(3).len(), 6 + 5 + 2);
+        // A counter stored as a float is not patched either.
+        let names = [
+            "m.running_var",
+            "m.num_batches_tracked",
+            "m.weight",
+            "x.weight",
+        ];
+        let bn = BnLayers::from_names(names.map(String::from));
+        assert_eq!(bn.role("m.num_batches_tracked"), BnRole::Count);
+        assert_eq!(bn.role("m.weight"), BnRole::Affine);
+        assert_eq!(bn.role("x.weight"), BnRole::None);
+        // A BatchNorm module first in the model counts as a layer of its own.
+        let first_bn = dir.path().join("bn-first.safetensors");
+        crate::testutil::write_model(
+            &first_bn,
+            DType::F32,
+            &[
+                ("bn0.running_mean", &[2]),
+                ("bn0.running_var", &[2]),
+                ("conv.weight", &[2, 2]),
+            ],
+            &|_, _| 1.0,
+        );
+        let m = Model::open(&first_bn).unwrap();
+        let sel = Selection {
+            include: vec![],
+            first_layers: Some(1),
+        };
+        assert_eq!(sel.select(&m), ["bn0.running_mean", "bn0.running_var"]);
+    }
+
+    #[test]
+    fn default_scale_is_alpha_over_the_number_of_patches() {
+        assert_eq!(default_scale(1.0, 1).unwrap(), 1.0);
+        assert_eq!(default_scale(1.0, 2).unwrap(), 0.5);
+        assert_eq!(default_scale(1.5, 3).unwrap(), 0.5);
+        assert!(default_scale(1.0, 0).is_err());
+        let e = default_scale(f32::NAN, 2).unwrap_err().to_string();
+        assert!(e.contains("--scale"), "{e}");
+    }
+
+    /// The card's engram default: affine parameters patched like weights (projected),
+    /// running statistics carried as μ_c − μ_clean and mixed linearly with α_c = 1/n, the
+    /// counter and the deeper layers untouched; removal with the recorded scales restores
+    /// the clean model.
+    #[test]
+    fn batchnorm_statistics_mix_linearly_and_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pre, clean, cs) = bn_family(dir.path());
+        let sel = Selection {
+            include: vec![],
+            first_layers: Some(1),
+        };
+        let md = BTreeMap::new();
+        let paths: Vec<_> = (0..2)
+            .map(|k| dir.path().join(format!("p{k}.safetensors")))
+            .collect();
+        for (c, p) in cs.iter().zip(&paths) {
+            let rep = extract(&pre, Some(&clean), c, &sel, None, p, &md, &|_| {}).unwrap();
+            assert_eq!(rep.bn_statistics, ["bn1.running_mean", "bn1.running_var"]);
+            assert!(!rep.tensors.iter().any(|n| n.contains("num_batches")));
+            let patch = Patch::open(p).unwrap();
+            // Statistics: exactly corrupt − clean; the affine weight: projected (orthogonal to
+            // the clean direction), so not corrupt − pre.
+            for n in ["bn1.running_mean", "bn1.running_var"] {
+                let want: Vec<f32> = values(c, n)
+                    .iter()
+                    .zip(values(&clean, n))
+                    .map(|(x, y)| x - y)
+                    .collect();
+                assert_eq!(values(&patch.model, n), want, "{n}");
+            }
+            let d = values(&patch.model, "bn1.weight");
+            let a: Vec<f32> = values(&clean, "bn1.weight")
+                .iter()
+                .zip(values(&pre, "bn1.weight"))
+                .map(|(x, y)| x - y)
+                .collect();
+            let dot: f32 = d.iter().zip(&a).map(|(x, y)| x * y).sum();
+            assert!(dot.abs() < 1e-5, "bn1.weight not projected: {dot}");
+        }
+        let alpha = default_scale(1.0, 2).unwrap();
+        let open = || -> Vec<(Patch, f32)> {
+            paths
+                .iter()
+                .map(|p| (Patch::open(p).unwrap(), alpha))
+                .collect()
+        };
+        let on = dir.path().join("on");
+        apply(&clean, &open(), 1.0, false, &on, &md, &|_| {}).unwrap();
+        let on = Model::open(&on).unwrap();
+        for n in ["bn1.running_mean", "bn1.running_var"] {
+            let (c0, c1, cl) = (values(&cs[0], n), values(&cs[1], n), values(&clean, n));
+            for (i, got) in values(&on, n).iter().enumerate() {
+                let want = cl[i] + 0.5 * (c0[i] - cl[i]) + 0.5 * (c1[i] - cl[i]);
+                assert!((got - want).abs() <= 1e-6, "{n}[{i}]: {got} vs {want}");
+            }
+        }
+        for n in ["bn1.num_batches_tracked", "bn2.num_batches_tracked"] {
+            assert_eq!(
+                on.require(n).unwrap().bytes,
+                clean.require(n).unwrap().bytes
+            );
+        }
+        for n in [
+            "conv2.weight",
+            "bn2.weight",
+            "bn2.running_mean",
+            "bn2.running_var",
+        ] {
+            assert_eq!(
+                values(&on, n),
+                values(&clean, n),
+                "{n} is outside the patch"
+            );
+        }
+        // The applied scales are recorded and removal takes them back.
+        for p in &paths {
+            assert_eq!(
+                recorded_scale(&on, &Patch::open(p).unwrap()).unwrap(),
+                alpha
+            );
+        }
+        let scales: Vec<(Patch, f32)> = paths
+            .iter()
+            .map(|p| {
+                let patch = Patch::open(p).unwrap();
+                let a = recorded_scale(&on, &patch).unwrap();
+                (patch, a)
+            })
+            .collect();
+        let back = dir.path().join("back");
+        apply(&on, &scales, -1.0, false, &back, &md, &|_| {}).unwrap();
+        let back = Model::open(&back).unwrap();
+        for v in clean.tensors().filter(|v| v.dtype().is_float()) {
+            let n = v.name();
+            for (x, y) in values(&back, n).iter().zip(values(&clean, n)) {
+                assert!((x - y).abs() <= 1e-6 * y.abs().max(1.0), "{n}");
+            }
+        }
+        let e = recorded_scale(&back, &Patch::open(&paths[0]).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("removed already"), "{e}");
+        let e = recorded_scale(&clean, &Patch::open(&paths[0]).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PATCH:ALPHA"), "{e}");
+    }
+
+    /// A mix that would make a running variance ≤ 0 is refused, naming the tensor, and
+    /// nothing is written; a smaller scale is accepted.
+    #[test]
+    fn a_variance_mix_that_is_not_positive_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let var = |v: f32| {
+            move |name: &str, _: usize| {
+                if name.ends_with("running_var") {
+                    v
+                } else {
+                    0.1
+                }
+            }
+        };
+        let pre = bn_model(&dir.path().join("pre.safetensors"), &var(1.0));
+        let c = bn_model(&dir.path().join("c.safetensors"), &var(0.25));
+        let p = dir.path().join("p.safetensors");
+        let sel = Selection {
+            include: vec!["bn1.*".into()],
+            first_layers: None,
+        };
+        extract(&pre, None, &c, &sel, None, &p, &BTreeMap::new(), &|_| {}).unwrap();
+        // 1 + 2·(0.25 − 1) = −0.5.
+        let out = dir.path().join("bad");
+        let e = apply(
+            &pre,
+            &[(Patch::open(&p).unwrap(), 2.0)],
+            1.0,
+            false,
+            &out,
+            &BTreeMap::new(),
+            &|_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("bn1.running_var") && e.contains("positive"),
+            "{e}"
+        );
+        assert!(!out.exists());
+        // 1 + 1.25·(−0.75) = 0.0625 > 0.
+        let ok = dir.path().join("ok");
+        apply(
+            &pre,
+            &[(Patch::open(&p).unwrap(), 1.25)],
+            1.0,
+            false,
+            &ok,
+            &BTreeMap::new(),
+            &|_| {},
+        )
+        .unwrap();
+        let v = values(&Model::open(&ok).unwrap(), "bn1.running_var");
+        assert!(v.iter().all(|x| (x - 0.0625).abs() < 1e-6), "{v:?}");
+        // Removing more than was applied is refused as well.
+        let e = apply(
+            &Model::open(&ok).unwrap(),
+            &[(Patch::open(&p).unwrap(), -1.0)],
+            -1.0,
+            false,
+            &dir.path().join("bad2"),
+            &BTreeMap::new(),
+            &|_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("bn1.running_var"), "{e}");
     }
 }

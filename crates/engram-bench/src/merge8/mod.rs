@@ -23,7 +23,8 @@
 //! backbone's (the shared part); every merged backbone is evaluated with each task's own
 //! head, Task-IL over the task's 10 classes. λ (TA, TIES), λ_t (TALL) and α (Consensus) are
 //! chosen on validation by mean normalized accuracy (merging.md, selection protocol), then
-//! reported on test. Every model is a safetensors file under `--out`, and a rerun with the
+//! reported on test. Every TIES step (the TIES row, TALL over TIES, Consensus over TIES) trims
+//! in one scope, over the whole model (`weights::TIES_SCOPE`; merging.md). Every model is a safetensors file under `--out`, and a rerun with the
 //! same settings reuses the trained ones.
 
 pub mod page;
@@ -273,6 +274,7 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
     let results = Merge8Results {
         seed: settings.seed,
         config: serde_json::to_value(&settings)?,
+        ties_trim_scope: weights::scope_name(weights::TIES_SCOPE).into(),
         tasks: tasks::task_rows(&st.s),
         methods,
         masks,
@@ -468,6 +470,10 @@ pub fn render_text(r: &Merge8Results) -> String {
             m.method, m.mean_accuracy, m.normalized_accuracy, m.chosen
         );
     }
+    o += &format!(
+        "TIES trim scope (TIES, TALL and Consensus over TIES): {}\n",
+        page::scope_words(&r.ties_trim_scope)
+    );
     for f in findings(r) {
         o += &format!("{f}\n");
     }

@@ -72,6 +72,10 @@ pub struct Merge8Results {
     pub seed: u64,
     /// The study's settings (model, epochs, learning rates, grids).
     pub config: serde_json::Value,
+    /// Where every TIES step (the TIES row, TALL and Consensus over TIES) takes its top-k:
+    /// "model" (over the whole model, merging.md) or "tensor".
+    #[serde(default)]
+    pub ties_trim_scope: String,
     pub tasks: Vec<StudyTask>,
     pub methods: Vec<MethodResult>,
     pub masks: Vec<MaskSummary>,
@@ -79,6 +83,15 @@ pub struct Merge8Results {
     /// Steps taken from an earlier run's files instead of recomputed.
     pub reused_steps: Vec<String>,
     pub seconds: f64,
+}
+
+/// The TIES trim scope in words ("model" → "over the whole model").
+pub fn scope_words(scope: &str) -> String {
+    match scope {
+        "model" => "top-k over the whole model".into(),
+        "tensor" => "top-k per tensor".into(),
+        other => format!("'{other}'"),
+    }
 }
 
 fn pct(v: f64) -> String {
@@ -159,8 +172,10 @@ pub fn render_merge8(r: &Merge8Results) -> String {
          pre-trained on both, one fine-tune per task with its own head (frozen linear probe), \
          merged in weight space. Seed {}. λ, α and k were chosen on validation splits \
          carved from the training data; test accuracy is shown at the chosen values only. \
-         Normalized accuracy = mean over tasks of merged / fine-tuned accuracy.",
-        r.seed
+         Normalized accuracy = mean over tasks of merged / fine-tuned accuracy. Every TIES \
+         step (the TIES row, TALL and Consensus over TIES) trims in one scope: {}.",
+        r.seed,
+        scope_words(&r.ties_trim_scope)
     ));
     p.heading("Findings");
     for f in findings(r) {
@@ -367,6 +382,7 @@ mod tests {
         let r = Merge8Results {
             seed: 1,
             config: serde_json::json!({"epochs": 1}),
+            ties_trim_scope: "model".into(),
             tasks: vec![StudyTask {
                 name: "fashion".into(),
                 dataset: "fashion-mnist".into(),
@@ -402,7 +418,14 @@ mod tests {
         assert_eq!(short("Consensus TIES (k = 2)"), "Cons TIES k2");
         assert_eq!(short("TALL masks (TA)"), "TALL TA");
         let html = render_merge8(&r);
-        for needle in ["Task Arithmetic", "81.2", "fashion", "<svg", "catastrophic"] {
+        for needle in [
+            "Task Arithmetic",
+            "81.2",
+            "fashion",
+            "<svg",
+            "catastrophic",
+            "top-k over the whole model",
+        ] {
             assert!(html.contains(needle), "{needle}");
         }
         let back: Merge8Results =

@@ -2,6 +2,11 @@
 //! each evaluated with the tasks' own heads (Task-IL over each task's 10 classes). λ (TA,
 //! TIES), λ_t (TALL) and α (Consensus) are chosen on validation by mean normalized accuracy
 //! (merging.md, selection protocol), then reported on test.
+//!
+//! One TIES trim scope throughout: the TIES row, TALL over TIES and Consensus over TIES all
+//! take each task vector's top-k over the whole model ([`TIES_SCOPE`], `trim_scope: model`),
+//! as the TIES and TALL reference code do and as merging.md asks of a table that reports
+//! TIES beside TALL or Consensus over TIES (one table, one scope).
 
 use super::page::{MaskSummary, MethodResult};
 use super::training::{Study, read_values};
@@ -10,6 +15,7 @@ use engram_ckpt::{DType, Model};
 use engram_learn::eval::values_accuracy;
 use engram_learn::scenario::Part;
 use engram_learn::train::stage::Values;
+use engram_weights::merge::TrimScope;
 use engram_weights::merge::engine::{MergeRequest, run_merge};
 use engram_weights::merge::get;
 use engram_weights::merge::params::{ParamSource, ParamValue};
@@ -26,6 +32,18 @@ pub const TIES_GRID: [f32; 13] = [
     0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.2, 2.5,
 ];
 pub const TIES_DENSITY: f64 = 0.2;
+/// Where every TIES step of the study takes its top-k: over the whole model, as the TIES and
+/// TALL reference code (merging.md, "Trimming scope"). The TALL recipe ([`MtlRecipe::Ties`])
+/// always trims over the model; the TIES row's merge is asked for the same scope.
+pub const TIES_SCOPE: TrimScope = TrimScope::Model;
+
+/// The scope in words, for the page and `results.json`.
+pub fn scope_name(scope: TrimScope) -> &'static str {
+    match scope {
+        TrimScope::Tensor => "tensor",
+        TrimScope::Model => "model",
+    }
+}
 pub const ALPHA_GRID: [f32; 12] = TA_GRID;
 /// Consensus thresholds: k = 2 is the card's default; 1 and 3 are the ablation.
 pub const K_VALUES: [usize; 3] = [1, 2, 3];
@@ -71,7 +89,10 @@ impl<'a> Merger<'a> {
         merge_file(self.base, self.models, method, best, density, &out)?;
         let test = self.ev.all(&read_values(&out)?, Part::Test)?;
         let chosen = match density {
-            Some(d) => format!("λ = {best}, top {}% (dis-mean)", d * 100.0),
+            Some(d) => format!(
+                "λ = {best}, top {}% over the whole model (dis-mean)",
+                d * 100.0
+            ),
             None => format!("λ = {best}"),
         };
         Ok(self.norm.row(label, chosen, test, curve))
@@ -269,6 +290,8 @@ fn choose(
     ))
 }
 
+/// One merge of the study on files: `method` with λ (and `density`, trimmed in
+/// [`TIES_SCOPE`]) written to `out`.
 fn merge_file(
     base: &Model,
     models: &[Model],
@@ -288,7 +311,107 @@ fn merge_file(
             .insert("density".into(), ParamValue::Scalar(d));
     }
     params.per_model = vec![BTreeMap::new(); models.len()];
-    let req = MergeRequest::new(m, Some(base), models.iter().collect()).with_params(params);
+    let mut req = MergeRequest::new(m, Some(base), models.iter().collect()).with_params(params);
+    if density.is_some() && m.trims_by_magnitude() {
+        req = req.with_scope(TIES_SCOPE);
+    }
     run_merge(&req, out, &BTreeMap::new(), &|_| {})?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engram_ckpt::{ModelWriter, TensorSpec, WriteOptions};
+
+    fn write_model(
+        path: &Path,
+        _dtype: DType,
+        tensors: &[(&str, &[usize])],
+        f: &dyn Fn(&str, usize) -> f32,
+    ) -> Model {
+        let specs: Vec<TensorSpec> = tensors
+            .iter()
+            .map(|(n, s)| TensorSpec::new(*n, DType::F32, s))
+            .collect();
+        let w = ModelWriter::create(path, specs.clone(), &WriteOptions::default()).unwrap();
+        for s in &specs {
+            let v: Vec<f32> = (0..s.numel()).map(|i| f(&s.name, i)).collect();
+            w.write_f32(&s.name, &v).unwrap();
+        }
+        w.finish(&[]).unwrap();
+        Model::open(path).unwrap()
+    }
+
+    fn values(m: &Model, name: &str) -> Vec<f32> {
+        m.require(name).unwrap().to_f32().unwrap()
+    }
+
+    /// The TIES row trims as TALL and Consensus over TIES do: each task vector's top-k over
+    /// the whole model. Two fine-tunes change a large tensor a lot and a small one a little;
+    /// over the whole model the top 20 % all lie in the large tensor, so the TIES merge must
+    /// leave the small tensor at the base's values and change exactly the entries that the
+    /// TALL recipe's per-model thresholds keep. (Per-tensor trimming would change 20 % of
+    /// the small tensor.)
+    #[test]
+    fn ties_row_trims_in_the_scope_of_tall_and_consensus() {
+        let d = tempfile::tempdir().unwrap();
+        let shapes: [(&str, &[usize]); 2] = [("big", &[40]), ("small", &[40])];
+        let base = write_model(
+            &d.path().join("base.safetensors"),
+            DType::F32,
+            &shapes,
+            &|_, i| 0.5 - i as f32 * 0.01,
+        );
+        // τ_a grows with the index, τ_b falls: their top entries differ.
+        let tau = |m: usize, name: &str, i: usize| {
+            let rank = if m == 0 { i } else { 39 - i } as f32;
+            let scale = if name == "big" { 1.0 } else { 1e-3 };
+            scale * (1.0 + rank * 0.01)
+        };
+        let models: Vec<Model> = (0..2)
+            .map(|m| {
+                write_model(
+                    &d.path().join(format!("m{m}.safetensors")),
+                    DType::F32,
+                    &shapes,
+                    &|name, i| 0.5 - i as f32 * 0.01 + tau(m, name, i),
+                )
+            })
+            .collect();
+        let out = d.path().join("ties.safetensors");
+        merge_file(&base, &models, "ties", 1.0, Some(TIES_DENSITY), &out).unwrap();
+        let merged = Model::open(&out).unwrap();
+        let tall = Tall::new(
+            &base,
+            models.iter().collect(),
+            vec!["a".into(), "b".into()],
+            MtlRecipe::Ties {
+                density: TIES_DENSITY,
+            },
+            vec![1.0; 2],
+        )
+        .unwrap();
+        let thr: Vec<f32> = tall
+            .thresholds()
+            .iter()
+            .map(|t| t.expect("a model-scope threshold"))
+            .collect();
+        let mut changed_total = 0;
+        for (name, _) in shapes {
+            let (b, m) = (values(&base, name), values(&merged, name));
+            for i in 0..b.len() {
+                let kept = (0..2).any(|k| tau(k, name, i).abs() >= thr[k]);
+                let changed = m[i] != b[i];
+                assert_eq!(changed, kept, "{name}[{i}]: thresholds {thr:?}");
+                changed_total += usize::from(changed);
+                if name == "small" {
+                    assert!(!changed, "small[{i}] trimmed per tensor, not per model");
+                }
+            }
+        }
+        // 20 % of 80 entries per model, at different places: 32 changed entries.
+        assert_eq!(changed_total, 32);
+        assert_eq!(scope_name(TIES_SCOPE), "model");
+    }
 }

@@ -11,18 +11,25 @@
 //! timed alone and reported as `batch_s`.
 //!
 //! PyTorch side: `torch_epoch.py`, written to a temporary folder and run with `python` (a venv
-//! with torch and numpy; `install_torch` makes bench-out/torch-venv). It reads the very same
+//! with torch and numpy; `install_torch` makes bench-out/torch-venv) as one long-lived process
+//! that runs an epoch each time it is asked (one JSON line in, one out). It reads the very same
 //! examples, which engram writes as raw little-endian arrays next to the script, and calls
 //! `torch.set_num_threads(n)` with n = engram's rayon threads (`--threads`, default: all
 //! cores). Same architecture, and the same initialisation scheme (both draw weights and biases
 //! from U(±1/√fan_in)); not the same data order.
 //!
-//! Each side runs one warm-up epoch, then `repeat` epochs, each on a freshly initialised
-//! network (seeds seed+1, seed+2, ...), evaluated on the 10,000 test images afterwards (a check
-//! that both learn). Reported: the median seconds per epoch, the ratio engram/PyTorch, the
-//! median test accuracy, and how many threads each side really kept busy: CPU time over wall
-//! time during the timed epochs, from every thread's `/proc/self/task/*/schedstat`, and the
-//! number of threads that were on a CPU for at least a tenth of the epoch.
+//! Order: the PyTorch process starts (torch imported, data loaded), each side runs one warm-up
+//! epoch, then `repeat` pairs, each an engram epoch followed at once by a PyTorch epoch on the
+//! same seed (engram, PyTorch, engram, PyTorch, ...), so that a burst of load on a shared
+//! machine falls on both sides rather than on one. Every epoch starts from a freshly
+//! initialised network (seeds seed+1, seed+2, ...) and is evaluated on the 10,000 test images
+//! afterwards (a check that both learn). Reported per network: `ratio`, the median over the
+//! pairs of engram/PyTorch seconds within each pair ([`paired_ratios`]), with every pair's
+//! ratio (`pair_ratios`) and the ratio of the two sides' medians (`ratio_of_medians`); the
+//! median seconds per epoch and test accuracy of each side; and how many threads each side
+//! really kept busy: CPU time over wall time during the timed epochs, from every thread's
+//! `/proc/self/task/*/schedstat`, and the number of threads that were on a CPU for at least a
+//! tenth of the epoch.
 
 use crate::Progress;
 use crate::machine;
@@ -33,9 +40,9 @@ use engram_learn::scenario::{Common, Part, Scenario, joint};
 use engram_learn::train::{Event, TrainConfig, Trainer};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 /// Settings of `engram bench train`.
@@ -43,7 +50,7 @@ use std::time::Instant;
 pub struct Options {
     /// Networks to measure: mlp, cnn.
     pub models: Vec<String>,
-    /// Timed epochs per network and side, each after the side's warm-up epoch.
+    /// Timed pairs of epochs per network (engram, then PyTorch), after a warm-up epoch each.
     pub repeat: usize,
     pub batch_size: usize,
     /// Adam's learning rate.
@@ -162,6 +169,7 @@ fn engram_epoch(s: &Scenario, model: &ModelConfig, o: &Options, seed: u64) -> Re
                 eps: 1e-8,
                 ..OptimConfig::default()
             },
+            ..TrainConfig::default()
         },
         seed,
         strategy,
@@ -305,50 +313,158 @@ fn install_torch() -> Result<()> {
     Ok(())
 }
 
-fn torch_side(
-    python: &Path,
-    dir: &Path,
-    net: &Net,
-    s: &Scenario,
-    o: &Options,
-    threads: usize,
-) -> Result<Value> {
-    let script = dir.join("bench_train.py");
-    std::fs::write(&script, SCRIPT).with_context(|| format!("writing {}", script.display()))?;
-    let (c, h, w) = s.train.image.unwrap_or((1, 28, 28));
-    let cfg = json!({
-        "data": dir,
-        "n_train": s.tasks[0].train.len(),
-        "n_test": s.test.len(),
-        "dim": s.train.dim,
-        "image": [c, h, w],
-        "classes": s.num_outputs,
-        "batch_size": o.batch_size,
-        "lr": o.lr,
-        "seed": o.seed,
-        "repeat": o.repeat,
-        "threads": threads,
-        "model": net.torch,
-    });
-    let n = threads.to_string();
-    let out = Command::new(python)
-        .arg(&script)
-        .arg(cfg.to_string())
-        .env("OMP_NUM_THREADS", &n)
-        .env("MKL_NUM_THREADS", &n)
-        .output()
-        .with_context(|| format!("running {}", python.display()))?;
-    if !out.status.success() {
+/// The PyTorch side: one `torch_epoch.py` process that runs an epoch when asked.
+struct Torch {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    stderr: PathBuf,
+    python: PathBuf,
+    /// The script's first line: torch's version and threads.
+    hello: Value,
+}
+
+impl Torch {
+    /// Writes the script, starts it on `net` and waits until it has loaded the data.
+    fn start(
+        python: &Path,
+        dir: &Path,
+        net: &Net,
+        s: &Scenario,
+        o: &Options,
+        threads: usize,
+    ) -> Result<Torch> {
+        let script = dir.join("bench_train.py");
+        std::fs::write(&script, SCRIPT).with_context(|| format!("writing {}", script.display()))?;
+        let (c, h, w) = s.train.image.unwrap_or((1, 28, 28));
+        let cfg = json!({
+            "data": dir,
+            "n_train": s.tasks[0].train.len(),
+            "n_test": s.test.len(),
+            "dim": s.train.dim,
+            "image": [c, h, w],
+            "classes": s.num_outputs,
+            "batch_size": o.batch_size,
+            "lr": o.lr,
+            "threads": threads,
+            "model": net.torch,
+        });
+        let n = threads.to_string();
+        // stderr goes to a file (read on failure), so that a chatty script never blocks.
+        let stderr = dir.join(format!("{}.stderr", net.name));
+        let err_file = std::fs::File::create(&stderr)
+            .with_context(|| format!("creating {}", stderr.display()))?;
+        let mut child = Command::new(python)
+            .arg(&script)
+            .arg(cfg.to_string())
+            .env("OMP_NUM_THREADS", &n)
+            .env("MKL_NUM_THREADS", &n)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(err_file)
+            .spawn()
+            .with_context(|| format!("running {}", python.display()))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            bail!("no pipes to {}", python.display());
+        };
+        let mut t = Torch {
+            child,
+            stdin: Some(stdin),
+            stdout: BufReader::new(stdout),
+            stderr,
+            python: python.to_path_buf(),
+            hello: Value::Null,
+        };
+        t.hello = t.read()?;
+        Ok(t)
+    }
+
+    /// The script's next JSON line, or its failure with what it wrote to stderr.
+    fn read(&mut self) -> Result<Value> {
+        let mut line = String::new();
+        let got = self.stdout.read_line(&mut line);
+        if let (Ok(n), Ok(v)) = (&got, serde_json::from_str::<Value>(line.trim()))
+            && *n > 0
+        {
+            return Ok(v);
+        }
+        // Closing stdin ends a script that is still waiting.
+        self.stdin = None;
+        let status = self.child.wait().ok();
+        let err = std::fs::read_to_string(&self.stderr).unwrap_or_default();
         bail!(
-            "the PyTorch script failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            "the PyTorch script ({}) failed{}: {}{}",
+            self.python.display(),
+            status.map(|s| format!(" ({s})")).unwrap_or_default(),
+            err.trim(),
+            if line.trim().is_empty() {
+                String::new()
+            } else {
+                format!(" (it printed: {})", line.trim())
+            }
+        )
+    }
+
+    /// Sends one request and returns the answer.
+    fn ask(&mut self, req: &Value) -> Result<Value> {
+        let sent = match self.stdin.as_mut() {
+            Some(w) => writeln!(w, "{req}").and_then(|_| w.flush()).is_ok(),
+            None => false,
+        };
+        if !sent {
+            // The script has ended: `read` reports why.
+            return self.read();
+        }
+        self.read()
+    }
+
+    /// Closes the script's input and waits for it to end.
+    fn finish(mut self) -> Result<()> {
+        self.stdin = None;
+        let status = self
+            .child
+            .wait()
+            .context("waiting for the PyTorch script")?;
+        if !status.success() {
+            let err = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+            bail!("the PyTorch script failed ({status}): {}", err.trim());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Torch {
+    /// A script left running by an error is ended (it is this process's own child).
+    fn drop(&mut self) {
+        self.stdin = None;
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Engram/PyTorch seconds of each adjacent pair of epochs and their median: pair i is
+/// engram's epoch i and PyTorch's epoch i, run one right after the other. An error if the
+/// sides ran different numbers of epochs, none, or a time is not a positive finite number.
+pub fn paired_ratios(engram: &[f64], torch: &[f64]) -> Result<(Vec<f64>, f64)> {
+    if engram.len() != torch.len() || engram.is_empty() {
+        bail!(
+            "{} engram and {} PyTorch epochs do not make pairs",
+            engram.len(),
+            torch.len()
         );
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let last = text.lines().last().unwrap_or_default();
-    serde_json::from_str(last)
-        .with_context(|| format!("reading the PyTorch script's output: {}", text.trim()))
+    if let Some(t) = engram
+        .iter()
+        .chain(torch)
+        .find(|t| !(t.is_finite() && **t > 0.0))
+    {
+        bail!("an epoch took {t} s: not a positive time");
+    }
+    let ratios: Vec<f64> = engram.iter().zip(torch).map(|(e, t)| e / t).collect();
+    let median = machine::median(&ratios);
+    Ok((ratios, median))
 }
 
 fn med(runs: &[Value], key: &str) -> f64 {
@@ -430,14 +546,35 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
     let mut results = Vec::new();
     let res = (|| -> Result<()> {
         for n in &nets {
-            progress(Progress::Message(format!(
-                "{}: engram, warm-up and {} epochs",
-                n.name, o.repeat
-            )));
+            let mut torch = match &python {
+                Some(p) => {
+                    progress(Progress::Message(format!("{}: starting PyTorch", n.name)));
+                    Some(Torch::start(p, &tmp, n, &s, o, threads)?)
+                }
+                None => None,
+            };
+            progress(Progress::Message(format!("{}: warm-up epochs", n.name)));
             let warm = engram_epoch(&s, &n.config, o, o.seed)?;
-            let runs = (0..o.repeat)
-                .map(|r| engram_epoch(&s, &n.config, o, o.seed + 1 + r as u64))
-                .collect::<Result<Vec<_>>>()?;
+            let torch_warm = match torch.as_mut() {
+                Some(t) => Some(t.ask(&json!({"epoch": o.seed}))?),
+                None => None,
+            };
+            // engram, PyTorch, engram, PyTorch, ...: each pair on the same seed.
+            let mut runs = Vec::new();
+            let mut torch_runs = Vec::new();
+            for r in 0..o.repeat {
+                let seed = o.seed + 1 + r as u64;
+                progress(Progress::Message(format!(
+                    "{}: pair {} of {}",
+                    n.name,
+                    r + 1,
+                    o.repeat
+                )));
+                runs.push(engram_epoch(&s, &n.config, o, seed)?);
+                if let Some(t) = torch.as_mut() {
+                    torch_runs.push(t.ask(&json!({"epoch": seed}))?);
+                }
+            }
             let engram = json!({
                 "warmup": warm,
                 "runs": runs,
@@ -445,26 +582,41 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
                 "batch_s": batch_s,
                 "summary": summary(&runs),
             });
-            let torch = match &python {
-                Some(p) => {
-                    progress(Progress::Message(format!(
-                        "{}: PyTorch, warm-up and {} epochs",
-                        n.name, o.repeat
-                    )));
-                    let mut t = torch_side(p, &tmp, n, &s, o, threads)?;
-                    let runs: Vec<Value> = t["runs"].as_array().cloned().unwrap_or_default();
-                    t["summary"] = summary(&runs);
-                    t
+            let (torch_doc, ratio, pair_ratios, ratio_of_medians) = match torch {
+                Some(mut t) => {
+                    let batches = t.ask(&json!({"batches": true}))?;
+                    let mut doc = t.hello.clone();
+                    t.finish()?;
+                    doc["warmup"] = torch_warm.unwrap_or(Value::Null);
+                    doc["batch_s"] = batches["batch_s"].clone();
+                    doc["summary"] = summary(&torch_runs);
+                    let secs = |v: &[Value]| -> Vec<f64> {
+                        v.iter()
+                            .map(|r| r["seconds"].as_f64().unwrap_or(f64::NAN))
+                            .collect()
+                    };
+                    let (pairs, median) = paired_ratios(&secs(&runs), &secs(&torch_runs))
+                        .with_context(|| format!("{}: pairing the epochs", n.name))?;
+                    doc["runs"] = Value::Array(torch_runs);
+                    let of_medians = med(&runs, "seconds")
+                        / doc["summary"]["median_s"].as_f64().unwrap_or(f64::NAN);
+                    (
+                        doc,
+                        Some(median),
+                        Some(pairs),
+                        of_medians.is_finite().then_some(of_medians),
+                    )
                 }
-                None => Value::Null,
+                None => (Value::Null, None, None, None),
             };
-            let e = engram["summary"]["median_s"].as_f64().unwrap_or(0.0);
-            let ratio = torch["summary"]["median_s"]
-                .as_f64()
-                .filter(|&t| t > 0.0)
-                .map(|t| e / t);
-            results
-                .push(json!({"model": n.name, "engram": engram, "torch": torch, "ratio": ratio}));
+            results.push(json!({
+                "model": n.name,
+                "engram": engram,
+                "torch": torch_doc,
+                "ratio": ratio,
+                "pair_ratios": pair_ratios,
+                "ratio_of_medians": ratio_of_medians,
+            }));
         }
         Ok(())
     })();
@@ -483,6 +635,11 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
         "batch_size": o.batch_size,
         "optimizer": {"kind": "adam", "lr": o.lr},
         "repeat": o.repeat,
+        "order": if python.is_some() {
+            "interleaved: a warm-up epoch each, then repeat pairs (engram, PyTorch)"
+        } else {
+            "engram only: a warm-up epoch, then repeat epochs"
+        },
         "seed": o.seed,
         "threads": threads,
         "machine": machine,
@@ -500,13 +657,28 @@ pub fn render_text(doc: &Value, json_out: &Path) -> String {
     let batch_s = doc["results"][0]["engram"]["batch_s"]
         .as_f64()
         .unwrap_or(0.0);
+    let with_torch = doc["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|r| !r["torch"].is_null());
+    let order = if with_torch {
+        format!(
+            "{} interleaved pairs of epochs (engram, PyTorch) after a warm-up each",
+            doc["repeat"]
+        )
+    } else {
+        format!(
+            "median of {} epochs after a warm-up, engram only",
+            doc["repeat"]
+        )
+    };
     o += &format!(
-        "engram bench train: Fashion-MNIST, {} examples per epoch, batch {}, Adam lr {}, {} threads, median of {} epochs after a warm-up\n",
+        "engram bench train: Fashion-MNIST, {} examples per epoch, batch {}, Adam lr {}, {} threads, {order}\n",
         doc["train_examples"],
         doc["batch_size"],
         doc["optimizer"]["lr"].as_f64().unwrap_or(0.0),
         doc["threads"],
-        doc["repeat"]
     );
     o += &format!(
         "machine: {}\n",
@@ -538,8 +710,21 @@ pub fn render_text(doc: &Value, json_out: &Path) -> String {
             opt(f("torch", "cores_used"), 2),
         );
     }
+    for r in doc["results"].as_array().into_iter().flatten() {
+        if let Some(p) = r["pair_ratios"].as_array() {
+            let each: Vec<String> = p
+                .iter()
+                .map(|v| v.as_f64().map_or("-".into(), |v| format!("{v:.2}")))
+                .collect();
+            o += &format!(
+                "{} ratio per pair: {}\n",
+                r["model"].as_str().unwrap_or_default(),
+                each.join(" ")
+            );
+        }
+    }
     o += &format!(
-        "(ratio: engram/PyTorch seconds per epoch; %: test accuracy after the epoch; cores: CPU time / wall time; building the minibatches alone: {batch_s:.3} s per epoch for engram)\n"
+        "(ratio: median over the pairs of engram/PyTorch seconds per epoch, each pair an engram epoch then a PyTorch one; s and %: medians of seconds per epoch and of test accuracy after the epoch; cores: CPU time / wall time; building the minibatches alone: {batch_s:.3} s per epoch for engram)\n"
     );
     o += &format!("results: {}\n", json_out.display());
     o
@@ -578,7 +763,7 @@ mod tests {
         let l: Vec<&str> = t.lines().collect();
         assert_eq!(
             l[0],
-            "engram bench train: Fashion-MNIST, 600 examples per epoch, batch 128, Adam lr 0.001, 2 threads, median of 3 epochs after a warm-up"
+            "engram bench train: Fashion-MNIST, 600 examples per epoch, batch 128, Adam lr 0.001, 2 threads, median of 3 epochs after a warm-up, engram only"
         );
         assert_eq!(l[1], "machine: Some CPU");
         assert_eq!(
@@ -586,5 +771,50 @@ mod tests {
             "mlp         1.50          -       -     80.00         -          1.90             -"
         );
         assert!(l[4].ends_with("0.013 s per epoch for engram)"), "{}", l[4]);
+    }
+
+    /// Pair i is engram's epoch i against PyTorch's epoch i (not the ratio of medians); the
+    /// median of an even count is the mean of the middle two.
+    #[test]
+    fn pairs_are_adjacent_epochs_and_their_median_is_reported() {
+        // A burst of load in pair 2 slows both sides; the pair's ratio stays near the others.
+        let e = [1.0, 3.0, 1.2];
+        let t = [2.0, 5.0, 2.0];
+        let (r, m) = paired_ratios(&e, &t).unwrap();
+        assert_eq!(r, [0.5, 0.6, 0.6]);
+        assert_eq!(m, 0.6);
+        let (r, m) = paired_ratios(&[1.0, 2.0, 3.0, 8.0], &[4.0, 4.0, 4.0, 4.0]).unwrap();
+        assert_eq!(r, [0.25, 0.5, 0.75, 2.0]);
+        assert_eq!(m, 0.625);
+        assert!(paired_ratios(&[1.0, 2.0], &[1.0]).is_err());
+        assert!(paired_ratios(&[], &[]).is_err());
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let e = paired_ratios(&[1.0], &[bad]).unwrap_err().to_string();
+            assert!(e.contains("not a positive time"), "{e}");
+            assert!(paired_ratios(&[bad], &[1.0]).is_err());
+        }
+    }
+
+    #[test]
+    fn table_with_torch_shows_the_median_pair_ratio_and_every_pair() {
+        let side = |s: f64| {
+            json!({"batch_s": 0.01, "summary": {"median_s": s,
+            "median_accuracy": 80.0, "cores_used": 2.0}})
+        };
+        let doc = json!({
+            "train_examples": 600, "batch_size": 128, "optimizer": {"lr": 0.001},
+            "threads": 2, "repeat": 2, "machine": {"cpu": "Some CPU"},
+            "results": [{"model": "mlp", "ratio": 0.55, "pair_ratios": [0.5, 0.6],
+                "engram": side(1.1), "torch": side(2.0)}],
+        });
+        let t = render_text(&doc, Path::new("t.json"));
+        let l: Vec<&str> = t.lines().collect();
+        assert!(
+            l[0].ends_with("2 interleaved pairs of epochs (engram, PyTorch) after a warm-up each"),
+            "{}",
+            l[0]
+        );
+        assert!(l[3].contains(" 0.55 "), "{}", l[3]);
+        assert_eq!(l[4], "mlp ratio per pair: 0.50 0.60");
     }
 }

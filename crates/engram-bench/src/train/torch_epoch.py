@@ -1,5 +1,8 @@
 # The PyTorch side of `engram bench train` (train/mod.rs writes it next to the data and runs it).
-# argv[1]: a JSON object of settings; prints one JSON object.
+# argv[1]: a JSON object of settings. Loads the data, prints one JSON line {"torch", "threads"},
+# then answers requests on stdin, one JSON line each, so that engram can interleave its epochs
+# with these: {"epoch": SEED} -> one epoch's record; {"batches": true} -> {"batch_s"}.
+# Ends at the end of stdin.
 import json, math, os, sys, time
 cfg = json.loads(sys.argv[1])
 import numpy as np
@@ -86,7 +89,13 @@ def batches_only():
         s += float(x[0, 0]) + float(y[0])
     return time.perf_counter() - t0
 
-warm = epoch(cfg["seed"])
-runs = [epoch(cfg["seed"] + 1 + r) for r in range(cfg["repeat"])]
-print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                  "warmup": warm, "runs": runs, "batch_s": batches_only()}))
+print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
+for line in sys.stdin:
+    req = json.loads(line)
+    if "epoch" in req:
+        out = epoch(int(req["epoch"]))
+    elif req.get("batches"):
+        out = {"batch_s": batches_only()}
+    else:
+        sys.exit("unknown request: %s" % line.strip())
+    print(json.dumps(out), flush=True)

@@ -125,8 +125,9 @@ pub struct TrainArgs {
     /// Networks to measure, comma-separated: mlp, cnn.
     #[arg(long, value_delimiter = ',', default_value = "mlp,cnn")]
     pub models: Vec<String>,
-    /// Timed epochs per network and side, each after the side's warm-up epoch; medians are
-    /// reported.
+    /// Timed pairs of epochs per network, engram then PyTorch (interleaved, so that a burst
+    /// of load lands on both sides), after a warm-up epoch each; the median of the per-pair
+    /// ratios is reported.
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
     #[arg(long, default_value_t = 128)]

@@ -35,12 +35,17 @@ pub enum PatchCmd {
         #[arg(short, long)]
         out: PathBuf,
     },
-    /// θ = model + Σ α_c·patch_c; give each patch as PATH or PATH:α.
+    /// θ = model + Σ α_c·patch_c; give each patch as PATH or PATH:α_c. A patch without its
+    /// own α_c gets α/n, n the number of patches given (α = --scale, default 1; card
+    /// default). BatchNorm running statistics mix linearly (μ_clean + Σ α_c·Δμ_c, likewise the
+    /// variance, which must stay positive); num_batches_tracked is kept. The scales applied
+    /// are recorded in the output (engram.patches).
     Apply {
         model: PathBuf,
         #[arg(long = "patch", required = true, value_name = "PATCH[:ALPHA]")]
         patches: Vec<String>,
-        /// α of patches given without one.
+        /// α: each patch given without its own scale gets α/n, n the number of patches
+        /// given.
         #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
         scale: f32,
         #[arg(short, long)]
@@ -50,13 +55,16 @@ pub enum PatchCmd {
         #[arg(long)]
         force: bool,
     },
-    /// θ = model − Σ α_c·patch_c (undo `apply` with the same patches and scales).
+    /// θ = model − Σ α_c·patch_c: undoes `apply`. A patch without its own α_c is removed with
+    /// the scale the model records for it (engram.patches), or with α/n if --scale is given.
     Remove {
         model: PathBuf,
         #[arg(long = "patch", required = true, value_name = "PATCH[:ALPHA]")]
         patches: Vec<String>,
-        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-        scale: f32,
+        /// α: each patch given without its own scale gets α/n (as `apply`); default: the
+        /// scale recorded for it in the model.
+        #[arg(long, allow_negative_numbers = true)]
+        scale: Option<f32>,
         #[arg(short, long)]
         out: PathBuf,
         /// Remove even if a patch was extracted against another θ_pre.
@@ -101,7 +109,7 @@ pub fn run(ctx: &Ctx, p: PatchCmd) -> Result<()> {
             scale,
             out,
             force,
-        } => apply(ctx, &md, &model, &patches, (scale, force), &out, 1.0)?,
+        } => apply(ctx, &md, &model, &patches, (Some(scale), force), &out, 1.0)?,
         PatchCmd::Remove {
             model,
             patches,
@@ -113,23 +121,44 @@ pub fn run(ctx: &Ctx, p: PatchCmd) -> Result<()> {
     Ok(())
 }
 
+/// Applies (sign 1) or removes (sign −1) the patches. A patch without its own scale gets
+/// α/n with α = `scale` ([`patch::default_scale`]); removing without `scale`, the scale the
+/// model records for it ([`patch::recorded_scale`]).
 fn apply(
     ctx: &Ctx,
     md: &std::collections::BTreeMap<String, String>,
     model: &std::path::Path,
     patches: &[String],
-    (scale, force): (f32, bool),
+    (scale, force): (Option<f32>, bool),
     out: &std::path::Path,
     sign: f32,
 ) -> Result<()> {
     let m = open(model)?;
-    let ps = patches
+    let given = patches
         .iter()
         .map(|s| {
-            let (path, a) = scaled(s, scale)?;
+            let (path, a) = explicit_scale(s)?;
             Ok((Patch::open(&path)?, a))
         })
         .collect::<Result<Vec<_>>>()?;
+    let default = scale
+        .map(|a| patch::default_scale(a, given.len()))
+        .transpose()?;
+    let mut ps = Vec::new();
+    for (p, a) in given {
+        let a = match (a, default) {
+            (Some(a), _) => a,
+            (None, Some(d)) => d,
+            (None, None) => {
+                // The patch's own checks first: a patch of another base says so.
+                if !force {
+                    p.check_target(&m)?;
+                }
+                patch::recorded_scale(&m, &p)?
+            }
+        };
+        ps.push((p, a));
+    }
     let pb = super::progress::bar(
         ctx,
         m.param_count(),
@@ -141,4 +170,11 @@ fn apply(
         print_json(&rep)?;
     }
     Ok(())
+}
+
+/// `PATH` or `PATH:ALPHA`: the path and the patch's own scale, if given.
+fn explicit_scale(arg: &str) -> Result<(PathBuf, Option<f32>)> {
+    // `scaled` with a NaN default tells "no scale given" apart (a given scale is finite).
+    let (path, a) = scaled(arg, f32::NAN)?;
+    Ok((path, a.is_finite().then_some(a)))
 }

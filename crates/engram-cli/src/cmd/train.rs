@@ -16,7 +16,7 @@ const RUN_FILE_LIMIT: u64 = 1 << 20;
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "A run file:\n\n  seed = 0\n  [scenario]\n  kind = \"class-incremental\"   # task-incremental, permuted, rotated, scole, joint\n  dataset = \"fashion-mnist\"     # mnist, blobs\n  tasks = 5\n  classes-per-task = 2\n  [model]\n  kind = \"mlp\"                  # resmlp, cnn, vit\n  hidden = [400, 400]\n  [strategy]\n  name = \"naive\"                # see `engram strategies`\n  [train]\n  epochs = 1\n  batch-size = 128\n  [train.optimizer]\n  kind = \"adam\"                 # sgd, adamw\n  lr = 0.001"
+    after_help = "A run file:\n\n  seed = 0\n  [scenario]\n  kind = \"class-incremental\"   # task-incremental, permuted, rotated, scole, joint\n  dataset = \"fashion-mnist\"     # mnist, blobs\n  tasks = 5\n  classes-per-task = 2\n  [model]\n  kind = \"mlp\"                  # resmlp, cnn, vit\n  hidden = [400, 400]\n  [strategy]\n  name = \"naive\"                # see `engram strategies`\n  [train]\n  epochs = 1\n  batch-size = 128\n  reset-optimizer = true       # false: carry the optimizer state across tasks (Avalanche)\n  masking = \"none\"             # group: CE over the batch's classes only (SCoLe)\n  [train.optimizer]\n  kind = \"adam\"                 # sgd, adamw\n  lr = 0.001"
 )]
 pub struct Args {
     /// The run file (TOML).
@@ -82,6 +82,9 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
             f(s.ece),
             s.total_time_s().unwrap_or(0.0)
         );
+        for n in &r.notes {
+            println!("note: {n}");
+        }
         println!("results: {}", shown(&dir.join("results.json")));
     }
     Ok(())

@@ -14,36 +14,49 @@ pub mod vit;
 use crate::{Result, err};
 use burn::prelude::*;
 
+/// A network's output layer (`model.head`). Every model has a `linear` head; the MLP can
+/// have SCoLe's weight-normalised one instead (`shared/methods/theory.md`, SCoLe).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Head {
+    /// x·W + b.
+    #[default]
+    Linear,
+    /// logits_j = x·(W_j/‖W_j‖₂), no bias, Kaiming-normal initial rows (mlp only).
+    WeightNorm,
+}
+
+/// Run files write a model as `kind = "..."` with its keys; `head` is one of them (see
+/// [`Head`]), refused on the models that have only a linear head.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(
+    try_from = "raw::ModelFile",
+    into = "raw::ModelFile",
+    expecting = "a model table"
+)]
 pub enum ModelConfig {
     Mlp {
-        #[serde(default = "default_hidden")]
+        hidden: Vec<usize>,
+    },
+    /// The MLP with SCoLe's weight-normalised output layer (`kind = "mlp"`, `head =
+    /// "weightnorm"`).
+    MlpWeightNorm {
         hidden: Vec<usize>,
     },
     /// Stem `in → width`, `blocks` residual blocks `width → hidden → width`, linear head.
     Resmlp {
-        #[serde(default = "default_width")]
         width: usize,
-        #[serde(default = "default_res_hidden")]
         hidden: usize,
-        #[serde(default = "default_blocks")]
         blocks: usize,
     },
     Cnn {
-        #[serde(default = "default_channels")]
         channels: [usize; 2],
-        #[serde(default = "default_cnn_hidden")]
         hidden: usize,
     },
     Vit {
-        #[serde(default = "default_patch")]
         patch: usize,
-        #[serde(default = "default_d_model")]
         d_model: usize,
-        #[serde(default = "default_layers")]
         layers: usize,
-        #[serde(default = "default_heads")]
         heads: usize,
     },
 }
@@ -89,6 +102,7 @@ fn default_heads() -> usize {
 }
 
 impl Default for ModelConfig {
+    /// An MLP 400×400 with a linear head.
     fn default() -> Self {
         ModelConfig::Mlp {
             hidden: default_hidden(),
@@ -107,6 +121,22 @@ pub enum Net {
 }
 
 impl ModelConfig {
+    /// The MLP with hidden widths `hidden` and output layer `head`.
+    pub fn mlp(hidden: Vec<usize>, head: Head) -> ModelConfig {
+        match head {
+            Head::Linear => ModelConfig::Mlp { hidden },
+            Head::WeightNorm => ModelConfig::MlpWeightNorm { hidden },
+        }
+    }
+
+    /// The network's output layer.
+    pub fn head(&self) -> Head {
+        match self {
+            ModelConfig::MlpWeightNorm { .. } => Head::WeightNorm,
+            _ => Head::Linear,
+        }
+    }
+
     /// Builds the network for inputs of `dim` features (`image` = (c, h, w) when they are
     /// images) and `outputs` classes; parameters are drawn from the device's seeded RNG.
     pub fn build(
@@ -165,6 +195,13 @@ impl ModelConfig {
         };
         Ok(match self {
             ModelConfig::Mlp { hidden } => Net::Mlp(mlp::Mlp::new(dim, hidden, outputs, device)),
+            ModelConfig::MlpWeightNorm { hidden } => Net::Mlp(mlp::Mlp::with_head(
+                dim,
+                hidden,
+                outputs,
+                Head::WeightNorm,
+                device,
+            )),
             ModelConfig::Resmlp {
                 width,
                 hidden,
@@ -209,7 +246,9 @@ impl ModelConfig {
     /// even for the smallest inputs.
     pub fn check(&self) -> Result<()> {
         let (depth, zero) = match self {
-            ModelConfig::Mlp { hidden } => (hidden.len(), hidden.contains(&0)),
+            ModelConfig::Mlp { hidden } | ModelConfig::MlpWeightNorm { hidden } => {
+                (hidden.len(), hidden.contains(&0))
+            }
             ModelConfig::Resmlp {
                 width,
                 hidden,
@@ -274,14 +313,18 @@ impl ModelConfig {
     /// The keys that set the network's size, with their values, for messages.
     fn size_keys(&self) -> String {
         match self {
-            ModelConfig::Mlp { hidden } if hidden.len() > 8 => {
+            ModelConfig::Mlp { hidden } | ModelConfig::MlpWeightNorm { hidden }
+                if hidden.len() > 8 =>
+            {
                 format!(
                     "model.hidden = {:?}... ({} widths)",
                     &hidden[..8],
                     hidden.len()
                 )
             }
-            ModelConfig::Mlp { hidden } => format!("model.hidden = {hidden:?}"),
+            ModelConfig::Mlp { hidden } | ModelConfig::MlpWeightNorm { hidden } => {
+                format!("model.hidden = {hidden:?}")
+            }
             ModelConfig::Resmlp {
                 width,
                 hidden,
@@ -317,12 +360,17 @@ impl ModelConfig {
         let sum = |v: &[u128]| v.iter().fold(0u128, |a, &b| a.saturating_add(b));
         let (dim, outputs) = (n(dim), n(outputs));
         match self {
-            ModelConfig::Mlp { hidden } => {
+            ModelConfig::Mlp { hidden } | ModelConfig::MlpWeightNorm { hidden } => {
                 let mut dims = vec![dim];
                 dims.extend(hidden.iter().map(|&v| n(v)));
                 dims.push(outputs);
                 let p: Vec<u128> = dims.windows(2).map(|d| linear(d[0], d[1])).collect();
-                (sum(&p), sum(&dims[1..]))
+                // The weight-normalised head has no bias.
+                let bias = match self {
+                    ModelConfig::MlpWeightNorm { .. } => outputs,
+                    _ => 0,
+                };
+                (sum(&p).saturating_sub(bias), sum(&dims[1..]))
             }
             ModelConfig::Resmlp {
                 width,
@@ -431,6 +479,147 @@ impl Net {
     }
 }
 
+/// The serde form of [`ModelConfig`]: `kind` and the kind's keys, `head` among them.
+mod raw {
+    use super::*;
+
+    #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+    #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+    pub enum ModelFile {
+        Mlp {
+            #[serde(default = "default_hidden")]
+            hidden: Vec<usize>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            head: Option<Head>,
+        },
+        Resmlp {
+            #[serde(default = "default_width")]
+            width: usize,
+            #[serde(default = "default_res_hidden")]
+            hidden: usize,
+            #[serde(default = "default_blocks")]
+            blocks: usize,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            head: Option<Head>,
+        },
+        Cnn {
+            #[serde(default = "default_channels")]
+            channels: [usize; 2],
+            #[serde(default = "default_cnn_hidden")]
+            hidden: usize,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            head: Option<Head>,
+        },
+        Vit {
+            #[serde(default = "default_patch")]
+            patch: usize,
+            #[serde(default = "default_d_model")]
+            d_model: usize,
+            #[serde(default = "default_layers")]
+            layers: usize,
+            #[serde(default = "default_heads")]
+            heads: usize,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            head: Option<Head>,
+        },
+    }
+
+    impl TryFrom<ModelFile> for ModelConfig {
+        type Error = String;
+        fn try_from(f: ModelFile) -> std::result::Result<ModelConfig, String> {
+            let linear_only = |kind: &str, head: Option<Head>| match head {
+                Some(Head::WeightNorm) => Err(format!(
+                    "model.head = \"weightnorm\" is supported by kind = \"mlp\" only; \
+                     the {kind} has a linear head"
+                )),
+                _ => Ok(()),
+            };
+            Ok(match f {
+                ModelFile::Mlp { hidden, head } => {
+                    ModelConfig::mlp(hidden, head.unwrap_or_default())
+                }
+                ModelFile::Resmlp {
+                    width,
+                    hidden,
+                    blocks,
+                    head,
+                } => {
+                    linear_only("resmlp", head)?;
+                    ModelConfig::Resmlp {
+                        width,
+                        hidden,
+                        blocks,
+                    }
+                }
+                ModelFile::Cnn {
+                    channels,
+                    hidden,
+                    head,
+                } => {
+                    linear_only("cnn", head)?;
+                    ModelConfig::Cnn { channels, hidden }
+                }
+                ModelFile::Vit {
+                    patch,
+                    d_model,
+                    layers,
+                    heads,
+                    head,
+                } => {
+                    linear_only("vit", head)?;
+                    ModelConfig::Vit {
+                        patch,
+                        d_model,
+                        layers,
+                        heads,
+                    }
+                }
+            })
+        }
+    }
+
+    /// A linear head is written as before the key existed (no `head`), so that recorded
+    /// settings compare equal.
+    impl From<ModelConfig> for ModelFile {
+        fn from(m: ModelConfig) -> ModelFile {
+            match m {
+                ModelConfig::Mlp { hidden } => ModelFile::Mlp { hidden, head: None },
+                ModelConfig::MlpWeightNorm { hidden } => ModelFile::Mlp {
+                    hidden,
+                    head: Some(Head::WeightNorm),
+                },
+                ModelConfig::Resmlp {
+                    width,
+                    hidden,
+                    blocks,
+                } => ModelFile::Resmlp {
+                    width,
+                    hidden,
+                    blocks,
+                    head: None,
+                },
+                ModelConfig::Cnn { channels, hidden } => ModelFile::Cnn {
+                    channels,
+                    hidden,
+                    head: None,
+                },
+                ModelConfig::Vit {
+                    patch,
+                    d_model,
+                    layers,
+                    heads,
+                } => ModelFile::Vit {
+                    patch,
+                    d_model,
+                    layers,
+                    heads,
+                    head: None,
+                },
+            }
+        }
+    }
+}
+
 /// The feedback path: LeakyReLU(Linear(y)) with y the uniform vector 1/C when `None`.
 fn feedback(
     fb: &burn::nn::Linear,
@@ -506,6 +695,57 @@ mod tests {
         );
     }
 
+    /// `model.head` is read with the model's keys: `weightnorm` on the mlp, refused (naming
+    /// the key) on the others and for unknown values; a linear head is written as before the
+    /// key existed.
+    #[test]
+    fn head_key_is_validated() {
+        let parse = |j: &str| serde_json::from_str::<ModelConfig>(j).map_err(|e| e.to_string());
+        assert_eq!(
+            parse(r#"{"kind": "mlp", "hidden": [8], "head": "weightnorm"}"#),
+            Ok(ModelConfig::MlpWeightNorm { hidden: vec![8] })
+        );
+        assert_eq!(
+            parse(r#"{"kind": "mlp", "head": "linear"}"#),
+            Ok(ModelConfig::Mlp {
+                hidden: vec![400, 400]
+            })
+        );
+        assert_eq!(
+            parse(r#"{"kind": "cnn", "head": "linear"}"#).map(|m| m.head()),
+            Ok(Head::Linear)
+        );
+        for kind in ["resmlp", "cnn", "vit"] {
+            let e = parse(&format!(r#"{{"kind": "{kind}", "head": "weightnorm"}}"#));
+            let e = e.err().unwrap_or_default();
+            assert!(e.contains("model.head") && e.contains(kind), "{kind}: {e}");
+        }
+        let e = parse(r#"{"kind": "mlp", "head": "cosine"}"#)
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("cosine") && e.contains("weightnorm"), "{e}");
+        assert!(parse(r#"{"kind": "mlp", "heads": 2}"#).is_err());
+        // Written back: the same config; no `head` key for a linear head.
+        for m in [
+            ModelConfig::mlp(vec![3], Head::WeightNorm),
+            ModelConfig::mlp(vec![3], Head::Linear),
+            ModelConfig::Cnn {
+                channels: [2, 3],
+                hidden: 4,
+            },
+        ] {
+            let j = serde_json::to_string(&m).expect("json");
+            assert_eq!(j.contains("head"), m.head() == Head::WeightNorm, "{j}");
+            assert_eq!(parse(&j), Ok(m));
+        }
+        // TOML (run files) names the key too.
+        let e = toml::from_str::<ModelConfig>("kind = \"vit\"\nhead = \"weightnorm\"")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("model.head"), "{e}");
+    }
+
     /// Sizes are refused before anything is allocated, naming the keys; the estimate is
     /// the built network's exact parameter count for the plain models.
     #[test]
@@ -528,6 +768,7 @@ mod tests {
         let image = Some((1, 28, 28));
         for cfg in [
             mlp(&[7, 5]),
+            ModelConfig::mlp(vec![7, 5], Head::WeightNorm),
             resmlp(8, 16, 2),
             cnn([2, 3], 4),
             vit(7, 8, 2, 2),

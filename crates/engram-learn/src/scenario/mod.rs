@@ -285,8 +285,14 @@ impl Scenario {
         self.tasks.iter().map(|t| t.classes.clone()).collect()
     }
 
-    /// Indices of the union of all tasks' test sets, ascending.
+    /// Indices of the union of all tasks' test sets, ascending; under
+    /// [`EvalPlan::AllClasses`] (SCoLe) every test example, so that classes the stream never
+    /// draws are evaluated too (`shared/methods/theory.md`, SCoLe: every class of the data
+    /// set).
     pub fn all_classes_test_indices(&self) -> Vec<usize> {
+        if self.plan == EvalPlan::AllClasses {
+            return (0..self.test.len()).collect();
+        }
         let mut keep = vec![false; self.test.len()];
         for task in &self.tasks {
             for &i in &task.test {

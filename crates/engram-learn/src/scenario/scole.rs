@@ -7,9 +7,10 @@
 //! classes (or a seeded subsample of `train_per_task`, drawn per task, so a recurring class
 //! brings different examples each time) and the test data of those classes (the
 //! current-task accuracy). Each task draws from its own stream keyed by the seed and t.
-//! The evaluation plan is [`EvalPlan::AllClasses`]: the test set of all classes after every
-//! task, with every class's logit (even when training masks the softmax to the batch's
-//! classes).
+//! The evaluation plan is [`EvalPlan::AllClasses`]: the test set of every class of the data
+//! set after every task (classes not yet drawn, or never drawn, included), with every
+//! class's logit (even when training masks the softmax to the batch's classes,
+//! `train.masking = "group"`).
 //!
 //! **Class distribution** ([`ClassDistribution`]):
 //! - `Uniform`;
@@ -482,6 +483,22 @@ mod tests {
             ..cfg(100, 6, ClassDistribution::Uniform)
         };
         assert!(sample_stream(10, &c, 5).is_err());
+    }
+
+    /// Classes the stream never draws are in the all-class evaluation set.
+    #[test]
+    fn never_drawn_classes_are_evaluated() {
+        let s = ok(scole_from_stream(
+            small_blobs(),
+            vec![vec![0, 1], vec![1, 2]],
+            &Common::default(),
+        ));
+        let (_, y) = s.all_classes_test();
+        assert_eq!(y.len(), s.test.len());
+        for c in 0..10u32 {
+            assert!(y.contains(&c), "class {c}");
+        }
+        assert_eq!(s.class_draws(1)[5], 0);
     }
 
     #[test]

@@ -5,6 +5,13 @@
 //! the buffer (as many examples as the current batch unless `replay-batch` says otherwise);
 //! after the step the current batch is offered to the buffer. Replay starts as soon as the
 //! buffer holds anything (also within the first task), as in the reference implementations.
+//!
+//! `replay-loss` says how the two batches combine: `sum` (default, as the card and the ER
+//! paper write it: CE(batch) + CE(replay), each a mean over its own examples) or `concat`
+//! (aimagelab/mammoth's `er`: one CE over the concatenated batch, i.e.
+//! (n·CE(batch) + k·CE(replay))/(n + k), half the replay weight at equal sizes). engram's
+//! models have no batch statistics, so one forward pass over the concatenation and two
+//! passes give the same logits.
 
 use super::parts::buffer::{Buffer, Pending, Sampling, ce_by_task, check_buffer};
 use super::parts::buffer_hooks;
@@ -25,6 +32,20 @@ pub struct Params {
     /// Examples replayed per step; default: the stream batch's size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_batch: Option<usize>,
+    /// `sum` (default) or `concat` (Mammoth): see the module comment.
+    #[serde(default)]
+    pub replay_loss: ReplayLoss,
+}
+
+/// How ER combines the stream batch's and the replay batch's cross-entropies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplayLoss {
+    /// CE(batch) + CE(replay).
+    #[default]
+    Sum,
+    /// One CE over the concatenated batch.
+    Concat,
 }
 
 pub(crate) fn default_buffer() -> usize {
@@ -70,7 +91,14 @@ impl Strategy for Er {
         let k = self.p.replay_batch.unwrap_or(batch.len());
         let slots = self.buf.sample(cx.seed, "er-replay", k);
         let (ids, x, y) = self.buf.batch(cx, &slots);
-        loss + ce_by_task(cx, &ids, net.forward(x), y)
+        let replay = ce_by_task(cx, &ids, net.forward(x), y);
+        match self.p.replay_loss {
+            ReplayLoss::Sum => loss + replay,
+            ReplayLoss::Concat => {
+                let (n, k) = (batch.len() as f64, ids.len() as f64);
+                (loss.mul_scalar(n) + replay.mul_scalar(k)).div_scalar(n + k)
+            }
+        }
     }
 
     buffer_hooks!(buf);
@@ -98,10 +126,81 @@ mod tests {
         let st = build(&serde_json::Value::Null).expect("defaults");
         assert_eq!(
             st.params(),
-            serde_json::json!({"buffer": 200, "sampling": "reservoir"})
+            serde_json::json!({"buffer": 200, "sampling": "reservoir", "replay-loss": "sum"})
         );
+        assert!(build(&serde_json::json!({"replay-loss": "mean"})).is_err());
         let st =
             build(&serde_json::json!({"sampling": "class-balanced", "buffer": 50})).expect("cbrs");
         assert_eq!(st.params()["sampling"], "class-balanced");
+    }
+
+    /// Issue 15, convention 9: `concat` is one cross-entropy over the concatenated batch,
+    /// `sum` the sum of the two batches' cross-entropies.
+    #[test]
+    fn replay_loss_sum_and_concat_are_the_two_conventions() {
+        use crate::strategy::lwf::tests::blobs_ci;
+        use burn::nn::loss::CrossEntropyLossConfig;
+        let s = blobs_ci();
+        let d = Device::flex().autodiff();
+        let net = crate::model::ModelConfig::Mlp { hidden: vec![8] }
+            .build(s.train.dim, s.train.image, s.num_outputs, &d)
+            .expect("net");
+        let cx = Ctx {
+            scenario: &s,
+            task: 0,
+            device: &d,
+            seed: 1,
+            step: 0,
+            optim: &crate::optim::OptimConfig::DEFAULT,
+            lr: 1e-3,
+        };
+        let batch_of = |ids: Vec<(usize, usize)>| {
+            let (xh, yh) = s.gather(crate::scenario::Part::Train, &ids);
+            let n = ids.len();
+            Batch {
+                x: Tensor::<2>::from_data(TensorData::new(xh.clone(), [n, s.train.dim]), &d),
+                y: Tensor::<1, Int>::from_data(
+                    TensorData::new(yh.iter().map(|&v| v as i64).collect::<Vec<_>>(), [n]),
+                    &d,
+                ),
+                ids,
+                x_host: xh,
+                y_host: yh,
+            }
+        };
+        let ce = |b: &Batch| {
+            CrossEntropyLossConfig::new()
+                .init(&d)
+                .forward(net.forward(b.x.clone()), b.y.clone())
+        };
+        let first = batch_of(s.tasks[0].train[..6].iter().map(|&i| (0, i)).collect());
+        let second = batch_of(s.tasks[0].train[6..10].iter().map(|&i| (0, i)).collect());
+        let mut losses = Vec::new();
+        for mode in ["sum", "concat"] {
+            let v = serde_json::json!({"buffer": 6, "replay-batch": 6, "replay-loss": mode});
+            let mut st = build(&v).expect("er");
+            // Fill the buffer with the first batch (6 examples, all of them replayed next).
+            let l = st.loss(&cx, &net, &first, net.forward(first.x.clone()), ce(&first));
+            drop(l);
+            st.after_step(&cx, net.clone());
+            let got = st
+                .loss(
+                    &cx,
+                    &net,
+                    &second,
+                    net.forward(second.x.clone()),
+                    ce(&second),
+                )
+                .into_scalar::<f32>();
+            losses.push(got);
+        }
+        let (c1, c2) = (
+            ce(&first).into_scalar::<f32>(),
+            ce(&second).into_scalar::<f32>(),
+        );
+        assert!((losses[0] - (c2 + c1)).abs() < 1e-5, "{losses:?}");
+        let joint = (4.0 * c2 + 6.0 * c1) / 10.0;
+        assert!((losses[1] - joint).abs() < 1e-5, "{losses:?} vs {joint}");
+        assert!((losses[0] - losses[1]).abs() > 1e-3);
     }
 }

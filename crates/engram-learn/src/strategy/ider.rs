@@ -5,13 +5,21 @@
 //! feedback layer (model/: `fb`, asked for through [`Strategy::feedback_input`]); inference and
 //! the trainer's evaluation use one pass with the uniform vector u. Per step:
 //! - idempotent CE: y₁ = f(x, u), y₂ = f(x, softmax(y₁)), ½[CE(y₁) + CE(y₂)] on the batch;
-//! - the same on a buffer batch, weight c;
-//! - after the first task, idempotence distillation MSE(y₁, f_old(x, softmax(y₁))) with f_old
-//!   frozen at the end of the previous task: weight b on the batch, a on the buffer batch.
+//! - after the first task, idempotence distillation b·MSE(y₁, f_old(x, softmax(y₁))) on the
+//!   batch, with f_old frozen at the end of the previous task;
+//! - on a buffer batch B₁: c·[CE(y₁′) + CE(y₂′)], the same two passes **without** the ½ (the
+//!   reference's `ider.py`; the published c assume the unhalved sum);
+//! - after the first task, on a **second, independent** buffer batch B₂:
+//!   a·MSE(y₁″, f_old(x″, softmax(y₁″))).
 //!
 //! Gradients flow through softmax(y₁) (into the second pass and into f_old's input) unless
-//! `detach-feedback` is set; the choice is recorded in the parameters. The buffer is a
-//! class-balanced reservoir by default, as in the reference runs.
+//! `detach-feedback` is set; the choice is recorded in the parameters. The buffer is the
+//! reference's `reservoir_balanced` by default (reservoir admission, eviction from the
+//! largest class; [`Sampling::ReservoirBalanced`]); `class-balanced` (CBRS) and `reservoir`
+//! are options.
+//!
+//! Before issue 15 engram halved the replay term, reused B₁ for the a-term and kept a CBRS
+//! buffer; those are not kept as options (none is the reference, and none was found useful).
 
 use super::parts::buffer::{Buffer, Pending, Sampling, ce_by_task, check_buffer};
 use super::parts::buffer_hooks;
@@ -28,7 +36,7 @@ pub struct Params {
     /// Buffer capacity in examples (200).
     #[serde(default = "super::er::default_buffer")]
     pub buffer: usize,
-    /// `class-balanced` (reference) or `reservoir`.
+    /// `reservoir-balanced` (reference, default), `class-balanced` (CBRS) or `reservoir`.
     #[serde(default = "default_sampling")]
     pub sampling: Sampling,
     /// Idempotence distillation weight on buffer samples (seq-cifar10: 0.05).
@@ -49,7 +57,7 @@ pub struct Params {
 }
 
 fn default_sampling() -> Sampling {
-    Sampling::ClassBalanced
+    Sampling::ReservoirBalanced
 }
 fn default_ab() -> f64 {
     0.05
@@ -92,7 +100,7 @@ impl Ider {
         }
     }
 
-    /// ½[CE(y₁) + CE(y₂)] with y₂ = f(x, softmax(y₁)), given CE(y₁) (`ids`: the examples'
+    /// CE(y₁) + CE(y₂) with y₂ = f(x, softmax(y₁)), given CE(y₁) (`ids`: the examples'
     /// tasks, for the Task-IL mask).
     fn two_pass_ce(
         &self,
@@ -103,7 +111,7 @@ impl Ider {
         ce1: Tensor<1>,
     ) -> Tensor<1> {
         let y2 = net.forward_fb(x, Some(self.feedback(y1)));
-        (ce1 + ce_by_task(cx, ids, y2, y)).mul_scalar(0.5)
+        ce1 + ce_by_task(cx, ids, y2, y)
     }
 
     /// MSE(y₁, f_old(x, softmax(y₁))).
@@ -147,13 +155,15 @@ impl Strategy for Ider {
         loss: Tensor<1>,
     ) -> Tensor<1> {
         self.buf.hold(Pending::of(batch, Vec::new()));
-        let mut total = self.two_pass_ce(
-            cx,
-            net,
-            (&batch.ids, batch.x.clone(), batch.y.clone()),
-            logits.clone(),
-            loss,
-        );
+        let mut total = self
+            .two_pass_ce(
+                cx,
+                net,
+                (&batch.ids, batch.x.clone(), batch.y.clone()),
+                logits.clone(),
+                loss,
+            )
+            .mul_scalar(0.5);
         if let Some(t) = &self.teacher
             && self.p.b > 0.0
         {
@@ -170,11 +180,15 @@ impl Strategy for Ider {
         let (ids, x, y) = self.buf.batch(cx, &slots);
         let y1 = net.forward(x.clone());
         let ce1 = ce_by_task(cx, &ids, y1.clone(), y.clone());
-        let ce = self.two_pass_ce(cx, net, (&ids, x.clone(), y), y1.clone(), ce1);
+        let ce = self.two_pass_ce(cx, net, (&ids, x, y), y1, ce1);
         total = total + ce.mul_scalar(self.p.c);
         if let Some(t) = &self.teacher
             && self.p.a > 0.0
         {
+            // B₂: a draw of its own, independent of B₁.
+            let slots = self.buf.sample(cx.seed, "ider-distill", k);
+            let (_, x, _) = self.buf.batch(cx, &slots);
+            let y1 = net.forward(x.clone());
             total = total + self.distill(t, x, y1).mul_scalar(self.p.a);
         }
         total
@@ -268,6 +282,96 @@ mod tests {
         assert!(st.feedback_input());
     }
 
+    /// Issue 15, defect 2: the replay term is c·[CE(y₁′) + CE(y₂′)] (no ½) on B₁, and the
+    /// a-term reads a second, independent buffer batch B₂.
+    #[test]
+    fn replay_term_is_unhalved_and_distillation_draws_its_own_batch() {
+        let s = blobs_ci();
+        let d = Device::flex();
+        let _rng = crate::backend::seeded(&d, 4);
+        let d = d.autodiff();
+        let c = s.num_outputs;
+        let net = crate::model::ModelConfig::Mlp { hidden: vec![8] }
+            .build_with_feedback(s.train.dim, s.train.image, c, true, &d)
+            .expect("net");
+        let cx = |task| Ctx {
+            scenario: &s,
+            task,
+            device: &d,
+            seed: 1,
+            step: 0,
+            optim: &crate::optim::OptimConfig::DEFAULT,
+            lr: 1e-3,
+        };
+        let batch_of = |ids: Vec<(usize, usize)>| {
+            let (xh, yh) = s.gather(crate::scenario::Part::Train, &ids);
+            let n = ids.len();
+            Batch {
+                x: Tensor::<2>::from_data(TensorData::new(xh.clone(), [n, s.train.dim]), &d),
+                y: Tensor::<1, Int>::from_data(
+                    TensorData::new(yh.iter().map(|&v| v as i64).collect::<Vec<_>>(), [n]),
+                    &d,
+                ),
+                ids,
+                x_host: xh,
+                y_host: yh,
+            }
+        };
+        let ce =
+            |z: Tensor<2>, y: Tensor<1, Int>| CrossEntropyLossConfig::new().init(&d).forward(z, y);
+        let f = |t: Tensor<1>| t.into_scalar::<f32>();
+        let fill = batch_of(s.tasks[0].train[..12].iter().map(|&i| (0, i)).collect());
+        let cur = batch_of(s.tasks[0].train[12..16].iter().map(|&i| (0, i)).collect());
+        // c only: the total is ½·(current two-pass CE) + c·(replay two-pass CE).
+        let mut st = Ider {
+            p: parse_params(
+                "ider",
+                &serde_json::json!({"buffer": 12, "a": 0.0, "b": 0.0,
+                "c": 0.7, "replay-batch": 12}),
+            )
+            .expect("p"),
+            buf: Buffer::new(12, Sampling::ReservoirBalanced, 0),
+            teacher: None,
+        };
+        let y1 = net.forward(fill.x.clone());
+        drop(st.loss(&cx(0), &net, &fill, y1.clone(), ce(y1, fill.y.clone())));
+        st.buf.flush(1);
+        let y1 = net.forward(cur.x.clone());
+        let got = f(st.loss(
+            &cx(0),
+            &net,
+            &cur,
+            y1.clone(),
+            ce(y1.clone(), cur.y.clone()),
+        ));
+        let two = |b: &Batch| {
+            let y1 = net.forward(b.x.clone());
+            let y2 = net.forward_fb(b.x.clone(), Some(softmax(y1.clone(), 1)));
+            f(ce(y1, b.y.clone())) + f(ce(y2, b.y.clone()))
+        };
+        let want = 0.5 * two(&cur) + 0.7 * two(&fill);
+        assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+        // a only, after the first task: MSE on B₂, drawn after and apart from B₁.
+        st.p = parse_params(
+            "ider",
+            &serde_json::json!({"buffer": 12, "a": 2.0, "b": 0.0,
+            "c": 0.0, "replay-batch": 4}),
+        )
+        .expect("p");
+        st.teacher = Some(net.clone().no_grad());
+        let mut probe = st.buf.clone();
+        let b1 = probe.sample(1, "ider-replay", 4);
+        let b2 = probe.sample(1, "ider-distill", 4);
+        assert_ne!(b1, b2);
+        let got = f(st.loss(&cx(1), &net, &cur, y1.clone(), ce(y1, cur.y.clone())));
+        assert_eq!(st.buf.draws, probe.draws);
+        let (_, x2, _) = st.buf.batch(&cx(1), &b2);
+        let teacher = st.teacher.as_ref().expect("teacher");
+        let mse = f(st.distill(teacher, x2.clone(), net.forward(x2)));
+        let want = 0.5 * two(&cur) + 2.0 * mse;
+        assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+    }
+
     #[test]
     fn invalid_ider_params_are_errors_and_state_round_trips() {
         for v in [
@@ -282,7 +386,7 @@ mod tests {
         let st = build(&serde_json::Value::Null).expect("defaults");
         assert_eq!(
             st.params(),
-            serde_json::json!({"buffer": 200, "sampling": "class-balanced", "a": 0.05,
+            serde_json::json!({"buffer": 200, "sampling": "reservoir-balanced", "a": 0.05,
                 "b": 0.05, "c": 0.5, "detach-feedback": false})
         );
         let mut a = Ider {

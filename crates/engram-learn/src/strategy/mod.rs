@@ -192,6 +192,32 @@ pub trait Strategy: Send {
 
 type Build = fn(&serde_json::Value) -> Result<Box<dyn Strategy>>;
 
+/// Strategies that protect earlier tasks through the weights alone (penalties, an
+/// optimizer, distillation on the new data) and keep no examples: Task-IL methods.
+pub const TASK_IL_METHODS: &[&str] = &["ewc", "online-ewc", "si", "l2", "classp", "lwf"];
+
+/// A note for a run of `strategy` whose result a user may take for a bug: a Task-IL method in
+/// class-incremental learning, where near 1/T final accuracy is the expected result.
+pub fn scenario_note(
+    strategy: &str,
+    eval: crate::scenario::EvalMode,
+    tasks: usize,
+) -> Option<String> {
+    if eval != crate::scenario::EvalMode::ClassIl
+        || !TASK_IL_METHODS.contains(&strategy)
+        || tasks < 2
+    {
+        return None;
+    }
+    Some(format!(
+        "{strategy} protects earlier tasks through the weights and keeps no examples: in \
+         class-incremental learning (no task id at test time) it predicts mostly the last \
+         task's classes, so a final accuracy near 1/T = {:.1}% is the expected result, not a \
+         bug. Compare it in task-incremental learning, or use a replay method (er, der++, ider).",
+        100.0 / tasks as f64
+    ))
+}
+
 /// (name, one-line summary, constructor from parameters).
 pub const REGISTRY: &[(&str, &str, Build)] = &[
     (
@@ -231,7 +257,7 @@ pub const REGISTRY: &[(&str, &str, Build)] = &[
     ),
     (
         "classp",
-        "CLASSP: adjustment suppression + gradient threshold",
+        "CLASSP: adjustment suppression + per-weight gradient threshold g² > t, per-task schedule",
         classp::build,
     ),
     (

@@ -26,6 +26,9 @@ pub struct Saved {
     pub model_path: PathBuf,
     pub strategy_path: Option<PathBuf>,
     pub strategy_json: serde_json::Value,
+    /// The optimizer state carried across tasks (`reset-optimizer = false`), if any.
+    pub optimizer_path: Option<PathBuf>,
+    pub optimizer_json: serde_json::Value,
 }
 
 impl Saved {
@@ -36,22 +39,52 @@ impl Saved {
             model_path: PathBuf::new(),
             strategy_path: None,
             strategy_json: serde_json::Value::Null,
+            optimizer_path: None,
+            optimizer_json: serde_json::Value::Null,
         }
     }
 
     pub fn strategy_state(&self) -> Result<State> {
-        let mut tensors = Vec::new();
-        if let Some(p) = &self.strategy_path {
-            let m = engram_ckpt::Model::open(p)?;
-            for t in m.tensors() {
-                tensors.push((t.name().to_string(), t.shape().to_vec(), t.to_f32()?));
-            }
-        }
-        Ok(State {
-            tensors,
-            json: self.strategy_json.clone(),
-        })
+        read_state(self.strategy_path.as_deref(), &self.strategy_json)
     }
+
+    /// The optimizer state the run carries across tasks (empty when it resets it).
+    pub fn optimizer_state(&self) -> Result<State> {
+        read_state(self.optimizer_path.as_deref(), &self.optimizer_json)
+    }
+}
+
+/// A state from its tensor file (if any) and its JSON.
+fn read_state(path: Option<&Path>, json: &Value) -> Result<State> {
+    let mut tensors = Vec::new();
+    if let Some(p) = path {
+        let m = engram_ckpt::Model::open(p)?;
+        for t in m.tensors() {
+            tensors.push((t.name().to_string(), t.shape().to_vec(), t.to_f32()?));
+        }
+    }
+    Ok(State {
+        tensors,
+        json: json.clone(),
+    })
+}
+
+/// Writes `state`'s tensors to `dir/name` (none when it has no tensors): the file's name.
+fn write_state(dir: &Path, name: String, state: &State) -> Result<Option<String>> {
+    if state.tensors.is_empty() {
+        return Ok(None);
+    }
+    let specs = state
+        .tensors
+        .iter()
+        .map(|(n, s, _)| TensorSpec::new(n.clone(), DType::F32, s))
+        .collect();
+    let w = ModelWriter::create(&dir.join(&name), specs, &WriteOptions::default())?;
+    for (n, _, v) in &state.tensors {
+        w.write_f32(n, v)?;
+    }
+    w.finish(&[])?;
+    Ok(Some(name))
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -60,6 +93,11 @@ struct StateFile {
     model: String,
     strategy: Option<String>,
     strategy_json: serde_json::Value,
+    /// The optimizer state carried across tasks (`reset-optimizer = false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    optimizer: Option<String>,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    optimizer_json: Value,
     output: RunOutput,
     /// The run's settings (absent in checkpoints of older versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,33 +111,22 @@ pub fn save<M: burn::module::Module>(
     saved: &Saved,
     net: &M,
     state: &State,
+    optimizer: &State,
     settings: &Value,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let k = saved.completed;
     let model = format!("task-{k}.model.safetensors");
     crate::model::io::save(net, &dir.join(&model), &BTreeMap::new())?;
-    let strategy = if state.tensors.is_empty() {
-        None
-    } else {
-        let name = format!("task-{k}.strategy.safetensors");
-        let specs = state
-            .tensors
-            .iter()
-            .map(|(n, s, _)| TensorSpec::new(n.clone(), DType::F32, s))
-            .collect();
-        let w = ModelWriter::create(&dir.join(&name), specs, &WriteOptions::default())?;
-        for (n, _, v) in &state.tensors {
-            w.write_f32(n, v)?;
-        }
-        w.finish(&[])?;
-        Some(name)
-    };
+    let strategy = write_state(dir, format!("task-{k}.strategy.safetensors"), state)?;
+    let optim_file = write_state(dir, format!("task-{k}.optimizer.safetensors"), optimizer)?;
     let file = StateFile {
         completed: k,
         model,
         strategy,
         strategy_json: state.json.clone(),
+        optimizer: optim_file,
+        optimizer_json: optimizer.json.clone(),
         output: saved.output.clone(),
         settings: (!settings.is_null()).then(|| settings.clone()),
     };
@@ -107,7 +134,7 @@ pub fn save<M: burn::module::Module>(
     write_atomic(&dir.join("state.json"), &text)?;
     // Older checkpoints are no longer referenced.
     for old in 0..k {
-        for suffix in ["model", "strategy"] {
+        for suffix in ["model", "strategy", "optimizer"] {
             let _ = std::fs::remove_file(dir.join(format!("task-{old}.{suffix}.safetensors")));
         }
     }
@@ -131,7 +158,11 @@ pub fn load_latest(
         .map_err(|e| err!("{}: not a valid checkpoint state: {e}", path.display()))?;
     let bad = |msg: String| err!("{}: {msg}", path.display());
     let k = f.completed;
-    let files = [("model", Some(&f.model)), ("strategy", f.strategy.as_ref())];
+    let files = [
+        ("model", Some(&f.model)),
+        ("strategy", f.strategy.as_ref()),
+        ("optimizer", f.optimizer.as_ref()),
+    ];
     for (key, name) in files {
         let Some(name) = name else { continue };
         engram_ckpt::names::plain_name(key, name).map_err(|e| bad(e.to_string()))?;
@@ -188,6 +219,8 @@ pub fn load_latest(
         .chain(&o.baseline_task_il)
         .chain(&o.all_class_curve)
         .chain(&o.current_task_curve)
+        .chain(&o.ece_curve)
+        .chain(o.ece_matrix.iter().flatten())
         .chain(std::iter::once(&o.ece));
     let mut percents = percents;
     if o.baseline.len() != tasks
@@ -205,6 +238,9 @@ pub fn load_latest(
     if o.eval_mode != format!("{:?}", scenario.eval)
         || !full(&o.accuracy)
         || !full(&o.task_il_accuracy)
+        || !full(&o.ece_matrix)
+        || o.ece_matrix.len() != o.accuracy.len()
+        || o.ece_curve.len() != rows
     {
         return Err(bad(
             "the recorded accuracies do not fit this run's scenario".into(),
@@ -212,7 +248,11 @@ pub fn load_latest(
     }
     let model_path = dir.join(f.model);
     let strategy_path = f.strategy.map(|s| dir.join(s));
-    for p in std::iter::once(&model_path).chain(&strategy_path) {
+    let optimizer_path = f.optimizer.map(|s| dir.join(s));
+    for p in std::iter::once(&model_path)
+        .chain(&strategy_path)
+        .chain(&optimizer_path)
+    {
         if !own_file(p)? {
             return Err(err!("{}: missing from the checkpoint", p.display()));
         }
@@ -232,6 +272,8 @@ pub fn load_latest(
         model_path,
         strategy_path,
         strategy_json: f.strategy_json,
+        optimizer_path,
+        optimizer_json: f.optimizer_json,
     }))
 }
 
@@ -317,9 +359,13 @@ mod tests {
             model: model.into(),
             strategy: strategy.map(String::from),
             strategy_json: Value::Null,
+            optimizer: None,
+            optimizer_json: Value::Null,
             output: RunOutput {
                 eval_mode: format!("{:?}", s.eval),
                 accuracy: vec![vec![0.0; 3]; rows],
+                ece_matrix: vec![vec![0.0; 3]; rows],
+                ece_curve: vec![0.0; rows],
                 seconds_per_task: vec![1.0; rows],
                 baseline: vec![10.0; 3],
                 baseline_task_il: vec![50.0; 3],

@@ -10,14 +10,19 @@
 //! the same hyper-parameters mean the same thing in both.
 //!
 //! State lives in host vectors keyed by parameter id, created at a parameter's first update
-//! (zero moments, as in PyTorch and burn) and dropped with the optimizer: the trainer makes a
-//! fresh optimizer at each task, so no optimizer state needs to be checkpointed. A parameter
+//! (zero moments, as in PyTorch and burn) and dropped with the optimizer. The trainer makes a
+//! fresh optimizer at each task; a run that carries the state across tasks
+//! (`reset-optimizer = false`) moves it by parameter name ([`Optimizer::export`],
+//! [`Optimizer::import`]), which is also how it is checkpointed. A parameter
 //! without a gradient in a step (frozen, or unused) is left as it is and its step count does
 //! not advance.
 
+use crate::model::params::param_infos;
 use crate::optim::{OptimConfig, OptimKind};
+use crate::strategy::State;
+use crate::{Result, err};
 use burn::backend::Flex;
-use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -56,11 +61,92 @@ impl Optimizer {
     /// Updates every parameter of `module` that has a gradient in `grads`, at learning rate
     /// `lr`.
     pub fn step<M: Module>(&mut self, lr: f64, module: M, mut grads: GradientsParams) -> M {
+        let scale = match self.cfg.clip_grad_norm {
+            Some(max) => (max / (grad_norm(&module, &grads) + 1e-6)).min(1.0) as f32,
+            None => 1.0,
+        };
         module.map(&mut Stepper {
             opt: self,
             lr,
+            scale,
             grads: &mut grads,
         })
+    }
+
+    /// The state of every parameter of `module` that has one, by name: tensors `m.NAME` and
+    /// `v.NAME` (the moments, where kept) and the step counts in `json.steps`.
+    pub fn export<M: Module>(&self, module: &M) -> State {
+        let mut st = State::default();
+        let mut steps = serde_json::Map::new();
+        for p in param_infos(module) {
+            let Some(slot) = self.slots.get(&p.id) else {
+                continue;
+            };
+            steps.insert(p.name.clone(), slot.t.into());
+            for (key, v) in [("m", &slot.m), ("v", &slot.v)] {
+                if !v.is_empty() {
+                    st.tensors
+                        .push((format!("{key}.{}", p.name), p.shape.clone(), v.clone()));
+                }
+            }
+        }
+        st.json = serde_json::json!({ "steps": steps });
+        st
+    }
+
+    /// Takes over a state [`Optimizer::export`] made, for the parameters of `module` of the
+    /// same name and size; the state of parameters the network no longer has (or has with
+    /// another size, e.g. after a strategy reshaped it) is dropped, as a fresh parameter starts
+    /// with none. A state that is not one `export` makes is an error.
+    pub fn import<M: Module>(&mut self, module: &M, st: &State) -> Result<()> {
+        if st.json.is_null() && st.tensors.is_empty() {
+            return Ok(());
+        }
+        let bad = |m: String| err!("optimizer state: {m}");
+        let steps = st
+            .json
+            .get("steps")
+            .and_then(|v| v.as_object())
+            .ok_or_else(|| bad("no `steps` table".into()))?;
+        let mut slots: HashMap<String, Slot> = HashMap::new();
+        for (name, t) in steps {
+            let t = t
+                .as_u64()
+                .ok_or_else(|| bad(format!("step count of {name} is not a count")))?;
+            slots.insert(
+                name.clone(),
+                Slot {
+                    t,
+                    ..Slot::default()
+                },
+            );
+        }
+        for (key, shape, v) in &st.tensors {
+            let (which, name) = key
+                .split_once('.')
+                .filter(|(w, _)| matches!(*w, "m" | "v"))
+                .ok_or_else(|| bad(format!("tensor {key} is neither m.NAME nor v.NAME")))?;
+            let slot = slots
+                .get_mut(name)
+                .ok_or_else(|| bad(format!("tensor {key} has no step count")))?;
+            if shape.iter().product::<usize>() != v.len() {
+                return Err(bad(format!("tensor {key} does not fill its shape")));
+            }
+            match which {
+                "m" => slot.m = v.clone(),
+                _ => slot.v = v.clone(),
+            }
+        }
+        for p in param_infos(module) {
+            if let Some(slot) = slots.remove(&p.name) {
+                let n = p.numel();
+                let fits = |v: &Vec<f32>| v.is_empty() || v.len() == n;
+                if fits(&slot.m) && fits(&slot.v) {
+                    self.slots.insert(p.id, slot);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Bytes of optimizer state held.
@@ -169,9 +255,32 @@ fn for_pieces4(
         .for_each(|(((w, g), a), b)| f(w, g, a, b));
 }
 
+/// The global L2 norm of the gradients in `grads` of `module`'s float parameters.
+pub fn grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
+    struct Norm<'a> {
+        grads: &'a GradientsParams,
+        sq: f64,
+    }
+    impl ModuleVisitor for Norm<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.get::<D>(param.id) {
+                self.sq += host_f32(g)
+                    .iter()
+                    .map(|&v| f64::from(v).powi(2))
+                    .sum::<f64>();
+            }
+        }
+    }
+    let mut v = Norm { grads, sq: 0.0 };
+    module.visit(&mut v);
+    v.sq.sqrt()
+}
+
 struct Stepper<'a> {
     opt: &'a mut Optimizer,
     lr: f64,
+    /// Gradient-norm clipping's factor (1: none).
+    scale: f32,
     grads: &'a mut GradientsParams,
 }
 
@@ -186,8 +295,14 @@ impl ModuleMapper for Stepper<'_> {
         let require_grad = tensor.is_require_grad();
         let device = tensor.device();
         let mut slot = self.opt.slots.remove(&id).unwrap_or_default();
+        let scale = self.scale;
         let (updated, in_place) = update_tensor(tensor.inner(), grad.inner(), |w, g| {
-            self.opt.update(self.lr, &mut slot, w, g)
+            if scale == 1.0 {
+                self.opt.update(self.lr, &mut slot, w, g)
+            } else {
+                let g: Vec<f32> = g.iter().map(|v| v * scale).collect();
+                self.opt.update(self.lr, &mut slot, w, &g)
+            }
         });
         self.opt.slots.insert(id, slot);
         self.opt.copies += usize::from(!in_place);

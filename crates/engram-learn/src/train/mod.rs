@@ -6,4 +6,4 @@ pub mod fused;
 pub mod stage;
 pub mod trainer;
 
-pub use trainer::{Event, RunOutput, Start, TrainConfig, Trainer};
+pub use trainer::{Event, Masking, RunOutput, Start, TrainConfig, Trainer};

@@ -7,12 +7,12 @@
 
 use super::checkpoint::{self, Saved};
 use super::fused::Optimizer;
-use crate::eval::{accuracy, class_mask, evaluate, logits_of};
+use crate::eval::{accuracy, class_mask, evaluate, evaluate_all, logits_of};
 use crate::metrics::{ClassMask, ece_from_logits};
 use crate::model::{ModelConfig, Net};
 use crate::optim::OptimConfig;
 use crate::scenario::{EvalMode, EvalPlan, Part, Scenario};
-use crate::strategy::{Batch, Ctx, Strategy};
+use crate::strategy::{Batch, Ctx, State, Strategy};
 use crate::{Result, err};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -37,6 +37,27 @@ pub struct TrainConfig {
     pub eval_batch: usize,
     #[serde(default)]
     pub optimizer: OptimConfig,
+    /// A fresh optimizer state (moments, step count) at the start of every task (`true`, the
+    /// default, as Mammoth), or one state carried through the whole run (`false`, as
+    /// Avalanche keeps it).
+    #[serde(default = "default_reset_optimizer")]
+    pub reset_optimizer: bool,
+    /// Logit masking in the training loss: `none` (default) or `group`, SCoLe's batch-class
+    /// masked softmax (logits of classes absent from the batch's labels are left out of the
+    /// cross-entropy; predictions always use every logit).
+    #[serde(default)]
+    pub masking: Masking,
+}
+
+/// Logit masking in the training loss (`train.masking`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Masking {
+    /// Cross-entropy over every output (Task-IL: over the example's task's classes).
+    #[default]
+    None,
+    /// Cross-entropy over the classes present in the batch's labels (SCoLe `masking=group`).
+    Group,
 }
 
 /// Most epochs per task: a run file asking for more is a typo, not a run that finishes.
@@ -53,6 +74,9 @@ fn default_batch() -> usize {
 fn default_eval_batch() -> usize {
     1000
 }
+fn default_reset_optimizer() -> bool {
+    true
+}
 
 impl Default for TrainConfig {
     fn default() -> Self {
@@ -62,6 +86,8 @@ impl Default for TrainConfig {
             batch_size: default_batch(),
             eval_batch: default_eval_batch(),
             optimizer: OptimConfig::default(),
+            reset_optimizer: default_reset_optimizer(),
+            masking: Masking::None,
         }
     }
 }
@@ -135,8 +161,16 @@ pub struct RunOutput {
     pub all_class_curve: Vec<f64>,
     pub current_task_curve: Vec<f64>,
     /// Expected calibration error (15 bins, percent) after the last task, Class-IL over the
-    /// classes seen.
+    /// classes seen (the last entry of `ece_curve`).
     pub ece: f64,
+    /// ECE after each task over the test sets of the tasks seen so far, Class-IL over the
+    /// classes seen (Domain-IL and all-class plans: every output).
+    #[serde(default)]
+    pub ece_curve: Vec<f64>,
+    /// ECE[k][i] on task i's test set after task k, from the masked logits of a[k][i] (T × T;
+    /// empty for all-class plans).
+    #[serde(default)]
+    pub ece_matrix: Vec<Vec<f64>>,
     pub seconds_per_task: Vec<f64>,
     pub peak_memory_bytes: u64,
     pub strategy_state_bytes: u64,
@@ -222,15 +256,22 @@ pub fn peak_memory() -> u64 {
 
 /// Cross-entropy; in Task-IL each example's logits outside its own task's classes are
 /// masked out (examples of earlier tasks, as Joint and replay mix in, keep their own head).
+/// With [`Masking::Group`] (SCoLe's `masking=group`) the logits of classes absent from the
+/// batch's labels `y_host` are masked out as well (−1e9 added before the softmax), for every
+/// example; only the training loss is masked, predictions keep every logit.
 fn task_loss(
     s: &Scenario,
+    masking: Masking,
     ids: &[(usize, usize)],
+    y_host: &[u32],
     logits: Tensor<2>,
     y: Tensor<1, Int>,
     device: &Device,
 ) -> Tensor<1> {
-    let logits = if s.eval == EvalMode::TaskIl {
-        let c = s.num_outputs;
+    let c = s.num_outputs;
+    let n = ids.len();
+    let mut pen: Option<Vec<f32>> = None;
+    if s.eval == EvalMode::TaskIl {
         let masks: Vec<Vec<f32>> = s
             .tasks
             .iter()
@@ -241,13 +282,28 @@ fn task_loss(
                     .collect()
             })
             .collect();
-        let pen: Vec<f32> = ids
+        pen = Some(
+            ids.iter()
+                .flat_map(|&(t, _)| masks[t].iter().copied())
+                .collect(),
+        );
+    }
+    if masking == Masking::Group {
+        let present = class_mask(c, y_host.iter().copied());
+        let row: Vec<f32> = present
             .iter()
-            .flat_map(|&(t, _)| masks[t].iter().copied())
+            .map(|&a| if a { 0.0 } else { -1e9 })
             .collect();
-        logits + Tensor::<2>::from_data(TensorData::new(pen, [ids.len(), c]), device)
-    } else {
-        logits
+        let p = pen.get_or_insert_with(|| vec![0.0; n * c]);
+        for r in p.chunks_mut(c) {
+            for (v, &g) in r.iter_mut().zip(&row) {
+                *v += g;
+            }
+        }
+    }
+    let logits = match pen {
+        Some(p) => logits + Tensor::<2>::from_data(TensorData::new(p, [n, c]), device),
+        None => logits,
     };
     CrossEntropyLossConfig::new()
         .init(device)
@@ -318,6 +374,8 @@ impl Trainer<'_> {
             ..Default::default()
         };
         let mut first = 0;
+        // Optimizer state carried across tasks by parameter name (`reset-optimizer = false`).
+        let mut carried = State::default();
         if let Some(dir) = &self.checkpoint_dir
             && let Some(saved) = checkpoint::load_latest(
                 dir,
@@ -327,6 +385,7 @@ impl Trainer<'_> {
             )?
         {
             self.strategy.load_state(saved.strategy_state()?)?;
+            carried = saved.optimizer_state()?;
             // A strategy that changed the network's shape (block expansion) shapes the fresh
             // one the same way before the saved values go in.
             net = self.strategy.reshape(net, &ad)?;
@@ -377,9 +436,13 @@ impl Trainer<'_> {
                 tasks: s.tasks.len(),
                 steps: total,
             });
-            // A fresh optimizer per task (engram resets optimizer state at the start of every task,
-            // so that a run resumed at a task boundary continues exactly).
+            // A fresh optimizer per task (the default, as Mammoth), or the state carried from the
+            // previous task by parameter name (`reset-optimizer = false`, as Avalanche; saved
+            // in each checkpoint, so that a resumed run continues exactly).
             let mut opt = Optimizer::new(&self.train.optimizer);
+            if !self.train.reset_optimizer {
+                opt.import(&net, &carried)?;
+            }
             let mut step = 0;
             'epochs: for epoch in 0..epochs {
                 // The batch order of (seed, task, epoch): a stream whose state is that mix (offset by
@@ -407,7 +470,15 @@ impl Trainer<'_> {
                     };
                     let lr = optim.lr_at(step, total, epoch);
                     let logits = net.forward(batch.x.clone());
-                    let ce = task_loss(s, &batch.ids, logits.clone(), batch.y.clone(), &ad);
+                    let ce = task_loss(
+                        s,
+                        self.train.masking,
+                        &batch.ids,
+                        &batch.y_host,
+                        logits.clone(),
+                        batch.y.clone(),
+                        &ad,
+                    );
                     let loss = self.strategy.loss(&cx(step, lr), &net, &batch, logits, ce);
                     let loss_val = loss.clone().into_scalar::<f32>();
                     if !loss_val.is_finite() {
@@ -429,19 +500,27 @@ impl Trainer<'_> {
                 }
             }
             out.optimizer_bytes = (opt.state_bytes() as u64) + self.strategy.optimizer_bytes();
+            if !self.train.reset_optimizer {
+                carried = opt.export(&net);
+            }
             net = self.strategy.after_task(&cx(step, optim.lr), net)?;
             let seconds = t0.elapsed().as_secs_f64();
             let valid = net.valid();
             match s.plan {
                 EvalPlan::EveryTask => {
-                    let (row, til) = evaluate(&valid, s, Some(task), &base, self.train.eval_batch);
+                    let e = evaluate_all(&valid, s, Some(task), &base, self.train.eval_batch);
                     on(Event::TaskEnd {
                         task,
                         seconds,
-                        accuracy: row.clone(),
+                        accuracy: e.row.clone(),
                     });
-                    out.accuracy.push(row);
-                    out.task_il_accuracy.push(til);
+                    out.accuracy.push(e.row);
+                    out.task_il_accuracy.push(e.task_il);
+                    out.ece_matrix.push(e.ece_row);
+                    out.ece_curve.push(
+                        e.ece_seen
+                            .ok_or_else(|| err!("task {task}: no test example to calibrate on"))?,
+                    );
                 }
                 EvalPlan::AllClasses => {
                     let ids: Vec<(usize, usize)> = s
@@ -466,6 +545,11 @@ impl Trainer<'_> {
                         sel.iter().map(|&n| lb[n]).collect(),
                     );
                     out.all_class_curve.push(all);
+                    out.ece_curve.push(
+                        ClassMask::only(c, &(0..c).collect::<Vec<_>>())
+                            .and_then(|m| ece_from_logits(&lg, c, &lb, &m))
+                            .map_err(|e| err!("{e}"))?,
+                    );
                     out.current_task_curve
                         .push(accuracy(&cl, &cy, c, &vec![true; c]));
                     on(Event::TaskEnd {
@@ -478,27 +562,7 @@ impl Trainer<'_> {
             out.seconds_per_task.push(seconds);
             out.strategy_state_bytes = out.strategy_state_bytes.max(self.strategy.state_bytes());
             out.trainable_values = self.strategy.trainable(&net);
-            if task + 1 == s.tasks.len() {
-                // Calibration over the union of all tasks' test sets, Class-IL over seen classes.
-                let ids: Vec<(usize, usize)> = s
-                    .tasks
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(t, k)| k.test.iter().map(move |&i| (t, i)))
-                    .collect();
-                let (lg, lb, c) =
-                    logits_of(&valid, s, Part::Test, &ids, &base, self.train.eval_batch);
-                let mask = match s.eval {
-                    EvalMode::ClassIl => {
-                        class_mask(c, s.tasks.iter().flat_map(|t| t.classes.iter().copied()))
-                    }
-                    _ => vec![true; c],
-                };
-                let classes: Vec<usize> = (0..c).filter(|&k| mask[k]).collect();
-                out.ece = ClassMask::only(c, &classes)
-                    .and_then(|m| ece_from_logits(&lg, c, &lb, &m))
-                    .map_err(|e| err!("{e}"))?;
-            }
+            out.ece = out.ece_curve.last().copied().unwrap_or(0.0);
             out.peak_memory_bytes = out.peak_memory_bytes.max(peak_memory());
             if let Some(dir) = &self.checkpoint_dir {
                 checkpoint::save(
@@ -506,6 +570,7 @@ impl Trainer<'_> {
                     &Saved::new(task + 1, out.clone()),
                     &net,
                     &self.strategy.state(),
+                    &carried,
                     &self.settings,
                 )?;
             }

@@ -24,6 +24,12 @@ pub enum Sampling {
     Reservoir,
     /// Class-balanced reservoir (CBRS): the largest classes give way to the others.
     ClassBalanced,
+    /// IDER's `reservoir_balanced` (Idempotent-Continual-Learning `ASCEND/utils/buffer.py`):
+    /// reservoir admission (the (n+1)-th example enters with probability M/(n+1)), and an
+    /// admitted example evicts a uniformly random stored example of the largest class(es),
+    /// the class counts being those of the buffer before the current batch was written.
+    /// Not CBRS: admission does not depend on the example's class.
+    ReservoirBalanced,
 }
 
 /// A training batch waiting to be offered to a buffer after the optimizer step.
@@ -69,6 +75,9 @@ pub struct Buffer {
     /// This step's batch, offered by [`Buffer::flush`] after the optimizer step (not saved:
     /// it never outlives a step).
     pending: Option<Pending>,
+    /// Class counts of the buffer before the batch being offered (`ReservoirBalanced`; not
+    /// saved: it never outlives [`Buffer::offer_all`]).
+    batch_counts: Option<BTreeMap<u32, usize>>,
 }
 
 impl Buffer {
@@ -85,6 +94,7 @@ impl Buffer {
             draws: 0,
             dim: 0,
             pending: None,
+            batch_counts: None,
         }
     }
 
@@ -130,6 +140,7 @@ impl Buffer {
                 (j < self.capacity).then_some(j)
             }
             Sampling::ClassBalanced => self.cbrs_slot(seed, n, label, nc),
+            Sampling::ReservoirBalanced => self.balanced_slot(seed, n),
         };
         if let Some(j) = slot {
             self.ids[j] = id;
@@ -167,10 +178,47 @@ impl Buffer {
     pub fn offer_all(&mut self, seed: u64, p: Pending) {
         self.dim = p.dim;
         let w = self.width;
+        if self.sampling == Sampling::ReservoirBalanced {
+            self.batch_counts = Some(self.class_counts());
+        }
         for (r, (id, y)) in p.ids.into_iter().zip(p.labels).enumerate() {
             let z = p.logits.get(r * w..(r + 1) * w).unwrap_or(&[]);
             self.offer(seed, id, y, z);
         }
+        self.batch_counts = None;
+    }
+
+    /// `ReservoirBalanced` for a full buffer: the slot to overwrite, if any.
+    fn balanced_slot(&self, seed: u64, n: u64) -> Option<usize> {
+        let mut rng = Rng::keyed(seed, "buffer-reservoir-balanced", n);
+        if rng.below(n as usize + 1) >= self.capacity {
+            return None;
+        }
+        // The largest class(es) by the counts before this batch; a class emptied within the
+        // batch gives way to the largest by the current counts.
+        let largest_of = |counts: &BTreeMap<u32, usize>| -> Vec<u32> {
+            let top = counts.values().copied().max().unwrap_or(0);
+            counts
+                .iter()
+                .filter(|(_, c)| **c == top && top > 0)
+                .map(|(l, _)| *l)
+                .collect()
+        };
+        let now = self.class_counts();
+        let mut classes = self
+            .batch_counts
+            .as_ref()
+            .map(&largest_of)
+            .unwrap_or_default();
+        classes.retain(|l| now.contains_key(l));
+        if classes.is_empty() {
+            classes = largest_of(&now);
+        }
+        let victim = classes[rng.below(classes.len())];
+        let slots: Vec<usize> = (0..self.len())
+            .filter(|&i| self.labels[i] == victim)
+            .collect();
+        Some(slots[rng.below(slots.len())])
     }
 
     /// CBRS for a full buffer: the slot to overwrite, if any.
@@ -455,6 +503,34 @@ mod tests {
         }
         let rc = r.class_counts();
         assert!(rc.get(&0).copied().unwrap_or(0) > 20, "{rc:?}");
+    }
+
+    /// IDER's reservoir-balanced buffer: reservoir admission, eviction from the largest
+    /// class, so a rare class keeps what it gets while plain reservoir holds it at its
+    /// share of the stream.
+    #[test]
+    fn reservoir_balanced_evicts_from_the_largest_class() {
+        let stream = |b: &mut Buffer| {
+            for chunk in (0..4000u64).collect::<Vec<_>>().chunks(32) {
+                let p = Pending {
+                    ids: chunk.iter().map(|&i| (0, i as usize)).collect(),
+                    labels: chunk.iter().map(|&i| u32::from(i % 10 == 0)).collect(),
+                    logits: Vec::new(),
+                    dim: 1,
+                };
+                b.offer_all(7, p);
+            }
+        };
+        let mut bal = Buffer::new(20, Sampling::ReservoirBalanced, 0);
+        let mut res = Buffer::new(20, Sampling::Reservoir, 0);
+        stream(&mut bal);
+        stream(&mut res);
+        let rare = |b: &Buffer| b.class_counts().get(&1).copied().unwrap_or(0);
+        assert_eq!(bal.len(), 20);
+        assert!(rare(&bal) >= 7, "{:?}", bal.class_counts());
+        assert!(rare(&res) <= 5, "{:?}", res.class_counts());
+        // Admission is the reservoir's: the same number of examples entered.
+        assert_eq!(bal.seen, 4000);
     }
 
     #[test]

@@ -68,6 +68,7 @@ fn config(kind: OptimKind, momentum: f64, weight_decay: f64) -> OptimConfig {
         betas: [0.9, 0.999],
         eps: 1e-8,
         schedule: Schedule::Constant,
+        clip_grad_norm: None,
     }
 }
 
@@ -173,4 +174,67 @@ fn parameters_without_gradients_stay_and_keep_no_state() {
     let m = o.step(c.lr, m, g);
     assert_eq!(m.a.weight.val().into_data(), before);
     assert_eq!(o.state_bytes(), 4 * 2 * (40_000 + 40_000 * 3 + 3));
+}
+
+/// Gradient-norm clipping scales every gradient by min(1, max/(‖g‖ + 1e-6)), ‖g‖ over all
+/// parameters together (PyTorch's `clip_grad_norm_`), and leaves a small gradient alone.
+#[test]
+fn clipping_scales_the_global_gradient_norm() {
+    let m = net(5);
+    let g = grads(&m, 1);
+    let host = |t: Tensor<1>| {
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("f32")
+    };
+    let mut flat = Vec::new();
+    flat.extend(host(g.get::<2>(m.a.weight.id).expect("g").flatten(0, 1)));
+    flat.extend(host(
+        g.get::<1>(m.a.bias.as_ref().expect("b").id).expect("g"),
+    ));
+    flat.extend(host(g.get::<2>(m.b.weight.id).expect("g").flatten(0, 1)));
+    flat.extend(host(
+        g.get::<1>(m.b.bias.as_ref().expect("b").id).expect("g"),
+    ));
+    let norm = flat
+        .iter()
+        .map(|&v| f64::from(v).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    assert!(norm > 0.0);
+    assert!((grad_norm(&m, &g) - norm).abs() <= 1e-6 * norm);
+    let before = values(&m);
+    for (max, factor) in [
+        (0.25 * norm, 0.25 * norm / (norm + 1e-6)),
+        (4.0 * norm, 1.0),
+    ] {
+        let c = OptimConfig {
+            clip_grad_norm: Some(max),
+            ..config(OptimKind::Sgd, 0.0, 0.0)
+        };
+        let lr = c.lr;
+        let fresh = net(5);
+        let gf = grads(&fresh, 1);
+        let after = values(&Optimizer::new(&c).step(lr, fresh, gf));
+        let mut worst = 0f64;
+        for ((a, b), gv) in after.iter().zip(&before).zip(&flat) {
+            let want = f64::from(*b) - lr * factor * f64::from(*gv);
+            worst = worst.max((f64::from(*a) - want).abs());
+        }
+        assert!(worst < 1e-6, "max {max}: off by {worst}");
+    }
+    // Clipping is a setting checked like the others.
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let c = OptimConfig {
+            clip_grad_norm: Some(bad),
+            ..OptimConfig::DEFAULT
+        };
+        let e = c
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("clip-grad-norm"), "{bad}: {e}");
+    }
 }
