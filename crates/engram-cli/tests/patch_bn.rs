@@ -279,3 +279,163 @@ fn help_states_the_default_scale() {
     let h = ok(&["patch", "remove", "--help"]);
     assert!(h.contains("records"), "{h}");
 }
+
+/// Scales that change nothing (0), that overflow f32, a removal's variance error, and a
+/// patch given twice to `remove` with the recorded scale: each refused with an error that
+/// names the flag or patch and says what is wrong, nothing written.
+#[test]
+fn zero_overflowing_and_repeated_scales_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let pre = model(d.path(), 0, 1.0);
+    let clean = model(d.path(), 1, 1.0);
+    // Variances a fifth of the clean one's: Δvar < 0.
+    let c = model(d.path(), 4, 0.2);
+    let p = d.path().join("p");
+    extract(&pre, &clean, &c, &p);
+    let out = d.path().join("out");
+    let on = d.path().join("on");
+    ok(&[
+        "patch",
+        "apply",
+        "-q",
+        s(&clean),
+        "--patch",
+        s(&p),
+        "-o",
+        s(&on),
+    ]);
+    let zero = format!("{}:0", s(&p));
+    for (cmd, model, args) in [
+        ("apply", &clean, vec!["--patch", s(&p), "--scale", "0"]),
+        ("apply", &clean, vec!["--patch", zero.as_str()]),
+        ("remove", &on, vec!["--patch", s(&p), "--scale", "0"]),
+        ("remove", &on, vec!["--patch", zero.as_str()]),
+        ("apply", &clean, vec!["--patch", s(&p), "--scale", "-0.0"]),
+    ] {
+        let mut a = vec!["patch", cmd, s(model)];
+        a.extend(args.iter().copied());
+        a.extend(["-o", s(&out)]);
+        let e = fails(&a);
+        assert!(e.contains("no effect"), "{a:?}: {e}");
+        assert!(
+            e.contains("--scale 0") || e.contains(&format!("--patch '{zero}'")),
+            "{a:?}: {e}"
+        );
+        assert!(!out.exists());
+    }
+    // Beyond f32: out of range, with the range, not "must be finite".
+    let huge = format!("{}:1e300", s(&p));
+    let e = fails(&["patch", "apply", s(&clean), "--patch", &huge, "-o", s(&out)]);
+    assert!(
+        e.contains("outside the f32 range") && e.contains("3.4028235e38") && e.contains("1e300"),
+        "{e}"
+    );
+    assert!(!e.contains("finite"), "{e}");
+    let e = fails(&[
+        "patch",
+        "apply",
+        s(&clean),
+        "--patch",
+        s(&p),
+        "--scale",
+        "1e300",
+        "-o",
+        s(&out),
+    ]);
+    assert!(e.contains("--scale 1e300 is outside the f32 range"), "{e}");
+    let e = fails(&[
+        "patch",
+        "remove",
+        s(&on),
+        "--patch",
+        s(&p),
+        "--scale",
+        "-1e39",
+        "-o",
+        s(&out),
+    ]);
+    assert!(e.contains("--scale -1e39 is outside the f32 range"), "{e}");
+    let e = fails(&[
+        "patch",
+        "apply",
+        s(&clean),
+        "--patch",
+        s(&p),
+        "--scale",
+        "inf",
+        "-o",
+        s(&out),
+    ]);
+    assert!(e.contains("--scale inf must be finite"), "{e}");
+    // A removal that would make a variance negative: the advice fits a removal.
+    let e = fails(&[
+        "patch",
+        "remove",
+        s(&clean),
+        "--patch",
+        &format!("{}:-10", s(&p)),
+        "-o",
+        s(&out),
+    ]);
+    assert!(
+        e.contains("bn1.running_var") && e.contains("change their scales"),
+        "{e}"
+    );
+    assert!(!e.contains("lower"), "{e}");
+    // The same patch twice, removed with the recorded scale: each would take off the
+    // whole recorded amount.
+    let e = fails(&[
+        "patch",
+        "remove",
+        s(&on),
+        "--patch",
+        s(&p),
+        "--patch",
+        s(&p),
+        "-o",
+        s(&out),
+    ]);
+    assert!(
+        e.contains(&format!("--patch '{}'", s(&p))) && e.contains("same patch"),
+        "{e}"
+    );
+    // A copy of the patch is the same patch (same fingerprint).
+    let p2 = d.path().join("p-copy");
+    std::fs::create_dir_all(&p2).unwrap();
+    for f in std::fs::read_dir(&p).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), p2.join(f.file_name())).unwrap();
+    }
+    let e = fails(&[
+        "patch",
+        "remove",
+        s(&on),
+        "--patch",
+        s(&p),
+        "--patch",
+        &format!("{}:0.5", s(&p2)),
+        "-o",
+        s(&out),
+    ]);
+    assert!(e.contains("same patch"), "{e}");
+    assert!(!out.exists());
+    // With explicit scales the user says how much each takes off: accepted, and the two
+    // halves take the patch off.
+    ok(&[
+        "patch",
+        "remove",
+        "-q",
+        s(&on),
+        "--patch",
+        &format!("{}:0.5", s(&p)),
+        "--patch",
+        &format!("{}:0.5", s(&p2)),
+        "-o",
+        s(&out),
+    ]);
+    for (n, _) in SHAPES.iter().filter(|(n, _)| !n.contains("num_batches")) {
+        for (x, y) in values(&out, n).iter().zip(values(&clean, n)) {
+            assert!((x - y).abs() <= 1e-6 * y.abs().max(1.0), "{n}: {x} vs {y}");
+        }
+    }
+}

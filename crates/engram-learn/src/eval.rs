@@ -126,8 +126,29 @@ pub fn evaluate(
     device: &Device,
     batch: usize,
 ) -> (Vec<f64>, Vec<f64>) {
-    let e = evaluate_all(net, s, k, device, batch);
-    (e.row, e.task_il)
+    let (row, task_il, _) = rows(net, s, k, device, batch);
+    (row, task_il)
+}
+
+/// The accuracy rows after task `k`, with each task's logits and labels.
+#[allow(clippy::type_complexity)]
+fn rows(
+    net: &Net,
+    s: &Scenario,
+    k: Option<usize>,
+    device: &Device,
+    batch: usize,
+) -> (Vec<f64>, Vec<f64>, Vec<(Vec<f32>, Vec<u32>)>) {
+    let c = s.num_outputs;
+    let (mut row, mut til, mut outs) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, t) in s.tasks.iter().enumerate() {
+        let (lg, lb, _) = test_logits(net, s, i, device, batch);
+        let own = class_mask(c, t.classes.iter().copied());
+        til.push(accuracy(&lg, &lb, c, &own));
+        row.push(accuracy(&lg, &lb, c, &column_mask(s, k, i)));
+        outs.push((lg, lb));
+    }
+    (row, til, outs)
 }
 
 /// What one evaluation after a task measures (see [`evaluate_all`]).
@@ -137,11 +158,12 @@ pub struct Evaluation {
     pub row: Vec<f64>,
     /// The same in Task-IL.
     pub task_il: Vec<f64>,
-    /// ECE (15 bins, percent) on each task's test set, from the same masked logits as `row`
-    /// (empty before training).
+    /// ECE (15 bins, percent) on each task's test set in the Class-IL mode: the argmax and
+    /// its confidence over the classes of tasks 0..=max(k, i), as `row` in Class-IL (every
+    /// output in Domain-IL).
     pub ece_row: Vec<f64>,
     /// ECE over the union of the test sets of the tasks seen so far, Class-IL over the
-    /// classes seen (Domain-IL: every output); `None` before training.
+    /// classes seen (Domain-IL: every output).
     pub ece_seen: Option<f64>,
 }
 
@@ -171,54 +193,65 @@ pub fn column_mask(s: &Scenario, k: Option<usize>, i: usize) -> Vec<bool> {
     }
 }
 
-/// ECE (percent) of the argmax over the allowed classes (`None`: no class allowed or no
-/// example).
-fn masked_ece(logits: &[f32], labels: &[u32], c: usize, allowed: &[bool]) -> Option<f64> {
+/// ECE (percent) of the argmax over the allowed classes.
+fn masked_ece(logits: &[f32], labels: &[u32], c: usize, allowed: &[bool]) -> Result<f64> {
     let classes: Vec<usize> = (0..c).filter(|&k| allowed[k]).collect();
     ClassMask::only(c, &classes)
         .and_then(|m| crate::metrics::ece_from_logits(logits, c, labels, &m))
-        .ok()
+        .map_err(|e| err!("calibration: {e}"))
 }
 
-/// The accuracy row (scenario mode and Task-IL) after training through task `k` (`None`:
-/// before training), with the calibration of the same predictions: ECE per task, and over
-/// the tasks seen so far. One forward pass per test example.
+/// The classes ECE is scored over for task `i`'s column after task `k`, in the Class-IL mode
+/// (tasks 0..=max(k, i)) in class- and task-incremental scenarios; every output in Domain-IL.
+fn calibration_mask(s: &Scenario, k: usize, i: usize) -> Vec<bool> {
+    let c = s.num_outputs;
+    match s.eval {
+        EvalMode::DomainIl => vec![true; c],
+        EvalMode::ClassIl | EvalMode::TaskIl => class_mask(
+            c,
+            s.tasks[..=k.max(i)]
+                .iter()
+                .flat_map(|t| t.classes.iter().copied()),
+        ),
+    }
+}
+
+/// The accuracy row (scenario mode and Task-IL) after training through task `k`, with
+/// calibration in the Class-IL mode (metrics card: "Report it per task and over all seen
+/// classes, in the Class-IL mode"): ECE per task, and over the tasks seen so far. One forward
+/// pass per test example. An ECE that cannot be computed (e.g. a task without test examples,
+/// a non-finite logit) is an error naming the task.
 pub fn evaluate_all(
     net: &Net,
     s: &Scenario,
-    k: Option<usize>,
+    k: usize,
     device: &Device,
     batch: usize,
-) -> Evaluation {
+) -> Result<Evaluation> {
     let c = s.num_outputs;
-    let mut e = Evaluation::default();
+    let (row, task_il, outs) = rows(net, s, Some(k), device, batch);
+    let mut e = Evaluation {
+        row,
+        task_il,
+        ..Default::default()
+    };
     let (mut seen_logits, mut seen_labels) = (Vec::new(), Vec::new());
-    for (i, t) in s.tasks.iter().enumerate() {
-        let (lg, lb, _) = test_logits(net, s, i, device, batch);
-        let own = class_mask(c, t.classes.iter().copied());
-        e.task_il.push(accuracy(&lg, &lb, c, &own));
-        let mask = column_mask(s, k, i);
-        e.row.push(accuracy(&lg, &lb, c, &mask));
-        if let Some(k) = k {
-            e.ece_row
-                .push(masked_ece(&lg, &lb, c, &mask).unwrap_or(0.0));
-            if i <= k {
-                seen_logits.extend(lg);
-                seen_labels.extend(lb);
-            }
+    for (i, (lg, lb)) in outs.into_iter().enumerate() {
+        let ece = masked_ece(&lg, &lb, c, &calibration_mask(s, k, i))
+            .map_err(|e| err!("task {}: {e}", s.tasks[i].name))?;
+        e.ece_row.push(ece);
+        if i <= k {
+            seen_logits.extend(lg);
+            seen_labels.extend(lb);
         }
     }
-    if let Some(k) = k {
-        let seen = match s.eval {
-            EvalMode::DomainIl => vec![true; c],
-            EvalMode::ClassIl | EvalMode::TaskIl => class_mask(
-                c,
-                s.tasks[..=k].iter().flat_map(|t| t.classes.iter().copied()),
-            ),
-        };
-        e.ece_seen = masked_ece(&seen_logits, &seen_labels, c, &seen);
-    }
-    e
+    e.ece_seen = Some(masked_ece(
+        &seen_logits,
+        &seen_labels,
+        c,
+        &calibration_mask(s, k, k),
+    )?);
+    Ok(e)
 }
 
 /// [`evaluate`] on the CPU device in batches of 1000: the scenario-mode and Task-IL rows of

@@ -116,6 +116,11 @@ impl From<AccuracyMatrix> for RawMatrix {
     }
 }
 
+/// The forgetting engram reports: Chaudhry et al.'s max over the rows after the task was
+/// learned and before the current one (l = i..k−1), unclamped; Mammoth includes the current
+/// row (never negative).
+pub const FORGETTING_VARIANT: &str = "max over rows l = i..k-1 (Chaudhry et al.), unclamped";
+
 impl AccuracyMatrix {
     /// A `tasks` × `tasks` matrix of zeros, to be filled with [`AccuracyMatrix::set_row`] /
     /// [`AccuracyMatrix::set`] as training proceeds.
@@ -282,14 +287,16 @@ impl AccuracyMatrix {
     }
 
     /// Forgetting of task `i` after training task `k` (0-based, `i < k`):
-    /// f_{k,i} = max_{l<k} a[l][i] − a[k][i] — the max over **every** earlier row, as the card
-    /// writes it, and never clamped: negative when a[k][i] beats all earlier values.
+    /// f_{k,i} = max_{l∈i..k−1} a[l][i] − a[k][i] — the max over the rows **after task i was
+    /// learned** (metrics card, "Forgetting range"; the stored upper triangle, where a
+    /// pre-training or forward-transfer accuracy could win the max, is left out), and never
+    /// clamped: negative when a[k][i] beats all earlier values ([`FORGETTING_VARIANT`]).
     /// `None` unless `i < k < T`.
     pub fn forgetting(&self, k: usize, i: usize) -> Option<f64> {
         if i >= k || k >= self.tasks() {
             return None;
         }
-        let best = self.a[..k]
+        let best = self.a[i..k]
             .iter()
             .map(|r| r[i])
             .fold(f64::NEG_INFINITY, f64::max);
@@ -361,6 +368,9 @@ pub struct Summary {
     pub average_accuracies: Vec<f64>,
     /// Average forgetting F_T.
     pub forgetting: Option<f64>,
+    /// Which forgetting this is ([`FORGETTING_VARIANT`]; libraries differ).
+    #[serde(default)]
+    pub forgetting_variant: String,
     /// f_{T,i} for i < T.
     pub forgetting_per_task: Vec<f64>,
     pub bwt: Option<f64>,
@@ -384,6 +394,7 @@ impl Summary {
             aia: m.average_incremental_accuracy(),
             average_accuracies: m.average_accuracies(),
             forgetting: m.average_forgetting(),
+            forgetting_variant: FORGETTING_VARIANT.to_string(),
             forgetting_per_task: m.final_forgetting_per_task(),
             bwt: m.backward_transfer(),
             fwt: m.forward_transfer(),
@@ -686,6 +697,13 @@ mod tests {
         assert_eq!(m.final_forgetting_per_task(), vec![32.0, 15.0]);
         // F_3 = (32 + 15)/2 = 23.5.
         close(m.average_forgetting().unwrap(), 23.5);
+        // The upper triangle (a task not yet learned) never enters the max: a forward-transfer
+        // accuracy of 99 on task 1 before it was trained changes nothing.
+        let mut rows = m.rows().to_vec();
+        rows[0][1] = 99.0;
+        let up = AccuracyMatrix::from_rows("class-il", rows).unwrap();
+        close(up.forgetting(2, 1).unwrap(), 15.0);
+        close(up.average_forgetting().unwrap(), 23.5);
         // BWT = ((60 − 90) + (80 − 95))/2 = (−30 − 15)/2 = −22.5 (≠ −F: a[0][0] is not the max).
         close(m.backward_transfer().unwrap(), -22.5);
         // FWT = ((a[0][1] − b_2) + (a[1][2] − b_3))/2 = ((10 − 5) + (15 − 9))/2 = 11/2 = 5.5.

@@ -282,7 +282,7 @@ pub fn results_json(cfg: &RunConfig, s: &Scenario, out: &RunOutput) -> Result<Va
         "all_class_curve": (!out.all_class_curve.is_empty()).then(|| out.all_class_curve.clone()),
         "ece_curve": (!out.ece_curve.is_empty()).then(|| out.ece_curve.clone()),
         "ece_matrix": some(&out.ece_matrix),
-        "notes": crate::strategy::scenario_note(&cfg.strategy.name, s.eval, s.tasks.len())
+        "notes": crate::strategy::scenario_note(&cfg.strategy.name, s)
             .into_iter()
             .collect::<Vec<_>>(),
         "params": {"config": cfg, "model_params": out.params, "current_task_curve": out.current_task_curve},

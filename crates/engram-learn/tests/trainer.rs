@@ -166,7 +166,7 @@ fn class_il_scores_a_coming_task_over_its_own_classes_too() {
             let net = mlp()
                 .build(s.train.dim, s.train.image, s.num_outputs, &d)
                 .expect("net");
-            let e = evaluate_all(&net, &s, Some(0), &d, 100);
+            let e = evaluate_all(&net, &s, 0, &d, 100).expect("evaluation");
             (net, e)
         })
         .find(|(_, e)| e.row[1] > 0.0)
@@ -263,4 +263,58 @@ fn carried_optimizer_state_changes_the_run_and_resumes_exactly() {
         Some(1),
     );
     assert!(!dir2.path().join("task-1.optimizer.safetensors").exists());
+}
+
+/// Probe of issue 15: EWC's per-example Fisher takes the one-example loop on an MLP with a
+/// weight-normalised head (the fast probe pass mirrors a linear head only), and kd-wa's
+/// weight aligning, which a normalised head makes a no-op, is refused before training.
+#[test]
+fn weight_norm_head_with_ewc_runs_and_with_weight_aligning_is_refused() {
+    use engram_learn::model::Head;
+    let s = scenario("class-incremental");
+    let mk = |name: &str, params: serde_json::Value| Trainer {
+        scenario: &s,
+        model: ModelConfig::mlp(vec![16], Head::WeightNorm),
+        train: TrainConfig {
+            epochs: 1,
+            batch_size: 32,
+            ..Default::default()
+        },
+        seed: 1,
+        strategy: strategy::build(name, &params).expect("strategy"),
+        checkpoint_dir: None,
+        stop_after: None,
+        start: None,
+        settings: serde_json::Value::Null,
+    };
+    let out = mk("ewc", serde_json::json!({"samples": 20}))
+        .run(&mut |_| {})
+        .expect("ewc with a weight-norm head");
+    assert_eq!(out.accuracy.len(), 3);
+    let e = mk("kd-wa", serde_json::json!({"exemplars": 20}))
+        .run(&mut |_| {})
+        .expect_err("wa on a normalised head")
+        .to_string();
+    assert!(e.contains("model.head"), "{e}");
+    mk("kd-wa", serde_json::json!({"exemplars": 20, "wa": false}))
+        .run(&mut |_| {})
+        .expect("kd without wa");
+}
+
+/// `reset-optimizer = false` with an optimizer that keeps no state is refused as having no
+/// effect.
+#[test]
+fn carrying_the_state_of_stateless_sgd_is_refused() {
+    let s = scenario("class-incremental");
+    let mut train = adam(false);
+    train.optimizer.kind = engram_learn::optim::OptimKind::Sgd;
+    let mut t = Trainer::new(
+        &s,
+        mlp(),
+        train,
+        0,
+        strategy::build("naive", &serde_json::Value::Null).expect("naive"),
+    );
+    let e = t.run(&mut |_| {}).expect_err("no state").to_string();
+    assert!(e.contains("reset-optimizer"), "{e}");
 }

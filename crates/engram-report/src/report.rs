@@ -262,6 +262,9 @@ pub fn render_index(results: &[RunResults]) -> String {
         if !any_f {
             page.note("Forgetting and BWT are undefined here (one task, or not reported).");
         }
+        if let Some(n) = fwt_note(results, &sg) {
+            page.note(&n);
+        }
         page.svg_row(&figs);
 
         for g in &sg {
@@ -356,6 +359,17 @@ pub fn render_index(results: &[RunResults]) -> String {
                         }],
                     ));
                 }
+                if let Some(m) = r
+                    .ece_matrix
+                    .as_ref()
+                    .filter(|m| !m.is_empty() && m.len() == labels.len() && drawn)
+                {
+                    figs.push(accuracy_heatmap(
+                        "ECE matrix (%, task after which × task scored)",
+                        &labels,
+                        m,
+                    ));
+                }
                 if let Some(c) = r.ece_curve.as_ref().filter(|c| c.len() > 1) {
                     figs.push(line_chart(
                         &LineChart {
@@ -381,6 +395,26 @@ pub fn render_index(results: &[RunResults]) -> String {
         }
     }
     page.render()
+}
+
+/// A note on FWT in class-incremental runs whose network never predicted a task's classes
+/// before training on them (a[i−1][i] = 0 for every i of every run of the scenario): FWT then
+/// equals −mean(b_i) and says nothing about the strategies (metrics card, "FWT in Class-IL").
+fn fwt_note(results: &[RunResults], groups: &[&RunGroup]) -> Option<String> {
+    let runs: Vec<&RunResults> = groups
+        .iter()
+        .flat_map(|g| g.runs.iter().filter_map(|&i| results.get(i)))
+        .filter(|r| r.eval_mode.eq_ignore_ascii_case("classil") || r.eval_mode == "class-il")
+        .filter(|r| r.num_tasks() > 1 && r.summary.fwt.is_some())
+        .collect();
+    let zero = |r: &&RunResults| (1..r.num_tasks()).all(|i| r.accuracy[i - 1][i] == 0.0);
+    (!runs.is_empty() && runs.iter().all(zero)).then(|| {
+        "FWT in class-incremental learning: every run here scores 0 on each task before \
+         training on it (a[i−1][i] = 0: a class's output never wins the argmax before its \
+         task, even over the classes of tasks 1..i as Mammoth scores it), so FWT equals \
+         −mean(b_i), the untrained network's accuracy, and does not compare the strategies."
+            .to_string()
+    })
 }
 
 /// A text cell of the CSV (every text cell goes through here). A cell starting with `=`,
@@ -601,6 +635,7 @@ mod tests {
         results.push(stream);
         // ECE after each task and a note (issue 15): one more line, the note shown.
         results[0].ece_curve = Some(vec![4.0, 11.0]);
+        results[0].ece_matrix = Some(vec![vec![4.0, 30.0], vec![12.0, 9.0]]);
         results[0].notes = vec!["ewc <is> a Task-IL method".into()];
         let html = render_index(&results);
         assert!(
@@ -608,9 +643,20 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("Calibration after each task"));
+        // No Class-IL run scores a coming task above 0 here: no FWT note without FWT values.
+        assert!(!html.contains("FWT in class-incremental"));
+        let mut cil = run("naive", "cil", 0, 40.0, Some(50.0));
+        cil.eval_mode = "ClassIl".into();
+        cil.accuracy = vec![vec![90.0, 0.0], vec![10.0, 95.0]];
+        cil.summary.fwt = Some(-30.0);
+        let note = "FWT in class-incremental";
+        assert!(render_index(std::slice::from_ref(&cil)).contains(note));
+        cil.accuracy[0][1] = 5.0;
+        assert!(!render_index(&[cil]).contains(note));
         assert!(html.contains("<td>72.00 ± 2.83</td>"), "{html}");
-        // 3 runs × 4 cells + one Task-IL matrix of 4.
-        assert_eq!(html.matches("class=\"cell\"").count(), 16);
+        // 3 runs × 4 cells + one Task-IL matrix of 4 + one ECE matrix of 4.
+        assert_eq!(html.matches("class=\"cell\"").count(), 20);
+        assert!(html.contains("ECE matrix"));
         // Per-task curves: 2 per run, plus two all-class curves and one ECE curve.
         assert_eq!(html.matches("class=\"line\"").count(), 9);
         assert!(html.contains("<h2>Scenario: scole</h2>"));

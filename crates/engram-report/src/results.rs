@@ -161,7 +161,7 @@ impl RunResults {
             if let Some(c) = &self.all_class_curve {
                 check_finite(&who, "all_class_curve", c)?;
             }
-            return Ok(());
+            return self.check_calibration(&who, 0);
         }
         if !self.tasks.is_empty() && self.tasks.len() != t {
             return Err(format!(
@@ -184,6 +184,43 @@ impl RunResults {
         }
         if let Some(c) = &self.all_class_curve {
             check_finite(&who, "all_class_curve", c)?;
+        }
+        self.check_calibration(&who, t)
+    }
+
+    /// ECE values are percentages: one per task (`ece_curve`, as long as the sequence), the
+    /// matrix T x T like `accuracy` (none for a stream without one, `t` = 0).
+    fn check_calibration(&self, who: &str, t: usize) -> Result<(), String> {
+        let percent = |field: &str, xs: &[f64]| match xs
+            .iter()
+            .find(|x| !(x.is_finite() && (0.0..=100.0).contains(*x)))
+        {
+            Some(x) => Err(format!(
+                "run {who}: {field} holds {x}, not a percentage in [0, 100]"
+            )),
+            None => Ok(()),
+        };
+        if let Some(c) = &self.ece_curve {
+            let n = match self.sequence_len() {
+                0 => self.all_class_curve.as_ref().map_or(0, Vec::len),
+                n => n,
+            };
+            if c.len() != n {
+                return Err(format!(
+                    "run {who}: ece_curve has {} values for a sequence of {n} tasks",
+                    c.len()
+                ));
+            }
+            percent("ece_curve", c)?;
+        }
+        if let Some(m) = &self.ece_matrix {
+            if t == 0 {
+                return Err(format!("run {who}: ece_matrix without an accuracy matrix"));
+            }
+            check_matrix(who, "ece_matrix", m, t)?;
+            for row in m {
+                percent("ece_matrix", row)?;
+            }
         }
         Ok(())
     }
@@ -262,6 +299,8 @@ mod tests {
         let ok = r#"[{"accuracy":[[1.0]]}]"#;
         let r = parse_results(ok).unwrap();
         assert_eq!(r[0].task_labels(), vec!["1"]);
+        let ece = r#"{"accuracy":[[1.0,0.0],[2.0,3.0]],"ece_curve":[4.0,5.5],"ece_matrix":[[4.0,60.0],[7.0,5.0]]}"#;
+        assert!(parse_results(ece).is_ok());
         // A stream with an all-class curve only.
         let curve = r#"{"accuracy":[],"tasks":["a","b","c"],"all_class_curve":[10.0,20.0]}"#;
         let r = parse_results(curve).unwrap();
@@ -280,6 +319,22 @@ mod tests {
                 "task_il",
             ),
             (r#"{"strategy":"x"}"#, "accuracy"),
+            (
+                r#"{"accuracy":[[1.0,1.0],[2.0,2.0]],"ece_curve":[1.0]}"#,
+                "ece_curve has 1 values",
+            ),
+            (
+                r#"{"accuracy":[[1.0,1.0],[2.0,2.0]],"ece_matrix":[[1.0],[2.0,3.0]]}"#,
+                "ece_matrix row 0",
+            ),
+            (
+                r#"{"accuracy":[[1.0]],"ece_curve":[200.0]}"#,
+                "not a percentage",
+            ),
+            (
+                r#"{"accuracy":[[1.0]],"ece_matrix":[[-5.0]]}"#,
+                "not a percentage",
+            ),
             ("[1", "results JSON"),
         ] {
             let e = parse_results(bad).unwrap_err();

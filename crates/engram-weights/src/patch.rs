@@ -114,13 +114,19 @@ impl BnLayers {
 }
 
 /// The scale of each of `n` patches applied together without scales of their own: α/n
-/// (card step 5; α = 1 by default). An error for n = 0 or a non-finite α.
+/// (card step 5; α = 1 by default). An error for n = 0, a non-finite α, or α = 0 (the
+/// patches would have no effect).
 pub fn default_scale(alpha: f32, n: usize) -> Result<f32> {
     if n == 0 {
         return Err(Error::Invalid("no patch to apply".into()));
     }
     if !alpha.is_finite() {
         return Err(Error::Invalid(format!("--scale {alpha} must be finite")));
+    }
+    if alpha == 0.0 {
+        return Err(Error::Invalid(
+            "--scale 0 has no effect: the patches would not change the model".into(),
+        ));
     }
     Ok(alpha / n as f32)
 }
@@ -641,6 +647,13 @@ impl Patch {
 /// computes each covered variance as [`combine`] does (the model's values, then each patch
 /// times `sign·α` in order, in f32), before anything is written.
 fn check_variances(model: &Model, patches: &[(Patch, f32)], sign: f32) -> Result<()> {
+    // Lowering the scales is the way back only when positive scales are applied; a removal
+    // or a negative scale may need them raised, lowered or of the other sign.
+    let advice = if sign > 0.0 && patches.iter().all(|(_, a)| *a > 0.0) {
+        "lower their scales"
+    } else {
+        "change their scales"
+    };
     let bn = BnLayers::of(model);
     for v in model.tensors().filter(|v| bn.role(v.name()) == BnRole::Var) {
         let name = v.name();
@@ -667,7 +680,7 @@ fn check_variances(model: &Model, patches: &[(Patch, f32)], sign: f32) -> Result
                 name,
                 format!(
                     "a BatchNorm running variance would be {x} at element {i} after the \
-                     patches (it must stay positive); lower their scales"
+                     patches (it must stay positive); {advice}"
                 ),
             ));
         }
@@ -698,6 +711,12 @@ pub fn apply(
         return Err(Error::format(
             p.model.source(),
             format!("scale {a} is not a finite number"),
+        ));
+    }
+    if let Some((p, _)) = patches.iter().find(|(_, a)| *a == 0.0) {
+        return Err(Error::format(
+            p.model.source(),
+            "scale 0 has no effect: the patch would not change the model",
         ));
     }
     check_variances(model, patches, sign)?;
@@ -1091,6 +1110,11 @@ mod tests {
         assert!(default_scale(1.0, 0).is_err());
         let e = default_scale(f32::NAN, 2).unwrap_err().to_string();
         assert!(e.contains("--scale"), "{e}");
+        // α = 0 would write the model unchanged.
+        for z in [0.0, -0.0] {
+            let e = default_scale(z, 2).unwrap_err().to_string();
+            assert!(e.contains("--scale 0") && e.contains("no effect"), "{e}");
+        }
     }
 
     /// The card's engram default: affine parameters patched like weights (projected),
@@ -1241,6 +1265,24 @@ mod tests {
             e.contains("bn1.running_var") && e.contains("positive"),
             "{e}"
         );
+        assert!(e.contains("lower their scales"), "{e}");
+        assert!(!out.exists());
+        // A scale of 0 changes nothing: refused, naming the patch, nothing written.
+        let e = apply(
+            &pre,
+            &[(Patch::open(&p).unwrap(), 0.0)],
+            1.0,
+            false,
+            &out,
+            &BTreeMap::new(),
+            &|_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("scale 0 has no effect") && e.contains("p.safetensors"),
+            "{e}"
+        );
         assert!(!out.exists());
         // 1 + 1.25·(−0.75) = 0.0625 > 0.
         let ok = dir.path().join("ok");
@@ -1269,5 +1311,8 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("bn1.running_var"), "{e}");
+        // Lowering is not the way back for a removal (or a negative scale).
+        assert!(e.contains("change their scales"), "{e}");
+        assert!(!e.contains("lower"), "{e}");
     }
 }

@@ -38,6 +38,7 @@ use engram_learn::data::{Split, fashion_mnist, mnist_digits};
 use engram_learn::eval::logits_of;
 use engram_learn::model::{Head, ModelConfig, Net};
 use engram_learn::optim::{OptimConfig, OptimKind};
+use engram_learn::scenario::config::MAX_TASKS;
 use engram_learn::scenario::scole::{ScoleConfig, scole};
 use engram_learn::scenario::{Common, Part, Scenario};
 use engram_learn::strategy::{Ctx, Strategy};
@@ -240,10 +241,24 @@ pub struct ScoleResults {
     pub seconds: f64,
 }
 
+/// Most seeds a study runs (each seed is five runs per data set).
+pub const MAX_SEEDS: usize = 100;
+
+/// Most training examples per task before the data are read: the size of either data set's
+/// training set (the data's own limit, two classes' examples, is checked once loaded).
+pub const MAX_TRAIN_PER_TASK: usize = 60_000;
+
+/// Most test examples per class before the data are read: the size of either data set's test
+/// set (the data's own limit, the smallest class, is checked once loaded).
+pub const MAX_TEST_PER_CLASS: usize = 10_000;
+
 fn settings(o: &Options) -> Result<Settings> {
     let seeds = o.seeds.unwrap_or(if o.quick { 2 } else { 3 });
     if seeds == 0 {
         bail!("--seeds must be at least 1");
+    }
+    if seeds > MAX_SEEDS {
+        bail!("--seeds {seeds} is more than the limit of {MAX_SEEDS}");
     }
     let datasets = if !o.datasets.is_empty() {
         o.datasets.clone()
@@ -252,9 +267,12 @@ fn settings(o: &Options) -> Result<Settings> {
     } else {
         vec!["fashion-mnist".into(), "mnist".into()]
     };
-    for d in &datasets {
+    for (i, d) in datasets.iter().enumerate() {
         if !["fashion-mnist", "mnist"].contains(&d.as_str()) {
             bail!("--datasets: unknown data set `{d}` (known: fashion-mnist, mnist)");
+        }
+        if datasets[..i].contains(d) {
+            bail!("--datasets: `{d}` is given twice (each data set is studied once)");
         }
     }
     let s = Settings {
@@ -279,13 +297,61 @@ fn settings(o: &Options) -> Result<Settings> {
     if s.tasks < 20 {
         bail!("--tasks must be at least 20 (the early window is tasks T/10..T/5)");
     }
+    if s.tasks > MAX_TASKS {
+        bail!("--tasks {} is more than the limit of {MAX_TASKS}", s.tasks);
+    }
     if s.train_per_task == 0 {
         bail!("--train-per-task must be at least 1");
+    }
+    if s.train_per_task > MAX_TRAIN_PER_TASK {
+        bail!(
+            "--train-per-task {} is more than the limit of {MAX_TRAIN_PER_TASK} (a whole \
+             training set)",
+            s.train_per_task
+        );
     }
     if s.test_per_class == 0 {
         bail!("--test-per-class must be at least 1");
     }
+    if s.test_per_class > MAX_TEST_PER_CLASS {
+        bail!(
+            "--test-per-class {} is more than the limit of {MAX_TEST_PER_CLASS} (a whole test \
+             set)",
+            s.test_per_class
+        );
+    }
     Ok(s)
+}
+
+/// Refuses settings the data set `name` cannot hold: more training examples per task than
+/// its two smallest classes have together (a task of those two would be capped), or more
+/// test examples per class than its smallest class has.
+fn check_data(s: &Settings, name: &str, data: &Split) -> Result<()> {
+    let mut train = data.train.class_counts();
+    train.sort_unstable();
+    let k = s.classes_per_task;
+    if train.len() < k {
+        bail!("{name}: {} classes, tasks need {k}", data.train.num_classes);
+    }
+    let fewest: usize = train[..k].iter().sum();
+    if s.train_per_task > fewest {
+        bail!(
+            "--train-per-task {} is more than {name} holds for a task of its {k} smallest \
+             classes ({fewest} training examples); at most {fewest}",
+            s.train_per_task
+        );
+    }
+    let test = data.test.class_counts();
+    if let Some((c, &n)) = test.iter().enumerate().min_by_key(|&(_, n)| *n)
+        && s.test_per_class > n
+    {
+        bail!(
+            "--test-per-class {} is more than {name} holds for class {c} ({n} test \
+             examples); at most {n}",
+            s.test_per_class
+        );
+    }
+    Ok(())
 }
 
 fn train_config(s: &Settings, arm: &Arm) -> TrainConfig {
@@ -701,6 +767,11 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
             .validate()
             .map_err(|e| anyhow!("{e}"))?;
     }
+    // Every data set is checked against the settings before the first run.
+    for d in &st.datasets {
+        progress(Progress::Message(format!("checking {d}")));
+        check_data(&st, d, &load(d, o.data_dir.as_deref())?)?;
+    }
     let mut runs = Vec::new();
     for d in &st.datasets {
         progress(Progress::Message(format!("loading {d}")));
@@ -853,5 +924,102 @@ mod tests {
         );
         let s = settings(&Options::default()).expect("defaults");
         assert_eq!((s.tasks, s.seeds.len(), s.datasets.len()), (500, 3, 2));
+    }
+
+    /// Values that used to panic (capacity overflow), abort on allocation or run for a
+    /// long time unchecked are errors naming the flag; a data set given twice (which
+    /// doubled the runs and the verdicts) is refused.
+    #[test]
+    fn huge_or_repeated_settings_are_refused() {
+        let bad = |o: Options| {
+            settings(&o)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        for t in [usize::MAX, 100_000_000_000, MAX_TASKS + 1] {
+            let e = bad(Options {
+                tasks: Some(t),
+                ..Options::default()
+            });
+            assert_eq!(
+                e,
+                format!("--tasks {t} is more than the limit of {MAX_TASKS}")
+            );
+        }
+        assert!(
+            settings(&Options {
+                tasks: Some(MAX_TASKS),
+                ..Options::default()
+            })
+            .is_ok()
+        );
+        let e = bad(Options {
+            seeds: Some(usize::MAX),
+            ..Options::default()
+        });
+        assert!(e.starts_with("--seeds ") && e.contains("limit"), "{e}");
+        let e = bad(Options {
+            train_per_task: Some(usize::MAX),
+            ..Options::default()
+        });
+        assert!(
+            e.starts_with("--train-per-task ") && e.contains("limit"),
+            "{e}"
+        );
+        let e = bad(Options {
+            test_per_class: Some(1_000_000_000),
+            ..Options::default()
+        });
+        assert!(
+            e.starts_with("--test-per-class ") && e.contains("limit"),
+            "{e}"
+        );
+        let e = bad(Options {
+            datasets: vec!["fashion-mnist".into(), "fashion-mnist".into()],
+            ..Options::default()
+        });
+        assert!(
+            e.starts_with("--datasets") && e.contains("`fashion-mnist` is given twice"),
+            "{e}"
+        );
+        let e = bad(Options {
+            datasets: vec!["mnist".into(), "fashion-mnist".into(), "mnist".into()],
+            ..Options::default()
+        });
+        assert!(e.contains("`mnist` is given twice"), "{e}");
+    }
+
+    /// More examples than the data hold are refused once loaded (not capped while the
+    /// requested value is recorded).
+    #[test]
+    fn settings_beyond_the_data_are_refused() {
+        let data = engram_learn::data::blobs::generate(&engram_learn::data::BlobsConfig {
+            classes: 4,
+            train_per_class: 30,
+            test_per_class: 7,
+            ..Default::default()
+        })
+        .expect("blobs");
+        let st = |train_per_task, test_per_class| Settings {
+            train_per_task,
+            test_per_class,
+            ..settings(&Options::default()).expect("defaults")
+        };
+        assert!(check_data(&st(60, 7), "blobs", &data).is_ok());
+        let e = check_data(&st(61, 7), "blobs", &data)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--train-per-task 61") && e.contains("at most 60"),
+            "{e}"
+        );
+        let e = check_data(&st(60, 8), "blobs", &data)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--test-per-class 8") && e.contains("at most 7"),
+            "{e}"
+        );
     }
 }

@@ -498,13 +498,30 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
     if o.train_examples == Some(0) {
         bail!("--train-examples must be at least 1");
     }
+    // Torch's settings mean nothing without the torch side: refused rather than ignored.
+    if o.no_torch {
+        let unused: Vec<&str> = [
+            (o.install_torch, "--install-torch"),
+            (o.python.is_some(), "--python"),
+        ]
+        .into_iter()
+        .filter_map(|(set, flag)| set.then_some(flag))
+        .collect();
+        if !unused.is_empty() {
+            bail!(
+                "{} has no effect with --no-torch (the PyTorch side is not run): leave out {}",
+                unused.join(" and "),
+                if unused.len() > 1 { "them" } else { "it" }
+            );
+        }
+    }
     machine::check_json_out(&o.json_out, "--json-out")?;
     let nets = o
         .models
         .iter()
         .map(|m| net(m.trim()))
         .collect::<Result<Vec<_>>>()?;
-    if o.install_torch && !o.no_torch {
+    if o.install_torch {
         install_torch()?;
     }
     let python = (!o.no_torch).then(|| {
@@ -748,6 +765,42 @@ mod tests {
         assert_eq!(busy, 2);
         assert_eq!(gcd(12, 18), 6);
         assert!(net("rnn").is_err());
+    }
+
+    /// `--install-torch` and `--python` do nothing with `--no-torch`: refused, naming the
+    /// flags, before anything is installed, loaded or written.
+    #[test]
+    fn torch_flags_with_no_torch_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let json_out = dir.path().join("t.json");
+        let err = |install_torch, python: Option<&str>| {
+            run(
+                &Options {
+                    no_torch: true,
+                    install_torch,
+                    python: python.map(PathBuf::from),
+                    json_out: json_out.clone(),
+                    ..Options::default()
+                },
+                &mut |_| {},
+            )
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+        };
+        let e = err(true, None);
+        assert!(
+            e.starts_with("--install-torch has no effect with --no-torch"),
+            "{e}"
+        );
+        let e = err(false, Some("/usr/bin/python3"));
+        assert!(
+            e.starts_with("--python has no effect with --no-torch"),
+            "{e}"
+        );
+        let e = err(true, Some("p"));
+        assert!(e.contains("--install-torch and --python"), "{e}");
+        assert!(!json_out.exists());
     }
 
     #[test]

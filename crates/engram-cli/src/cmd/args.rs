@@ -35,13 +35,50 @@ pub fn opt_bytes(s: Option<&str>) -> Result<Option<u64>> {
     s.map(parse_bytes).transpose()
 }
 
+/// Why the number `text`, read as f32 `v`, is no usable finite f32: NaN or infinity
+/// written as such, a value beyond f32's range (which reads as infinity), or a non-zero
+/// value too small for f32 (which reads as 0). `None` when `v` is what `text` says.
+fn f32_problem(text: &str, v: f32) -> Option<String> {
+    let written = text.trim().to_ascii_lowercase();
+    if v.is_nan() || (v.is_infinite() && written.contains("inf")) {
+        return Some("must be finite".into());
+    }
+    if v.is_infinite() {
+        return Some(format!(
+            "is outside the f32 range ({:e} to {:e})",
+            f32::MIN,
+            f32::MAX
+        ));
+    }
+    if v == 0.0 && text.trim().parse::<f64>().is_ok_and(|x| x != 0.0) {
+        return Some(format!(
+            "is too small for f32: it rounds to 0 (the smallest non-zero magnitude is {:e})",
+            f32::from_bits(1)
+        ));
+    }
+    None
+}
+
+/// A finite f32 given as `flag` (e.g. `--scale`): an error naming the flag for text that is
+/// not a number, NaN or infinity, or a value outside f32's range.
+pub fn finite_f32(flag: &str, text: &str) -> Result<f32> {
+    let v: f32 = text
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{flag} '{text}' is not a number"))?;
+    if let Some(why) = f32_problem(text, v) {
+        bail!("{flag} {text} {why}");
+    }
+    Ok(v)
+}
+
 /// `PATH` or `PATH:SCALE` (the suffix counts as a scale only if it parses as a number).
 pub fn scaled(arg: &str, default: f32) -> Result<(PathBuf, f32)> {
     if let Some((p, s)) = arg.rsplit_once(':')
         && let Ok(v) = s.parse::<f32>()
     {
-        if !v.is_finite() {
-            bail!("scale in '{arg}' must be finite");
+        if let Some(why) = f32_problem(s, v) {
+            bail!("scale {s} in '{arg}' {why}");
         }
         return Ok((PathBuf::from(p), v));
     }
@@ -85,6 +122,29 @@ mod tests {
         assert_eq!(scaled("a/b:0.5", 1.0).unwrap(), (PathBuf::from("a/b"), 0.5));
         assert_eq!(scaled("c:d", 2.0).unwrap(), (PathBuf::from("c:d"), 2.0));
         assert!(scaled("x:inf", 1.0).is_err());
+        // A value beyond f32 is out of range, not "not finite"; one too small rounds to 0.
+        let e = scaled("x:1e300", 1.0).unwrap_err().to_string();
+        assert!(
+            e.contains("outside the f32 range") && e.contains("3.4028235e38"),
+            "{e}"
+        );
+        let e = scaled("x:-1e39", 1.0).unwrap_err().to_string();
+        assert!(e.contains("outside the f32 range"), "{e}");
+        let e = scaled("x:1e-50", 1.0).unwrap_err().to_string();
+        assert!(e.contains("too small for f32"), "{e}");
+        let e = scaled("x:nan", 1.0).unwrap_err().to_string();
+        assert!(e.contains("must be finite"), "{e}");
+        assert_eq!(scaled("x:0", 1.0).unwrap().1, 0.0);
+        let e = finite_f32("--scale", "1e300").unwrap_err().to_string();
+        assert!(
+            e.starts_with("--scale 1e300 is outside the f32 range"),
+            "{e}"
+        );
+        let e = finite_f32("--scale", "inf").unwrap_err().to_string();
+        assert_eq!(e, "--scale inf must be finite");
+        let e = finite_f32("--scale", "abc").unwrap_err().to_string();
+        assert_eq!(e, "--scale 'abc' is not a number");
+        assert_eq!(finite_f32("--scale", "-2.5").unwrap(), -2.5);
         assert_eq!(
             param("normalize=true").unwrap(),
             ("normalize".to_string(), ParamValue::Bool(true))

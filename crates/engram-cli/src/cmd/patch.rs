@@ -1,11 +1,12 @@
 //! `engram patch`: Robust Weight Signatures: extract a weight patch, apply or remove it.
 
 use super::Ctx;
-use super::args::scaled;
+use super::args::{finite_f32, scaled};
 use super::models::open;
 use super::util::print_json;
-use anyhow::Result;
+use anyhow::{Result, bail};
 use engram_weights::patch::{self, Patch, Selection};
+use engram_weights::tv::fingerprint;
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
@@ -46,8 +47,8 @@ pub enum PatchCmd {
         patches: Vec<String>,
         /// α: each patch given without its own scale gets α/n, n the number of patches
         /// given.
-        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-        scale: f32,
+        #[arg(long, default_value = "1", allow_negative_numbers = true)]
+        scale: String,
         #[arg(short, long)]
         out: PathBuf,
         /// Apply even if a patch was extracted against another θ_pre (the model is neither
@@ -64,7 +65,7 @@ pub enum PatchCmd {
         /// α: each patch given without its own scale gets α/n (as `apply`); default: the
         /// scale recorded for it in the model.
         #[arg(long, allow_negative_numbers = true)]
-        scale: Option<f32>,
+        scale: Option<String>,
         #[arg(short, long)]
         out: PathBuf,
         /// Remove even if a patch was extracted against another θ_pre.
@@ -109,21 +110,29 @@ pub fn run(ctx: &Ctx, p: PatchCmd) -> Result<()> {
             scale,
             out,
             force,
-        } => apply(ctx, &md, &model, &patches, (Some(scale), force), &out, 1.0)?,
+        } => {
+            let scale = finite_f32("--scale", &scale)?;
+            apply(ctx, &md, &model, &patches, (Some(scale), force), &out, 1.0)?
+        }
         PatchCmd::Remove {
             model,
             patches,
             scale,
             out,
             force,
-        } => apply(ctx, &md, &model, &patches, (scale, force), &out, -1.0)?,
+        } => {
+            let scale = scale.map(|a| finite_f32("--scale", &a)).transpose()?;
+            apply(ctx, &md, &model, &patches, (scale, force), &out, -1.0)?
+        }
     }
     Ok(())
 }
 
 /// Applies (sign 1) or removes (sign −1) the patches. A patch without its own scale gets
 /// α/n with α = `scale` ([`patch::default_scale`]); removing without `scale`, the scale the
-/// model records for it ([`patch::recorded_scale`]).
+/// model records for it ([`patch::recorded_scale`]). A scale of 0 (`--scale 0`, `PATCH:0`)
+/// is refused: the model would be written unchanged. Removing with the recorded scales, a
+/// patch given twice is refused (each would take off the whole recorded amount).
 fn apply(
     ctx: &Ctx,
     md: &std::collections::BTreeMap<String, String>,
@@ -133,19 +142,61 @@ fn apply(
     out: &std::path::Path,
     sign: f32,
 ) -> Result<()> {
+    let (verb, done) = if sign > 0.0 {
+        ("apply", "applied")
+    } else {
+        ("remove", "removed")
+    };
+    if scale == Some(0.0) {
+        bail!(
+            "--scale 0 has no effect: each patch given without its own scale would be {done} \
+             with 0, and the model written unchanged"
+        );
+    }
+    for s in patches {
+        if explicit_scale(s)?.1 == Some(0.0) {
+            bail!(
+                "--patch '{s}': a scale of 0 has no effect (the patch would not change the \
+                 model); give a non-zero scale or leave the patch out"
+            );
+        }
+    }
     let m = open(model)?;
     let given = patches
         .iter()
         .map(|s| {
             let (path, a) = explicit_scale(s)?;
-            Ok((Patch::open(&path)?, a))
+            Ok((s, Patch::open(&path)?, a))
         })
         .collect::<Result<Vec<_>>>()?;
     let default = scale
         .map(|a| patch::default_scale(a, given.len()))
         .transpose()?;
+    if default.is_none() {
+        // Scales from the model's record: the same patch twice would subtract its whole
+        // recorded amount twice.
+        let fps: Vec<String> = given
+            .iter()
+            .map(|(_, p, _)| fingerprint(&p.model))
+            .collect();
+        for (i, (s, _, a)) in given.iter().enumerate() {
+            let Some(j) = (0..i).find(|&j| fps[j] == fps[i]) else {
+                continue;
+            };
+            if a.is_none() || given[j].2.is_none() {
+                bail!(
+                    "--patch '{s}': the same patch as --patch '{}' (fingerprint {}); the scale \
+                     the model records for it is the whole amount applied, so giving it twice \
+                     would take off more than that: give it once, or give each its own scale \
+                     as PATCH:ALPHA",
+                    given[j].0,
+                    fps[i]
+                );
+            }
+        }
+    }
     let mut ps = Vec::new();
-    for (p, a) in given {
+    for (_, p, a) in given {
         let a = match (a, default) {
             (Some(a), _) => a,
             (None, Some(d)) => d,
@@ -159,11 +210,7 @@ fn apply(
         };
         ps.push((p, a));
     }
-    let pb = super::progress::bar(
-        ctx,
-        m.param_count(),
-        if sign > 0.0 { "apply" } else { "remove" },
-    );
+    let pb = super::progress::bar(ctx, m.param_count(), verb);
     let rep = patch::apply(&m, &ps, sign, force, out, md, &|n| pb.inc(n))?;
     pb.finish_and_clear();
     if !ctx.quiet {

@@ -467,6 +467,14 @@ impl Net {
         }
     }
 
+    /// The network's output layer.
+    pub fn head(&self) -> Head {
+        match self {
+            Net::Mlp(m) => m.head(),
+            _ => Head::Linear,
+        }
+    }
+
     /// Stable names of the output layer's weight `[features, classes]` and bias `[classes]`.
     pub fn head_names(&self) -> (String, String) {
         let p = match self {

@@ -172,6 +172,8 @@ fn build(
     let train_by = train.by_class();
     let test_by = test.by_class();
     let mut tasks = Vec::with_capacity(stream.len());
+    // The task holding the fewest training examples (for a `train-per-task` above it).
+    let mut fewest: Option<(usize, usize)> = None;
     for (t, mut classes) in stream.into_iter().enumerate() {
         classes.sort_unstable();
         if classes.is_empty() || classes.windows(2).any(|w| w[0] == w[1]) {
@@ -192,7 +194,11 @@ fn build(
             v.sort_unstable();
             v
         };
-        let tr = subsample(merge(&train_by), common.train_per_task, common.seed, t);
+        let all = merge(&train_by);
+        if fewest.is_none_or(|(_, n)| all.len() < n) {
+            fewest = Some((t, all.len()));
+        }
+        let tr = subsample(all, common.train_per_task, common.seed, t);
         let te = merge(&test_by);
         let name = format!(
             "task {t}: classes {}",
@@ -206,6 +212,18 @@ fn build(
     }
     if tasks.is_empty() {
         return invalid("scole: the stream has no task");
+    }
+    // A request above what a task holds would be capped silently while the requested value
+    // is recorded: refuse it (every task checked).
+    if let (Some(k), Some((t, n))) = (common.train_per_task, fewest)
+        && k > n
+    {
+        return invalid(format!(
+            "scenario.train-per-task = {k} is more than the {n} training examples available \
+             in task {t} (classes {:?}); at most {n} (the fewest any task of this stream \
+             holds)",
+            tasks[t].classes
+        ));
     }
     let s = Scenario {
         name: format!("scole {} ({} tasks)", train.name, tasks.len()),
@@ -499,6 +517,48 @@ mod tests {
             assert!(y.contains(&c), "class {c}");
         }
         assert_eq!(s.class_draws(1)[5], 0);
+    }
+
+    /// A `train-per-task` above what a task holds is an error naming the key and the
+    /// count, not a silent cap; the largest valid value is accepted.
+    #[test]
+    fn train_per_task_above_a_tasks_examples_is_an_error() {
+        let common = |k| Common {
+            train_per_task: Some(k),
+            ..Common::default()
+        };
+        let c = cfg(30, 2, ClassDistribution::Uniform);
+        let fewest = ok(scole(small_blobs(), &c, &Common::default()))
+            .tasks
+            .iter()
+            .map(|t| t.train.len())
+            .min()
+            .unwrap_or(0);
+        assert!(fewest > 0);
+        let s = ok(scole(small_blobs(), &c, &common(fewest)));
+        assert!(s.tasks.iter().all(|t| t.train.len() == fewest));
+        for k in [fewest + 1, 1_000_000_000] {
+            let e = scole(small_blobs(), &c, &common(k))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains("scenario.train-per-task"), "{e}");
+            assert!(e.contains(&format!("{k}")), "{e}");
+            assert!(
+                e.contains(&format!("the {fewest} training examples")),
+                "{e}"
+            );
+        }
+        // A stored stream is checked the same way, on every task (not only the first).
+        let e = scole_from_stream(
+            small_blobs(),
+            vec![vec![0, 1, 2], vec![0, 1, 2], vec![3, 4]],
+            &common(100),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("task 2"), "{e}");
     }
 
     #[test]

@@ -159,6 +159,37 @@ fn checked(p: Params) -> Result<Classp> {
         sc_set && all(|e| e.scaling.is_some()),
         why,
     )?;
+    for (k, e) in p.schedule.iter().enumerate() {
+        if e.threshold.is_none() && e.scaling.is_none() {
+            return Err(err!(
+                "strategy classp: schedule[{k}] sets nothing (give threshold, scaling or both)"
+            ));
+        }
+    }
+    if p.tensorwise_threshold {
+        // The code's test is 1 > threshold whenever a gradient is non-zero: at 0 it is the
+        // per-weight test's result, at 1 or above nothing ever updates.
+        let thresholds: Vec<f64> = match p.schedule.is_empty() {
+            true => vec![p.threshold],
+            false => p
+                .schedule
+                .iter()
+                .map(|e| e.threshold.unwrap_or(p.threshold))
+                .collect(),
+        };
+        if thresholds.iter().all(|&t| t == 0.0) {
+            return Err(err!(
+                "strategy classp: tensorwise-threshold = true has no effect at threshold 0 \
+                 (the tensor-wise test then passes exactly when the per-weight one does)"
+            ));
+        }
+        if let Some(t) = thresholds.iter().find(|&&t| t >= 1.0) {
+            return Err(err!(
+                "strategy classp: tensorwise-threshold = true with a threshold of {t} (>= 1) \
+                 freezes every weight: the reference code's test compares 1 with the threshold"
+            ));
+        }
+    }
     let ever_scaled = match p.schedule.is_empty() {
         true => p.scaling,
         false => p.schedule.iter().any(|e| e.scaling.unwrap_or(p.scaling)),
@@ -334,6 +365,20 @@ impl Strategy for Classp {
     }
 
     fn check(&self, s: &Setup) -> Result<()> {
+        // CLASSP is the optimizer: the run's own optimizer never steps a weight.
+        if let Some(c) = s.optim.clip_grad_norm {
+            return Err(err!(
+                "strategy classp: train.optimizer.clip-grad-norm = {c} has no effect: CLASSP \
+                 updates the weights itself"
+            ));
+        }
+        if !s.reset_optimizer {
+            return Err(
+                "strategy classp: train.reset-optimizer = false has no effect: CLASSP updates \
+                 the weights itself, and its accumulator is never reset"
+                    .into(),
+            );
+        }
         let (n, t) = (self.schedule.len(), s.scenario.tasks.len());
         in_range(
             "classp",
@@ -466,10 +511,15 @@ mod tests {
         let mut w = vec![1.0f32, 1.0];
         c.update(0, &mut w, &[0.01, 0.0], &mut [0.0, 0.0], &mut [false; 2]);
         assert_ne!(w[0], 1.0, "any non-zero entry passes 1 > 0.5");
-        let c = make(json!({"threshold": 1.0, "tensorwise-threshold": true}));
+        // At 1 or above nothing would ever update, so a run file asking for it is refused;
+        // the mechanism itself is the code's.
+        let mut c = make(json!({"threshold": 0.5, "tensorwise-threshold": true}));
+        c.threshold = 1.0;
         let mut w = vec![1.0f32];
         c.update(0, &mut w, &[5.0], &mut [0.0], &mut [false]);
         assert_eq!(w[0], 1.0, "nothing updates at threshold >= 1");
+        let v = json!({"threshold": 1.0, "tensorwise-threshold": true});
+        assert!(checked(parse_params("classp", &v).expect("params")).is_err());
     }
 
     #[test]
@@ -696,8 +746,22 @@ mod tests {
                 "p has no effect",
             ),
             (
-                json!({"eps": 1e-3, "scaling": false, "schedule": [{}]}),
+                json!({"eps": 1e-3, "scaling": false, "schedule": [{"threshold": 0.0}]}),
                 "eps has no effect",
+            ),
+            (json!({"schedule": [{}]}), "schedule[0] sets nothing"),
+            (
+                json!({"tensorwise-threshold": true}),
+                "tensorwise-threshold = true has no effect",
+            ),
+            (
+                json!({"tensorwise-threshold": true, "threshold": 1.0}),
+                "freezes every weight",
+            ),
+            (
+                json!({"tensorwise-threshold": true, "threshold": 0.5,
+                    "schedule": [{"threshold": 2.0}, {"scaling": true}]}),
+                "freezes every weight",
             ),
         ] {
             let e = build(&bad)
@@ -737,16 +801,30 @@ mod tests {
         let s = blobs("task-incremental", 2);
         let (dev, _rng) = device();
         let net = mlp(&s, 4, &dev);
-        let setup = |st: &dyn Strategy| {
+        let setup_with = |st: &dyn Strategy, optim: &crate::optim::OptimConfig, reset: bool| {
             st.check(&Setup {
                 scenario: &s,
                 net: &net,
-                optim: &crate::optim::OptimConfig::DEFAULT,
+                optim,
+                reset_optimizer: reset,
             })
         };
+        let setup = |st: &dyn Strategy| setup_with(st, &crate::optim::OptimConfig::DEFAULT, true);
         assert!(setup(&c).is_ok());
-        let three = make(json!({"schedule": [{}, {}, {}]}));
+        let one = json!({"threshold": 0.0});
+        let three = make(json!({"schedule": [one, one, one]}));
         let e = setup(&three).expect_err("3 entries, 2 tasks").to_string();
         assert!(e.contains("schedule"), "{e}");
+        // The run's optimizer never steps a weight: its clipping and carried state are refused.
+        let clip = crate::optim::OptimConfig {
+            clip_grad_norm: Some(1.0),
+            ..crate::optim::OptimConfig::DEFAULT
+        };
+        let e = setup_with(&c, &clip, true).expect_err("clip").to_string();
+        assert!(e.contains("clip-grad-norm"), "{e}");
+        let e = setup_with(&c, &crate::optim::OptimConfig::DEFAULT, false)
+            .expect_err("carried state")
+            .to_string();
+        assert!(e.contains("reset-optimizer"), "{e}");
     }
 }

@@ -129,6 +129,17 @@ mod tests {
             serde_json::json!({"buffer": 200, "sampling": "reservoir", "replay-loss": "sum"})
         );
         assert!(build(&serde_json::json!({"replay-loss": "mean"})).is_err());
+        // A value of the wrong type names its key.
+        for (v, key) in [
+            (
+                serde_json::json!({"replay-loss": 1, "buffer": 10}),
+                "replay-loss",
+            ),
+            (serde_json::json!({"buffer": 10, "sampling": 3}), "sampling"),
+        ] {
+            let e = build(&v).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(&format!("strategy er: {key}:")), "{e}");
+        }
         let st =
             build(&serde_json::json!({"sampling": "class-balanced", "buffer": 50})).expect("cbrs");
         assert_eq!(st.params()["sampling"], "class-balanced");

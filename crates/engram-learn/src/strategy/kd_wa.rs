@@ -266,6 +266,13 @@ impl Strategy for KdWa {
     }
 
     fn check(&self, s: &Setup) -> Result<()> {
+        if self.p.wa && s.net.head() == crate::model::Head::WeightNorm {
+            return Err(
+                "strategy kd-wa: wa = true has no effect with model.head = \"weightnorm\" (its \
+                 rows are normalised, so aligning their norms changes nothing); set wa = false"
+                    .into(),
+            );
+        }
         let classes: std::collections::BTreeSet<_> =
             s.scenario.tasks.iter().flat_map(|t| &t.classes).collect();
         let c = classes.len();

@@ -235,6 +235,13 @@ pub fn load_latest(
             "the recorded results are not ones a run produces (a baseline per task, percentages in [0, 100], times >= 0)".into(),
         ));
     }
+    if o.ece_curve.is_empty() && rows > 0 {
+        return Err(bad(
+            "the checkpoint records no calibration per task (an engram before ECE after every \
+             task wrote it): start over with --overwrite"
+                .into(),
+        ));
+    }
     if o.eval_mode != format!("{:?}", scenario.eval)
         || !full(&o.accuracy)
         || !full(&o.task_il_accuracy)

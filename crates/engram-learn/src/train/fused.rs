@@ -137,6 +137,21 @@ impl Optimizer {
                 _ => slot.v = v.clone(),
             }
         }
+        // The moments this optimizer keeps for a parameter that has taken a step.
+        let (wants_m, wants_v) = match self.cfg.kind {
+            OptimKind::Sgd => (self.cfg.momentum != 0.0, false),
+            OptimKind::Adam | OptimKind::Adamw => (true, true),
+        };
+        for (name, slot) in &slots {
+            let kept = |v: &Vec<f32>, wanted: bool| (slot.t == 0) || (v.is_empty() != wanted);
+            if !kept(&slot.m, wants_m) || !kept(&slot.v, wants_v) {
+                return Err(bad(format!(
+                    "the moments of {name} are not those of a {:?} optimizer that took {} \
+                     steps",
+                    self.cfg.kind, slot.t
+                )));
+            }
+        }
         for p in param_infos(module) {
             if let Some(slot) = slots.remove(&p.name) {
                 let n = p.numel();

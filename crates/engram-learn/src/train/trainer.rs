@@ -1,7 +1,8 @@
 //! The training loop. For each task: the strategy's `before_task`, then epochs (or a fixed
 //! number of iterations) of shuffled minibatches with the strategy's loss, gradient and step
 //! hooks, then `after_task`, then evaluation on every task's test set (also the tasks not yet
-//! seen, for forward transfer), then a checkpoint. The optimizer is reset at each task, and
+//! seen, for forward transfer), then a checkpoint. The optimizer is reset at each task (unless
+//! `reset-optimizer = false` carries its state, by parameter name), and
 //! every random draw derives from (seed, task, epoch), so a run resumed from a checkpoint ends
 //! with exactly the metrics of an uninterrupted run.
 
@@ -118,6 +119,16 @@ impl TrainConfig {
         }
         if self.batch_size == 0 || self.eval_batch == 0 {
             return Err("train.batch-size and eval-batch must be at least 1".into());
+        }
+        if !self.reset_optimizer
+            && self.optimizer.kind == crate::optim::OptimKind::Sgd
+            && self.optimizer.momentum == 0.0
+        {
+            return Err(
+                "train.reset-optimizer = false has no effect: SGD without momentum keeps no \
+                 optimizer state"
+                    .into(),
+            );
         }
         self.optimizer.validate()
     }
@@ -359,6 +370,7 @@ impl Trainer<'_> {
             scenario: s,
             net: &net,
             optim: &self.train.optimizer,
+            reset_optimizer: self.train.reset_optimizer,
         })?;
         Ok(net)
     }
@@ -441,7 +453,11 @@ impl Trainer<'_> {
             // in each checkpoint, so that a resumed run continues exactly).
             let mut opt = Optimizer::new(&self.train.optimizer);
             if !self.train.reset_optimizer {
-                opt.import(&net, &carried)?;
+                opt.import(&net, &carried)
+                    .map_err(|e| match &self.checkpoint_dir {
+                        Some(d) => err!("{}: {e}", d.display()),
+                        None => e,
+                    })?;
             }
             let mut step = 0;
             'epochs: for epoch in 0..epochs {
@@ -508,7 +524,7 @@ impl Trainer<'_> {
             let valid = net.valid();
             match s.plan {
                 EvalPlan::EveryTask => {
-                    let e = evaluate_all(&valid, s, Some(task), &base, self.train.eval_batch);
+                    let e = evaluate_all(&valid, s, task, &base, self.train.eval_batch)?;
                     on(Event::TaskEnd {
                         task,
                         seconds,

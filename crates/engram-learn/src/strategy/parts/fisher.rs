@@ -175,9 +175,9 @@ pub fn fisher(
         }
     }
     match (how, net) {
-        // The probe pass mirrors `Mlp::forward`; an MLP with IDER's feedback input
-        // takes the loop.
-        (PerExample::Auto, Net::Mlp(m)) if m.fb.is_none() => {
+        // The probe pass mirrors `Mlp::forward` with a linear head; an MLP with IDER's
+        // feedback input or a weight-normalised head takes the loop.
+        (PerExample::Auto, Net::Mlp(m)) if m.fb.is_none() && !m.norm_head => {
             for b in rows.chunks(chunk) {
                 let ex: Vec<usize> = b.iter().map(|r| r.0).collect();
                 let ys: Vec<usize> = b.iter().map(|r| r.1).collect();

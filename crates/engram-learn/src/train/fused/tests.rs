@@ -238,3 +238,25 @@ fn clipping_scales_the_global_gradient_norm() {
         assert!(e.contains("clip-grad-norm"), "{bad}: {e}");
     }
 }
+
+/// The state carried across tasks moves by parameter name: exported from one optimizer and
+/// imported into a fresh one, the next step is the step of an optimizer that never stopped;
+/// a state whose moments do not fit the optimizer is an error.
+#[test]
+fn exported_state_continues_exactly_and_a_bad_one_is_refused() {
+    let c = config(OptimKind::Adam, 0.0, 0.0);
+    let (lr, m) = (c.lr, net(7));
+    let mut whole = Optimizer::new(&c);
+    let m1 = whole.step(lr, m, grads(&net(7), 1));
+    let mut moved = Optimizer::new(&c);
+    moved.import(&m1, &whole.export(&m1)).expect("import");
+    let a = values(&whole.step(lr, m1.clone(), grads(&m1, 2)));
+    let b = values(&moved.step(lr, m1.clone(), grads(&m1, 2)));
+    assert_eq!(a, b);
+    let mut st = whole.export(&m1);
+    st.tensors.retain(|(n, _, _)| !n.starts_with("v."));
+    let e = Optimizer::new(&c)
+        .import(&m1, &st)
+        .expect_err("no second moment");
+    assert!(e.to_string().contains("moments"), "{e}");
+}
