@@ -54,7 +54,8 @@ pub struct Args {
 
 /// Strategy settings that `engram bench cl` chose on validation (Split Fashion-MNIST, MLP
 /// 400-400, seed 0, 10 % of the training examples held out; the grids are `GRID` in
-/// engram-bench's `cl/suite.rs`; run of 2026-11-28, `bench-out/cl/tuning.json`). The demo
+/// engram-bench's `cl/suite.rs`; runs of 2026-11-28 and 2026-12-06, the same choices;
+/// `bench-out/cl/tuning.json`). The demo
 /// uses them unless `--card-defaults`, which runs each strategy's own defaults (CLASSP's:
 /// per-weight threshold 0 at the reference's lr 0.2, which learns, less well than lr 0.01 on
 /// validation).
