@@ -164,7 +164,7 @@ pub struct Evaluation {
     pub ece_row: Vec<f64>,
     /// ECE over the union of the test sets of the tasks seen so far, Class-IL over the
     /// classes seen (Domain-IL: every output).
-    pub ece_seen: Option<f64>,
+    pub ece_seen: f64,
 }
 
 /// The classes task `i`'s column is scored over after task `k` in the scenario's mode
@@ -245,12 +245,7 @@ pub fn evaluate_all(
             seen_labels.extend(lb);
         }
     }
-    e.ece_seen = Some(masked_ece(
-        &seen_logits,
-        &seen_labels,
-        c,
-        &calibration_mask(s, k, k),
-    )?);
+    e.ece_seen = masked_ece(&seen_logits, &seen_labels, c, &calibration_mask(s, k, k))?;
     Ok(e)
 }
 

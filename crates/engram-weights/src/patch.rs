@@ -313,36 +313,7 @@ pub fn dequantize(codes: &[u8], min: f32, max: f32, levels: u32, out: &mut [f32]
 /// patch neither carries nor changes it.
 fn same_non_floats_but_counters(first: &Model, others: &[&Model]) -> Result<()> {
     let bn = BnLayers::of(first);
-    for m in others {
-        for v in first.tensors().filter(|v| !v.dtype().is_float()) {
-            match m.get(v.name()) {
-                Some(x)
-                    if bn.role(v.name()) == BnRole::Count
-                        && (x.dtype(), x.shape()) == (v.dtype(), v.shape()) => {}
-                Some(x) => crate::output::same_non_float(first, &v, m, &x)?,
-                None => {
-                    let why = format!(
-                        "missing (a {} tensor of {}); no tensor is skipped",
-                        v.dtype(),
-                        first.source().display()
-                    );
-                    return Err(Error::tensor(m.source(), v.name(), why));
-                }
-            }
-        }
-        if let Some(x) = m
-            .tensors()
-            .find(|x| !x.dtype().is_float() && first.get(x.name()).is_none())
-        {
-            let why = format!(
-                "a {} tensor that {} lacks; no tensor is skipped",
-                x.dtype(),
-                first.source().display()
-            );
-            return Err(Error::tensor(m.source(), x.name(), why));
-        }
-    }
-    Ok(())
+    crate::output::same_non_floats_except(first, others, |name| bn.role(name) == BnRole::Count)
 }
 
 /// Extracts the patch of `corrupt` relative to `pre`, writing a safetensors file `out`.
@@ -660,7 +631,7 @@ fn check_variances(model: &Model, patches: &[(Patch, f32)], sign: f32) -> Result
         if !patches.iter().any(|(p, _)| p.model.get(name).is_some()) {
             continue;
         }
-        let mut acc: Vec<f32> = v.to_f32()?.iter().map(|x| 1.0 * x).collect();
+        let mut acc: Vec<f32> = v.to_f32()?;
         let mut buf = vec![0f32; acc.len()];
         for (p, alpha) in patches {
             if p.read(name, 0, &mut buf)? {

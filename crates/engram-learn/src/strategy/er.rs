@@ -150,6 +150,7 @@ mod tests {
     #[test]
     fn replay_loss_sum_and_concat_are_the_two_conventions() {
         use crate::strategy::lwf::tests::blobs_ci;
+        use crate::strategy::parts::testutil::batch_at;
         use burn::nn::loss::CrossEntropyLossConfig;
         let s = blobs_ci();
         let d = Device::flex().autodiff();
@@ -165,27 +166,13 @@ mod tests {
             optim: &crate::optim::OptimConfig::DEFAULT,
             lr: 1e-3,
         };
-        let batch_of = |ids: Vec<(usize, usize)>| {
-            let (xh, yh) = s.gather(crate::scenario::Part::Train, &ids);
-            let n = ids.len();
-            Batch {
-                x: Tensor::<2>::from_data(TensorData::new(xh.clone(), [n, s.train.dim]), &d),
-                y: Tensor::<1, Int>::from_data(
-                    TensorData::new(yh.iter().map(|&v| v as i64).collect::<Vec<_>>(), [n]),
-                    &d,
-                ),
-                ids,
-                x_host: xh,
-                y_host: yh,
-            }
-        };
         let ce = |b: &Batch| {
             CrossEntropyLossConfig::new()
                 .init(&d)
                 .forward(net.forward(b.x.clone()), b.y.clone())
         };
-        let first = batch_of(s.tasks[0].train[..6].iter().map(|&i| (0, i)).collect());
-        let second = batch_of(s.tasks[0].train[6..10].iter().map(|&i| (0, i)).collect());
+        let first = batch_at(&s, 0, 0..6, &d);
+        let second = batch_at(&s, 0, 6..10, &d);
         let mut losses = Vec::new();
         for mode in ["sum", "concat"] {
             let v = serde_json::json!({"buffer": 6, "replay-batch": 6, "replay-loss": mode});

@@ -286,6 +286,7 @@ mod tests {
     /// a-term reads a second, independent buffer batch B₂.
     #[test]
     fn replay_term_is_unhalved_and_distillation_draws_its_own_batch() {
+        use crate::strategy::parts::testutil::batch_at;
         let s = blobs_ci();
         let d = Device::flex();
         let _rng = crate::backend::seeded(&d, 4);
@@ -303,25 +304,11 @@ mod tests {
             optim: &crate::optim::OptimConfig::DEFAULT,
             lr: 1e-3,
         };
-        let batch_of = |ids: Vec<(usize, usize)>| {
-            let (xh, yh) = s.gather(crate::scenario::Part::Train, &ids);
-            let n = ids.len();
-            Batch {
-                x: Tensor::<2>::from_data(TensorData::new(xh.clone(), [n, s.train.dim]), &d),
-                y: Tensor::<1, Int>::from_data(
-                    TensorData::new(yh.iter().map(|&v| v as i64).collect::<Vec<_>>(), [n]),
-                    &d,
-                ),
-                ids,
-                x_host: xh,
-                y_host: yh,
-            }
-        };
         let ce =
             |z: Tensor<2>, y: Tensor<1, Int>| CrossEntropyLossConfig::new().init(&d).forward(z, y);
         let f = |t: Tensor<1>| t.into_scalar::<f32>();
-        let fill = batch_of(s.tasks[0].train[..12].iter().map(|&i| (0, i)).collect());
-        let cur = batch_of(s.tasks[0].train[12..16].iter().map(|&i| (0, i)).collect());
+        let fill = batch_at(&s, 0, 0..12, &d);
+        let cur = batch_at(&s, 0, 12..16, &d);
         // c only: the total is ½·(current two-pass CE) + c·(replay two-pass CE).
         let mut st = Ider {
             p: parse_params(

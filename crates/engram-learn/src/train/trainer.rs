@@ -533,10 +533,7 @@ impl Trainer<'_> {
                     out.accuracy.push(e.row);
                     out.task_il_accuracy.push(e.task_il);
                     out.ece_matrix.push(e.ece_row);
-                    out.ece_curve.push(
-                        e.ece_seen
-                            .ok_or_else(|| err!("task {task}: no test example to calibrate on"))?,
-                    );
+                    out.ece_curve.push(e.ece_seen);
                 }
                 EvalPlan::AllClasses => {
                     let ids: Vec<(usize, usize)> = s

@@ -47,10 +47,16 @@ pub fn ctx<'a>(s: &'a Scenario, task: usize, dev: &'a Device) -> Ctx<'a> {
 
 /// A real minibatch of task `task`.
 pub fn batch(s: &Scenario, task: usize, n: usize, dev: &Device) -> Batch {
-    let ids: Vec<(usize, usize)> = s.tasks[task].train[..n]
+    batch_at(s, task, 0..n, dev)
+}
+
+/// The training examples `range` of `task` as a batch.
+pub fn batch_at(s: &Scenario, task: usize, range: std::ops::Range<usize>, dev: &Device) -> Batch {
+    let ids: Vec<(usize, usize)> = s.tasks[task].train[range]
         .iter()
         .map(|&i| (task, i))
         .collect();
+    let n = ids.len();
     let (x, y) = s.gather(crate::scenario::Part::Train, &ids);
     Batch {
         x: Tensor::<2>::from_data(TensorData::new(x.clone(), [n, s.train.dim]), dev),
