@@ -36,6 +36,7 @@ use crate::Progress;
 use anyhow::{Result, anyhow, bail};
 use engram_learn::data::{Split, fashion_mnist, mnist_digits};
 use engram_learn::eval::logits_of;
+use engram_learn::metrics::{ClassMask, masked_predictions};
 use engram_learn::model::{Head, ModelConfig, Net};
 use engram_learn::optim::{OptimConfig, OptimKind};
 use engram_learn::scenario::config::MAX_TASKS;
@@ -407,13 +408,12 @@ impl Strategy for Recorder {
                 .map(|i| (cx.task, i))
                 .collect();
             let (lg, lb, c) = logits_of(&net, s, Part::Test, &ids, cx.device, 1000);
+            // The argmax over every output, as the trainer's all-class accuracy takes it.
+            let preds = masked_predictions(&lg, c, &ClassMask::all(c))
+                .map_err(|e| engram_learn::Error::from(e.to_string()))?;
             let mut right = vec![0usize; c];
             let mut total = vec![0usize; c];
-            for (r, &y) in lb.iter().enumerate() {
-                let row = &lg[r * c..(r + 1) * c];
-                let best = (0..c)
-                    .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
-                    .unwrap_or(0);
+            for (&(best, _), &y) in preds.iter().zip(&lb) {
                 total[y as usize] += 1;
                 right[y as usize] += usize::from(best == y as usize);
             }
@@ -667,11 +667,8 @@ fn verdicts(runs: &[RunResult], datasets: &[String], arms: &[Arm]) -> Vec<Verdic
             verdict: judge(ok, n).into(),
             evidence: format!("{ok}/{n} runs rise. {}", lines.join("; ")),
         });
-        // (2) Steeper with group masking: paired by seed, per head.
-        let mut ok = 0;
-        let mut n = 0;
-        let mut lines = Vec::new();
-        for head in [Head::Linear, Head::WeightNorm] {
+        // Group minus no masking of `value`, paired by seed, for the momentum-0 arms of `head`.
+        let paired = |head: Head, value: fn(&RunResult) -> f64| -> Vec<f64> {
             let pick = |m: Masking| {
                 arms.iter()
                     .find(|a| a.masking == m && a.head == head && a.momentum == 0.0)
@@ -679,12 +676,21 @@ fn verdicts(runs: &[RunResult], datasets: &[String], arms: &[Arm]) -> Vec<Verdic
                     .unwrap_or_default()
             };
             let (none, group) = (pick(Masking::None), pick(Masking::Group));
-            let mut diffs = Vec::new();
-            for g in &group {
-                if let Some(b) = none.iter().find(|b| b.seed == g.seed) {
-                    diffs.push(g.slope_per_decade - b.slope_per_decade);
-                }
-            }
+            group
+                .iter()
+                .filter_map(|g| {
+                    none.iter()
+                        .find(|b| b.seed == g.seed)
+                        .map(|b| value(g) - value(b))
+                })
+                .collect()
+        };
+        // (2) Steeper with group masking: paired by seed, per head.
+        let mut ok = 0;
+        let mut n = 0;
+        let mut lines = Vec::new();
+        for head in [Head::Linear, Head::WeightNorm] {
+            let diffs = paired(head, |r| r.slope_per_decade);
             ok += diffs.iter().filter(|&&v| v > 0.0).count();
             n += diffs.len();
             let sp = spread(&diffs);
@@ -698,21 +704,7 @@ fn verdicts(runs: &[RunResult], datasets: &[String], arms: &[Arm]) -> Vec<Verdic
         let mut n3 = 0;
         let mut lines3 = Vec::new();
         for head in [Head::Linear, Head::WeightNorm] {
-            let pick = |m: Masking| {
-                arms.iter()
-                    .find(|a| a.masking == m && a.head == head && a.momentum == 0.0)
-                    .map(|a| of(&a.name))
-                    .unwrap_or_default()
-            };
-            let (none, group) = (pick(Masking::None), pick(Masking::Group));
-            let diffs: Vec<f64> = group
-                .iter()
-                .filter_map(|g| {
-                    none.iter()
-                        .find(|b| b.seed == g.seed)
-                        .map(|b| g.final_acc - b.final_acc)
-                })
-                .collect();
+            let diffs = paired(head, |r| r.final_acc);
             ok3 += diffs.iter().filter(|&&v| v > 0.0).count();
             n3 += diffs.len();
             let sp = spread(&diffs);
