@@ -11,9 +11,11 @@
 //! - [`cl`]: the continual-learning suite (B3);
 //! - [`finetune`]: selective fine-tuning, source retention against target accuracy;
 //! - [`merge8`]: the merge-8 study, trained models merged, masked and compressed (B2, B6);
-//! - [`scole`]: knowledge accumulation over a long SCoLe stream, masking and head compared.
+//! - [`scole`]: knowledge accumulation over a long SCoLe stream, masking and head compared;
+//! - [`tta`]: continual test-time adaptation (Source, BN-adapt, TENT, CoTTA and its
+//!   ablations) on the FMNIST-C corruption stream.
 //!
-//! Shared parts: [`machine`] (what the machine is, medians, peak memory, files),
+//! Shared parts: [`machine`] (what the machine is, medians and spreads, peak memory, files),
 //! [`synthetic`] (the synthetic model families the weight-space benchmarks measure on) and
 //! [`units`] (counts and sizes as people write and read them).
 
@@ -27,6 +29,7 @@ pub mod merge8;
 pub mod scole;
 pub mod synthetic;
 pub mod train;
+pub mod tta;
 pub mod units;
 
 /// What a benchmark reports while it runs. One bar at a time: `Start` replaces the current

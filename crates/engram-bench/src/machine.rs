@@ -1,6 +1,6 @@
-//! What every benchmark needs around its measurements: the machine it ran on, medians, peak
-//! memory (its own and a child command's), and the files it reads and writes (results JSON,
-//! written atomically so that an interrupted run keeps the previous file).
+//! What every benchmark needs around its measurements: the machine it ran on, medians and
+//! spreads over seeds, peak memory (its own and a child command's), and the files it reads and
+//! writes (results JSON, written atomically so that an interrupted run keeps the previous file).
 
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
@@ -357,6 +357,28 @@ pub fn read_all(files: &[PathBuf]) -> Result<u64> {
             },
         )
         .sum()
+}
+
+/// Mean and sample standard deviation over seeds, with the extremes.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Spread {
+    pub mean: f64,
+    pub sd: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+pub fn spread(v: &[f64]) -> Spread {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let sd = if v.len() > 1 {
+        (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    Spread { mean, sd, min, max }
 }
 
 #[cfg(test)]

@@ -46,6 +46,11 @@ enum Command {
     Strategies,
     /// List the scenario kinds and their keys with defaults (the `[scenario]` table).
     Scenarios,
+    /// Test-time adaptation: a source model meets a stream of shifted, unlabeled test
+    /// batches (corruptions) through an adapter (run file in TOML).
+    Adapt(cmd::adapt::Args),
+    /// List the test-time adapters and their parameters with defaults.
+    Adapters,
     /// Merge checkpoints (mergekit YAML or flags): linear, task_arithmetic, ties, dare_*,
     /// breadcrumbs*, della*, model_stock, slerp.
     Merge(cmd::merge::Args),
@@ -85,6 +90,8 @@ fn main() {
         Command::Report(a) => cmd::learn_report::run(&ctx, a),
         Command::Strategies => cmd::learn_report::list_strategies(),
         Command::Scenarios => cmd::learn_report::list_scenarios(),
+        Command::Adapt(a) => cmd::adapt::run(&ctx, a),
+        Command::Adapters => cmd::adapt::list(),
         Command::Merge(a) => cmd::merge::run(&ctx, a),
         Command::Tv(t) => cmd::tv::run(&ctx, t),
         Command::Tall(a) => cmd::tall::run(&ctx, a),

@@ -3,6 +3,7 @@
 
 use crate::model::ModelConfig;
 use crate::scenario::ScenarioConfig;
+use crate::strategy::finite;
 use crate::train::TrainConfig;
 use crate::{Result, err};
 use serde_json::Value;
@@ -100,31 +101,6 @@ impl RunConfig {
             )
         })
     }
-}
-
-/// Refuses a `null` among a section's free-form keys (the scenario kind's, the strategy's):
-/// TOML has no null, so it was a NaN or an infinity, which JSON cannot hold and which would
-/// otherwise read as a key not set.
-fn finite(section: &str, keys: &serde_json::Map<String, Value>) -> Result<()> {
-    fn null(path: String, v: &Value) -> Option<String> {
-        match v {
-            Value::Null => Some(path),
-            Value::Array(a) => a
-                .iter()
-                .enumerate()
-                .find_map(|(i, v)| null(format!("{path}.{i}"), v)),
-            Value::Object(o) => o.iter().find_map(|(k, v)| null(format!("{path}.{k}"), v)),
-            _ => None,
-        }
-    }
-    let key = keys
-        .iter()
-        .find_map(|(k, v)| null(format!("{section}.{k}"), v));
-    key.map_or(Ok(()), |key| {
-        Err(err!(
-            "{key} is not a finite number (nan and inf are refused)"
-        ))
-    })
 }
 
 #[cfg(test)]

@@ -3,10 +3,12 @@
 //!
 //! Modules import only from the modules before them in this order (DESIGN.md: imports point
 //! down): `data`; `scenario`; `backend`, `optim`; `model`; `metrics`, `eval`; `strategy`;
-//! `train`; `config`, `run`. `error` is the crate's one error type, which wraps data's and
-//! scenario's own, and every module may return it.
+//! `train`; `adapt` (test-time adapters, which use the trainer's optimizer); `config`, `run`.
+//! `error` is the crate's one error type, which wraps data's and scenario's own, and every
+//! module may return it.
 pub mod error;
 
+pub mod adapt;
 pub mod backend;
 pub mod config;
 pub mod data;

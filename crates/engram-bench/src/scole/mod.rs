@@ -184,27 +184,7 @@ pub struct PerClass {
     pub draws: Vec<usize>,
 }
 
-/// Mean and sample standard deviation over seeds, with the extremes.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct Spread {
-    pub mean: f64,
-    pub sd: f64,
-    pub min: f64,
-    pub max: f64,
-}
-
-pub fn spread(v: &[f64]) -> Spread {
-    let n = v.len().max(1) as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let sd = if v.len() > 1 {
-        (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
-    } else {
-        0.0
-    };
-    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    Spread { mean, sd, min, max }
-}
+pub use crate::machine::{Spread, spread};
 
 /// An arm's summary over seeds on one data set.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]

@@ -142,7 +142,7 @@ pub fn list_scenarios() -> Result<()> {
 }
 
 /// `key=value` pairs of a JSON object on one line; `none` for an empty one.
-fn key_values(v: &serde_json::Value, none: &str) -> String {
+pub(crate) fn key_values(v: &serde_json::Value, none: &str) -> String {
     match v.as_object() {
         Some(m) if !m.is_empty() => m
             .iter()

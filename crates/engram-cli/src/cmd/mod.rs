@@ -1,3 +1,4 @@
+pub mod adapt;
 pub mod analyze;
 pub mod args;
 pub mod bench;

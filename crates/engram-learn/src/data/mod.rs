@@ -5,8 +5,10 @@
 //! Nothing here uses the deep-learning framework: data are plain `Vec<f32>`.
 
 pub mod blobs;
+pub mod corrupt;
 pub mod fashion_mnist;
 pub mod mnist_digits;
+pub mod rand_source;
 pub mod transform;
 
 use std::path::{Path, PathBuf};

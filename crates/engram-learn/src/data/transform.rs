@@ -12,6 +12,7 @@
 //! to it). Every channel is rotated the same way.
 
 use super::DataError;
+use super::corrupt::{self, Corruption};
 
 /// A transform applied to every example of a task when batches are built.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -24,6 +25,14 @@ pub enum Transform {
     Rotate(f32),
     /// 1 − x.
     Invert,
+    /// A corruption of FMNIST-C ([`super::corrupt`]) at `severity` (1 to 5) on grayscale
+    /// images; example `i` of the data set draws from the stream keyed by (`seed`, corruption,
+    /// severity, `i`), so it is the same image whatever batch it is built in.
+    Corrupt {
+        corruption: Corruption,
+        severity: u8,
+        seed: u64,
+    },
 }
 
 /// Bilinear sampling of one output pixel: four source pixels (within a channel plane) and
@@ -45,6 +54,13 @@ pub enum Prepared<'a> {
         taps: Vec<Tap>,
     },
     Invert,
+    Corrupt {
+        corruption: Corruption,
+        severity: usize,
+        seed: u64,
+        h: usize,
+        w: usize,
+    },
 }
 
 impl<'a> Prepared<'a> {
@@ -77,6 +93,36 @@ impl<'a> Prepared<'a> {
                 }
                 Ok(Prepared::Permute(p))
             }
+            Transform::Corrupt {
+                corruption,
+                severity,
+                seed,
+            } => {
+                let (h, w) = match image {
+                    Some((1, h, w)) if h * w == dim => (h, w),
+                    _ => {
+                        return Err(DataError::Invalid(format!(
+                            "corruption {} needs grayscale images; the data are {}",
+                            corruption.name(),
+                            match image {
+                                Some((c, h, w)) => format!("{c}x{h}x{w}"),
+                                None => format!("flat vectors of {dim} values"),
+                            }
+                        )));
+                    }
+                };
+                let severity = *severity as usize;
+                // Shape and severity are all an image's corruption can fail on: one blank
+                // image checks them, so that applying it later cannot fail.
+                corrupt::corrupt_image(*corruption, severity, *seed, 0, &vec![0.0; dim], h, w)?;
+                Ok(Prepared::Corrupt {
+                    corruption: *corruption,
+                    severity,
+                    seed: *seed,
+                    h,
+                    w,
+                })
+            }
             Transform::Rotate(deg) => {
                 if !deg.is_finite() {
                     return Err(DataError::Invalid(format!("rotation by {deg} degrees")));
@@ -104,9 +150,35 @@ impl<'a> Prepared<'a> {
         }
     }
 
-    /// Writes the transformed `src` into `out` (both `dim` long).
-    pub fn apply(&self, src: &[f32], out: &mut [f32]) {
+    /// Writes the transformed `src`, example number `index` of its data set, into `out` (both
+    /// `dim` long). Only random transforms (corruptions) depend on `index`.
+    pub fn apply(&self, src: &[f32], out: &mut [f32], index: usize) {
         match self {
+            Prepared::Corrupt {
+                corruption,
+                severity,
+                seed,
+                h,
+                w,
+            } => match corrupt::corrupt_image(
+                *corruption,
+                *severity,
+                *seed,
+                index as u64,
+                src,
+                *h,
+                *w,
+            ) {
+                Ok(v) => {
+                    for (o, b) in out.iter_mut().zip(v) {
+                        *o = b as f32 / 255.0;
+                    }
+                }
+                // `new` checked shape and severity; what is left is a non-finite pixel, which
+                // the corruption scenario refuses when it is built (data not in [0, 1]). A
+                // NaN output makes any later use stop with a message rather than go on.
+                Err(_) => out.fill(f32::NAN),
+            },
             Prepared::Copy => out.copy_from_slice(src),
             Prepared::Invert => {
                 for (o, s) in out.iter_mut().zip(src) {
@@ -193,7 +265,8 @@ pub fn rotation_taps(h: usize, w: usize, deg: f32) -> Vec<Tap> {
     taps
 }
 
-/// One-shot convenience: applies `t` to one example `src` into `out`.
+/// One-shot convenience: applies `t` to one example `src` into `out` (as example 0 of its
+/// data set, for the random transforms).
 pub fn apply(
     t: &Transform,
     image: Option<(usize, usize, usize)>,
@@ -207,7 +280,7 @@ pub fn apply(
             out.len()
         )));
     }
-    Prepared::new(t, src.len(), image)?.apply(src, out);
+    Prepared::new(t, src.len(), image)?.apply(src, out, 0);
     Ok(())
 }
 
@@ -233,7 +306,7 @@ mod tests {
         let taps = rotation_taps(28, 28, 0.0);
         let p = Prepared::Resample { plane: 784, taps };
         let mut out = vec![0.0; 784];
-        p.apply(&src, &mut out);
+        p.apply(&src, &mut out, 0);
         assert_eq!(out, src);
     }
 

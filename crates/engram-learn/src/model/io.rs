@@ -69,9 +69,10 @@ fn write_named<'a>(
     Ok(())
 }
 
-/// Reads all float tensors of a checkpoint by name.
+/// Reads all float tensors of a checkpoint by name, after verifying its checksums.
 pub fn read_values(path: &Path) -> engram_ckpt::Result<BTreeMap<String, Vec<f32>>> {
     let m = Model::open(path)?;
+    m.verify()?;
     m.tensors()
         .filter(|t| t.dtype().is_float())
         .map(|t| Ok((t.name().to_string(), t.to_f32()?)))

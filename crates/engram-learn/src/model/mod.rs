@@ -3,6 +3,8 @@
 //! have stable names (`fc.0.weight`, `conv1.weight`, ...) and are saved and loaded as
 //! safetensors through engram-ckpt, so that engram's weight-space commands work on them.
 
+pub mod batchnorm;
+pub mod bn_cnn;
 pub mod cnn;
 pub mod conv;
 pub mod io;
@@ -53,6 +55,11 @@ pub enum ModelConfig {
         channels: [usize; 2],
         hidden: usize,
     },
+    /// The CNN with a BatchNorm after each convolution (test-time adaptation).
+    BnCnn {
+        channels: [usize; 2],
+        hidden: usize,
+    },
     Vit {
         patch: usize,
         d_model: usize,
@@ -88,6 +95,12 @@ fn default_channels() -> [usize; 2] {
 fn default_cnn_hidden() -> usize {
     128
 }
+fn default_bn_channels() -> [usize; 2] {
+    [16, 32]
+}
+fn default_bn_hidden() -> usize {
+    64
+}
 fn default_patch() -> usize {
     7
 }
@@ -117,6 +130,7 @@ pub enum Net {
     Mlp(mlp::Mlp),
     ResMlp(resmlp::ResMlp),
     Cnn(cnn::Cnn),
+    BnCnn(bn_cnn::BnCnn),
     Vit(vit::TinyVit),
 }
 
@@ -135,6 +149,11 @@ impl ModelConfig {
             ModelConfig::MlpWeightNorm { .. } => Head::WeightNorm,
             _ => Head::Linear,
         }
+    }
+
+    /// Whether the network has BatchNorm layers.
+    pub fn has_batchnorm(&self) -> bool {
+        matches!(self, ModelConfig::BnCnn { .. })
     }
 
     /// Builds the network for inputs of `dim` features (`image` = (c, h, w) when they are
@@ -172,6 +191,7 @@ impl ModelConfig {
                 Net::Mlp(m) => Net::Mlp(m.with_feedback(outputs, device)?),
                 Net::ResMlp(_) => return Err("the resmlp has no feedback input".into()),
                 Net::Cnn(m) => Net::Cnn(m.with_feedback(outputs, device)),
+                Net::BnCnn(_) => return Err("the bn-cnn has no feedback input".into()),
                 Net::Vit(m) => Net::Vit(m.with_feedback(outputs, device)),
             }
         };
@@ -220,6 +240,17 @@ impl ModelConfig {
                 }
                 Net::Cnn(cnn::Cnn::new(im, *channels, *hidden, outputs, device))
             }
+            ModelConfig::BnCnn { channels, hidden } => {
+                let im = img()?;
+                if im[1] < 10 || im[2] < 10 {
+                    return Err(err!(
+                        "the bn-cnn needs images of at least 10×10, got {}×{}",
+                        im[1],
+                        im[2]
+                    ));
+                }
+                Net::BnCnn(bn_cnn::BnCnn::new(im, *channels, *hidden, outputs, device))
+            }
             ModelConfig::Vit {
                 patch,
                 d_model,
@@ -254,7 +285,9 @@ impl ModelConfig {
                 hidden,
                 blocks,
             } => (*blocks, [width, hidden, blocks].contains(&&0)),
-            ModelConfig::Cnn { channels, hidden } => (2, channels.contains(&0) || *hidden == 0),
+            ModelConfig::Cnn { channels, hidden } | ModelConfig::BnCnn { channels, hidden } => {
+                (2, channels.contains(&0) || *hidden == 0)
+            }
             ModelConfig::Vit {
                 patch,
                 d_model,
@@ -330,7 +363,7 @@ impl ModelConfig {
                 hidden,
                 blocks,
             } => format!("model.width = {width}, model.hidden = {hidden}, model.blocks = {blocks}"),
-            ModelConfig::Cnn { channels, hidden } => {
+            ModelConfig::Cnn { channels, hidden } | ModelConfig::BnCnn { channels, hidden } => {
                 format!("model.channels = {channels:?}, model.hidden = {hidden}")
             }
             ModelConfig::Vit {
@@ -382,16 +415,22 @@ impl ModelConfig {
                 let p = sum(&[linear(dim, wd), mul(&[b, block]), linear(wd, outputs)]);
                 (p, sum(&[wd, mul(&[b, hd + wd]), outputs]))
             }
-            ModelConfig::Cnn { channels, hidden } => {
+            ModelConfig::Cnn { channels, hidden } | ModelConfig::BnCnn { channels, hidden } => {
                 let (c0, c1, hd) = (n(channels[0]), n(channels[1]), n(*hidden));
                 let side = |s: u128| (s.saturating_sub(2) / 2).saturating_sub(2) / 2;
                 let conv = |a: u128, b: u128| linear(mul(&[a, 9]), b);
                 let flat = mul(&[c1, side(h), side(w)]);
+                // BatchNorm: γ, β and the two running statistics per channel.
+                let bn = match self {
+                    ModelConfig::BnCnn { .. } => mul(&[4, c0 + c1]),
+                    _ => 0,
+                };
                 let p = sum(&[
                     conv(c, c0),
                     conv(c0, c1),
                     linear(flat, hd),
                     linear(hd, outputs),
+                    bn,
                 ]);
                 let a = sum(&[mul(&[c0, h, w]), mul(&[c1, h, w]) / 4, hd, outputs]);
                 (p, a)
@@ -431,6 +470,7 @@ impl Net {
             Net::Mlp(m) => m.forward(x),
             Net::ResMlp(m) => m.forward(x),
             Net::Cnn(m) => m.forward(x),
+            Net::BnCnn(m) => m.forward(x),
             Net::Vit(m) => m.forward(x),
         }
     }
@@ -441,6 +481,7 @@ impl Net {
             Net::Mlp(m) => m.features(x),
             Net::ResMlp(m) => m.features(x),
             Net::Cnn(m) => m.features(x),
+            Net::BnCnn(m) => m.features(x),
             Net::Vit(m) => m.features(x),
         }
     }
@@ -453,6 +494,7 @@ impl Net {
             Net::Mlp(m) => m.forward_fb(x, y),
             Net::ResMlp(m) => m.forward(x),
             Net::Cnn(m) => m.forward_fb(x, y),
+            Net::BnCnn(m) => m.forward(x),
             Net::Vit(m) => m.forward_fb(x, y),
         }
     }
@@ -463,6 +505,7 @@ impl Net {
             Net::Mlp(m) => m.fb.is_some(),
             Net::ResMlp(_) => false,
             Net::Cnn(m) => m.fb.is_some(),
+            Net::BnCnn(_) => false,
             Net::Vit(m) => m.fb.is_some(),
         }
     }
@@ -480,10 +523,40 @@ impl Net {
         let p = match self {
             Net::Mlp(m) => format!("fc.{}", m.fc.len() - 1),
             Net::ResMlp(_) => "head".to_string(),
-            Net::Cnn(_) => "fc2".to_string(),
+            Net::Cnn(_) | Net::BnCnn(_) => "fc2".to_string(),
             Net::Vit(_) => "head".to_string(),
         };
         (format!("{p}.weight"), format!("{p}.bias"))
+    }
+
+    /// The network with every BatchNorm layer in `mode`; networks without BatchNorm are
+    /// returned as they are (see [`Net::has_batchnorm`]).
+    pub fn with_bn_mode(self, mode: batchnorm::BnMode) -> Net {
+        match self {
+            Net::BnCnn(m) => Net::BnCnn(m.with_bn_mode(mode)),
+            other => other,
+        }
+    }
+
+    pub fn has_batchnorm(&self) -> bool {
+        matches!(self, Net::BnCnn(_))
+    }
+
+    /// A copy that shares no state with `self` (a plain clone shares BatchNorm running
+    /// statistics; see `batchnorm::BatchNorm::detached`).
+    pub fn detached(&self) -> Net {
+        match self {
+            Net::BnCnn(m) => Net::BnCnn(m.detached()),
+            other => other.clone(),
+        }
+    }
+
+    /// Names of the BatchNorm affine parameters (γ, β of every layer); empty without BatchNorm.
+    pub fn bn_affine_names(&self) -> Vec<String> {
+        match self {
+            Net::BnCnn(_) => bn_cnn::BnCnn::bn_affine_names(),
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -514,6 +587,14 @@ mod raw {
             #[serde(default = "default_channels")]
             channels: [usize; 2],
             #[serde(default = "default_cnn_hidden")]
+            hidden: usize,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            head: Option<Head>,
+        },
+        BnCnn {
+            #[serde(default = "default_bn_channels")]
+            channels: [usize; 2],
+            #[serde(default = "default_bn_hidden")]
             hidden: usize,
             #[serde(default, skip_serializing_if = "Option::is_none")]
             head: Option<Head>,
@@ -567,6 +648,14 @@ mod raw {
                     linear_only("cnn", head)?;
                     ModelConfig::Cnn { channels, hidden }
                 }
+                ModelFile::BnCnn {
+                    channels,
+                    hidden,
+                    head,
+                } => {
+                    linear_only("bn-cnn", head)?;
+                    ModelConfig::BnCnn { channels, hidden }
+                }
                 ModelFile::Vit {
                     patch,
                     d_model,
@@ -607,6 +696,11 @@ mod raw {
                     head: None,
                 },
                 ModelConfig::Cnn { channels, hidden } => ModelFile::Cnn {
+                    channels,
+                    hidden,
+                    head: None,
+                },
+                ModelConfig::BnCnn { channels, hidden } => ModelFile::BnCnn {
                     channels,
                     hidden,
                     head: None,

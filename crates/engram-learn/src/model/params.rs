@@ -39,7 +39,7 @@ impl Path {
             .0
             .iter()
             .map(String::as_str)
-            .filter(|p| !p.is_empty() && !matches!(*p, "Mlp" | "ResMlp" | "Cnn" | "Vit"))
+            .filter(|p| !p.is_empty() && !matches!(*p, "Mlp" | "ResMlp" | "Cnn" | "BnCnn" | "Vit"))
             .collect();
         if let Some(l) = leaf {
             parts.push(l);

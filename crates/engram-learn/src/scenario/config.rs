@@ -40,6 +40,7 @@ pub const REGISTRY: &[Kind] = &[
     super::domain::ROTATED,
     super::scole::SCOLE,
     super::joint::JOINT,
+    super::corruption::CORRUPTION,
 ];
 
 /// The kind named `name`.

@@ -14,6 +14,7 @@
 
 pub mod class_incremental;
 pub mod config;
+pub mod corruption;
 pub mod domain;
 pub mod joint;
 pub mod scole;
@@ -204,10 +205,10 @@ impl Scenario {
         if indices.len() >= PAR_MIN {
             x.par_chunks_exact_mut(d)
                 .zip(indices.par_iter())
-                .for_each(|(out, &i)| prep.apply(data.row(i), out));
+                .for_each(|(out, &i)| prep.apply(data.row(i), out, i));
         } else {
             for (out, &i) in x.chunks_exact_mut(d).zip(indices) {
-                prep.apply(data.row(i), out);
+                prep.apply(data.row(i), out, i);
             }
         }
     }

@@ -338,6 +338,42 @@ pub fn parse_params<T: serde::de::DeserializeOwned>(
     name: &str,
     v: &serde_json::Value,
 ) -> Result<T> {
+    parse_keys("strategy", name, v)
+}
+
+/// Refuses a `null` among a section's free-form keys (a scenario kind's, a strategy's, an
+/// adapter's): TOML has no null, so it was a NaN or an infinity, which JSON cannot hold and which would
+/// otherwise read as a key not set.
+pub fn finite(section: &str, keys: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
+    use serde_json::Value;
+    fn null(path: String, v: &Value) -> Option<String> {
+        match v {
+            Value::Null => Some(path),
+            Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| null(format!("{path}.{i}"), v)),
+            Value::Object(o) => o.iter().find_map(|(k, v)| null(format!("{path}.{k}"), v)),
+            _ => None,
+        }
+    }
+    let key = keys
+        .iter()
+        .find_map(|(k, v)| null(format!("{section}.{k}"), v));
+    key.map_or(Ok(()), |key| {
+        Err(err!(
+            "{key} is not a finite number (nan and inf are refused)"
+        ))
+    })
+}
+
+/// [`parse_params`] for any method kind (`what`: "strategy", "adapter"): the message names
+/// the kind, the method and the failing key.
+pub fn parse_keys<T: serde::de::DeserializeOwned>(
+    what: &str,
+    name: &str,
+    v: &serde_json::Value,
+) -> Result<T> {
     let v = if v.is_null() {
         serde_json::json!({})
     } else {
@@ -356,8 +392,8 @@ pub fn parse_params<T: serde::de::DeserializeOwned>(
                 .map(|(k, _)| k.clone())
         });
         match key {
-            Some(k) => err!("strategy {name}: {k}: {e}"),
-            None => err!("strategy {name}: {e}"),
+            Some(k) => err!("{what} {name}: {k}: {e}"),
+            None => err!("{what} {name}: {e}"),
         }
     })
 }
