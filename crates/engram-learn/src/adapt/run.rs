@@ -25,6 +25,7 @@ use super::stream::{self, StreamConfig};
 use super::{Source, build};
 use crate::data::Split;
 use crate::eval::logits_of;
+use crate::metrics::{ClassMask, masked_predictions};
 use crate::model::{ModelConfig, Net};
 use crate::optim::{OptimConfig, OptimKind};
 use crate::scenario::{Common, Part, Scenario, ScenarioConfig, joint};
@@ -236,23 +237,20 @@ pub struct Trained {
 
 /// The `q` quantile (nearest rank) of the source's confidence on examples `ids` of `s`'s
 /// training set, with running statistics.
-fn confidence_quantile(net: &Net, s: &Scenario, ids: &[usize], q: f64) -> Option<f64> {
+fn confidence_quantile(net: &Net, s: &Scenario, ids: &[usize], q: f64) -> Result<Option<f64>> {
     let pairs: Vec<(usize, usize)> = ids.iter().map(|&i| (0, i)).collect();
     let (logits, _, c) = logits_of(&net.valid(), s, Part::Train, &pairs, &Device::flex(), 500);
-    let mut conf: Vec<f64> = logits
-        .chunks(c.max(1))
-        .map(|r| {
-            let m = r.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-            let s: f64 = r.iter().map(|&v| (v as f64 - m).exp()).sum();
-            1.0 / s
-        })
+    let mut conf: Vec<f64> = masked_predictions(&logits, c, &ClassMask::all(c))
+        .map_err(|e| err!("the source's confidence on clean data: {e}"))?
+        .into_iter()
+        .map(|(_, p)| p)
         .collect();
     if conf.is_empty() {
-        return None;
+        return Ok(None);
     }
     conf.sort_by(f64::total_cmp);
     let k = ((q * conf.len() as f64).ceil() as usize).clamp(1, conf.len()) - 1;
-    Some(conf[k])
+    Ok(Some(conf[k]))
 }
 
 /// Trains the source on the clean training set of `data` (a seeded `validation` share held
@@ -298,7 +296,7 @@ pub fn make_source(
             (net, clean, s.tasks[0].valid.clone())
         }
     };
-    let q = confidence_quantile(&net, &s, &held, 0.05);
+    let q = confidence_quantile(&net, &s, &held, 0.05)?;
     Ok(Trained {
         source: Source {
             net,

@@ -65,10 +65,6 @@ impl BnCnn {
         m
     }
 
-    pub fn bn_mode(&self) -> BnMode {
-        self.bn1.mode
-    }
-
     /// Names of the BatchNorm affine parameters (γ and β of each layer).
     pub fn bn_affine_names() -> Vec<String> {
         ["bn1", "bn2"]
