@@ -26,6 +26,7 @@ pub mod io;
 pub mod machine;
 pub mod merge;
 pub mod merge8;
+pub mod quant;
 pub mod scole;
 pub mod synthetic;
 pub mod train;

@@ -121,6 +121,21 @@ pub fn arg(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// Writes a study's `results.json` and `report/index.html` under `out` in one atomic switch
+/// (other entries of `out` are kept); returns the lines saying where they went.
+pub fn commit_report(out: &Path, results: &impl serde::Serialize, html: &str) -> Result<String> {
+    let staged = engram_ckpt::Staged::new(out)?;
+    write_json(&staged.path().join("results.json"), results)?;
+    std::fs::create_dir_all(staged.path().join("report"))?;
+    engram_ckpt::write_atomic(&staged.path().join("report/index.html"), html.as_bytes())?;
+    staged.commit(&|_| false)?;
+    Ok(format!(
+        "results: {}\nreport:  {}\n",
+        out.join("results.json").display(),
+        out.join("report/index.html").display()
+    ))
+}
+
 /// Writes `v` as pretty JSON (with a final newline) to `path`, creating its folder; atomic.
 pub fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -196,7 +196,7 @@ fn engram_steps(base: &Path, models: &[PathBuf], out: &Path) -> Vec<(&'static st
 
 /// The read-and-write bound of a case: `inputs` read once (warm cache, after one untimed
 /// read), `out_bytes` written once and synced; (read seconds, write seconds).
-fn bound(inputs: &[PathBuf], out_bytes: u64, sink: &Path) -> Result<(f64, f64)> {
+pub fn bound(inputs: &[PathBuf], out_bytes: u64, sink: &Path) -> Result<(f64, f64)> {
     read_all(inputs)?;
     let t = Instant::now();
     read_all(inputs)?;

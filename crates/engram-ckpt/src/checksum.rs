@@ -39,10 +39,15 @@ const PIECE: usize = 16 << 20;
 
 /// The CRC-32 of a tensor: its name, dtype, shape, then its bytes.
 pub fn tensor_crc(name: &str, dtype: DType, shape: &[usize], bytes: &[u8]) -> u32 {
+    crc_of(name, dtype.name(), shape, bytes)
+}
+
+/// [`tensor_crc`] with the dtype given by name (GGUF's block types have no [`DType`]).
+pub fn crc_of(name: &str, dtype: &str, shape: &[usize], bytes: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&(name.len() as u64).to_le_bytes());
     h.update(name.as_bytes());
-    h.update(dtype.name().as_bytes());
+    h.update(dtype.as_bytes());
     h.update(&(shape.len() as u64).to_le_bytes());
     for d in shape {
         h.update(&(*d as u64).to_le_bytes());

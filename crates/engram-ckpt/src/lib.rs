@@ -13,6 +13,7 @@ pub mod dtype;
 pub mod error;
 pub mod file;
 pub mod fp8;
+pub mod gguf;
 pub mod header;
 pub mod model;
 pub mod names;

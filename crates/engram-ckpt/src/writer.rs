@@ -96,7 +96,7 @@ pub fn is_single_file_target(out: &Path) -> bool {
 
 /// A temporary name beside `dest`, unique within this process too (two writers of one process
 /// aiming at the same destination must not share, and truncate, one temporary file).
-fn tmp_name(dest: &Path) -> PathBuf {
+pub(crate) fn tmp_name(dest: &Path) -> PathBuf {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("out");
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
@@ -106,7 +106,7 @@ fn tmp_name(dest: &Path) -> PathBuf {
 /// Removes temporary files that killed engram processes left in `dir`: names made by
 /// [`tmp_name`] that no live process holds locked (a writer locks its temporary files; a
 /// process ID alone misleads across PID namespaces). Best effort.
-fn remove_dead_tmps(dir: &Path) {
+pub(crate) fn remove_dead_tmps(dir: &Path) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
@@ -522,7 +522,7 @@ pub fn plan_shards(specs: &[TensorSpec], max: Option<u64>) -> Vec<Vec<usize>> {
 
 /// An output file may replace only a regular file (or a symlink to one, which is replaced
 /// itself): a FIFO, socket or device at the destination, or a symlink to one, is an error.
-fn refuse_special_output(dest: &Path) -> Result<()> {
+pub(crate) fn refuse_special_output(dest: &Path) -> Result<()> {
     let Ok(m) = std::fs::symlink_metadata(dest) else {
         return Ok(());
     };
@@ -544,7 +544,7 @@ fn refuse_special_output(dest: &Path) -> Result<()> {
 }
 
 /// Locks a temporary file for this process's lifetime (see [`remove_dead_tmps`]).
-fn lock_file(f: &File) {
+pub(crate) fn lock_file(f: &File) {
     use std::os::fd::AsRawFd;
     // SAFETY: a valid open descriptor; the lock goes with the file's last descriptor.
     unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -552,7 +552,7 @@ fn lock_file(f: &File) {
 
 /// Gives a replacement file the permissions of the file it replaces (a private file stays
 /// private). Best effort: a new destination keeps the default mode.
-fn keep_mode(f: &File, dest: &Path) {
+pub(crate) fn keep_mode(f: &File, dest: &Path) {
     if let Ok(m) = std::fs::metadata(dest) {
         let _ = f.set_permissions(m.permissions());
     }

@@ -33,6 +33,11 @@ enum Command {
     Analyze(cmd::analyze::Args),
     /// Change dtype and sharding of a checkpoint.
     Convert(cmd::convert::Args),
+    /// Quantize a checkpoint's weights (rtn, power, statsq; 2 to 8 bits) into a packed
+    /// low-bit safetensors layout, with the relative error of every tensor.
+    Quantize(cmd::quantize::Args),
+    /// Turn a model written by `engram quantize` back into float.
+    Dequantize(cmd::quantize::DequantArgs),
     /// Write a synthetic transformer-shaped base model and fine-tunes, for tests and benchmarks.
     Synth(cmd::synth::Args),
     /// The main job on default data: a continual-learning comparison on Fashion-MNIST with
@@ -84,6 +89,8 @@ fn main() {
         Command::Diff(a) => cmd::diff::run(&ctx, a),
         Command::Analyze(a) => cmd::analyze::run(&ctx, a),
         Command::Convert(a) => cmd::convert::run(&ctx, a),
+        Command::Quantize(a) => cmd::quantize::run(&ctx, a),
+        Command::Dequantize(a) => cmd::quantize::run_dequantize(&ctx, a),
         Command::Synth(a) => cmd::synth::run(&ctx, a),
         Command::Demo(a) => cmd::demo::run(&ctx, a),
         Command::Train(a) => cmd::train::run(&ctx, a),

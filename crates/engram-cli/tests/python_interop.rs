@@ -5,11 +5,12 @@
 //! with `python3 -m venv` and installs `safetensors` and `numpy` with pip. Without python3 the
 //! test fails with a message saying so, unless `ENGRAM_SKIP_PY=1` is set.
 
+mod common;
+use common::run_py;
 use engram_ckpt::{DType, Model, ModelWriter, TensorSpec, WriteOptions};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 
 fn engram(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_engram"))
@@ -28,72 +29,13 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-static PYENV: Mutex<()> = Mutex::new(());
-
-/// The virtual environment's python, made on first use; `None` when ENGRAM_SKIP_PY=1.
+/// The shared virtual environment's python with safetensors and numpy.
 fn python() -> Option<PathBuf> {
-    if std::env::var("ENGRAM_SKIP_PY").is_ok_and(|v| v == "1") {
-        eprintln!("ENGRAM_SKIP_PY=1: skipping the Python interoperability test");
-        return None;
-    }
-    let _guard = PYENV.lock().unwrap_or_else(|e| e.into_inner());
-    let env = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/pyenv");
-    let py = env.join("bin/python");
-    let ready = |py: &Path| {
-        Command::new(py)
-            .args(["-c", "import safetensors.numpy, numpy"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if py.exists() && ready(&py) {
-        return Some(py);
-    }
-    let sys = Command::new("python3").arg("--version").output();
-    if !sys.is_ok_and(|o| o.status.success()) {
-        panic!(
-            "python3 is not installed, and the Python interoperability test needs it (with \
-             venv and pip) to check engram's files against the reference safetensors package. \
-             Install python3 (e.g. apt-get install python3 python3-venv), or set \
-             ENGRAM_SKIP_PY=1 to skip this test."
-        );
-    }
-    if !py.exists() {
-        let out = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&env)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "python3 -m venv {} failed (on Debian: apt-get install python3-venv): {}",
-            env.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let out = Command::new(&py)
-        .args(["-m", "pip", "install", "-q", "safetensors", "numpy"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pip install safetensors numpy failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(ready(&py), "safetensors and numpy still not importable");
-    Some(py)
-}
-
-fn run_py(py: &Path, dir: &Path, script: &str, args: &[&str]) -> String {
-    let file = dir.join("script.py");
-    std::fs::write(&file, script).unwrap();
-    let out = Command::new(py).arg(&file).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "python failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::pyenv(
+        "Python interoperability test",
+        "import safetensors.numpy, numpy",
+        &["safetensors", "numpy"],
+    )
 }
 
 /// Values for a float tensor: ordinary magnitudes, signed zeros, tiny and large values, and

@@ -3,7 +3,8 @@
 //!
 //! Modules import only from the modules before them in this order (DESIGN.md: imports point
 //! down): `data`; `scenario`; `backend`, `optim`; `model`; `metrics`, `eval`; `strategy`;
-//! `train`; `adapt` (test-time adapters, which use the trainer's optimizer); `config`, `run`.
+//! `train`; `adapt` (test-time adapters, which use the trainer's optimizer), `qat`
+//! (quantization-aware training, likewise); `config`, `run`.
 //! `error` is the crate's one error type, which wraps data's and scenario's own, and every
 //! module may return it.
 pub mod error;
@@ -16,6 +17,7 @@ pub mod eval;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod qat;
 pub mod run;
 pub mod scenario;
 pub mod strategy;

@@ -5,6 +5,7 @@ pub mod maskcode;
 pub mod merge;
 pub mod output;
 pub mod patch;
+pub mod quant;
 pub mod rng;
 pub mod select;
 pub mod spectral;

@@ -614,19 +614,10 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
         verdicts,
         seconds: t0.elapsed().as_secs_f64(),
     };
-    let staged = engram_ckpt::Staged::new(&o.out)?;
-    crate::machine::write_json(&staged.path().join("results.json"), &results)?;
-    std::fs::create_dir_all(staged.path().join("report"))?;
-    engram_ckpt::write_atomic(
-        &staged.path().join("report/index.html"),
-        page::render(&results).as_bytes(),
-    )?;
-    staged.commit(&|_| false)?;
+    let where_ = crate::machine::commit_report(&o.out, &results, &page::render(&results))?;
     progress(Progress::Output(format!(
-        "{}results: {}\nreport:  {}\n",
-        page::text(&results),
-        o.out.join("results.json").display(),
-        o.out.join("report/index.html").display()
+        "{}{where_}",
+        page::text(&results)
     )));
     Ok(serde_json::to_value(&results)?)
 }

@@ -5,7 +5,7 @@
 use super::Ctx;
 use super::progress::Reporter;
 use anyhow::Result;
-use engram_bench::{cl, compress, finetune, io, merge, train, tta};
+use engram_bench::{cl, compress, finetune, io, merge, quant, train, tta};
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
@@ -36,6 +36,68 @@ pub enum Bench {
     /// JSON and an HTML report, the card's claims judged. Finished runs are read back when
     /// rerun with the same settings. `--quick` for a smoke check.
     Tta(TtaArgs),
+    /// Quantization (B5 in BENCHMARKS.md): trained Fashion-MNIST MLP, CNN and tiny
+    /// transformer at 8/4/3/2 bits with RTN, PowerQuant, StatsQ and NUPES (accuracy, error per
+    /// layer, error against the exponent a); OFQ 2-bit quantization-aware training (LSQ,
+    /// StatsQ, + CGA, + QKR; accuracy and oscillation, 2 seeds); speed of `engram quantize`
+    /// and GGUF Q8_0/Q4_0 conversion against the gguf package and the read-and-write bound.
+    /// JSON and an HTML report with the card's claims judged. `--quick` for a smoke check.
+    Quant(QuantArgs),
+}
+
+#[derive(clap::Args)]
+pub struct QuantArgs {
+    /// Small data, few epochs and steps, one OFQ seed, a tiny synthetic model: a smoke check
+    /// of the pipeline, not the benchmark's numbers.
+    #[arg(long)]
+    pub quick: bool,
+    /// Output folder: results.json and report/index.html (default bench-out/quant, or
+    /// bench-out/quant-quick); synthetic models of the speed part go to OUT.work.
+    #[arg(short, long)]
+    pub out: Option<PathBuf>,
+    /// Seed (training, calibration sample; the OFQ seeds are SEED..SEED+OFQ_SEEDS).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Only these parts, comma-separated: weights, ofq, speed [default: all].
+    #[arg(long, value_delimiter = ',')]
+    pub parts: Vec<String>,
+    /// OFQ seeds [default: 2; --quick: 1].
+    #[arg(long)]
+    pub ofq_seeds: Option<usize>,
+    /// Synthetic model sizes of the speed part, comma-separated [default: small,1b; --quick:
+    /// tiny].
+    #[arg(long, value_delimiter = ',')]
+    pub speed_sizes: Vec<String>,
+    /// Python with numpy and gguf for the speed baseline [default: target/pyenv/bin/python].
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// Folder searched first for the data sets.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl From<QuantArgs> for quant::Options {
+    fn from(a: QuantArgs) -> Self {
+        let quick = a.quick;
+        quant::Options {
+            out: a.out.unwrap_or_else(|| {
+                if quick {
+                    "bench-out/quant-quick"
+                } else {
+                    "bench-out/quant"
+                }
+                .into()
+            }),
+            seed: a.seed,
+            quick,
+            parts: a.parts,
+            ofq_seeds: a.ofq_seeds,
+            speed_sizes: a.speed_sizes,
+            engram: None,
+            python: a.python,
+            data_dir: a.data_dir,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -380,6 +442,7 @@ pub fn run(ctx: &Ctx, b: Bench) -> Result<()> {
         Bench::Cl(a) => cl::run(&a.options(ctx), &mut |p| r.show(p)),
         Bench::Finetune(a) => finetune::run(&a.into(), &mut |p| r.show(p)),
         Bench::Tta(a) => tta::run(&a.into(), &mut |p| r.show(p)),
+        Bench::Quant(a) => quant::run(&a.into(), &mut |p| r.show(p)),
     };
     r.finish(res.map(drop))
 }

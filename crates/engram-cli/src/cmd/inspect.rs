@@ -2,7 +2,8 @@
 //! counts, metadata, side files), summarised by layer group so that a 70B model fits on a
 //! screen; `--all` lists every tensor, `--stats` adds value statistics, `--check-finite` scans
 //! for NaN and infinite values (exit 1 naming the tensors), `--json` prints the structure
-//! documented in `docs/json.md` ("engram inspect --json").
+//! documented in `docs/json.md` ("engram inspect --json"). A `.gguf` file gets its header,
+//! metadata and tensor list (`docs/gguf.md`).
 
 use super::Ctx;
 use super::util::{self, group_of, numbered, out, outln};
@@ -44,6 +45,9 @@ struct Group {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
+    if engram_ckpt::gguf::is_gguf_path(&a.path) {
+        return inspect_gguf(&a);
+    }
     let model = Model::open(&a.path)?;
     if a.stats || a.check_finite {
         // These read every byte anyway: verify the stored checksums too.
@@ -430,4 +434,159 @@ fn text_report(model: &Model, groups: &[Group], scan: Option<&[Stats]>, a: &Args
         }
     }
     o
+}
+
+/// A GGUF metadata value as JSON: scalars as they are (non-finite floats as null), arrays as
+/// their element type, length and first few elements (a vocabulary has 100,000).
+fn gguf_value_json(v: &engram_ckpt::gguf::Value) -> Value {
+    use engram_ckpt::gguf::Value as G;
+    match v {
+        G::Array(t, items) => json!({
+            "array_of": format!("{t:?}").to_ascii_lowercase(),
+            "len": items.len(),
+            "head": items.iter().take(8).map(gguf_value_json).collect::<Vec<_>>(),
+        }),
+        G::String(s) => json!(s),
+        G::Bool(b) => json!(b),
+        G::F32(x) => json!(x.is_finite().then_some(*x)),
+        G::F64(x) => json!(x.is_finite().then_some(*x)),
+        G::U64(x) => json!(x),
+        G::I64(x) => json!(x),
+        other => json!(other.to_text().and_then(|t| t.parse::<i64>().ok())),
+    }
+}
+
+/// A GGUF metadata value in one line of text (arrays: type, length and first elements).
+fn gguf_value_text(v: &engram_ckpt::gguf::Value) -> String {
+    let t = match v {
+        engram_ckpt::gguf::Value::Array(t, items) => {
+            let head: Vec<String> = items.iter().take(8).map(gguf_value_text).collect();
+            format!("[{} x {t:?}] {}", items.len(), head.join(", "))
+        }
+        other => other.to_text().unwrap_or_default(),
+    };
+    if t.chars().count() > 100 {
+        format!("{}...", t.chars().take(97).collect::<String>())
+    } else {
+        t
+    }
+}
+
+/// `engram inspect FILE.gguf`: the header, metadata and tensors of a GGUF file (shapes
+/// outermost first, as for safetensors).
+fn inspect_gguf(a: &Args) -> Result<()> {
+    if a.stats || a.check_finite {
+        bail!(
+            "--stats and --check-finite read safetensors models; convert {} first (engram convert FILE.gguf -o model.safetensors)",
+            a.path.display()
+        );
+    }
+    let f = engram_ckpt::gguf::GgufFile::open(&a.path)?;
+    let mut types: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
+    for t in f.tensors() {
+        let e = types.entry(t.ty.name()).or_default();
+        e.0 += 1;
+        e.1 += t.numel() as u64;
+        e.2 += (t.end - t.start) as u64;
+    }
+    let params: u64 = f.tensors().iter().map(|t| t.numel() as u64).sum();
+    if a.json {
+        let doc = json!({
+            "engram_inspect": 1,
+            "format": "gguf",
+            "source": a.path.display().to_string(),
+            "version": f.header().version,
+            "alignment": f.header().alignment,
+            "file_bytes": f.len_bytes(),
+            "tensor_count": f.len(),
+            "param_count": params,
+            "data_bytes": f.data_bytes(),
+            "dtypes": types.iter().map(|(d, (n, p, b))| json!({
+                "dtype": d, "tensors": n, "params": p, "bytes": b,
+            })).collect::<Vec<_>>(),
+            "metadata": f.metadata().iter()
+                .map(|(k, v)| (k.clone(), gguf_value_json(v)))
+                .collect::<serde_json::Map<_, _>>(),
+            "tensors": f.tensors().iter().map(|t| json!({
+                "name": t.name,
+                "dtype": t.ty.name(),
+                "shape": t.shape,
+                "params": t.numel(),
+                "bytes": t.end - t.start,
+                "data_offsets": [t.start, t.end],
+            })).collect::<Vec<_>>(),
+        });
+        return util::print_json(&doc);
+    }
+    let mut o = String::new();
+    outln!(
+        o,
+        "model       {} (GGUF v{}, alignment {}, {})",
+        util::esc(&a.path.display().to_string()),
+        f.header().version,
+        f.header().alignment,
+        util::bytes(f.len_bytes())
+    );
+    outln!(
+        o,
+        "tensors     {}, {} parameters ({params}), {} of data",
+        f.len(),
+        util::count(params),
+        util::bytes(f.data_bytes())
+    );
+    let dt: Vec<String> = types
+        .iter()
+        .map(|(d, (n, p, _))| format!("{d} ({n} tensors, {})", util::count(*p)))
+        .collect();
+    outln!(o, "dtypes      {}", dt.join(", "));
+    if f.metadata().is_empty() {
+        outln!(o, "metadata    (none)");
+    } else {
+        outln!(o, "metadata");
+        for (k, v) in f.metadata() {
+            outln!(o, "  {}: {}", util::esc(k), util::esc(&gguf_value_text(v)));
+        }
+    }
+    outln!(o);
+    let n = f.len();
+    let all = a.all || n <= a.head.saturating_mul(2).saturating_add(2);
+    let shown: Vec<usize> = if all {
+        (0..n).collect()
+    } else {
+        (0..a.head).chain(n - a.head..n).collect()
+    };
+    let ts = f.tensors();
+    let w = util::column(
+        shown
+            .iter()
+            .map(|&i| util::esc(&ts[i].name).chars().count()),
+        6,
+    );
+    outln!(
+        o,
+        "{:<w$}  {:<8}  {:<20}  {:>10}",
+        "tensor",
+        "dtype",
+        "shape",
+        "params"
+    );
+    for (k, &i) in shown.iter().enumerate() {
+        if !all && k == a.head {
+            outln!(
+                o,
+                "... {} more tensors (--all lists them) ...",
+                n - 2 * a.head
+            );
+        }
+        let t = &ts[i];
+        outln!(
+            o,
+            "{:<w$}  {:<8}  {:<20}  {:>10}",
+            util::esc(&t.name),
+            t.ty.name(),
+            util::shape(&t.shape),
+            util::count(t.numel() as u64)
+        );
+    }
+    util::emit(&o)
 }

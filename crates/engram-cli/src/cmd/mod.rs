@@ -14,6 +14,7 @@ pub mod merge;
 pub mod models;
 pub mod patch;
 pub mod progress;
+pub mod quantize;
 pub mod study;
 pub mod synth;
 pub mod tall;

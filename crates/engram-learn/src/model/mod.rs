@@ -5,11 +5,13 @@
 
 pub mod batchnorm;
 pub mod bn_cnn;
+pub mod calib;
 pub mod cnn;
 pub mod conv;
 pub mod io;
 pub mod mlp;
 pub mod params;
+pub mod qvit;
 pub mod resmlp;
 pub mod vit;
 
