@@ -173,7 +173,13 @@ pub fn verdicts(o: &OfqPart) -> Vec<Verdict> {
     let seeds = o.seeds.len();
     let fmt = |v: &[f64], d: usize| {
         v.iter()
-            .map(|x| format!("{x:+.d$}"))
+            .map(|x| {
+                if d > 3 {
+                    format!("{x:+.2e}")
+                } else {
+                    format!("{x:+.d$}")
+                }
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -204,10 +210,10 @@ pub fn verdicts(o: &OfqPart) -> Vec<Verdict> {
         (d.len() == seeds).then_some(toward0),
         format!(
             "final mean frequency StatsQ {}, StatsQ + CGA {}; share oscillating {} vs {}",
-            s.map_or("-".into(), |s| fmt_spread(&s.osc_final, 4)),
-            c.map_or("-".into(), |s| fmt_spread(&s.osc_final, 4)),
-            s.map_or("-".into(), |s| fmt_spread(&s.share_final, 4)),
-            c.map_or("-".into(), |s| fmt_spread(&s.share_final, 4)),
+            s.map_or("-".into(), |s| fmt_sci(&s.osc_final)),
+            c.map_or("-".into(), |s| fmt_sci(&s.osc_final)),
+            s.map_or("-".into(), |s| fmt_sci(&s.share_final)),
+            c.map_or("-".into(), |s| fmt_sci(&s.share_final)),
         ),
     ));
     let d = paired(o, "statsq", "statsq+cga", &|r| r.accuracy);
@@ -252,6 +258,11 @@ fn fmt_spread(s: &Spread, d: usize) -> String {
     format!("{:.d$} ± {:.d$}", s.mean, s.sd)
 }
 
+/// Oscillation frequencies are small (1e-4): two significant digits.
+fn fmt_sci(s: &Spread) -> String {
+    format!("{:.2e} ± {:.1e}", s.mean, s.sd)
+}
+
 const HEADER: [&str; 7] = [
     "arm",
     "after QAT %",
@@ -270,10 +281,10 @@ fn rows(o: &OfqPart) -> Vec<Vec<String>> {
                 s.arm.clone(),
                 fmt_spread(&s.qat_accuracy, 2),
                 fmt_spread(&s.accuracy, 2),
-                fmt_spread(&s.osc_qat, 4),
-                fmt_spread(&s.osc_final, 4),
-                fmt_spread(&s.share_final, 4),
-                fmt_spread(&s.osc_qk_qat, 4),
+                fmt_sci(&s.osc_qat),
+                fmt_sci(&s.osc_final),
+                fmt_sci(&s.share_final),
+                fmt_sci(&s.osc_qk_qat),
             ]
         })
         .collect()
@@ -341,7 +352,7 @@ pub fn page(p: &mut Page, o: &OfqPart) {
                 row.extend(types.iter().map(|t| {
                     r.final_oscillation
                         .get(*t)
-                        .map_or("-".into(), |s| format!("{:.4}", s.mean_frequency))
+                        .map_or("-".into(), |s| format!("{:.2e}", s.mean_frequency))
                 }));
                 row
             })
