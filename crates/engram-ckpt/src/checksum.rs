@@ -44,6 +44,19 @@ pub fn tensor_crc(name: &str, dtype: DType, shape: &[usize], bytes: &[u8]) -> u3
 
 /// [`tensor_crc`] with the dtype given by name (GGUF's block types have no [`DType`]).
 pub fn crc_of(name: &str, dtype: &str, shape: &[usize], bytes: &[u8]) -> u32 {
+    crc_releasing(name, dtype, shape, bytes, &|_, _| {})
+}
+
+/// [`crc_of`], calling `done(start, end)` with each byte range of `bytes` once it is hashed,
+/// so that a caller reading a mapped file can give those pages back (verifying a large model
+/// then keeps only a few pieces resident).
+pub fn crc_releasing(
+    name: &str,
+    dtype: &str,
+    shape: &[usize],
+    bytes: &[u8],
+    done: &(dyn Fn(usize, usize) + Sync),
+) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&(name.len() as u64).to_le_bytes());
     h.update(name.as_bytes());
@@ -54,9 +67,11 @@ pub fn crc_of(name: &str, dtype: &str, shape: &[usize], bytes: &[u8]) -> u32 {
     }
     let pieces: Vec<crc32fast::Hasher> = bytes
         .par_chunks(PIECE)
-        .map(|p| {
+        .enumerate()
+        .map(|(i, p)| {
             let mut h = crc32fast::Hasher::new();
             h.update(p);
+            done(i * PIECE, i * PIECE + p.len());
             h
         })
         .collect();
