@@ -47,6 +47,32 @@ pub fn crc_of(name: &str, dtype: &str, shape: &[usize], bytes: &[u8]) -> u32 {
     crc_releasing(name, dtype, shape, bytes, &|_, _| {})
 }
 
+/// [`crc_of`] of `map[at..at + len]`, a tensor in a read-only map of a file engram wrote,
+/// giving back each hashed piece's pages, so that checksumming a large output does not make it
+/// resident (whole pages inside a piece only).
+pub fn crc_of_mapped(
+    map: &memmap2::Mmap,
+    at: usize,
+    len: usize,
+    name: &str,
+    dtype: &str,
+    shape: &[usize],
+) -> u32 {
+    let release = |a: usize, b: usize| {
+        const PAGE: usize = 4096;
+        let (lo, hi) = ((at + a).next_multiple_of(PAGE), (at + b) / PAGE * PAGE);
+        if hi > lo {
+            // SAFETY: a read-only, shared file mapping nobody writes through; MADV_DONTNEED
+            // only drops page-table entries, and a later read faults the same file contents
+            // back in (as `TensorView::release`).
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo)
+            };
+        }
+    };
+    crc_releasing(name, dtype, shape, &map[at..at + len], &release)
+}
+
 /// [`crc_of`], calling `done(start, end)` with each byte range of `bytes` once it is hashed,
 /// so that a caller reading a mapped file can give those pages back (verifying a large model
 /// then keeps only a few pieces resident).

@@ -400,10 +400,16 @@ impl ModelWriter {
         for (&i, info) in sh.members.iter().zip(&sh.header) {
             let s = &self.slots[i];
             let at = s.offset as usize;
-            let bytes = &map[at..at + s.spec.nbytes()];
             crcs.insert(
                 info.name.clone(),
-                checksum::tensor_crc(&info.name, info.dtype, &info.shape, bytes),
+                checksum::crc_of_mapped(
+                    &map,
+                    at,
+                    s.spec.nbytes(),
+                    &info.name,
+                    info.dtype.name(),
+                    &info.shape,
+                ),
             );
         }
         Ok(crcs)

@@ -28,7 +28,7 @@ use crate::checksum;
 use crate::dtype::{DType, decode_f32};
 use crate::error::{Error, Result};
 use memmap2::Mmap;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -796,15 +796,6 @@ impl GgufFile {
 /// shape (outermost first) and bytes.
 pub fn tensor_crc(name: &str, ty: GgmlType, shape: &[usize], bytes: &[u8]) -> u32 {
     checksum::crc_of(name, ty.name(), shape, bytes)
-}
-
-/// The checksums of tensors, by name (for [`CHECKSUM_KEY`]).
-pub(crate) fn checksums<'a>(
-    tensors: impl Iterator<Item = (&'a str, GgmlType, &'a [usize], &'a [u8])>,
-) -> BTreeMap<String, u32> {
-    tensors
-        .map(|(n, t, s, b)| (n.to_string(), tensor_crc(n, t, s, b)))
-        .collect()
 }
 
 /// A borrowed tensor of a GGUF file: its info and its raw bytes.

@@ -333,15 +333,23 @@ impl GgufWriter {
         }
         // SAFETY: a read-only map of our own temporary file, which nobody else writes.
         let map = unsafe { memmap2::Mmap::map(&self.file) }.map_err(|e| Error::io(&self.tmp, e))?;
-        let crcs = super::checksums(self.slots.iter().map(|s| {
-            let at = (self.data_start + s.offset) as usize;
-            (
-                s.spec.name.as_str(),
-                s.spec.ty,
-                s.spec.shape.as_slice(),
-                &map[at..at + s.nbytes],
-            )
-        }));
+        // Each tensor's pages are given back as it is hashed (a large output stays cold).
+        let crcs: BTreeMap<String, u32> = self
+            .slots
+            .iter()
+            .map(|s| {
+                let at = (self.data_start + s.offset) as usize;
+                let crc = checksum::crc_of_mapped(
+                    &map,
+                    at,
+                    s.nbytes,
+                    &s.spec.name,
+                    s.spec.ty.name(),
+                    &s.spec.shape,
+                );
+                (s.spec.name.clone(), crc)
+            })
+            .collect();
         drop(map);
         if let Some(last) = self.metadata.last_mut() {
             last.1 = Value::String(checksum::encode(&crcs));
