@@ -42,6 +42,42 @@ pub fn tensor_crc(name: &str, dtype: DType, shape: &[usize], bytes: &[u8]) -> u3
     crc_of(name, dtype.name(), shape, bytes)
 }
 
+/// Checks a file's tensors against its stored checksums `want`: every listed tensor present
+/// (`present`), every tensor of the file (`names`) listed, and `crc(name)` (a present
+/// tensor's checksum, computed in parallel over tensors) equal to the stored one. The error
+/// names the file and the tensor. Safetensors and GGUF files share it.
+pub fn verify_listed<'a>(
+    path: &std::path::Path,
+    want: &BTreeMap<String, u32>,
+    mut names: impl Iterator<Item = &'a str>,
+    present: &dyn Fn(&str) -> bool,
+    crc: &(dyn Fn(&str) -> Option<u32> + Sync),
+) -> crate::Result<()> {
+    use crate::Error;
+    if let Some(name) = want.keys().find(|n| !present(n)) {
+        return Err(Error::tensor(
+            path,
+            name,
+            "is listed in the checksums but missing from the file",
+        ));
+    }
+    if let Some(name) = names.find(|n| !want.contains_key(*n)) {
+        return Err(Error::tensor(
+            path,
+            name,
+            "has no stored checksum: the header was rewritten",
+        ));
+    }
+    want.par_iter().try_for_each(|(name, &stored)| match crc(name) {
+        Some(c) if c != stored => Err(Error::tensor(
+            path,
+            name,
+            "checksum mismatch: the tensor's bytes, dtype or shape changed since it was written",
+        )),
+        _ => Ok(()),
+    })
+}
+
 /// [`tensor_crc`] with the dtype given by name (GGUF's block types have no [`DType`]).
 pub fn crc_of(name: &str, dtype: &str, shape: &[usize], bytes: &[u8]) -> u32 {
     crc_releasing(name, dtype, shape, bytes, &|_, _| {})

@@ -79,42 +79,29 @@ impl SafetensorsFile {
     /// (written by another tool) passes. Every tensor must be listed, and every listed tensor
     /// present with the recorded name, dtype, shape and bytes.
     pub fn verify(&self) -> Result<()> {
-        use rayon::prelude::*;
         let Some(text) = self.metadata().get(checksum::KEY) else {
             return Ok(());
         };
         let want = checksum::decode(text).map_err(|e| Error::format(&self.path, e))?;
-        if let Some(name) = want.keys().find(|n| self.get(n).is_none()) {
-            return Err(Error::tensor(
-                &self.path,
-                name,
-                "is listed in the checksums but missing from the file",
-            ));
-        }
-        if let Some(t) = self.tensors().iter().find(|t| !want.contains_key(&t.name)) {
-            return Err(Error::tensor(
-                &self.path,
-                &t.name,
-                "has no stored checksum: the header was rewritten",
-            ));
-        }
-        want.par_iter().try_for_each(|(name, &crc)| {
-            let Some(v) = self.get(name) else {
-                return Ok(());
-            };
-            // Each hashed piece's pages are given back: verifying keeps little resident.
-            let es = v.dtype().size().max(1);
-            let release = |a: usize, b: usize| v.release(a / es, b / es);
-            if checksum::crc_releasing(name, v.dtype().name(), v.shape(), v.bytes, &release) != crc
-            {
-                return Err(Error::tensor(
-                    &self.path,
+        checksum::verify_listed(
+            &self.path,
+            &want,
+            self.tensors().iter().map(|t| t.name.as_str()),
+            &|n| self.get(n).is_some(),
+            &|name| {
+                let v = self.get(name)?;
+                // Each hashed piece's pages are given back: verifying keeps little resident.
+                let es = v.dtype().size().max(1);
+                let release = |a: usize, b: usize| v.release(a / es, b / es);
+                Some(checksum::crc_releasing(
                     name,
-                    "checksum mismatch: the tensor's bytes, dtype or shape changed since it was written",
-                ));
-            }
-            Ok(())
-        })
+                    v.dtype().name(),
+                    v.shape(),
+                    v.bytes,
+                    &release,
+                ))
+            },
+        )
     }
 
     pub fn view(&self, i: usize) -> TensorView<'_> {

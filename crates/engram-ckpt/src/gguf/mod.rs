@@ -751,7 +751,6 @@ impl GgufFile {
     /// them (written by another tool) passes. Every tensor must be listed, and every listed
     /// tensor present with the recorded name, type, shape and bytes.
     pub fn verify(&self) -> Result<()> {
-        use rayon::prelude::*;
         let Some(v) = self.value(CHECKSUM_KEY) else {
             return Ok(());
         };
@@ -762,33 +761,13 @@ impl GgufFile {
             )
         })?;
         let want = checksum::decode(text).map_err(|e| Error::format(&self.path, e))?;
-        if let Some(name) = want.keys().find(|n| self.get(n).is_none()) {
-            return Err(Error::tensor(
-                &self.path,
-                name,
-                "is listed in the checksums but missing from the file",
-            ));
-        }
-        if let Some(t) = self.tensors().iter().find(|t| !want.contains_key(&t.name)) {
-            return Err(Error::tensor(
-                &self.path,
-                &t.name,
-                "has no stored checksum: the header was rewritten",
-            ));
-        }
-        want.par_iter().try_for_each(|(name, &crc)| {
-            let Some(t) = self.get(name) else {
-                return Ok(());
-            };
-            if t.crc() != crc {
-                return Err(Error::tensor(
-                    &self.path,
-                    name,
-                    "checksum mismatch: the tensor's bytes, type or shape changed since it was written",
-                ));
-            }
-            Ok(())
-        })
+        checksum::verify_listed(
+            &self.path,
+            &want,
+            self.tensors().iter().map(|t| t.name.as_str()),
+            &|n| self.get(n).is_some(),
+            &|n| self.get(n).map(|t| t.crc()),
+        )
     }
 }
 
