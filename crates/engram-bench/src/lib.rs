@@ -19,6 +19,7 @@
 //! [`synthetic`] (the synthetic model families the weight-space benchmarks measure on) and
 //! [`units`] (counts and sizes as people write and read them).
 
+pub mod cil;
 pub mod cl;
 pub mod compress;
 pub mod finetune;

@@ -375,7 +375,7 @@ pub fn read_all(files: &[PathBuf]) -> Result<u64> {
 }
 
 /// Mean and sample standard deviation over seeds, with the extremes.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Spread {
     pub mean: f64,
     pub sd: f64,

@@ -82,12 +82,29 @@ pub fn logits_of(
     device: &Device,
     batch: usize,
 ) -> (Vec<f32>, Vec<u32>, usize) {
+    scores_of(net, s, part, ids, device, batch, &Net::forward)
+}
+
+/// How a network's class scores are computed at evaluation: its logits ([`Net::forward`]) or
+/// a strategy's classifier on its features ([`crate::strategy::Strategy::scores`]).
+pub type Scores<'a> = &'a dyn Fn(&Net, Tensor<2>) -> Tensor<2>;
+
+/// [`logits_of`] with the class scores of `scores`.
+pub fn scores_of(
+    net: &Net,
+    s: &Scenario,
+    part: Part,
+    ids: &[(usize, usize)],
+    device: &Device,
+    batch: usize,
+    scores: Scores,
+) -> (Vec<f32>, Vec<u32>, usize) {
     let mut logits = Vec::with_capacity(ids.len() * s.num_outputs);
     let mut labels = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(batch) {
         let (x, y) = s.gather(part, chunk);
         let xt = Tensor::<2>::from_data(TensorData::new(x, [chunk.len(), s.train.dim]), device);
-        let out = net.forward(xt);
+        let out = scores(net, xt);
         logits.extend(
             out.into_data()
                 .convert::<f32>()
@@ -126,7 +143,19 @@ pub fn evaluate(
     device: &Device,
     batch: usize,
 ) -> (Vec<f64>, Vec<f64>) {
-    let (row, task_il, _) = rows(net, s, k, device, batch);
+    evaluate_with(net, s, k, device, batch, &Net::forward)
+}
+
+/// [`evaluate`] with the class scores of `scores`.
+pub fn evaluate_with(
+    net: &Net,
+    s: &Scenario,
+    k: Option<usize>,
+    device: &Device,
+    batch: usize,
+    scores: Scores,
+) -> (Vec<f64>, Vec<f64>) {
+    let (row, task_il, _) = rows(net, s, k, device, batch, scores);
     (row, task_il)
 }
 
@@ -138,11 +167,13 @@ fn rows(
     k: Option<usize>,
     device: &Device,
     batch: usize,
+    scores: Scores,
 ) -> (Vec<f64>, Vec<f64>, Vec<(Vec<f32>, Vec<u32>)>) {
     let c = s.num_outputs;
     let (mut row, mut til, mut outs) = (Vec::new(), Vec::new(), Vec::new());
     for (i, t) in s.tasks.iter().enumerate() {
-        let (lg, lb, _) = test_logits(net, s, i, device, batch);
+        let ids: Vec<(usize, usize)> = t.test.iter().map(|&j| (i, j)).collect();
+        let (lg, lb, _) = scores_of(net, s, Part::Test, &ids, device, batch, scores);
         let own = class_mask(c, t.classes.iter().copied());
         til.push(accuracy(&lg, &lb, c, &own));
         row.push(accuracy(&lg, &lb, c, &column_mask(s, k, i)));
@@ -228,8 +259,20 @@ pub fn evaluate_all(
     device: &Device,
     batch: usize,
 ) -> Result<Evaluation> {
+    evaluate_all_with(net, s, k, device, batch, &Net::forward)
+}
+
+/// [`evaluate_all`] with the class scores of `scores`.
+pub fn evaluate_all_with(
+    net: &Net,
+    s: &Scenario,
+    k: usize,
+    device: &Device,
+    batch: usize,
+    scores: Scores,
+) -> Result<Evaluation> {
     let c = s.num_outputs;
-    let (row, task_il, outs) = rows(net, s, Some(k), device, batch);
+    let (row, task_il, outs) = rows(net, s, Some(k), device, batch, scores);
     let mut e = Evaluation {
         row,
         task_il,

@@ -18,9 +18,10 @@
 //! two residual blocks 256 → 512 → 256, head. Optimizer Adam, lr
 //! 0.001, for every run (also SCoLe, where SGD at 0.01 lets EWC's growing penalty blow up).
 //! Seeds 0, 1, 2; the seed also seeds the scenario (subsamples, permutations, SCoLe stream).
-//! Replay memory: 200 examples for every method that keeps one (`er`, `der`, `der++`, `ider`:
-//! `buffer = 200`; `kd-wa`: `exemplars = 200`), recorded in each run's parameters and in the
-//! suite's `settings`. EWC and online EWC estimate the Fisher on `samples = 200` examples per
+//! Replay memory: 200 examples for every method that keeps one (`er`, `der`, `der++`, `ider`,
+//! `gem`, `a-gem`, `er-ace`: `buffer = 200`; `kd-wa`: `exemplars = 200`; `icarl`, `gdumb`:
+//! `memory = 200`), recorded in each run's parameters and in the suite's `settings`. The
+//! exemplar-free `napa-vq` and `pass` run on the class-incremental splits only. EWC and online EWC estimate the Fisher on `samples = 200` examples per
 //! task (the CNN computes per-example gradients one at a time). Left out of SCoLe, with the
 //! reason in `results.json` (`skipped`): `ewc` (one Fisher and one penalty term per task, so
 //! memory and step time grow with the stream; `online-ewc` is EWC for streams) and `joint`
@@ -388,7 +389,7 @@ fn failed_count(doc: &Value) -> usize {
 }
 
 /// One run of the suite into `dir` (resuming its checkpoint); `None` if it stopped early.
-fn run_one(
+pub(crate) fn run_one(
     cfg: &engram_learn::config::RunConfig,
     dir: &Path,
     data_dir: Option<&Path>,
@@ -495,7 +496,7 @@ pub fn render_text(doc: &Value) -> Result<String> {
 }
 
 /// Seconds for people: `42s`, `3m05s`, `1h02m`.
-fn fmt_s(s: f64) -> String {
+pub(crate) fn fmt_s(s: f64) -> String {
     let s = s.max(0.0).round() as u64;
     if s >= 3600 {
         format!("{}h{:02}m", s / 3600, (s % 3600) / 60)

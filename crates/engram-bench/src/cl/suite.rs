@@ -202,7 +202,11 @@ pub fn strategy_factor(s: &str) -> f64 {
         "joint" => 2.5,
         "ewc" | "online-ewc" => 2.0,
         "si" | "l2" | "classp" | "lwf" => 1.2,
-        "er" | "der" | "der++" | "kd-wa" => 1.7,
+        "er" | "der" | "der++" | "kd-wa" | "er-ace" | "icarl" => 1.7,
+        "a-gem" => 2.0,
+        "gem" => 3.0,
+        "gdumb" => 0.5,
+        "napa-vq" | "pass" => 5.0,
         "ider" => 2.5,
         "lift" | "lora" | "block-expansion" => 1.5,
         _ => 1.0,
@@ -238,6 +242,10 @@ pub fn skip_reason(spec: &Spec, strategy: &str) -> Option<&'static str> {
         (_, "block-expansion") if spec.model != "resmlp" => {
             Some("block expansion copies residual blocks: it runs on the resmlp model")
         }
+        (k, "napa-vq" | "pass") if !k.ends_with("-cil") => Some(
+            "exemplar-free class-incremental methods (rotations as classes, a nearest code \
+             vector or rotation head): they run on the class-incremental splits",
+        ),
         (_, "ider") if spec.model == "resmlp" => {
             Some("IDER needs a feedback input, which the resmlp model does not have")
         }
@@ -251,7 +259,8 @@ pub const BUFFER: usize = 200;
 /// The strategies' fixed parameters in this suite (before tuning).
 pub fn base_params(strategy: &str) -> serde_json::Map<String, Value> {
     let v = match strategy {
-        "er" | "der" | "der++" | "ider" => json!({"buffer": BUFFER}),
+        "er" | "der" | "der++" | "ider" | "gem" | "a-gem" | "er-ace" => json!({"buffer": BUFFER}),
+        "icarl" | "gdumb" => json!({"memory": BUFFER}),
         "kd-wa" => json!({"exemplars": BUFFER}),
         "ewc" | "online-ewc" => json!({"samples": 200}),
         // Selective fine-tuning restricts what changes after a first task learned by every

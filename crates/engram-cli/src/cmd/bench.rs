@@ -5,7 +5,7 @@
 use super::Ctx;
 use super::progress::Reporter;
 use anyhow::Result;
-use engram_bench::{cl, compress, finetune, io, merge, quant, train, tta};
+use engram_bench::{cil, cl, compress, finetune, io, merge, quant, train, tta};
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
@@ -25,6 +25,12 @@ pub enum Bench {
     /// Rotated and SCoLe Fashion-MNIST and Split MNIST, MLP and CNN, three seeds, tuned on
     /// validation; JSON and an HTML report. `--quick` for a smoke check.
     Cl(ClArgs),
+    /// Exemplar-free class-incremental learning (B8 in BENCHMARKS.md): the half-base protocol
+    /// (4 base classes, 3 increments of 2) on Fashion-MNIST and MNIST with a CNN of 64-d
+    /// features; naive, LwF, PASS-style, NAPA-VQ and its random-neighbour ablation, iCaRL, ER
+    /// at NAPA-VQ's prototype bytes and ER with 200 exemplars; 3 seeds; AIA, last accuracy,
+    /// forgetting, memory; the card's claim judged. `--quick` for a smoke check.
+    Cil(CilArgs),
     /// Selective fine-tuning: pre-train on Fashion-MNIST, fine-tune on MNIST and permuted
     /// MNIST with full fine-tuning, LoRA, LIFT (and its controls), KappaTune and block
     /// expansion; target accuracy, source accuracy kept, parameters, optimizer memory, time;
@@ -96,6 +102,52 @@ impl From<QuantArgs> for quant::Options {
             engram: None,
             python: a.python,
             data_dir: a.data_dir,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct CilArgs {
+    /// One seed, Fashion-MNIST only, 300 training images per task, 2 base epochs and 1 per
+    /// increment: a smoke check of the pipeline, not the study's numbers.
+    #[arg(long)]
+    pub quick: bool,
+    /// Output folder: results.json, report/index.html, runs/ (default bench-out/cil, or
+    /// bench-out/cil-quick).
+    #[arg(short, long)]
+    pub out: Option<PathBuf>,
+    /// Seeds, comma-separated [default: 0,1,2; --quick: 0].
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<u64>,
+    /// Data sets, comma-separated: fashion-mnist, mnist [default: both; --quick:
+    /// fashion-mnist].
+    #[arg(long, value_delimiter = ',')]
+    pub data: Vec<String>,
+    /// Only these arms, comma-separated: naive, lwf, pass, napa-vq, napa-vq-random,
+    /// napa-vq-raw, napa-vq-sched, napa-vq-random-sched, icarl, er-equal, er-200, and the arms
+    /// whose hyperparameters are chosen on
+    /// validation first: pass-tuned, napa-vq-tuned, napa-vq-random-tuned.
+    #[arg(long, value_delimiter = ',')]
+    pub arms: Vec<String>,
+    /// Leave out the -tuned arms and their validation runs.
+    #[arg(long)]
+    pub no_tune: bool,
+    /// Folder searched first for the data sets.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl From<CilArgs> for cil::Options {
+    fn from(a: CilArgs) -> Self {
+        cil::Options {
+            quick: a.quick,
+            out: a.out,
+            seeds: a.seeds,
+            datasets: a.data,
+            arms: a.arms,
+            no_tune: a.no_tune,
+            data_dir: a.data_dir,
+            command: String::new(),
         }
     }
 }
@@ -441,6 +493,13 @@ pub fn run(ctx: &Ctx, b: Bench) -> Result<()> {
         Bench::Compress(a) => compress::run(&a.into(), &mut |p| r.show(p)),
         Bench::Cl(a) => cl::run(&a.options(ctx), &mut |p| r.show(p)),
         Bench::Finetune(a) => finetune::run(&a.into(), &mut |p| r.show(p)),
+        Bench::Cil(a) => {
+            let o = cil::Options {
+                command: ctx.command_line.clone(),
+                ..a.into()
+            };
+            cil::run(&o, &mut |p| r.show(p)).and_then(|v| Ok(serde_json::to_value(v)?))
+        }
         Bench::Tta(a) => tta::run(&a.into(), &mut |p| r.show(p)),
         Bench::Quant(a) => quant::run(&a.into(), &mut |p| r.show(p)),
     };

@@ -26,6 +26,9 @@ pub struct SplitTasks {
     pub classes_per_task: usize,
     /// Seeded class order instead of the natural one.
     pub shuffle_classes: bool,
+    /// Classes of the first task when it differs (the half-base protocol of class-incremental
+    /// learning: a large base task, then small increments); `None`: `classes_per_task`.
+    pub base_classes: Option<usize>,
 }
 
 /// The order in which classes are dealt to tasks.
@@ -46,19 +49,28 @@ fn build(
     let (train, test) = prepare(data, common)?;
     let c = train.num_classes;
     let (t, k) = (cfg.tasks, cfg.classes_per_task);
-    if t == 0 || k == 0 {
-        return invalid(format!("{t} tasks of {k} classes: both must be at least 1"));
-    }
-    if t.checked_mul(k).is_none_or(|n| n > c) {
+    let base = cfg.base_classes.unwrap_or(k);
+    let first = match cfg.base_classes {
+        Some(b) if b != k => format!(" ({b} in the first)"),
+        _ => String::new(),
+    };
+    if t == 0 || k == 0 || base == 0 {
         return invalid(format!(
-            "{t} tasks of {k} classes need {} classes; {} has {c}",
-            t.saturating_mul(k),
+            "{t} tasks of {k} classes{first}: all must be at least 1"
+        ));
+    }
+    let need = (t - 1).checked_mul(k).and_then(|n| n.checked_add(base));
+    if need.is_none_or(|n| n > c) {
+        let need = need.map_or("too many".to_string(), |n| n.to_string());
+        return invalid(format!(
+            "{t} tasks of {k} classes{first} need {need} classes; {} has {c}",
             train.name
         ));
     }
     let order = class_order(c, cfg.shuffle_classes, common.seed);
     let mut tasks = Vec::with_capacity(t);
-    for (i, chunk) in order.chunks_exact(k).take(t).enumerate() {
+    let chunks = std::iter::once(&order[..base]).chain(order[base..].chunks_exact(k));
+    for (i, chunk) in chunks.take(t).enumerate() {
         let mut classes = chunk.to_vec();
         classes.sort_unstable();
         let tr = subsample(
@@ -82,8 +94,12 @@ fn build(
         EvalMode::TaskIl => "task-incremental",
         _ => "class-incremental",
     };
+    let shape = match cfg.base_classes {
+        Some(b) if b != k => format!("{b}+{}x{k}", t - 1),
+        _ => format!("{t}x{k}"),
+    };
     let s = Scenario {
-        name: format!("{kind} {} ({t}x{k})", train.name),
+        name: format!("{kind} {} ({shape})", train.name),
         seed: common.seed,
         eval,
         plan: EvalPlan::EveryTask,
@@ -127,6 +143,9 @@ struct Params {
     /// Seeded class order instead of the natural one.
     #[serde(default)]
     shuffle_classes: bool,
+    /// Classes of the first task (default: classes-per-task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    base_classes: Option<usize>,
 }
 
 fn two() -> usize {
@@ -135,9 +154,9 @@ fn two() -> usize {
 
 fn params(name: &str, m: &Map<String, Value>) -> Result<Params, ScenarioError> {
     let p: Params = parse_params(name, m)?;
-    if p.tasks == Some(0) || p.classes_per_task == 0 {
+    if p.tasks == Some(0) || p.classes_per_task == 0 || p.base_classes == Some(0) {
         return invalid(format!(
-            "scenario {name}: tasks and classes-per-task must be at least 1"
+            "scenario {name}: tasks, classes-per-task and base-classes must be at least 1"
         ));
     }
     Ok(p)
@@ -145,11 +164,13 @@ fn params(name: &str, m: &Map<String, Value>) -> Result<Params, ScenarioError> {
 
 fn split(p: &Params, data: &Split) -> SplitTasks {
     SplitTasks {
-        tasks: p
-            .tasks
-            .unwrap_or(data.train.num_classes / p.classes_per_task),
+        tasks: p.tasks.unwrap_or_else(|| {
+            let base = p.base_classes.unwrap_or(p.classes_per_task);
+            1 + data.train.num_classes.saturating_sub(base) / p.classes_per_task
+        }),
         classes_per_task: p.classes_per_task,
         shuffle_classes: p.shuffle_classes,
+        base_classes: p.base_classes,
     }
 }
 
@@ -204,6 +225,41 @@ mod tests {
             train_all.sort_unstable();
             assert_eq!(train_all, (0..400).collect::<Vec<usize>>());
         }
+    }
+
+    /// The half-base protocol: 4 base classes, then 3 increments of 2.
+    #[test]
+    fn a_base_task_takes_more_classes() {
+        let s = ok(class_incremental(
+            small_blobs(),
+            &SplitTasks {
+                base_classes: Some(4),
+                ..split_cfg(4, 2, false)
+            },
+            &Common::default(),
+        ));
+        assert_eq!(
+            s.stream(),
+            vec![vec![0, 1, 2, 3], vec![4, 5], vec![6, 7], vec![8, 9]]
+        );
+        assert!(s.name.contains("4+3x2"), "{}", s.name);
+        let too_many = class_incremental(
+            small_blobs(),
+            &SplitTasks {
+                base_classes: Some(6),
+                ..split_cfg(4, 2, false)
+            },
+            &Common::default(),
+        );
+        assert!(too_many.is_err());
+        // From a run file: tasks default to as many as fit after the base.
+        let c = crate::scenario::ScenarioConfig::from_json(
+            r#"{"kind": "class-incremental", "dataset": "blobs", "base-classes": 4, "classes-per-task": 2}"#,
+        )
+        .and_then(|c| c.build(None))
+        .expect("scenario");
+        assert_eq!(c.tasks.len(), 4);
+        assert_eq!(c.tasks[0].classes, [0, 1, 2, 3]);
     }
 
     #[test]

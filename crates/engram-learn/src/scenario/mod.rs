@@ -571,6 +571,7 @@ pub(crate) mod tests {
             tasks,
             classes_per_task: k,
             shuffle_classes: shuffle,
+            base_classes: None,
         }
     }
 

@@ -169,6 +169,7 @@ mod tests {
             step: 0,
             optim: &crate::optim::OptimConfig::DEFAULT,
             lr: 1e-3,
+            steps: 100,
         };
         let net = st.before_task(&cx, net).expect("before");
         let ids: Vec<(usize, usize)> = s.tasks[0].train[..6].iter().map(|&i| (0, i)).collect();

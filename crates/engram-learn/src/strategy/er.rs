@@ -165,6 +165,7 @@ mod tests {
             step: 0,
             optim: &crate::optim::OptimConfig::DEFAULT,
             lr: 1e-3,
+            steps: 100,
         };
         let ce = |b: &Batch| {
             CrossEntropyLossConfig::new()

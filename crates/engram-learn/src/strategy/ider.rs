@@ -233,6 +233,7 @@ mod tests {
             step: 0,
             optim: &crate::optim::OptimConfig::DEFAULT,
             lr: 1e-3,
+            steps: 100,
         };
         let net = st.before_task(&cx, net).expect("before");
         let ids: Vec<(usize, usize)> = s.tasks[0].train[..5].iter().map(|&i| (0, i)).collect();
@@ -303,6 +304,7 @@ mod tests {
             step: 0,
             optim: &crate::optim::OptimConfig::DEFAULT,
             lr: 1e-3,
+            steps: 100,
         };
         let ce =
             |z: Tensor<2>, y: Tensor<1, Int>| CrossEntropyLossConfig::new().init(&d).forward(z, y);

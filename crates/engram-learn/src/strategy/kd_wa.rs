@@ -443,6 +443,7 @@ mod tests {
                 step: 0,
                 optim: &crate::optim::OptimConfig::DEFAULT,
                 lr: 1e-3,
+                steps: 100,
             };
             let net = st.after_task(&cx, net).expect("align");
             let (o1, b1) = row_norms(&net, &old);
@@ -487,6 +488,7 @@ mod tests {
             step: 0,
             optim: &crate::optim::OptimConfig::DEFAULT,
             lr: 1e-3,
+            steps: 100,
         };
         let net = st.after_task(&cx(0), net).expect("t0");
         let ex0 = st.train_examples(&cx(1));

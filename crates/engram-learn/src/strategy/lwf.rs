@@ -263,6 +263,7 @@ pub(crate) mod tests {
             step: 0,
             optim: &crate::optim::OptimConfig::DEFAULT,
             lr: 1e-3,
+            steps: 100,
         };
         let net = st.before_task(&cx(1), net).expect("before");
         let ids: Vec<(usize, usize)> = s.tasks[1].train[..4].iter().map(|&i| (1, i)).collect();

@@ -2,11 +2,16 @@
 //! contract"). A strategy overrides only the hooks it needs; the trainer owns the loop, the
 //! data and the evaluation. Adding a strategy is one file and one line in [`REGISTRY`].
 
+pub mod agem;
 pub mod block_expansion;
 pub mod classp;
 pub mod der;
 pub mod er;
+pub mod er_ace;
 pub mod ewc;
+pub mod gdumb;
+pub mod gem;
+pub mod icarl;
 pub mod ider;
 pub mod joint;
 pub mod kappatune;
@@ -16,8 +21,10 @@ pub mod lift;
 pub mod lora;
 pub mod lwf;
 pub mod naive;
+pub mod napa_vq;
 pub mod online_ewc;
 pub mod parts;
+pub mod pass;
 pub mod probe;
 pub mod si;
 
@@ -39,6 +46,9 @@ pub struct Ctx<'a> {
     pub seed: u64,
     /// Optimizer steps taken in this task so far.
     pub step: usize,
+    /// Optimizer steps this task trains for (0 before the count is known: in `before_task`
+    /// and `train_examples`).
+    pub steps: usize,
     /// The run's optimizer settings, for strategies that update some parameters themselves
     /// (with [`crate::optim::AdamStep`], so that the settings mean the same update).
     pub optim: &'a OptimConfig,
@@ -135,8 +145,33 @@ pub trait Strategy: Send {
         loss
     }
 
+    /// After the backward pass, before the network's gradients are collected: take out the
+    /// gradients of parameters the strategy holds itself (NAPA-VQ's code vectors, PASS's
+    /// rotation head) and update those parameters with their own optimizer.
+    fn take_grads(&mut self, _cx: &Ctx, _grads: &mut burn::tensor::Gradients) {}
+
     /// After the backward pass, before the optimizer: mask, scale or threshold gradients.
     fn after_backward(&mut self, _cx: &Ctx, _net: &Net, _grads: &mut GradientsParams) {}
+
+    /// Factor on the run's learning rate (its schedule applied) in task `task`, for methods
+    /// whose paper lowers the rate after the first task (NAPA-VQ, PASS: ×0.1).
+    fn lr_factor(&self, _task: usize) -> f64 {
+        1.0
+    }
+
+    /// Whether the trainer takes gradient steps on each task's stream (`false`: GDumb, which
+    /// only fills its memory and trains from scratch in [`Strategy::after_task`]).
+    fn trains_on_stream(&self) -> bool {
+        true
+    }
+
+    /// Class scores `[batch, outputs]` at evaluation (argmax is the prediction): the
+    /// network's logits, or another classifier on its features (iCaRL's nearest mean of
+    /// exemplars, NAPA-VQ's nearest code vector). A strategy whose scores are not logits says
+    /// so in its module comment (calibration is computed from their softmax all the same).
+    fn scores(&self, net: &Net, x: Tensor<2>) -> Tensor<2> {
+        net.forward(x)
+    }
 
     /// After the optimizer step: accumulate importance, restore weights, update a teacher.
     fn after_step(&mut self, _cx: &Ctx, net: Net) -> Net {
@@ -288,14 +323,49 @@ pub const REGISTRY: &[(&str, &str, Build)] = &[
         der::build_plus,
     ),
     (
+        "gem",
+        "GEM: project the gradient so no earlier task's memory loss rises (dual QP)",
+        gem::build,
+    ),
+    (
+        "a-gem",
+        "A-GEM: project the gradient off a memory batch's gradient when they conflict",
+        agem::build,
+    ),
+    (
+        "er-ace",
+        "ER-ACE: incoming CE over the batch's classes only + replay CE over all",
+        er_ace::build,
+    ),
+    (
         "kd-wa",
         "KD on old classes + Weight Aligning of new head rows, exemplars",
         kd_wa::build,
     ),
     (
+        "icarl",
+        "iCaRL: herding exemplars, sigmoid BCE + distillation, nearest-mean-of-exemplars",
+        icarl::build,
+    ),
+    (
+        "gdumb",
+        "GDumb: greedy class-balanced memory, retrain from scratch on it after each task",
+        gdumb::build,
+    ),
+    (
         "ider",
         "IDER: idempotent two-pass replay f(x, f(x)) + idempotence distillation",
         ider::build,
+    ),
+    (
+        "napa-vq",
+        "NAPA-VQ: exemplar-free; code vectors in a neighbour graph, prototype mixing, feature KD",
+        napa_vq::build,
+    ),
+    (
+        "pass",
+        "PASS-style: exemplar-free; rotation classes, prototypes + Gaussian noise, feature KD",
+        pass::build,
     ),
     (
         "lift",

@@ -8,7 +8,7 @@
 
 use super::checkpoint::{self, Saved};
 use super::fused::Optimizer;
-use crate::eval::{accuracy, class_mask, evaluate, evaluate_all, logits_of};
+use crate::eval::{accuracy, class_mask, evaluate_all_with, evaluate_with, scores_of};
 use crate::metrics::{ClassMask, ece_from_logits};
 use crate::model::{ModelConfig, Net};
 use crate::optim::OptimConfig;
@@ -29,6 +29,10 @@ pub struct TrainConfig {
     /// Epochs per task (ignored when `iterations` is set).
     #[serde(default = "default_epochs")]
     pub epochs: usize,
+    /// Epochs of the first task when it differs from the others' (the half-base protocol of
+    /// class-incremental learning trains its base task longer); `None`: `epochs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_task_epochs: Option<usize>,
     /// Optimizer steps per task instead of epochs.
     #[serde(default)]
     pub iterations: Option<usize>,
@@ -83,6 +87,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             epochs: default_epochs(),
+            first_task_epochs: None,
             iterations: None,
             batch_size: default_batch(),
             eval_batch: default_eval_batch(),
@@ -102,6 +107,20 @@ impl TrainConfig {
             return Err(
                 "train.epochs has no effect when train.iterations is set; remove one".into(),
             );
+        }
+        match self.first_task_epochs {
+            Some(_) if self.iterations.is_some() => {
+                return Err(
+                    "train.first-task-epochs has no effect when train.iterations is set; remove one"
+                        .into(),
+                );
+            }
+            Some(e) if e == 0 || e > MAX_EPOCHS => {
+                return Err(err!(
+                    "train.first-task-epochs = {e} must be in [1, {MAX_EPOCHS}]"
+                ));
+            }
+            _ => {}
         }
         if self.iterations == Some(0) {
             return Err("train.iterations must be at least 1".into());
@@ -410,7 +429,15 @@ impl Trainer<'_> {
                 net = crate::model::params::load_params(net, &st.values)?;
                 first = st.task;
             }
-            let (b, bt) = evaluate(&net.valid(), s, None, &base, self.train.eval_batch);
+            let strategy = &self.strategy;
+            let (b, bt) = evaluate_with(
+                &net.valid(),
+                s,
+                None,
+                &base,
+                self.train.eval_batch,
+                &|n, x| strategy.scores(n, x),
+            );
             out.baseline = b;
             out.baseline_task_il = bt;
         }
@@ -420,29 +447,38 @@ impl Trainer<'_> {
         for task in first..last {
             let t0 = Instant::now();
             let optim = &self.train.optimizer;
+            let steps = std::cell::Cell::new(0);
             let cx = |step, lr| Ctx {
                 scenario: s,
                 task,
                 device: &ad,
                 seed: self.seed,
                 step,
+                steps: steps.get(),
                 optim,
                 lr,
             };
             net = self.strategy.before_task(&cx(0, optim.lr), net)?;
             let mut examples = self.strategy.train_examples(&cx(0, optim.lr));
-            if examples.is_empty() {
+            let stream = self.strategy.trains_on_stream();
+            if stream && examples.is_empty() {
                 return Err(err!("task {task} has no training examples"));
             }
             let bs = self.train.batch_size;
             let per_epoch = examples.len().div_ceil(bs);
             let (epochs, total) = match self.train.iterations {
+                _ if !stream => (0, 0),
                 Some(it) => (it.div_ceil(per_epoch), it),
-                None => (
-                    self.train.epochs,
-                    self.train.epochs.saturating_mul(per_epoch),
-                ),
+                None => {
+                    let e = match task {
+                        0 => self.train.first_task_epochs.unwrap_or(self.train.epochs),
+                        _ => self.train.epochs,
+                    };
+                    (e, e.saturating_mul(per_epoch))
+                }
             };
+            steps.set(total);
+            let lr_factor = self.strategy.lr_factor(task);
             on(Event::TaskStart {
                 task,
                 tasks: s.tasks.len(),
@@ -484,7 +520,7 @@ impl Trainer<'_> {
                         x_host: xh,
                         y_host: yh,
                     };
-                    let lr = optim.lr_at(step, total, epoch);
+                    let lr = optim.lr_at(step, total, epoch) * lr_factor;
                     let logits = net.forward(batch.x.clone());
                     let ce = task_loss(
                         s,
@@ -502,7 +538,9 @@ impl Trainer<'_> {
                             "task {task}, step {step}: the loss is {loss_val}; lower the learning rate"
                         ));
                     }
-                    let mut grads = GradientsParams::from_grads(loss.backward(), &net);
+                    let mut raw = loss.backward();
+                    self.strategy.take_grads(&cx(step, lr), &mut raw);
+                    let mut grads = GradientsParams::from_grads(raw, &net);
                     self.strategy
                         .after_backward(&cx(step, lr), &net, &mut grads);
                     net = opt.step(lr, net, grads);
@@ -524,7 +562,14 @@ impl Trainer<'_> {
             let valid = net.valid();
             match s.plan {
                 EvalPlan::EveryTask => {
-                    let e = evaluate_all(&valid, s, task, &base, self.train.eval_batch)?;
+                    let e = evaluate_all_with(
+                        &valid,
+                        s,
+                        task,
+                        &base,
+                        self.train.eval_batch,
+                        &|n, x| self.strategy.scores(n, x),
+                    )?;
                     on(Event::TaskEnd {
                         task,
                         seconds,
@@ -541,8 +586,15 @@ impl Trainer<'_> {
                         .into_iter()
                         .map(|i| (task, i))
                         .collect();
-                    let (lg, lb, c) =
-                        logits_of(&valid, s, Part::Test, &ids, &base, self.train.eval_batch);
+                    let (lg, lb, c) = scores_of(
+                        &valid,
+                        s,
+                        Part::Test,
+                        &ids,
+                        &base,
+                        self.train.eval_batch,
+                        &|n, x| self.strategy.scores(n, x),
+                    );
                     let all = accuracy(&lg, &lb, c, &vec![true; c]);
                     let cur = s.tasks[task].classes.clone();
                     let sel: Vec<usize> = lb
@@ -619,6 +671,48 @@ mod tests {
             old_shuffle(&mut a, seed);
             Rng::from_state(seed ^ 0x9e37_79b9_7f4a_7c15).shuffle(&mut b);
             assert_eq!(a, b, "seed {seed}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod first_task_epochs {
+    use super::*;
+    use crate::strategy::parts::testutil::blobs;
+
+    /// `first-task-epochs` sets the first task's epochs only, and is validated.
+    #[test]
+    fn the_first_task_trains_its_own_epochs() {
+        let s = blobs("class-incremental", 3);
+        let train = TrainConfig {
+            epochs: 1,
+            first_task_epochs: Some(3),
+            batch_size: 40,
+            ..Default::default()
+        };
+        let st = crate::strategy::build("naive", &serde_json::Value::Null).unwrap();
+        let mut t = Trainer::new(&s, ModelConfig::Mlp { hidden: vec![8] }, train, 1, st);
+        let mut steps = Vec::new();
+        t.run(&mut |e| {
+            if let Event::TaskStart { steps: n, .. } = e {
+                steps.push(n)
+            }
+        })
+        .unwrap();
+        let per = s.tasks[0].train.len().div_ceil(40);
+        assert_eq!(steps, [3 * per, per, per]);
+        for (first, iterations) in [
+            (Some(0), None),
+            (Some(MAX_EPOCHS + 1), None),
+            (Some(2), Some(5)),
+        ] {
+            let bad = TrainConfig {
+                first_task_epochs: first,
+                iterations,
+                ..Default::default()
+            };
+            let e = bad.validate().expect_err("refused").to_string();
+            assert!(e.contains("first-task-epochs"), "{e}");
         }
     }
 }

@@ -5,8 +5,11 @@
 
 pub mod body;
 pub mod buffer;
+pub mod episodic;
 pub mod fisher;
+pub mod fit;
 pub mod penalty;
+pub mod protos;
 pub mod sparse_adam;
 #[cfg(test)]
 pub mod testutil;

@@ -42,6 +42,7 @@ pub fn ctx<'a>(s: &'a Scenario, task: usize, dev: &'a Device) -> Ctx<'a> {
         step: 0,
         optim: &crate::optim::OptimConfig::DEFAULT,
         lr: 1e-3,
+        steps: 100,
     }
 }
 
@@ -96,4 +97,53 @@ pub fn assert_close(a: &[f32], b: &[f32], rel: f32, what: &str) {
         err <= rel * scale,
         "{what}: max diff {err} vs scale {scale}"
     );
+}
+
+/// A class-incremental scenario of tiny 12×12 images, `tasks` tasks of two classes: class c
+/// is a bright 3×3 block at its own place (not symmetric under rotation) on weak noise, 30
+/// training and 10 test images per class.
+pub fn tiny_images(tasks: usize) -> Scenario {
+    use crate::data::{Dataset, Split};
+    let classes = 2 * tasks;
+    let side = 12;
+    let make = |per: usize, seed: u64| {
+        let mut rng = engram_weights::rng::Rng::new(seed);
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        for c in 0..classes {
+            for _ in 0..per {
+                let (r0, c0) = (1 + (c * 5) % 8, 1 + (c * 3) % 8);
+                for i in 0..side {
+                    for j in 0..side {
+                        let on = (r0..r0 + 3).contains(&i) && (c0..c0 + 3).contains(&j);
+                        x.push(if on { 0.9 } else { 0.0 } + 0.1 * rng.uniform());
+                    }
+                }
+                y.push(c as u32);
+            }
+        }
+        Dataset {
+            name: "tiny-images".into(),
+            x,
+            y,
+            dim: side * side,
+            image: Some((1, side, side)),
+            num_classes: classes,
+        }
+    };
+    let split = Split {
+        train: make(30, 1),
+        test: make(10, 2),
+        files: Vec::new(),
+    };
+    crate::scenario::class_incremental(
+        split,
+        &crate::scenario::SplitTasks {
+            tasks,
+            classes_per_task: 2,
+            shuffle_classes: false,
+            base_classes: None,
+        },
+        &crate::scenario::Common::default(),
+    )
+    .expect("tiny image scenario")
 }
