@@ -24,7 +24,8 @@
 //! exemplar-free `napa-vq` and `pass` run on the class-incremental splits only. EWC and online EWC estimate the Fisher on `samples = 200` examples per
 //! task (the CNN computes per-example gradients one at a time). Left out of SCoLe, with the
 //! reason in `results.json` (`skipped`): `ewc` (one Fisher and one penalty term per task, so
-//! memory and step time grow with the stream; `online-ewc` is EWC for streams) and `joint`
+//! memory and step time grow with the stream; `online-ewc` is EWC for streams), `gem` (one
+//! gradient per earlier task at every step; `a-gem` is GEM for streams) and `joint`
 //! (cumulative: about T/2 = 100 times a naive run).
 //!
 //! Hyperparameters are chosen once, on validation, never on test: the MLP split settings

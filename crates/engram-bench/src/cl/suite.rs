@@ -242,6 +242,10 @@ pub fn skip_reason(spec: &Spec, strategy: &str) -> Option<&'static str> {
         (_, "block-expansion") if spec.model != "resmlp" => {
             Some("block expansion copies residual blocks: it runs on the resmlp model")
         }
+        ("scole-fmnist", "gem") => Some(
+            "GEM computes one gradient per earlier task at every step: on the 200-task stream \
+             a step is up to 200 backward passes; a-gem (one reference gradient) covers it",
+        ),
         (k, "napa-vq" | "pass") if !k.ends_with("-cil") => Some(
             "exemplar-free class-incremental methods (rotations as classes, a nearest code \
              vector or rotation head): they run on the class-incremental splits",
