@@ -162,7 +162,10 @@ fn each_strategy_completes_and_resumes_exactly() {
         final_acc(&naive)
     );
     // Replay strategies report their buffers.
-    assert!(results.iter().filter(|r| r.0 != "lwf").all(|r| r.2 > 0), "{results:?}");
+    assert!(
+        results.iter().filter(|r| r.0 != "lwf").all(|r| r.2 > 0),
+        "{results:?}"
+    );
 }
 
 /// The selective fine-tuning strategies on a residual MLP, Task-IL blobs, from the second
