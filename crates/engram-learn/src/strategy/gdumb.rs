@@ -23,7 +23,7 @@
 //! reference implementation rebuilds them from the seed).
 
 use super::parts::fit::{Fit, fit};
-use super::{Ctx, Setup, State, Strategy, in_range, parse_params, tensors_to_map};
+use super::{Ctx, Setup, State, Strategy, check_per_class, in_range, parse_params, tensors_to_map};
 use crate::model::Net;
 use crate::model::params::{host_params, load_params};
 use crate::train::trainer::MAX_EPOCHS;
@@ -162,17 +162,7 @@ impl Strategy for Gdumb {
     }
 
     fn check(&self, s: &Setup) -> Result<()> {
-        let classes: std::collections::BTreeSet<_> =
-            s.scenario.tasks.iter().flat_map(|t| &t.classes).collect();
-        let c = classes.len();
-        in_range(
-            "gdumb",
-            "memory",
-            self.p.memory,
-            c,
-            usize::MAX,
-            &format!("one example for each of {c} classes"),
-        )
+        check_per_class("gdumb", "memory", self.p.memory, s, "example ")
     }
 
     fn trains_on_stream(&self) -> bool {

@@ -26,11 +26,11 @@
 
 use super::parts::buffer::check_buffer;
 use super::parts::episodic::{Episodic, dot, flat_grad, memory_grad, set_flat_grad};
-use super::{Batch, Ctx, Setup, State, Strategy, in_range, parse_params};
+use super::parts::episodic_hooks;
+use super::{Ctx, Strategy, parse_params};
 use crate::model::Net;
 use crate::{Result, err};
 use burn::optim::GradientsParams;
-use burn::prelude::*;
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -75,34 +75,7 @@ impl Strategy for Gem {
         serde_json::to_value(&self.p).unwrap_or_default()
     }
 
-    fn check(&self, s: &Setup) -> Result<()> {
-        let t = s.scenario.tasks.len();
-        in_range(
-            "gem",
-            "buffer",
-            self.p.buffer,
-            t,
-            usize::MAX,
-            &format!("one example per task at least, {t} tasks"),
-        )
-    }
-
-    fn before_task(&mut self, cx: &Ctx, net: Net) -> Result<Net> {
-        self.mem.begin(cx.seed, cx.task);
-        Ok(net)
-    }
-
-    fn loss(
-        &mut self,
-        cx: &Ctx,
-        _net: &Net,
-        batch: &Batch,
-        _logits: Tensor<2>,
-        loss: Tensor<1>,
-    ) -> Tensor<1> {
-        self.mem.offer(cx, batch);
-        loss
-    }
+    episodic_hooks!(mem, "gem");
 
     fn after_backward(&mut self, cx: &Ctx, net: &Net, grads: &mut GradientsParams) {
         if self.mem.is_empty() {
@@ -119,23 +92,6 @@ impl Strategy for Gem {
         if let Some(new) = project(&g, &rows, self.p.margin) {
             set_flat_grad(net, grads, &new);
         }
-    }
-
-    fn after_task(&mut self, _cx: &Ctx, net: Net) -> Result<Net> {
-        self.mem.commit();
-        Ok(net)
-    }
-
-    fn state_bytes(&self) -> u64 {
-        self.mem.bytes()
-    }
-
-    fn state(&self) -> State {
-        self.mem.state()
-    }
-
-    fn load_state(&mut self, state: State) -> Result<()> {
-        self.mem.load("gem", &state)
     }
 }
 
@@ -283,8 +239,10 @@ pub fn gauss(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::strategy::Batch;
     use crate::strategy::parts::testutil::{batch_at, blobs, ctx, device, mlp};
     use burn::nn::loss::CrossEntropyLossConfig;
+    use burn::prelude::*;
     use engram_weights::rng::Rng;
     use serde_json::json;
 

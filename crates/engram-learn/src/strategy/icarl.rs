@@ -36,7 +36,9 @@
 use super::kd_wa::herding;
 use super::lwf::{columns, old_classes, teacher_logits};
 use super::parts::buffer::host2;
-use super::{Batch, Ctx, Setup, State, Strategy, in_range, parse_params};
+use super::{
+    Batch, Ctx, Setup, State, Strategy, check_per_class, in_range, parse_params, task_examples,
+};
 use crate::model::Net;
 use crate::scenario::Part;
 use crate::{Result, err};
@@ -238,17 +240,7 @@ impl Strategy for Icarl {
     }
 
     fn check(&self, s: &Setup) -> Result<()> {
-        let classes: std::collections::BTreeSet<_> =
-            s.scenario.tasks.iter().flat_map(|t| &t.classes).collect();
-        let c = classes.len();
-        in_range(
-            "icarl",
-            "memory",
-            self.p.memory,
-            c,
-            usize::MAX,
-            &format!("one exemplar for each of {c} classes"),
-        )
+        check_per_class("icarl", "memory", self.p.memory, s, "exemplar ")
     }
 
     fn before_task(&mut self, cx: &Ctx, net: Net) -> Result<Net> {
@@ -258,11 +250,7 @@ impl Strategy for Icarl {
     }
 
     fn train_examples(&mut self, cx: &Ctx) -> Vec<(usize, usize)> {
-        let mut v: Vec<(usize, usize)> = cx.scenario.tasks[cx.task]
-            .train
-            .iter()
-            .map(|&i| (cx.task, i))
-            .collect();
+        let mut v = task_examples(cx);
         v.extend(self.exemplar_ids());
         v
     }

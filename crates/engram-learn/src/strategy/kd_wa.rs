@@ -13,7 +13,10 @@
 
 use super::lwf::{old_classes, old_head_kd, teacher_logits};
 use super::parts::buffer::{ce_by_task, host2};
-use super::{Batch, Ctx, Setup, State, Strategy, in_range, no_effect, parse_params};
+use super::{
+    Batch, Ctx, Setup, State, Strategy, check_per_class, in_range, no_effect, parse_params,
+    task_examples,
+};
 use crate::model::Net;
 use crate::model::params::load_params;
 use crate::scenario::Part;
@@ -273,17 +276,7 @@ impl Strategy for KdWa {
                     .into(),
             );
         }
-        let classes: std::collections::BTreeSet<_> =
-            s.scenario.tasks.iter().flat_map(|t| &t.classes).collect();
-        let c = classes.len();
-        in_range(
-            "kd-wa",
-            "exemplars",
-            self.p.exemplars,
-            c,
-            usize::MAX,
-            &format!("one for each of {c} classes"),
-        )
+        check_per_class("kd-wa", "exemplars", self.p.exemplars, s, "")
     }
 
     fn before_task(&mut self, cx: &Ctx, net: Net) -> Result<Net> {
@@ -292,11 +285,7 @@ impl Strategy for KdWa {
     }
 
     fn train_examples(&mut self, cx: &Ctx) -> Vec<(usize, usize)> {
-        let mut v: Vec<(usize, usize)> = cx.scenario.tasks[cx.task]
-            .train
-            .iter()
-            .map(|&i| (cx.task, i))
-            .collect();
+        let mut v = task_examples(cx);
         v.extend(self.exemplar_ids());
         v
     }

@@ -125,11 +125,7 @@ pub trait Strategy: Send {
 
     /// The (task, train index) examples to train on in this task; default: the task's own.
     fn train_examples(&mut self, cx: &Ctx) -> Vec<(usize, usize)> {
-        cx.scenario.tasks[cx.task]
-            .train
-            .iter()
-            .map(|&i| (cx.task, i))
-            .collect()
+        task_examples(cx)
     }
 
     /// The loss of a batch: `loss` is the trainer's cross-entropy on `logits`; add
@@ -497,6 +493,36 @@ pub(crate) fn in_range(
         false if what.is_empty() => Err(err!("strategy {name}: {key} = {v} {range}")),
         false => Err(err!("strategy {name}: {key} = {v} {range} ({what})")),
     }
+}
+
+/// The current task's own training examples, as (task, train index).
+pub fn task_examples(cx: &Ctx) -> Vec<(usize, usize)> {
+    cx.scenario.tasks[cx.task]
+        .train
+        .iter()
+        .map(|&i| (cx.task, i))
+        .collect()
+}
+
+/// A memory of `value` examples (`key`) that must hold one `what` for each class of the run.
+pub(crate) fn check_per_class(
+    name: &str,
+    key: &str,
+    value: usize,
+    s: &Setup,
+    what: &str,
+) -> Result<()> {
+    let classes: std::collections::BTreeSet<_> =
+        s.scenario.tasks.iter().flat_map(|t| &t.classes).collect();
+    let c = classes.len();
+    in_range(
+        name,
+        key,
+        value,
+        c,
+        usize::MAX,
+        &format!("one {what}for each of {c} classes"),
+    )
 }
 
 /// `from-task` of the strategies that begin later: a task of the scenario.

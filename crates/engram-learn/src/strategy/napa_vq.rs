@@ -42,7 +42,7 @@
 
 use super::parts::buffer::host2;
 use super::parts::protos::{
-    class_stats, frobenius, normalize_rows, rotate_batch, sq_dists, square_image,
+    class_stats, feature_width, frobenius, normalize_rows, rotate_batch, sq_dists, square_image,
 };
 use super::{Batch, Ctx, State, Strategy, parse_params};
 use crate::model::Net;
@@ -443,8 +443,7 @@ impl Strategy for NapaVq {
         }
         let valid = net.valid();
         if self.dim == 0 {
-            let x = Tensor::<2>::zeros([1, s.train.dim], &Device::flex());
-            self.dim = valid.features(x).dims()[1];
+            self.dim = feature_width(&valid, s.train.dim);
             let m = 4 * s.num_outputs;
             self.cvs = super::parts::protos::Owned::new(m, self.dim, vec![0.0; m * self.dim]);
             self.edges = vec![0.0; m * m];

@@ -25,7 +25,9 @@
 //! rotation head is part of the model, and the frozen previous network (feature KD) is not
 //! counted, as LwF's.
 
-use super::parts::protos::{Owned, class_stats, frobenius, rotate_batch, square_image};
+use super::parts::protos::{
+    Owned, class_stats, feature_width, frobenius, rotate_batch, square_image,
+};
 use super::{Batch, Ctx, State, Strategy, parse_params};
 use crate::model::Net;
 use crate::{Result, err};
@@ -204,8 +206,7 @@ impl Strategy for Pass {
         }
         let valid = net.valid();
         if self.dim == 0 {
-            let x = Tensor::<2>::zeros([1, s.train.dim], &Device::flex());
-            let d = valid.features(x).dims()[1];
+            let d = feature_width(&valid, s.train.dim);
             let o = 4 * s.num_outputs;
             // PyTorch's Linear initialisation: U(−1/√d, 1/√d) for weight and bias.
             let bound = 1.0 / (d as f32).sqrt();

@@ -72,6 +72,12 @@ pub fn square_image(name: &str, s: &Scenario) -> Result<(usize, usize, usize)> {
     }
 }
 
+/// The width of `net`'s features (one forward pass of a zero input of `dim` values).
+pub fn feature_width(net: &Net, dim: usize) -> usize {
+    net.features(Tensor::<2>::zeros([1, dim], &Device::flex()))
+        .dims()[1]
+}
+
 /// Per-class feature statistics: sum and sum of squares per dimension, and the count.
 #[derive(Clone, Debug, Default)]
 pub struct ClassStats {
