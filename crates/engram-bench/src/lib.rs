@@ -28,6 +28,7 @@ pub mod machine;
 pub mod merge;
 pub mod merge8;
 pub mod quant;
+pub mod robust;
 pub mod scole;
 pub mod synthetic;
 pub mod train;

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod qat;
+pub mod robust;
 pub mod run;
 pub mod scenario;
 pub mod strategy;

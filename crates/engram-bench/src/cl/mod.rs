@@ -1,6 +1,6 @@
 //! `engram bench cl`: the continual-learning suite (B3 in BENCHMARKS.md).
 //!
-//! Every registered strategy (naive and joint included, `probe` left out) on:
+//! Every registered strategy (naive and joint included, `probe` and `rift` left out) on:
 //!
 //! | scenario           | data          | kind                       | tasks | train/task  | test/class | epochs | batch | model |
 //! |--------------------|---------------|----------------------------|-------|-------------|------------|--------|-------|-------|
@@ -85,7 +85,8 @@ pub struct Options {
     pub quick: bool,
     /// Suite folder (default: bench-out/cl, or bench-out/cl-quick with `quick`).
     pub out: Option<PathBuf>,
-    /// Strategies (default: every registered one but probe).
+    /// Strategies (default: every registered one but probe and rift, a fine-tuning step that
+    /// needs adversarially trained weights to start from).
     pub strategies: Vec<String>,
     /// Scenarios, by key or key:model (default: all).
     pub scenarios: Vec<String>,
@@ -125,7 +126,7 @@ fn strategies(o: &Options) -> Result<Vec<String>> {
     let registry: Vec<String> = engram_learn::strategy::REGISTRY
         .iter()
         .map(|r| r.0.to_string())
-        .filter(|n| n != "probe")
+        .filter(|n| n != "probe" && n != "rift")
         .collect();
     if o.strategies.is_empty() {
         return Ok(registry);
@@ -546,11 +547,8 @@ mod tests {
             ..Options::default()
         };
         assert!(strategies(&bad).is_err());
-        assert!(
-            !strategies(&Options::default())
-                .unwrap()
-                .contains(&"probe".to_string())
-        );
+        let default = strategies(&Options::default()).unwrap();
+        assert!(!default.contains(&"probe".to_string()) && !default.contains(&"rift".to_string()));
     }
 
     #[test]

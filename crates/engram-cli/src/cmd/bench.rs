@@ -5,7 +5,7 @@
 use super::Ctx;
 use super::progress::Reporter;
 use anyhow::Result;
-use engram_bench::{cil, cl, compress, finetune, io, merge, quant, train, tta};
+use engram_bench::{cil, cl, compress, finetune, io, merge, quant, robust, train, tta};
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
@@ -49,6 +49,36 @@ pub enum Bench {
     /// and GGUF Q8_0/Q4_0 conversion against the gguf package and the read-and-write bound.
     /// JSON and an HTML report with the card's claims judged. `--quick` for a smoke check.
     Quant(QuantArgs),
+    /// Adversarial robustness (B9 in BENCHMARKS.md): standard training, PGD-AT, dro-softmax
+    /// (the doubly robust reweighting's simplified variant, r chosen on validation) and GAIRAT
+    /// on balanced and 10:1 long-tailed Fashion-MNIST (clean, PGD-10, RA-Tail-30, FMNIST-C;
+    /// gradient-masking checks); RiFT's module robust criticality, critical fine-tuning and
+    /// α curves; the Robust Weight Signatures table (α sweep, composition, quantization,
+    /// removal, transfer). 3 seeds; JSON and an HTML report with the cards' claims judged;
+    /// finished parts are read back when rerun with the same settings. `--quick` for a smoke
+    /// check.
+    Robust(RobustArgs),
+}
+
+#[derive(clap::Args)]
+pub struct RobustArgs {
+    /// Small data, 2 epochs, one seed: a smoke check of the pipeline, not the study's numbers.
+    #[arg(long)]
+    pub quick: bool,
+    /// Output folder: results.json, report/index.html, runs/ (default bench-out/robust, or
+    /// bench-out/robust-quick).
+    #[arg(short, long)]
+    pub out: Option<PathBuf>,
+    /// Seeds, comma-separated [default: 0,1,2; --quick: 0]; the RWS part uses the first.
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<u64>,
+    /// Only these parts, comma-separated: at (adversarial training), rift, rws [default: all].
+    /// rift trains the PGD-AT models it starts from when at has not.
+    #[arg(long, value_delimiter = ',')]
+    pub parts: Vec<String>,
+    /// Folder searched first for the data sets.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -502,6 +532,17 @@ pub fn run(ctx: &Ctx, b: Bench) -> Result<()> {
         }
         Bench::Tta(a) => tta::run(&a.into(), &mut |p| r.show(p)),
         Bench::Quant(a) => quant::run(&a.into(), &mut |p| r.show(p)),
+        Bench::Robust(a) => {
+            let o = robust::Options {
+                out: a.out,
+                seeds: a.seeds,
+                quick: a.quick,
+                parts: a.parts,
+                data_dir: a.data_dir,
+                command: ctx.command_line.clone(),
+            };
+            robust::run(&o, &mut |p| r.show(p)).and_then(|v| Ok(serde_json::to_value(v)?))
+        }
     };
     r.finish(res.map(drop))
 }

@@ -120,7 +120,7 @@ fn continual(ctx: &Ctx, a: Args) -> Result<()> {
         engram_learn::strategy::REGISTRY
             .iter()
             .map(|r| r.0.to_string())
-            .filter(|n| n != "probe")
+            .filter(|n| n != "probe" && n != "rift")
             .collect()
     } else {
         a.strategies.clone()

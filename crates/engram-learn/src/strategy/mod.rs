@@ -26,6 +26,7 @@ pub mod online_ewc;
 pub mod parts;
 pub mod pass;
 pub mod probe;
+pub mod rift;
 pub mod si;
 
 use crate::model::Net;
@@ -372,6 +373,11 @@ pub const REGISTRY: &[(&str, &str, Build)] = &[
         "kappatune",
         "KappaTune: train only the N weights of lowest condition number κ",
         kappatune::build,
+    ),
+    (
+        "rift",
+        "RiFT's fine-tuning step: train only the named modules, the rest frozen (meant to start from adversarially trained weights; see engram bench robust)",
+        rift::build,
     ),
     (
         "lora",

@@ -3,8 +3,9 @@
 //! hooks, then `after_task`, then evaluation on every task's test set (also the tasks not yet
 //! seen, for forward transfer), then a checkpoint. The optimizer is reset at each task (unless
 //! `reset-optimizer = false` carries its state, by parameter name), and
-//! every random draw derives from (seed, task, epoch), so a run resumed from a checkpoint ends
-//! with exactly the metrics of an uninterrupted run.
+//! every random draw derives from (seed, task, epoch) (adversarial training's random starts
+//! from (seed, task, step)), so a run resumed from a checkpoint ends with exactly the metrics
+//! of an uninterrupted run.
 
 use super::checkpoint::{self, Saved};
 use super::fused::Optimizer;
@@ -52,6 +53,10 @@ pub struct TrainConfig {
     /// cross-entropy; predictions always use every logit).
     #[serde(default)]
     pub masking: Masking,
+    /// Adversarial training (`[train.adversarial]`): every minibatch attacked with PGD before
+    /// the step, and the method's loss weights (see `crate::robust`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adversarial: Option<crate::robust::Adversarial>,
 }
 
 /// Logit masking in the training loss (`train.masking`).
@@ -94,6 +99,7 @@ impl Default for TrainConfig {
             optimizer: OptimConfig::default(),
             reset_optimizer: default_reset_optimizer(),
             masking: Masking::None,
+            adversarial: None,
         }
     }
 }
@@ -138,6 +144,19 @@ impl TrainConfig {
         }
         if self.batch_size == 0 || self.eval_batch == 0 {
             return Err("train.batch-size and eval-batch must be at least 1".into());
+        }
+        if let Some(a) = &self.adversarial {
+            a.validate()?;
+            let most = self.epochs.max(self.first_task_epochs.unwrap_or(0));
+            if let Some(b) = a
+                .begin_epoch
+                .filter(|&b| self.iterations.is_none() && b > most)
+            {
+                return Err(err!(
+                    "train.adversarial.begin-epoch = {b} is after the last epoch ({most}): \
+                     gairat would never reweight"
+                ));
+            }
         }
         if !self.reset_optimizer
             && self.optimizer.kind == crate::optim::OptimKind::Sgd
@@ -300,6 +319,25 @@ fn task_loss(
 ) -> Tensor<1> {
     let c = s.num_outputs;
     let n = ids.len();
+    let logits = match penalty(s, masking, ids, y_host) {
+        Some(p) => logits + Tensor::<2>::from_data(TensorData::new(p, [n, c]), device),
+        None => logits,
+    };
+    CrossEntropyLossConfig::new()
+        .init(device)
+        .forward(logits, y)
+}
+
+/// The additive logit penalty of [`task_loss`] (`n` × outputs), or `None` when nothing is
+/// masked.
+fn penalty(
+    s: &Scenario,
+    masking: Masking,
+    ids: &[(usize, usize)],
+    y_host: &[u32],
+) -> Option<Vec<f32>> {
+    let c = s.num_outputs;
+    let n = ids.len();
     let mut pen: Option<Vec<f32>> = None;
     if s.eval == EvalMode::TaskIl {
         let masks: Vec<Vec<f32>> = s
@@ -331,13 +369,7 @@ fn task_loss(
             }
         }
     }
-    let logits = match pen {
-        Some(p) => logits + Tensor::<2>::from_data(TensorData::new(p, [n, c]), device),
-        None => logits,
-    };
-    CrossEntropyLossConfig::new()
-        .init(device)
-        .forward(logits, y)
+    pen
 }
 
 impl Trainer<'_> {
@@ -374,6 +406,12 @@ impl Trainer<'_> {
             .min(s.train.len().max(s.test.len()).max(1));
         self.model
             .check_size(s.train.dim, s.train.image, s.num_outputs, batch)?;
+        if self.train.adversarial.is_some() && s.train.x.iter().any(|v| !(0.0..=1.0).contains(v)) {
+            return Err(err!(
+                "train.adversarial: the training inputs leave [0, 1], the range the attack \
+                 clips to; adversarial training needs image data scaled to [0, 1]"
+            ));
+        }
         // Seed and build under the RNG guard, so that trainers on other threads cannot draw
         // from burn's process-wide generator in between.
         let rng = crate::backend::seeded(&Device::flex(), self.seed);
@@ -496,6 +534,8 @@ impl Trainer<'_> {
                     })?;
             }
             let mut step = 0;
+            let adversarial = self.train.adversarial.as_ref();
+            let mut reweighter = adversarial.map(|a| a.reweighter());
             'epochs: for epoch in 0..epochs {
                 // The batch order of (seed, task, epoch): a stream whose state is that mix (offset by
                 // the generator's increment), so that the order stays what it has always been.
@@ -505,8 +545,29 @@ impl Trainer<'_> {
                     if step >= total {
                         break 'epochs;
                     }
-                    let (xh, yh) = s.gather(Part::Train, chunk);
+                    let (mut xh, yh) = s.gather(Part::Train, chunk);
                     let n = chunk.len();
+                    // Adversarial training: the batch is attacked before anything sees it.
+                    let mut kappa = Vec::new();
+                    if let Some(a) = adversarial {
+                        let pen = penalty(s, self.train.masking, chunk, &yh);
+                        let mut rng = Rng::keyed(
+                            self.seed,
+                            "adversarial",
+                            mix(self.seed, task as u64, step as u64),
+                        );
+                        let p = crate::robust::attack::perturb(
+                            &net,
+                            &xh,
+                            &yh,
+                            pen.as_deref(),
+                            &a.attack(),
+                            &mut rng,
+                        )
+                        .map_err(|e| err!("task {task}, step {step}: {e}"))?;
+                        xh = p.x;
+                        kappa = p.kappa;
+                    }
                     let batch = Batch {
                         x: Tensor::<2>::from_data(
                             TensorData::new(xh.clone(), [n, s.train.dim]),
@@ -522,15 +583,34 @@ impl Trainer<'_> {
                     };
                     let lr = optim.lr_at(step, total, epoch) * lr_factor;
                     let logits = net.forward(batch.x.clone());
-                    let ce = task_loss(
-                        s,
-                        self.train.masking,
-                        &batch.ids,
-                        &batch.y_host,
-                        logits.clone(),
-                        batch.y.clone(),
-                        &ad,
-                    );
+                    let ce = match (adversarial, reweighter.as_mut()) {
+                        (Some(a), Some(rw)) if rw.active(a, epoch, epochs) => {
+                            // Σᵢ wᵢ·CEᵢ with the method's detached weights.
+                            let pen = penalty(s, self.train.masking, chunk, &batch.y_host);
+                            let per = crate::robust::attack::per_example_ce(
+                                logits.clone(),
+                                &batch.y_host,
+                                pen.as_deref(),
+                            );
+                            let lh = per
+                                .clone()
+                                .into_data()
+                                .convert::<f32>()
+                                .try_to_vec::<f32>()
+                                .map_err(|e| err!("task {task}, step {step}: {e:?}"))?;
+                            let w = rw.weights(a, &lh, &kappa);
+                            (per * Tensor::<1>::from_data(TensorData::new(w, [n]), &ad)).sum()
+                        }
+                        _ => task_loss(
+                            s,
+                            self.train.masking,
+                            &batch.ids,
+                            &batch.y_host,
+                            logits.clone(),
+                            batch.y.clone(),
+                            &ad,
+                        ),
+                    };
                     let loss = self.strategy.loss(&cx(step, lr), &net, &batch, logits, ce);
                     let loss_val = loss.clone().into_scalar::<f32>();
                     if !loss_val.is_finite() {
