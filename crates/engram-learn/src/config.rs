@@ -23,6 +23,21 @@ pub struct RunConfig {
     pub strategy: StrategyConfig,
     #[serde(default)]
     pub train: TrainConfig,
+    /// Start from trained weights instead of a fresh network (`[start]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<StartConfig>,
+}
+
+/// `[start]`: the run begins from the weights of `checkpoint` (a safetensors file holding
+/// every parameter of `[model]` by name, as engram's checkpoints and `engram bench robust`'s
+/// models do) at task `task` (the tasks before it taken as learned). RiFT's fine-tuning step
+/// (strategy `rift`) starts this way from an adversarially trained model.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StartConfig {
+    pub checkpoint: std::path::PathBuf,
+    #[serde(default)]
+    pub task: usize,
 }
 
 /// `[strategy]`: `name` plus the strategy's own parameters (checked by the strategy).
@@ -58,6 +73,11 @@ impl RunConfig {
         self.scenario.check()?;
         self.model.check()?;
         self.train.validate()?;
+        if let Some(st) = &self.start
+            && st.checkpoint.as_os_str().is_empty()
+        {
+            return Err(err!("start.checkpoint is empty"));
+        }
         // Build the strategy once to validate its parameters.
         crate::strategy::build(
             &self.strategy.name,

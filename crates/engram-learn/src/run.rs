@@ -168,7 +168,16 @@ fn train(
         &Value::Object(cfg.strategy.params.clone()),
     )?;
     let export_masks = run.export_masks;
+    let start = match &cfg.start {
+        Some(st) => Some(crate::train::Start {
+            task: st.task,
+            values: crate::model::io::read_values(&st.checkpoint)
+                .map_err(|e| err!("start.checkpoint: {e}"))?,
+        }),
+        None => None,
+    };
     let mut trainer = Trainer {
+        start,
         checkpoint_dir: run.checkpoint_dir,
         stop_after: run.stop_after,
         settings,

@@ -139,3 +139,77 @@ fn run_files_validate_the_adversarial_table() {
     assert!(e.contains("train.adversarial.r"), "{e}");
     assert!(toml::from_str::<TrainConfig>("[adversarial]\nmethod = \"madry\"").is_err());
 }
+
+/// A run file's `[start]` begins from saved weights: RiFT's step (`rift`) from a trained
+/// model moves only its module; weights that do not fit the model are refused at the start.
+#[test]
+fn a_run_file_starts_from_saved_weights() {
+    use engram_learn::config::RunConfig;
+    use engram_learn::model::io::read_values;
+    use engram_learn::run::{RunOptions, run_config};
+    let base = r#"
+        seed = 1
+        [scenario]
+        kind = "joint"
+        dataset = "blobs"
+        blobs = { classes = 3, dim = 16, train-per-class = 30, test-per-class = 10 }
+        [model]
+        kind = "mlp"
+        hidden = [8]
+        [train]
+        epochs = 2
+        batch-size = 16
+    "#;
+    let dir = tempfile::tempdir().unwrap();
+    let a = RunConfig::parse_toml(base).unwrap();
+    run_config(
+        &a,
+        &dir.path().join("a"),
+        &RunOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let saved = dir.path().join("a/checkpoint/task-1.model.safetensors");
+    let before = read_values(&saved).unwrap();
+    let module = before
+        .keys()
+        .next()
+        .and_then(|k| k.rsplit_once('.'))
+        .map(|(m, _)| m.to_string())
+        .unwrap();
+    let start = format!(
+        "{base}\n        [strategy]\n        name = \"rift\"\n        modules = [\"{module}\"]\n        [start]\n        checkpoint = \"{}\"\n",
+        saved.display()
+    );
+    let b = RunConfig::parse_toml(&start).unwrap();
+    run_config(
+        &b,
+        &dir.path().join("b"),
+        &RunOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let after = read_values(&dir.path().join("b/checkpoint/task-1.model.safetensors")).unwrap();
+    for (k, v) in &before {
+        let inside = k.starts_with(&format!("{module}."));
+        assert_eq!(after[k] != *v, inside, "{k}");
+    }
+    // Weights of another model are refused before the run starts.
+    let other = start.replace("hidden = [8]", "hidden = [9]");
+    let c = RunConfig::parse_toml(&other).unwrap();
+    let e = run_config(
+        &c,
+        &dir.path().join("c"),
+        &RunOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("the weights to start from"), "{e}");
+    assert!(!dir.path().join("c/results.json").exists());
+    let empty = start.replace(
+        &format!("checkpoint = \"{}\"", saved.display()),
+        "checkpoint = \"\"",
+    );
+    assert!(RunConfig::parse_toml(&empty).is_err());
+}

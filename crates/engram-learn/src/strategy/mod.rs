@@ -376,7 +376,7 @@ pub const REGISTRY: &[(&str, &str, Build)] = &[
     ),
     (
         "rift",
-        "RiFT's fine-tuning step: train only the named modules, the rest frozen (meant to start from adversarially trained weights; see engram bench robust)",
+        "RiFT's fine-tuning step: train only the named modules, the rest frozen (start from adversarially trained weights: [start] checkpoint)",
         rift::build,
     ),
     (

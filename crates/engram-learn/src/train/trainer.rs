@@ -382,7 +382,13 @@ impl Trainer<'_> {
     /// against the scenario and the network), without training: a caller that must not
     /// change anything before a run can start (replacing an earlier run) asks first.
     pub fn check(&self) -> Result<()> {
-        self.start_net(&Device::flex().autodiff()).map(drop)
+        let net = self.start_net(&Device::flex().autodiff())?;
+        // Weights to start from must fit the network, name by name.
+        if let Some(st) = &self.start {
+            crate::model::params::load_params(net, &st.values)
+                .map_err(|e| err!("the weights to start from: {e}"))?;
+        }
+        Ok(())
     }
 
     /// The run's fresh network, after every check made at the start.
@@ -464,7 +470,8 @@ impl Trainer<'_> {
             on(Event::Resumed { completed: first });
         } else {
             if let Some(st) = &self.start {
-                net = crate::model::params::load_params(net, &st.values)?;
+                net = crate::model::params::load_params(net, &st.values)
+                    .map_err(|e| err!("the weights to start from: {e}"))?;
                 first = st.task;
             }
             let strategy = &self.strategy;
