@@ -10,8 +10,8 @@
 //! on final-point robust accuracy with independent random starts per attack (more steps,
 //! more restarts and a larger ε should not raise it).
 
-use super::common::{Values, corrupt_dataset, split_off, subset};
-use anyhow::{Context, Result};
+use super::common::{Values, corrupt_dataset, split_off, subset, train_net};
+use anyhow::Result;
 use engram_learn::data::corrupt::Corruption;
 use engram_learn::data::{Dataset, Split};
 use engram_learn::model::params::named_values;
@@ -21,8 +21,7 @@ use engram_learn::robust::attack::{
     Attack, clean_correct, final_correct, per_class, percent, robust_correct, tail,
 };
 use engram_learn::robust::{Adversarial, Method};
-use engram_learn::scenario::{Common, joint};
-use engram_learn::train::{Start, TrainConfig, Trainer};
+use engram_learn::train::TrainConfig;
 use serde::{Deserialize, Serialize};
 
 pub fn model() -> ModelConfig {
@@ -122,23 +121,6 @@ impl Data {
     }
 }
 
-/// A one-task scenario on `train` (its test part unused but required).
-fn scenario(train: &Dataset, seed: u64) -> Result<engram_learn::scenario::Scenario> {
-    let probe: Vec<usize> = (0..train.len().min(50)).collect();
-    let split = Split {
-        train: train.clone(),
-        test: train.subset(&probe),
-        files: Vec::new(),
-    };
-    Ok(joint(
-        split,
-        &Common {
-            seed,
-            ..Common::default()
-        },
-    )?)
-}
-
 /// The adversarial settings of an arm (`None`: standard training).
 pub fn adversarial(method: Option<Method>, r: Option<f64>) -> Option<Adversarial> {
     method.map(|m| Adversarial {
@@ -151,27 +133,6 @@ pub fn adversarial(method: Option<Method>, r: Option<f64>) -> Option<Adversarial
     })
 }
 
-/// Trains `strategy` on `train` with `train_cfg`, from `start` when given; the network back.
-pub fn train_net(
-    train: &Dataset,
-    cfg: TrainConfig,
-    strategy: (&str, serde_json::Value),
-    start: Option<&Values>,
-    seed: u64,
-) -> Result<Net> {
-    let s = scenario(train, seed)?;
-    let st = engram_learn::strategy::build(strategy.0, &strategy.1)?;
-    let mut t = Trainer::new(&s, model(), cfg, seed, st);
-    t.start = start.map(|v| Start {
-        task: 0,
-        values: v.clone(),
-    });
-    let (_, net) = t
-        .run_net(&mut |_| {})
-        .with_context(|| format!("training on {}", train.name))?;
-    Ok(net)
-}
-
 /// One arm's adversarial (or standard) training: Adam at `z.lr`, `z.epochs` epochs.
 pub fn train_arm(train: &Dataset, z: &Sizes, adv: Option<Adversarial>, seed: u64) -> Result<Net> {
     let cfg = TrainConfig {
@@ -181,7 +142,14 @@ pub fn train_arm(train: &Dataset, z: &Sizes, adv: Option<Adversarial>, seed: u64
         adversarial: adv,
         ..TrainConfig::default()
     };
-    train_net(train, cfg, ("naive", serde_json::Value::Null), None, seed)
+    train_net(
+        &model(),
+        train,
+        cfg,
+        ("naive", serde_json::Value::Null),
+        None,
+        seed,
+    )
 }
 
 /// The autodiff network of the study's model holding `values`.

@@ -11,12 +11,14 @@ use engram_learn::data::corrupt::{Corruption, corrupt_image};
 use engram_learn::data::{Dataset, Split};
 use engram_learn::eval::{param_shapes, values_accuracy};
 use engram_learn::model::ModelConfig;
+use engram_learn::model::Net;
 use engram_learn::model::params::named_values;
 use engram_learn::optim::{OptimConfig, OptimKind};
-use engram_learn::scenario::{Common, Part, joint};
+use engram_learn::scenario::{Common, Part, Scenario, joint};
 use engram_learn::train::{Start, TrainConfig, Trainer};
 use engram_weights::rng::Rng;
 use rayon::prelude::*;
+use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// Weights by parameter name.
@@ -52,7 +54,7 @@ pub fn corrupt_dataset(ds: &Dataset, c: Corruption, severity: usize, seed: u64) 
 }
 
 /// A one-task scenario training on `train` and testing on `test`.
-fn scenario(train: Dataset, test: Dataset, seed: u64) -> Result<engram_learn::scenario::Scenario> {
+fn scenario(train: Dataset, test: Dataset, seed: u64) -> Result<Scenario> {
     let split = Split {
         train,
         test,
@@ -77,17 +79,31 @@ pub fn train_values(
     batch: usize,
     seed: u64,
 ) -> Result<Values> {
-    // The trainer evaluates after the task; a few training rows keep that cheap.
-    let probe: Vec<usize> = (0..train.len().min(100)).collect();
-    let s = scenario(train.clone(), train.subset(&probe), seed)?;
     let cfg = TrainConfig {
         epochs,
         batch_size: batch,
         optimizer: OptimConfig::new(OptimKind::Adam, lr),
         ..TrainConfig::default()
     };
-    let naive = engram_learn::strategy::build("naive", &serde_json::Value::Null)?;
-    let mut t = Trainer::new(&s, model.clone(), cfg, seed, naive);
+    let net = train_net(model, train, cfg, ("naive", Value::Null), start, seed)?;
+    Ok(named_values(&net))
+}
+
+/// Trains `strategy` (name, parameters) on `train` with `cfg` through the one trainer, from
+/// `start` when given (else a fresh network of `seed`); the network back.
+pub fn train_net(
+    model: &ModelConfig,
+    train: &Dataset,
+    cfg: TrainConfig,
+    strategy: (&str, Value),
+    start: Option<&Values>,
+    seed: u64,
+) -> Result<Net> {
+    // The trainer evaluates after the task; a few training rows keep that cheap.
+    let probe: Vec<usize> = (0..train.len().min(100)).collect();
+    let s = scenario(train.clone(), train.subset(&probe), seed)?;
+    let st = engram_learn::strategy::build(strategy.0, &strategy.1)?;
+    let mut t = Trainer::new(&s, model.clone(), cfg, seed, st);
     t.start = start.map(|v| Start {
         task: 0,
         values: v.clone(),
@@ -95,7 +111,7 @@ pub fn train_values(
     let (_, net) = t
         .run_net(&mut |_| {})
         .with_context(|| format!("training {model:?} on {}", train.name))?;
-    Ok(named_values(&net))
+    Ok(net)
 }
 
 /// Accuracy (percent, argmax over all classes) of the network `model` holding `values` on

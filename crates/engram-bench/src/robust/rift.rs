@@ -174,7 +174,8 @@ pub fn run(
     let at_test = at::score(&at_net, &d.test, &d.test_c, tk, seed)?;
     let mut curves = Vec::new();
     for (arm, modules) in arms {
-        let ft = at::train_net(
+        let ft = super::common::train_net(
+            &at::model(),
             &d.train,
             fine_tune_config(z, epochs),
             ("rift", serde_json::json!({ "modules": modules })),

@@ -4,11 +4,12 @@
 //! The RWS section of `engram bench robust`'s page: verdicts, the α sweep, recovery,
 //! composition, quantized patches and their sizes, removal, locality and transfer.
 
-use super::rws::{RwsResults, SweepPoint, pct, share, verdicts};
+use super::rws::{RwsResults, SweepPoint, pct, share};
 use engram_report::html::Page;
 use engram_report::svg::{LineChart, Series, grouped_bar_chart, line_chart};
 
-/// The study's section of a report page: verdicts, tables and charts.
+/// The study's section of a report page: tables and charts (its verdicts go to the page's
+/// table of claims).
 pub fn section(r: &RwsResults, p: &mut Page) {
     let st = &r.settings;
     p.heading("Robust Weight Signatures");
@@ -37,14 +38,7 @@ pub fn section(r: &RwsResults, p: &mut Page) {
     if st.quick {
         p.note("--quick: a smoke check of the pipeline, not the study's numbers.");
     }
-    let rows: Vec<Vec<String>> = verdicts(r)
-        .into_iter()
-        .map(|(claim, holds, measured)| {
-            let v = if holds { "holds" } else { "does not hold" };
-            vec![claim, measured, v.into()]
-        })
-        .collect();
-    p.table(&["claim", "measured", "verdict"], &rows);
+    // The verdicts stand once, in the page's table of claims (part "rws").
 
     p.subheading("Recovered gain (α = 1, layers chosen on validation)");
     let rows: Vec<Vec<String>> = r

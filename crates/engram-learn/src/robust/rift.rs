@@ -255,16 +255,6 @@ pub fn interpolate(
     if !(alpha.is_finite()) {
         return Err(err!("interpolation: α = {alpha} is not a finite number"));
     }
-    let exact = |m: &BTreeMap<String, Vec<f32>>| -> Result<BTreeMap<String, Vec<f32>>> {
-        // The endpoints as given (also non-finite values), once names and sizes agree.
-        interpolate(at, ft, 0.5).map(|_| m.clone())
-    };
-    if alpha == 0.0 && at.len() == ft.len() {
-        return exact(at);
-    }
-    if alpha == 1.0 && at.len() == ft.len() {
-        return exact(ft);
-    }
     if at.len() != ft.len() {
         return Err(err!(
             "interpolation: {} parameters against {}",
@@ -272,27 +262,38 @@ pub fn interpolate(
             ft.len()
         ));
     }
-    at.iter()
-        .map(|(k, a)| {
-            let b = ft
-                .get(k)
-                .ok_or_else(|| err!("interpolation: the fine-tuned model has no {k}"))?;
-            if a.len() != b.len() {
-                return Err(err!(
-                    "interpolation: {k} has {} values against {}",
-                    a.len(),
-                    b.len()
-                ));
-            }
-            Ok((
-                k.clone(),
-                a.iter()
-                    .zip(b)
-                    .map(|(&a, &b)| alpha * b + (1.0 - alpha) * a)
-                    .collect(),
-            ))
+    let mut pairs = Vec::with_capacity(at.len());
+    for (k, a) in at {
+        let b = ft
+            .get(k)
+            .ok_or_else(|| err!("interpolation: the fine-tuned model has no {k}"))?;
+        if a.len() != b.len() {
+            return Err(err!(
+                "interpolation: {k} has {} values against {}",
+                a.len(),
+                b.len()
+            ));
+        }
+        pairs.push((k, a, b));
+    }
+    // The endpoints as given (also non-finite values), once names and sizes agree.
+    if alpha == 0.0 {
+        return Ok(at.clone());
+    }
+    if alpha == 1.0 {
+        return Ok(ft.clone());
+    }
+    Ok(pairs
+        .into_iter()
+        .map(|(k, a, b)| {
+            let v = a
+                .iter()
+                .zip(b)
+                .map(|(&a, &b)| alpha * b + (1.0 - alpha) * a)
+                .collect();
+            (k.clone(), v)
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]

@@ -303,24 +303,16 @@ pub fn peak_memory() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Cross-entropy; in Task-IL each example's logits outside its own task's classes are
-/// masked out (examples of earlier tasks, as Joint and replay mix in, keep their own head).
-/// With [`Masking::Group`] (SCoLe's `masking=group`) the logits of classes absent from the
-/// batch's labels `y_host` are masked out as well (−1e9 added before the softmax), for every
-/// example; only the training loss is masked, predictions keep every logit.
+/// The mean cross-entropy of `logits` (`n` × outputs) plus the batch's [`penalty`].
 fn task_loss(
-    s: &Scenario,
-    masking: Masking,
-    ids: &[(usize, usize)],
-    y_host: &[u32],
+    pen: Option<&[f32]>,
     logits: Tensor<2>,
     y: Tensor<1, Int>,
     device: &Device,
 ) -> Tensor<1> {
-    let c = s.num_outputs;
-    let n = ids.len();
-    let logits = match penalty(s, masking, ids, y_host) {
-        Some(p) => logits + Tensor::<2>::from_data(TensorData::new(p, [n, c]), device),
+    let [n, c] = logits.dims();
+    let logits = match pen {
+        Some(p) => logits + Tensor::<2>::from_data(TensorData::new(p.to_vec(), [n, c]), device),
         None => logits,
     };
     CrossEntropyLossConfig::new()
@@ -328,8 +320,13 @@ fn task_loss(
         .forward(logits, y)
 }
 
-/// The additive logit penalty of [`task_loss`] (`n` × outputs), or `None` when nothing is
-/// masked.
+/// The additive logit penalty of the training loss (`n` × outputs), or `None` when nothing
+/// is masked: in Task-IL each example's logits outside its own task's classes are masked out
+/// (examples of earlier tasks, as Joint and replay mix in, keep their own head). With
+/// [`Masking::Group`] (SCoLe's `masking=group`) the logits of classes absent from the batch's
+/// labels `y_host` are masked out as well (−1e9 added before the softmax), for every example;
+/// only the training loss is masked, predictions keep every logit. The attack of adversarial
+/// training and its weighted loss use the same penalty.
 fn penalty(
     s: &Scenario,
     masking: Masking,
@@ -554,10 +551,10 @@ impl Trainer<'_> {
                     }
                     let (mut xh, yh) = s.gather(Part::Train, chunk);
                     let n = chunk.len();
+                    let pen = penalty(s, self.train.masking, chunk, &yh);
                     // Adversarial training: the batch is attacked before anything sees it.
                     let mut kappa = Vec::new();
                     if let Some(a) = adversarial {
-                        let pen = penalty(s, self.train.masking, chunk, &yh);
                         let mut rng = Rng::keyed(
                             self.seed,
                             "adversarial",
@@ -593,7 +590,6 @@ impl Trainer<'_> {
                     let ce = match (adversarial, reweighter.as_mut()) {
                         (Some(a), Some(rw)) if rw.active(a, epoch, epochs) => {
                             // Σᵢ wᵢ·CEᵢ with the method's detached weights.
-                            let pen = penalty(s, self.train.masking, chunk, &batch.y_host);
                             let per = crate::robust::attack::per_example_ce(
                                 logits.clone(),
                                 &batch.y_host,
@@ -608,15 +604,7 @@ impl Trainer<'_> {
                             let w = rw.weights(a, &lh, &kappa);
                             (per * Tensor::<1>::from_data(TensorData::new(w, [n]), &ad)).sum()
                         }
-                        _ => task_loss(
-                            s,
-                            self.train.masking,
-                            &batch.ids,
-                            &batch.y_host,
-                            logits.clone(),
-                            batch.y.clone(),
-                            &ad,
-                        ),
+                        _ => task_loss(pen.as_deref(), logits.clone(), batch.y.clone(), &ad),
                     };
                     let loss = self.strategy.loss(&cx(step, lr), &net, &batch, logits, ce);
                     let loss_val = loss.clone().into_scalar::<f32>();
