@@ -23,6 +23,7 @@ pub mod cil;
 pub mod cl;
 pub mod compress;
 pub mod finetune;
+pub mod hypernet;
 pub mod io;
 pub mod machine;
 pub mod merge;

@@ -153,6 +153,21 @@ pub fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
+/// A finished unit of work stored as `{settings, result}` (a study's `runs/`): its result
+/// when the stored settings equal `settings`, else None (and then it is made again).
+pub fn cached<T: serde::de::DeserializeOwned>(path: &Path, settings: &Value) -> Option<T> {
+    let v = read_json(path).ok()?;
+    if v.get("settings") != Some(settings) {
+        return None;
+    }
+    serde_json::from_value(v.get("result")?.clone()).ok()
+}
+
+/// Stores a unit of work for [`cached`].
+pub fn store(path: &Path, settings: &Value, result: &impl serde::Serialize) -> Result<()> {
+    write_json(path, &json!({"settings": settings, "result": result}))
+}
+
 /// Removes a file or a folder with everything in it; nothing there is not an error.
 pub fn remove(p: &Path) -> Result<()> {
     if p.is_dir() {

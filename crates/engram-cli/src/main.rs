@@ -56,6 +56,9 @@ enum Command {
     Adapt(cmd::adapt::Args),
     /// List the test-time adapters and their parameters with defaults.
     Adapters,
+    /// Train a task-conditioned hypernetwork (chunked MLP or LSTM) through a scenario's tasks
+    /// and write every task's generated network (run file in TOML).
+    Hypernet(cmd::hypernet::Args),
     /// Merge checkpoints (mergekit YAML or flags): linear, task_arithmetic, ties, dare_*,
     /// breadcrumbs*, della*, model_stock, slerp.
     Merge(cmd::merge::Args),
@@ -66,6 +69,8 @@ enum Command {
     Tall(cmd::tall::Args),
     /// Consensus merging: keep the weights at least k tasks need.
     Consensus(cmd::consensus::Args),
+    /// KNOW weight nowcasting: predict weights one data step beyond 5 checkpoints.
+    Nowcast(cmd::nowcast::Args),
     /// Compress fine-tunes into one bundle: base, merged vector, a bit mask per task.
     Compress(cmd::compress::Args),
     /// Rebuild one task's model from a bundle written by `engram compress`.
@@ -99,10 +104,12 @@ fn main() {
         Command::Scenarios => cmd::learn_report::list_scenarios(),
         Command::Adapt(a) => cmd::adapt::run(&ctx, a),
         Command::Adapters => cmd::adapt::list(),
+        Command::Hypernet(a) => cmd::hypernet::run(&ctx, a),
         Command::Merge(a) => cmd::merge::run(&ctx, a),
         Command::Tv(t) => cmd::tv::run(&ctx, t),
         Command::Tall(a) => cmd::tall::run(&ctx, a),
         Command::Consensus(a) => cmd::consensus::run(&ctx, a),
+        Command::Nowcast(a) => cmd::nowcast::run(&ctx, a),
         Command::Compress(a) => cmd::compress::run(&ctx, a),
         Command::Extract(a) => cmd::compress::run_extract(&ctx, a),
         Command::Patch(p) => cmd::patch::run(&ctx, p),

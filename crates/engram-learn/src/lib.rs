@@ -3,7 +3,7 @@
 //!
 //! Modules import only from the modules before them in this order (DESIGN.md: imports point
 //! down): `data`; `scenario`; `backend`, `optim`; `model`; `metrics`, `eval`; `strategy`;
-//! `train`; `adapt` (test-time adapters, which use the trainer's optimizer), `qat`
+//! `train`; `hypernet` (networks that write networks: data, scenario, optim, model); `adapt` (test-time adapters, which use the trainer's optimizer), `qat`
 //! (quantization-aware training, likewise); `config`, `run`.
 //! `error` is the crate's one error type, which wraps data's and scenario's own, and every
 //! module may return it.
@@ -14,6 +14,7 @@ pub mod backend;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod hypernet;
 pub mod metrics;
 pub mod model;
 pub mod optim;

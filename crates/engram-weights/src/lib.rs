@@ -3,6 +3,7 @@
 pub mod compress;
 pub mod maskcode;
 pub mod merge;
+pub mod nowcast;
 pub mod output;
 pub mod patch;
 pub mod quant;

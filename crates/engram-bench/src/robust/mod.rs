@@ -30,7 +30,7 @@ pub mod rws;
 pub mod rws_page;
 
 use crate::Progress;
-use crate::machine::{Spread, read_json, spread, write_json};
+use crate::machine::{Spread, cached, spread, store};
 use anyhow::{Context, Result, bail};
 use at::{Data, Scores, Sizes};
 use engram_learn::robust::Method;
@@ -178,18 +178,6 @@ pub struct RobustResults {
 }
 
 /// Reads a finished unit of work whose recorded settings equal `settings`.
-fn cached<T: serde::de::DeserializeOwned>(path: &Path, settings: &Value) -> Option<T> {
-    let v = read_json(path).ok()?;
-    if v.get("settings") != Some(settings) {
-        return None;
-    }
-    serde_json::from_value(v.get("result")?.clone()).ok()
-}
-
-fn store(path: &Path, settings: &Value, result: &impl Serialize) -> Result<()> {
-    write_json(path, &json!({"settings": settings, "result": result}))
-}
-
 /// Trains (or reads back) one arm on one data set for one seed; the PGD-AT models of the
 /// balanced set are kept for RiFT.
 #[allow(clippy::too_many_arguments)]

@@ -6,13 +6,9 @@ use super::Ctx;
 use super::progress::RunBars;
 use super::util::print_json;
 use anyhow::{Result, anyhow};
-use engram_ckpt::commit::read_input;
 use engram_ckpt::names::esc;
 use engram_learn::adapt::run::AdaptConfig;
 use std::path::PathBuf;
-
-/// Largest run file read.
-const RUN_FILE_LIMIT: u64 = 1 << 20;
 
 #[derive(clap::Args)]
 #[command(
@@ -35,9 +31,7 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     let shown = |p: &std::path::Path| esc(&p.display().to_string()).into_owned();
-    let (bytes, _input) = read_input(&a.config, "a run file", RUN_FILE_LIMIT)?;
-    let text =
-        String::from_utf8(bytes).map_err(|_| anyhow!("{}: not UTF-8 text", shown(&a.config)))?;
+    let (text, _input) = super::util::read_run_file(&a.config)?;
     let cfg = AdaptConfig::parse_toml(&text).map_err(|e| anyhow!("{}: {e}", shown(&a.config)))?;
     let file = a.out.join(cfg.run_name()).join("results.json");
     engram_ckpt::commit::refuse_input(&file)?;

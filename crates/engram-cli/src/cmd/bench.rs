@@ -5,7 +5,7 @@
 use super::Ctx;
 use super::progress::Reporter;
 use anyhow::Result;
-use engram_bench::{cil, cl, compress, finetune, io, merge, quant, robust, train, tta};
+use engram_bench::{cil, cl, compress, finetune, hypernet, io, merge, quant, robust, train, tta};
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
@@ -58,6 +58,37 @@ pub enum Bench {
     /// finished parts are read back when rerun with the same settings. `--quick` for a smoke
     /// check.
     Robust(RobustArgs),
+    /// Networks that write networks (B10 in BENCHMARKS.md): the chunked-MLP and the LSTM
+    /// (dependency-preserving) hypernetworks, with per-chunk regulariser weights and growth,
+    /// against EWC and SI on Split Fashion-MNIST (Task-IL, and HNET+ENT Class-IL) and Permuted
+    /// Fashion-MNIST; HY-WU's instance-conditioned LoRA generator against one shared LoRA on 4
+    /// conflicting label permutations (joint and sequential, gradient cosines); KNOW weight
+    /// nowcasting against naive and linear extrapolation (5 seeds). JSON and an HTML report
+    /// with the card's claims judged; finished units are read back when rerun with the same
+    /// settings. `--quick` for a smoke check.
+    Hypernet(HypernetArgs),
+}
+
+#[derive(clap::Args)]
+pub struct HypernetArgs {
+    /// Small data and few steps, one seed (two for KNOW): a smoke check, not the study's
+    /// numbers.
+    #[arg(long)]
+    pub quick: bool,
+    /// Output folder: results.json, report/index.html, runs/ (default bench-out/hypernet, or
+    /// bench-out/hypernet-quick).
+    #[arg(short, long)]
+    pub out: Option<PathBuf>,
+    /// Seeds, comma-separated [default: 0,1,2, and 0–4 for KNOW; --quick: 0, and 0,1 for KNOW].
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<u64>,
+    /// Only these parts, comma-separated: tasks (task-conditioned hypernetworks), hywu, know
+    /// [default: all].
+    #[arg(long, value_delimiter = ',')]
+    pub parts: Vec<String>,
+    /// Folder searched first for the data sets.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -542,6 +573,17 @@ pub fn run(ctx: &Ctx, b: Bench) -> Result<()> {
                 command: ctx.command_line.clone(),
             };
             robust::run(&o, &mut |p| r.show(p)).and_then(|v| Ok(serde_json::to_value(v)?))
+        }
+        Bench::Hypernet(a) => {
+            let o = hypernet::Options {
+                out: a.out,
+                seeds: a.seeds,
+                quick: a.quick,
+                parts: a.parts,
+                data_dir: a.data_dir,
+                command: ctx.command_line.clone(),
+            };
+            hypernet::run(&o, &mut |p| r.show(p))
         }
     };
     r.finish(res.map(drop))

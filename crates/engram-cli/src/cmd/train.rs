@@ -4,15 +4,11 @@
 use super::Ctx;
 use super::progress::RunBars;
 use anyhow::Result;
-use engram_ckpt::commit::read_input;
 use engram_ckpt::names::esc;
 use engram_learn::config::RunConfig;
 use engram_learn::run::RunOptions;
 use engram_report::results::RunResults;
 use std::path::PathBuf;
-
-/// Largest run file read (a run file is a few hundred bytes).
-const RUN_FILE_LIMIT: u64 = 1 << 20;
 
 #[derive(clap::Args)]
 #[command(
@@ -49,9 +45,7 @@ pub struct Args {
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     let shown = |p: &std::path::Path| esc(&p.display().to_string()).into_owned();
     // Held for the whole run: no output of it may replace the run file.
-    let (bytes, _input) = read_input(&a.config, "a run file", RUN_FILE_LIMIT)?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", shown(&a.config)))?;
+    let (text, _input) = super::util::read_run_file(&a.config)?;
     let cfg =
         RunConfig::parse_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", shown(&a.config)))?;
     let dir = a.out.join(cfg.run_name());

@@ -113,6 +113,24 @@ pub fn numbered(group: &str) -> Option<(&str, u64)> {
 /// The one atomic JSON writer (pretty, with a final newline; creates the folder).
 pub use engram_bench::machine::write_json as write_json_file;
 
+/// Largest run file read (`engram train`, `adapt`, `hypernet`).
+pub const RUN_FILE_LIMIT: u64 = 1 << 20;
+
+/// A run file's text and the guard that keeps it open: held for the whole run, so that no
+/// output of the run may replace it. Errors name the file.
+pub fn read_run_file(
+    path: &std::path::Path,
+) -> anyhow::Result<(String, engram_ckpt::commit::OpenInput)> {
+    let (bytes, input) = engram_ckpt::commit::read_input(path, "a run file", RUN_FILE_LIMIT)?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        anyhow::anyhow!(
+            "{}: not UTF-8 text",
+            engram_ckpt::names::esc(&path.display().to_string())
+        )
+    })?;
+    Ok((text, input))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
