@@ -2,8 +2,9 @@
 //! hypernetworks that generate a target MLP's weights from a task embedding, chunk by chunk
 //! with an MLP ([`chunked`], von Oswald et al.) or in sequence with an LSTM ([`lstm`], the
 //! dependency-preserving hypernetwork), trained task after task with the output regulariser
-//! ([`task`]; a run file of its own, [`run`], is `engram hypernet`); HY-WU's instance-conditioned LoRA generation on a frozen network ([`hywu`]);
-//! and KNOW's weight nowcasting ([`know`]).
+//! ([`task`]; a run file of its own, [`run`], is `engram hypernet`); HY-WU's
+//! instance-conditioned LoRA generation on a frozen network ([`hywu`]); and KNOW's weight
+//! nowcasting ([`know`]).
 //!
 //! Generators keep their parameters as plain values ([`params::ParamSet`]) made into autodiff
 //! leaves each step, and the target network's forward pass takes its weights as tensors
