@@ -1,6 +1,7 @@
 //! The one place that knows burn's CPU backend is process-wide state: its random generator.
 //! Networks are built and random tensors drawn under [`rng_guard`], and a seed is set with
-//! [`seed`], so that a seed fixes a network whatever else runs in the process.
+//! [`seed`], so that a seed fixes a network whatever else runs in the process. [`host`] reads
+//! a tensor's values back (one helper for every module).
 
 use burn::prelude::*;
 
@@ -51,4 +52,12 @@ pub fn seeded(device: &Device, seed: u64) -> RngGuard {
     let g = rng_guard();
     device.seed(seed);
     g
+}
+
+/// A tensor's values on the host, as f32 (empty if they cannot be read as such).
+pub fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default()
 }

@@ -167,13 +167,7 @@ pub(crate) fn input(x: &[f32], n: usize, dim: usize, device: &Device) -> Result<
     ))
 }
 
-/// A tensor's values on the host.
-pub(crate) fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap_or_default()
-}
+pub(crate) use crate::backend::host;
 
 /// Mean over the batch of the entropy-like cross term −Σ_k p_k · log softmax(z)_k, with `p`
 /// a probability tensor (detached by the caller where it should be).

@@ -68,13 +68,7 @@ impl Leaves {
     }
 }
 
-/// A tensor's values on the host.
-pub fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap_or_default()
-}
+pub use crate::backend::host;
 
 /// A float tensor of `shape` holding `values` on `device`.
 pub fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {

@@ -165,12 +165,7 @@ fn argmax(row: &[f32], pen: Option<&[f32]>) -> u32 {
     best as u32
 }
 
-fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap_or_default()
-}
+use crate::backend::host;
 
 /// Whether each example of `logits` (`n` × c) is classified as its label.
 fn correct(logits: &[f32], c: usize, y: &[u32], penalty: Option<&[f32]>) -> Vec<bool> {
