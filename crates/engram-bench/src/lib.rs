@@ -15,7 +15,11 @@
 //! - [`tta`]: continual test-time adaptation (Source, BN-adapt, TENT, CoTTA and its
 //!   ablations) on the FMNIST-C corruption stream.
 //!
-//! Shared parts: [`machine`] (what the machine is, medians and spreads, peak memory, files),
+//! - [`hypernet`]: networks that write networks (hypernetworks, HY-WU, KNOW);
+//! - [`ignorance`]: knowledge that never enters the weights (Deep Ignorance's filtering and
+//!   tamper tests).
+//!
+//! Shared parts: [`parts`] (studies in parts: context, claims, the one runner), [`machine`] (what the machine is, medians and spreads, peak memory, files),
 //! [`synthetic`] (the synthetic model families the weight-space benchmarks measure on) and
 //! [`units`] (counts and sizes as people write and read them).
 
@@ -24,10 +28,12 @@ pub mod cl;
 pub mod compress;
 pub mod finetune;
 pub mod hypernet;
+pub mod ignorance;
 pub mod io;
 pub mod machine;
 pub mod merge;
 pub mod merge8;
+pub mod parts;
 pub mod quant;
 pub mod robust;
 pub mod scole;

@@ -71,6 +71,9 @@ enum Command {
     Consensus(cmd::consensus::Args),
     /// KNOW weight nowcasting: predict weights one data step beyond 5 checkpoints.
     Nowcast(cmd::nowcast::Args),
+    /// Pretraining-data filtering (Deep Ignorance): a blocklist stage and a classifier stage
+    /// remove hazardous documents from a text corpus; writes the kept documents and a report.
+    Filter(cmd::filter::Args),
     /// Compress fine-tunes into one bundle: base, merged vector, a bit mask per task.
     Compress(cmd::compress::Args),
     /// Rebuild one task's model from a bundle written by `engram compress`.
@@ -110,6 +113,7 @@ fn main() {
         Command::Tall(a) => cmd::tall::run(&ctx, a),
         Command::Consensus(a) => cmd::consensus::run(&ctx, a),
         Command::Nowcast(a) => cmd::nowcast::run(&ctx, a),
+        Command::Filter(a) => cmd::filter::run(&ctx, a),
         Command::Compress(a) => cmd::compress::run(&ctx, a),
         Command::Extract(a) => cmd::compress::run_extract(&ctx, a),
         Command::Patch(p) => cmd::patch::run(&ctx, p),

@@ -3,7 +3,7 @@
 //!
 //! Modules import only from the modules before them in this order (DESIGN.md: imports point
 //! down): `data`; `scenario`; `backend`, `optim`; `model`; `metrics`, `eval`; `strategy`;
-//! `train`; `hypernet` (networks that write networks: data, scenario, optim, model); `adapt` (test-time adapters, which use the trainer's optimizer), `qat`
+//! `train`; `lm` (the character language model's training and measures); `hypernet` (networks that write networks: data, scenario, optim, model); `adapt` (test-time adapters, which use the trainer's optimizer), `qat`
 //! (quantization-aware training, likewise); `config`, `run`.
 //! `error` is the crate's one error type, which wraps data's and scenario's own, and every
 //! module may return it.
@@ -15,6 +15,7 @@ pub mod config;
 pub mod data;
 pub mod eval;
 pub mod hypernet;
+pub mod lm;
 pub mod metrics;
 pub mod model;
 pub mod optim;

@@ -21,13 +21,12 @@ pub mod page;
 pub mod tasks;
 
 use crate::Progress;
-use crate::machine::commit_report;
 pub use crate::machine::{cached, store};
-use anyhow::{Result, bail};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use crate::parts::{Asked, Study, render_claims, run_parts};
+pub use crate::parts::{Ctx, PartOut, Verdict};
+use anyhow::Result;
+use serde_json::Value;
+use std::path::PathBuf;
 
 /// Settings of `engram bench hypernet`.
 #[derive(Clone, Debug, Default)]
@@ -58,105 +57,32 @@ impl Options {
     }
 }
 
-/// What a part is given.
-pub struct Ctx<'a> {
-    pub quick: bool,
-    /// The seeds asked for (`--seeds`), or None for the part's default.
-    pub seeds: Option<&'a [u64]>,
-    /// Where finished units of work are cached.
-    pub runs: PathBuf,
-    pub data_dir: Option<&'a Path>,
-}
-
-impl Ctx<'_> {
-    /// The seeds to run: those asked for, else `default` (`quick`: its first `quick_n`).
-    pub fn seeds_or(&self, default: &[u64], quick_n: usize) -> Vec<u64> {
-        match self.seeds {
-            Some(s) => s.to_vec(),
-            None if self.quick => default.iter().copied().take(quick_n).collect(),
-            None => default.to_vec(),
-        }
-    }
-}
-
-/// One claim of the card judged on this run's numbers (`holds`: None when it cannot be judged,
-/// e.g. one seed).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Verdict {
-    pub part: String,
-    pub claim: String,
-    pub holds: Option<bool>,
-    pub detail: String,
-}
-
-/// A part's results: its JSON (read by [`page`]), its verdicts, and text for stdout.
-pub struct PartOut {
-    pub results: Value,
-    pub verdicts: Vec<Verdict>,
-    pub text: String,
-}
-
 /// Runs the study; returns `results.json`'s document.
 pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
-    let parts: Vec<String> = match o.parts.is_empty() {
-        true => PARTS.iter().map(|s| s.to_string()).collect(),
-        false => o.parts.clone(),
+    let study = Study {
+        name: "hypernet",
+        card: CARD,
+        parts: &PARTS,
     };
-    for p in &parts {
-        if !PARTS.contains(&p.as_str()) {
-            bail!(
-                "--parts: unknown part '{p}'; parts are {}",
-                PARTS.join(", ")
-            );
-        }
-    }
-    let out = o.out();
-    crate::machine::check_out_dir(&out, "--out")?;
-    let runs = out.join("runs");
-    std::fs::create_dir_all(&runs)?;
-    let cx = Ctx {
+    let asked = Asked {
+        out: o.out(),
+        parts: &o.parts,
         quick: o.quick,
-        seeds: (!o.seeds.is_empty()).then_some(o.seeds.as_slice()),
-        runs,
+        seeds: &o.seeds,
         data_dir: o.data_dir.as_deref(),
+        command: &o.command,
     };
-    let t0 = Instant::now();
-    let mut doc = json!({
-        "engram_bench_hypernet": 1,
-        "command": o.command,
-        "quick": o.quick,
-        "machine": crate::machine::describe(),
-    });
-    let mut verdicts = Vec::new();
-    for p in &parts {
-        progress(Progress::Message(format!("hypernet: part {p}")));
-        let r = match p.as_str() {
-            "tasks" => tasks::run(&cx, progress)?,
-            "hywu" => hywu::run(&cx, progress)?,
-            _ => know::run(&cx, progress)?,
-        };
-        progress(Progress::Output(r.text));
-        doc[p.as_str()] = r.results;
-        verdicts.extend(r.verdicts);
-    }
-    doc["verdicts"] = serde_json::to_value(&verdicts)?;
-    doc["wall_s"] = json!(t0.elapsed().as_secs_f64());
-    progress(Progress::Output(render_verdicts(&verdicts)));
-    let html = page::render(&doc)?;
-    progress(Progress::Output(commit_report(&out, &doc, &html)?));
-    Ok(doc)
+    let mut part = |p: &str, cx: &Ctx, progress: &mut dyn FnMut(Progress)| match p {
+        "tasks" => tasks::run(cx, progress),
+        "hywu" => hywu::run(cx, progress),
+        _ => know::run(cx, progress),
+    };
+    run_parts(&study, &asked, &mut part, page::render, progress)
 }
 
 /// The verdicts as text.
 pub fn render_verdicts(v: &[Verdict]) -> String {
-    let mut s = String::from("\nclaims (card: shared/methods/hypernetworks.md)\n");
-    for x in v {
-        let h = match x.holds {
-            Some(true) => "holds",
-            Some(false) => "does not hold",
-            None => "not judged",
-        };
-        s += &format!("  [{}] {}: {h} ({})\n", x.part, x.claim, x.detail);
-    }
-    s
+    render_claims(CARD, v)
 }
+
+pub const CARD: &str = "shared/methods/hypernetworks.md";

@@ -1,7 +1,6 @@
 //! The hypernetwork study's report (card: shared/methods/hypernetworks.md): the claims, then
 //! one section per part that ran, each written by its part.
 
-use super::Verdict;
 use anyhow::Result;
 use engram_report::html::Page;
 use serde_json::Value;
@@ -19,27 +18,7 @@ pub fn render(doc: &Value) -> Result<String> {
             ""
         }
     ));
-    let verdicts: Vec<Verdict> = serde_json::from_value(doc["verdicts"].clone())?;
-    if !verdicts.is_empty() {
-        p.heading("Claims");
-        let rows: Vec<Vec<String>> = verdicts
-            .iter()
-            .map(|v| {
-                vec![
-                    v.part.clone(),
-                    v.claim.clone(),
-                    match v.holds {
-                        Some(true) => "holds",
-                        Some(false) => "does not hold",
-                        None => "not judged",
-                    }
-                    .into(),
-                    v.detail.clone(),
-                ]
-            })
-            .collect();
-        p.table(&["part", "claim", "verdict", "measured"], &rows);
-    }
+    crate::parts::claims(&mut p, doc)?;
     if doc.get("tasks").is_some() {
         super::tasks::section(&mut p, &doc["tasks"])?;
     }

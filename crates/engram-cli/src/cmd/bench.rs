@@ -5,7 +5,9 @@
 use super::Ctx;
 use super::progress::Reporter;
 use anyhow::Result;
-use engram_bench::{cil, cl, compress, finetune, hypernet, io, merge, quant, robust, train, tta};
+use engram_bench::{
+    cil, cl, compress, finetune, hypernet, ignorance, io, merge, quant, robust, train, tta,
+};
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
@@ -67,6 +69,35 @@ pub enum Bench {
     /// with the card's claims judged; finished units are read back when rerun with the same
     /// settings. `--quick` for a smoke check.
     Hypernet(HypernetArgs),
+    /// Knowledge that never enters the weights (Deep Ignorance): a character language model
+    /// on Shakespeare pretrained unfiltered, blocklist-filtered, and unlearned by gradient
+    /// ascent, each attacked by fine-tuning on held-out hazard scenes (0–1000 steps, one
+    /// budget for all), with a benign control and the in-context test; the Fashion-MNIST
+    /// image analogue as a fast check. 3 seeds; JSON and an HTML report with the card's
+    /// claims judged; finished units are read back when rerun with the same settings.
+    /// `--quick` for a smoke check.
+    Ignorance(IgnoranceArgs),
+}
+
+#[derive(clap::Args)]
+pub struct IgnoranceArgs {
+    /// Short pretraining and attacks (to 200 steps), one seed: a smoke check, not the study's
+    /// numbers.
+    #[arg(long)]
+    pub quick: bool,
+    /// Output folder: results.json, report/index.html, runs/ (default bench-out/ignorance, or
+    /// bench-out/ignorance-quick).
+    #[arg(short, long)]
+    pub out: Option<PathBuf>,
+    /// Seeds, comma-separated [default: 0,1,2; --quick: 0].
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<u64>,
+    /// Only these parts, comma-separated: text, image [default: both].
+    #[arg(long, value_delimiter = ',')]
+    pub parts: Vec<String>,
+    /// Folder searched first for the data sets.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -584,6 +615,17 @@ pub fn run(ctx: &Ctx, b: Bench) -> Result<()> {
                 command: ctx.command_line.clone(),
             };
             hypernet::run(&o, &mut |p| r.show(p))
+        }
+        Bench::Ignorance(a) => {
+            let o = ignorance::Options {
+                out: a.out,
+                seeds: a.seeds,
+                quick: a.quick,
+                parts: a.parts,
+                data_dir: a.data_dir,
+                command: ctx.command_line.clone(),
+            };
+            ignorance::run(&o, &mut |p| r.show(p))
         }
     };
     r.finish(res.map(drop))

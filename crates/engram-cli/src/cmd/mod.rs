@@ -8,6 +8,7 @@ pub mod convert;
 pub mod ctx;
 pub mod demo;
 pub mod diff;
+pub mod filter;
 pub mod hypernet;
 pub mod inspect;
 pub mod learn_report;

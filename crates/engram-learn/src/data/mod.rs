@@ -9,6 +9,8 @@ pub mod corrupt;
 pub mod fashion_mnist;
 pub mod mnist_digits;
 pub mod rand_source;
+pub mod shakespeare;
+pub mod text_filter;
 pub mod transform;
 
 use std::path::{Path, PathBuf};

@@ -6,6 +6,7 @@
 pub mod batchnorm;
 pub mod bn_cnn;
 pub mod calib;
+pub mod char_lm;
 pub mod cnn;
 pub mod conv;
 pub mod io;

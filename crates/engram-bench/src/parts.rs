@@ -1,0 +1,166 @@
+//! Studies in parts (`engram bench hypernet`, `engram bench ignorance`): what a part is
+//! given ([`Ctx`]), what it returns ([`PartOut`], its claims as [`Verdict`]s), and the one
+//! runner that checks the parts asked for, runs them, judges and commits `results.json` and
+//! the report in one switch ([`run_parts`]).
+
+use crate::Progress;
+use crate::machine::commit_report;
+use anyhow::{Result, bail};
+use engram_report::html::Page;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What a part is given.
+pub struct Ctx<'a> {
+    pub quick: bool,
+    /// The seeds asked for (`--seeds`), or None for the part's default.
+    pub seeds: Option<&'a [u64]>,
+    /// Where finished units of work are cached.
+    pub runs: PathBuf,
+    pub data_dir: Option<&'a Path>,
+}
+
+impl Ctx<'_> {
+    /// The seeds to run: those asked for, else `default` (`quick`: its first `quick_n`).
+    pub fn seeds_or(&self, default: &[u64], quick_n: usize) -> Vec<u64> {
+        match self.seeds {
+            Some(s) => s.to_vec(),
+            None if self.quick => default.iter().copied().take(quick_n).collect(),
+            None => default.to_vec(),
+        }
+    }
+}
+
+/// One claim of the card judged on this run's numbers (`holds`: None when it cannot be judged,
+/// e.g. one seed).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Verdict {
+    pub part: String,
+    pub claim: String,
+    pub holds: Option<bool>,
+    pub detail: String,
+}
+
+/// A part's results: its JSON (read by [`page`]), its verdicts, and text for stdout.
+pub struct PartOut {
+    pub results: Value,
+    pub verdicts: Vec<Verdict>,
+    pub text: String,
+}
+
+/// A study: its name in `results.json` (`engram_bench_<name>`), its card, its parts in order.
+pub struct Study<'a> {
+    pub name: &'a str,
+    pub card: &'a str,
+    pub parts: &'a [&'a str],
+}
+
+/// Runs one part by name.
+pub type PartFn<'a> = dyn FnMut(&str, &Ctx, &mut dyn FnMut(Progress)) -> Result<PartOut> + 'a;
+
+/// What the command line asked of a study.
+pub struct Asked<'a> {
+    pub out: PathBuf,
+    pub parts: &'a [String],
+    pub quick: bool,
+    pub seeds: &'a [u64],
+    pub data_dir: Option<&'a Path>,
+    pub command: &'a str,
+}
+
+/// Runs the parts asked for (all when none), each through `part`, in the study's order of
+/// asking; writes `results.json` (`engram_bench_<name>` 1, `command`, `quick`, `machine`,
+/// one object per part, `verdicts`, `wall_s`) and the page `render` makes of it.
+pub fn run_parts(
+    study: &Study,
+    asked: &Asked,
+    part: &mut PartFn,
+    render: fn(&Value) -> Result<String>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Value> {
+    let parts: Vec<String> = match asked.parts.is_empty() {
+        true => study.parts.iter().map(|s| s.to_string()).collect(),
+        false => asked.parts.to_vec(),
+    };
+    for p in &parts {
+        if !study.parts.contains(&p.as_str()) {
+            bail!(
+                "--parts: unknown part '{p}'; parts are {}",
+                study.parts.join(", ")
+            );
+        }
+    }
+    crate::machine::check_out_dir(&asked.out, "--out")?;
+    let runs = asked.out.join("runs");
+    std::fs::create_dir_all(&runs)?;
+    let cx = Ctx {
+        quick: asked.quick,
+        seeds: (!asked.seeds.is_empty()).then_some(asked.seeds),
+        runs,
+        data_dir: asked.data_dir,
+    };
+    let t0 = Instant::now();
+    let mut doc = json!({
+        "command": asked.command,
+        "quick": asked.quick,
+        "machine": crate::machine::describe(),
+    });
+    doc[format!("engram_bench_{}", study.name)] = json!(1);
+    let mut verdicts = Vec::new();
+    for p in &parts {
+        progress(Progress::Message(format!("{}: part {p}", study.name)));
+        let r = part(p, &cx, progress)?;
+        progress(Progress::Output(r.text));
+        doc[p.as_str()] = r.results;
+        verdicts.extend(r.verdicts);
+    }
+    doc["verdicts"] = serde_json::to_value(&verdicts)?;
+    doc["wall_s"] = json!(t0.elapsed().as_secs_f64());
+    progress(Progress::Output(render_claims(study.card, &verdicts)));
+    let html = render(&doc)?;
+    progress(Progress::Output(commit_report(&asked.out, &doc, &html)?));
+    Ok(doc)
+}
+
+/// Verdicts as text, under the name of the card they judge (shared with other studies).
+pub fn render_claims(card: &str, v: &[Verdict]) -> String {
+    let mut s = format!("\nclaims (card: {card})\n");
+    for x in v {
+        let h = match x.holds {
+            Some(true) => "holds",
+            Some(false) => "does not hold",
+            None => "not judged",
+        };
+        s += &format!("  [{}] {}: {h} ({})\n", x.part, x.claim, x.detail);
+    }
+    s
+}
+
+/// The table of the card's claims judged (`doc["verdicts"]`), when there are any (shared with
+/// other studies' pages).
+pub fn claims(p: &mut Page, doc: &Value) -> Result<()> {
+    let verdicts: Vec<Verdict> = serde_json::from_value(doc["verdicts"].clone())?;
+    if !verdicts.is_empty() {
+        p.heading("Claims");
+        let rows: Vec<Vec<String>> = verdicts
+            .iter()
+            .map(|v| {
+                vec![
+                    v.part.clone(),
+                    v.claim.clone(),
+                    match v.holds {
+                        Some(true) => "holds",
+                        Some(false) => "does not hold",
+                        None => "not judged",
+                    }
+                    .into(),
+                    v.detail.clone(),
+                ]
+            })
+            .collect();
+        p.table(&["part", "claim", "verdict", "measured"], &rows);
+    }
+    Ok(())
+}
