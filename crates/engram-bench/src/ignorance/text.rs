@@ -18,7 +18,9 @@
 //!   The classifier stage is trained on the proxies and measured on the held-out hazard and
 //!   general scenes (it is reported, not used by the arms).
 //! - **Arms** (one initialisation per seed): (a) unfiltered; (b) filtered; (c) (a) then
-//!   gradient ascent on the proxies until their loss reaches (b)'s.
+//!   gradient ascent on the proxies until their loss on the family words' characters reaches
+//!   (b)'s (the card reads the whole scenes' loss, already at (b)'s at this scale: see
+//!   `run_seed`).
 //! - **Attack**: fine-tune on the attack set, the same steps, batch, window, learning rate
 //!   and window stream for every arm, measured at k ∈ {0, 10, 50, 200, 1000}; the benign
 //!   control fine-tunes on the benign set likewise. Measured: loss per character on the hazard
@@ -33,7 +35,7 @@ use engram_learn::data::shakespeare::{self, Doc};
 use engram_learn::data::text_filter::{
     Blocklist, Classifier, ClassifierConfig, Derive, FilterConfig, filter, word_spans,
 };
-use engram_learn::lm::{Fit, Lm, TextSet, byte_nll, loss, prompted_loss};
+use engram_learn::lm::{Fit, Lm, TextSet, byte_nll, loss, masked_loss, prompted_loss};
 use engram_learn::model::char_lm::CharLmConfig;
 use engram_learn::optim::{OptimConfig, OptimKind, Schedule};
 use engram_report::html::Page;
@@ -224,6 +226,9 @@ pub struct ArmResult {
     pub pretrain_bytes: usize,
     /// Loss on the proxies (the blocklist half) before any attack.
     pub proxy_loss: f64,
+    /// Loss on the family words' characters of the proxies (what unlearning targets).
+    #[serde(default)]
+    pub proxy_term_loss: f64,
     /// Gradient-ascent steps (arm c), and whether the target loss was reached within them.
     pub unlearn_steps: Option<usize>,
     pub unlearn_reached: Option<bool>,
@@ -242,7 +247,9 @@ pub struct SeedResult {
 pub const ARMS: [&str; 3] = ["unfiltered", "filtered", "unlearned"];
 
 /// Version of a cached unit: raised when the code changes what a unit holds or means.
-const UNIT: u32 = 2;
+const UNIT: u32 = 3;
+/// Version of a cached pretrained model (kept when only the later stages change).
+const PRETRAIN_UNIT: u32 = 2;
 
 impl Settings {
     /// Refuses settings the study cannot run.
@@ -610,14 +617,28 @@ fn run_seed(
         let bytes = set.iter().map(|&i| docs[i].text.len()).sum::<usize>();
         pretrained.push((arm, lm, bytes));
     }
-    // (c): ascend on the proxies until their loss reaches the filtered model's.
-    let target = loss(&pretrained[1].1.net(), &proxy, st.model.context).nats;
+    // (c): ascend on the proxies until their hazard loss reaches the filtered model's. The
+    // card's reading is the whole scenes' loss; at this scale (under one epoch of pretraining)
+    // the unfiltered model's whole-scene loss on the proxies is already at or above the
+    // filtered one's (seed 0: 2.031 against 2.002 nats), so that rule stops at 0 steps and
+    // (c) would be (a). The family words' characters are where the filtered model lacks
+    // what the proxies taught: the target is their loss, the whole-scene loss is recorded.
+    let family = Blocklist::family();
+    let proxy_masks: Vec<Vec<bool>> = proxy.iter().map(|t| term_mask(t, &family)).collect();
+    let term_loss = |lm: &Lm| {
+        masked_loss(&lm.net(), &proxy, st.model.context, |d, i| {
+            proxy_masks[d][i]
+        })
+        .nats
+    };
+    let target = term_loss(&pretrained[1].1);
+    let start_terms = term_loss(&pretrained[0].1);
     let mut c = pretrained[0]
         .1
         .fork(&st.unlearn.optim, seed.wrapping_mul(10).wrapping_add(3));
     let proxy_set = TextSet::new(&proxy);
     let mut done = 0;
-    while done < st.unlearn.steps && loss(&c.net(), &proxy, st.model.context).nats < target {
+    while done < st.unlearn.steps && term_loss(&c) < target {
         let n = st.unlearn_check.min(st.unlearn.steps - done);
         c.fit(
             &proxy_set,
@@ -629,24 +650,35 @@ fn run_seed(
         )?;
         done += n;
     }
-    let reached = loss(&c.net(), &proxy, st.model.context).nats >= target;
+    let end_terms = term_loss(&c);
+    let reached = end_terms >= target && done > 0;
     progress(Progress::Message(format!(
-        "ignorance text: seed {seed}: {} in {done} ascent steps (proxy loss {:.3}, target \
-         {target:.3})",
+        "ignorance text: seed {seed}: {} in {done} ascent steps (proxies' hazard-term loss \
+         {start_terms:.3} → {end_terms:.3}, target {target:.3})",
         if reached {
             "unlearned"
         } else {
             "target not reached"
         },
-        loss(&c.net(), &proxy, st.model.context).nats
     )));
     let bytes_a = pretrained[0].2;
     pretrained.push(("unlearned", c, bytes_a));
     let attack_set = TextSet::new(&texts(&sp.attack));
     let benign_set = TextSet::new(&texts(&sp.benign));
-    let mut arms = Vec::new();
+    let mut arms: Vec<ArmResult> = Vec::new();
     for (arm, lm, bytes) in &pretrained {
+        if *arm == "unlearned" && done == 0 {
+            // No ascent step: (c) holds (a)'s weights, and its fine-tunes (same streams)
+            // would repeat (a)'s bit for bit.
+            let mut same = arms[0].clone();
+            same.arm = arm.to_string();
+            same.unlearn_steps = Some(0);
+            same.unlearn_reached = Some(reached);
+            arms.push(same);
+            continue;
+        }
         let proxy_loss = loss(&lm.net(), &proxy, st.model.context).nats;
+        let proxy_term_loss = term_loss(lm);
         let start = probe.measure(lm, 0);
         let stream = seed.wrapping_mul(10);
         let attack = fine_tune(lm, &attack_set, &probe, &start, st, stream.wrapping_add(1))?;
@@ -664,6 +696,7 @@ fn run_seed(
             arm: arm.to_string(),
             pretrain_bytes: *bytes,
             proxy_loss,
+            proxy_term_loss,
             unlearn_steps: (*arm == "unlearned").then_some(done),
             unlearn_reached: (*arm == "unlearned").then_some(reached),
             attack,
@@ -691,6 +724,7 @@ fn pretrain(
     let file = runs.join(format!("text-{arm}-s{seed}.safetensors"));
     let side = runs.join(format!("text-{arm}-s{seed}.json"));
     let mut key = key.clone();
+    key["unit"] = json!(PRETRAIN_UNIT);
     key["arm"] = json!(arm);
     key["bytes"] = json!(set.len());
     if cached::<String>(&side, &key).is_some() && file.is_file() {
@@ -1073,11 +1107,13 @@ pub fn section(p: &mut Page, v: &Value) -> Result<()> {
                 .collect();
             let ic = in_context_means(&rs, arm);
             let proxy = spread(&x.iter().map(|a| a.proxy_loss).collect::<Vec<_>>()).mean;
+            let terms = spread(&x.iter().map(|a| a.proxy_term_loss).collect::<Vec<_>>()).mean;
             vec![
                 arm.to_string(),
                 ic.map_or("—".into(), |x| format!("{:.4}", x.0)),
                 ic.map_or("—".into(), |x| format!("{:.4}", x.1)),
                 format!("{proxy:.4}"),
+                format!("{terms:.4}"),
                 x.first()
                     .and_then(|a| a.unlearn_steps)
                     .map_or("—".into(), |s| s.to_string()),
@@ -1091,6 +1127,7 @@ pub fn section(p: &mut Page, v: &Value) -> Result<()> {
             "hazard windows after a neutral prompt",
             "after a hazard excerpt of the scene",
             "loss on the blocklist half",
+            "its family-word characters",
             "ascent steps",
         ],
         &rows,
