@@ -164,3 +164,22 @@ pub fn claims(p: &mut Page, doc: &Value) -> Result<()> {
     }
     Ok(())
 }
+
+/// A study's page as far as its parts' sections: the title, the card, the command, the time
+/// (and a word on quick mode), then the claims judged.
+pub fn page(title: &str, card: &str, doc: &Value) -> Result<Page> {
+    let mut p = Page::new(title);
+    let quick = doc["quick"].as_bool().unwrap_or(false);
+    p.para(&format!(
+        "Card: {card}. Command: {}. {:.0} s.{}",
+        doc["command"].as_str().unwrap_or(""),
+        doc["wall_s"].as_f64().unwrap_or(0.0),
+        if quick {
+            " Quick mode: a smoke check, not the benchmark's numbers."
+        } else {
+            ""
+        }
+    ));
+    claims(&mut p, doc)?;
+    Ok(p)
+}
