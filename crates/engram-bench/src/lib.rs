@@ -17,12 +17,15 @@
 //!
 //! - [`hypernet`]: networks that write networks (hypernetworks, HY-WU, KNOW);
 //! - [`ignorance`]: knowledge that never enters the weights (Deep Ignorance's filtering and
-//!   tamper tests).
+//!   tamper tests);
+//! - [`binary`]: binary-weight continual learning in field space, and the Ker-VLJEPA parts
+//!   (whitening, a freeze-and-anchor curriculum, per-class thresholds) (B12).
 //!
 //! Shared parts: [`parts`] (studies in parts: context, claims, the one runner), [`machine`] (what the machine is, medians and spreads, peak memory, files),
 //! [`synthetic`] (the synthetic model families the weight-space benchmarks measure on) and
 //! [`units`] (counts and sizes as people write and read them).
 
+pub mod binary;
 pub mod cil;
 pub mod cl;
 pub mod compress;

@@ -5,7 +5,7 @@
 
 use crate::Progress;
 use crate::machine::commit_report;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use engram_report::html::Page;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -30,6 +30,37 @@ impl Ctx<'_> {
             None if self.quick => default.iter().copied().take(quick_n).collect(),
             None => default.to_vec(),
         }
+    }
+}
+
+impl Ctx<'_> {
+    /// Each seed's unit of work of part `part`: read back from `runs/<part>-seed<seed>.json`
+    /// when its key (`unit`, the part's `settings`, the seed) is equal, else made by `make`
+    /// and stored there.
+    pub fn per_seed<T: Serialize + serde::de::DeserializeOwned>(
+        &self,
+        part: &str,
+        unit: u32,
+        settings: &impl Serialize,
+        seeds: &[u64],
+        mut make: impl FnMut(u64) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        if seeds.is_empty() {
+            bail!("{part}: no seeds to run");
+        }
+        let mut out = Vec::with_capacity(seeds.len());
+        for &seed in seeds {
+            let path = self.runs.join(format!("{part}-seed{seed}.json"));
+            let key = json!({"unit": unit, "settings": settings, "seed": seed});
+            if let Some(r) = crate::machine::cached::<T>(&path, &key) {
+                out.push(r);
+                continue;
+            }
+            let r = make(seed).with_context(|| format!("{part} seed {seed}"))?;
+            crate::machine::store(&path, &key, &r)?;
+            out.push(r);
+        }
+        Ok(out)
     }
 }
 
@@ -60,14 +91,33 @@ pub struct Study<'a> {
 /// Runs one part by name.
 pub type PartFn<'a> = dyn FnMut(&str, &Ctx, &mut dyn FnMut(Progress)) -> Result<PartOut> + 'a;
 
-/// What the command line asked of a study.
-pub struct Asked<'a> {
-    pub out: PathBuf,
-    pub parts: &'a [String],
+/// What the command line asked of a study in parts (`engram bench hypernet`, `ignorance`,
+/// `binary`).
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Output folder (default `bench-out/<study>`, or `bench-out/<study>-quick`).
+    pub out: Option<PathBuf>,
+    /// Seeds (default: each part's own; `quick`: fewer).
+    pub seeds: Vec<u64>,
+    /// Small data and short training: the pipeline end to end, not the study's numbers.
     pub quick: bool,
-    pub seeds: &'a [u64],
-    pub data_dir: Option<&'a Path>,
-    pub command: &'a str,
+    /// Parts to run (default all).
+    pub parts: Vec<String>,
+    pub data_dir: Option<PathBuf>,
+    /// The command line, recorded.
+    pub command: String,
+}
+
+impl Options {
+    /// The output folder: the one asked for, else `bench-out/<study>` (`-quick` in quick mode).
+    pub fn out(&self, study: &str) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| {
+            PathBuf::from(match self.quick {
+                true => format!("bench-out/{study}-quick"),
+                false => format!("bench-out/{study}"),
+            })
+        })
+    }
 }
 
 /// Runs the parts asked for (all when none), each through `part`, in the study's order of
@@ -75,11 +125,12 @@ pub struct Asked<'a> {
 /// one object per part, `verdicts`, `wall_s`) and the page `render` makes of it.
 pub fn run_parts(
     study: &Study,
-    asked: &Asked,
+    asked: &Options,
     part: &mut PartFn,
     render: fn(&Value) -> Result<String>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Value> {
+    let out = asked.out(study.name);
     let parts: Vec<String> = match asked.parts.is_empty() {
         true => study.parts.iter().map(|s| s.to_string()).collect(),
         false => asked.parts.to_vec(),
@@ -92,18 +143,18 @@ pub fn run_parts(
             );
         }
     }
-    crate::machine::check_out_dir(&asked.out, "--out")?;
-    let runs = asked.out.join("runs");
+    crate::machine::check_out_dir(&out, "--out")?;
+    let runs = out.join("runs");
     std::fs::create_dir_all(&runs)?;
     let cx = Ctx {
         quick: asked.quick,
-        seeds: (!asked.seeds.is_empty()).then_some(asked.seeds),
+        seeds: (!asked.seeds.is_empty()).then_some(asked.seeds.as_slice()),
         runs,
-        data_dir: asked.data_dir,
+        data_dir: asked.data_dir.as_deref(),
     };
     let t0 = Instant::now();
     let mut doc = json!({
-        "command": asked.command,
+        "command": &asked.command,
         "quick": asked.quick,
         "machine": crate::machine::describe(),
     });
@@ -120,7 +171,7 @@ pub fn run_parts(
     doc["wall_s"] = json!(t0.elapsed().as_secs_f64());
     progress(Progress::Output(render_claims(study.card, &verdicts)));
     let html = render(&doc)?;
-    progress(Progress::Output(commit_report(&asked.out, &doc, &html)?));
+    progress(Progress::Output(commit_report(&out, &doc, &html)?));
     Ok(doc)
 }
 

@@ -1,6 +1,7 @@
 //! Strings that come from outside (task names, tensor names, metadata) where they meet the
 //! file system or a terminal: one check for a string used as a file or folder name, one
-//! escape for text printed to a terminal.
+//! escape for text printed to a terminal; and the one matcher of tensor names against `*`
+//! patterns.
 
 use crate::error::{Error, Result};
 use std::borrow::Cow;
@@ -54,6 +55,35 @@ pub fn esc(s: &str) -> Cow<'_, str> {
             })
             .collect(),
     )
+}
+
+/// Whether the tensor or parameter name `name` matches the anchored glob `pattern`: `*`
+/// matches any run of characters (dots included), every other character matches itself, and
+/// the whole name must match (`enc.*` a prefix, `*.bias` a suffix, `*.lora_A.*` a part, a
+/// pattern without `*` exactly that name). Callers that give a pattern without `*` another
+/// meaning (a prefix, a substring) say so and decide it before calling.
+pub fn glob(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let mut parts: Vec<&str> = parts.collect();
+    let Some(last) = parts.pop() else {
+        return rest.is_empty();
+    };
+    let Some(mut rest) = rest.strip_suffix(last) else {
+        return false;
+    };
+    // Each middle part at its leftmost place inside what the two ends leave: taking the
+    // earliest match leaves the most room for the parts after it.
+    for p in parts {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 /// The characters [`esc`] escapes (JSON writers escape them in their own syntax).
@@ -121,6 +151,47 @@ mod tests {
             let e = plain_name("task name", bad).unwrap_err().to_string();
             assert!(e.contains("task name") && e.contains(why), "{bad:?}: {e}");
         }
+    }
+
+    /// The obvious slow matcher: `*` tries every split of the rest of the name.
+    fn slow(p: &[u8], n: &[u8]) -> bool {
+        match p.split_first() {
+            None => n.is_empty(),
+            Some((b'*', rest)) => (0..=n.len()).any(|k| slow(rest, &n[k..])),
+            Some((c, rest)) => n.first() == Some(c) && slow(rest, &n[1..]),
+        }
+    }
+
+    /// Every string of length up to `max` over `alphabet`.
+    fn strings(alphabet: &[char], max: usize) -> Vec<String> {
+        let mut all = vec![String::new()];
+        let mut last = all.clone();
+        for _ in 0..max {
+            last = last
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            all.extend(last.iter().cloned());
+        }
+        all
+    }
+
+    #[test]
+    fn glob_agrees_with_the_slow_matcher() {
+        // Every pattern up to 5 characters over {a, b, ., *} against every name up to 6 over
+        // {a, b, .}: overlapping parts, repeated stars, empty names and parts.
+        let names = strings(&['a', 'b', '.'], 6);
+        for p in strings(&['a', 'b', '.', '*'], 5) {
+            for n in &names {
+                assert_eq!(glob(&p, n), slow(p.as_bytes(), n.as_bytes()), "{p:?} {n:?}");
+            }
+        }
+        // Tensor names, and characters outside ASCII.
+        assert!(glob("enc.*", "enc.0.w") && !glob("enc.*", "dec.enc.0.w"));
+        assert!(glob("*.lora_A.*", "l.0.lora_A.weight") && !glob("*.lora_A.*", "lora_A.w"));
+        assert!(glob("l.*.w", "l.1.2.w") && !glob("l.*.w", "l.1.b"));
+        assert!(glob("a.b", "a.b") && !glob("a", "a.b") && !glob("a.b", "a.bc"));
+        assert!(glob("é*ü", "é.ü") && glob("*ü", "ü") && !glob("é*ü", "éü.x"));
     }
 
     #[test]

@@ -29,7 +29,8 @@ enum Command {
     /// Compare two checkpoints tensor by tensor.
     Diff(cmd::diff::Args),
     /// Spectral analysis of every weight matrix: singular values, condition number κ,
-    /// effective rank, norms; LIFT principal-weight masks.
+    /// effective rank, norms; LIFT principal-weight masks; `--embeddings NAME`: the
+    /// anisotropy of an embedding matrix.
     Analyze(cmd::analyze::Args),
     /// Change dtype and sharding of a checkpoint.
     Convert(cmd::convert::Args),
@@ -74,6 +75,11 @@ enum Command {
     /// Pretraining-data filtering (Deep Ignorance): a blocklist stage and a classifier stage
     /// remove hazardous documents from a text corpus; writes the kept documents and a report.
     Filter(cmd::filter::Args),
+    /// PCA whitening of an embedding matrix (Ker-VLJEPA): fit on the training rows or apply a
+    /// stored transform; the anisotropy before and after.
+    Whiten(cmd::whiten::Args),
+    /// Graft named tensors of checkpoint A into checkpoint B (byte copies; checkpoint surgery).
+    Graft(cmd::graft::Args),
     /// Compress fine-tunes into one bundle: base, merged vector, a bit mask per task.
     Compress(cmd::compress::Args),
     /// Rebuild one task's model from a bundle written by `engram compress`.
@@ -114,6 +120,8 @@ fn main() {
         Command::Consensus(a) => cmd::consensus::run(&ctx, a),
         Command::Nowcast(a) => cmd::nowcast::run(&ctx, a),
         Command::Filter(a) => cmd::filter::run(&ctx, a),
+        Command::Whiten(a) => cmd::whiten::run(&ctx, a),
+        Command::Graft(a) => cmd::graft::run(&ctx, a),
         Command::Compress(a) => cmd::compress::run(&ctx, a),
         Command::Extract(a) => cmd::compress::run_extract(&ctx, a),
         Command::Patch(p) => cmd::patch::run(&ctx, p),

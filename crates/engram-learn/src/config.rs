@@ -1,10 +1,13 @@
 //! Run files (`engram train --config run.toml`): scenario, model, strategy and its parameters,
-//! optimizer, epochs, seed. Unknown keys and impossible values are errors that name them.
+//! optimizer, epochs, seed; or a curriculum of phases ([`CurriculumConfig`]). Unknown keys
+//! and impossible values are errors that name them.
 
 use crate::model::ModelConfig;
 use crate::scenario::ScenarioConfig;
 use crate::strategy::finite;
+use crate::strategy::parts::fisher::Estimator;
 use crate::train::TrainConfig;
+use crate::train::trainer::MAX_EPOCHS;
 use crate::{Result, err};
 use serde_json::Value;
 
@@ -119,6 +122,305 @@ impl RunConfig {
                 "{}-{}-{}-seed{}",
                 self.strategy.name, self.scenario.kind, self.scenario.dataset, self.seed
             )
+        })
+    }
+}
+
+/// A run file as `engram train` reads it: one continual-learning run, or a curriculum of
+/// phases (a file with `[[phase]]` tables, see [`CurriculumConfig`]).
+#[derive(Clone, Debug)]
+pub enum RunFile {
+    Run(Box<RunConfig>),
+    Curriculum(Box<CurriculumConfig>),
+}
+
+impl RunFile {
+    /// Reads a run file: a curriculum when it has a top-level `phase` key, else a run (read
+    /// exactly as [`RunConfig::parse_toml`] reads it).
+    pub fn parse_toml(text: &str) -> Result<RunFile> {
+        let phases = toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key("phase"));
+        match phases {
+            true => CurriculumConfig::parse_toml(text).map(|c| RunFile::Curriculum(Box::new(c))),
+            false => RunConfig::parse_toml(text).map(|c| RunFile::Run(Box::new(c))),
+        }
+    }
+}
+
+/// Most phases a curriculum may have (the accuracy matrix is phases × phases).
+pub const MAX_PHASES: usize = 1000;
+
+/// A curriculum (`[[phase]]`): one model trained through phases in order, each phase on its
+/// own scenario with its own frozen tensors, learning rate, epochs and an optional anchor to
+/// the weights at the end of the phase before. Phases replace the top-level `[scenario]`,
+/// `[strategy]` and `[start]` of a run file; `[model]` and `[train]` (batch size, optimizer,
+/// epochs and learning rate unless a phase sets its own) serve every phase.
+///
+/// ```toml
+/// seed = 0
+/// [model]
+/// kind = "mlp"
+/// hidden = [64]
+/// [[phase]]
+/// name = "a"
+/// scenario = { kind = "joint", dataset = "fashion-mnist" }
+/// epochs = 2
+/// [[phase]]
+/// name = "b"
+/// scenario = { kind = "joint", dataset = "mnist" }
+/// lr = 1e-4
+/// freeze = ["fc.0.*"]
+/// anchor = { kind = "l2", lambda = 100.0 }
+/// ```
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CurriculumConfig {
+    /// Name of the run, also its folder's (default: `curriculum-<phase names>-seed<seed>`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The fresh network's seed, and every phase's batch order.
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub train: TrainConfig,
+    #[serde(rename = "phase")]
+    pub phases: Vec<PhaseConfig>,
+}
+
+/// One `[[phase]]`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PhaseConfig {
+    /// Unique among the phases; also the file name of the phase's weights.
+    pub name: String,
+    /// The phase's data: a scenario table as a run file's `[scenario]`; the phase trains
+    /// through every task of it.
+    pub scenario: ScenarioConfig,
+    /// Epochs per task of the phase's scenario (default: `train.epochs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<usize>,
+    /// Learning rate (default: `train.optimizer.lr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    /// Name patterns of the tensors held fixed (`layers.0.*`, `*.bias`; a pattern without
+    /// `*` is a name prefix, `fc.0.`); each must match a parameter of the model.
+    #[serde(default)]
+    pub freeze: Vec<String>,
+    /// Pulls the weights toward those at the end of the phase before (not on the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<AnchorConfig>,
+}
+
+/// A phase's `anchor`: (λ/2)·Σ_i w_i·(θ_i − θ*_i)² added to its loss, θ* the weights at the
+/// end of the phase before, in the half convention of the l2 and ewc strategies (gradient
+/// λ·w·(θ − θ*); a paper writing λ·‖θ − θ*‖² means λ_engram = 2·λ_paper).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum AnchorConfig {
+    /// w ≡ 1.
+    L2(L2Anchor),
+    /// w the diagonal Fisher of θ* on the phase before's training data (the mean over its
+    /// tasks of each task's Fisher, `strategy/parts/fisher.rs`).
+    Ewc(EwcAnchor),
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct L2Anchor {
+    pub lambda: f64,
+    /// Name patterns of the anchored tensors (empty: every tensor not frozen).
+    #[serde(default)]
+    pub params: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EwcAnchor {
+    pub lambda: f64,
+    /// The Fisher estimator (as the ewc strategy's `fisher`; default exact).
+    #[serde(default = "default_fisher")]
+    pub fisher: Estimator,
+    /// Training examples of each task of the phase before that the Fisher is estimated on
+    /// (default 1000).
+    #[serde(default = "default_fisher_samples")]
+    pub fisher_samples: usize,
+    /// Rows per Fisher pass (default 128).
+    #[serde(default = "default_fisher_batch")]
+    pub fisher_batch: usize,
+    #[serde(default)]
+    pub params: Vec<String>,
+}
+
+fn default_fisher() -> Estimator {
+    Estimator::Exact
+}
+fn default_fisher_samples() -> usize {
+    1000
+}
+fn default_fisher_batch() -> usize {
+    128
+}
+
+impl AnchorConfig {
+    pub fn lambda(&self) -> f64 {
+        match self {
+            AnchorConfig::L2(a) => a.lambda,
+            AnchorConfig::Ewc(a) => a.lambda,
+        }
+    }
+
+    /// The anchored tensors' name patterns (empty: all).
+    pub fn params(&self) -> &[String] {
+        match self {
+            AnchorConfig::L2(a) => &a.params,
+            AnchorConfig::Ewc(a) => &a.params,
+        }
+    }
+}
+
+impl CurriculumConfig {
+    /// Reads a curriculum run file and checks it ([`CurriculumConfig::validate`]).
+    pub fn parse_toml(text: &str) -> Result<CurriculumConfig> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| err!("{e}"))?;
+        for (key, why) in [
+            ("scenario", "each phase names its own scenario"),
+            ("strategy", "phases train with their own freeze and anchor"),
+            ("start", "a curriculum starts from a fresh network"),
+        ] {
+            if table.contains_key(key) {
+                return Err(err!(
+                    "a run file with [[phase]] has no top-level `{key}`: {why}"
+                ));
+            }
+        }
+        let cfg: CurriculumConfig = toml::from_str(text).map_err(|e| err!("{e}"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every setting that does not need the data, with messages naming the phase
+    /// (`phase[1] 'b'`) and the key. Freeze and anchor patterns are checked against the
+    /// model's parameter names once it is built (`curriculum`).
+    pub fn validate(&self) -> Result<()> {
+        if self.phases.is_empty() {
+            return Err("phase: a curriculum needs at least one [[phase]]".into());
+        }
+        if self.phases.len() > MAX_PHASES {
+            return Err(err!(
+                "phase: {} phases are more than the limit of {MAX_PHASES}",
+                self.phases.len()
+            ));
+        }
+        self.model.check()?;
+        if self.train.first_task_epochs.is_some() {
+            return Err(
+                "train.first-task-epochs has no effect in a curriculum: set a phase's epochs"
+                    .into(),
+            );
+        }
+        self.train.validate()?;
+        let mut seen = std::collections::BTreeSet::new();
+        for (k, p) in self.phases.iter().enumerate() {
+            engram_ckpt::names::plain_name(&format!("phase[{k}].name"), &p.name)?;
+            if !seen.insert(p.name.as_str()) {
+                return Err(err!(
+                    "phase[{k}].name '{}' is the name of an earlier phase",
+                    p.name
+                ));
+            }
+            let at = format!("phase[{k}] '{}'", p.name);
+            finite(&format!("phase[{k}].scenario"), &p.scenario.params)?;
+            p.scenario.check().map_err(|e| err!("{at}: {e}"))?;
+            match p.epochs {
+                Some(_) if self.train.iterations.is_some() => {
+                    return Err(err!(
+                        "{at}: epochs has no effect when train.iterations is set; remove one"
+                    ));
+                }
+                Some(e) if e == 0 || e > MAX_EPOCHS => {
+                    return Err(err!("{at}: epochs = {e} must be in [1, {MAX_EPOCHS}]"));
+                }
+                _ => {}
+            }
+            if let Some(lr) = p.lr.filter(|lr| !(lr.is_finite() && *lr > 0.0)) {
+                return Err(err!("{at}: lr = {lr} must be a positive finite number"));
+            }
+            self.phase_train(k)?
+                .validate()
+                .map_err(|e| err!("{at}: {e}"))?;
+            if let Some(i) = p.freeze.iter().position(String::is_empty) {
+                return Err(err!("{at}: freeze[{i}] is empty"));
+            }
+            let Some(a) = &p.anchor else { continue };
+            if k == 0 {
+                return Err(err!(
+                    "{at}: anchor on the first phase: there is no phase before it to anchor to"
+                ));
+            }
+            let lambda = a.lambda();
+            if !(lambda.is_finite() && lambda >= 0.0) {
+                return Err(err!(
+                    "{at}: anchor.lambda = {lambda} must be a finite number >= 0"
+                ));
+            }
+            if let Some(i) = a.params().iter().position(String::is_empty) {
+                return Err(err!("{at}: anchor.params[{i}] is empty"));
+            }
+            if let AnchorConfig::Ewc(e) = a {
+                if e.fisher_samples == 0 {
+                    return Err(err!("{at}: anchor.fisher-samples must be at least 1"));
+                }
+                if e.fisher_batch == 0 {
+                    return Err(err!("{at}: anchor.fisher-batch must be at least 1"));
+                }
+            }
+        }
+        Ok(engram_ckpt::names::plain_name("name", &self.run_name())?)
+    }
+
+    /// The training settings of phase `k`: `[train]` with the phase's epochs and learning
+    /// rate.
+    pub fn phase_train(&self, k: usize) -> Result<TrainConfig> {
+        let p = self
+            .phases
+            .get(k)
+            .ok_or_else(|| err!("no phase {k} in a curriculum of {}", self.phases.len()))?;
+        let mut t = self.train.clone();
+        if let Some(e) = p.epochs {
+            t.epochs = e;
+        }
+        if let Some(lr) = p.lr {
+            t.optimizer.lr = lr;
+        }
+        Ok(t)
+    }
+
+    /// The run file with every default filled in (the name, each phase's scenario, epochs
+    /// and learning rate): what results.json records.
+    pub fn normalized(&self) -> Result<CurriculumConfig> {
+        let mut phases = Vec::with_capacity(self.phases.len());
+        for (k, p) in self.phases.iter().enumerate() {
+            let t = self.phase_train(k)?;
+            phases.push(PhaseConfig {
+                scenario: p.scenario.normalized()?,
+                epochs: self.train.iterations.is_none().then_some(t.epochs),
+                lr: Some(t.optimizer.lr),
+                ..p.clone()
+            });
+        }
+        Ok(CurriculumConfig {
+            name: Some(self.run_name()),
+            phases,
+            ..self.clone()
+        })
+    }
+
+    /// The run's name, also its folder's name (checked by [`CurriculumConfig::validate`]).
+    pub fn run_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            let names: Vec<&str> = self.phases.iter().map(|p| p.name.as_str()).collect();
+            format!("curriculum-{}-seed{}", names.join("-"), self.seed)
         })
     }
 }

@@ -50,6 +50,32 @@ pub fn values_accuracy(
     task_accuracy(&net, s, task, part, &device, 1000)
 }
 
+/// Penultimate features (what the head reads) of every example of `ds` for the network
+/// `model` holding `values` (built with `ds.num_classes` outputs), on host: n × feature
+/// width, and the width. Batches of 1000. Studies that measure the geometry of a network's
+/// features (whitening in `engram bench binary`) read them here.
+pub fn values_features(
+    model: &ModelConfig,
+    values: &BTreeMap<String, Vec<f32>>,
+    ds: &crate::data::Dataset,
+) -> Result<(Vec<f32>, usize)> {
+    let device = Device::flex();
+    let net = model.build(ds.dim, ds.image, ds.num_classes, &device)?;
+    let net = load_params(net, values)?;
+    let (mut out, mut width) = (Vec::new(), 0);
+    for rows in ds.x.chunks(1000 * ds.dim.max(1)) {
+        let n = rows.len() / ds.dim.max(1);
+        let x = Tensor::<2>::from_data(TensorData::new(rows.to_vec(), [n, ds.dim]), &device);
+        let f = net.features(x);
+        width = f.dims()[1];
+        out.extend(crate::backend::host(f));
+    }
+    if out.is_empty() {
+        return Err(err!("{}: no examples to read features of", ds.name));
+    }
+    Ok((out, width))
+}
+
 /// The shape of every parameter of `model` built for the scenario's data, by name.
 pub fn param_shapes(model: &ModelConfig, s: &Scenario) -> Result<BTreeMap<String, Vec<usize>>> {
     let device = Device::flex();

@@ -214,6 +214,45 @@ pub fn byte_nll(net: &CharLm, text: &[u8], window: usize) -> Vec<f32> {
     out
 }
 
+/// The final hidden state averaged over the positions of each text (its first `context`
+/// bytes; texts must not be empty): n × model width on host, and the width. Texts of one
+/// length share a forward pass. The sentence embeddings whose anisotropy `engram bench
+/// binary` measures (card: Ker-VLJEPA parts).
+pub fn mean_hidden<S: AsRef<str>>(net: &CharLm, texts: &[S]) -> Result<(Vec<f32>, usize)> {
+    let rows: Vec<&[u8]> = texts
+        .iter()
+        .map(|t| {
+            let b = t.as_ref().as_bytes();
+            &b[..b.len().min(net.context())]
+        })
+        .collect();
+    if let Some(i) = rows.iter().position(|r| r.is_empty()) {
+        return Err(err!("mean hidden state: text {i} is empty"));
+    }
+    let device = Device::flex();
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| (rows[i].len(), i));
+    let mut by_text: Vec<Vec<f32>> = vec![Vec::new(); rows.len()];
+    let mut width = 0;
+    for group in order.chunk_by(|&a, &b| rows[a].len() == rows[b].len()) {
+        for ids in group.chunks(EVAL_BATCH) {
+            let s = rows[ids[0]].len();
+            let x: Vec<i64> = ids
+                .iter()
+                .flat_map(|&i| rows[i].iter().map(|&c| c as i64))
+                .collect();
+            let x = Tensor::<2, Int>::from_data(TensorData::new(x, [ids.len(), s]), &device);
+            let h = net.hidden(x).mean_dim(1);
+            width = h.dims()[2];
+            let h = crate::backend::host(h);
+            for (k, &i) in ids.iter().enumerate() {
+                by_text[i] = h[k * width..(k + 1) * width].to_vec();
+            }
+        }
+    }
+    Ok((by_text.concat(), width))
+}
+
 /// Nats per character over `docs`, every byte after each document's first.
 pub fn loss<S: AsRef<str>>(net: &CharLm, docs: &[S], window: usize) -> Loss {
     masked_loss(net, docs, window, |_, _| true)
@@ -311,6 +350,24 @@ mod tests {
     }
 
     const TEXT: &str = "the quick brown fox jumps over the lazy dog. ";
+
+    /// Texts batched by length give each text's own mean hidden state, in the texts' order;
+    /// an empty text is refused.
+    #[test]
+    fn mean_hidden_states_are_per_text_whatever_the_batching() {
+        let lm = Lm::new(tiny(), &OptimConfig::new(OptimKind::Adam, 1e-3), 3).unwrap();
+        let texts = ["to be", "or not", "to be!", "x", &TEXT.repeat(3)];
+        let (all, w) = mean_hidden(&lm.net(), &texts).unwrap();
+        assert_eq!((w, all.len()), (32, 5 * 32));
+        for (i, t) in texts.iter().enumerate() {
+            let (one, _) = mean_hidden(&lm.net(), &[t]).unwrap();
+            for (a, b) in one.iter().zip(&all[i * w..(i + 1) * w]) {
+                assert!((a - b).abs() < 1e-5, "text {i}: {a} vs {b}");
+            }
+        }
+        assert_ne!(all[..w], all[w..2 * w]);
+        assert!(mean_hidden(&lm.net(), &["a", ""]).is_err());
+    }
 
     #[test]
     fn descent_learns_a_text_and_ascent_unlearns_it() {

@@ -8,7 +8,8 @@
 //! Indexing: the formulas in the card count tasks from 1; this API counts from 0. Row `k` of
 //! the matrix is "after training task k" (tasks 0..=k seen), column `i` is "evaluated on
 //! task i". All accuracies and derived metrics are in percent, ECE included (100 × the
-//! fraction), as the card says.
+//! fraction), as the card says. The multi-label F1 scores at the end are the exception:
+//! fractions in [0, 1], as the multi-label literature reports them (Ker-VLJEPA's 0.429).
 
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +61,26 @@ pub enum MetricsError {
     EmptyMask,
     #[error("class {class} is outside 0..{classes}")]
     BadClass { class: usize, classes: usize },
+    #[error("{scores} scores do not split into rows of {classes} classes")]
+    ScoreShape { scores: usize, classes: usize },
+    #[error("{labels} multi-hot labels for {scores} scores (one label per sample and class)")]
+    MultiLabelCount { labels: usize, scores: usize },
+    #[error("multi-hot label {value} of sample {sample}, class {class} is not 0 or 1")]
+    BadMultiLabel {
+        sample: usize,
+        class: usize,
+        value: u8,
+    },
+    #[error("score {value} of sample {sample}, class {class} is not finite")]
+    NonFiniteScore {
+        sample: usize,
+        class: usize,
+        value: f32,
+    },
+    #[error("{thresholds} thresholds for {classes} classes (one per class)")]
+    ThresholdCount { thresholds: usize, classes: usize },
+    #[error("threshold of class {class} is NaN")]
+    NanThreshold { class: usize },
 }
 
 fn check_percent(v: f64) -> bool {
@@ -652,6 +673,212 @@ pub fn ece_from_logits(
     ece(&confidence_pairs(logits, classes, labels, mask)?)
 }
 
+// ---------------------------------------------------------------------------------------
+// Multi-label F1 and per-class decision thresholds (Ker-VLJEPA's step 5, card
+// `methods/robustness_safety.md`, "Ker-VLJEPA parts"). Scores are row-major, samples ×
+// classes; labels are multi-hot (0 or 1) in the same layout; a sample is predicted positive
+// for class c when its score is ≥ the class's threshold.
+
+/// F1 of a multi-label prediction, fractions in [0, 1].
+///
+/// Per class: F1_c = 2·TP/(2·TP + FP + FN). A class with no positives and no predicted
+/// positives (TP + FP + FN = 0) scores 0, scikit-learn's `zero_division=0` convention, and
+/// still counts in the macro average. Macro-F1 is the unweighted mean of the per-class F1;
+/// micro-F1 is F1 of the counts pooled over all classes (0 when they are all 0).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MultiLabelF1 {
+    pub per_class: Vec<f64>,
+    pub macro_f1: f64,
+    pub micro_f1: f64,
+}
+
+/// True positives, false positives and false negatives of one class (or pooled).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counts {
+    tp: u64,
+    fp: u64,
+    fn_: u64,
+}
+
+impl Counts {
+    /// F1 as the exact fraction (2·TP, 2·TP + FP + FN); (0, 1) when nothing is positive.
+    fn ratio(&self) -> (u128, u128) {
+        let den = 2 * self.tp as u128 + self.fp as u128 + self.fn_ as u128;
+        if den == 0 {
+            (0, 1)
+        } else {
+            (2 * self.tp as u128, den)
+        }
+    }
+
+    fn f1(&self) -> f64 {
+        let (n, d) = self.ratio();
+        n as f64 / d as f64
+    }
+}
+
+/// Checks scores and multi-hot labels (shape, finiteness, 0/1) and returns the sample count.
+fn check_multilabel(scores: &[f32], labels: &[u8], classes: usize) -> Result<usize, MetricsError> {
+    if classes == 0 || !scores.len().is_multiple_of(classes) {
+        return Err(MetricsError::ScoreShape {
+            scores: scores.len(),
+            classes,
+        });
+    }
+    if labels.len() != scores.len() {
+        return Err(MetricsError::MultiLabelCount {
+            labels: labels.len(),
+            scores: scores.len(),
+        });
+    }
+    if scores.is_empty() {
+        return Err(MetricsError::NoSamples("multi-label F1"));
+    }
+    if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
+        return Err(MetricsError::NonFiniteScore {
+            sample: i / classes,
+            class: i % classes,
+            value: scores[i],
+        });
+    }
+    if let Some(i) = labels.iter().position(|&l| l > 1) {
+        return Err(MetricsError::BadMultiLabel {
+            sample: i / classes,
+            class: i % classes,
+            value: labels[i],
+        });
+    }
+    Ok(scores.len() / classes)
+}
+
+/// Per-class, macro and micro F1 of `scores` (samples × `classes`, row-major) against the
+/// multi-hot `labels` (same layout, 0 or 1), predicting positive where score ≥
+/// `thresholds[class]` (pass `&[0.5; C]` for the usual fixed threshold). Non-finite scores,
+/// NaN thresholds and mismatched lengths are errors. See [`MultiLabelF1`] for the formulas.
+pub fn multilabel_f1(
+    scores: &[f32],
+    labels: &[u8],
+    classes: usize,
+    thresholds: &[f32],
+) -> Result<MultiLabelF1, MetricsError> {
+    check_multilabel(scores, labels, classes)?;
+    if thresholds.len() != classes {
+        return Err(MetricsError::ThresholdCount {
+            thresholds: thresholds.len(),
+            classes,
+        });
+    }
+    if let Some(c) = thresholds.iter().position(|t| t.is_nan()) {
+        return Err(MetricsError::NanThreshold { class: c });
+    }
+    let mut counts = vec![Counts::default(); classes];
+    for (row, lab) in scores
+        .chunks_exact(classes)
+        .zip(labels.chunks_exact(classes))
+    {
+        for (c, k) in counts.iter_mut().enumerate() {
+            match (row[c] >= thresholds[c], lab[c] == 1) {
+                (true, true) => k.tp += 1,
+                (true, false) => k.fp += 1,
+                (false, true) => k.fn_ += 1,
+                (false, false) => {}
+            }
+        }
+    }
+    let per_class: Vec<f64> = counts.iter().map(Counts::f1).collect();
+    let pooled = counts.iter().fold(Counts::default(), |a, k| Counts {
+        tp: a.tp + k.tp,
+        fp: a.fp + k.fp,
+        fn_: a.fn_ + k.fn_,
+    });
+    Ok(MultiLabelF1 {
+        macro_f1: mean(per_class.iter().copied()),
+        micro_f1: pooled.f1(),
+        per_class,
+    })
+}
+
+/// The threshold engram starts from and prefers among equally good ones.
+pub const DEFAULT_THRESHOLD: f32 = 0.5;
+
+/// Per-class decision thresholds that maximise each class's F1 on these (validation) rows;
+/// tune on validation scores, then pass the result to [`multilabel_f1`] on test scores.
+///
+/// Exact search: a threshold only matters through which scores it keeps, so per class the
+/// candidates are 0.5, the lowest score (every sample positive) and the midpoint between each
+/// pair of consecutive distinct scores (computed in f64 and rounded to f32, kept strictly
+/// above the lower score). Threshold "above every score" is not a candidate: it gives F1 0,
+/// which another candidate always matches. Among candidates of equal F1 (compared as exact
+/// fractions) the one closest to 0.5 wins, 0.5 itself when it is optimal, the higher one at
+/// equal distance; so a class with no positives in these rows keeps 0.5. Because macro-F1 is a
+/// mean of per-class F1 that each depend only on their own threshold, these thresholds also
+/// maximise macro-F1 on these rows, and never score below the fixed 0.5 there.
+pub fn tune_thresholds(
+    scores: &[f32],
+    labels: &[u8],
+    classes: usize,
+) -> Result<Vec<f32>, MetricsError> {
+    let rows = check_multilabel(scores, labels, classes)?;
+    Ok((0..classes)
+        .map(|c| {
+            let col: Vec<(f32, bool)> = (0..rows)
+                .map(|r| (scores[r * classes + c], labels[r * classes + c] == 1))
+                .collect();
+            best_threshold(col)
+        })
+        .collect())
+}
+
+/// The best threshold of one class's (score, positive) column (see [`tune_thresholds`]).
+fn best_threshold(mut col: Vec<(f32, bool)>) -> f32 {
+    let positives = col.iter().filter(|p| p.1).count() as u64;
+    let counts_at = |kept_pos: u64, kept: u64| Counts {
+        tp: kept_pos,
+        fp: kept - kept_pos,
+        fn_: positives - kept_pos,
+    };
+    let half = DEFAULT_THRESHOLD;
+    let (hp, hn) = col.iter().fold((0u64, 0u64), |(p, n), &(s, y)| {
+        if s >= half {
+            (p + y as u64, n + 1)
+        } else {
+            (p, n)
+        }
+    });
+    let mut best = (counts_at(hp, hn).ratio(), half);
+    let mut consider = |ratio: (u128, u128), t: f32| {
+        let (b, bt) = best;
+        // ratio > b, exactly: n/d > bn/bd.
+        let (l, r) = (ratio.0 * b.1, b.0 * ratio.1);
+        let dist = |t: f32| (t as f64 - half as f64).abs();
+        if l > r || (l == r && dist(t) < dist(bt)) {
+            best = (ratio, t);
+        }
+    };
+    // Descending scores: after each group of equal scores, the kept set is "score ≥ v" for
+    // the group's value v, reached by any threshold in (next lower score, v].
+    col.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let (mut kept, mut kept_pos) = (0u64, 0u64);
+    let mut i = 0;
+    while i < col.len() {
+        let v = col[i].0;
+        while i < col.len() && col[i].0 == v {
+            kept += 1;
+            kept_pos += col[i].1 as u64;
+            i += 1;
+        }
+        let t = match col.get(i) {
+            Some(&(w, _)) => {
+                let m = ((v as f64 + w as f64) / 2.0) as f32;
+                if m > w { m } else { v }
+            }
+            None => v,
+        };
+        consider(counts_at(kept_pos, kept).ratio(), t);
+    }
+    best.1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -893,5 +1120,151 @@ mod tests {
         let p = masked_predictions(&big, 2, &ClassMask::all(2)).unwrap();
         assert_eq!(p[0].0, 1);
         assert!((p[0].1 - 0.75).abs() < 1e-4, "{}", p[0].1);
+    }
+}
+
+#[cfg(test)]
+mod multilabel_tests {
+    use super::*;
+    use engram_weights::rng::Rng;
+
+    fn close(a: f64, b: f64) {
+        assert!((a - b).abs() < 1e-9, "{a} != {b}");
+    }
+
+    /// Two classes, four samples (scores, labels), row-major.
+    const SCORES: [f32; 8] = [0.9, 0.2, 0.6, 0.7, 0.4, 0.1, 0.3, 0.8];
+    const LABELS: [u8; 8] = [1, 0, 0, 1, 1, 0, 0, 0];
+
+    #[test]
+    fn f1_by_hand() {
+        let f = multilabel_f1(&SCORES, &LABELS, 2, &[0.5, 0.5]).unwrap();
+        // Class 0: predicted [1, 1, 0, 0] vs [1, 0, 1, 0]: TP 1, FP 1, FN 1 → 2/4.
+        // Class 1: predicted [0, 1, 0, 1] vs [0, 1, 0, 0]: TP 1, FP 1, FN 0 → 2/3.
+        close(f.per_class[0], 0.5);
+        close(f.per_class[1], 2.0 / 3.0);
+        close(f.macro_f1, 7.0 / 12.0);
+        // Pooled: TP 2, FP 2, FN 1 → 4/7.
+        close(f.micro_f1, 4.0 / 7.0);
+        // A class with no positives and none predicted scores 0 and counts in the mean.
+        let f = multilabel_f1(&[0.9, 0.1, 0.2, 0.3], &[1, 0, 0, 0], 2, &[0.5, 0.5]).unwrap();
+        assert_eq!(f.per_class, vec![1.0, 0.0]);
+        close(f.macro_f1, 0.5);
+        close(f.micro_f1, 1.0);
+    }
+
+    #[test]
+    fn thresholds_by_hand() {
+        let t = tune_thresholds(&SCORES, &LABELS, 2).unwrap();
+        // Class 0, descending 0.9(+) 0.6(−) 0.4(+) 0.3(−): keeping the top three gives TP 2,
+        // FP 1 → 4/5, reached by thresholds in (0.3, 0.4]: the midpoint 0.35.
+        assert!((t[0] - 0.35).abs() < 1e-6, "{}", t[0]);
+        // Class 1, 0.8(−) 0.7(+) 0.2(−) 0.1(−): the top two (2/3) is best, and 0.5 keeps
+        // exactly them, so 0.5 stays.
+        assert_eq!(t[1], 0.5);
+        let f = multilabel_f1(&SCORES, &LABELS, 2, &t).unwrap();
+        assert_eq!(f.per_class[0], 0.8);
+        close(f.macro_f1, (0.8 + 2.0 / 3.0) / 2.0);
+        // No positives at all: every threshold gives 0, so 0.5 stays.
+        assert_eq!(
+            tune_thresholds(&[0.9, 0.1, 0.7], &[0, 0, 0], 1).unwrap(),
+            vec![0.5]
+        );
+        // Adjacent f32 scores: the midpoint rounds onto one of them; the threshold must still
+        // keep the upper score and drop the lower one.
+        let lo = 0.3f32;
+        let hi = f32::from_bits(lo.to_bits() + 1);
+        let t = tune_thresholds(&[hi, lo], &[1, 0], 1).unwrap();
+        assert!(hi >= t[0] && lo < t[0], "{} {} {}", lo, t[0], hi);
+    }
+
+    /// F1 of one class at threshold `t`, the slow way.
+    fn f1_at(scores: &[f32], labels: &[u8], classes: usize, c: usize, t: f32) -> f64 {
+        let mut th = vec![0.5; classes];
+        th[c] = t;
+        multilabel_f1(scores, labels, classes, &th)
+            .unwrap()
+            .per_class[c]
+    }
+
+    #[test]
+    fn tuned_thresholds_are_optimal_on_their_rows() {
+        for seed in 0..20u64 {
+            let mut rng = Rng::new(seed);
+            let (rows, classes) = (1 + rng.below(40), 1 + rng.below(4));
+            // Scores on a coarse grid, so that ties occur.
+            let scores: Vec<f32> = (0..rows * classes)
+                .map(|_| rng.below(21) as f32 / 20.0)
+                .collect();
+            let labels: Vec<u8> = (0..rows * classes)
+                .map(|_| (rng.uniform() < 0.3) as u8)
+                .collect();
+            let t = tune_thresholds(&scores, &labels, classes).unwrap();
+            let tuned = multilabel_f1(&scores, &labels, classes, &t).unwrap();
+            let fixed = multilabel_f1(&scores, &labels, classes, &vec![0.5; classes]).unwrap();
+            assert!(tuned.macro_f1 >= fixed.macro_f1, "seed {seed}");
+            for c in 0..classes {
+                // Every threshold that matters: each score, just above it, and beyond both ends.
+                let mut cands = vec![f32::NEG_INFINITY, f32::INFINITY, 0.5];
+                for r in 0..rows {
+                    let s = scores[r * classes + c];
+                    cands.extend([s, s + 0.025]);
+                }
+                let best = cands
+                    .iter()
+                    .map(|&x| f1_at(&scores, &labels, classes, c, x))
+                    .fold(0.0, f64::max);
+                assert_eq!(tuned.per_class[c], best, "seed {seed}, class {c}");
+            }
+        }
+    }
+
+    #[test]
+    fn tune_on_validation_evaluate_on_test() {
+        // A model whose scores are too low for class 0 (positives near 0.3, negatives near
+        // 0.1) and well calibrated for class 1: 0.5 misses class 0 entirely; thresholds tuned
+        // on one draw carry over to another.
+        let draw = |seed: u64, n: usize| {
+            let mut rng = Rng::new(seed);
+            let (mut s, mut l) = (Vec::new(), Vec::new());
+            for _ in 0..n {
+                for centre in [(0.3f32, 0.1f32), (0.8, 0.2)] {
+                    let y = rng.uniform() < 0.4;
+                    let m = if y { centre.0 } else { centre.1 };
+                    s.push(m + 0.05 * rng.normal());
+                    l.push(y as u8);
+                }
+            }
+            (s, l)
+        };
+        let (vs, vl) = draw(1, 400);
+        let (ts, tl) = draw(2, 400);
+        let t = tune_thresholds(&vs, &vl, 2).unwrap();
+        assert!(t[0] > 0.15 && t[0] < 0.25, "{t:?}");
+        let fixed = multilabel_f1(&ts, &tl, 2, &[0.5, 0.5]).unwrap();
+        let tuned = multilabel_f1(&ts, &tl, 2, &t).unwrap();
+        assert_eq!(fixed.per_class[0], 0.0);
+        assert!(tuned.per_class[0] > 0.95, "{tuned:?}");
+        assert!(tuned.macro_f1 > fixed.macro_f1 + 0.4, "{fixed:?} {tuned:?}");
+    }
+
+    #[test]
+    fn bad_input_is_named() {
+        let e = |r: Result<MultiLabelF1, MetricsError>| r.unwrap_err().to_string();
+        let ok = [0.5f32; 4];
+        assert!(e(multilabel_f1(&ok[..3], &[0; 3], 2, &[0.5; 2])).contains("rows of 2"));
+        assert!(e(multilabel_f1(&ok, &[0; 3], 2, &[0.5; 2])).contains("3 multi-hot labels"));
+        assert!(e(multilabel_f1(&ok, &[0, 0, 2, 0], 2, &[0.5; 2])).contains("sample 1, class 0"));
+        let nan = [0.5, 0.5, 0.5, f32::NAN];
+        assert!(e(multilabel_f1(&nan, &[0; 4], 2, &[0.5; 2])).contains("sample 1, class 1"));
+        assert!(e(multilabel_f1(&ok, &[0; 4], 2, &[0.5; 3])).contains("3 thresholds"));
+        assert!(e(multilabel_f1(&ok, &[0; 4], 2, &[0.5, f32::NAN])).contains("class 1"));
+        assert!(e(multilabel_f1(&[], &[], 2, &[0.5; 2])).contains("no samples"));
+        assert!(e(multilabel_f1(&ok, &[0; 4], 0, &[])).contains("rows of 0"));
+        assert!(tune_thresholds(&nan, &[0; 4], 2).is_err());
+        assert!(tune_thresholds(&[], &[], 2).is_err());
+        // Infinite thresholds are allowed: nothing (or everything) positive.
+        let f = multilabel_f1(&ok, &[1; 4], 2, &[f32::INFINITY, f32::NEG_INFINITY]).unwrap();
+        assert_eq!(f.per_class, vec![0.0, 1.0]);
     }
 }

@@ -172,21 +172,58 @@ impl OptimConfig {
     }
 }
 
-/// The constants of one Adam step: learning rate `lr` at step `t` (1-based, for the bias
-/// correction) with moment decays `betas`, `eps`, and either an L2 penalty in the gradient
-/// (Adam) or a decoupled decay of the weight (AdamW).
-#[derive(Clone, Copy, Debug)]
-pub struct AdamStep {
-    b1: f32,
-    b2: f32,
-    step: f32,
-    rc2: f32,
-    eps: f32,
-    l2: f32,
-    keep: f32,
+/// The float an Adam step runs in: f32 (every network's weights) or f64 (the binary
+/// perceptron's fields, `binary/perceptron.rs`, host vectors kept in f64).
+pub trait AdamFloat:
+    Copy
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+{
+    /// `v` rounded to this type.
+    fn of(v: f64) -> Self;
+    fn sqrt(self) -> Self;
 }
 
-impl AdamStep {
+impl AdamFloat for f32 {
+    #[inline(always)]
+    fn of(v: f64) -> f32 {
+        v as f32
+    }
+    #[inline(always)]
+    fn sqrt(self) -> f32 {
+        f32::sqrt(self)
+    }
+}
+
+impl AdamFloat for f64 {
+    #[inline(always)]
+    fn of(v: f64) -> f64 {
+        v
+    }
+    #[inline(always)]
+    fn sqrt(self) -> f64 {
+        f64::sqrt(self)
+    }
+}
+
+/// The constants of one Adam step: learning rate `lr` at step `t` (1-based, for the bias
+/// correction) with moment decays `betas`, `eps`, and either an L2 penalty in the gradient
+/// (Adam) or a decoupled decay of the weight (AdamW). The constants are computed in f64 and
+/// rounded to `F` once.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamStep<F = f32> {
+    b1: F,
+    b2: F,
+    step: F,
+    rc2: F,
+    eps: F,
+    l2: F,
+    keep: F,
+}
+
+impl<F: AdamFloat> AdamStep<F> {
     /// `decoupled`: AdamW's decay `w ← w·(1 − lr·wd)`; otherwise Adam's `g ← g + wd·w`.
     pub fn new(
         lr: f64,
@@ -195,22 +232,22 @@ impl AdamStep {
         eps: f64,
         weight_decay: f64,
         decoupled: bool,
-    ) -> AdamStep {
+    ) -> AdamStep<F> {
         let t = t.min(i32::MAX as u64) as i32;
         let c1 = 1.0 - betas[0].powi(t);
         let c2 = 1.0 - betas[1].powi(t);
         let (l2, keep) = if decoupled {
-            (0.0, 1.0 - (lr * weight_decay) as f32)
+            (F::of(0.0), F::of(1.0) - F::of(lr * weight_decay))
         } else {
-            (weight_decay as f32, 1.0)
+            (F::of(weight_decay), F::of(1.0))
         };
         AdamStep {
-            b1: betas[0] as f32,
-            b2: betas[1] as f32,
+            b1: F::of(betas[0]),
+            b2: F::of(betas[1]),
             // PyTorch's form: w -= (lr / c1) · m / (√v / √c2 + eps).
-            step: (lr / c1) as f32,
-            rc2: (1.0 / c2.sqrt()) as f32,
-            eps: eps as f32,
+            step: F::of(lr / c1),
+            rc2: F::of(1.0 / c2.sqrt()),
+            eps: F::of(eps),
             l2,
             keep,
         }
@@ -218,10 +255,11 @@ impl AdamStep {
 
     /// One element: weight `w`, gradient `g`, moments `m` and `v`.
     #[inline(always)]
-    pub fn apply(&self, w: &mut f32, g: f32, m: &mut f32, v: &mut f32) {
+    pub fn apply(&self, w: &mut F, g: F, m: &mut F, v: &mut F) {
+        let one = F::of(1.0);
         let g = g + self.l2 * *w;
-        *m = self.b1 * *m + (1.0 - self.b1) * g;
-        *v = self.b2 * *v + (1.0 - self.b2) * g * g;
+        *m = self.b1 * *m + (one - self.b1) * g;
+        *v = self.b2 * *v + (one - self.b2) * g * g;
         *w = *w * self.keep - self.step * *m / (v.sqrt() * self.rc2 + self.eps);
     }
 }
@@ -260,6 +298,13 @@ mod tests {
             }
             let r = reference(1.5, &grads, 0.01, 0.1, decoupled);
             assert!((w as f64 - r).abs() < 1e-6, "{decoupled}: {w} vs {r}");
+            // In f64 the same step meets the reference to f64 rounding.
+            let (mut w, mut m, mut v) = (1.5f64, 0.0f64, 0.0f64);
+            for (t, &g) in grads.iter().enumerate() {
+                AdamStep::new(0.01, t as u64 + 1, [0.9, 0.999], 1e-8, 0.1, decoupled)
+                    .apply(&mut w, g, &mut m, &mut v);
+            }
+            assert!((w - r).abs() < 1e-14, "{decoupled}: {w} vs {r}");
         }
     }
 }

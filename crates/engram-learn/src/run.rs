@@ -1,9 +1,11 @@
 //! Running a run file: build its scenario, train its model with its strategy (checkpointing
 //! after each task, resuming on request) and write `results.json` in the shape the report
 //! reads (`engram_report::results::RunResults`). `engram train`, the demo and the
-//! continual-learning suite all go through [`run_config`] or [`train_on`].
+//! continual-learning suite all go through [`run_config`] or [`train_on`]; a run file with
+//! phases (a curriculum) through [`run_curriculum`].
 
-use crate::config::RunConfig;
+use crate::config::{CurriculumConfig, RunConfig};
+use crate::curriculum::CurriculumOut;
 use crate::data::DataFile;
 use crate::metrics::{AccuracyMatrix, Costs, Summary};
 use crate::scenario::Scenario;
@@ -79,6 +81,107 @@ pub fn run_config(
     let text = serde_json::to_string_pretty(&results).map_err(|e| err!("{e}"))? + "\n";
     engram_ckpt::write_atomic(&results_file, text.as_bytes())?;
     Ok(Some(results))
+}
+
+/// Runs a curriculum ([`crate::curriculum`]) into `dir`: each phase's weights in
+/// `phase-<phase>.safetensors` ([`phase_file`]), the last phase's in `model.safetensors`,
+/// and `results.json` ([`curriculum_json`], with the data files read); returns the results
+/// JSON. The folder is built beside `dir` and switched into place whole
+/// ([`engram_ckpt::Staged`]): a run killed or failed leaves the earlier outputs as they were,
+/// and a finished run leaves only its own outputs, none of an earlier curriculum's (a phase
+/// file of a phase no longer in the run file goes). Other files in `dir` are kept. A
+/// curriculum has no checkpoints; it is run again whole.
+pub fn run_curriculum(
+    cfg: &CurriculumConfig,
+    dir: &Path,
+    data_dir: Option<&Path>,
+    on: &mut dyn FnMut(usize, Event),
+) -> Result<Value> {
+    cfg.validate()?;
+    // Checked before training: the folder can be made and replaces no input.
+    let staged = engram_ckpt::Staged::new(dir)?;
+    let (scenarios, files) = crate::curriculum::load_scenarios(cfg, data_dir)?;
+    let out = crate::curriculum::run_phases_from(cfg, &scenarios, None, on)
+        .map_err(|e| err!("run {}: {e}", cfg.run_name()))?;
+    let mut results = curriculum_json(cfg, &out)?;
+    results["data"] = serde_json::to_value(&files).map_err(|e| err!("{e}"))?;
+    let meta = |phase: &str| {
+        [
+            ("run".to_string(), cfg.run_name()),
+            ("phase".to_string(), phase.to_string()),
+        ]
+        .into_iter()
+        .collect()
+    };
+    let save = |file: &str, p: &crate::curriculum::PhaseOut| {
+        let path = staged.path().join(file);
+        crate::model::io::save_values(&path, &p.weights, &out.shapes, &meta(&p.name))
+    };
+    for p in &out.phases {
+        save(&phase_file(&p.name), p)?;
+    }
+    if let Some(last) = out.phases.last() {
+        save("model.safetensors", last)?;
+    }
+    let text = serde_json::to_string_pretty(&results).map_err(|e| err!("{e}"))? + "\n";
+    engram_ckpt::write_atomic(&staged.path().join("results.json"), text.as_bytes())?;
+    staged.commit(&curriculum_output)?;
+    Ok(results)
+}
+
+/// The name of phase `phase`'s weights in a curriculum's folder. Top-level, not in a
+/// subfolder: the switch keeps a subfolder's old files that the new one does not replace,
+/// while it drops the top-level phase files of an earlier run (`curriculum_output`).
+pub fn phase_file(phase: &str) -> String {
+    format!("phase-{phase}.safetensors")
+}
+
+/// Whether `name`, at the top of a run's folder, is an output of an earlier curriculum that a
+/// new one replaces or removes: its phase files, and the `phases/` folder of the layout
+/// before [`phase_file`].
+fn curriculum_output(name: &str) -> bool {
+    name == "phases" || (name.starts_with("phase-") && name.ends_with(".safetensors"))
+}
+
+/// A curriculum's results JSON (docs/json.md, `engram train` with `[[phase]]`).
+pub fn curriculum_json(cfg: &CurriculumConfig, out: &CurriculumOut) -> Result<Value> {
+    let phases: Vec<Value> = out
+        .phases
+        .iter()
+        .enumerate()
+        .map(|(r, p)| {
+            let k = out.first + r;
+            let c = &cfg.phases[k];
+            let t = cfg.phase_train(k)?;
+            Ok(json!({
+                "name": p.name,
+                "scenario": p.scenario,
+                "epochs": t.iterations.is_none().then_some(t.epochs),
+                "lr": t.optimizer.lr,
+                "freeze": c.freeze,
+                "frozen": p.frozen,
+                "trainable_values": p.trainable,
+                "anchor": c.anchor,
+                "seconds": p.seconds,
+                "accuracy": p.accuracy,
+            }))
+        })
+        .collect::<Result<_>>()?;
+    let names: Vec<&str> = cfg.phases.iter().map(|p| p.name.as_str()).collect();
+    Ok(json!({
+        "engram_curriculum": 1,
+        "name": cfg.run_name(),
+        "seed": cfg.seed,
+        "phases": names,
+        "curriculum": {
+            "first": out.first,
+            "phases": phases,
+            "accuracy": out.accuracy(),
+            "baseline": out.baseline,
+            "model_params": out.params,
+        },
+        "params": {"config": cfg.normalized()?},
+    }))
 }
 
 /// Trains `cfg`'s model and strategy on an already built `scenario` (`cfg.scenario` is not
@@ -296,4 +399,79 @@ pub fn results_json(cfg: &RunConfig, s: &Scenario, out: &RunOutput) -> Result<Va
             .collect::<Vec<_>>(),
         "params": {"config": cfg, "model_params": out.params, "current_task_curve": out.current_task_curve},
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RUN: &str = r#"
+name = "t"
+seed = 1
+[model]
+kind = "mlp"
+hidden = [8]
+[train]
+epochs = 1
+batch-size = 32
+[[phase]]
+name = "a"
+scenario = { kind = "joint", dataset = "blobs", blobs = { seed = 1, classes = 2, dim = 16, train-per-class = 20, test-per-class = 10 } }
+[[phase]]
+name = "b"
+scenario = { kind = "joint", dataset = "blobs", blobs = { seed = 2, classes = 2, dim = 16, train-per-class = 20, test-per-class = 10 } }
+"#;
+
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A rerun under the same name with other phases leaves its own outputs only: no phase
+    /// file of the earlier run, no `phases/` folder of the earlier layout; the user's files
+    /// stay.
+    #[test]
+    fn a_curriculum_rerun_with_other_phases_leaves_no_stale_phase_file() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("t");
+        let run = |text: &str| {
+            let cfg = CurriculumConfig::parse_toml(text).unwrap();
+            run_curriculum(&cfg, &dir, None, &mut |_, _| {}).unwrap()
+        };
+        run(RUN);
+        assert_eq!(
+            listing(&dir),
+            [
+                "model.safetensors",
+                "phase-a.safetensors",
+                "phase-b.safetensors",
+                "results.json"
+            ]
+        );
+        std::fs::create_dir(dir.join("phases")).unwrap();
+        std::fs::write(dir.join("phases/a.safetensors"), b"old layout").unwrap();
+        std::fs::write(dir.join("notes.txt"), b"mine").unwrap();
+        let renamed = RUN
+            .replace("name = \"a\"", "name = \"first\"")
+            .replace("name = \"b\"", "name = \"second\"");
+        let r = run(&renamed);
+        assert_eq!(r["phases"], json!(["first", "second"]));
+        assert_eq!(
+            listing(&dir),
+            [
+                "model.safetensors",
+                "notes.txt",
+                "phase-first.safetensors",
+                "phase-second.safetensors",
+                "results.json"
+            ]
+        );
+        let on_disk: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("results.json")).unwrap()).unwrap();
+        assert_eq!(on_disk["phases"], r["phases"]);
+    }
 }

@@ -1,6 +1,8 @@
 //! engram-weights: weight-space operations on plain f32 slices, streamed over checkpoints.
 
 pub mod compress;
+pub mod embed;
+pub mod graft;
 pub mod maskcode;
 pub mod merge;
 pub mod nowcast;

@@ -191,7 +191,8 @@ pub fn recorded_scale(model: &Model, patch: &Patch) -> Result<f32> {
 /// Which tensors a patch covers.
 #[derive(Clone, Debug, Default)]
 pub struct Selection {
-    /// Substring patterns (`*` matches anything); empty = all tensors.
+    /// Name patterns ([`glob_match`]: a substring without `*`, an anchored glob with);
+    /// empty = all tensors.
     pub include: Vec<String>,
     /// Only the first k layers: by layer number where names carry one (`layers.N.`),
     /// otherwise the first k distinct modules (name without its last component) in model
@@ -199,23 +200,16 @@ pub struct Selection {
     pub first_layers: Option<usize>,
 }
 
+/// Whether the tensor name `s` is covered by the `--include` pattern `pat`: with `*`, the
+/// anchored glob [`engram_ckpt::names::glob`]; without, a substring of the name. A patch
+/// selects a region of the network (`--include conv`: every convolution), and `--include`
+/// has always read a bare word as a part of the name (`engram patch extract --help`).
 fn glob_match(pat: &str, s: &str) -> bool {
-    // '*' wildcards; a pattern without '*' matches as a substring.
-    if !pat.contains('*') {
-        return s.contains(pat);
+    if pat.contains('*') {
+        engram_ckpt::names::glob(pat, s)
+    } else {
+        s.contains(pat)
     }
-    let parts: Vec<&str> = pat.split('*').collect();
-    let mut at = 0;
-    for (i, p) in parts.iter().enumerate() {
-        if p.is_empty() {
-            continue;
-        }
-        match s[at..].find(p) {
-            Some(pos) if i > 0 || pos == 0 => at += pos + p.len(),
-            _ => return false,
-        }
-    }
-    parts.last().is_none_or(|l| l.is_empty() || s.ends_with(l))
 }
 
 impl Selection {
@@ -774,6 +768,9 @@ mod tests {
         );
         assert!(glob_match("layers.*.bias", "layers.0.conv.bias"));
         assert!(!glob_match("layers.*.bias", "layers.0.conv.weight"));
+        // Without `*` a substring; with `*` anchored at both ends.
+        assert!(glob_match("conv", "layers.0.conv.bias") && !glob_match("fc", "layers.0.w"));
+        assert!(!glob_match("conv*", "layers.0.conv.bias"));
     }
 
     #[test]

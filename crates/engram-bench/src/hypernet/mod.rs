@@ -22,40 +22,15 @@ pub mod tasks;
 
 use crate::Progress;
 pub use crate::machine::{cached, store};
-use crate::parts::{Asked, Study, render_claims, run_parts};
 pub use crate::parts::{Ctx, PartOut, Verdict};
+use crate::parts::{Study, render_claims, run_parts};
 use anyhow::Result;
 use serde_json::Value;
-use std::path::PathBuf;
 
-/// Settings of `engram bench hypernet`.
-#[derive(Clone, Debug, Default)]
-pub struct Options {
-    /// Output folder (default `bench-out/hypernet`, or `bench-out/hypernet-quick`).
-    pub out: Option<PathBuf>,
-    /// Seeds (default 0, 1, 2, and 0–4 for KNOW; `quick` 0, and 0, 1 for KNOW).
-    pub seeds: Vec<u64>,
-    /// Small data and few steps: the pipeline end to end, not the benchmark's numbers.
-    pub quick: bool,
-    /// Parts to run: tasks, hywu, know (default all).
-    pub parts: Vec<String>,
-    pub data_dir: Option<PathBuf>,
-    /// The command line, recorded.
-    pub command: String,
-}
+/// Settings of `engram bench hypernet` (`--parts`: tasks, hywu, know).
+pub use crate::parts::Options;
 
 pub const PARTS: [&str; 3] = ["tasks", "hywu", "know"];
-
-impl Options {
-    pub fn out(&self) -> PathBuf {
-        self.out.clone().unwrap_or_else(|| {
-            PathBuf::from(match self.quick {
-                true => "bench-out/hypernet-quick",
-                false => "bench-out/hypernet",
-            })
-        })
-    }
-}
 
 /// Runs the study; returns `results.json`'s document.
 pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
@@ -64,20 +39,12 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
         card: CARD,
         parts: &PARTS,
     };
-    let asked = Asked {
-        out: o.out(),
-        parts: &o.parts,
-        quick: o.quick,
-        seeds: &o.seeds,
-        data_dir: o.data_dir.as_deref(),
-        command: &o.command,
-    };
     let mut part = |p: &str, cx: &Ctx, progress: &mut dyn FnMut(Progress)| match p {
         "tasks" => tasks::run(cx, progress),
         "hywu" => hywu::run(cx, progress),
         _ => know::run(cx, progress),
     };
-    run_parts(&study, &asked, &mut part, page::render, progress)
+    run_parts(&study, o, &mut part, page::render, progress)
 }
 
 /// The verdicts as text.

@@ -18,42 +18,17 @@ pub mod page;
 pub mod text;
 
 use crate::Progress;
-use crate::parts::{Asked, Study, run_parts};
 pub use crate::parts::{Ctx, PartOut, Verdict};
+use crate::parts::{Study, run_parts};
 use anyhow::Result;
 use serde_json::Value;
-use std::path::PathBuf;
 
 pub const CARD: &str = "shared/methods/robustness_safety.md (Deep Ignorance)";
 
-/// Settings of `engram bench ignorance`.
-#[derive(Clone, Debug, Default)]
-pub struct Options {
-    /// Output folder (default `bench-out/ignorance`, or `bench-out/ignorance-quick`).
-    pub out: Option<PathBuf>,
-    /// Seeds (default 0, 1, 2; `quick` 0).
-    pub seeds: Vec<u64>,
-    /// Short training and attacks: the pipeline end to end, not the benchmark's numbers.
-    pub quick: bool,
-    /// Parts to run: text, image (default both).
-    pub parts: Vec<String>,
-    pub data_dir: Option<PathBuf>,
-    /// The command line, recorded.
-    pub command: String,
-}
+/// Settings of `engram bench ignorance` (`--parts`: text, image).
+pub use crate::parts::Options;
 
 pub const PARTS: [&str; 2] = ["text", "image"];
-
-impl Options {
-    pub fn out(&self) -> PathBuf {
-        self.out.clone().unwrap_or_else(|| {
-            PathBuf::from(match self.quick {
-                true => "bench-out/ignorance-quick",
-                false => "bench-out/ignorance",
-            })
-        })
-    }
-}
 
 /// Runs the study; returns `results.json`'s document.
 pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
@@ -62,17 +37,9 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
         card: CARD,
         parts: &PARTS,
     };
-    let asked = Asked {
-        out: o.out(),
-        parts: &o.parts,
-        quick: o.quick,
-        seeds: &o.seeds,
-        data_dir: o.data_dir.as_deref(),
-        command: &o.command,
-    };
     let mut part = |p: &str, cx: &Ctx, progress: &mut dyn FnMut(Progress)| match p {
         "text" => text::run(cx, progress),
         _ => image::run(cx, progress),
     };
-    run_parts(&study, &asked, &mut part, page::render, progress)
+    run_parts(&study, o, &mut part, page::render, progress)
 }

@@ -74,6 +74,18 @@ pub struct Args {
     /// paper leaves the output head and embeddings frozen.
     #[arg(long, value_name = "SUBSTR")]
     pub lift_exclude: Vec<String>,
+    /// Instead of the spectra: the anisotropy of this embedding matrix (any 2-D float tensor,
+    /// rows × dim): mean cosine c̄, effective dimensionality, and with --labels d′
+    /// (Ker-VLJEPA; docs/json.md, "engram analyze MODEL --embeddings").
+    #[arg(long, value_name = "NAME", conflicts_with_all = [
+        "values", "out", "max_dim", "max_values", "top_k", "seed", "include", "exclude",
+        "lift_masks", "filter_rank", "lift_rank", "lift_exclude",
+    ])]
+    pub embeddings: Option<String>,
+    /// With --embeddings: a tensor of the same file holding one integer label per row, for
+    /// d′ (same-label against different-label pairs).
+    #[arg(long, value_name = "NAME", requires = "embeddings")]
+    pub labels: Option<String>,
 }
 
 /// One analysed matrix.
@@ -117,6 +129,10 @@ fn skip_reason(t: &TensorView, a: &Args) -> Option<&'static str> {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
+    if let Some(name) = &a.embeddings {
+        let labels = a.labels.as_deref();
+        return super::embeddings::analyze(ctx, &a.path, name, labels, a.json);
+    }
     if a.top_k == 0 {
         bail!("--top-k must be at least 1");
     }

@@ -6,7 +6,7 @@ use super::Ctx;
 use super::progress::Reporter;
 use anyhow::Result;
 use engram_bench::{
-    cil, cl, compress, finetune, hypernet, ignorance, io, merge, quant, robust, train, tta,
+    binary, cil, cl, compress, finetune, hypernet, ignorance, io, merge, quant, robust, train, tta,
 };
 use std::path::PathBuf;
 
@@ -77,6 +77,38 @@ pub enum Bench {
     /// claims judged; finished units are read back when rerun with the same settings.
     /// `--quick` for a smoke check.
     Ignorance(IgnoranceArgs),
+    /// Binary weights in field space and the Ker-VLJEPA parts (B12 in BENCHMARKS.md): the
+    /// teacher–student perceptron (error against both teachers over α₂, three teacher
+    /// overlaps, with and without the KL to task 1; 3 repetitions); deep binary networks on Permuted
+    /// Fashion-MNIST (field space per-step and task-anchor, straight-through, metaplastic),
+    /// evaluated in the mean-field pass and as true binary networks; anisotropy and whitening
+    /// of CNN and language-model features; a two-phase freeze-and-anchor curriculum; per-class
+    /// thresholds for multi-label macro-F1. JSON and an HTML report with the cards' claims
+    /// judged; finished units are read back when rerun with the same settings. `--quick` for
+    /// a smoke check.
+    Binary(BinaryArgs),
+}
+
+#[derive(clap::Args)]
+pub struct BinaryArgs {
+    /// Small problems and short training, one seed: a smoke check, not the study's numbers.
+    #[arg(long)]
+    pub quick: bool,
+    /// Output folder: results.json, report/index.html, runs/ (default bench-out/binary, or
+    /// bench-out/binary-quick).
+    #[arg(short, long)]
+    pub out: Option<PathBuf>,
+    /// Seeds, comma-separated [default: each part's own (deep: 0, others 0,1,2); --quick:
+    /// 0].
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<u64>,
+    /// Only these parts, comma-separated: perceptron, deep, whiten, curriculum, thresholds
+    /// [default: all].
+    #[arg(long, value_delimiter = ',')]
+    pub parts: Vec<String>,
+    /// Folder searched first for the data sets.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -626,6 +658,17 @@ pub fn run(ctx: &Ctx, b: Bench) -> Result<()> {
                 command: ctx.command_line.clone(),
             };
             ignorance::run(&o, &mut |p| r.show(p))
+        }
+        Bench::Binary(a) => {
+            let o = binary::Options {
+                out: a.out,
+                seeds: a.seeds,
+                quick: a.quick,
+                parts: a.parts,
+                data_dir: a.data_dir,
+                command: ctx.command_line.clone(),
+            };
+            binary::run(&o, &mut |p| r.show(p))
         }
     };
     r.finish(res.map(drop))

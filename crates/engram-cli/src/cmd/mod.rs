@@ -8,7 +8,9 @@ pub mod convert;
 pub mod ctx;
 pub mod demo;
 pub mod diff;
+pub mod embeddings;
 pub mod filter;
+pub mod graft;
 pub mod hypernet;
 pub mod inspect;
 pub mod learn_report;
@@ -24,5 +26,6 @@ pub mod tall;
 pub mod train;
 pub mod tv;
 pub mod util;
+pub mod whiten;
 
 pub use ctx::Ctx;

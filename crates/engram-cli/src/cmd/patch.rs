@@ -23,7 +23,8 @@ pub enum PatchCmd {
         /// The model fine-tuned on the corruption (the signature's source).
         #[arg(long)]
         model: PathBuf,
-        /// Tensors whose name contains PATTERN (`*` wildcards); repeatable. Default: all.
+        /// Tensors whose name contains PATTERN, or with `*` (any run of characters) matches
+        /// it whole (`layers.*.bias`); repeatable. Default: all.
         #[arg(long, value_name = "PATTERN")]
         include: Vec<String>,
         /// Only the first K layers (by layer number, or the first K modules).

@@ -242,3 +242,100 @@ pub fn set_grad_flat(grads: &mut GradientsParams, p: &ParamInfo, g: Tensor<1>) {
         _ => {}
     }
 }
+
+/// Whether the parameter name `name` matches `pattern`: a pattern with `*` is the anchored
+/// glob [`engram_ckpt::names::glob`], matched against the whole name, each `*` standing for
+/// any run of characters (dots included: `layers.0.*`, `*.bias`); a pattern without `*`
+/// matches the names it begins. The prefix is the older meaning, kept because configurations
+/// name whole modules that way (the l2 strategy's `params` and [`crate::train::stage`]'s
+/// frozen prefixes: `fc.1.`).
+pub fn name_matches(pattern: &str, name: &str) -> bool {
+    if pattern.contains('*') {
+        engram_ckpt::names::glob(pattern, name)
+    } else {
+        name.starts_with(pattern)
+    }
+}
+
+struct Untracked {
+    path: Path,
+    names: std::collections::BTreeSet<String>,
+}
+
+impl ModuleVisitor for Untracked {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.enter(name);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if !param.val().is_require_grad() {
+            self.names.insert(self.path.name(None));
+        }
+    }
+}
+
+/// The names of the float tensors of `m` that take no gradient on an autodiff device
+/// (BatchNorm's running statistics, which training updates itself, not the optimizer). On a
+/// device without autodiff every tensor is listed.
+pub fn untracked_names<M: Module>(m: &M) -> std::collections::BTreeSet<String> {
+    let mut v = Untracked {
+        path: Path::default(),
+        names: Default::default(),
+    };
+    m.visit(&mut v);
+    v.names
+}
+
+#[cfg(test)]
+mod pattern_tests {
+    use super::name_matches;
+
+    /// Globs against a slow reference (every split of the name), and prefixes.
+    #[test]
+    fn patterns_match_as_documented() {
+        fn slow(p: &[u8], n: &[u8]) -> bool {
+            match p.split_first() {
+                None => n.is_empty(),
+                Some((b'*', rest)) => (0..=n.len()).any(|k| slow(rest, &n[k..])),
+                Some((c, rest)) => n.first() == Some(c) && slow(rest, &n[1..]),
+            }
+        }
+        let names = [
+            "fc.0.weight",
+            "fc.0.bias",
+            "fc.1.weight",
+            "fc.10.weight",
+            "layers.0.attn.q.weight",
+            "",
+        ];
+        let globs = [
+            "*",
+            "fc.*",
+            "*.bias",
+            "fc.*.weight",
+            "layers.0.*",
+            "f*c*",
+            "**",
+            "*a*a*",
+            "fc.1*",
+            "*weight*",
+            "x*",
+        ];
+        for p in globs {
+            for n in names {
+                assert_eq!(
+                    name_matches(p, n),
+                    slow(p.as_bytes(), n.as_bytes()),
+                    "{p} {n}"
+                );
+            }
+        }
+        assert!(name_matches("layers.0.*", "layers.0.attn.q.weight"));
+        assert!(!name_matches("layers.0.*", "layers.00.w"));
+        assert!(name_matches("fc.1.", "fc.1.weight") && !name_matches("fc.1.", "fc.10.weight"));
+        assert!(name_matches("fc.1", "fc.10.weight"));
+        assert!(!name_matches("*.bias", "fc.0.weight"));
+    }
+}

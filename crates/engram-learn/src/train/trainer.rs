@@ -283,6 +283,25 @@ impl<'a> Trainer<'a> {
     }
 }
 
+/// The network a run of `seed` starts from: `model` for `s`'s inputs and outputs (with a
+/// feedback input when `feedback`, [`Strategy::feedback_input`]), seeded and built under the
+/// RNG guard, so that trainers on other threads cannot draw from burn's process-wide
+/// generator in between. The one construction: whatever needs a run's starting weights
+/// without running it (a curriculum's baseline) builds them here too.
+pub fn seeded_net(
+    model: &ModelConfig,
+    s: &Scenario,
+    seed: u64,
+    feedback: bool,
+    device: &Device,
+) -> Result<Net> {
+    let rng = crate::backend::seeded(&Device::flex(), seed);
+    let net =
+        model.build_with_feedback(s.train.dim, s.train.image, s.num_outputs, feedback, device);
+    drop(rng);
+    net
+}
+
 fn mix(seed: u64, a: u64, b: u64) -> u64 {
     seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
         ^ a.wrapping_mul(0xd1b5_4a32_d192_ed03)
@@ -415,17 +434,8 @@ impl Trainer<'_> {
                  clips to; adversarial training needs image data scaled to [0, 1]"
             ));
         }
-        // Seed and build under the RNG guard, so that trainers on other threads cannot draw
-        // from burn's process-wide generator in between.
-        let rng = crate::backend::seeded(&Device::flex(), self.seed);
-        let net = self.model.build_with_feedback(
-            s.train.dim,
-            s.train.image,
-            s.num_outputs,
-            self.strategy.feedback_input(),
-            ad,
-        )?;
-        drop(rng);
+        let feedback = self.strategy.feedback_input();
+        let net = seeded_net(&self.model, s, self.seed, feedback, ad)?;
         self.strategy.check(&crate::strategy::Setup {
             scenario: s,
             net: &net,
