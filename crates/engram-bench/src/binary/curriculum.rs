@@ -12,7 +12,9 @@
 //! not judged). Phase A runs once per seed and every
 //! phase-B arm starts from it. Measured: phase A's test accuracy before and after phase B
 //! (retention) and phase B's. The card's claim: freeze + anchor keeps phase-A accuracy within
-//! 2 points while no freeze with λ = 0 loses more (paper: 0.418 kept against 0.27–0.30).
+//! 2 points while no freeze with λ = 0 loses more (paper: 0.418 kept against 0.27–0.30);
+//! engram also asks that phase B be learned (+10 points), since an anchor that stops all
+//! learning keeps phase A trivially.
 
 use super::{Ctx, PartOut, Verdict};
 use crate::Progress;
@@ -34,6 +36,8 @@ use std::time::Instant;
 const UNIT: u32 = 1;
 /// The card's claim: phase A kept within this many points.
 const POINTS: f64 = 2.0;
+/// Phase B counts as learned when its accuracy rises this many points in phase B.
+const LEARNED: f64 = 10.0;
 
 /// One phase-B arm: frozen first layer or not, the paper's λ.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -257,6 +261,8 @@ pub fn run(cx: &Ctx, progress: &mut dyn FnMut(Progress)) -> Result<PartOut> {
 pub struct ArmSummary {
     pub arm: ArmSpec,
     pub a_before: f64,
+    /// Phase B's accuracy before phase B (phase A's network).
+    pub b_before: f64,
     /// Points of phase-A accuracy lost in phase B (mean, sd over seeds).
     pub a_drop: f64,
     pub a_drop_sd: f64,
@@ -279,9 +285,11 @@ pub fn summary(rs: &[SeedResult], arms: &[ArmSpec]) -> Vec<ArmSummary> {
             );
             let b = spread(&runs.iter().map(|(_, a)| a.b_after).collect::<Vec<_>>());
             let before = spread(&runs.iter().map(|(r, _)| r.a_before).collect::<Vec<_>>());
+            let b_before = spread(&runs.iter().map(|(r, _)| r.b_before).collect::<Vec<_>>());
             ArmSummary {
                 arm: arm.clone(),
                 a_before: before.mean,
+                b_before: b_before.mean,
                 a_drop: drop.mean,
                 a_drop_sd: drop.sd,
                 b_after: b.mean,
@@ -305,15 +313,18 @@ pub fn verdicts(s: &[ArmSummary]) -> Vec<Verdict> {
     let verdict = match (plain, anchored.is_empty()) {
         (Some(p), false) => {
             let kept = anchored.iter().all(|a| a.a_drop <= POINTS);
+            // Keeping phase A by not learning phase B at all is not the curriculum's effect.
+            let learned = anchored.iter().all(|a| a.b_after - a.b_before >= LEARNED);
             Verdict {
                 part: "curriculum".into(),
                 claim: format!(
                     "freeze + anchor keeps phase-A accuracy within {POINTS} points while no freeze \
-                     with λ = 0 loses more (paper: 0.418 kept, 0.27–0.30 otherwise)"
+                     with λ = 0 loses more, and phase B is learned (+{LEARNED} points over its \
+                     accuracy before phase B) (paper: 0.418 kept, 0.27–0.30 otherwise)"
                 ),
-                holds: Some(kept && p.a_drop > POINTS),
+                holds: Some(kept && learned && p.a_drop > POINTS),
                 detail: format!(
-                    "points lost: no freeze λ 0 {:.1}; {}",
+                    "points lost: no freeze λ 0 {:.1}; {} (phase B before it: {:.1} %)",
                     p.a_drop,
                     anchored
                         .iter()
@@ -324,7 +335,8 @@ pub fn verdicts(s: &[ArmSummary]) -> Vec<Verdict> {
                             a.b_after
                         ))
                         .collect::<Vec<_>>()
-                        .join(", ")
+                        .join(", "),
+                    p.b_before
                 ),
             }
         }
@@ -339,12 +351,14 @@ pub fn verdicts(s: &[ArmSummary]) -> Vec<Verdict> {
 }
 
 fn text(s: &[ArmSummary]) -> String {
-    let mut t = String::from("curriculum: phase-A points lost in phase B / phase-B accuracy\n");
+    let mut t = String::from(
+        "curriculum: change of phase-A accuracy in phase B (points) / phase-B accuracy\n",
+    );
     for a in s {
         t += &format!(
-            "  {:<18} −{:.1} ± {:.1}   {:.1} ± {:.1} %\n",
+            "  {:<18} {:+.1} ± {:.1}   {:.1} ± {:.1} %\n",
             a.arm.name(),
-            a.a_drop,
+            -a.a_drop,
             a.a_drop_sd,
             a.b_after,
             a.b_after_sd
@@ -432,6 +446,7 @@ mod tests {
         ArmSummary {
             arm: ArmSpec { freeze, lambda },
             a_before: 85.0,
+            b_before: 10.0,
             a_drop: drop,
             a_drop_sd: 0.0,
             b_after: 90.0,
@@ -442,12 +457,15 @@ mod tests {
     /// The verdict reads the drops the way the card words them, and could fail.
     #[test]
     fn verdict_follows_the_card() {
-        let s = vec![
+        let mut s = vec![
             sum(false, 0.0, 30.0),
             sum(true, 100.0, 1.5),
             sum(true, 500.0, 0.5),
         ];
         assert_eq!(verdicts(&s)[0].holds, Some(true));
+        // Phase A kept because phase B learned nothing: does not hold.
+        s[2].b_after = 15.0;
+        assert_eq!(verdicts(&s)[0].holds, Some(false));
         let s = vec![
             sum(false, 0.0, 30.0),
             sum(true, 100.0, 3.0),

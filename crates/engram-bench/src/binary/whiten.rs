@@ -269,7 +269,8 @@ fn lm_features(
 pub fn run(cx: &Ctx, progress: &mut dyn FnMut(Progress)) -> Result<PartOut> {
     let t0 = Instant::now();
     let z = Settings::new(cx.quick);
-    let seeds = cx.seeds_or(&[0, 1, 2], 1);
+    // One seed by default (the language model's training is most of the part's time).
+    let seeds = cx.seeds_or(&[0], 1);
     let mut data = None;
     let rs = cx.per_seed("whiten", UNIT, &z, &seeds, |seed| {
         if data.is_none() {

@@ -98,7 +98,7 @@ pub struct BinaryArgs {
     /// bench-out/binary-quick).
     #[arg(short, long)]
     pub out: Option<PathBuf>,
-    /// Seeds, comma-separated [default: each part's own (deep: 0, others 0,1,2); --quick:
+    /// Seeds, comma-separated [default: each part's own (deep and whiten: 0, others 0,1,2); --quick:
     /// 0].
     #[arg(long, value_delimiter = ',')]
     pub seeds: Vec<u64>,
