@@ -21,7 +21,7 @@
 use crate::config::{AnchorConfig, CurriculumConfig, EwcAnchor};
 use crate::data::{DataFile, DataSource, Split};
 use crate::model::ModelConfig;
-use crate::model::params::{load_params, name_matches, param_infos, untracked_names};
+use crate::model::params::{name_matches, param_infos, untracked_names};
 use crate::scenario::Scenario;
 use crate::strategy::parts::fisher::{PerExample, fisher};
 use crate::train::Event;
@@ -279,8 +279,14 @@ pub fn phase_accuracy(
     batch: usize,
 ) -> Result<f64> {
     let device = Device::flex();
-    let net = model.build(s.train.dim, s.train.image, s.num_outputs, &device)?;
-    let net = load_params(net, values)?;
+    let net = crate::eval::values_net(
+        model,
+        values,
+        s.train.dim,
+        s.train.image,
+        s.num_outputs,
+        &device,
+    )?;
     let last = s.tasks.len().saturating_sub(1);
     let (row, _) = crate::eval::evaluate(&net, s, Some(last), &device, batch.max(1));
     let (mut sum, mut n) = (0.0, 0usize);
@@ -386,8 +392,14 @@ fn mean_fisher(
     a: &EwcAnchor,
 ) -> Result<Values> {
     let ad = Device::flex().autodiff();
-    let net = model.build(s.train.dim, s.train.image, s.num_outputs, &ad)?;
-    let net = load_params(net, values)?;
+    let net = crate::eval::values_net(
+        model,
+        values,
+        s.train.dim,
+        s.train.image,
+        s.num_outputs,
+        &ad,
+    )?;
     let mut sum: Values = BTreeMap::new();
     for t in 0..s.tasks.len() {
         let f = fisher(

@@ -45,9 +45,28 @@ pub fn values_accuracy(
     part: Part,
 ) -> Result<f64> {
     let device = Device::flex();
-    let net = model.build(s.train.dim, s.train.image, s.num_outputs, &device)?;
-    let net = load_params(net, values)?;
+    let net = values_net(
+        model,
+        values,
+        s.train.dim,
+        s.train.image,
+        s.num_outputs,
+        &device,
+    )?;
     task_accuracy(&net, s, task, part, &device, 1000)
+}
+
+/// The network of `model` for inputs of width `dim` (`image`: their shape) with `outputs`
+/// outputs, holding `values` (every parameter by name).
+pub fn values_net(
+    model: &ModelConfig,
+    values: &BTreeMap<String, Vec<f32>>,
+    dim: usize,
+    image: Option<(usize, usize, usize)>,
+    outputs: usize,
+    device: &Device,
+) -> Result<Net> {
+    load_params(model.build(dim, image, outputs, device)?, values)
 }
 
 /// Penultimate features (what the head reads) of every example of `ds` for the network
@@ -60,8 +79,7 @@ pub fn values_features(
     ds: &crate::data::Dataset,
 ) -> Result<(Vec<f32>, usize)> {
     let device = Device::flex();
-    let net = model.build(ds.dim, ds.image, ds.num_classes, &device)?;
-    let net = load_params(net, values)?;
+    let net = values_net(model, values, ds.dim, ds.image, ds.num_classes, &device)?;
     let (mut out, mut width) = (Vec::new(), 0);
     for rows in ds.x.chunks(1000 * ds.dim.max(1)) {
         let n = rows.len() / ds.dim.max(1);
