@@ -4,8 +4,11 @@
 //! binary only parses arguments into options and draws the progress; a benchmark is library
 //! code so that it can be run, tested and read without the command line.
 //!
+//! - [`inspect`], [`analyze`]: the reports of `engram inspect` and `engram analyze` (a
+//!   checkpoint's contents; its matrices' spectra and LIFT masks);
 //! - [`io`]: read and convert throughput against the read and copy bounds;
 //! - [`merge`]: merge speed and memory against the read-and-write bound and mergekit (B1);
+//! - [`lora`]: LoRA extraction time and error against mergekit-extract-lora;
 //! - [`train`]: one training epoch against PyTorch on the same threads (B4);
 //! - [`compress`]: bundles with packed and coded masks on large synthetic families (B6);
 //! - [`cl`]: the continual-learning suite (B3);
@@ -21,10 +24,12 @@
 //! - [`binary`]: binary-weight continual learning in field space, and the Ker-VLJEPA parts
 //!   (whitening, a freeze-and-anchor curriculum, per-class thresholds) (B12).
 //!
-//! Shared parts: [`parts`] (studies in parts: context, claims, the one runner), [`machine`] (what the machine is, medians and spreads, peak memory, files),
+//! Shared parts: [`bars`] (the progress bars the front ends draw), [`parts`] (studies in parts: context, claims, the one runner), [`machine`] (what the machine is, medians and spreads, peak memory, files),
 //! [`synthetic`] (the synthetic model families the weight-space benchmarks measure on) and
 //! [`units`] (counts and sizes as people write and read them).
 
+pub mod analyze;
+pub mod bars;
 pub mod binary;
 pub mod cil;
 pub mod cl;
@@ -32,7 +37,9 @@ pub mod compress;
 pub mod finetune;
 pub mod hypernet;
 pub mod ignorance;
+pub mod inspect;
 pub mod io;
+pub mod lora;
 pub mod machine;
 pub mod merge;
 pub mod merge8;
@@ -60,6 +67,21 @@ pub enum Progress {
     /// Text of the result itself (tables, where the results went), in the order it is
     /// measured, for stdout: a long benchmark's rows appear as they come.
     Output(String),
+}
+
+/// Opens a model and verifies the checksums engram records in the files it writes (models
+/// written by other tools carry none); every front end that reads a model's data opens it here.
+pub fn open_model(path: &std::path::Path) -> anyhow::Result<engram_ckpt::Model> {
+    use anyhow::Context;
+    let m = engram_ckpt::Model::open(path)
+        .with_context(|| format!("cannot open model {}", path.display()))?;
+    m.verify()?;
+    Ok(m)
+}
+
+/// [`open_model`] of each path, in order.
+pub fn open_models(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<engram_ckpt::Model>> {
+    paths.iter().map(|p| open_model(p)).collect()
 }
 
 /// An error and its causes on one line, leaving out a cause whose text the message before it

@@ -11,7 +11,7 @@
 use crate::Progress;
 use crate::machine::{self, arg, measure, median, read_all, remove};
 use crate::units::{bytes, count, parse_count};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use engram_ckpt::Model;
 use engram_weights::synth::ArchConfig;
 use serde_json::{Value, json};
@@ -113,34 +113,52 @@ fn mergekit_config(method: &str, base: &Path, models: &[PathBuf]) -> String {
 
 /// The mergekit executable to measure, installing it first if asked; `None` without mergekit.
 fn mergekit(o: &Options) -> Result<Option<PathBuf>> {
+    mergekit_tool(
+        "mergekit-pytorch",
+        o.mergekit.as_ref(),
+        o.install_mergekit,
+        o.no_mergekit,
+    )
+}
+
+/// The mergekit release `--install-mergekit` installs.
+pub const MERGEKIT: &str = "mergekit==0.1.5";
+
+/// A mergekit executable (`tool`, e.g. `mergekit-extract-lora`) of the benchmarks: `given`, or
+/// the one in bench-out/mergekit-venv, which `install` makes first; `None` with `skip`. An
+/// executable that is not there is an error saying how to get one.
+pub fn mergekit_tool(
+    tool: &str,
+    given: Option<&PathBuf>,
+    install: bool,
+    skip: bool,
+) -> Result<Option<PathBuf>> {
+    if skip {
+        return Ok(None);
+    }
     let venv = PathBuf::from(VENV);
-    if o.install_mergekit && !o.no_mergekit {
+    if install {
         let ok = Command::new("python3")
             .args(["-m", "venv", &arg(&venv)])
-            .status()?
+            .status()
+            .context("running python3 -m venv")?
             .success()
             && Command::new(venv.join("bin/pip"))
-                .args(["install", "-q", "mergekit==0.1.5"])
+                .args(["install", "-q", MERGEKIT])
                 .status()?
                 .success();
         if !ok {
-            bail!("installing mergekit into {} failed", venv.display());
+            bail!("installing {MERGEKIT} into {} failed", venv.display());
         }
     }
-    let mk = (!o.no_mergekit).then(|| {
-        o.mergekit
-            .clone()
-            .unwrap_or(venv.join("bin/mergekit-pytorch"))
-    });
-    if let Some(mk) = &mk
-        && !mk.exists()
-    {
+    let mk = given.cloned().unwrap_or(venv.join("bin").join(tool));
+    if !mk.exists() {
         bail!(
             "{} not found: pass --install-mergekit, --mergekit PATH or --no-mergekit",
             mk.display()
         );
     }
-    Ok(mk)
+    Ok(Some(mk))
 }
 
 /// The engram commands measured on one case: (name, arguments).

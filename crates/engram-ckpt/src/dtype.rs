@@ -91,6 +91,20 @@ impl DType {
         DType::ALL.into_iter().find(|d| d.name() == up)
     }
 
+    /// A float dtype by name (`f32`, `bf16`, `f8_e4m3`, ...), as users give an output dtype;
+    /// integer and boolean types are refused. The message is the one every front end shows.
+    pub fn parse_float(s: &str) -> std::result::Result<DType, String> {
+        match DType::parse(s) {
+            Some(d) if d.is_float() => Ok(d),
+            Some(d) => Err(format!(
+                "dtype {d} is not a float type; use f32, f16, bf16, f64, f8_e4m3 or f8_e5m2"
+            )),
+            None => Err(format!(
+                "unknown dtype '{s}'; use f32, f16, bf16, f64, f8_e4m3 or f8_e5m2"
+            )),
+        }
+    }
+
     pub fn is_float(self) -> bool {
         matches!(
             self,

@@ -1,4 +1,5 @@
-//! One safetensors file, memory-mapped and validated; tensors are borrowed views into it.
+//! One safetensors file, memory-mapped and validated; tensors are borrowed views into it. A
+//! file can also be held in memory (tensors handed over as buffers: the Python module's arrays).
 
 use crate::checksum;
 use crate::chunk::{self, CHUNK};
@@ -9,12 +10,33 @@ use memmap2::Mmap;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Bytes owned elsewhere and shared read-only (a NumPy array kept alive by the Python module).
+pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// One tensor held in memory: what [`SafetensorsFile::from_memory`] is built from.
+pub struct MemTensor {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    /// Little-endian element bytes, `numel × dtype size` of them.
+    pub bytes: SharedBytes,
+}
+
+/// Where a file's tensor bytes live.
+enum Backing {
+    /// A read-only mapping of the whole file (header included).
+    Map(Mmap),
+    /// One buffer per tensor, in header order; there is no header image.
+    Memory(Vec<SharedBytes>),
+}
 
 pub struct SafetensorsFile {
     path: PathBuf,
-    /// Registers the file as an input of this process while it is open.
-    _input: crate::commit::OpenInput,
-    mmap: Mmap,
+    /// Registers the file as an input of this process while it is open (none in memory).
+    _input: Option<crate::commit::OpenInput>,
+    backing: Backing,
     header: Header,
     by_name: HashMap<String, usize>,
 }
@@ -48,9 +70,67 @@ impl SafetensorsFile {
             .collect();
         Ok(SafetensorsFile {
             path: path.to_path_buf(),
-            _input: input,
-            mmap,
+            _input: Some(input),
+            backing: Backing::Map(mmap),
             header,
+            by_name,
+        })
+    }
+
+    /// A file held in memory: `tensors` in the given order, laid out one after another as a
+    /// written file would hold them, without copying their bytes. `name` stands for the path
+    /// in error messages and reports. Every tensor is checked as a header entry is: a name
+    /// given once (and not `__metadata__`), a shape whose size does not overflow, and exactly
+    /// `numel × dtype size` bytes.
+    pub fn from_memory(name: &Path, tensors: Vec<MemTensor>) -> Result<Self> {
+        let mut infos = Vec::with_capacity(tensors.len());
+        let mut buffers = Vec::with_capacity(tensors.len());
+        let mut by_name = HashMap::with_capacity(tensors.len());
+        let mut at = 0usize;
+        for t in tensors {
+            let terr = |msg: String| Error::tensor(name, &t.name, msg);
+            if t.name == "__metadata__" {
+                return Err(terr(
+                    "'__metadata__' is reserved for the file's metadata".into(),
+                ));
+            }
+            let expected = t
+                .shape
+                .iter()
+                .try_fold(t.dtype.size(), |acc, &d| acc.checked_mul(d))
+                .ok_or_else(|| terr(format!("shape {:?} overflows", t.shape)))?;
+            let len = AsRef::<[u8]>::as_ref(&*t.bytes).len();
+            if len != expected {
+                return Err(terr(format!(
+                    "holds {len} bytes but shape {:?} of {} needs {expected}",
+                    t.shape, t.dtype
+                )));
+            }
+            if by_name.insert(t.name.clone(), infos.len()).is_some() {
+                return Err(terr("tensor name given twice".into()));
+            }
+            let end = at
+                .checked_add(len)
+                .ok_or_else(|| terr("tensors exceed the address space".into()))?;
+            infos.push(TensorInfo {
+                name: t.name,
+                dtype: t.dtype,
+                shape: t.shape,
+                start: at,
+                end,
+            });
+            buffers.push(t.bytes);
+            at = end;
+        }
+        Ok(SafetensorsFile {
+            path: name.to_path_buf(),
+            _input: None,
+            backing: Backing::Memory(buffers),
+            header: Header {
+                tensors: infos,
+                metadata: BTreeMap::new(),
+                data_start: 0,
+            },
             by_name,
         })
     }
@@ -67,8 +147,12 @@ impl SafetensorsFile {
         &self.header.metadata
     }
 
+    /// The file's size; for a file in memory, its tensors' bytes (it has no header image).
     pub fn len_bytes(&self) -> u64 {
-        self.mmap.len() as u64
+        match &self.backing {
+            Backing::Map(m) => m.len() as u64,
+            Backing::Memory(_) => self.header.tensors.last().map_or(0, |t| t.end as u64),
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<TensorView<'_>> {
@@ -107,11 +191,15 @@ impl SafetensorsFile {
     pub fn view(&self, i: usize) -> TensorView<'_> {
         let info = &self.header.tensors[i];
         let base = self.header.data_start;
+        let (bytes, map) = match &self.backing {
+            Backing::Map(m) => (&m[base + info.start..base + info.end], Some(m)),
+            Backing::Memory(b) => (AsRef::<[u8]>::as_ref(&*b[i]), None),
+        };
         TensorView {
             info,
-            bytes: &self.mmap[base + info.start..base + info.end],
+            bytes,
             path: &self.path,
-            map: &self.mmap,
+            map,
         }
     }
 }
@@ -154,8 +242,9 @@ pub struct TensorView<'a> {
     pub info: &'a TensorInfo,
     pub bytes: &'a [u8],
     pub path: &'a Path,
-    /// The read-only file mapping `bytes` lies in (for [`TensorView::release`]).
-    map: &'a Mmap,
+    /// The read-only file mapping `bytes` lies in (for [`TensorView::release`]); none for a
+    /// tensor held in memory.
+    map: Option<&'a Mmap>,
 }
 
 impl<'a> TensorView<'a> {
@@ -197,15 +286,19 @@ impl<'a> TensorView<'a> {
     /// wholly inside that range are unmapped from this process (they stay in the page cache,
     /// and a later read faults them back in with the same contents). Streaming passes call it
     /// after each chunk so that resident memory stays bounded by a few chunks rather than
-    /// growing to the size of the file. A hint only: failures are ignored.
+    /// growing to the size of the file. A hint only: failures are ignored; a tensor held in
+    /// memory is left as it is.
     pub fn release(&self, start: usize, end: usize) {
         const PAGE: usize = 4096;
+        let Some(map) = self.map else {
+            return;
+        };
         let s = self.dtype().size();
         let end = end.min(self.numel());
         if start >= end {
             return;
         }
-        let base = self.bytes.as_ptr() as usize - self.map.as_ptr() as usize;
+        let base = self.bytes.as_ptr() as usize - map.as_ptr() as usize;
         // Only whole pages inside the range: a neighbouring tensor's bytes are left mapped.
         let lo = (base + start * s).next_multiple_of(PAGE);
         let hi = (base + end * s) / PAGE * PAGE;
@@ -215,8 +308,7 @@ impl<'a> TensorView<'a> {
             // entries; any later access, through any outstanding borrow, faults in the same
             // file contents, so no reference ever observes changed or zeroed bytes.
             let _ = unsafe {
-                self.map
-                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo)
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo)
             };
         }
     }

@@ -17,6 +17,7 @@ pub mod gguf;
 pub mod header;
 pub mod model;
 pub mod names;
+pub mod peft;
 pub mod stats;
 pub mod writer;
 

@@ -3,8 +3,9 @@
 //! generation config) that outputs carry along.
 
 use crate::checksum;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::file::{SafetensorsFile, TensorView};
+use crate::file::{MemTensor, SafetensorsFile, TensorView};
 use crate::header::HeaderError;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -195,6 +196,13 @@ impl Model {
         Ok(m)
     }
 
+    /// A model held in memory, its tensors' bytes borrowed rather than copied (one in-memory
+    /// file: [`SafetensorsFile::from_memory`], which validates them). `name` stands for its
+    /// path in errors and reports; it has no side files and no metadata.
+    pub fn from_tensors(name: &Path, tensors: Vec<MemTensor>) -> Result<Model> {
+        Self::from_files(name, vec![SafetensorsFile::from_memory(name, tensors)?])
+    }
+
     fn from_files(source: &Path, files: Vec<SafetensorsFile>) -> Result<Model> {
         // Files engram wrote as one output share its identity; two identities are two outputs.
         let ids: Vec<(&Path, Option<&String>)> = files
@@ -272,6 +280,15 @@ impl Model {
 
     pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
         self.tensors().map(|t| t.name())
+    }
+
+    /// The dtype of the first float tensor (f32 if there is none): the dtype a vector
+    /// computed over this model is stored in unless the user says otherwise.
+    pub fn float_dtype(&self) -> DType {
+        self.tensors()
+            .find(|v| v.dtype().is_float())
+            .map(|v| v.dtype())
+            .unwrap_or(DType::F32)
     }
 
     pub fn param_count(&self) -> u64 {
@@ -606,4 +623,114 @@ pub fn side_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     out.sort();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DType;
+    use crate::file::SharedBytes;
+    use std::sync::Arc;
+
+    fn f32_bytes(v: &[f32]) -> SharedBytes {
+        Arc::new(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
+    }
+
+    fn mem(name: &str, dtype: DType, shape: &[usize], bytes: SharedBytes) -> MemTensor {
+        MemTensor {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+            bytes,
+        }
+    }
+
+    #[test]
+    fn in_memory_model_borrows_its_buffers() {
+        let a = f32_bytes(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let b: SharedBytes = Arc::new(vec![1u8, 0, 1]);
+        let a_ptr = AsRef::<[u8]>::as_ref(&*a).as_ptr();
+        let m = Model::from_tensors(
+            Path::new("<memory>"),
+            vec![
+                mem("w", DType::F32, &[2, 3], a.clone()),
+                mem("mask", DType::Bool, &[3], b),
+                mem("empty", DType::F16, &[0, 4], Arc::new(Vec::<u8>::new())),
+            ],
+        )
+        .unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m.names().collect::<Vec<_>>(), ["w", "mask", "empty"]);
+        let w = m.require("w").unwrap();
+        // No copy: the view is the caller's buffer.
+        assert_eq!(w.bytes.as_ptr(), a_ptr);
+        assert_eq!(w.to_f32().unwrap(), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        w.release(0, w.numel()); // a no-op in memory
+        assert_eq!(w.to_f32().unwrap()[5], 6.0);
+        assert_eq!(w.path, Path::new("<memory>"));
+        assert_eq!(m.get("mask").unwrap().bytes, [1, 0, 1]);
+        assert_eq!(
+            (m.param_count(), m.data_bytes(), m.file_bytes()),
+            (9, 27, 27)
+        );
+        assert_eq!(
+            [m.tensor_at(1).info.start, m.tensor_at(1).info.end],
+            [24, 27]
+        );
+        assert!(m.side_files().is_empty() && m.metadata().is_empty());
+        m.verify().unwrap();
+        m.check_finite().unwrap();
+        let e = m.require("nope").err().unwrap().to_string();
+        assert!(e.contains("<memory>") && e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn in_memory_model_equals_the_written_file() {
+        let t = tempfile::tempdir().unwrap();
+        let out = t.path().join("m.safetensors");
+        let vals = [0.5f32, -1.0, 2.25, 8.0];
+        let w = crate::ModelWriter::create(
+            &out,
+            vec![crate::TensorSpec::new("x", DType::F32, &[2, 2])],
+            &crate::WriteOptions {
+                max_shard_bytes: None,
+                metadata: Default::default(),
+            },
+        )
+        .unwrap();
+        w.write_f32("x", &vals).unwrap();
+        w.finish(&[]).unwrap();
+        let file = Model::open(&out).unwrap();
+        let m = Model::from_tensors(
+            Path::new("mem"),
+            vec![mem("x", DType::F32, &[2, 2], f32_bytes(&vals))],
+        )
+        .unwrap();
+        assert!(m.same_tensors(&file) && file.same_tensors(&m));
+    }
+
+    #[test]
+    fn in_memory_model_refuses_bad_tensors() {
+        let e = |tensors: Vec<MemTensor>| {
+            Model::from_tensors(Path::new("mem"), tensors)
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        let msg = e(vec![
+            mem("a", DType::F32, &[1], f32_bytes(&[1.0])),
+            mem("a", DType::F32, &[1], f32_bytes(&[2.0])),
+        ]);
+        assert!(msg.contains("'a'") && msg.contains("given twice"), "{msg}");
+        let msg = e(vec![mem("b", DType::F32, &[3], f32_bytes(&[1.0, 2.0]))]);
+        assert!(
+            msg.contains("'b'") && msg.contains("holds 8 bytes"),
+            "{msg}"
+        );
+        assert!(msg.contains("needs 12"), "{msg}");
+        let msg = e(vec![mem("c", DType::F32, &[usize::MAX, 2], f32_bytes(&[]))]);
+        assert!(msg.contains("'c'") && msg.contains("overflows"), "{msg}");
+        let msg = e(vec![mem("__metadata__", DType::U8, &[0], f32_bytes(&[]))]);
+        assert!(msg.contains("reserved"), "{msg}");
+    }
 }

@@ -118,9 +118,40 @@ fn invisible(c: char) -> bool {
     )
 }
 
+/// The group a tensor belongs to for summaries: the name up to and including its first
+/// numeric component (`model.layers.12.mlp.up_proj.weight` -> `model.layers.12`), else the
+/// name without its last component (`model.embed_tokens.weight` -> `model.embed_tokens`).
+pub fn group_of(name: &str) -> &str {
+    let mut end = 0;
+    for part in name.split('.') {
+        end += part.len();
+        if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+            return &name[..end];
+        }
+        end += 1;
+    }
+    match name.rfind('.') {
+        Some(i) if i > 0 => &name[..i],
+        _ => name,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups() {
+        assert_eq!(
+            group_of("model.layers.12.mlp.up_proj.weight"),
+            "model.layers.12"
+        );
+        assert_eq!(group_of("model.embed_tokens.weight"), "model.embed_tokens");
+        assert_eq!(group_of("lm_head.weight"), "lm_head");
+        assert_eq!(group_of("bias"), "bias");
+        assert_eq!(group_of("h.0.attn"), "h.0");
+        assert_eq!(group_of(".x"), ".x");
+    }
 
     #[test]
     fn plain_names_only() {

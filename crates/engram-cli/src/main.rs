@@ -80,6 +80,13 @@ enum Command {
     Whiten(cmd::whiten::Args),
     /// Graft named tensors of checkpoint A into checkpoint B (byte copies; checkpoint surgery).
     Graft(cmd::graft::Args),
+    /// LoRA adapters (PEFT folders): extract from a fine-tune, apply (merge and unload),
+    /// merge several adapters.
+    #[command(subcommand)]
+    Lora(cmd::lora::LoraCmd),
+    /// Before a merge: what differs across models (missing or extra tensors, shapes,
+    /// vocabulary sizes, tokenizer files, dtypes) and what the merge will do with each.
+    Check(cmd::check::Args),
     /// Compress fine-tunes into one bundle: base, merged vector, a bit mask per task.
     Compress(cmd::compress::Args),
     /// Rebuild one task's model from a bundle written by `engram compress`.
@@ -122,6 +129,8 @@ fn main() {
         Command::Filter(a) => cmd::filter::run(&ctx, a),
         Command::Whiten(a) => cmd::whiten::run(&ctx, a),
         Command::Graft(a) => cmd::graft::run(&ctx, a),
+        Command::Lora(l) => cmd::lora::run(&ctx, l),
+        Command::Check(a) => cmd::check::run(&ctx, a),
         Command::Compress(a) => cmd::compress::run(&ctx, a),
         Command::Extract(a) => cmd::compress::run_extract(&ctx, a),
         Command::Patch(p) => cmd::patch::run(&ctx, p),

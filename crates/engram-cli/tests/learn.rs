@@ -26,6 +26,20 @@ kind = "adam"
 lr = 0.01
 "#;
 
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 fn results(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dir.join("t/results.json")).expect("results"))
         .expect("json")
@@ -157,15 +171,42 @@ fn selective_strategies_train_and_export_their_masks() {
         s(&masks),
     ]);
     let listing = ok(&["inspect", s(&masks), "--json"]);
-    for t in ["lift.mask.stem.weight", "lift.mask.blocks.1.fc2.weight"] {
+    // Named as the model's parameters, so another trainer finds them by name.
+    let ckpt = walk(&out)
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(".model.safetensors"))
+        .expect("a model checkpoint");
+    let model = ok(&["inspect", s(&ckpt), "--json"]);
+    for t in ["\"stem.weight\"", "\"blocks.1.fc2.weight\""] {
         assert!(listing.contains(t), "{t} missing from {listing}");
+        assert!(model.contains(t), "{t} missing from the model {model}");
     }
+    assert!(listing.contains("engram.kind"), "{listing}");
     assert!(
-        !listing.contains("lift.mask.head"),
+        !listing.contains("\"head."),
         "the output layer is not selected"
     );
     let r = results(&out);
     assert_eq!(r["accuracy"].as_array().unwrap().len(), 3);
+    // EWC exports its diagonal Fisher under the parameters' names.
+    let cfg = run("ewc", "lambda = 10.0");
+    let fisher = d.path().join("fisher.safetensors");
+    ok(&[
+        "train",
+        "-q",
+        "--config",
+        s(&cfg),
+        "-o",
+        s(&d.path().join("ewc")),
+        "--export-masks",
+        s(&fisher),
+    ]);
+    let f = engram_ckpt::Model::open(&fisher).unwrap();
+    assert_eq!(f.metadata()["engram.kind"], "fisher");
+    let names: Vec<&str> = f.names().collect();
+    assert!(names.contains(&"stem.weight"), "{names:?}");
+    let v = f.require("stem.weight").unwrap().to_f32().unwrap();
+    assert!(v.iter().all(|x| *x >= 0.0) && v.iter().any(|x| *x > 0.0));
     // A strategy with nothing to export says so and exits non-zero.
     let cfg = run("lora", "from-task = 1");
     let bad = engram(&[

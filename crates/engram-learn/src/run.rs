@@ -328,6 +328,13 @@ fn train(
         let meta = [
             ("run".to_string(), cfg.run_name()),
             ("strategy".to_string(), cfg.strategy.name.clone()),
+            (
+                "engram.kind".to_string(),
+                trainer.strategy.masks_kind().to_string(),
+            ),
+            // engram-learn stores a Linear weight as burn does, [in, out]: a PyTorch
+            // nn.Linear's weight is the transpose.
+            ("engram.layout".to_string(), "engram".to_string()),
         ]
         .into_iter()
         .collect();

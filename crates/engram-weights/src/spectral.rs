@@ -267,22 +267,34 @@ pub fn low_rank(
     r: usize,
     o: &SpectralOptions,
 ) -> Result<Vec<f32>, String> {
+    let (u, s, v) = truncated_svd(w, m, n, r, o)?;
+    Ok(product(u, &s, v))
+}
+
+/// The top `min(r, m, n)` singular triplets of a row-major `m × n` matrix: exact SVD when
+/// [`SpectralOptions::exact`], randomized otherwise.
+pub fn truncated_svd(
+    w: &[f32],
+    m: usize,
+    n: usize,
+    r: usize,
+    o: &SpectralOptions,
+) -> Result<Triplets, String> {
     check(w, m, n)?;
     let r = r.min(m.min(n));
-    let (u, s, v) = if o.exact(m, n) {
+    if o.exact(m, n) {
         let svd = to_mat(w, m, n)
             .thin_svd()
             .map_err(|e| format!("SVD did not converge: {e:?}"))?;
         let s: Vec<f64> = svd.S().column_vector().iter().copied().collect();
-        (
+        Ok((
             svd.U().subcols(0, r).to_owned(),
             s[..r].to_vec(),
             svd.V().subcols(0, r).to_owned(),
-        )
+        ))
     } else {
-        randomized_svd(w, m, n, r, o)?
-    };
-    Ok(product(u, &s, v))
+        randomized_svd(w, m, n, r, o)
+    }
 }
 
 /// LIFT's budget: K = min((m + n)·r_lora, m·n), the parameter count of a rank-r_lora LoRA.

@@ -41,7 +41,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
             anyhow::bail!("{}: exists and is not a folder", shown(&dir));
         }
     }
-    let bars = RunBars::new(ctx, "source");
+    let bars = RunBars::new(!ctx.quiet, "source");
     let stream = super::progress::bar(ctx, 0, &esc(&cfg.adapter.name));
     let out = engram_learn::adapt::run::run(
         &cfg,

@@ -10,15 +10,12 @@
 
 use super::Ctx;
 use super::util::{self, outln};
-use anyhow::{Context, Result, bail};
-use engram_ckpt::{DType, Error as CkptError, Model, TensorSpec, TensorView};
+use anyhow::{Context, Result};
+use engram_bench::analyze::{AnalyzeOptions, Plan, Row, Skipped};
+use engram_ckpt::Model;
 use engram_report::html::Page;
 use engram_report::svg::{LineChart, Series, bar_chart, line_chart};
-use engram_weights::spectral::{
-    SpectralOptions, Spectrum, lift_budget, matrix_dims, spectrum, spectrum_and_principal,
-};
-use rayon::prelude::*;
-use serde_json::{Value, json};
+use engram_weights::spelling::Spelling;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -88,43 +85,23 @@ pub struct Args {
     pub labels: Option<String>,
 }
 
-/// One analysed matrix.
-struct Row {
-    index: usize,
-    name: String,
-    dtype: DType,
-    shape: Vec<usize>,
-    spectrum: Spectrum,
-    /// LIFT's K, when a mask was written for this tensor.
-    lift_k: Option<usize>,
-}
-
-/// A tensor left out, and why.
-struct Skipped {
-    name: String,
-    dtype: DType,
-    shape: Vec<usize>,
-    reason: &'static str,
-}
-
-fn contains_any(name: &str, pats: &[String]) -> bool {
-    pats.iter().any(|p| name.contains(p.as_str()))
-}
-
-/// Why tensor `t` is not analysed, or `None` when it is.
-fn skip_reason(t: &TensorView, a: &Args) -> Option<&'static str> {
-    if !t.dtype().is_float() {
-        Some("not a float tensor")
-    } else if t.shape().len() < 2 {
-        Some("fewer than 2 dimensions")
-    } else if matrix_dims(t.shape()).is_none() {
-        Some("empty")
-    } else if !a.include.is_empty() && !contains_any(t.name(), &a.include) {
-        Some("not matched by --include")
-    } else if contains_any(t.name(), &a.exclude) {
-        Some("matched by --exclude")
-    } else {
-        None
+impl Args {
+    /// The options as the library reads them.
+    fn options(&self) -> AnalyzeOptions {
+        AnalyzeOptions {
+            source: self.path.display().to_string(),
+            values: self.values,
+            max_dim: self.max_dim,
+            max_values: self.max_values,
+            top_k: self.top_k,
+            seed: self.seed,
+            include: self.include.clone(),
+            exclude: self.exclude.clone(),
+            lift_masks: self.lift_masks.clone(),
+            filter_rank: self.filter_rank,
+            lift_rank: self.lift_rank,
+            lift_exclude: self.lift_exclude.clone(),
+        }
     }
 }
 
@@ -133,224 +110,42 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         let labels = a.labels.as_deref();
         return super::embeddings::analyze(ctx, &a.path, name, labels, a.json);
     }
-    if a.top_k == 0 {
-        bail!("--top-k must be at least 1");
-    }
-    if a.lift_masks.is_some() && (a.filter_rank == 0 || a.lift_rank == 0) {
-        bail!("--filter-rank and --lift-rank must be at least 1");
-    }
+    let opts = a.options();
+    opts.check(Spelling::Flags)?;
     let start = Instant::now();
     let model = super::models::open(&a.path)?;
-    let opts = SpectralOptions {
-        max_dim: a.max_dim,
-        max_values: a.max_values,
-        top_k: a.top_k,
-        seed: a.seed,
-        ..SpectralOptions::default()
-    };
-
-    let mut picked: Vec<usize> = Vec::new();
-    let mut skipped: Vec<Skipped> = Vec::new();
-    for (i, t) in model.tensors().enumerate() {
-        match skip_reason(&t, &a) {
-            None => picked.push(i),
-            Some(reason) => skipped.push(Skipped {
-                name: t.name().to_string(),
-                dtype: t.dtype(),
-                shape: t.shape().to_vec(),
-                reason,
-            }),
-        }
-    }
-    let masked = |name: &str| a.lift_masks.is_some() && !contains_any(name, &a.lift_exclude);
     // The report folder is staged before any output is written: a bad --out fails a run
     // that has written nothing (the masks file included).
     let staged = a.out.as_deref().map(engram_ckpt::Staged::new).transpose()?;
-
-    // The mask file is declared up front (names, shapes) and filled by the workers.
-    let writer = match &a.lift_masks {
-        Some(path) => {
-            let specs: Vec<TensorSpec> = picked
-                .iter()
-                .map(|&i| model.tensor_at(i))
-                .filter(|t| masked(t.name()))
-                .map(|t| TensorSpec::new(t.name(), DType::Bool, t.shape()))
-                .collect();
-            if specs.is_empty() {
-                bail!("--lift-masks: no tensor left to mask (every analysed tensor is excluded)");
-            }
-            let md = engram_ckpt::provenance(
-                &ctx.command_line,
-                &json!({
-                    "source": a.path.display().to_string(),
-                    "method": "lift",
-                    "filter_rank": a.filter_rank,
-                    "lift_rank": a.lift_rank,
-                    "max_dim": opts.max_dim,
-                    "oversample": opts.oversample,
-                    "power_iters": opts.power_iters,
-                    "seed": opts.seed,
-                }),
-            );
-            Some(
-                engram_weights::output::writer(path, specs, &md)
-                    .with_context(|| format!("creating {}", path.display()))?,
-            )
-        }
-        None => None,
-    };
-
-    // Largest work first, so that a big embedding does not start last on an idle pool.
-    let mut order = picked.clone();
-    let cost = |i: usize| {
-        let t = model.tensor_at(i);
-        matrix_dims(t.shape()).map_or(0.0, |(m, n)| m as f64 * n as f64 * m.min(n) as f64)
-    };
-    order.sort_by(|&x, &y| cost(y).total_cmp(&cost(x)).then(x.cmp(&y)));
-    let params: u64 = picked
-        .iter()
-        .map(|&i| model.tensor_at(i).numel() as u64)
-        .sum();
-    let pb = super::progress::bar(ctx, params, "analyzing");
-    let rows = order
-        .par_iter()
-        .map(|&i| {
-            let t = model.tensor_at(i);
-            let row = analyse(
-                &t,
-                i,
-                &opts,
-                &a,
-                writer.as_ref().filter(|_| masked(t.name())),
-            )?;
-            pb.inc(t.numel() as u64);
-            Ok(row)
-        })
-        .collect::<Result<Vec<Row>>>();
+    let plan = Plan::new(&model, &opts, &ctx.command_line)?;
+    let pb = super::progress::bar(ctx, plan.params(), "analyzing");
+    let res = plan.run(start, &|n| pb.inc(n));
     pb.finish_and_clear();
-    let mut rows = rows?;
-    rows.sort_by_key(|r| r.index);
-    let seconds = start.elapsed().as_secs_f64();
+    let mut an = res?;
 
-    let doc = to_json(&model, &a, &opts, &rows, &skipped, params, seconds);
+    let doc = an.to_json(&model, &opts);
     if let (Some(staged), Some(dir)) = (&staged, &a.out) {
         // analysis.json and analysis.html are switched in together.
         util::write_json_file(&staged.path().join("analysis.json"), &doc)?;
         let html = staged.path().join("analysis.html");
         engram_ckpt::write_atomic(
             &html,
-            render_html(ctx, &model, &a, &rows, &skipped).as_bytes(),
+            render_html(ctx, &model, &a, &an.rows, &an.skipped).as_bytes(),
         )
         .with_context(|| format!("writing {}", dir.join("analysis.html").display()))?;
     }
     // Every output is complete before the first is committed.
-    if let (Some(w), Some(path)) = (writer, &a.lift_masks) {
-        w.finish(&[])
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
+    an.finish_masks(&opts)?;
     if let Some(staged) = staged {
         staged.commit(&|n| n == "analysis.json" || n == "analysis.html")?;
     }
     if a.json {
         util::print_json(&doc)?;
     } else {
-        util::emit(&text_report(&model, &a, &rows, &skipped, params, seconds))?;
+        let text = text_report(&model, &a, &an.rows, &an.skipped, an.params, an.seconds);
+        util::emit(&text)?;
     }
     Ok(())
-}
-
-/// Decodes, analyses and (with `mask`) writes the LIFT mask of one tensor; the decoded values
-/// are dropped and the file pages released before returning.
-fn analyse(
-    t: &TensorView,
-    index: usize,
-    opts: &SpectralOptions,
-    a: &Args,
-    mask: Option<&engram_ckpt::ModelWriter>,
-) -> Result<Row> {
-    let (m, n) = matrix_dims(t.shape())
-        .ok_or_else(|| CkptError::tensor(t.path, t.name(), "not a matrix"))?;
-    let w = t.to_f32()?;
-    t.release(0, t.numel());
-    let terr = |e: String| CkptError::tensor(t.path, t.name(), e);
-    let mut lift_k = None;
-    let sp = if let Some(writer) = mask {
-        let k = lift_budget(m, n, a.lift_rank);
-        // One SVD for the spectrum and the rank-r approximation of the mask.
-        let (sp, idx) = spectrum_and_principal(&w, m, n, a.filter_rank, k, opts).map_err(terr)?;
-        drop(w);
-        let mut bits = vec![0u8; m * n];
-        for j in idx {
-            bits[j as usize] = 1;
-        }
-        writer.write_bytes(t.name(), &bits)?;
-        lift_k = Some(k);
-        sp
-    } else {
-        spectrum(&w, m, n, opts).map_err(terr)?
-    };
-    Ok(Row {
-        index,
-        name: t.name().to_string(),
-        dtype: t.dtype(),
-        shape: t.shape().to_vec(),
-        spectrum: sp,
-        lift_k,
-    })
-}
-
-fn to_json(
-    model: &Model,
-    a: &Args,
-    opts: &SpectralOptions,
-    rows: &[Row],
-    skipped: &[Skipped],
-    params: u64,
-    seconds: f64,
-) -> Value {
-    let tensors: Vec<Value> = rows
-        .iter()
-        .map(|r| {
-            let mut v = serde_json::to_value(&r.spectrum).unwrap_or(Value::Null);
-            if let Some(o) = v.as_object_mut() {
-                if !a.values {
-                    o.remove("singular_values");
-                }
-                o.insert("name".into(), json!(r.name));
-                o.insert("dtype".into(), json!(r.dtype.name()));
-                o.insert("shape".into(), json!(r.shape));
-                if a.lift_masks.is_some() {
-                    o.insert("lift_k".into(), json!(r.lift_k));
-                }
-            }
-            v
-        })
-        .collect();
-    json!({
-        "engram_analyze": 1,
-        "model": model.source().display().to_string(),
-        "options": {
-            "max_dim": opts.max_dim,
-            "max_values": opts.max_values,
-            "top_k": opts.top_k,
-            "oversample": opts.oversample,
-            "power_iters": opts.power_iters,
-            "seed": opts.seed,
-            "include": a.include,
-            "exclude": a.exclude,
-            "lift_masks": a.lift_masks.as_ref().map(|p| p.display().to_string()),
-            "filter_rank": a.filter_rank,
-            "lift_rank": a.lift_rank,
-            "lift_exclude": a.lift_exclude,
-        },
-        "params": params,
-        "threads": rayon::current_num_threads(),
-        "tensors": tensors,
-        "skipped": skipped.iter().map(|s| json!({
-            "name": s.name, "dtype": s.dtype.name(), "shape": s.shape, "reason": s.reason,
-        })).collect::<Vec<_>>(),
-        "seconds": seconds,
-    })
 }
 
 /// The analysed tensors of lowest and highest κ (exact spectra only).

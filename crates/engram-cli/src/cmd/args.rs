@@ -16,13 +16,7 @@ pub use engram_bench::units::{parse_bytes, parse_count};
 
 /// A float dtype by name (`f32`, `bf16`, `f8_e4m3`, ...); integer and boolean types are refused.
 pub fn float_dtype(s: &str) -> Result<DType> {
-    match DType::parse(s) {
-        Some(d) if d.is_float() => Ok(d),
-        Some(d) => {
-            bail!("dtype {d} is not a float type; use f32, f16, bf16, f64, f8_e4m3 or f8_e5m2")
-        }
-        None => bail!("unknown dtype '{s}'; use f32, f16, bf16, f64, f8_e4m3 or f8_e5m2"),
-    }
+    DType::parse_float(s).map_err(anyhow::Error::msg)
 }
 
 /// An optional float dtype (`--out-dtype`: absent means the input's).

@@ -6,7 +6,8 @@ use super::Ctx;
 use super::progress::Reporter;
 use anyhow::Result;
 use engram_bench::{
-    binary, cil, cl, compress, finetune, hypernet, ignorance, io, merge, quant, robust, train, tta,
+    binary, cil, cl, compress, finetune, hypernet, ignorance, io, lora, merge, quant, robust,
+    train, tta,
 };
 use std::path::PathBuf;
 
@@ -17,6 +18,11 @@ pub enum Bench {
     /// Merge speed and memory (TA, TIES, TALL, Consensus) against the read-and-write bound and
     /// mergekit, on synthetic models (B1 in BENCHMARKS.md).
     Merge(MergeArgs),
+    /// LoRA extraction: `engram lora extract` at ranks 8, 32, 128 against
+    /// `mergekit-extract-lora` on the same synthetic Llama-shaped bf16 model (~200M; a
+    /// fine-tune with a decaying task-vector spectrum), time and the error ‖ΔW − s·B·A‖/‖ΔW‖ of
+    /// both adapters, measured the same way. `--quick` (~10M) for a smoke check.
+    Lora(LoraArgs),
     /// Training speed: one epoch of Fashion-MNIST (MLP and CNN) against PyTorch on CPU with
     /// the same threads (B4 in BENCHMARKS.md).
     Train(TrainArgs),
@@ -87,6 +93,56 @@ pub enum Bench {
     /// judged; finished units are read back when rerun with the same settings. `--quick` for
     /// a smoke check.
     Binary(BinaryArgs),
+}
+
+#[derive(clap::Args)]
+pub struct LoraArgs {
+    /// A ~10M-parameter model: a smoke check, not the benchmark's numbers.
+    #[arg(long)]
+    pub quick: bool,
+    /// Parameter count of the model [default: 200M; --quick: 10M].
+    #[arg(long)]
+    pub params: Option<String>,
+    /// Ranks, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "8,32,128")]
+    pub ranks: Vec<usize>,
+    /// Runs of each engram extraction (medians are reported); mergekit runs once per rank.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Output folder: model/, adapters/, results.json (default bench-out/lora, or
+    /// bench-out/lora-quick).
+    #[arg(short, long)]
+    pub out: Option<PathBuf>,
+    /// Seed of the fine-tune's task vectors.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The `mergekit-extract-lora` executable; default:
+    /// bench-out/mergekit-venv/bin/mergekit-extract-lora.
+    #[arg(long)]
+    pub mergekit: Option<PathBuf>,
+    /// Create bench-out/mergekit-venv and pip-install mergekit into it first.
+    #[arg(long)]
+    pub install_mergekit: bool,
+    /// Skip mergekit (engram only).
+    #[arg(long)]
+    pub no_mergekit: bool,
+}
+
+impl From<LoraArgs> for lora::Options {
+    fn from(a: LoraArgs) -> Self {
+        lora::Options {
+            quick: a.quick,
+            params: a.params,
+            ranks: a.ranks,
+            runs: a.runs,
+            out: a.out,
+            seed: a.seed,
+            mergekit: a.mergekit,
+            install_mergekit: a.install_mergekit,
+            no_mergekit: a.no_mergekit,
+            engram: None,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -613,6 +669,7 @@ pub fn run(ctx: &Ctx, b: Bench) -> Result<()> {
     let res = match b {
         Bench::Io(a) => io::run(&a.into(), &mut |p| r.show(p)),
         Bench::Merge(a) => merge::run(&a.into(), &mut |p| r.show(p)),
+        Bench::Lora(a) => lora::run(&a.into(), &mut |p| r.show(p)),
         Bench::Train(a) => train::run(&a.into(), &mut |p| r.show(p)),
         Bench::Compress(a) => compress::run(&a.into(), &mut |p| r.show(p)),
         Bench::Cl(a) => cl::run(&a.options(ctx), &mut |p| r.show(p)),

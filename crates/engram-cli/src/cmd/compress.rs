@@ -3,7 +3,7 @@
 
 use super::Ctx;
 use super::args::float_dtype;
-use super::models::{TallArgs, float_dtype_of};
+use super::models::TallArgs;
 use super::util::print_json;
 use anyhow::Result;
 use engram_weights::compress::{MaskCoding, extract_task, write_bundle};
@@ -33,7 +33,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     let (base, models) = a.tall.open()?;
     let tau_dtype = match &a.tau_dtype {
         Some(s) => float_dtype(s)?,
-        None => float_dtype_of(&base),
+        None => base.float_dtype(),
     };
     let coding = MaskCoding::parse(&a.mask_coding)?;
     let tall = a.tall.tall(&base, &models)?;

@@ -69,6 +69,9 @@ impl Ctx {
     pub fn finish(self, res: Result<()>) {
         engram_bench::machine::report_peak_rss();
         if let Err(e) = res {
+            if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
+                std::process::exit(*code);
+            }
             // Messages quote tensor names and metadata: escaped like every other output,
             // line by line (some messages list one item per line).
             let msg = engram_bench::error_chain(&e);
@@ -78,3 +81,16 @@ impl Ctx {
         }
     }
 }
+
+/// A command that has printed its output and ends with another exit status than 0 or 1
+/// (`engram check`: 3 when the models would not merge); [`Ctx::finish`] exits with it.
+#[derive(Debug)]
+pub struct Exit(pub i32);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}

@@ -158,7 +158,7 @@ fn continual(ctx: &Ctx, a: Args) -> Result<()> {
                 overwrite: true,
                 ..Default::default()
             };
-            let bars = super::progress::RunBars::new(ctx, st);
+            let bars = super::progress::RunBars::new(!ctx.quiet, st);
             let r = engram_learn::run::run_config(&cfg, &dir, &opts, &mut |e| bars.on(e))?
                 .ok_or_else(|| anyhow::anyhow!("run {} did not finish", cfg.run_name()))?;
             bars.finish();

@@ -1,21 +1,21 @@
-//! `engram merge`: merge checkpoints by a mergekit YAML config or by flags.
+//! `engram merge`: merge checkpoints by a mergekit YAML config or by flags; a config of several
+//! `---`-separated documents is a multi-stage merge (mergekit-multi), run stage by stage.
 
 use super::Ctx;
 use super::args::{opt_bytes, opt_float_dtype, param};
 use super::models::{open, open_all};
 use super::util::{emit, esc, outln, print_json};
 use anyhow::{Context, Result, bail};
-use engram_weights::merge::engine::{MergeRequest, run_merge};
-use engram_weights::merge::params::{ParamSource, ParamValue};
-use engram_weights::merge::{TrimScope, config, registry};
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use engram_weights::merge::engine::{MergeReport, run_merge};
+use engram_weights::merge::{config, registry, stages};
+use engram_weights::spelling::Spelling;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 #[command(
     // `--lambda -0.5` (a negative λ forgets a task) and `--weights -1,1` are values.
     allow_negative_numbers = true,
-    after_help = "With a config file, the merge is the config's: --base, --density, --weights, --lambda, --t, --param and --trim-scope are refused (write them in the config). --out-dtype and --seed apply to both forms (an error if the config sets them too); so do --allow-missing, --check-finite, --shard-size and --json.\n\nExamples:\n  engram merge merge.yml -o merged/\n  engram merge --method ties --base base/ --density 0.2 ft-1/ ft-2/ -o merged/\n  engram merge --list"
+    after_help = "With a config file, the merge is the config's: --base, --density, --weights, --lambda, --t, --param and --trim-scope are refused (write them in the config). --out-dtype and --seed apply to both forms (an error if the config sets them too); so do --allow-missing, --check-finite, --shard-size and --json.\n\nMulti-stage merges (as mergekit-multi): a config of several `---`-separated documents, each a merge config with a `name`. A model reference equal to a stage's name is that stage's output, OUTDIR/<name>; -o gives OUTDIR. Stages run in dependency order; a stage whose output is complete and was written by the same config, options and inputs is skipped. The last stage run is the final product. --seed applies to the stages that draw random numbers.\n\nExamples:\n  engram merge merge.yml -o merged/\n  engram merge --method ties --base base/ --density 0.2 ft-1/ ft-2/ -o merged/\n  engram merge stages.yml -o out/ [--stage NAME]\n  engram merge --list"
 )]
 pub struct Args {
     /// A mergekit YAML config (merge_method, base_model, models, parameters, dtype, out_dtype;
@@ -71,6 +71,9 @@ pub struct Args {
     /// List the merge methods and their parameters.
     #[arg(long)]
     pub list: bool,
+    /// With a multi-stage config: run this stage and the stages it needs (default: all).
+    #[arg(long, value_name = "NAME")]
+    pub stage: Option<String>,
 }
 
 fn list() {
@@ -97,47 +100,75 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     // The config is an input of the run until the output is written.
     let (cfg, _config_guard) = match a.inputs.as_slice() {
         [path] if a.method.is_none() => {
-            let (cfg, guard) = from_config(&a, path)?;
-            (cfg, Some(guard))
+            refuse_quick_flags(&a, path)?;
+            let (bytes, guard) =
+                engram_ckpt::commit::read_input(path, "a merge config", CONFIG_LIMIT)?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", path.display()))?;
+            if stages::is_multi_stage(&text) {
+                let res = run_stages(ctx, &a, path, &text, &out);
+                drop(guard);
+                return res;
+            }
+            (from_config(&a, path, &text)?, Some(guard))
         }
         _ => (quick_config(&a)?, None),
     };
-    let base = cfg.base.as_deref().map(open).transpose()?;
-    let models = open_all(&cfg.models)?;
-    let req = MergeRequest::new(cfg.method, base.as_ref(), models.iter().collect())
-        .with_params(cfg.params)
-        .with_scope(cfg.scope)
-        .with_seed(cfg.seed.unwrap_or(0))
-        .with_out_dtype(cfg.out_dtype)
-        .with_allow_missing(a.allow_missing)
-        .with_check_finite(a.check_finite)
-        .with_max_shard_bytes(opt_bytes(a.shard_size.as_deref())?);
+    if a.stage.is_some() {
+        bail!("--stage applies to a multi-stage config (several `---`-separated documents)");
+    }
     let params = serde_json::json!({
         "method": cfg.method.name(), "base": cfg.base, "models": cfg.models,
         "trim_scope": cfg.scope, "seed": cfg.seed, "inputs": a.inputs,
     });
-    let md = engram_ckpt::provenance(&ctx.command_line, &params);
-    let total = base
-        .as_ref()
-        .or(models.first())
-        .map_or(0, |m| m.param_count());
-    let pb = super::progress::bar(ctx, total, cfg.method.name());
-    let rep = run_merge(&req, &out, &md, &|n| pb.inc(n))?;
-    pb.finish_and_clear();
+    let (rep, n) = merge(ctx, &a, cfg, &out, &params, None)?;
     if a.json {
         return print_json(&rep);
     }
     if ctx.quiet {
         return Ok(());
     }
+    emit(&summary(&rep, Some(n), &out))?;
+    Ok(())
+}
+
+/// Opens the models of `cfg` and merges them into `out`, with a progress bar; provenance
+/// records `params`, and `extra` (a metadata key and value) is added to it.
+fn merge(
+    ctx: &Ctx,
+    a: &Args,
+    cfg: config::MergeConfig,
+    out: &Path,
+    params: &serde_json::Value,
+    extra: Option<(&str, &str)>,
+) -> Result<(MergeReport, usize)> {
+    let base = cfg.base.as_deref().map(open).transpose()?;
+    let models = open_all(&cfg.models)?;
+    let req = cfg
+        .request(base.as_ref(), &models)
+        .with_allow_missing(a.allow_missing)
+        .with_check_finite(a.check_finite)
+        .with_max_shard_bytes(opt_bytes(a.shard_size.as_deref())?);
+    let mut md = engram_ckpt::provenance(&ctx.command_line, params);
+    if let Some((k, v)) = extra {
+        md.insert(k.to_string(), v.to_string());
+    }
+    let pb = super::progress::bar(ctx, req.total_params(), cfg.method.name());
+    let rep = run_merge(&req, out, &md, &|n| pb.inc(n))?;
+    pb.finish_and_clear();
+    Ok((rep, models.len()))
+}
+
+/// The text report of one merge of `n` models (if known) into `out`.
+fn summary(rep: &MergeReport, n: Option<usize>, out: &Path) -> String {
     let mut o = String::new();
+    let of = n.map_or(String::new(), |n| format!(" of {n} models"));
     outln!(
         o,
-        "{}: merged {} tensors ({} parameters) of {} models into {}",
+        "{}: merged {} tensors ({} parameters){of} into {}",
         rep.method,
         rep.tensors_merged,
         rep.params_merged,
-        models.len(),
         out.display()
     );
     for (what, names) in [
@@ -156,19 +187,135 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     if let Some(t) = &rep.model_thresholds {
         outln!(o, "  model-scope |tau| thresholds: {t:?}");
     }
-    emit(&o)?;
+    o
+}
+
+/// A multi-stage config (`text`, read from `path`): every stage is checked before any runs,
+/// then the stages run in dependency order into `out_dir/<name>`, up-to-date ones skipped.
+fn run_stages(ctx: &Ctx, a: &Args, path: &Path, text: &str, out_dir: &Path) -> Result<()> {
+    let label = path.display().to_string();
+    if engram_ckpt::writer::is_single_file_target(out_dir) {
+        bail!(
+            "{label} is a multi-stage config: -o names the folder of the stages' outputs, not a .safetensors file"
+        );
+    }
+    let list = stages::parse(text).map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
+    let order =
+        stages::order(&list, a.stage.as_deref()).map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let outs = stages::outputs(&list, out_dir)?;
+    stages::check_references(&list, dir).map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
+    let out_dtype = opt_float_dtype(a.out_dtype.as_deref())?;
+    // Every stage's config and flags, before anything is written.
+    let mut random = false;
+    for &i in &order {
+        let cfg =
+            stages::config(&list[i], dir, &outs).map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
+        random |= cfg.method.random();
+        stage_flags(a, cfg, &format!("stage '{}' of {label}", list[i].name))?;
+    }
+    if a.seed.is_some() && !random {
+        bail!(
+            "--seed has no effect: no stage of {label} draws random numbers (only dare_* and della* do)"
+        );
+    }
+    let options = serde_json::json!({
+        "allow_missing": a.allow_missing,
+        "max_shard_bytes": opt_bytes(a.shard_size.as_deref())?,
+        "out_dtype": out_dtype.map(|d| d.name()),
+        "seed": a.seed,
+    });
+    let mut merge_stage = |s: &stages::Stage,
+                           cfg: config::MergeConfig,
+                           out: &Path,
+                           record: &str|
+     -> engram_ckpt::Result<MergeReport> {
+        let what = format!("stage '{}' of {label}", s.name);
+        let run = || -> Result<MergeReport> {
+            let cfg = stage_flags(a, cfg, &what)?;
+            let params = serde_json::json!({
+                "method": cfg.method.name(), "base": cfg.base, "models": cfg.models,
+                "trim_scope": cfg.scope, "seed": cfg.seed, "inputs": a.inputs,
+                "stage": s.name,
+            });
+            Ok(merge(ctx, a, cfg, out, &params, Some((stages::STAGE_KEY, record)))?.0)
+        };
+        run().map_err(|e| engram_ckpt::Error::Invalid(engram_bench::error_chain(&e)))
+    };
+    let show = !a.json && !ctx.quiet;
+    let mut on_stage = |r: &stages::StageReport| {
+        if !show {
+            return;
+        }
+        let line = match &r.report {
+            None => format!("stage {}: up to date, skipped ({})\n", r.name, r.output),
+            Some(rep) => format!(
+                "stage {}: merged ({}); {}",
+                r.name,
+                r.status.describe(),
+                summary(rep, None, Path::new(&r.output))
+            ),
+        };
+        // A closed pipe or a full disk is reported by the final summary's write.
+        let _ = emit(&line);
+    };
+    let reports = stages::run(
+        &list,
+        &order,
+        dir,
+        out_dir,
+        &options,
+        &mut merge_stage,
+        &mut on_stage,
+    )?;
+    let last = reports
+        .last()
+        .map(|r| (r.name.clone(), r.output.clone()))
+        .context("no stage to run")?;
+    if a.json {
+        return print_json(&serde_json::json!({
+            "engram_merge_stages": 1,
+            "config": path,
+            "out_dir": out_dir,
+            "final": {"name": last.0, "output": last.1},
+            "stages": reports,
+        }));
+    }
+    if show {
+        let merged = reports.iter().filter(|r| r.report.is_some()).count();
+        emit(&format!(
+            "{} stage(s): {merged} merged, {} skipped; final model: {} ({})\n",
+            reports.len(),
+            reports.len() - merged,
+            last.1,
+            last.0
+        ))?;
+    }
     Ok(())
+}
+
+/// --out-dtype and --seed applied to one stage's config: --out-dtype unless the stage sets
+/// out_dtype (both: an error), --seed to a stage that draws random numbers unless it sets
+/// seed (both: an error).
+fn stage_flags(a: &Args, mut cfg: config::MergeConfig, what: &str) -> Result<config::MergeConfig> {
+    let out_dtype = opt_float_dtype(a.out_dtype.as_deref())?;
+    if out_dtype.is_some() && cfg.out_dtype.is_some() {
+        bail!("--out-dtype is given and {what} sets out_dtype too; give it once");
+    }
+    let seed = a.seed.filter(|_| cfg.method.random());
+    if seed.is_some() && cfg.seed.is_some() {
+        bail!("--seed is given and {what} sets seed too; give it once");
+    }
+    cfg.out_dtype = cfg.out_dtype.or(out_dtype);
+    cfg.seed = cfg.seed.or(seed);
+    Ok(cfg)
 }
 
 /// Largest merge config read (a mergekit config is a few kilobytes).
 const CONFIG_LIMIT: u64 = 1 << 20;
 
-/// The config form: the config decides the merge; flags of the quick form are refused, and
-/// --out-dtype and --seed apply unless the config sets them too.
-fn from_config(
-    a: &Args,
-    path: &std::path::Path,
-) -> Result<(config::MergeConfig, engram_ckpt::commit::OpenInput)> {
+/// The quick form's flags, refused with a config file (the config decides the merge).
+fn refuse_quick_flags(a: &Args, path: &Path) -> Result<()> {
     let quick = [
         ("--base", a.base.is_some()),
         ("--density", a.density.is_some()),
@@ -184,29 +331,17 @@ fn from_config(
             path.display()
         );
     }
-    let (bytes, guard) = engram_ckpt::commit::read_input(path, "a merge config", CONFIG_LIMIT)?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", path.display()))?;
-    let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    let mut cfg =
-        config::parse(&text, dir).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let out_dtype = opt_float_dtype(a.out_dtype.as_deref())?;
-    for (flag, given, in_config) in [
-        ("--out-dtype", out_dtype.is_some(), cfg.out_dtype.is_some()),
-        ("--seed", a.seed.is_some(), cfg.seed.is_some()),
-    ] {
-        if given && in_config {
-            bail!(
-                "{flag} is given and {} sets it too; give it once",
-                path.display()
-            );
-        }
-    }
-    config::check_effect(cfg.method, false, a.seed.is_some(), ["", "--seed"])
-        .map_err(anyhow::Error::msg)?;
-    cfg.out_dtype = cfg.out_dtype.or(out_dtype);
-    cfg.seed = cfg.seed.or(a.seed);
-    Ok((cfg, guard))
+    Ok(())
+}
+
+/// The config form: the config (`text`, read from `path`) decides the merge; --out-dtype and
+/// --seed apply unless the config sets them too.
+fn from_config(a: &Args, path: &Path, text: &str) -> Result<config::MergeConfig> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let label = path.display().to_string();
+    let cfg = config::parse(text, dir).map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
+    config::with_flags(cfg, &label, a.out_dtype.as_deref(), a.seed, Spelling::Flags)
+        .map_err(anyhow::Error::msg)
 }
 
 fn quick_config(a: &Args) -> Result<config::MergeConfig> {
@@ -216,69 +351,23 @@ fn quick_config(a: &Args) -> Result<config::MergeConfig> {
         .context("give a mergekit YAML config, or --method (see --list) with --base and models")?;
     let method = engram_weights::merge::get(name)
         .with_context(|| format!("unknown method '{name}'; see `engram merge --list`"))?;
-    let models = a.inputs.clone();
-    if models.is_empty() {
-        bail!("no models to merge");
-    }
-    // Each parameter once: `--lambda 0.4 --param lambda=0.5` or a repeated --param is an error.
-    let mut given: Vec<(String, String, ParamValue)> =
-        [("density", a.density), ("lambda", a.lambda), ("t", a.t)]
-            .into_iter()
-            .filter_map(|(k, v)| Some((k.into(), format!("--{k}"), ParamValue::Scalar(v?))))
-            .collect();
-    for p in &a.params {
-        let (k, v) = param(p)?;
-        given.push((k.clone(), format!("--param {p}"), v));
-    }
-    let mut global = BTreeMap::new();
-    for (k, flag, v) in given {
-        if global.insert(k.clone(), v).is_some() {
-            bail!("{flag}: parameter '{k}' is given twice; give it once");
-        }
-    }
-    if !a.weights.is_empty() && a.weights.len() != models.len() {
-        bail!("{} weights for {} models", a.weights.len(), models.len());
-    }
-    // Without --weights no model has its own map: the merge gives each the global parameters.
-    let per_model = a
-        .weights
-        .iter()
-        .map(|w| BTreeMap::from([("weight".to_string(), ParamValue::Scalar(*w))]))
-        .collect();
-    // The library's one check of parameters (the plan repeats it), before models are opened.
-    let params = ParamSource { global, per_model };
-    let names: Vec<String> = models.iter().map(|m| m.display().to_string()).collect();
-    params
-        .validate(method, &names)
-        .map_err(anyhow::Error::msg)?;
-    config::check_effect(
-        method,
-        a.base.is_some(),
-        a.seed.is_some(),
-        ["--base", "--seed"],
-    )
-    .map_err(anyhow::Error::msg)?;
-    let scope = match a.trim_scope.as_deref() {
-        Some("model") => {
-            if !method.trims_by_magnitude() {
-                bail!(
-                    "--trim-scope model applies to magnitude-trimming methods; {name} does not trim by magnitude"
-                );
-            }
-            TrimScope::Model
-        }
-        _ => TrimScope::Tensor,
-    };
-    if method.needs_base() && a.base.is_none() {
-        bail!("{name} needs --base");
-    }
-    Ok(config::MergeConfig {
+    // --param values are read in their turn (after the models are checked).
+    let params = a.params.iter().map(|p| {
+        let (k, v) = param(p).map_err(|e| format!("{e:#}"))?;
+        Ok((k, v, Some(format!("--param {p}"))))
+    });
+    let q = config::QuickForm {
         method,
         base: a.base.clone(),
-        models,
+        models: a.inputs.clone(),
+        density: a.density,
+        lambda: a.lambda,
+        t: a.t,
         params,
-        out_dtype: opt_float_dtype(a.out_dtype.as_deref())?,
-        scope,
+        weights: a.weights.clone(),
+        trim_scope: a.trim_scope.clone(),
         seed: a.seed,
-    })
+        out_dtype: a.out_dtype.clone(),
+    };
+    config::quick_config(q, Spelling::Flags).map_err(anyhow::Error::msg)
 }

@@ -2,7 +2,7 @@
 //! every task's model rebuilt from the merged vector.
 
 use super::Ctx;
-use super::models::{TallArgs, float_dtype_of};
+use super::models::TallArgs;
 use super::util::print_json;
 use anyhow::Result;
 use engram_weights::tall::Tall;
@@ -28,7 +28,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     pb.finish_and_clear();
     if let Some(dir) = &a.reconstruct {
         let md = engram_ckpt::provenance(&ctx.command_line, &a.tall.params_json());
-        let tau_dtype = float_dtype_of(&base);
+        let tau_dtype = base.float_dtype();
         // All task models are built in one staging folder and switched in together.
         let staged = engram_ckpt::Staged::new(dir)?;
         for (i, t) in tall.tasks.iter().enumerate() {

@@ -63,7 +63,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         stop_after: a.stop_after,
         export_masks: a.export_masks.as_deref(),
     };
-    let bars = RunBars::new(ctx, &esc(&cfg.strategy.name));
+    let bars = RunBars::new(!ctx.quiet, &esc(&cfg.strategy.name));
     let results = engram_learn::run::run_config(&cfg, &dir, &opts, &mut |e| bars.on(e))?;
     bars.finish();
     if !ctx.quiet
@@ -108,7 +108,7 @@ fn curriculum(ctx: &Ctx, a: &Args, cfg: &CurriculumConfig) -> Result<()> {
         }
     }
     let dir = a.out.join(cfg.run_name());
-    let bars = RunBars::new(ctx, "curriculum");
+    let bars = RunBars::new(!ctx.quiet, "curriculum");
     let phases = cfg.phases.len();
     // The task bar counts phases: a phase's last task ends it.
     let mut tasks = 0;

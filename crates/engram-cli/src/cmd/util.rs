@@ -1,5 +1,5 @@
 //! Small helpers shared by the commands: composing and printing reports (text and JSON),
-//! human-readable numbers, tensor groups. Tensors are split into chunks for parallel
+//! human-readable numbers, numbered tensor groups. Tensors are split into chunks for parallel
 //! streaming by `engram_ckpt::chunk`.
 
 use anyhow::Context;
@@ -83,24 +83,6 @@ pub fn num(v: Option<f64>) -> String {
     }
 }
 
-/// The group a tensor belongs to for summaries: the name up to and including its first
-/// numeric component (`model.layers.12.mlp.up_proj.weight` -> `model.layers.12`), else the
-/// name without its last component (`model.embed_tokens.weight` -> `model.embed_tokens`).
-pub fn group_of(name: &str) -> &str {
-    let mut end = 0;
-    for part in name.split('.') {
-        end += part.len();
-        if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
-            return &name[..end];
-        }
-        end += 1;
-    }
-    match name.rfind('.') {
-        Some(i) if i > 0 => &name[..i],
-        _ => name,
-    }
-}
-
 /// For a group name ending in a number (`model.layers.12`), its stem and the number.
 pub fn numbered(group: &str) -> Option<(&str, u64)> {
     let (stem, n) = group.rsplit_once('.')?;
@@ -137,15 +119,6 @@ mod tests {
 
     #[test]
     fn groups() {
-        assert_eq!(
-            group_of("model.layers.12.mlp.up_proj.weight"),
-            "model.layers.12"
-        );
-        assert_eq!(group_of("model.embed_tokens.weight"), "model.embed_tokens");
-        assert_eq!(group_of("lm_head.weight"), "lm_head");
-        assert_eq!(group_of("bias"), "bias");
-        assert_eq!(group_of("h.0.attn"), "h.0");
-        assert_eq!(group_of(".x"), ".x");
         assert_eq!(numbered("model.layers.12"), Some(("model.layers", 12)));
         assert_eq!(numbered("lm_head"), None);
     }

@@ -256,6 +256,35 @@ impl Strategy for Ewc {
         4 * self.quad.floats() as u64
     }
 
+    fn has_masks(&self) -> bool {
+        true
+    }
+
+    fn masks_kind(&self) -> &'static str {
+        "fisher"
+    }
+
+    /// The diagonal Fisher by parameter name: Σ_k F_k over the tasks' terms (EWC's penalty
+    /// is (λ/2)·Σ_k F_k·(θ − θ*_k)²; after the last task θ*_k of that task is the run's
+    /// model), or the running F̃ of online EWC (one term).
+    fn masks(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        let mut out: Vec<(String, Vec<usize>, Vec<f32>)> = self
+            .quad
+            .names
+            .iter()
+            .zip(&self.quad.shapes)
+            .map(|(n, s)| (n.clone(), s.clone(), vec![0.0; s.iter().product()]))
+            .collect();
+        for t in &self.quad.terms {
+            for (o, w) in out.iter_mut().zip(t.weight.iter().flatten()) {
+                for (a, b) in o.2.iter_mut().zip(w) {
+                    *a += b;
+                }
+            }
+        }
+        out
+    }
+
     fn state(&self) -> State {
         let mut st = State {
             tensors: Vec::new(),

@@ -147,6 +147,10 @@ impl Strategy for KappaTune {
         true
     }
 
+    fn masks_kind(&self) -> &'static str {
+        "kappa"
+    }
+
     fn before_task(&mut self, cx: &Ctx, net: Net) -> Result<Net> {
         if cx.task >= self.p.from_task && self.kappas.is_empty() {
             self.kappas = kappas(&net)?;

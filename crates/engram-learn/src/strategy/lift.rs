@@ -298,11 +298,7 @@ impl Strategy for Lift {
                 for &i in &s.idx {
                     m[i as usize] = 1.0;
                 }
-                (
-                    format!("lift.mask.{}", b.info.name),
-                    b.info.shape.clone(),
-                    m,
-                )
+                (b.info.name.clone(), b.info.shape.clone(), m)
             })
             .collect()
     }

@@ -204,9 +204,17 @@ pub trait Strategy: Send {
     }
 
     /// Named tensors a user of another trainer can apply (masks of trainable entries,
-    /// importance): written by `engram train --export-masks FILE` after the run.
+    /// importance): written by `engram train --export-masks FILE` after the run. A tensor
+    /// shaped like a parameter carries that parameter's name, so that another trainer looks
+    /// it up by its own parameter names (PEFT-style named tensors).
     fn masks(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         Vec::new()
+    }
+
+    /// What [`Strategy::masks`] holds: `mask` (1 = trainable), `fisher` (diagonal Fisher
+    /// information), `importance` or `kappa`; recorded as the file's `engram.kind`.
+    fn masks_kind(&self) -> &'static str {
+        "mask"
     }
 
     fn state(&self) -> State {

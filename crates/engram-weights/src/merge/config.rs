@@ -8,8 +8,10 @@
 //! ignored key would produce a different model than the user asked for.
 
 use super::params::{ParamSource, ParamValue};
+use super::request::MergeRequest;
 use super::{MergeMethod, TrimScope};
-use engram_ckpt::DType;
+use crate::spelling::Spelling;
+use engram_ckpt::{DType, Model};
 use serde_yaml_ng::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -49,6 +51,17 @@ const TOP_KEYS: &[&str] = &[
 /// current folder.
 pub fn parse(text: &str, dir: &Path) -> Res<MergeConfig> {
     let doc: Value = serde_yaml_ng::from_str(text).map_err(|e| format!("invalid YAML: {e}"))?;
+    parse_value(doc, dir, &BTreeMap::new())
+}
+
+/// [`parse`] of a config already read as YAML. A model reference that is a key of `outputs`
+/// (the name of an earlier stage of a multi-stage config, [`super::stages`]) is that stage's
+/// output path, which need not exist yet; every other reference resolves as in [`parse`].
+pub fn parse_value(
+    doc: Value,
+    dir: &Path,
+    outputs: &BTreeMap<String, PathBuf>,
+) -> Res<MergeConfig> {
     let Value::Mapping(top) = doc else {
         return Err("the config must be a YAML mapping".into());
     };
@@ -76,7 +89,7 @@ pub fn parse(text: &str, dir: &Path) -> Res<MergeConfig> {
     })?;
     let base = top_map
         .get("base_model")
-        .map(|v| model_path(v, dir, "base_model"))
+        .map(|v| model_path(v, dir, outputs, "base_model"))
         .transpose()?;
     let mut models = Vec::new();
     let mut per_model = Vec::new();
@@ -92,7 +105,9 @@ pub fn parse(text: &str, dir: &Path) -> Res<MergeConfig> {
             let mut params = BTreeMap::new();
             for (k, v) in e {
                 match key_str(k)?.as_str() {
-                    "model" => path = Some(model_path(v, dir, &format!("models[{i}].model"))?),
+                    "model" => {
+                        path = Some(model_path(v, dir, outputs, &format!("models[{i}].model"))?)
+                    }
                     "parameters" => params = parse_params(v, &format!("models[{i}].parameters"))?,
                     other => {
                         return Err(format!(
@@ -209,8 +224,16 @@ fn same_path(a: &Path, b: &Path) -> bool {
     }
 }
 
-fn model_path(v: &Value, dir: &Path, what: &str) -> Res<PathBuf> {
+fn model_path(
+    v: &Value,
+    dir: &Path,
+    outputs: &BTreeMap<String, PathBuf>,
+    what: &str,
+) -> Res<PathBuf> {
     let s = v.as_str().ok_or_else(|| format!("{what} must be a path"))?;
+    if let Some(p) = outputs.get(s) {
+        return Ok(p.clone());
+    }
     if s.contains('+') && !Path::new(s).exists() {
         return Err(format!(
             "{what}: '{s}' looks like a model+LoRA reference, which engram does not support"
@@ -306,6 +329,163 @@ fn param_value(v: &Value, what: &str) -> Res<ParamValue> {
             Ok(ParamValue::Filtered(list))
         }
         other => Err(format!("{what}: unsupported value {other:?}")),
+    }
+}
+
+/// A parameter given to the quick form: its name, its value, and how the user wrote it
+/// (`--param lambda=0.5`) for the message that it is given twice, if the front end names it.
+pub type GivenParam = (String, ParamValue, Option<String>);
+
+/// The quick form of a merge (`engram merge --method ...`, `engram.merge(method=...)`): the
+/// values as the user gave them, before any check.
+pub struct QuickForm<P> {
+    pub method: &'static dyn MergeMethod,
+    pub base: Option<PathBuf>,
+    pub models: Vec<PathBuf>,
+    pub density: Option<f64>,
+    pub lambda: Option<f64>,
+    pub t: Option<f64>,
+    /// Further parameters in the order given; read one by one after the models are checked,
+    /// so that a front end may parse them lazily (its parse errors come in their turn).
+    pub params: P,
+    /// Per-model weights in model order (empty: none given).
+    pub weights: Vec<f64>,
+    /// `tensor` or `model`.
+    pub trim_scope: Option<String>,
+    pub seed: Option<u64>,
+    /// A float dtype by name.
+    pub out_dtype: Option<String>,
+}
+
+/// The merge the quick form `q` asks for, checked before any model is opened: each parameter
+/// once, one weight per model, parameters the method takes, a base and a seed only where they
+/// have an effect, `trim_scope` model only for magnitude-trimming methods, a base where the
+/// method needs one. `spelling` names the options in the messages.
+pub fn quick_config<P>(q: QuickForm<P>, spelling: Spelling) -> Res<MergeConfig>
+where
+    P: IntoIterator<Item = Res<GivenParam>>,
+{
+    let method = q.method;
+    let name = method.name();
+    if q.models.is_empty() {
+        return Err("no models to merge".into());
+    }
+    // Each parameter once: `--lambda 0.4 --param lambda=0.5` or a repeated --param is an error.
+    let flags = spelling == Spelling::Flags;
+    let mut given: Vec<GivenParam> = [("density", q.density), ("lambda", q.lambda), ("t", q.t)]
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let shown = flags.then(|| spelling.name(k));
+            Some((k.to_string(), ParamValue::Scalar(v?), shown))
+        })
+        .collect();
+    for p in q.params {
+        given.push(p?);
+    }
+    let mut global = BTreeMap::new();
+    for (k, v, shown) in given {
+        if global.insert(k.clone(), v).is_some() {
+            let at = shown.map_or(String::new(), |s| format!("{s}: "));
+            return Err(format!("{at}parameter '{k}' is given twice; give it once"));
+        }
+    }
+    if !q.weights.is_empty() && q.weights.len() != q.models.len() {
+        return Err(format!(
+            "{} weights for {} models",
+            q.weights.len(),
+            q.models.len()
+        ));
+    }
+    // Without weights no model has its own map: the merge gives each the global parameters.
+    let per_model = q
+        .weights
+        .iter()
+        .map(|w| BTreeMap::from([("weight".to_string(), ParamValue::Scalar(*w))]))
+        .collect();
+    // The library's one check of parameters (the plan repeats it), before models are opened.
+    let params = ParamSource { global, per_model };
+    let names: Vec<String> = q.models.iter().map(|m| m.display().to_string()).collect();
+    params.validate(method, &names)?;
+    check_effect(
+        method,
+        q.base.is_some(),
+        q.seed.is_some(),
+        [&spelling.name("base"), &spelling.name("seed")],
+    )?;
+    let scope = match q.trim_scope.as_deref() {
+        None | Some("tensor") => TrimScope::Tensor,
+        Some("model") => {
+            if !method.trims_by_magnitude() {
+                return Err(format!(
+                    "{} applies to magnitude-trimming methods; {name} does not trim by magnitude",
+                    spelling.set("trim_scope", "model")
+                ));
+            }
+            TrimScope::Model
+        }
+        Some(s) => {
+            return Err(format!(
+                "{} '{s}': use tensor or model",
+                spelling.name("trim_scope")
+            ));
+        }
+    };
+    if method.needs_base() && q.base.is_none() {
+        return Err(format!("{name} needs {}", spelling.name("base")));
+    }
+    Ok(MergeConfig {
+        method,
+        base: q.base,
+        models: q.models,
+        params,
+        out_dtype: q.out_dtype.as_deref().map(DType::parse_float).transpose()?,
+        scope,
+        seed: q.seed,
+    })
+}
+
+/// A config file's merge (`cfg`, read from `label`) with the front end's output dtype and
+/// seed, which apply unless the config sets them too (both: an error), and a seed only for a
+/// method that draws random numbers.
+pub fn with_flags(
+    mut cfg: MergeConfig,
+    label: &str,
+    out_dtype: Option<&str>,
+    seed: Option<u64>,
+    spelling: Spelling,
+) -> Res<MergeConfig> {
+    let out_dtype = out_dtype.map(DType::parse_float).transpose()?;
+    for (key, given, in_config) in [
+        ("out_dtype", out_dtype.is_some(), cfg.out_dtype.is_some()),
+        ("seed", seed.is_some(), cfg.seed.is_some()),
+    ] {
+        if given && in_config {
+            return Err(format!(
+                "{} is given and {label} sets it too; give it once",
+                spelling.given(key)
+            ));
+        }
+    }
+    check_effect(
+        cfg.method,
+        false,
+        seed.is_some(),
+        ["", &spelling.given("seed")],
+    )?;
+    cfg.out_dtype = cfg.out_dtype.or(out_dtype);
+    cfg.seed = cfg.seed.or(seed);
+    Ok(cfg)
+}
+
+impl MergeConfig {
+    /// The request of this merge over the opened `base` and `models` (the files it names),
+    /// with its parameters, trimming scope, seed (0 if none) and output dtype.
+    pub fn request<'a>(&self, base: Option<&'a Model>, models: &'a [Model]) -> MergeRequest<'a> {
+        MergeRequest::new(self.method, base, models.iter().collect())
+            .with_params(self.params.clone())
+            .with_scope(self.scope)
+            .with_seed(self.seed.unwrap_or(0))
+            .with_out_dtype(self.out_dtype)
     }
 }
 

@@ -24,6 +24,7 @@ pub mod params;
 pub mod plan;
 pub mod request;
 pub mod slerp;
+pub mod stages;
 pub mod task_arithmetic;
 #[cfg(test)]
 pub mod testutil;

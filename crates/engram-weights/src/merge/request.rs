@@ -46,6 +46,13 @@ impl<'a> MergeRequest<'a> {
         }
     }
 
+    /// The parameters a merge reads, for a progress bar: the base's, else the first model's.
+    pub fn total_params(&self) -> u64 {
+        self.base
+            .or(self.models.first().copied())
+            .map_or(0, |m| m.param_count())
+    }
+
     pub fn with_params(mut self, params: ParamSource) -> Self {
         self.params = params;
         self
