@@ -474,6 +474,19 @@ impl AdapterWriter {
             specs.push(TensorSpec::new(m.b_name(), dtype, &[out, m.rank]));
         }
         config.validate(dir)?;
+        // A pattern key also matches longer names ending in `.key`: every module must read
+        // back with its own rank and scale, or PEFT would load another shape.
+        for m in modules {
+            let (r, a) = config.rank_alpha(&m.name);
+            if r != m.rank || a != alpha_of(m.rank) {
+                return Err(Error::Invalid(format!(
+                    "module '{}' (rank {}) would read back as rank {r}, alpha {a}: a \
+                     rank_pattern key of another module also matches its name; extract the \
+                     two with separate --targets",
+                    m.name, m.rank
+                )));
+            }
+        }
         let staged = Staged::new(dir)?;
         let opts = WriteOptions {
             max_shard_bytes: None,
@@ -682,5 +695,32 @@ mod tests {
         assert_eq!(b, vec![2.0; 4]);
         let text = std::fs::read_to_string(dir.join(CONFIG_NAME)).unwrap();
         assert!(text.contains("\"inference_mode\": true"), "{text}");
+        // A module named as another's suffix would read back with the other's rank.
+        let clash = vec![
+            ModuleSpec {
+                name: "proj".into(),
+                rank: 2,
+                weight_shape: [2, 6],
+            },
+            ModuleSpec {
+                name: "block.proj".into(),
+                rank: 4,
+                weight_shape: [5, 6],
+            },
+        ];
+        let cfg = AdapterConfig::new(4, 4.0, vec!["proj".into(), "block.proj".into()]);
+        let e = AdapterWriter::create(
+            &d.path().join("clash"),
+            cfg,
+            &clash,
+            &|r| r as f64,
+            DType::F32,
+            BTreeMap::new(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("block.proj") && e.contains("rank 2"), "{e}");
+        assert!(!d.path().join("clash").exists());
     }
 }

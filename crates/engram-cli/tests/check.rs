@@ -365,6 +365,15 @@ fn a_missing_path_is_an_error_naming_it() {
     assert!(e.contains(s(&nowhere)), "{e}");
     let e = fails(&["check", "--base", s(&nowhere), s(&a), s(&a)]);
     assert!(e.contains(s(&nowhere)), "{e}");
-    let out = engram(&["check", s(&a)]);
-    assert_eq!(out.status.code(), Some(2), "one model is a usage error");
+    // One model needs a base to compare with; a base and one model is a check.
+    let e = fails(&["check", s(&a)]);
+    assert!(e.contains("two models, or a base and a model"), "{e}");
+    let b = write(&d.path().join("b"), &[("w", F, &[4])], 1.0);
+    let out = engram(&["check", "--base", s(&a), s(&b)]);
+    assert_eq!(out.status.code(), Some(0), "a base and one model");
+    assert_eq!(
+        engram(&["check"]).status.code(),
+        Some(2),
+        "no model is a usage error"
+    );
 }

@@ -352,6 +352,55 @@ fn bad_requests_are_refused_with_the_reason_and_nothing_written() {
     std::fs::write(&cfg, text).unwrap();
     let e = fails(&["lora", "merge", "--base", s(&base), s(&ad), "-o", s(&out)]);
     assert!(e.contains("--method") && e.contains("--rank"), "{e}");
+    // The merge's checks run before the adapters are expanded: nothing is written.
+    let e = fails(&[
+        "lora",
+        "merge",
+        "--base",
+        s(&base),
+        "--method",
+        "linear",
+        s(&ad),
+        "-o",
+        s(&out),
+    ]);
+    assert!(e.contains("takes no base"), "{e}");
+    let e = fails(&[
+        "lora",
+        "merge",
+        "--base",
+        s(&base),
+        "--method",
+        "ties",
+        "--density",
+        "2",
+        s(&ad),
+        s(&ad),
+        "-o",
+        s(&out),
+    ]);
+    assert!(e.contains("density"), "{e}");
+    let e = fails(&[
+        "lora",
+        "extract",
+        "--base",
+        s(&base),
+        "--model",
+        ft,
+        "-r",
+        "2",
+        "--exclude",
+        "zzz*",
+        "-o",
+        s(&out),
+    ]);
+    assert!(e.contains("zzz*") && e.contains("matches no module"), "{e}");
+    let hidden: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(hidden.is_empty(), "{hidden:?}");
     assert!(!out.exists());
 }
 

@@ -305,3 +305,38 @@ fn bad_stage_files_are_refused_before_anything_is_written() {
     assert!(e.contains("multi-stage"), "{e}");
     assert!(!out.exists());
 }
+
+/// A model retrained in place under the same path runs the stages that read it again; a
+/// folder of the user's under a stage's name is never replaced.
+#[test]
+fn a_changed_input_reruns_and_a_users_folder_is_kept() {
+    let d = tempfile::tempdir().unwrap();
+    family(d.path());
+    let cfg = stages_yml(d.path(), 0.5);
+    let out = d.path().join("out");
+    run(&cfg, &out);
+    assert!(
+        actions(&run(&cfg, &out))
+            .iter()
+            .all(|(_, a)| a == "skipped")
+    );
+    write(&d.path().join("m3"), 42);
+    let r = run(&cfg, &out);
+    assert_eq!(
+        actions(&r),
+        [
+            ("first".to_string(), "skipped".to_string()),
+            ("second".to_string(), "merged".to_string())
+        ]
+    );
+    // A model no stage wrote, where stage `first` writes.
+    let other = d.path().join("other");
+    write(&other.join("first"), 7);
+    let before = std::fs::read(other.join("first/model.safetensors")).unwrap();
+    let e = fails(&["merge", s(&cfg), "-o", s(&other)]);
+    assert!(e.contains("no stage wrote"), "{e}");
+    assert_eq!(
+        std::fs::read(other.join("first/model.safetensors")).unwrap(),
+        before
+    );
+}

@@ -7,7 +7,7 @@ use engram_weights::lora::request::{
 };
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Module-name globs: a comma-separated string (as the CLI takes them) or a list.
 fn patterns(v: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Vec<String>> {
@@ -132,12 +132,24 @@ pub fn lora_merge(
     }
     let cmd = crate::command(command, "lora_merge");
     if let Some(rank) = rank {
-        if method.is_some() || density.is_some() || lambda_.is_some() || params.is_some() {
-            return Err(arg_err(
-                "rank= recombines the adapters into one; method=, density=, lambda_= and \
-                 params= belong to a merge over their task vectors",
-            ));
+        let given = [
+            ("method", method.is_some()),
+            ("density", density.is_some()),
+            ("lambda_", lambda_.is_some()),
+            ("params", params.is_some()),
+            ("seed", seed.is_some()),
+            ("out_dtype", out_dtype.is_some()),
+        ];
+        if let Some((k, _)) = given.iter().find(|(_, g)| *g) {
+            return Err(arg_err(format!(
+                "{k}= belongs to a merge over the adapters' task vectors (method=); rank= \
+                 recombines them into one adapter"
+            )));
         }
+        if rank == 0 {
+            return Err(arg_err("rank must be at least 1"));
+        }
+        engram_weights::lora::request::float_dtype(&dtype).map_err(|e| arg_err(e.to_string()))?;
         let req = RecombineRequest {
             base,
             adapters,
@@ -145,6 +157,7 @@ pub fn lora_merge(
             weights: weights.unwrap_or_default(),
             dtype,
         };
+        adapter_weights(&req.weights, req.adapters.len()).map_err(|e| arg_err(e.to_string()))?;
         let done = py.detach(|| req.run(&out, &cmd)).map_err(engram_err)?;
         return to_py(py, &done);
     }
@@ -153,26 +166,48 @@ pub fn lora_merge(
             "give method= (a merge over task vectors) or rank= (one adapter by SVD)",
         ));
     };
+    if dtype != "f32" {
+        return Err(arg_err(
+            "dtype= is the recombined adapter's (rank=); a merged model's is out_dtype=",
+        ));
+    }
     adapter_weights(weights.as_deref().unwrap_or_default(), adapters.len())
         .map_err(|e| arg_err(e.to_string()))?;
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    let tmp = py
-        .detach(|| -> anyhow::Result<_> {
-            std::fs::create_dir_all(&parent)?;
-            let tmp = tempfile::Builder::new()
-                .prefix(".engram-lora-merge-")
-                .tempdir_in(&parent)?;
-            Ok(tmp)
-        })
+    if let Some(m) = engram_weights::merge::get(&method)
+        && !m.needs_base()
+    {
+        return Err(arg_err(format!(
+            "{method} takes no base, and a merge of adapters is a merge of their task vectors \
+             against the base: use task_arithmetic, ties, dare_*, breadcrumbs*, della* or \
+             model_stock"
+        )));
+    }
+    // The merge's own checks before any file is written.
+    let q = crate::opts::QuickMerge {
+        density,
+        lambda: lambda_,
+        t: None,
+        params: crate::opts::param_values(params)?,
+        weights: weights.clone().unwrap_or_default(),
+        trim_scope: None,
+        seed,
+        out_dtype: out_dtype.clone(),
+    };
+    crate::opts::quick_config(&method, Some(base.clone()), adapters.clone(), &q)?;
+    // The expanded models are staged beside the output while the merge runs (removed
+    // afterwards, and by a later run if this one is killed).
+    let name = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("out")
+        .to_string();
+    let stage = py
+        .detach(|| engram_ckpt::Staged::new(&out.with_file_name(format!(".{name}.lora-inputs"))))
         .map_err(engram_err)?;
     let expanded = py
-        .detach(|| expand_adapters(&base, &adapters, tmp.path(), &cmd))
+        .detach(|| expand_adapters(&base, &adapters, stage.path(), &cmd))
         .map_err(engram_err)?;
-    crate::files::merge(
+    let res = crate::files::merge(
         py,
         None,
         Some(out),
@@ -193,5 +228,7 @@ pub fn lora_merge(
         None,
         progress,
         Some(cmd),
-    )
+    );
+    drop(stage);
+    res
 }

@@ -75,6 +75,14 @@ def test_bad_arguments_raise_before_anything_is_written(family, tmp_path):
         engram.lora_apply(base, base, tmp_path / "x", "f32")
     with pytest.raises(ValueError, match="method= .* or rank="):
         engram.lora_merge(base, [base], tmp_path / "x")
+    with pytest.raises(ValueError, match="seed= belongs"):
+        engram.lora_merge(base, [base], tmp_path / "x", rank=2, seed=1)
+    with pytest.raises(ValueError, match="rank must be at least 1"):
+        engram.lora_merge(base, [base], tmp_path / "x", rank=0)
+    with pytest.raises(ValueError, match="takes no base"):
+        engram.lora_merge(base, [base], tmp_path / "x", method="linear")
+    with pytest.raises(ValueError, match="density"):
+        engram.lora_merge(base, [base, base], tmp_path / "x", method="ties", density=2.0)
     with pytest.raises(engram.EngramError, match="nothing to extract"):
         engram.lora_extract(base, base, 2, tmp_path / "x")
     assert not (tmp_path / "x").exists()

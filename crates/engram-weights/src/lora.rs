@@ -79,7 +79,7 @@ impl ExtractOptions {
             alpha: None,
             dtype: None,
             svd: SpectralOptions {
-                max_dim: 4 * (rank + 10),
+                max_dim: rank.saturating_add(10).saturating_mul(4),
                 max_values: 1 << 24,
                 top_k: rank,
                 oversample: 10,
@@ -187,6 +187,18 @@ fn plan_extract(base: &Model, ft: &Model, o: &ExtractOptions) -> Result<Plan> {
                 t.shape().to_vec(),
                 "not in the fine-tune".into(),
             ));
+        }
+    }
+    for p in &o.exclude {
+        if !ft
+            .names()
+            .filter_map(|n| n.strip_suffix(".weight"))
+            .any(|m| glob(p, m))
+        {
+            return Err(Error::Invalid(format!(
+                "exclude pattern '{p}' matches no module of {} (module names are tensor names without '.weight')",
+                ft.source().display()
+            )));
         }
     }
     for p in &o.targets {

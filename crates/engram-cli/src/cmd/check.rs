@@ -16,8 +16,8 @@ pub const EXIT_INCOMPATIBLE: i32 = 3;
     after_help = "Differences are measured against the template, the model the merged output follows: the base if --base is given, else the first model. Each finding says what `engram merge` does with it: an error (the merge refuses), keep the base's tensor, copy the template's, leave the tensor out, convert the dtype, or carry the template's side file.\n\nExit status: 0 when the models merge (warnings only), 3 when `engram merge` would refuse them, 1 on any other error (a model that does not open), 2 on a usage error.\n\nExamples:\n  engram check ft-1/ ft-2/\n  engram check --base base/ --allow-missing ft-1/ ft-2/ --json"
 )]
 pub struct Args {
-    /// The models to compare (files or folders).
-    #[arg(required = true, num_args = 2..)]
+    /// The models to compare (files or folders): two or more, or one with --base.
+    #[arg(required = true, num_args = 1..)]
     pub models: Vec<PathBuf>,
     /// The base model of the merge: the template the others are compared with.
     #[arg(long)]

@@ -3,11 +3,11 @@
 
 use super::Ctx;
 use super::util::{emit, esc, outln, print_json};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use engram_weights::lora::request::{
     ApplyRequest, ExtractRequest, RecombineRequest, adapter_weights, expand_adapters,
 };
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
 pub enum LoraCmd {
@@ -287,21 +287,17 @@ fn run_merge(ctx: &Ctx, a: MergeArgs) -> Result<()> {
         .clone()
         .context("give --method (a merge over task vectors) or --rank (one adapter by SVD)")?;
     adapter_weights(&a.weights, a.adapters.len())?;
-    // The adapters' expanded models (f32, only the tensors some adapter changes) live in a
-    // temporary folder beside the output while the merge runs.
-    let parent = a
-        .out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".engram-lora-merge-")
-        .tempdir_in(parent)
-        .with_context(|| format!("making a temporary folder in {}", parent.display()))?;
-    let expanded = expand_adapters(&a.base, &a.adapters, tmp.path(), &ctx.command_line)?;
-    let args = super::merge::Args {
-        inputs: expanded,
+    if let Some(m) = engram_weights::merge::get(&method)
+        && !m.needs_base()
+    {
+        bail!(
+            "{method} takes no base, and a merge of adapters is a merge of their task vectors \
+             against the base: use task_arithmetic, ties, dare_*, breadcrumbs*, della* or \
+             model_stock"
+        );
+    }
+    let mut args = super::merge::Args {
+        inputs: a.adapters.clone(),
         out: Some(a.out.clone()),
         method: Some(method),
         base: Some(a.base.clone()),
@@ -321,5 +317,13 @@ fn run_merge(ctx: &Ctx, a: MergeArgs) -> Result<()> {
         list: false,
         stage: None,
     };
+    // The merge's own checks (method, parameters, model count) before any file is written.
+    super::merge::quick_config(&args)?;
+    // The adapters' expanded models (f32, only the tensors some adapter changes) are staged
+    // beside the output while the merge runs: removed afterwards, and by a later run if this
+    // one is killed.
+    let name = a.out.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    let stage = engram_ckpt::Staged::new(&a.out.with_file_name(format!(".{name}.lora-inputs")))?;
+    args.inputs = expand_adapters(&a.base, &a.adapters, stage.path(), &ctx.command_line)?;
     super::merge::run(ctx, args)
 }

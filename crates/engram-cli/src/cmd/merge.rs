@@ -344,7 +344,7 @@ fn from_config(a: &Args, path: &Path, text: &str) -> Result<config::MergeConfig>
         .map_err(anyhow::Error::msg)
 }
 
-fn quick_config(a: &Args) -> Result<config::MergeConfig> {
+pub(crate) fn quick_config(a: &Args) -> Result<config::MergeConfig> {
     let name = a
         .method
         .as_deref()

@@ -81,6 +81,18 @@ impl ExtractRequest {
         if self.rank == 0 {
             return Err(Error::Invalid("rank must be at least 1".into()));
         }
+        if self.oversample > 4096 || self.power_iters > 64 {
+            return Err(Error::Invalid(format!(
+                "oversample {} / power_iters {}: at most 4096 extra columns and 64 power iterations",
+                self.oversample, self.power_iters
+            )));
+        }
+        if self.rank > 1 << 20 {
+            return Err(Error::Invalid(format!(
+                "rank {} is beyond any matrix side engram reads (at most 2^20)",
+                self.rank
+            )));
+        }
         if self.exact_below == Some(0) {
             return Err(Error::Invalid("exact_below must be at least 1".into()));
         }
@@ -101,7 +113,7 @@ impl ExtractRequest {
         o.dtype = self.dtype.as_deref().map(float_dtype).transpose()?;
         o.svd.max_dim = self
             .exact_below
-            .unwrap_or(4 * (self.rank + self.oversample));
+            .unwrap_or(self.rank.saturating_add(self.oversample).saturating_mul(4));
         o.svd.power_iters = self.power_iters;
         o.svd.oversample = self.oversample;
         o.svd.seed = self.seed;

@@ -51,7 +51,12 @@ pub fn documents(text: &str) -> std::result::Result<Vec<Value>, String> {
 /// Whether `text` is a multi-stage config: more than one YAML document. A single document
 /// (or text that is not valid YAML) is an ordinary config, read as before.
 pub fn is_multi_stage(text: &str) -> bool {
-    documents(text).is_ok_and(|d| d.len() > 1)
+    match documents(text) {
+        Ok(d) => d.len() > 1,
+        // A document separator after the first line: read as stages, so that the error
+        // names the document it is in.
+        Err(_) => text.lines().skip(1).any(|l| l.trim_end() == "---"),
+    }
 }
 
 /// Checks a stage name: it becomes the folder `OUTDIR/<name>`, so it must be one plain path
@@ -274,6 +279,14 @@ pub fn record(
             s.name
         ))
     })?;
+    // The models that are not stage outputs, by content: a model retrained in place under
+    // the same path makes the stage run again.
+    let external: BTreeMap<String, String> = cfg
+        .base
+        .iter()
+        .chain(&cfg.models)
+        .map(|p| (p.display().to_string(), fingerprint(p)))
+        .collect();
     let v = serde_json::json!({
         "name": s.name,
         "config": doc,
@@ -281,8 +294,33 @@ pub fn record(
         "models": cfg.models,
         "options": options,
         "inputs": inputs,
+        "fingerprints": external,
     });
     Ok(v.to_string())
+}
+
+/// What identifies a model's content cheaply: engram's checksum identity when it has one,
+/// else each weight file's size and modification time (nanoseconds).
+pub fn fingerprint(path: &Path) -> String {
+    let Ok(m) = Model::open(path) else {
+        return "unreadable".into();
+    };
+    if let Some(id) = identity(&m) {
+        return id;
+    }
+    m.files()
+        .iter()
+        .map(|f| {
+            let meta = std::fs::metadata(f.path()).ok();
+            let len = meta.as_ref().map_or(0, |m| m.len());
+            let mtime = meta
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            format!("{}:{len}:{mtime}", f.path().display())
+        })
+        .collect::<Vec<_>>()
+        .join(";")
 }
 
 /// Why a stage runs, or that it is skipped.
@@ -297,6 +335,8 @@ pub enum Status {
     Incomplete(String),
     /// The output records another config, other options or other inputs.
     Changed,
+    /// The folder holds a model that no stage wrote (a user's model): never replaced.
+    Foreign,
 }
 
 impl Status {
@@ -306,6 +346,7 @@ impl Status {
             Status::Missing => "no output yet".into(),
             Status::Incomplete(e) => format!("output incomplete ({e})"),
             Status::Changed => "config, options or inputs changed".into(),
+            Status::Foreign => "holds a model no stage wrote".into(),
         }
     }
 }
@@ -322,10 +363,30 @@ pub fn status(out: &Path, record: &str) -> Status {
     if let Err(e) = m.verify() {
         return Status::Incomplete(e.to_string());
     }
+    // One shard of a sharded output whose index and other shards are gone opens on its own
+    // and verifies: it is not the output.
+    if let [f] = m.files()
+        && lone_shard(f.path())
+    {
+        return Status::Incomplete(format!(
+            "{} is one shard of a sharded output without its index",
+            f.path().display()
+        ));
+    }
     match m.metadata().get(STAGE_KEY) {
         Some(r) if r == record => Status::UpToDate,
-        _ => Status::Changed,
+        Some(_) => Status::Changed,
+        None => Status::Foreign,
     }
+}
+
+/// `model-0000i-of-0000n.safetensors` with n > 1.
+fn lone_shard(p: &Path) -> bool {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    name.strip_suffix(".safetensors")
+        .and_then(|n| n.split_once("-of-"))
+        .and_then(|(_, n)| n.parse::<u64>().ok())
+        .is_some_and(|n| n > 1)
 }
 
 /// What happened to one stage.
@@ -375,6 +436,14 @@ pub fn run(
         let st = status(out, &rec);
         let report = match st {
             Status::UpToDate => None,
+            Status::Foreign => {
+                return Err(Error::Invalid(format!(
+                    "stage '{}': {} holds a model that no stage wrote; engram does not replace \
+                     it (move it, or write the stages to another -o folder)",
+                    s.name,
+                    out.display()
+                )));
+            }
             _ => Some(
                 merge(s, cfg, out, &rec)
                     .map_err(|e| Error::Invalid(format!("stage '{}': {e}", s.name)))?,
