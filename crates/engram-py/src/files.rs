@@ -161,13 +161,24 @@ pub fn merge(
         seed,
         out_dtype,
     };
+    // An int or a size string, read by the CLI's reader of --shard-size (0 is refused).
     let shard = match shard_size {
         None => None,
-        Some(s) => Some(match s.extract::<u64>() {
-            Ok(n) => n,
-            Err(_) => engram_bench::units::parse_bytes(&s.extract::<String>()?)
-                .map_err(|e| arg_err(format!("shard_size: {e:#}")))?,
-        }),
+        Some(s) if s.is_instance_of::<pyo3::types::PyBool>() => {
+            return Err(arg_err(
+                "shard_size: give a size in bytes or a string such as '2GB'",
+            ));
+        }
+        Some(s) => {
+            let text = match s.extract::<i128>() {
+                Ok(n) => n.to_string(),
+                Err(_) => s.extract::<String>()?,
+            };
+            Some(
+                engram_bench::units::parse_bytes(&text)
+                    .map_err(|e| arg_err(format!("shard_size: {e:#}")))?,
+            )
+        }
     };
     let (cfg, _guard, inputs) = match (config, method) {
         (Some(_), Some(_)) => {

@@ -3,7 +3,8 @@
 
 use crate::{Bar, arg_err, engram_err, to_py};
 use engram_weights::lora::request::{
-    ApplyRequest, ExtractRequest, RecombineRequest, adapter_weights, expand_adapters,
+    ApplyRequest, ExtractRequest, RecombineRequest, adapter_weights, check_merge_method,
+    stage_expanded,
 };
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -149,7 +150,7 @@ pub fn lora_merge(
         if rank == 0 {
             return Err(arg_err("rank must be at least 1"));
         }
-        engram_weights::lora::request::float_dtype(&dtype).map_err(|e| arg_err(e.to_string()))?;
+        engram_ckpt::DType::parse_float(&dtype).map_err(arg_err)?;
         let req = RecombineRequest {
             base,
             adapters,
@@ -173,15 +174,7 @@ pub fn lora_merge(
     }
     adapter_weights(weights.as_deref().unwrap_or_default(), adapters.len())
         .map_err(|e| arg_err(e.to_string()))?;
-    if let Some(m) = engram_weights::merge::get(&method)
-        && !m.needs_base()
-    {
-        return Err(arg_err(format!(
-            "{method} takes no base, and a merge of adapters is a merge of their task vectors \
-             against the base: use task_arithmetic, ties, dare_*, breadcrumbs*, della* or \
-             model_stock"
-        )));
-    }
+    check_merge_method(&method).map_err(|e| arg_err(e.to_string()))?;
     // The merge's own checks before any file is written.
     let q = crate::opts::QuickMerge {
         density,
@@ -194,18 +187,9 @@ pub fn lora_merge(
         out_dtype: out_dtype.clone(),
     };
     crate::opts::quick_config(&method, Some(base.clone()), adapters.clone(), &q)?;
-    // The expanded models are staged beside the output while the merge runs (removed
-    // afterwards, and by a later run if this one is killed).
-    let name = out
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("out")
-        .to_string();
-    let stage = py
-        .detach(|| engram_ckpt::Staged::new(&out.with_file_name(format!(".{name}.lora-inputs"))))
-        .map_err(engram_err)?;
-    let expanded = py
-        .detach(|| expand_adapters(&base, &adapters, stage.path(), &cmd))
+    // The expanded models live while the merge runs (`stage` removes them when dropped).
+    let (stage, expanded) = py
+        .detach(|| stage_expanded(&base, &adapters, &out, &cmd))
         .map_err(engram_err)?;
     let res = crate::files::merge(
         py,

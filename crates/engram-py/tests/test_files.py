@@ -204,3 +204,11 @@ def test_progress_is_silent_by_default(family, tmp_path, capfd):
 def test_json_reports_are_plain_python(family):
     doc = engram.inspect(family / "base")
     assert json.loads(json.dumps(doc)) == doc
+
+
+def test_merge_shard_size_is_read_as_the_cli_reads_it(family, tmp_path):
+    kw = dict(method="task_arithmetic", base=family / "base", models=models(family))
+    for bad in (0, -1, True, "0"):
+        with pytest.raises(ValueError, match="shard_size"):
+            engram.merge(out=tmp_path / "x", shard_size=bad, **kw)
+    assert not (tmp_path / "x").exists()

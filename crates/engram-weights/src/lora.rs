@@ -16,6 +16,7 @@
 //! Card pitfalls kept: the scale is α/r (α/√r with rsLoRA), not α, and is stored with the
 //! adapter; merging then quantizing differs from quantizing then adding the adapter.
 
+use crate::quant::{sq_diff, sq_norm};
 use crate::spectral::{SpectralOptions, truncated_svd};
 use engram_ckpt::dtype::round_through;
 use engram_ckpt::names::glob;
@@ -236,10 +237,6 @@ fn delta(base: &Model, ft: &Model, name: &str) -> Result<Vec<f32>> {
     Ok(d)
 }
 
-fn norm2(v: &[f32]) -> f64 {
-    v.iter().map(|&x| x as f64 * x as f64).sum()
-}
-
 /// One module's factors and report.
 struct Factors {
     a: Vec<f32>,
@@ -297,7 +294,7 @@ pub fn extract(
             let name = format!("{m}.weight");
             let d = delta(base, ft, &name)?;
             progress((rows * cols) as u64);
-            let total = norm2(&d);
+            let total = sq_norm(&d);
             if total == 0.0 {
                 return Ok(None);
             }
@@ -389,12 +386,8 @@ pub fn extract(
             (Some(b), Some(f)) if b.dtype().is_float() && f.dtype().is_float() => {
                 let bv = read_once(&b)?;
                 let fv = read_once(&f)?;
-                let d: f64 = bv
-                    .iter()
-                    .zip(&fv)
-                    .map(|(&x, &y)| (y as f64 - x as f64).powi(2))
-                    .sum();
-                let n = norm2(&bv);
+                let d = sq_diff(&fv, &bv);
+                let n = sq_norm(&bv);
                 Some(if n > 0.0 { (d / n).sqrt() } else { d.sqrt() })
             }
             _ => None,
@@ -539,7 +532,7 @@ fn updated(
     let mut w = read_once(&base.require(name)?)?;
     let d = module_delta(adapter, m)?;
     let mult = multiplier as f32;
-    let w_norm = norm2(&w);
+    let w_norm = sq_norm(&w);
     let mut d_norm = 0f64;
     for (x, y) in w.iter_mut().zip(&d) {
         let u = mult * y;
@@ -625,7 +618,7 @@ pub fn apply(
                         e2 += e * e;
                         emax = emax.max(e);
                     }
-                    let n = norm2(&w);
+                    let n = sq_norm(&w);
                     writer.write_f32(name, &w)?;
                     Some(Applied {
                         tensor: name.into(),

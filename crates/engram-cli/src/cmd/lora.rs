@@ -3,9 +3,10 @@
 
 use super::Ctx;
 use super::util::{emit, esc, outln, print_json};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use engram_weights::lora::request::{
-    ApplyRequest, ExtractRequest, RecombineRequest, adapter_weights, expand_adapters,
+    ApplyRequest, ExtractRequest, RecombineRequest, adapter_weights, check_merge_method,
+    stage_expanded,
 };
 use std::path::PathBuf;
 
@@ -287,15 +288,7 @@ fn run_merge(ctx: &Ctx, a: MergeArgs) -> Result<()> {
         .clone()
         .context("give --method (a merge over task vectors) or --rank (one adapter by SVD)")?;
     adapter_weights(&a.weights, a.adapters.len())?;
-    if let Some(m) = engram_weights::merge::get(&method)
-        && !m.needs_base()
-    {
-        bail!(
-            "{method} takes no base, and a merge of adapters is a merge of their task vectors \
-             against the base: use task_arithmetic, ties, dare_*, breadcrumbs*, della* or \
-             model_stock"
-        );
-    }
+    check_merge_method(&method)?;
     let mut args = super::merge::Args {
         inputs: a.adapters.clone(),
         out: Some(a.out.clone()),
@@ -319,11 +312,8 @@ fn run_merge(ctx: &Ctx, a: MergeArgs) -> Result<()> {
     };
     // The merge's own checks (method, parameters, model count) before any file is written.
     super::merge::quick_config(&args)?;
-    // The adapters' expanded models (f32, only the tensors some adapter changes) are staged
-    // beside the output while the merge runs: removed afterwards, and by a later run if this
-    // one is killed.
-    let name = a.out.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    let stage = engram_ckpt::Staged::new(&a.out.with_file_name(format!(".{name}.lora-inputs")))?;
-    args.inputs = expand_adapters(&a.base, &a.adapters, stage.path(), &ctx.command_line)?;
+    // The expanded models live while the merge runs (`_stage` removes them when dropped).
+    let (_stage, expanded) = stage_expanded(&a.base, &a.adapters, &a.out, &ctx.command_line)?;
+    args.inputs = expanded;
     super::merge::run(ctx, args)
 }

@@ -19,15 +19,7 @@ fn open(path: &Path) -> Result<Model> {
 
 /// A float dtype by name (`f32`, `bf16`, ...), as `--dtype` takes it.
 pub fn float_dtype(s: &str) -> Result<DType> {
-    match DType::parse(s) {
-        Some(d) if d.is_float() => Ok(d),
-        Some(d) => Err(Error::Invalid(format!(
-            "dtype {d} is not a float type; use f32, f16, bf16, f64, f8_e4m3 or f8_e5m2"
-        ))),
-        None => Err(Error::Invalid(format!(
-            "unknown dtype '{s}'; use f32, f16, bf16, f64, f8_e4m3 or f8_e5m2"
-        ))),
-    }
+    DType::parse_float(s).map_err(Error::Invalid)
 }
 
 /// `engram lora extract`.
@@ -266,10 +258,39 @@ impl RecombineRequest {
     }
 }
 
+/// Refuses a merge method that takes no base: a merge of adapters is a merge of their task
+/// vectors against the base.
+pub fn check_merge_method(method: &str) -> Result<()> {
+    match crate::merge::get(method) {
+        Some(m) if !m.needs_base() => Err(Error::Invalid(format!(
+            "{method} takes no base, and a merge of adapters is a merge of their task vectors \
+             against the base: use task_arithmetic, ties, dare_*, breadcrumbs*, della* or \
+             model_stock"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The adapters' expanded models (f32, only the tensors some adapter changes), staged beside
+/// `out` for the merge that writes `out`: the folder goes when the returned [`Staged`] is
+/// dropped, and a later run removes it if this one is killed. Returns it with the models'
+/// paths, in the adapters' order.
+pub fn stage_expanded(
+    base: &Path,
+    adapters: &[PathBuf],
+    out: &Path,
+    command: &str,
+) -> Result<(engram_ckpt::Staged, Vec<PathBuf>)> {
+    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    let stage = engram_ckpt::Staged::new(&out.with_file_name(format!(".{name}.lora-inputs")))?;
+    let paths = expand_adapters(base, adapters, stage.path(), command)?;
+    Ok((stage, paths))
+}
+
 /// The adapters' expanded models for a merge over their task vectors: each written to
 /// `dir/adapter-<i>` in f32, holding the tensors some adapter changes (the base's values
 /// where this one does not). Returns the folders, in the adapters' order.
-pub fn expand_adapters(
+fn expand_adapters(
     base: &Path,
     adapters: &[PathBuf],
     dir: &Path,
