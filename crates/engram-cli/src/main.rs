@@ -100,6 +100,12 @@ enum Command {
     /// Benchmarks that print ratios against baselines measured in the same run.
     #[command(subcommand)]
     Bench(cmd::bench::Bench),
+    /// Many runs: plan a grid of run folders, run them locally, or emit scripts for Slurm,
+    /// GNU parallel or Ray; status of a sweep.
+    #[command(subcommand)]
+    Sweep(cmd::sweep::SweepCmd),
+    /// Search a merge's parameters with CMA-ES against a score command (as mergekit-evolve).
+    Evolve(cmd::evolve::Args),
 }
 
 fn main() {
@@ -136,6 +142,8 @@ fn main() {
         Command::Patch(p) => cmd::patch::run(&ctx, p),
         Command::Study(s) => cmd::study::run(&ctx, s),
         Command::Bench(b) => cmd::bench::run(&ctx, b),
+        Command::Sweep(s) => cmd::sweep::run(&ctx, s),
+        Command::Evolve(a) => cmd::evolve::run(&ctx, a),
     };
     ctx.finish(res);
 }

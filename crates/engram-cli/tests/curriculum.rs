@@ -106,6 +106,7 @@ fn a_two_phase_run_file_trains_and_writes_its_results_and_weights() {
     assert_eq!(
         files,
         [
+            "events.jsonl",
             "model.safetensors",
             "phase-first.safetensors",
             "phase-second.safetensors",

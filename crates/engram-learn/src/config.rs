@@ -62,7 +62,15 @@ impl Default for StrategyConfig {
 
 impl RunConfig {
     pub fn parse_toml(text: &str) -> Result<RunConfig> {
-        let cfg: RunConfig = toml::from_str(text).map_err(|e| err!("{e}"))?;
+        Self::parse_toml_in(text, None)
+    }
+
+    /// Reads a run file found in folder `dir` (see [`RunFile::parse_toml_in`]).
+    pub fn parse_toml_in(text: &str, dir: Option<&std::path::Path>) -> Result<RunConfig> {
+        let mut cfg: RunConfig = toml::from_str(text).map_err(|e| err!("{e}"))?;
+        if let Some(d) = dir.map(base_dir) {
+            cfg.scenario.resolve(&d);
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -138,12 +146,33 @@ impl RunFile {
     /// Reads a run file: a curriculum when it has a top-level `phase` key, else a run (read
     /// exactly as [`RunConfig::parse_toml`] reads it).
     pub fn parse_toml(text: &str) -> Result<RunFile> {
+        Self::parse_toml_in(text, None)
+    }
+
+    /// Reads a run file found in folder `dir`: relative paths of the user's data sets
+    /// (`dataset = { kind = ..., path = ... }`, in `[scenario]` or each phase's `scenario`)
+    /// are taken from `dir`, made absolute (`None`: left relative, to the working directory),
+    /// so that a run file and its data move together and a resume from another working
+    /// directory reads the same files.
+    pub fn parse_toml_in(text: &str, dir: Option<&std::path::Path>) -> Result<RunFile> {
         let phases = toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key("phase"));
         match phases {
-            true => CurriculumConfig::parse_toml(text).map(|c| RunFile::Curriculum(Box::new(c))),
-            false => RunConfig::parse_toml(text).map(|c| RunFile::Run(Box::new(c))),
+            true => {
+                CurriculumConfig::parse_toml_in(text, dir).map(|c| RunFile::Curriculum(Box::new(c)))
+            }
+            false => RunConfig::parse_toml_in(text, dir).map(|c| RunFile::Run(Box::new(c))),
         }
     }
+}
+
+/// A run file's folder, absolute where it can be (`""`, a file in the working directory, is
+/// the working directory).
+fn base_dir(dir: &std::path::Path) -> std::path::PathBuf {
+    let d = match dir.as_os_str().is_empty() {
+        true => std::path::Path::new("."),
+        false => dir,
+    };
+    d.canonicalize().unwrap_or_else(|_| d.to_path_buf())
 }
 
 /// Most phases a curriculum may have (the accuracy matrix is phases × phases).
@@ -282,6 +311,11 @@ impl AnchorConfig {
 impl CurriculumConfig {
     /// Reads a curriculum run file and checks it ([`CurriculumConfig::validate`]).
     pub fn parse_toml(text: &str) -> Result<CurriculumConfig> {
+        Self::parse_toml_in(text, None)
+    }
+
+    /// Reads a curriculum run file found in folder `dir` (see [`RunFile::parse_toml_in`]).
+    pub fn parse_toml_in(text: &str, dir: Option<&std::path::Path>) -> Result<CurriculumConfig> {
         let table: toml::Table = toml::from_str(text).map_err(|e| err!("{e}"))?;
         for (key, why) in [
             ("scenario", "each phase names its own scenario"),
@@ -294,7 +328,12 @@ impl CurriculumConfig {
                 ));
             }
         }
-        let cfg: CurriculumConfig = toml::from_str(text).map_err(|e| err!("{e}"))?;
+        let mut cfg: CurriculumConfig = toml::from_str(text).map_err(|e| err!("{e}"))?;
+        if let Some(d) = dir.map(base_dir) {
+            for p in &mut cfg.phases {
+                p.scenario.resolve(&d);
+            }
+        }
         cfg.validate()?;
         Ok(cfg)
     }

@@ -608,6 +608,7 @@ mod tests {
             train: fixture(60, 3, 4),
             test: fixture(20, 3, 4),
             files: vec![],
+            meta: Default::default(),
         };
         let sizes = SplitSizes {
             train: 40,

@@ -2,15 +2,19 @@
 //! after each task, resuming on request) and write `results.json` in the shape the report
 //! reads (`engram_report::results::RunResults`). `engram train`, the demo and the
 //! continual-learning suite all go through [`run_config`] or [`train_on`]; a run file with
-//! phases (a curriculum) through [`run_curriculum`].
+//! phases (a curriculum) through [`run_curriculum`]. Every run keeps an event log as it
+//! trains ([`events`]).
+
+pub mod events;
 
 use crate::config::{CurriculumConfig, RunConfig};
 use crate::curriculum::CurriculumOut;
-use crate::data::DataFile;
+use crate::data::{DataFile, Meta};
 use crate::metrics::{AccuracyMatrix, Costs, Summary};
 use crate::scenario::Scenario;
 use crate::train::{Event, RunOutput, Trainer};
 use crate::{Error, Result, err};
+use events::{EventLog, Header, Logged};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
@@ -27,34 +31,102 @@ pub struct RunOptions<'a> {
     pub stop_after: Option<usize>,
     /// Write the strategy's masks or importance here (safetensors) after the run.
     pub export_masks: Option<&'a Path>,
+    /// Run only what is missing: a run whose `results.json` is there is done (its results
+    /// returned, nothing loaded or touched; results made with other settings are an error
+    /// listing them, see [`finished`]); a run with a checkpoint resumes it; else it starts.
+    /// Excludes `resume` and `overwrite`.
+    pub if_needed: bool,
 }
 
-/// Runs one configuration into `dir` (`results.json`, `checkpoint/`) and returns the results
-/// JSON; `None` if stopped early by `stop_after`.
+/// Runs one configuration into `dir` (`results.json`, `checkpoint/`, the event log
+/// `events.jsonl`) and returns the results JSON; `None` if stopped early by `stop_after`.
 pub fn run_config(
     cfg: &RunConfig,
     dir: &Path,
     opts: &RunOptions,
     on: &mut dyn FnMut(Event),
 ) -> Result<Option<Value>> {
+    run_config_with(cfg, dir, opts, &mut |l| on(l.event))
+}
+
+/// The lock file of a run folder, held by the process running it with `--if-needed`.
+pub const LOCK: &str = ".lock";
+
+/// Creates `dir` and takes its lock file ([`LOCK`]) without waiting: another process
+/// running the same run is an error.
+fn lock_run(dir: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let p = dir.join(LOCK);
+    if let Ok(m) = p.symlink_metadata()
+        && !m.file_type().is_file()
+    {
+        return Err(err!(
+            "{} is {}, not the run's lock file; remove it",
+            shown(&p),
+            engram_ckpt::file::kind_of(&m)
+        ));
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(|e| Error::io(&p, e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(err!(
+            "{}: another engram process is running this run now (it holds {}); wait for it \
+             to end",
+            shown(dir),
+            shown(&p)
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&p, e)),
+    }
+}
+
+/// [`run_config`], handing the caller each event with the run's step count across tasks, as
+/// the event log records it (a TensorBoard writer needs it).
+pub fn run_config_with(
+    cfg: &RunConfig,
+    dir: &Path,
+    opts: &RunOptions,
+    on: &mut dyn FnMut(Logged),
+) -> Result<Option<Value>> {
+    let started = std::time::Instant::now();
     cfg.validate()?;
     let ckpt = dir.join("checkpoint");
     let results_file = dir.join("results.json");
-    if ckpt.join("state.json").exists() && !opts.resume && !opts.overwrite {
+    // Held until the run returns: with --if-needed (the lines of a sweep, which an engine
+    // may start twice) a second process on the same run is refused, not run beside the first.
+    let mut _lock = None;
+    if opts.if_needed {
+        if opts.resume || opts.overwrite {
+            return Err(err!("--if-needed excludes --resume and --overwrite"));
+        }
+        _lock = Some(lock_run(dir)?);
+        if let Some(done) = finished(cfg, dir)? {
+            return Ok(Some(done));
+        }
+    }
+    // With --if-needed, a checkpoint is resumed as with --resume.
+    let resume = opts.resume || opts.if_needed;
+    if ckpt.join("state.json").exists() && !resume && !opts.overwrite {
         return Err(err!(
             "{} holds a checkpoint of this run: pass --resume to continue it or --overwrite to start over",
             engram_ckpt::names::esc(&dir.display().to_string())
         ));
     }
     // Outputs that would replace an input (the run file) are refused before anything runs.
-    for p in [&ckpt, &results_file] {
+    for p in [&ckpt, &results_file, &dir.join(events::FILE)] {
         engram_ckpt::commit::refuse_input(p)?;
     }
+    events::check(dir)?;
     if let Some(p) = opts.export_masks {
         check_export(cfg, p, dir)?;
     }
     let data = cfg.scenario.source()?.load(opts.data_dir)?;
     let files = data.files.clone();
+    let meta = data.meta.clone();
     let scenario = cfg.scenario.build_with(data)?;
     let done = opts.stop_after.is_none_or(|n| n >= scenario.tasks.len());
     let export = opts.export_masks.filter(|_| done);
@@ -71,16 +143,143 @@ pub fn run_config(
         export_masks: export,
         discard,
     };
-    let out = train(cfg, &scenario, settings, run, on)?;
-    if !done {
-        return Ok(None);
+    let mut log = EventLog::new(
+        dir,
+        Header {
+            name: cfg.run_name(),
+            strategy: cfg.strategy.name.clone(),
+            scenario: scenario.name.clone(),
+        },
+        started,
+    );
+    let written = train(cfg, &scenario, settings, run, &mut |e| on(log.record(e))).and_then(
+        |out| match done {
+            true => write_results(cfg, &scenario, &out, &files, &meta, &results_file).map(Some),
+            false => Ok(None),
+        },
+    );
+    match written {
+        Err(e) => {
+            log.fail(&e);
+            Err(e)
+        }
+        Ok(results) => {
+            log.finish(done).map_err(|e| match done {
+                true => err!("{e} (the run finished and wrote its results)"),
+                false => e,
+            })?;
+            Ok(results)
+        }
     }
-    let mut results = results_json(cfg, &scenario, &out)?;
-    results["data"] = serde_json::to_value(&files).map_err(|e| err!("{e}"))?;
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+}
+
+/// Writes a finished run's `results.json`; returns its JSON.
+fn write_results(
+    cfg: &RunConfig,
+    scenario: &Scenario,
+    out: &RunOutput,
+    files: &[DataFile],
+    meta: &Meta,
+    results_file: &Path,
+) -> Result<Value> {
+    let mut results = results_json(cfg, scenario, out)?;
+    results["data"] = serde_json::to_value(files).map_err(|e| err!("{e}"))?;
+    // The names behind the ids of a user's data set: text labels (CSV) and domains.
+    if !meta.classes.is_empty() {
+        results["classes"] = json!(meta.classes);
+    }
+    if let Some(d) = &meta.domains {
+        results["domains"] = json!(d.names);
+    }
+    if let Some(dir) = results_file.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
     let text = serde_json::to_string_pretty(&results).map_err(|e| err!("{e}"))? + "\n";
-    engram_ckpt::write_atomic(&results_file, text.as_bytes())?;
+    engram_ckpt::write_atomic(results_file, text.as_bytes())?;
+    Ok(results)
+}
+
+/// The results of `cfg`'s finished run in `dir` (its `results.json`), or `None` when there
+/// are none. Results recorded with other settings are an error listing every difference: the
+/// run file's settings with every default filled in ([`RunConfig::normalized`]) are compared
+/// with those of the run file the results record, as a checkpoint's are when resuming. The
+/// data are not read, so their checksums are not compared (a resumed run compares them).
+pub fn finished(cfg: &RunConfig, dir: &Path) -> Result<Option<Value>> {
+    let Some((path, results, old)) = recorded::<RunConfig>(dir, "run file")? else {
+        return Ok(None);
+    };
+    same_settings(&path, &old.normalized()?, &cfg.normalized()?)?;
     Ok(Some(results))
+}
+
+/// [`finished`] for a curriculum, whose `results.json` records its normalized run file.
+pub fn curriculum_finished(cfg: &CurriculumConfig, dir: &Path) -> Result<Option<Value>> {
+    let Some((path, results, old)) = recorded::<CurriculumConfig>(dir, "curriculum")? else {
+        return Ok(None);
+    };
+    same_settings(&path, &old.normalized()?, &cfg.normalized()?)?;
+    Ok(Some(results))
+}
+
+/// `dir/results.json`, its JSON and the run file it records (`params.config`, a `what`).
+fn recorded<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    what: &str,
+) -> Result<Option<(PathBuf, Value, T)>> {
+    let Some((path, results)) = read_results(dir)? else {
+        return Ok(None);
+    };
+    let old = results
+        .pointer("/params/config")
+        .cloned()
+        .ok_or_else(|| err!("no params.config"))
+        .and_then(|v| serde_json::from_value(v).map_err(|e| err!("{e}")))
+        .map_err(|e| {
+            err!(
+                "{}: records no {what} this engram reads ({e}); start over with --overwrite",
+                shown(&path)
+            )
+        })?;
+    Ok(Some((path, results, old)))
+}
+
+/// `dir/results.json` and its JSON, if there is one.
+fn read_results(dir: &Path) -> Result<Option<(PathBuf, Value)>> {
+    let path = dir.join("results.json");
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    let v = serde_json::from_slice(&bytes)
+        .map_err(|e| err!("{}: not valid results JSON: {e}", shown(&path)))?;
+    Ok(Some((path, v)))
+}
+
+/// Refuses results (at `path`) recorded with settings `old` for a run with settings `new`.
+fn same_settings<T: serde::Serialize>(path: &Path, old: &T, new: &T) -> Result<()> {
+    let value = |v: &T| serde_json::to_value(v).map_err(|e| err!("{e}"));
+    let mut diff = Vec::new();
+    crate::train::checkpoint::differences(
+        String::new(),
+        Some(&value(old)?),
+        Some(&value(new)?),
+        &mut diff,
+    );
+    if diff.is_empty() {
+        return Ok(());
+    }
+    Err(err!(
+        "{}: the finished run's settings differ from the run file's (key: results -> now):\n  \
+         {}\nrename the run, or start over with --overwrite",
+        shown(path),
+        diff.join("\n  ")
+    ))
+}
+
+/// A path as error messages show it.
+fn shown(p: &Path) -> String {
+    engram_ckpt::names::esc(&p.display().to_string()).into_owned()
 }
 
 /// Runs a curriculum ([`crate::curriculum`]) into `dir`: each phase's weights in
@@ -90,21 +289,73 @@ pub fn run_config(
 /// ([`engram_ckpt::Staged`]): a run killed or failed leaves the earlier outputs as they were,
 /// and a finished run leaves only its own outputs, none of an earlier curriculum's (a phase
 /// file of a phase no longer in the run file goes). Other files in `dir` are kept. A
-/// curriculum has no checkpoints; it is run again whole.
+/// curriculum has no checkpoints; it is run again whole. Its event log (`events.jsonl`, not
+/// staged: it is written as the run goes) starts anew with each run.
 pub fn run_curriculum(
     cfg: &CurriculumConfig,
     dir: &Path,
     data_dir: Option<&Path>,
     on: &mut dyn FnMut(usize, Event),
 ) -> Result<Value> {
+    run_curriculum_with(cfg, dir, data_dir, &mut |l| {
+        on(l.phase.unwrap_or(0), l.event)
+    })
+}
+
+/// [`run_curriculum`], handing the caller each event with its phase and the step count
+/// across phases, as the event log records them.
+pub fn run_curriculum_with(
+    cfg: &CurriculumConfig,
+    dir: &Path,
+    data_dir: Option<&Path>,
+    on: &mut dyn FnMut(Logged),
+) -> Result<Value> {
+    let started = std::time::Instant::now();
     cfg.validate()?;
+    engram_ckpt::commit::refuse_input(&dir.join(events::FILE))?;
+    events::check(dir)?;
     // Checked before training: the folder can be made and replaces no input.
     let staged = engram_ckpt::Staged::new(dir)?;
     let (scenarios, files) = crate::curriculum::load_scenarios(cfg, data_dir)?;
-    let out = crate::curriculum::run_phases_from(cfg, &scenarios, None, on)
+    let names: Vec<&str> = scenarios.iter().map(|s| s.name.as_str()).collect();
+    let mut log = EventLog::new(
+        dir,
+        Header {
+            name: cfg.run_name(),
+            strategy: "curriculum".into(),
+            scenario: names.join(", "),
+        },
+        started,
+    );
+    let written = curriculum_phases(cfg, &scenarios, &files, staged, &mut |k, e| {
+        log.set_phase(k, &cfg.phases[k].name);
+        on(log.record(e))
+    });
+    match written {
+        Err(e) => {
+            log.fail(&e);
+            Err(e)
+        }
+        Ok(results) => {
+            log.finish(true)
+                .map_err(|e| err!("{e} (the run finished and wrote its results)"))?;
+            Ok(results)
+        }
+    }
+}
+
+/// Trains a curriculum's phases and switches its outputs into place.
+fn curriculum_phases(
+    cfg: &CurriculumConfig,
+    scenarios: &[Scenario],
+    files: &[DataFile],
+    staged: engram_ckpt::Staged,
+    on: &mut dyn FnMut(usize, Event),
+) -> Result<Value> {
+    let out = crate::curriculum::run_phases_from(cfg, scenarios, None, on)
         .map_err(|e| err!("run {}: {e}", cfg.run_name()))?;
     let mut results = curriculum_json(cfg, &out)?;
-    results["data"] = serde_json::to_value(&files).map_err(|e| err!("{e}"))?;
+    results["data"] = serde_json::to_value(files).map_err(|e| err!("{e}"))?;
     let meta = |phase: &str| {
         [
             ("run".to_string(), cfg.run_name()),
@@ -404,7 +655,7 @@ pub fn results_json(cfg: &RunConfig, s: &Scenario, out: &RunOutput) -> Result<Va
         "notes": crate::strategy::scenario_note(&cfg.strategy.name, s)
             .into_iter()
             .collect::<Vec<_>>(),
-        "params": {"config": cfg, "model_params": out.params, "current_task_curve": out.current_task_curve},
+        "params": {"config": cfg.normalized()?, "model_params": out.params, "current_task_curve": out.current_task_curve},
     }))
 }
 
@@ -453,6 +704,7 @@ scenario = { kind = "joint", dataset = "blobs", blobs = { seed = 2, classes = 2,
         assert_eq!(
             listing(&dir),
             [
+                "events.jsonl",
                 "model.safetensors",
                 "phase-a.safetensors",
                 "phase-b.safetensors",
@@ -470,6 +722,7 @@ scenario = { kind = "joint", dataset = "blobs", blobs = { seed = 2, classes = 2,
         assert_eq!(
             listing(&dir),
             [
+                "events.jsonl",
                 "model.safetensors",
                 "notes.txt",
                 "phase-first.safetensors",

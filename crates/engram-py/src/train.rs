@@ -12,22 +12,37 @@ use std::path::PathBuf;
 /// Largest run file read (as the CLI).
 const RUN_FILE_LIMIT: u64 = 1 << 20;
 
-/// The run's TOML text and how errors name it: a path (its text, held open for the run), TOML
-/// text (a string with a line break), or a dict (written as TOML; a None value is refused, as
-/// TOML has no null).
-fn run_text(
-    run: &Bound<'_, PyAny>,
-) -> PyResult<(String, String, Option<engram_ckpt::commit::OpenInput>)> {
+/// A run file's text as [`run_text`] reads it.
+struct RunText {
+    text: String,
+    /// How errors name it.
+    shown: String,
+    /// The folder of the run file (its relative data paths start there); `None` for TOML
+    /// text or a dict (the working directory).
+    dir: Option<PathBuf>,
+    /// The run file, held open for the run: no output of it may replace it.
+    _input: Option<engram_ckpt::commit::OpenInput>,
+}
+
+/// The run's TOML text: a path (its text, held open for the run), TOML text (a string with a
+/// line break), or a dict (written as TOML; a None value is refused, as TOML has no null).
+fn run_text(run: &Bound<'_, PyAny>) -> PyResult<RunText> {
+    let inline = |text: String| RunText {
+        text,
+        shown: "run".into(),
+        dir: None,
+        _input: None,
+    };
     if run.is_instance_of::<PyDict>() {
         let v = crate::from_py(run)?;
         let text = toml::to_string(&v)
             .map_err(|e| arg_err(format!("run: cannot be written as TOML: {e}")))?;
-        return Ok((text, "run".into(), None));
+        return Ok(inline(text));
     }
     if let Ok(s) = run.downcast::<PyString>() {
         let s = s.to_str()?;
         if s.contains('\n') {
-            return Ok((s.to_string(), "run".into(), None));
+            return Ok(inline(s.to_string()));
         }
     }
     let path: PathBuf = run.extract()?;
@@ -36,14 +51,20 @@ fn run_text(
         engram_ckpt::commit::read_input(&path, "a run file", RUN_FILE_LIMIT).map_err(engram_err)?;
     let text = String::from_utf8(bytes)
         .map_err(|_| engram_err(anyhow::anyhow!("{shown}: not UTF-8 text")))?;
-    Ok((text, shown, Some(input)))
+    Ok(RunText {
+        text,
+        shown,
+        dir: path.parent().map(PathBuf::from),
+        _input: Some(input),
+    })
 }
 
 /// `engram train --config RUN --out OUT`: writes OUT/<run name>/ and returns its results.json
-/// as a dict.
+/// as a dict. `if_needed=True` (`--if-needed`): a run whose results.json is there returns it
+/// without running; a run with a checkpoint resumes it; else it starts.
 #[pyfunction]
 #[pyo3(signature = (run, out=PathBuf::from("runs"), *, resume=false, overwrite=false,
-    data_dir=None, export_masks=None, progress=false))]
+    data_dir=None, export_masks=None, progress=false, if_needed=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     py: Python<'_>,
@@ -54,13 +75,20 @@ pub fn train(
     data_dir: Option<PathBuf>,
     export_masks: Option<PathBuf>,
     progress: bool,
+    if_needed: bool,
 ) -> PyResult<Py<PyAny>> {
     if resume && overwrite {
         return Err(arg_err("give resume=True or overwrite=True, not both"));
     }
-    let (text, shown, _input) = run_text(run)?;
-    let parsed =
-        RunFile::parse_toml(&text).map_err(|e| engram_err(anyhow::anyhow!("{shown}: {e}")))?;
+    if if_needed && (resume || overwrite) {
+        return Err(arg_err(
+            "if_needed=True excludes resume=True and overwrite=True",
+        ));
+    }
+    let rt = run_text(run)?;
+    let shown = &rt.shown;
+    let parsed = RunFile::parse_toml_in(&rt.text, rt.dir.as_deref())
+        .map_err(|e| engram_err(anyhow::anyhow!("{shown}: {e}")))?;
     let results = match parsed {
         RunFile::Run(cfg) => {
             let dir = out.join(cfg.run_name());
@@ -71,6 +99,7 @@ pub fn train(
                     overwrite,
                     stop_after: None,
                     export_masks: export_masks.as_deref(),
+                    if_needed,
                 };
                 let bars = Bars::new(progress, &cfg.strategy.name);
                 let r = engram_learn::run::run_config(&cfg, &dir, &opts, &mut |e| bars.on(e));
@@ -88,6 +117,12 @@ pub fn train(
                 }
             }
             let dir = out.join(cfg.run_name());
+            if if_needed
+                && let Some(r) =
+                    engram_learn::run::curriculum_finished(&cfg, &dir).map_err(engram_err)?
+            {
+                return to_py(py, &r);
+            }
             let r = py
                 .detach(|| {
                     let bars = Bars::new(progress, "curriculum");

@@ -81,3 +81,25 @@ def test_train_errors():
         engram.train({**RUN_DICT, "seed": None}, "/nonexistent-engram-out")
     with pytest.raises(engram.EngramError, match="no-such-run.toml"):
         engram.train("no-such-run.toml")
+
+
+def test_train_if_needed(tmp_path):
+    import json
+
+    fresh = engram.train(RUN, tmp_path, if_needed=True)
+    run = tmp_path / "t"
+    log = (run / "events.jsonl").read_text()
+    events = [json.loads(line)["event"] for line in log.splitlines()]
+    assert events[0] == "run_start" and events[-1] == "run_end"
+    assert [json.loads(line)["accuracy"] for line in log.splitlines() if "task_end" in line] == fresh[
+        "accuracy"
+    ]
+    # Done: the stored results, nothing run or touched.
+    before = [(run / f).read_bytes() for f in ("results.json", "events.jsonl")]
+    assert engram.train(RUN, tmp_path, if_needed=True) == fresh
+    assert [(run / f).read_bytes() for f in ("results.json", "events.jsonl")] == before
+    # Other settings: an error naming them.
+    with pytest.raises(engram.EngramError, match="lr: 0.01 -> 0.02"):
+        engram.train(RUN.replace("lr = 0.01", "lr = 0.02"), tmp_path, if_needed=True)
+    with pytest.raises(ValueError, match="if_needed"):
+        engram.train(RUN, tmp_path, if_needed=True, resume=True)

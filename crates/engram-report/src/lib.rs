@@ -10,6 +10,7 @@ pub mod html;
 pub mod report;
 pub mod results;
 pub mod svg;
+pub mod tensorboard;
 
 pub use report::write_report;
 pub use results::{RunResults, RunSummary, parse_results};

@@ -1,15 +1,23 @@
-//! Continual-learning run results → `index.html` (comparison table, forgetting charts,
-//! accuracy heatmaps, per-task curves), `results.csv` (one row per run) and `results.json`
-//! (the inputs). Every file is written to a temporary name in the destination folder and
-//! renamed into place, so a killed run leaves the previous report whole.
+//! Continual-learning run results → `index.html`, `results.csv` (one row per run) and
+//! `results.json` (the inputs). The page reads like a paper's results section: a summary
+//! written from the numbers, per scenario the strategies ranked by final accuracy (mean ±
+//! spread over seeds, the best of each column marked) with their settings, then the accuracy
+//! matrices and curves of every run. A sweep's settings of one strategy (EWC at lambda 10 and
+//! 100) are separate rows, labelled by what differs ([`group_runs`]). Every file is written to a temporary name in the
+//! destination folder and renamed into place, so a killed run leaves the previous report whole.
+
+mod figures;
+pub mod rank;
+pub mod settings;
+pub mod summary;
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::html::Page;
+use crate::html::{Cell, Page};
 use crate::results::RunResults;
-use crate::svg::{LineChart, Series, accuracy_heatmap, grouped_bar_chart, line_chart};
+use rank::Section;
 
 /// Mean and spread of one metric over the seeds of a group.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -45,17 +53,60 @@ impl MeanSpread {
     }
 }
 
-/// The runs of one (scenario, strategy, evaluation mode): its seeds.
+/// The runs of one (scenario, strategy, evaluation mode, settings): the seeds of one setting.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunGroup {
     pub scenario: String,
     pub strategy: String,
     pub eval_mode: String,
+    /// The settings its runs share ([`group_settings`], flattened): a sweep's point.
+    pub settings: Vec<(String, String)>,
+    /// The settings that tell it apart in its section, under their shortest distinguishing
+    /// keys: what its label shows after the strategy's name (see [`group_runs`]).
+    pub distinct: Vec<(String, String)>,
     /// Indices into the results slice, in input order.
     pub runs: Vec<usize>,
 }
 
 impl RunGroup {
+    /// `key = value` of the distinguishing settings, `; `-separated (values may hold commas);
+    /// empty when the strategy's name alone identifies the group.
+    pub fn settings_text(&self) -> String {
+        self.distinct
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// The group's name in tables and charts: `ewc (lambda = 100)`, or `ewc`.
+    pub fn label(&self) -> String {
+        if self.distinct.is_empty() {
+            self.strategy.clone()
+        } else {
+            format!("{} ({})", self.strategy, self.settings_text())
+        }
+    }
+
+    /// ` with lambda = 100 and lr = 0.1` for prose after the strategy's name; empty when the
+    /// name alone identifies the group.
+    pub fn with_settings(&self) -> String {
+        if self.distinct.is_empty() {
+            return String::new();
+        }
+        let pairs: Vec<String> = self
+            .distinct
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}"))
+            .collect();
+        format!(" with {}", summary::join_and(&pairs))
+    }
+
+    /// The group's name in a sentence: `ewc with lambda = 100`, or `ewc`.
+    pub fn prose(&self) -> String {
+        format!("{}{}", self.strategy, self.with_settings())
+    }
+
     /// Mean ± spread of `metric` over the group's runs that report it.
     pub fn stat(
         &self,
@@ -83,43 +134,313 @@ impl RunGroup {
     }
 }
 
-/// Groups runs by (scenario, strategy, evaluation mode), sorted by that key.
+/// A run's settings as its group compares them: `params.config` when there is one (the run
+/// file engram-learn records; the rest of `params` is output, such as the model's parameter
+/// count or a curve, which differs by seed), else the whole of `params`; without the keys that
+/// differ between the seeds of one setting: `name` (a sweep names each run by its id), `seed`
+/// and `scenario.seed`.
+pub fn group_settings(params: &serde_json::Value) -> serde_json::Value {
+    let mut v = match params.get("config") {
+        Some(c) if c.is_object() => c.clone(),
+        _ => params.clone(),
+    };
+    if let serde_json::Value::Object(m) = &mut v {
+        m.remove("name");
+        m.remove("seed");
+        if let Some(serde_json::Value::Object(s)) = m.get_mut("scenario") {
+            s.remove("seed");
+            // A scenario that held only its seed is no setting.
+            if s.is_empty() {
+                m.remove("scenario");
+            }
+        }
+    }
+    v
+}
+
+/// Orders two flattened values: numerically when both are numbers (lambda 10 before 100),
+/// else as text.
+fn cmp_value(a: &str, b: &str) -> std::cmp::Ordering {
+    match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => x.total_cmp(&y).then_with(|| a.cmp(b)),
+        _ => a.cmp(b),
+    }
+}
+
+/// Orders two groups of a section by strategy, then settings (key by key, values as
+/// [`cmp_value`]): the tie-break of the ranking and the order of [`group_runs`].
+pub fn cmp_groups(a: &RunGroup, b: &RunGroup) -> std::cmp::Ordering {
+    let settings = a
+        .settings
+        .iter()
+        .zip(&b.settings)
+        .map(|((ka, va), (kb, vb))| ka.cmp(kb).then_with(|| cmp_value(va, vb)))
+        .find(|o| o.is_ne())
+        .unwrap_or_else(|| a.settings.len().cmp(&b.settings.len()));
+    a.strategy
+        .cmp(&b.strategy)
+        .then(settings)
+        .then_with(|| a.label().cmp(&b.label()))
+}
+
+/// Groups runs by (scenario, strategy, evaluation mode, [`group_settings`]): the seeds of one
+/// setting of a sweep form a group, two settings two groups. Sorted by scenario, evaluation
+/// mode, then [`cmp_groups`], whatever the input order.
+///
+/// Labels ([`RunGroup::distinct`]), per section (scenario, evaluation mode): a group shows
+/// the settings in which it differs from another group of its own strategy, and the settings
+/// outside the strategy's own table (`strategy.*`) that differ anywhere in the section (a
+/// learning-rate grid across strategies); each under the shortest dotted suffix of its key
+/// that no other key of the section ends with, a key a group lacks as `unset`.
 pub fn group_runs(results: &[RunResults]) -> Vec<RunGroup> {
-    let mut map: BTreeMap<(String, String, String), Vec<usize>> = BTreeMap::new();
+    // serde_json's objects are sorted maps here, so the text is a canonical key.
+    let mut map: BTreeMap<[String; 4], RunGroup> = BTreeMap::new();
     for (i, r) in results.iter().enumerate() {
-        map.entry((r.scenario.clone(), r.strategy.clone(), r.eval_mode.clone()))
+        let s = group_settings(&r.params);
+        let key = [
+            r.scenario.clone(),
+            r.strategy.clone(),
+            r.eval_mode.clone(),
+            s.to_string(),
+        ];
+        map.entry(key)
+            .or_insert_with(|| RunGroup {
+                scenario: r.scenario.clone(),
+                strategy: r.strategy.clone(),
+                eval_mode: r.eval_mode.clone(),
+                settings: settings::flatten(&s),
+                distinct: Vec::new(),
+                runs: Vec::new(),
+            })
+            .runs
+            .push(i);
+    }
+    let mut groups: Vec<RunGroup> = map.into_values().collect();
+    groups.sort_by(|a, b| {
+        (&a.scenario, &a.eval_mode)
+            .cmp(&(&b.scenario, &b.eval_mode))
+            .then_with(|| cmp_groups(a, b))
+    });
+    let mut sections: BTreeMap<(&str, &str), Vec<usize>> = BTreeMap::new();
+    for (i, g) in groups.iter().enumerate() {
+        sections
+            .entry((g.scenario.as_str(), g.eval_mode.as_str()))
             .or_default()
             .push(i);
     }
-    map.into_iter()
-        .map(|((scenario, strategy, eval_mode), runs)| RunGroup {
-            scenario,
-            strategy,
-            eval_mode,
-            runs,
+    let distinct: Vec<(usize, Vec<(String, String)>)> = sections
+        .values()
+        .flat_map(|idx| {
+            let members: Vec<&RunGroup> = idx.iter().map(|&i| &groups[i]).collect();
+            idx.iter()
+                .copied()
+                .zip(distinct_settings(&members))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for (i, d) in distinct {
+        groups[i].distinct = d;
+    }
+    groups
+}
+
+/// The distinguishing settings of each group of one section (see [`group_runs`]).
+fn distinct_settings(members: &[&RunGroup]) -> Vec<Vec<(String, String)>> {
+    let maps: Vec<BTreeMap<&str, &str>> = members
+        .iter()
+        .map(|g| {
+            g.settings
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect()
+        })
+        .collect();
+    let keys: std::collections::BTreeSet<&str> =
+        maps.iter().flat_map(|m| m.keys().copied()).collect();
+    let differs = |among: &[usize], k: &str| {
+        let first = maps[among[0]].get(k);
+        among.iter().any(|&j| maps[j].get(k) != first)
+    };
+    let everyone: Vec<usize> = (0..members.len()).collect();
+    let across: Vec<&str> = keys
+        .iter()
+        .copied()
+        .filter(|k| *k != "strategy" && !k.starts_with("strategy."))
+        .filter(|k| differs(&everyone, k))
+        .collect();
+    members
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let same: Vec<usize> = (0..members.len())
+                .filter(|&j| members[j].strategy == g.strategy)
+                .collect();
+            keys.iter()
+                .copied()
+                .filter(|k| across.contains(k) || (same.len() > 1 && differs(&same, k)))
+                .map(|k| {
+                    (
+                        short_key(k, &keys),
+                        maps[i].get(k).map_or("unset", |v| v).to_string(),
+                    )
+                })
+                .collect()
         })
         .collect()
 }
 
-type Metric = fn(&RunResults) -> Option<f64>;
+/// The shortest dotted suffix of `key` that no other of `keys` equals or ends with.
+fn short_key(key: &str, keys: &std::collections::BTreeSet<&str>) -> String {
+    let parts: Vec<&str> = key.split('.').collect();
+    (1..parts.len())
+        .map(|n| parts[parts.len() - n..].join("."))
+        .find(|suffix| {
+            keys.iter().all(|&other| {
+                other == key || (other != suffix && !other.ends_with(&format!(".{suffix}")))
+            })
+        })
+        .unwrap_or_else(|| key.to_string())
+}
 
-/// The summary metrics shown in the table and the CSV: (CSV column, table header, getter).
-const METRICS: [(&str, &str, Metric); 10] = [
-    ("acc", "ACC", |r| r.summary.acc),
-    ("aia", "AIA", |r| r.summary.aia),
-    ("forgetting", "Forgetting", |r| r.summary.forgetting),
-    ("bwt", "BWT", |r| r.summary.bwt),
-    ("fwt", "FWT", |r| r.summary.fwt),
-    ("min_accuracy", "Min acc.", |r| r.summary.min_accuracy),
-    ("ece", "ECE", |r| r.summary.ece),
-    ("time_total_s", "Time (s)", |r| r.summary.total_time_s()),
-    ("peak_memory_bytes", "Peak memory", |r| {
-        r.summary.peak_memory_bytes.map(|b| b as f64)
-    }),
-    ("state_bytes", "Strategy state", |r| {
-        r.summary.state_bytes.map(|b| b as f64)
-    }),
+/// Which way a metric improves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    Higher,
+    Lower,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Percent,
+    Seconds,
+    Bytes,
+}
+
+/// A summary metric of the tables and the CSV.
+pub struct Metric {
+    /// CSV column.
+    pub column: &'static str,
+    /// Table header.
+    pub header: &'static str,
+    pub get: fn(&RunResults) -> Option<f64>,
+    pub better: Better,
+    pub unit: Unit,
+}
+
+impl Metric {
+    /// One value as the tables print it (percent and seconds with two decimals, bytes in
+    /// KiB/MiB/GiB). Ties for best are judged on this text.
+    pub fn format(&self, v: f64) -> String {
+        match self.unit {
+            Unit::Percent | Unit::Seconds => fixed(v, 2),
+            Unit::Bytes => bytes_h(v),
+        }
+    }
+
+    /// `mean ± spread`, or `–` when no run reports the metric.
+    pub fn cell(&self, s: Option<MeanSpread>) -> String {
+        s.map_or_else(|| "–".into(), |s| s.format_with(|v| self.format(v)))
+    }
+}
+
+/// `v` with `d` decimals, without the sign of a negative zero (`-0.00` reads as a value).
+fn fixed(v: f64, d: usize) -> String {
+    let s = format!("{v:.d$}");
+    match s.strip_prefix('-') {
+        Some(rest) if rest.chars().all(|c| c == '0' || c == '.') => rest.to_string(),
+        _ => s,
+    }
+}
+
+pub const ACC: usize = 0;
+pub const AIA: usize = 1;
+pub const FORGETTING: usize = 2;
+pub const BWT: usize = 3;
+pub const FWT: usize = 4;
+pub const MIN_ACC: usize = 5;
+pub const ECE: usize = 6;
+pub const TIME: usize = 7;
+pub const PEAK_MEMORY: usize = 8;
+pub const STATE: usize = 9;
+
+/// The summary metrics, in CSV column order.
+pub const METRICS: [Metric; 10] = [
+    Metric {
+        column: "acc",
+        header: "ACC",
+        get: |r| r.summary.acc,
+        better: Better::Higher,
+        unit: Unit::Percent,
+    },
+    Metric {
+        column: "aia",
+        header: "AIA",
+        get: |r| r.summary.aia,
+        better: Better::Higher,
+        unit: Unit::Percent,
+    },
+    Metric {
+        column: "forgetting",
+        header: "Forgetting",
+        get: |r| r.summary.forgetting,
+        better: Better::Lower,
+        unit: Unit::Percent,
+    },
+    Metric {
+        column: "bwt",
+        header: "BWT",
+        get: |r| r.summary.bwt,
+        better: Better::Higher,
+        unit: Unit::Percent,
+    },
+    Metric {
+        column: "fwt",
+        header: "FWT",
+        get: |r| r.summary.fwt,
+        better: Better::Higher,
+        unit: Unit::Percent,
+    },
+    Metric {
+        column: "min_accuracy",
+        header: "Min acc.",
+        get: |r| r.summary.min_accuracy,
+        better: Better::Higher,
+        unit: Unit::Percent,
+    },
+    Metric {
+        column: "ece",
+        header: "ECE",
+        get: |r| r.summary.ece,
+        better: Better::Lower,
+        unit: Unit::Percent,
+    },
+    Metric {
+        column: "time_total_s",
+        header: "Time (s)",
+        get: |r| r.summary.total_time_s(),
+        better: Better::Lower,
+        unit: Unit::Seconds,
+    },
+    Metric {
+        column: "peak_memory_bytes",
+        header: "Peak memory",
+        get: |r| r.summary.peak_memory_bytes.map(|b| b as f64),
+        better: Better::Lower,
+        unit: Unit::Bytes,
+    },
+    Metric {
+        column: "state_bytes",
+        header: "Strategy state",
+        get: |r| r.summary.state_bytes.map(|b| b as f64),
+        better: Better::Lower,
+        unit: Unit::Bytes,
+    },
 ];
+
+/// The columns of a section's first table (accuracy, forgetting, transfer, calibration, time)
+/// and of its second (the worst task and memory), each shown when some run reports it.
+const MAIN_COLUMNS: [usize; 7] = [ACC, AIA, FORGETTING, BWT, FWT, ECE, TIME];
+const COST_COLUMNS: [usize; 3] = [MIN_ACC, PEAK_MEMORY, STATE];
 
 fn bytes_h(b: f64) -> String {
     let a = b.abs();
@@ -134,276 +455,193 @@ fn bytes_h(b: f64) -> String {
     }
 }
 
-fn cell(column: &str, s: Option<MeanSpread>) -> String {
-    let Some(s) = s else {
-        return "–".into();
-    };
-    match column {
-        "peak_memory_bytes" | "state_bytes" => s.format_with(bytes_h),
-        "time_total_s" => s.format_with(|v| format!("{v:.1}")),
-        _ => s.format_with(|v| format!("{v:.2}")),
-    }
-}
-
-fn dash(v: Option<f64>) -> String {
-    v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "–".into())
-}
-
 /// Longest task sequence whose accuracy matrices and per-task curves a page draws: the
 /// matrix grows with the square of the tasks (a 1000-task run would make a page of hundreds
 /// of megabytes).
 pub const MAX_DRAWN_TASKS: usize = 100;
 
-/// Per-task accuracy curves from an accuracy matrix: task i from the step it was trained on.
-fn task_series(r: &RunResults) -> Vec<Series> {
-    let labels = r.task_labels();
-    (0..r.num_tasks())
-        .map(|i| Series {
-            label: format!("task {}", labels[i]),
-            points: (i..r.num_tasks())
-                .filter_map(|k| r.accuracy.get(k)?.get(i).map(|&v| ((k + 1) as f64, v)))
-                .collect(),
-        })
-        .collect()
-}
-
-/// The HTML page of [`write_report`] (validated input assumed: see [`RunResults::validate`]).
+/// The HTML page of [`write_report`] (validated input assumed: see [`RunResults::validate`]):
+/// the summary, a section per scenario (and evaluation mode) with its ranked tables, bars and
+/// settings, then the accuracy matrices and curves of every run, grouped the same way.
 pub fn render_index(results: &[RunResults]) -> String {
     let mut page = Page::new("engram: continual-learning results");
-    let groups = group_runs(results);
-    page.para(&format!(
-        "{} run(s) in {} group(s) of (scenario, strategy, evaluation mode). Accuracies, forgetting, BWT, FWT and ECE in percent; several seeds show mean ± sample standard deviation. Formulas: methods/metrics.md. Data: results.json, results.csv.",
+    let sections = rank::sections(results);
+    page.lead(&summary::summary(&sections));
+    let strategies: std::collections::BTreeSet<&str> =
+        results.iter().map(|r| r.strategy.as_str()).collect();
+    page.note(&format!(
+        "{} run(s): {} section(s) of (scenario, evaluation mode), {} strateg{}. Accuracies, forgetting, BWT, FWT and ECE are in percent; several seeds give mean ± sample standard deviation. {} Formulas: methods/metrics.md. Data: results.json, results.csv.",
         results.len(),
-        groups.len()
+        sections.len(),
+        strategies.len(),
+        if strategies.len() == 1 { "y" } else { "ies" },
+        summary::RULE
     ));
-    page.heading("Comparison");
-    let mut header = vec!["Strategy", "Scenario", "Mode", "Seeds"];
-    header.extend(METRICS.iter().map(|m| m.1));
-    let rows: Vec<Vec<String>> = groups
+    let mut contents: Vec<(String, String)> = sections
         .iter()
-        .map(|g| {
-            let mut row = vec![
-                g.strategy.clone(),
-                g.scenario.clone(),
-                g.eval_mode.clone(),
-                g.seeds(results).to_string(),
-            ];
-            row.extend(
-                METRICS
-                    .iter()
-                    .map(|(col, _, f)| cell(col, g.stat(results, f))),
-            );
-            row
-        })
+        .enumerate()
+        .map(|(i, s)| (s.title(), format!("scenario-{}", i + 1)))
         .collect();
-    page.table_text_cols(&header, &rows, 3);
-
-    let mut scenarios: Vec<&str> = groups.iter().map(|g| g.scenario.as_str()).collect();
-    scenarios.dedup();
-    for scenario in scenarios {
-        let sg: Vec<&RunGroup> = groups.iter().filter(|g| g.scenario == scenario).collect();
-        let modes = sg
-            .iter()
-            .map(|g| g.eval_mode.as_str())
-            .collect::<std::collections::BTreeSet<_>>();
-        let names: Vec<String> = sg
-            .iter()
-            .map(|g| {
-                if modes.len() > 1 {
-                    format!("{} ({})", g.strategy, g.eval_mode)
-                } else {
-                    g.strategy.clone()
+    contents.push(("Accuracy matrices and curves".into(), "figures".into()));
+    page.contents(&contents);
+    for (i, s) in sections.iter().enumerate() {
+        section(&mut page, results, s, i + 1);
+    }
+    page.heading_id(2, "Accuracy matrices and curves", "figures");
+    for (i, s) in sections.iter().enumerate() {
+        page.heading_id(3, &s.title(), &format!("figures-{}", i + 1));
+        for row in s.rows() {
+            for &j in &row.group.runs {
+                if let Some(r) = results.get(j) {
+                    figures::run_figures(&mut page, r, &row.group.label());
                 }
-            })
-            .collect();
-        page.heading(&format!(
-            "Scenario: {}",
-            if scenario.is_empty() { "–" } else { scenario }
-        ));
-        let chart = |metrics: [Metric; 2]| {
-            let stats: Vec<[Option<MeanSpread>; 2]> = sg
-                .iter()
-                .map(|g| metrics.map(|m| g.stat(results, m)))
-                .collect();
-            let values: Vec<Vec<Option<f64>>> = stats
-                .iter()
-                .map(|s| s.iter().map(|x| x.map(|x| x.mean)).collect())
-                .collect();
-            let errors: Vec<Vec<Option<f64>>> = stats
-                .iter()
-                .map(|s| s.iter().map(|x| x.and_then(|x| x.spread)).collect())
-                .collect();
-            let any = values.iter().flatten().any(|v| v.is_some());
-            (values, errors, any)
-        };
-        let mut figs = Vec::new();
-        let (fv, fe, any_f) = chart([METRICS[2].2, METRICS[3].2]);
-        if any_f {
-            figs.push(grouped_bar_chart(
-                "Forgetting and backward transfer per strategy",
-                &names,
-                &["Forgetting F".to_string(), "BWT".to_string()],
-                &fv,
-                Some(&fe),
-                "percentage points",
-            ));
-        }
-        let (av, ae, any_a) = chart([METRICS[0].2, METRICS[1].2]);
-        if any_a {
-            figs.push(grouped_bar_chart(
-                "Final and average incremental accuracy",
-                &names,
-                &["ACC".to_string(), "AIA".to_string()],
-                &av,
-                Some(&ae),
-                "accuracy (%)",
-            ));
-        }
-        if !any_f {
-            page.note("Forgetting and BWT are undefined here (one task, or not reported).");
-        }
-        if let Some(n) = fwt_note(results, &sg) {
-            page.note(&n);
-        }
-        page.svg_row(&figs);
-
-        for g in &sg {
-            for &i in &g.runs {
-                let Some(r) = results.get(i) else { continue };
-                page.subheading(&format!(
-                    "{}: {}, {}, seed {}",
-                    r.display_name(),
-                    r.strategy,
-                    r.eval_mode,
-                    r.seed
-                ));
-                let s = &r.summary;
-                page.note(&format!(
-                    "ACC {} · AIA {} · forgetting {} · BWT {} · FWT {} · min {} · ECE {} · {} tasks",
-                    dash(s.acc),
-                    dash(s.aia),
-                    dash(s.forgetting),
-                    dash(s.bwt),
-                    dash(s.fwt),
-                    dash(s.min_accuracy),
-                    dash(s.ece),
-                    r.sequence_len()
-                ));
-                for n in &r.notes {
-                    page.note(&format!("Note: {n}"));
-                }
-                if !r.params.is_null() {
-                    page.note(&format!("params: {}", r.params));
-                }
-                let labels = r.task_labels();
-                let mut figs = Vec::new();
-                let drawn = r.num_tasks() <= MAX_DRAWN_TASKS;
-                if !drawn {
-                    page.note(&format!(
-                        "{} tasks: the accuracy matrices ({} cells) and per-task curves are not drawn (at most {MAX_DRAWN_TASKS} tasks); they are in results.json",
-                        r.num_tasks(),
-                        r.num_tasks() * r.num_tasks()
-                    ));
-                }
-                if r.num_tasks() > 0 && drawn {
-                    figs.push(accuracy_heatmap(
-                        &format!("Accuracy matrix ({})", r.eval_mode),
-                        &labels,
-                        &r.accuracy,
-                    ));
-                    figs.push(line_chart(
-                        &LineChart {
-                            title: "Accuracy of each task along the sequence".into(),
-                            x_label: "tasks trained".into(),
-                            y_label: "accuracy (%)".into(),
-                            y_range: Some((0.0, 100.0)),
-                            integer_x: true,
-                            log_x: false,
-                        },
-                        &task_series(r),
-                    ));
-                }
-                if let Some(m) = r
-                    .task_il_accuracy
-                    .as_ref()
-                    .filter(|m| !m.is_empty() && drawn)
-                {
-                    let til_labels = if m.len() == labels.len() {
-                        labels.clone()
-                    } else {
-                        (1..=m.len()).map(|i| i.to_string()).collect()
-                    };
-                    figs.push(accuracy_heatmap(
-                        "Accuracy matrix (task-il)",
-                        &til_labels,
-                        m,
-                    ));
-                }
-                if let Some(c) = &r.all_class_curve {
-                    figs.push(line_chart(
-                        &LineChart {
-                            title: "Accuracy on all classes along the stream".into(),
-                            x_label: "evaluation".into(),
-                            y_label: "accuracy (%)".into(),
-                            y_range: Some((0.0, 100.0)),
-                            integer_x: true,
-                            log_x: false,
-                        },
-                        &[Series {
-                            label: "all classes".into(),
-                            points: c
-                                .iter()
-                                .enumerate()
-                                .map(|(j, &v)| ((j + 1) as f64, v))
-                                .collect(),
-                        }],
-                    ));
-                }
-                if let Some(m) = r
-                    .ece_matrix
-                    .as_ref()
-                    .filter(|m| !m.is_empty() && m.len() == labels.len() && drawn)
-                {
-                    figs.push(accuracy_heatmap(
-                        "ECE matrix (%, task after which × task scored)",
-                        &labels,
-                        m,
-                    ));
-                }
-                if let Some(c) = r.ece_curve.as_ref().filter(|c| c.len() > 1) {
-                    figs.push(line_chart(
-                        &LineChart {
-                            title: "Calibration after each task (ECE over the tasks seen)".into(),
-                            x_label: "tasks trained".into(),
-                            y_label: "ECE (%)".into(),
-                            y_range: None,
-                            integer_x: true,
-                            log_x: c.len() > MAX_DRAWN_TASKS,
-                        },
-                        &[Series {
-                            label: "ECE".into(),
-                            points: c
-                                .iter()
-                                .enumerate()
-                                .map(|(j, &v)| ((j + 1) as f64, v))
-                                .collect(),
-                        }],
-                    ));
-                }
-                page.svg_row(&figs);
             }
         }
     }
     page.render()
 }
 
-/// A note on FWT in class-incremental runs whose network never predicted a task's classes
-/// before training on them (a[i−1][i] = 0 for every i of every run of the scenario): FWT then
-/// equals −mean(b_i) and says nothing about the strategies (metrics card, "FWT in Class-IL").
-fn fwt_note(results: &[RunResults], groups: &[&RunGroup]) -> Option<String> {
-    let runs: Vec<&RunResults> = groups
+/// What a table caption says of its cells: the statistic, over how many seeds.
+fn spread_caption(s: &Section) -> String {
+    let seeds = match s.seed_range() {
+        (1, 1) => return "Each cell is one run (one seed): no spread.".into(),
+        (a, b) if a == b => format!("{a} seeds"),
+        (a, b) => format!("{a} to {b} seeds (column Seeds)"),
+    };
+    format!("Each cell: mean ± sample standard deviation (n − 1) over {seeds}.")
+}
+
+/// One results table of a section: rank, strategy, seeds, then `columns` that some row
+/// reports; the best of each column marked among the ranked rows.
+fn table(page: &mut Page, s: &Section, columns: &[usize], caption: &str) {
+    let columns: Vec<usize> = columns.iter().copied().filter(|&m| s.has(m)).collect();
+    if columns.is_empty() {
+        return;
+    }
+    let mut header = vec!["#", "Strategy", "Seeds"];
+    header.extend(columns.iter().map(|&m| METRICS[m].header));
+    let best: Vec<Vec<bool>> = columns.iter().map(|&m| s.best(m)).collect();
+    let cells = |row: &rank::Row, marks: &dyn Fn(usize) -> bool| -> Vec<Cell> {
+        let mut c = vec![
+            Cell::text(row.rank.map_or("–".into(), |r| r.to_string())),
+            Cell::text(row.label()),
+            Cell::text(row.seeds.to_string()),
+        ];
+        c.extend(columns.iter().enumerate().map(|(k, &m)| {
+            let metric = &METRICS[m];
+            match row.stat(m) {
+                None => Cell::text("–"),
+                Some(st) => Cell {
+                    text: metric.format(st.mean),
+                    detail: st.spread.map(|sd| format!("± {}", metric.format(sd))),
+                    best: marks(k),
+                },
+            }
+        }));
+        c
+    };
+    let body: Vec<Vec<Cell>> = s
+        .ranked
         .iter()
-        .flat_map(|g| g.runs.iter().filter_map(|&i| results.get(i)))
+        .enumerate()
+        .map(|(i, row)| cells(row, &|k| best[k][i]))
+        .collect();
+    let foot: Vec<Vec<Cell>> = s.references.iter().map(|r| cells(r, &|_| false)).collect();
+    page.marked_table(caption, &header, &body, &foot, 2);
+}
+
+fn direction_note(columns: &[usize]) -> String {
+    let names = |b: Better| {
+        columns
+            .iter()
+            .filter(|&&m| METRICS[m].better == b)
+            .map(|&m| METRICS[m].header)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (hi, lo) = (names(Better::Higher), names(Better::Lower));
+    match (hi.is_empty(), lo.is_empty()) {
+        (false, false) => format!("higher is better for {hi}, lower for {lo}"),
+        (false, true) => format!("higher is better for {hi}"),
+        (true, false) => format!("lower is better for {lo}"),
+        (true, true) => String::new(),
+    }
+}
+
+/// A section of the page: heading, ranked tables, notes, bar charts, settings.
+fn section(page: &mut Page, results: &[RunResults], s: &Section, number: usize) {
+    page.heading_id(
+        2,
+        &format!("{number}. {}", s.title()),
+        &format!("scenario-{number}"),
+    );
+    let upper = if s.references.is_empty() {
+        String::new()
+    } else {
+        " The upper bound (joint training on every task's data) is listed under the rule, unranked and unmarked.".into()
+    };
+    let main: Vec<usize> = MAIN_COLUMNS.iter().copied().filter(|&m| s.has(m)).collect();
+    table(
+        page,
+        s,
+        &MAIN_COLUMNS,
+        &format!(
+            "Table {number}a. {}: strategies ranked by final accuracy (ACC). {} Percent, time in seconds. Bold with ★: best in its column ({}); values equal as printed share the mark.{upper}",
+            s.title(),
+            spread_caption(s),
+            direction_note(&main)
+        ),
+    );
+    let cost: Vec<usize> = COST_COLUMNS.iter().copied().filter(|&m| s.has(m)).collect();
+    table(
+        page,
+        s,
+        &COST_COLUMNS,
+        &format!(
+            "Table {number}b. {}: worst task and memory, same order. {} Bold with ★: best ({}).",
+            s.title(),
+            spread_caption(s),
+            direction_note(&cost)
+        ),
+    );
+    // Run notes, once per strategy and text.
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for row in s.rows() {
+        for &i in &row.group.runs {
+            for n in results.get(i).map_or(&[][..], |r| &r.notes[..]) {
+                if !seen.contains(&(row.group.strategy.as_str(), n.as_str())) {
+                    seen.push((row.group.strategy.as_str(), n.as_str()));
+                    page.note(&format!("Note on {}: {n}", row.group.strategy));
+                }
+            }
+        }
+    }
+    if !s.has(FORGETTING) && !s.has(BWT) {
+        page.note("Forgetting and BWT are undefined here (one task, or not reported).");
+    }
+    if let Some(n) = fwt_note(results, s) {
+        page.note(&n);
+    }
+    page.svg_row(&figures::section_bars(s));
+    let rows: Vec<&rank::Row> = s.rows().collect();
+    let st = settings::section_settings(results, &rows);
+    if !st.common.is_empty() || !st.own.is_empty() {
+        page.details("Settings (key = value; nested keys dotted)");
+        page.key_values("Common to every run of this section", &st.common);
+        for (label, pairs) in &st.own {
+            page.key_values(label, pairs);
+        }
+        page.end_details();
+    }
+}
+
+/// A note on FWT in class-incremental runs whose network never predicted a task's classes
+/// before training on them (a[i−1][i] = 0 for every i of every run of the section): FWT then
+/// equals −mean(b_i) and says nothing about the strategies (metrics card, "FWT in Class-IL").
+fn fwt_note(results: &[RunResults], s: &Section) -> Option<String> {
+    let runs: Vec<&RunResults> = s
+        .rows()
+        .flat_map(|g| g.group.runs.iter().filter_map(|&i| results.get(i)))
         .filter(|r| r.eval_mode.eq_ignore_ascii_case("classil") || r.eval_mode == "class-il")
         .filter(|r| r.num_tasks() > 1 && r.summary.fwt.is_some())
         .collect();
@@ -435,15 +673,24 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// One row per run: identity columns, then the summary metrics (empty when undefined).
+/// One row per run: identity columns, the summary metrics (empty when undefined), then the
+/// run's group as the page labels it (`ewc (lambda = 100)`), to pivot a sweep on.
 pub fn render_csv(results: &[RunResults]) -> String {
     let mut out = String::from("name,strategy,scenario,eval_mode,seed,tasks");
-    for (col, _, _) in METRICS {
+    for m in &METRICS {
         out.push(',');
-        out.push_str(col);
+        out.push_str(m.column);
     }
-    out.push('\n');
-    for r in results {
+    out.push_str(",group\n");
+    let mut label = vec![String::new(); results.len()];
+    for g in group_runs(results) {
+        for &i in &g.runs {
+            if let Some(l) = label.get_mut(i) {
+                *l = g.label();
+            }
+        }
+    }
+    for (r, group) in results.iter().zip(&label) {
         let mut fields = vec![
             csv_field(&r.name),
             csv_field(&r.strategy),
@@ -452,9 +699,10 @@ pub fn render_csv(results: &[RunResults]) -> String {
             r.seed.to_string(),
             r.sequence_len().to_string(),
         ];
-        for (_, _, f) in METRICS {
-            fields.push(f(r).map(|v| format!("{v}")).unwrap_or_default());
+        for m in &METRICS {
+            fields.push((m.get)(r).map(|v| format!("{v}")).unwrap_or_default());
         }
+        fields.push(csv_field(group));
         out.push_str(&fields.join(","));
         out.push('\n');
     }
@@ -593,14 +841,211 @@ mod tests {
         // Forgetting is reported by two of the three seeds: mean (20 + 16)/2 = 18.
         let f = ewc.stat(&results, |r| r.summary.forgetting).unwrap();
         assert_eq!((f.mean, f.n), (18.0, 2));
-        assert_eq!(cell("acc", Some(acc)), "72.00 ± 2.00");
-        assert_eq!(cell("fwt", None), "–");
-        let mem = ewc.stat(&results, METRICS[8].2);
-        assert_eq!(cell("peak_memory_bytes", mem), "3.0 MiB ± 0 B");
+        assert_eq!(METRICS[ACC].cell(Some(acc)), "72.00 ± 2.00");
+        assert_eq!(METRICS[FWT].cell(None), "–");
+        let mem = ewc.stat(&results, METRICS[PEAK_MEMORY].get);
+        assert_eq!(METRICS[PEAK_MEMORY].cell(mem), "3.0 MiB ± 0 B");
+        assert_eq!(fixed(-0.001, 2), "0.00");
+        assert_eq!(fixed(-0.01, 2), "-0.01");
 
         // A different evaluation mode is its own group.
         results[4].eval_mode = "task-il".into();
         assert_eq!(group_runs(&results).len(), 4);
+    }
+
+    /// A run as `engram sweep plan` names it (a 16-hex-digit run id) with engram-learn's
+    /// `params`: the run file under `config`, then outputs that differ by seed.
+    fn swept(strategy: &str, seed: u64, lambda: f64, lr: f64, acc: f64) -> RunResults {
+        let mut r = run(strategy, "split", seed, acc, Some(100.0 - acc));
+        r.name = format!("{:016x}", 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(seed + 1));
+        r.params = serde_json::json!({
+            "config": {
+                "name": r.name,
+                "seed": seed,
+                "scenario": {"kind": "class-incremental", "dataset": "mnist", "seed": seed + 7},
+                "strategy": {"name": strategy, "lambda": lambda},
+                "train": {"epochs": 1, "optimizer": {"kind": "sgd", "lr": lr}},
+            },
+            "model_params": 1000,
+            "current_task_curve": [acc, acc + seed as f64],
+        });
+        r
+    }
+
+    fn labels(groups: &[RunGroup]) -> Vec<String> {
+        groups.iter().map(RunGroup::label).collect()
+    }
+
+    #[test]
+    fn a_sweep_groups_by_setting_and_labels_what_differs() {
+        // ewc and si, each at lambda 20 and 100, each over 3 seeds: 4 groups.
+        let mut results = Vec::new();
+        for (strategy, lambda, base) in [
+            ("ewc", 100.0, 70.0),
+            ("si", 20.0, 50.0),
+            ("ewc", 20.0, 60.0),
+            ("si", 100.0, 40.0),
+        ] {
+            for seed in 0..3 {
+                results.push(swept(strategy, seed, lambda, 0.1, base + 2.0 * seed as f64));
+            }
+        }
+        let g = group_runs(&results);
+        // Numeric order of values: lambda 20 before 100.
+        assert_eq!(
+            labels(&g),
+            [
+                "ewc (lambda = 20.0)",
+                "ewc (lambda = 100.0)",
+                "si (lambda = 20.0)",
+                "si (lambda = 100.0)"
+            ]
+        );
+        let means: Vec<(f64, Option<f64>, usize)> = g
+            .iter()
+            .map(|g| {
+                let s = g.stat(&results, |r| r.summary.acc).unwrap();
+                (s.mean, s.spread, g.seeds(&results))
+            })
+            .collect();
+        assert_eq!(
+            means,
+            [
+                (62.0, Some(2.0), 3),
+                (72.0, Some(2.0), 3),
+                (52.0, Some(2.0), 3),
+                (42.0, Some(2.0), 3)
+            ]
+        );
+        assert_eq!(g[1].runs, [0, 1, 2]);
+        assert_eq!(g[1].prose(), "ewc with lambda = 100.0");
+        // Stable: the same groups and labels whatever the input order.
+        let mut reversed = results.clone();
+        reversed.reverse();
+        let back = group_runs(&reversed);
+        assert_eq!(labels(&back), labels(&g));
+        let names = |gs: &[RunGroup], rs: &[RunResults]| -> Vec<Vec<String>> {
+            gs.iter()
+                .map(|g| {
+                    let mut n: Vec<String> = g.runs.iter().map(|&i| rs[i].name.clone()).collect();
+                    n.sort();
+                    n
+                })
+                .collect()
+        };
+        assert_eq!(names(&back, &reversed), names(&g, &results));
+
+        // The page ranks the groups, and the summary names them in prose.
+        let sections = rank::sections(&results);
+        let ranked: Vec<String> = sections[0].ranked.iter().map(|r| r.label()).collect();
+        assert_eq!(
+            ranked,
+            [
+                "ewc (lambda = 100.0)",
+                "ewc (lambda = 20.0)",
+                "si (lambda = 20.0)",
+                "si (lambda = 100.0)"
+            ]
+        );
+        let text = summary::summary(&sections);
+        assert!(
+            text.starts_with(
+                "On split, class-il (4 settings of 2 strategies, 3 seeds), ewc with lambda = 100.0 has the highest final accuracy, ACC 72.00 ± 2.00, 10.00 points above the runner-up ewc with lambda = 20.0 (62.00 ± 2.00), a margin larger than the spread."
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("ewc with lambda = 100.0 also forgets least"),
+            "{text}"
+        );
+        let html = render_index(&results);
+        assert!(html.contains("ewc (lambda = 20.0), seed 2"), "{html}");
+        // One CSV row per run, its group last.
+        let csv = render_csv(&results);
+        assert_eq!(csv.lines().count(), 13);
+        assert!(
+            csv.lines()
+                .nth(1)
+                .unwrap()
+                .ends_with(",ewc (lambda = 100.0)"),
+            "{csv}"
+        );
+    }
+
+    #[test]
+    fn seeds_alone_make_one_group_and_common_settings_show_across_strategies() {
+        // Runs that differ by seed, name, scenario seed and outputs only: one group per
+        // strategy, labelled by the strategy alone.
+        let mut results: Vec<RunResults> = (0..3)
+            .flat_map(|seed| {
+                [
+                    swept("ewc", seed, 100.0, 0.1, 70.0),
+                    swept("naive", seed, 0.0, 0.1, 40.0),
+                ]
+            })
+            .collect();
+        let g = group_runs(&results);
+        assert_eq!(labels(&g), ["ewc", "naive"]);
+        assert_eq!(g[0].runs, [0, 2, 4]);
+        assert!(render_index(&results).contains("(2 strategies, 3 seeds), ewc has the highest"));
+        // A learning-rate grid across strategies: each shows its rate; naive's lambda
+        // differs from ewc's but is its own strategy's setting, so is not shown.
+        for (i, r) in results.iter_mut().enumerate() {
+            let lr = if i % 2 == 0 { 0.01 } else { 0.1 };
+            r.params["config"]["train"]["optimizer"]["lr"] = serde_json::json!(lr);
+        }
+        results.push(swept("naive", 0, 0.0, 0.0001, 30.0));
+        let g = group_runs(&results);
+        assert_eq!(
+            labels(&g),
+            ["ewc (lr = 0.01)", "naive (lr = 0.0001)", "naive (lr = 0.1)"]
+        );
+        let s = rank::sections(&results);
+        let ranked: Vec<String> = s[0].ranked.iter().map(|r| r.label()).collect();
+        assert_eq!(
+            ranked,
+            [
+                "ewc (lr = 0.01)",
+                "naive (baseline; lr = 0.1)",
+                "naive (baseline; lr = 0.0001)"
+            ]
+        );
+        let text = summary::summary(&s);
+        assert!(
+            text.contains("(3 settings of 2 strategies, 1 to 3 seeds), ewc with lr = 0.01 has the highest final accuracy, ACC 70.00 ± 0.00, 30.00 points above the naive baseline with lr = 0.1 (40.00 ± 0.00)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn keys_shorten_to_their_shortest_distinguishing_suffix() {
+        let keys: std::collections::BTreeSet<&str> = [
+            "train.optimizer.lr",
+            "strategy.lr",
+            "strategy.lambda",
+            "b",
+            "a.b",
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(short_key("train.optimizer.lr", &keys), "optimizer.lr");
+        assert_eq!(short_key("strategy.lr", &keys), "strategy.lr");
+        assert_eq!(short_key("strategy.lambda", &keys), "lambda");
+        assert_eq!(short_key("a.b", &keys), "a.b");
+        assert_eq!(short_key("b", &keys), "b");
+        // The same grid under a clash keeps enough of the key.
+        let mut results = vec![
+            swept("ewc", 0, 10.0, 0.1, 50.0),
+            swept("ewc", 0, 10.0, 0.2, 60.0),
+        ];
+        results[1].params["config"]["strategy"]["lr"] = serde_json::json!(1);
+        assert_eq!(
+            labels(&group_runs(&results)),
+            [
+                "ewc (strategy.lr = 1; optimizer.lr = 0.2)",
+                "ewc (strategy.lr = unset; optimizer.lr = 0.1)"
+            ]
+        );
     }
 
     #[test]
@@ -639,7 +1084,7 @@ mod tests {
         results[0].notes = vec!["ewc <is> a Task-IL method".into()];
         let html = render_index(&results);
         assert!(
-            html.contains("Note: ewc &lt;is&gt; a Task-IL method"),
+            html.contains("Note on ewc: ewc &lt;is&gt; a Task-IL method"),
             "{html}"
         );
         assert!(html.contains("Calibration after each task"));
@@ -653,13 +1098,33 @@ mod tests {
         assert!(render_index(std::slice::from_ref(&cil)).contains(note));
         cil.accuracy[0][1] = 5.0;
         assert!(!render_index(&[cil]).contains(note));
-        assert!(html.contains("<td>72.00 ± 2.83</td>"), "{html}");
+        // ewc's ACC, mean ± sample s.d. of 70 and 74, is the best of its column.
+        assert!(
+            html.contains("<td class=\"best\" title=\"best in this column\"><strong><span class=\"m\">72.00</span></strong><span class=\"mk\">★</span><span class=\"sd\">± 2.83</span></td>"),
+            "{html}"
+        );
+        // The page opens with the summary, then the sections in input order, then figures.
+        let at = |needle: &str| {
+            html.find(needle)
+                .unwrap_or_else(|| panic!("{needle}: {html}"))
+        };
+        assert!(
+            at(
+                "<p class=\"summary\">On split, class-il (2 strategies, 1 to 2 seeds), ewc has the highest final accuracy, ACC 72.00 ± 2.83, 32.00 points above the runner-up naive, &quot;plain&quot; (40.00), a margin from single runs"
+            ) < at("<table")
+        );
+        assert!(
+            at("id=\"scenario-1\">1. split, class-il") < at("id=\"scenario-2\">2. scole, class-il")
+        );
+        assert!(html.rfind("<table").unwrap() < at("<h2 id=\"figures\">"));
+        assert!(at("<li><code>lambda = 1.0</code></li>") < at("<h2 id=\"figures\">"));
+        assert!(!html.contains("params:"));
         // 3 runs × 4 cells + one Task-IL matrix of 4 + one ECE matrix of 4.
         assert_eq!(html.matches("class=\"cell\"").count(), 20);
         assert!(html.contains("ECE matrix"));
         // Per-task curves: 2 per run, plus two all-class curves and one ECE curve.
         assert_eq!(html.matches("class=\"line\"").count(), 9);
-        assert!(html.contains("<h2>Scenario: scole</h2>"));
+
         // Two grouped charts, two strategies; only forgetting and ACC are reported (no BWT,
         // no AIA), so one bar per strategy in each; the stream's scenario adds its ACC bar.
         assert_eq!(html.matches("class=\"bar\"").count(), 5);
@@ -676,11 +1141,11 @@ mod tests {
         assert!(
             lines[0].starts_with(
                 "name,strategy,scenario,eval_mode,seed,tasks,acc,aia,forgetting,bwt,fwt"
-            )
+            ) && lines[0].ends_with(",state_bytes,group")
         );
         assert_eq!(
             lines[1],
-            "ewc-split-0,ewc,split,class-il,0,2,70,,20,,,,,3,3145728,"
+            "ewc-split-0,ewc,split,class-il,0,2,70,,20,,,,,3,3145728,,ewc"
         );
         assert!(lines[3].starts_with("\"naive, \"\"plain\"\"-split-0\",\"naive, \"\"plain\"\"\","));
         assert_eq!(render_index(&results), html);

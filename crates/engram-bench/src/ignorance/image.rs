@@ -1132,6 +1132,7 @@ mod tests {
             train: blobs(70, 12, 1),
             test: blobs(20, 12, 2),
             files: Vec::new(),
+            meta: Default::default(),
         };
         Data::draw(&split, z, seed).unwrap()
     }

@@ -28,6 +28,7 @@
 //! same settings reuses the trained ones.
 
 pub mod page;
+pub mod score;
 pub mod storage;
 pub mod tasks;
 pub mod training;

@@ -59,6 +59,7 @@ fn scenario(train: Dataset, test: Dataset, seed: u64) -> Result<Scenario> {
         train,
         test,
         files: Vec::new(),
+        meta: Default::default(),
     };
     let common = Common {
         seed,

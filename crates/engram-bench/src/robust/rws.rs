@@ -857,6 +857,7 @@ mod tests {
             train: bars(name, 200, rows, 1),
             test: bars(name, 60, rows, 2),
             files: Vec::new(),
+            meta: Default::default(),
         };
         RwsData {
             fashion: split("fashion", false),

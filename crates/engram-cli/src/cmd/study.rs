@@ -19,6 +19,42 @@ pub enum Study {
     /// group and a linear vs weight-normalised head, with an HTML report and the card's claims
     /// judged.
     Scole(ScoleArgs),
+    /// Score a merged backbone on a merge-8 study's validation (or test) sets with each
+    /// task's own head: prints the mean normalized accuracy in percent (the study's
+    /// selection score) as one line, e.g. as `engram evolve`'s score command.
+    #[command(name = "merge8-score", after_help = MERGE8_SCORE_HELP)]
+    Merge8Score(Merge8ScoreArgs),
+}
+
+const MERGE8_SCORE_HELP: &str =
+    "The first call writes STUDY/score-cache.safetensors (the tasks' validation and test
+examples, and the fine-tuned models' accuracies, which normalize); later calls read only it
+and the heads. A cache made from other settings or other models is made anew.
+
+Examples:
+  engram study merge8-score --study m8 merged.safetensors
+  engram study merge8-score --study m8 merged/ --part test --json";
+
+#[derive(clap::Args)]
+pub struct Merge8ScoreArgs {
+    /// The study folder (`engram study merge8 --out`).
+    #[arg(long)]
+    pub study: PathBuf,
+    /// The merged backbone: a safetensors file or a model folder (the study's tensor names).
+    pub model: PathBuf,
+    /// Which split.
+    #[arg(long, default_value = "valid", value_parser = ["valid", "test"])]
+    pub part: String,
+    /// What is printed: normalized (mean of accuracy / fine-tuned accuracy) or accuracy
+    /// (mean Task-IL accuracy), both in percent.
+    #[arg(long, default_value = "normalized", value_parser = ["normalized", "accuracy"])]
+    pub metric: String,
+    /// Where the data sets are, if the cache must be made (default: the system packages').
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Print the per-task accuracies as JSON instead of the number.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args)]
@@ -131,6 +167,34 @@ pub fn run(ctx: &Ctx, s: Study) -> Result<()> {
     let res = match s {
         Study::Merge8(a) => merge8::run(&a.into(), &mut |p| r.show(p)),
         Study::Scole(a) => scole::run(&a.into(), &mut |p| r.show(p)),
+        Study::Merge8Score(a) => return merge8_score(a),
     };
     r.finish(res.map(drop))
+}
+
+/// `engram study merge8-score`: the score alone on stdout (the last line is the number), or
+/// the JSON.
+fn merge8_score(a: Merge8ScoreArgs) -> Result<()> {
+    use engram_bench::merge8::score::{Metric, ScoreOptions, score};
+    use engram_learn::scenario::Part;
+    let o = ScoreOptions {
+        study: a.study,
+        model: a.model,
+        part: if a.part == "test" {
+            Part::Test
+        } else {
+            Part::Valid
+        },
+        metric: if a.metric == "accuracy" {
+            Metric::Accuracy
+        } else {
+            Metric::Normalized
+        },
+        data_dir: a.data_dir,
+    };
+    let s = score(&o)?;
+    if a.json {
+        return super::util::print_json(&s);
+    }
+    super::util::emit(&format!("{}\n", s.score))
 }

@@ -137,6 +137,7 @@ pub fn generate(cfg: &BlobsConfig) -> Result<Split, DataError> {
         train: make(cfg.train_per_class, "blobs-train"),
         test: make(cfg.test_per_class, "blobs-test"),
         files: Vec::new(),
+        meta: Default::default(),
     })
 }
 

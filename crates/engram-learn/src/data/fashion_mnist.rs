@@ -9,11 +9,11 @@
 //! package's directory. The `.gz` files are preferred; uncompressed files of the same names
 //! (without `.gz`) are accepted too.
 //!
-//! IDX: a big-endian header — magic `0x00000803` (unsigned bytes, 3 dimensions) then n,
-//! rows, cols for images; magic `0x00000801` then n for labels — followed by exactly the
-//! announced number of bytes. Anything else (wrong magic, short header, truncated or
-//! over-long data, count mismatch between images and labels, a label ≥ 10) is a
-//! [`DataError::Corrupt`] naming the file.
+//! IDX ([`super::idx`], the one IDX reader): magic `0x00000803` (unsigned bytes, 3
+//! dimensions) then n, rows, cols for images; magic `0x00000801` then n for labels —
+//! followed by exactly the announced number of bytes. Anything else (wrong magic, short
+//! header, truncated or over-long data, count mismatch between images and labels, a label ≥
+//! 10) is a [`DataError::Corrupt`] naming the file.
 
 use std::path::{Path, PathBuf};
 
@@ -35,7 +35,9 @@ pub const CLASS_NAMES: [&str; 10] = [
     "Ankle boot",
 ];
 
+#[cfg(test)]
 const IMAGES_MAGIC: u32 = 0x0000_0803;
+#[cfg(test)]
 const LABELS_MAGIC: u32 = 0x0000_0801;
 /// Largest decompressed file accepted (the train images are 47 MB).
 const MAX_BYTES: u64 = 1 << 30;
@@ -49,90 +51,22 @@ pub struct IdxImages {
     pub pixels: Vec<u8>,
 }
 
-fn be_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-/// Parses an (uncompressed) IDX image file's bytes; `path` names the file in errors.
+/// Parses an (uncompressed) IDX image file's bytes (3 dimensions, [`super::idx`]); `path`
+/// names the file in errors.
 pub fn parse_idx_images(bytes: &[u8], path: &Path) -> Result<IdxImages, DataError> {
-    check_magic(bytes, IMAGES_MAGIC, 16, "images", path)?;
-    let (n, rows, cols) = (
-        be_u32(bytes, 4) as usize,
-        be_u32(bytes, 8) as usize,
-        be_u32(bytes, 12) as usize,
-    );
-    let want = n
-        .checked_mul(rows)
-        .and_then(|v| v.checked_mul(cols))
-        .and_then(|v| v.checked_add(16))
-        .ok_or_else(|| DataError::corrupt(path, format!("absurd header {n}x{rows}x{cols}")))?;
-    check_len(bytes.len(), want, path)?;
+    let a = super::idx::parse(bytes, path, Some(3), "images")?;
     Ok(IdxImages {
-        n,
-        rows,
-        cols,
-        pixels: bytes[16..].to_vec(),
+        n: a.dims[0],
+        rows: a.dims[1],
+        cols: a.dims[2],
+        pixels: a.data,
     })
 }
 
-/// Parses an (uncompressed) IDX label file's bytes; `path` names the file in errors.
+/// Parses an (uncompressed) IDX label file's bytes (1 dimension); `path` names the file in
+/// errors.
 pub fn parse_idx_labels(bytes: &[u8], path: &Path) -> Result<Vec<u8>, DataError> {
-    check_magic(bytes, LABELS_MAGIC, 8, "labels", path)?;
-    let n = be_u32(bytes, 4) as usize;
-    check_len(bytes.len(), n + 8, path)?;
-    Ok(bytes[8..].to_vec())
-}
-
-/// Checks the magic number, then that the whole `header` bytes are there.
-fn check_magic(
-    bytes: &[u8],
-    want: u32,
-    header: usize,
-    what: &str,
-    path: &Path,
-) -> Result<(), DataError> {
-    let short = || {
-        DataError::corrupt(
-            path,
-            format!(
-                "IDX {what} header needs {header} bytes, the file has {}",
-                bytes.len()
-            ),
-        )
-    };
-    if bytes.len() < 4 {
-        return Err(short());
-    }
-    let magic = be_u32(bytes, 0);
-    if magic != want {
-        return Err(DataError::corrupt(
-            path,
-            format!("bad IDX magic 0x{magic:08x}, expected 0x{want:08x} (ubyte {what})"),
-        ));
-    }
-    if bytes.len() < header {
-        return Err(short());
-    }
-    Ok(())
-}
-
-fn check_len(have: usize, want: usize, path: &Path) -> Result<(), DataError> {
-    if have < want {
-        Err(DataError::corrupt(
-            path,
-            format!("truncated: the header announces {want} bytes, the file has {have}"),
-        ))
-    } else if have > want {
-        Err(DataError::corrupt(
-            path,
-            format!(
-                "{} trailing bytes after the {want} the header announces",
-                have - want
-            ),
-        ))
-    } else {
-        Ok(())
-    }
+    Ok(super::idx::parse(bytes, path, Some(1), "labels")?.data)
 }
 
 /// Reads one image file and its label file into a data set, with the files' records.
@@ -256,6 +190,7 @@ pub fn load(data_dir: Option<&Path>) -> Result<Split, DataError> {
         train,
         test,
         files: a.into_iter().chain(b).collect(),
+        meta: Default::default(),
     })
 }
 

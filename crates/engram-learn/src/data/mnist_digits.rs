@@ -192,7 +192,12 @@ pub fn load_from(dir: &Path) -> Result<Split, DataError> {
         test.x.extend_from_slice(&images[k * PIXELS..]);
         test.y.extend(std::iter::repeat_n(digit as u32, n - k));
     }
-    Ok(Split { train, test, files })
+    Ok(Split {
+        train,
+        test,
+        files,
+        meta: Default::default(),
+    })
 }
 
 /// Loads the digits, searching as described in the module documentation.

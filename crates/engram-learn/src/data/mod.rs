@@ -1,21 +1,35 @@
-//! Datasets: real images from system packages (Fashion-MNIST, MNIST digits) and small
-//! synthetic tasks generated from a seed. Everything is held in memory as f32 in [0, 1].
+//! Datasets: real images from system packages (Fashion-MNIST, MNIST digits), small
+//! synthetic tasks generated from a seed, and the user's own files (IDX, NumPy `.npy`/`.npz`,
+//! CSV, folders of PNG/JPEG images; [`user`]). Everything is held in memory as f32 (images
+//! in [0, 1]).
 //!
-//! Entry point: [`load`] (`"fashion-mnist"`, `"mnist"`, `"blobs"`) or [`DataSource::load`].
-//! Nothing here uses the deep-learning framework: data are plain `Vec<f32>`.
+//! Entry point: [`load`] (`"fashion-mnist"`, `"mnist"`, `"blobs"`) or [`DataSource::load`]
+//! (also the user's data, declared in a run file as `dataset = { kind = ..., ... }`, see
+//! [`user`] for the keys). Nothing here uses the deep-learning framework: data are plain
+//! `Vec<f32>`.
+//!
+//! One file per format: [`idx`], [`numpy`], [`csv`], [`image_folder`]; [`user`] holds the
+//! run file's data table, its checks and the assembly (labels, domains, test split) shared
+//! by every format.
 
 pub mod blobs;
 pub mod corrupt;
+pub mod csv;
 pub mod fashion_mnist;
+pub mod idx;
+pub mod image_folder;
 pub mod mnist_digits;
+pub mod numpy;
 pub mod rand_source;
 pub mod shakespeare;
 pub mod text_filter;
 pub mod transform;
+pub mod user;
 
 use std::path::{Path, PathBuf};
 
 pub use blobs::BlobsConfig;
+pub use user::{DatasetSpec, UserData};
 
 /// An in-memory classification set: `n` examples of `dim` features, row-major.
 #[derive(Clone, Debug, PartialEq)]
@@ -124,10 +138,33 @@ pub struct Split {
     pub test: Dataset,
     /// The files read (none for generated data), for the run's record.
     pub files: Vec<DataFile>,
+    /// Class names and domains, where the data declare them (the user's data sets).
+    pub meta: Meta,
+}
+
+/// What a data set declares beyond examples and labels (empty for the named sets).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Meta {
+    /// Class names by class id where the labels were strings (CSV), mapped to ids in sorted
+    /// order; empty for integer labels.
+    pub classes: Vec<String>,
+    /// The domain of every example, where the data set has domains.
+    pub domains: Option<Domains>,
+}
+
+/// Domains of a data set: domain `d` is `names[d]`; `train[i]` (`test[i]`) the domain of
+/// train (test) example `i`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Domains {
+    pub names: Vec<String>,
+    pub train: Vec<u32>,
+    pub test: Vec<u32>,
 }
 
 /// A data file as read: where, its size and its SHA-256 (of the bytes on disk, before any
-/// decompression), so that a run's results say exactly which data it used.
+/// decompression), so that a run's results say exactly which data it used. A folder of
+/// images is one record: its total size and the SHA-256 of its manifest (see
+/// [`image_folder`]), not one record per image.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DataFile {
     pub path: PathBuf,
@@ -166,7 +203,10 @@ pub enum DataError {
     },
     #[error("{}: {msg}", path.display())]
     Corrupt { path: PathBuf, msg: String },
-    #[error("unknown data set `{0}` (known: fashion-mnist, mnist, blobs)")]
+    #[error(
+        "unknown data set `{0}` (known: fashion-mnist, mnist, blobs; or a table for your own \
+         files, e.g. dataset = {{ kind = \"npz\", path = \"data.npz\" }})"
+    )]
     Unknown(String),
     #[error("{0}")]
     Invalid(String),
@@ -190,6 +230,8 @@ pub enum DataSource {
     Mnist,
     /// Synthetic Gaussian blobs generated from a seed.
     Blobs(BlobsConfig),
+    /// The user's own files ([`user`]).
+    User(Box<user::UserSource>),
 }
 
 impl DataSource {
@@ -203,16 +245,18 @@ impl DataSource {
         }
     }
 
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> &str {
         match self {
             DataSource::FashionMnist => "fashion-mnist",
             DataSource::Mnist => "mnist",
             DataSource::Blobs(_) => "blobs",
+            DataSource::User(u) => u.name(),
         }
     }
 
     /// Loads the data. `data_dir`, if given, must be a folder and is the only place the real
-    /// sets are searched (see each loader); blobs do not read it.
+    /// sets are searched (see each loader); blobs and the user's files (whose paths the run
+    /// file gives) do not read it.
     pub fn load(&self, data_dir: Option<&Path>) -> Result<Split, DataError> {
         if let Some(d) = data_dir {
             user_dir(d)?;
@@ -221,6 +265,7 @@ impl DataSource {
             DataSource::FashionMnist => fashion_mnist::load(data_dir),
             DataSource::Mnist => mnist_digits::load(data_dir),
             DataSource::Blobs(cfg) => blobs::generate(cfg),
+            DataSource::User(u) => u.load(),
         }
     }
 }

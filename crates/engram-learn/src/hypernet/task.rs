@@ -394,6 +394,7 @@ mod tests {
             train: make(400, 0),
             test: make(80, 1),
             files: Vec::new(),
+            meta: Default::default(),
         };
         ScenarioConfig::new("task-incremental", "blobs")
             .with("tasks", 2)

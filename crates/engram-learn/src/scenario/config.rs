@@ -5,6 +5,10 @@
 //!  "classes-per-task": 2, "seed": 0, "train-per-task": 2000, "validation": 0.1}
 //! ```
 //!
+//! `dataset` is a name (`fashion-mnist`, `mnist`, `blobs`) or a table declaring the user's
+//! own files (`{ kind = "npz", path = "data.npz" }`, see `crate::data::user` for every key);
+//! a run file's relative paths are taken from its folder ([`ScenarioConfig::resolve`]).
+//!
 //! Keys every kind shares (`kind`, `dataset`, `seed`, `train-per-task`, `test-per-class`,
 //! `validation`, `blobs`) are fields here; every other key belongs to the kind, whose file
 //! declares them with their defaults and the builder (a [`Kind`] in [`REGISTRY`]). One rule
@@ -14,7 +18,8 @@
 use std::path::Path;
 
 use super::{Common, Scenario, ScenarioError, invalid};
-use crate::data::{BlobsConfig, DataSource, Split};
+use crate::data::user::UserSource;
+use crate::data::{BlobsConfig, DataSource, DatasetSpec, Split};
 use serde_json::{Map, Value};
 
 /// A kind's own keys parsed, checked and returned with defaults filled in.
@@ -41,6 +46,7 @@ pub const REGISTRY: &[Kind] = &[
     super::scole::SCOLE,
     super::joint::JOINT,
     super::corruption::CORRUPTION,
+    super::domains::DOMAINS,
 ];
 
 /// The kind named `name`.
@@ -80,8 +86,8 @@ pub const MAX_TASKS: usize = 10_000;
 pub struct ScenarioConfig {
     /// A name from [`REGISTRY`].
     pub kind: String,
-    /// `fashion-mnist`, `mnist` or `blobs`.
-    pub dataset: String,
+    /// `fashion-mnist`, `mnist`, `blobs`, or a table declaring the user's files.
+    pub dataset: DatasetSpec,
     #[serde(default)]
     pub seed: u64,
     /// Cap on each task's training examples (seeded subsample per task); for scole this is
@@ -104,7 +110,7 @@ pub struct ScenarioConfig {
 
 impl ScenarioConfig {
     /// A config with every option at its default.
-    pub fn new(kind: impl Into<String>, dataset: impl Into<String>) -> ScenarioConfig {
+    pub fn new(kind: impl Into<String>, dataset: impl Into<DatasetSpec>) -> ScenarioConfig {
         ScenarioConfig {
             kind: kind.into(),
             dataset: dataset.into(),
@@ -130,9 +136,15 @@ impl ScenarioConfig {
         Ok(c)
     }
 
-    /// The data set this config names.
+    /// The data set this config names (a user's table checked, without reading a file).
     pub fn source(&self) -> Result<DataSource, ScenarioError> {
-        let src = DataSource::from_name(&self.dataset)?;
+        let src = match &self.dataset {
+            DatasetSpec::Name(n) => DataSource::from_name(n)?,
+            DatasetSpec::User(u) => {
+                u.check()?;
+                DataSource::User(Box::new(UserSource::new((**u).clone(), self.seed)))
+            }
+        };
         Ok(match (src, &self.blobs) {
             (DataSource::Blobs(_), Some(b)) => {
                 b.check()?;
@@ -148,13 +160,21 @@ impl ScenarioConfig {
         })
     }
 
+    /// Takes the relative paths of a user's data set from `dir` (the run file's folder).
+    pub fn resolve(&mut self, dir: &Path) {
+        if let DatasetSpec::User(u) = &mut self.dataset {
+            u.resolve(dir);
+        }
+    }
+
     /// The kind's parameters with their defaults (checked).
     pub fn kind_params(&self) -> Result<Value, ScenarioError> {
         (kind(&self.kind)?.params)(&self.params)
     }
 
     /// The config with every default filled in (the kind's keys, the blobs parameters, the
-    /// data set's own name; `validation = 0` as none), so that the same settings written
+    /// data set's own name or the user's data table with its defaults; `validation = 0` as
+    /// none), so that the same settings written
     /// differently compare equal (a checkpoint records this form).
     pub fn normalized(&self) -> Result<ScenarioConfig, ScenarioError> {
         let src = self.source()?;
@@ -165,7 +185,10 @@ impl ScenarioConfig {
             ));
         };
         Ok(ScenarioConfig {
-            dataset: src.name().into(),
+            dataset: match (&src, &self.dataset) {
+                (DataSource::User(_), DatasetSpec::User(u)) => u.normalized().into(),
+                _ => src.name().into(),
+            },
             blobs: match src {
                 DataSource::Blobs(b) => Some(b),
                 _ => None,

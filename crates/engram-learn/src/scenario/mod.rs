@@ -16,6 +16,7 @@ pub mod class_incremental;
 pub mod config;
 pub mod corruption;
 pub mod domain;
+pub mod domains;
 pub mod joint;
 pub mod scole;
 

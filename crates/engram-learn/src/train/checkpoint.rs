@@ -302,7 +302,12 @@ fn own_file(path: &Path) -> Result<bool> {
 
 /// Every leaf where `new` differs from `old`, as `key.path: old -> new` (`(not set)` for a
 /// key only one side has).
-fn differences(path: String, old: Option<&Value>, new: Option<&Value>, out: &mut Vec<String>) {
+pub(crate) fn differences(
+    path: String,
+    old: Option<&Value>,
+    new: Option<&Value>,
+    out: &mut Vec<String>,
+) {
     let key = |k: &str| {
         if path.is_empty() {
             k.to_string()

@@ -321,7 +321,12 @@ def train(
     data_dir: Optional[StrPath] = None,
     export_masks: Optional[StrPath] = None,
     progress: bool = False,
+    if_needed: bool = False,
 ) -> Optional[Report]:
     """`engram train --config RUN --out OUT`: a continual-learning run (or a curriculum with
     [[phase]] tables) from a TOML run file, TOML text (a string with a line break) or a dict
-    of the same tables; writes OUT/<run name>/ and returns its results.json as a dict."""
+    of the same tables; writes OUT/<run name>/ (results.json, checkpoint/, and the event log
+    events.jsonl as it trains) and returns its results.json as a dict. Relative data paths in
+    a run file are taken from the run file's folder. `if_needed=True` (`--if-needed`): a run
+    whose results.json is there returns it without running (an error if it was made with other
+    settings); a run with a checkpoint resumes it; else it starts."""

@@ -134,6 +134,7 @@ pub fn tiny_images(tasks: usize) -> Scenario {
         train: make(30, 1),
         test: make(10, 2),
         files: Vec::new(),
+        meta: Default::default(),
     };
     crate::scenario::class_incremental(
         split,
