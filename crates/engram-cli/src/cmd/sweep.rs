@@ -109,7 +109,7 @@ pub struct EmitArgs {
     #[arg(long)]
     pub slurm: bool,
     /// RUNS/sweep-parallel.sh: GNU parallel over the jobs file with its joblog
-    /// (RUNS/parallel.joblog, --resume-failed), locally or with --sshloginfile.
+    /// (RUNS/parallel.joblog; a line whose run is done is skipped), locally or with --sshloginfile.
     #[arg(long)]
     pub parallel: bool,
     /// RUNS/sweep_ray.py: one Ray job per run not done, submitted to RAY_ADDRESS and waited for.
