@@ -43,6 +43,9 @@ pub struct Options {
     pub clean: bool,
     /// The `engram` binary measured (default: this process's executable).
     pub engram: Option<PathBuf>,
+    /// Families made elsewhere (FOLDER/base, FOLDER/ft-1 ..; e.g. by
+    /// scripts/make-family.py), measured after the synthetic sizes and never deleted.
+    pub families: Vec<PathBuf>,
 }
 
 impl Default for Options {
@@ -59,6 +62,7 @@ impl Default for Options {
             json_out: "bench-out/merge.json".into(),
             clean: false,
             engram: None,
+            families: Vec::new(),
         }
     }
 }
@@ -204,6 +208,23 @@ fn engram_steps(base: &Path, models: &[PathBuf], out: &Path) -> Vec<(&'static st
                 &ties,
             ]),
         ),
+        // TIES as engram ran it before it finished the thresholds during the merge pass.
+        (
+            "ties_select_first",
+            with_models(&[
+                "merge",
+                "-q",
+                "--method",
+                "ties",
+                "--density",
+                "0.2",
+                "--select-first",
+                "--base",
+                &b,
+                "-o",
+                &arg(&out.join("ties-select-first")),
+            ]),
+        ),
         ("tall_masks", with_models(&["tall", "-q", "--base", &b])),
         (
             "consensus",
@@ -266,12 +287,32 @@ fn measure_all(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value>
     let threads = rayon::current_num_threads();
     let mut cases = Vec::new();
     progress(Progress::Output(header(threads, o.repeat)));
-    for size in &o.sizes {
+    // (label, family folder, generator): the synthetic sizes, then the given families.
+    let mut fams: Vec<(String, PathBuf, String)> = Vec::new();
+    for size in o.sizes.iter().filter(|s| !s.is_empty()) {
         let arch = ArchConfig::for_params(parse_count(size)?)?;
-        let params = arch.param_count();
         let fam = o.dir.join(size.to_ascii_lowercase());
         crate::synthetic::ensure_family(&fam, size, &arch, nmax, "engram bench merge", progress)?;
+        fams.push((size.clone(), fam, "engram synth".into()));
+    }
+    for fam in &o.families {
+        for m in std::iter::once("base".to_string()).chain((1..=nmax).map(|i| format!("ft-{i}"))) {
+            if !file_of(&fam.join(&m)).is_file() {
+                bail!(
+                    "{}: no {m}/model.safetensors (a family for --family has base/ and ft-1 .. ft-{nmax}, \
+                     e.g. from scripts/make-family.py)",
+                    fam.display()
+                );
+            }
+        }
+        let label = fam
+            .file_name()
+            .map_or("family".into(), |n| n.to_string_lossy().to_string());
+        fams.push((label, fam.clone(), fam.display().to_string()));
+    }
+    for (size, fam, generator) in &fams {
         let base = fam.join("base");
+        let params = engram_ckpt::Model::open(&base)?.param_count();
         for &n in &o.n {
             let models: Vec<PathBuf> = (1..=n).map(|i| fam.join(format!("ft-{i}"))).collect();
             let mut inputs = vec![file_of(&base)];
@@ -296,7 +337,7 @@ fn measure_all(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value>
                 }
                 let med = median(&times);
                 let mut case = json!({
-                    "params": params, "n": n, "method": name, "input_bytes": in_bytes, "output_bytes": out_bytes,
+                    "params": params, "n": n, "method": name, "family": generator, "input_bytes": in_bytes, "output_bytes": out_bytes,
                     "engram": {"seconds": times, "median_s": med, "peak_rss_bytes": peak, "gbps_read": in_bytes as f64 / med / 1e9},
                     "bound": {"read_s": bound_read, "write_s": bound_write, "total_s": bound, "share_of_bound": bound / med},
                 });

@@ -261,6 +261,23 @@ impl<'a> TensorView<'a> {
         self.info.numel()
     }
 
+    /// Elements `[start, start + n)` decoded to f32, in a new vector.
+    pub fn read_f32_vec(&self, start: usize, n: usize) -> Result<Vec<f32>> {
+        let s = self.dtype().size();
+        match start.checked_add(n).filter(|&e| e <= self.numel()) {
+            Some(end) => Ok(crate::dtype::decode_f32_vec(
+                self.dtype(),
+                &self.bytes[start * s..end * s],
+            )),
+            None => {
+                // The same error as `read_f32_into`.
+                let mut none = vec![0f32; n];
+                self.read_f32_into(start, &mut none)?;
+                Ok(none)
+            }
+        }
+    }
+
     /// Decodes elements `[start, start + out.len())` into `out` as f32.
     pub fn read_f32_into(&self, start: usize, out: &mut [f32]) -> Result<()> {
         let end = start

@@ -321,6 +321,60 @@ impl ModelWriter {
         self.write_bytes_at(name, elem, &buf)
     }
 
+    /// Overwrites elements already written (not counted again towards completeness): element
+    /// `start + positions[j]` of float tensor `name` becomes `vals[j]`, converted to the
+    /// declared dtype. `positions` must ascend. A merge that finds some values only after
+    /// writing the rest fixes them here.
+    pub fn patch_f32(
+        &self,
+        name: &str,
+        start: usize,
+        positions: &[u32],
+        vals: &[f32],
+    ) -> Result<()> {
+        let (Some(&first), Some(&last)) = (positions.first(), positions.last()) else {
+            return Ok(());
+        };
+        let slot = self.slot(name)?;
+        let dt = slot.spec.dtype;
+        let size = dt.size();
+        let end = start.checked_add(last as usize + 1);
+        if !dt.is_float()
+            || positions.len() != vals.len()
+            || end.is_none_or(|e| e > slot.spec.numel())
+            || positions.windows(2).any(|w| w[0] >= w[1])
+        {
+            return Err(Error::Invalid(format!(
+                "patch of {} values from element {start} does not fit tensor '{name}' ({} x {dt})",
+                vals.len(),
+                slot.spec.numel()
+            )));
+        }
+        let shard = &self.shards[slot.shard];
+        // Through a writable map of the span's pages: only the pages holding a position are
+        // touched, where reading the span back and writing it again would copy all of it.
+        const PAGE: u64 = 4096;
+        let at = slot.offset + ((start + first as usize) * size) as u64;
+        let end = slot.offset + ((start + last as usize + 1) * size) as u64;
+        let from = at / PAGE * PAGE;
+        // SAFETY: a shared map of our own temporary file (locked by `create`), which no other
+        // process writes and no reader maps while the writer lives; the range lies inside the
+        // file (the tensor's bytes were laid out by `create`).
+        let mut map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(from)
+                .len((end - from) as usize)
+                .map_mut(&shard.file)
+        }
+        .map_err(|e| Error::io(&shard.tmp, e))?;
+        let skip = (at - from) as usize;
+        for (&p, &v) in positions.iter().zip(vals) {
+            let o = skip + (p - first) as usize * size;
+            encode_f32(dt, &[v], &mut map[o..o + size]);
+        }
+        Ok(())
+    }
+
     pub fn write_f32(&self, name: &str, vals: &[f32]) -> Result<()> {
         self.write_f32_at(name, 0, vals)
     }

@@ -29,32 +29,101 @@ pub fn kth_largest_abs_sets(
     s: &dyn Pieces,
     ks: &[Option<u64>],
 ) -> Result<Vec<Option<f32>>, engram_ckpt::Error> {
-    let wanted: Vec<bool> = ks.iter().map(|k| k.is_some_and(|k| k > 0)).collect();
-    if !wanted.iter().any(|&w| w) {
-        return Ok(vec![None; ks.len()]);
-    }
-    let hi = histograms(s, &wanted, |_, x: u32| Some((x >> 16) as usize))?;
-    let picks: Vec<Option<(usize, u64)>> = ks
-        .iter()
-        .zip(&hi)
-        .zip(&wanted)
-        .map(|((k, h), &w)| if w { find_from_top(h, (*k)?) } else { None })
-        .collect();
+    let picks = top_buckets(s, ks)?;
+    resolve_buckets(s, &picks)
+}
+
+/// The second pass of [`kth_largest_abs_sets`]: the exact k-th largest |x| of every set with
+/// a bucket from [`top_buckets`], by a histogram of the low bits inside the bucket.
+pub fn resolve_buckets(
+    s: &dyn Pieces,
+    picks: &[Option<Bucket>],
+) -> Result<Vec<Option<f32>>, engram_ckpt::Error> {
     let wanted: Vec<bool> = picks.iter().map(Option::is_some).collect();
-    let buckets: Vec<usize> = picks
-        .iter()
-        .map(|p| p.map_or(usize::MAX, |p| p.0))
-        .collect();
+    if !wanted.iter().any(|&w| w) {
+        return Ok(vec![None; picks.len()]);
+    }
     let lo = histograms(s, &wanted, |i, x: u32| {
-        ((x >> 16) as usize == buckets[i]).then_some((x & 0xffff) as usize)
+        picks[i]
+            .filter(|b| b.holds(x))
+            .map(|_| (x & 0xffff) as usize)
     })?;
     Ok(picks
         .iter()
         .zip(&lo)
         .map(|(p, h)| {
-            let (bucket, rank) = (*p)?;
-            let (low, _) = find_from_top(h, rank)?;
-            Some(f32::from_bits(((bucket as u32) << 16) | low as u32))
+            let b = (*p)?;
+            let (low, _) = find_from_top(h, b.rank)?;
+            Some(b.value(low as u16))
+        })
+        .collect())
+}
+
+/// Where the k-th largest |x| of a set lies after the first pass: its bucket (the high 16
+/// bits of |x|, a 1/128 octave), its rank among the bucket's values (1-based, from the top),
+/// and how many values the bucket holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bucket {
+    pub high: u32,
+    pub rank: u64,
+    pub count: u64,
+}
+
+impl Bucket {
+    /// Whether |x| (its bits) lies in the bucket.
+    #[inline]
+    pub fn holds(&self, abs_bits: u32) -> bool {
+        abs_bits >> 16 == self.high
+    }
+
+    /// The smallest magnitude in the bucket: every |x| at or above it is in the bucket or
+    /// above, every one below it below.
+    pub fn floor(&self) -> f32 {
+        f32::from_bits(self.high << 16)
+    }
+
+    /// The magnitude with these low 16 bits in the bucket.
+    pub fn value(&self, low: u16) -> f32 {
+        f32::from_bits((self.high << 16) | u32::from(low))
+    }
+
+    /// The k-th largest |x| from the low 16 bits of every value in the bucket (`lows`, in
+    /// any order; reordered). `None` if `lows` does not hold the bucket's count.
+    pub fn resolve(&self, lows: &mut [u16]) -> Option<f32> {
+        if lows.len() as u64 != self.count || self.rank == 0 || self.rank > self.count {
+            return None;
+        }
+        let at = (self.rank - 1) as usize;
+        let (_, low, _) = lows.select_nth_unstable_by(at, |a, b| b.cmp(a));
+        Some(self.value(*low))
+    }
+}
+
+/// The first pass of [`kth_largest_abs_sets`] alone: per set `i` with `ks[i] = Some(k)`,
+/// k ≥ 1, the bucket of the k-th largest |x| (NaNs ignored); `None` for the other sets, for
+/// k = 0, and when the set holds fewer than k values. A caller that sees the values again
+/// anyway (a merge pass) finishes the selection with [`Bucket::resolve`] on the low bits of
+/// the values that fall in the bucket, instead of a second pass.
+pub fn top_buckets(
+    s: &dyn Pieces,
+    ks: &[Option<u64>],
+) -> Result<Vec<Option<Bucket>>, engram_ckpt::Error> {
+    let wanted: Vec<bool> = ks.iter().map(|k| k.is_some_and(|k| k > 0)).collect();
+    if !wanted.iter().any(|&w| w) {
+        return Ok(vec![None; ks.len()]);
+    }
+    let hi = histograms(s, &wanted, |_, x: u32| Some((x >> 16) as usize))?;
+    Ok(ks
+        .iter()
+        .zip(&hi)
+        .zip(&wanted)
+        .map(|((k, h), &w)| {
+            let (high, rank) = if w { find_from_top(h, (*k)?) } else { None }?;
+            Some(Bucket {
+                high: high as u32,
+                rank,
+                count: h[high],
+            })
         })
         .collect())
 }
@@ -179,6 +248,36 @@ mod tests {
             vec![None]
         );
         assert_eq!(kth_largest_abs_sets(&one, &[Some(0)]).unwrap(), vec![None]);
+    }
+
+    /// The first pass and the low bits of the bucket's values give the two-pass answer.
+    #[test]
+    fn buckets_resolve_to_the_two_pass_answer() {
+        let mut r = Rng::new(3);
+        let xs: Vec<f32> = (0..20_000)
+            .map(|i| match i % 7 {
+                0 => 0.25, // many equal values
+                _ => r.normal(),
+            })
+            .collect();
+        let one = Sets(vec![xs.clone()]);
+        for k in [1u64, 100, 2857, 2858, 2900, 19_999, 20_000] {
+            let b = top_buckets(&one, &[Some(k)]).unwrap()[0].unwrap();
+            let mut lows: Vec<u16> = xs
+                .iter()
+                .map(|x| x.abs().to_bits())
+                .filter(|&x| b.holds(x))
+                .map(|x| (x & 0xffff) as u16)
+                .collect();
+            assert_eq!(lows.len() as u64, b.count);
+            let want = kth_largest_abs_sets(&one, &[Some(k)]).unwrap()[0];
+            assert_eq!(b.resolve(&mut lows), want, "k={k}");
+            assert!(want.unwrap() >= b.floor());
+        }
+        assert_eq!(
+            top_buckets(&one, &[Some(20_001), None]).unwrap(),
+            vec![None, None]
+        );
     }
 
     /// Three sets in uneven pieces (one full of ties, one with NaNs): each set's answer

@@ -87,21 +87,13 @@ impl<'v, 'a> TensorChunks<'v, 'a> {
     fn read(&self, range: Range<usize>) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
         let n = range.len();
         let base = match &self.base {
-            Some(b) => {
-                let mut v = vec![0f32; n];
-                b.read_f32_into(range.start, &mut v)?;
-                v
-            }
+            Some(b) => b.read_f32_vec(range.start, n)?,
             None => Vec::new(),
         };
         let models = self
             .models
             .iter()
-            .map(|m| {
-                let mut v = vec![0f32; n];
-                m.read_f32_into(range.start, &mut v)?;
-                Ok(v)
-            })
+            .map(|m| m.read_f32_vec(range.start, n))
             .collect::<Result<Vec<_>>>()?;
         Ok((base, models))
     }

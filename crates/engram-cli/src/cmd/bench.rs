@@ -461,6 +461,10 @@ pub struct MergeArgs {
     /// Delete the synthetic families afterwards.
     #[arg(long)]
     pub clean: bool,
+    /// Also measure a family made elsewhere: FOLDER/base and FOLDER/ft-1 .. ft-N (e.g.
+    /// `python scripts/make-family.py --shape 1b -n 8 -o FOLDER`); repeatable.
+    #[arg(long, value_name = "FOLDER")]
+    pub family: Vec<PathBuf>,
 }
 
 impl From<MergeArgs> for merge::Options {
@@ -477,6 +481,7 @@ impl From<MergeArgs> for merge::Options {
             json_out: a.json_out,
             clean: a.clean,
             engram: None,
+            families: a.family,
         }
     }
 }

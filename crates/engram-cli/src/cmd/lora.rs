@@ -309,6 +309,7 @@ fn run_merge(ctx: &Ctx, a: MergeArgs) -> Result<()> {
         json: a.json,
         list: false,
         stage: None,
+        select_first: false,
     };
     // The merge's own checks (method, parameters, model count) before any file is written.
     super::merge::quick_config(&args)?;

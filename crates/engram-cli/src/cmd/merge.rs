@@ -74,6 +74,11 @@ pub struct Args {
     /// With a multi-stage config: run this stage and the stages it needs (default: all).
     #[arg(long, value_name = "NAME")]
     pub stage: Option<String>,
+    /// Find TIES' per-tensor thresholds with two selection passes before the merge pass,
+    /// as engram did before it finished them during the merge (same output; for
+    /// `engram bench merge`'s comparison).
+    #[arg(long, hide = true)]
+    pub select_first: bool,
 }
 
 fn list() {
@@ -148,7 +153,8 @@ fn merge(
         .request(base.as_ref(), &models)
         .with_allow_missing(a.allow_missing)
         .with_check_finite(a.check_finite)
-        .with_max_shard_bytes(opt_bytes(a.shard_size.as_deref())?);
+        .with_max_shard_bytes(opt_bytes(a.shard_size.as_deref())?)
+        .with_one_pass(!a.select_first);
     let mut md = engram_ckpt::provenance(&ctx.command_line, params);
     if let Some((k, v)) = extra {
         md.insert(k.to_string(), v.to_string());

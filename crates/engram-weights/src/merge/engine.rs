@@ -2,6 +2,8 @@
 //! thresholds), then executes the plan, streaming: tensors one after another, each in fixed
 //! chunks processed in parallel, written straight to the output files.
 
+use super::Chunk;
+use super::onepass::{DEFERRED_BUDGET, merge_trimmed};
 use super::plan::{MergePlan, Step};
 pub use super::plan::{layer_index, layer_positions};
 pub use super::request::MergeRequest;
@@ -65,8 +67,8 @@ pub fn run_merge<'a>(
             }
             Step::Merge => {
                 let job = plan.job(req, t)?;
-                let kernel = req.method.prepare(&job)?;
-                job.apply(kernel.as_ref(), req.method.row_aligned(), &|c, vals| {
+                let rows = req.method.row_aligned();
+                let sink = |c: &Chunk, vals: &[f32]| {
                     let finite = |k: usize| {
                         c.base.get(k).is_none_or(|b| b.is_finite())
                             && c.models.iter().all(|m| m[k].is_finite())
@@ -81,7 +83,44 @@ pub fn run_merge<'a>(
                         &finite,
                     )?;
                     writer.write_f32_at(name, c.start, vals)
-                })?;
+                };
+                match req.method.trim_densities(&job).filter(|_| req.one_pass) {
+                    Some(densities) => {
+                        // Values found after the merge pass: checked as the sink checks,
+                        // then patched over the placeholders.
+                        let fix = |c: &Chunk, start: usize, at: &[u32], vals: &[f32]| {
+                            for (j, (&p, &v)) in at.iter().zip(vals).enumerate() {
+                                let finite = |_| {
+                                    c.base.get(j).is_none_or(|b| b.is_finite())
+                                        && c.models.iter().all(|m| m[j].is_finite())
+                                };
+                                check_values(
+                                    out,
+                                    name,
+                                    spec.dtype,
+                                    start + p as usize,
+                                    &[v],
+                                    req.check_finite,
+                                    &finite,
+                                )?;
+                            }
+                            writer.patch_f32(name, start, at, vals)
+                        };
+                        merge_trimmed(
+                            &job,
+                            &densities,
+                            rows,
+                            DEFERRED_BUDGET,
+                            &|t| req.method.trimmed_kernel(&job, t),
+                            &sink,
+                            &fix,
+                        )?;
+                    }
+                    None => {
+                        let kernel = req.method.prepare(&job)?;
+                        job.apply(kernel.as_ref(), rows, &sink)?;
+                    }
+                }
                 report.tensors_merged += 1;
                 report.params_merged += t.view.numel() as u64;
             }

@@ -9,6 +9,7 @@
 
 use super::params::{Domain, ParamSpec};
 use super::{Chunk, ChunkKernel, TensorJob, TrimScope};
+use crate::simd::avx2_dispatch;
 use engram_ckpt::{Error, Result};
 
 /// mergekit's `rescale` for methods that default it off (ties, breadcrumbs): restore each
@@ -167,58 +168,121 @@ pub struct Combine {
 impl Combine {
     /// Writes θ over one chunk into `out`; `base` and every `v[i]` are as long as `out`.
     pub fn apply(&self, base: &[f32], v: &[Vec<f32>], out: &mut [f32]) {
-        // Column passes over the chunk (each a straight loop the compiler vectorizes), in
-        // the same order of additions as one position at a time, so the same bits.
-        let n = out.len();
-        let mut total = vec![0f32; n];
-        for d in v {
-            for (t, x) in total.iter_mut().zip(d) {
-                *t += x;
-            }
-        }
-        let (mixed, divisor) = if self.consensus {
-            // The elected sign (`elect_sign`, column by column): the sign of the sum, where
-            // the sum is 0 (every entry trimmed, or a cancellation) the sign of the sum of
-            // signs, then +.
-            let mut votes = vec![0f32; n];
-            for d in v {
-                for (c, &x) in votes.iter_mut().zip(d) {
-                    *c += sign_vote(x);
-                }
-            }
-            let mut sign = total;
-            for (s, &c) in sign.iter_mut().zip(&votes) {
-                *s = elected(*s, c);
-            }
-            // Σ and Σ w over the agreeing entries (adding 0.0 for the others leaves the sums'
-            // bits unchanged: they start at +0.0 and never become −0.0).
-            let mut sum = vec![0f32; n];
-            let mut div = vec![0f32; n];
-            for (d, &w) in v.iter().zip(&self.weights) {
-                for (((s, dv), &x), &g) in sum.iter_mut().zip(div.iter_mut()).zip(d).zip(&sign) {
-                    // `&`, not `&&`: no branch, so the loop vectorizes.
-                    let agree = (x != 0.0) & ((x > 0.0) == (g > 0.0));
-                    *s += if agree { x } else { 0.0 };
-                    *dv += if agree { w } else { 0.0 };
-                }
-            }
-            for dv in div.iter_mut() {
-                if *dv == 0.0 {
-                    *dv = 1.0;
-                }
-            }
-            (sum, div)
-        } else {
-            let wsum: f32 = self.weights.iter().sum();
-            let wsum = if wsum.abs() < 1e-8 { 1.0 } else { wsum };
-            (total, vec![wsum; n])
-        };
-        for (((o, &b), &m), &dv) in out.iter_mut().zip(base).zip(&mixed).zip(&divisor) {
-            let m = if self.normalize { m / dv } else { m };
-            *o = b + self.lambda * m;
+        // Blocks small enough that the column passes' sums stay in the first-level cache
+        // (a chunk's would not fit the second); the arithmetic is position by position, so
+        // blocking does not change a bit.
+        const BLOCK: usize = 2048;
+        let mut scratch = [[0f32; BLOCK]; 4];
+        let mut parts: Vec<&[f32]> = Vec::with_capacity(v.len());
+        for start in (0..out.len()).step_by(BLOCK) {
+            let end = (start + BLOCK).min(out.len());
+            parts.clear();
+            parts.extend(v.iter().map(|d| &d[start..end]));
+            combine_block(
+                self,
+                &base[start..end],
+                &parts,
+                &mut out[start..end],
+                &mut scratch,
+            );
         }
     }
 }
+
+/// [`Combine::apply`] over one block.
+#[inline(always)]
+fn combine_block_any(
+    comb: &Combine,
+    base: &[f32],
+    v: &[&[f32]],
+    out: &mut [f32],
+    scratch: &mut [[f32; 2048]; 4],
+) {
+    // Column passes (each a straight loop the compiler vectorizes), in the same order of
+    // additions as one position at a time, so the same bits.
+    let n = out.len();
+    let [total, votes, sum, div] = scratch;
+    let (total, votes, sum, div) = (
+        &mut total[..n],
+        &mut votes[..n],
+        &mut sum[..n],
+        &mut div[..n],
+    );
+    total.fill(0.0);
+    for d in v {
+        for (t, x) in total.iter_mut().zip(d.iter()) {
+            *t += x;
+        }
+    }
+    let (mixed, divisor): (&[f32], Option<&[f32]>) = if comb.consensus {
+        // The elected sign (`elect_sign`, column by column): the sign of the sum, where
+        // the sum is 0 (every entry trimmed, or a cancellation) the sign of the sum of
+        // signs, then +.
+        votes.fill(0.0);
+        for d in v {
+            for (c, &x) in votes.iter_mut().zip(d.iter()) {
+                *c += sign_vote(x);
+            }
+        }
+        let sign = total;
+        for (s, &c) in sign.iter_mut().zip(votes.iter()) {
+            *s = elected(*s, c);
+        }
+        // Σ and Σ w over the agreeing entries (adding 0.0 for the others leaves the sums'
+        // bits unchanged: they start at +0.0 and never become −0.0).
+        sum.fill(0.0);
+        div.fill(0.0);
+        for (d, &w) in v.iter().zip(&comb.weights) {
+            for (((s, dv), &x), &g) in sum
+                .iter_mut()
+                .zip(div.iter_mut())
+                .zip(d.iter())
+                .zip(sign.iter())
+            {
+                // `&`, not `&&`: no branch, so the loop vectorizes.
+                let agree = (x != 0.0) & ((x > 0.0) == (g > 0.0));
+                *s += if agree { x } else { 0.0 };
+                *dv += if agree { w } else { 0.0 };
+            }
+        }
+        for dv in div.iter_mut() {
+            *dv = if *dv == 0.0 { 1.0 } else { *dv };
+        }
+        (sum, Some(div))
+    } else {
+        (total, None)
+    };
+    let wsum = || {
+        let wsum: f32 = comb.weights.iter().sum();
+        if wsum.abs() < 1e-8 { 1.0 } else { wsum }
+    };
+    match (comb.normalize, divisor) {
+        (true, Some(dv)) => {
+            for (((o, &b), &m), &dv) in out.iter_mut().zip(base).zip(mixed).zip(dv) {
+                *o = b + comb.lambda * (m / dv);
+            }
+        }
+        (true, None) => {
+            let dv = wsum();
+            for ((o, &b), &m) in out.iter_mut().zip(base).zip(mixed) {
+                *o = b + comb.lambda * (m / dv);
+            }
+        }
+        (false, _) => {
+            for ((o, &b), &m) in out.iter_mut().zip(base).zip(mixed) {
+                *o = b + comb.lambda * m;
+            }
+        }
+    }
+}
+
+avx2_dispatch!(fn combine_block(
+    comb: &Combine,
+    base: &[f32],
+    v: &[&[f32]],
+    out: &mut [f32],
+    scratch: &mut [[f32; 2048]; 4],
+) = combine_block_any;);
 
 /// TIES sign election over weighted, trimmed deltas at one position (merging.md): the sign
 /// of the sum, or if the sum is 0 the sign of the sum of signs, then +.
@@ -237,7 +301,10 @@ pub fn elect_sign(vals: impl Iterator<Item = f32> + Clone) -> f32 {
 /// One entry's vote in [`elect_sign`]'s tie-break: its sign, 0 for a zero.
 #[inline]
 pub fn sign_vote(v: f32) -> f32 {
-    v.signum() * f32::from(v != 0.0)
+    // A select, not `signum` (which branches on NaN): the column loop vectorizes. A NaN
+    // votes NaN, as `signum` would; a zero of either sign votes 0.
+    let s = f32::from(v > 0.0) - f32::from(v < 0.0);
+    if v.is_nan() { v } else { s }
 }
 
 /// [`elect_sign`]'s rule from the signed sum and the sum of [`sign_vote`]s: the sign of the
@@ -245,13 +312,12 @@ pub fn sign_vote(v: f32) -> f32 {
 /// applied column by column ([`Combine`]).
 #[inline]
 pub fn elected(sum: f32, votes: f32) -> f32 {
-    if sum > 0.0 {
-        1.0
-    } else if sum < 0.0 || votes < 0.0 {
-        -1.0
-    } else {
-        1.0
-    }
+    // Selects on `&`/`|` of comparisons rather than an if-else chain: the column loop
+    // vectorizes. − when the sum is negative, or when it decides nothing (0 or NaN) and the
+    // votes are negative.
+    let undecided = (sum == 0.0) | sum.is_nan();
+    let negative = (sum < 0.0) | (undecided & (votes < 0.0));
+    if negative { -1.0 } else { 1.0 }
 }
 
 /// For methods whose sparsification has no model-wide form (random or two-sided masks):
@@ -302,6 +368,27 @@ mod tests {
                 base[k] + c.lambda * if c.normalize { sum / div } else { sum }
             })
             .collect()
+    }
+
+    /// The sign rule, case by case: the sum decides, else (0, −0 or NaN) the votes, else +.
+    #[test]
+    fn the_elected_sign_follows_the_sum_then_the_votes() {
+        let nan = f32::NAN;
+        for (sum, votes, want) in [
+            (2.0, -3.0, 1.0),
+            (-2.0, 3.0, -1.0),
+            (0.0, -1.0, -1.0),
+            (-0.0, -1.0, -1.0),
+            (0.0, 1.0, 1.0),
+            (0.0, 0.0, 1.0),
+            (-0.0, 0.0, 1.0),
+            (nan, -2.0, -1.0),
+            (nan, 0.0, 1.0),
+            (f32::INFINITY, -1.0, 1.0),
+            (f32::NEG_INFINITY, 1.0, -1.0),
+        ] {
+            assert_eq!(elected(sum, votes), want, "sum {sum}, votes {votes}");
+        }
     }
 
     /// The vectorized column passes give the same bits as the per-position rule, on entries

@@ -20,6 +20,7 @@ pub mod gta;
 pub mod job;
 pub mod linear;
 pub mod model_stock;
+pub mod onepass;
 pub mod params;
 pub mod plan;
 pub mod request;
@@ -91,6 +92,22 @@ pub trait MergeMethod: Sync {
         Ok(())
     }
     fn prepare<'a>(&self, job: &'a TensorJob<'a>) -> Result<Box<dyn ChunkKernel + 'a>>;
+    /// For a method whose only whole-tensor statistic is a magnitude threshold per model
+    /// (ties): the share of |τ_i| each model keeps on this tensor, so that the engine can
+    /// finish the thresholds during the merge pass ([`onepass`]) and build the kernel with
+    /// [`Self::trimmed_kernel`]. `None` (the default): the engine calls [`Self::prepare`].
+    fn trim_densities(&self, _job: &TensorJob) -> Option<Vec<f64>> {
+        None
+    }
+    /// The kernel for given per-model thresholds (as [`TensorJob::delta_thresholds`] returns
+    /// them), for methods with [`Self::trim_densities`]; it merges position by position.
+    fn trimmed_kernel<'a>(
+        &self,
+        job: &'a TensorJob<'a>,
+        _thresholds: Vec<Option<f32>>,
+    ) -> Result<Box<dyn ChunkKernel + 'a>> {
+        self.prepare(job)
+    }
 }
 
 /// Every merge method, in listing order. Adding one is one file and one line here.

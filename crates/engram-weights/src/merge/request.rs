@@ -21,6 +21,9 @@ pub struct MergeRequest<'a> {
     /// Fail if an output value is NaN or infinite.
     pub check_finite: bool,
     pub max_shard_bytes: Option<u64>,
+    /// Let magnitude trims (ties per tensor) finish their thresholds during the merge pass
+    /// ([`super::onepass`]); off: two selection passes first. Same output either way.
+    pub one_pass: bool,
 }
 
 impl<'a> MergeRequest<'a> {
@@ -43,6 +46,7 @@ impl<'a> MergeRequest<'a> {
             allow_missing: false,
             check_finite: true,
             max_shard_bytes: None,
+            one_pass: true,
         }
     }
 
@@ -80,6 +84,11 @@ impl<'a> MergeRequest<'a> {
 
     pub fn with_check_finite(mut self, check_finite: bool) -> Self {
         self.check_finite = check_finite;
+        self
+    }
+
+    pub fn with_one_pass(mut self, one_pass: bool) -> Self {
+        self.one_pass = one_pass;
         self
     }
 

@@ -3,7 +3,8 @@
 
 use super::gta::{RESCALE_OFF, Sparsifier, gta_kernel};
 use super::params::{DENSITY, INT8_MASK, LAMBDA, NORMALIZE, WEIGHT};
-use super::{ChunkKernel, MergeMethod, ParamSpec, TensorJob, keep};
+use super::{ChunkKernel, MergeMethod, ParamSpec, TensorJob, TrimScope, keep};
+use crate::simd::avx2_dispatch;
 use engram_ckpt::Result;
 
 /// `ties` as mergekit's generalized task arithmetic ([`super::gta`]) with magnitude
@@ -36,14 +37,29 @@ impl MergeMethod for Ties {
         true
     }
     fn prepare<'a>(&self, job: &'a TensorJob<'a>) -> Result<Box<dyn ChunkKernel + 'a>> {
-        let densities: Vec<f64> = job
-            .model_params
-            .iter()
-            .map(|p| p.value(PARAMS, "density"))
-            .collect();
-        let thresholds = job.delta_thresholds(&densities)?;
+        let thresholds = job.delta_thresholds(&densities(job))?;
+        self.trimmed_kernel(job, thresholds)
+    }
+    /// Per tensor and without `rescale` (whose L1 factors need the exact thresholds before
+    /// the merge pass), the thresholds can be finished during the merge pass.
+    fn trim_densities(&self, job: &TensorJob) -> Option<Vec<f64>> {
+        let per_tensor = job.scope == TrimScope::Tensor || job.model_thresholds.is_none();
+        (per_tensor && !job.global.flag(PARAMS, "rescale")).then(|| densities(job))
+    }
+    fn trimmed_kernel<'a>(
+        &self,
+        job: &'a TensorJob<'a>,
+        thresholds: Vec<Option<f32>>,
+    ) -> Result<Box<dyn ChunkKernel + 'a>> {
         gta_kernel(job, PARAMS, Trim(thresholds), true, false)
     }
+}
+
+fn densities(job: &TensorJob) -> Vec<f64> {
+    job.model_params
+        .iter()
+        .map(|p| p.value(PARAMS, "density"))
+        .collect()
 }
 
 /// Magnitude trim with one threshold per model (`None`: keep all).
@@ -54,13 +70,19 @@ impl Sparsifier for Trim {
         self.0[i].is_none()
     }
     fn sparsify(&self, i: usize, _chunk: usize, delta: &mut [f32]) {
-        let t = self.0[i];
-        for x in delta.iter_mut() {
-            // A select, not a conditional store: the loop vectorizes.
-            *x = if keep(*x, t) { *x } else { 0.0 };
-        }
+        trim(self.0[i], delta)
     }
 }
+
+#[inline(always)]
+fn trim_any(t: Option<f32>, delta: &mut [f32]) {
+    for x in delta.iter_mut() {
+        // A select, not a conditional store: the loop vectorizes.
+        *x = if keep(*x, t) { *x } else { 0.0 };
+    }
+}
+
+avx2_dispatch!(fn trim(t: Option<f32>, delta: &mut [f32]) = trim_any;);
 
 #[cfg(test)]
 mod tests {
