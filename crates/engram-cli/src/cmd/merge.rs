@@ -75,7 +75,7 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     pub stage: Option<String>,
     /// Find TIES' per-tensor thresholds with two selection passes before the merge pass,
-    /// as engram did before it finished them during the merge (same output; for
+    /// as engram did before it finished them during the merge pass (the same output; for
     /// `engram bench merge`'s comparison).
     #[arg(long, hide = true)]
     pub select_first: bool,

@@ -3,7 +3,7 @@
 //! chunks processed in parallel, written straight to the output files.
 
 use super::Chunk;
-use super::onepass::{DEFERRED_BUDGET, merge_trimmed};
+use super::onepass::{LIMITS, merge_trimmed};
 use super::plan::{MergePlan, Step};
 pub use super::plan::{layer_index, layer_positions};
 pub use super::request::MergeRequest;
@@ -110,7 +110,7 @@ pub fn run_merge<'a>(
                             &job,
                             &densities,
                             rows,
-                            DEFERRED_BUDGET,
+                            LIMITS,
                             &|t| req.method.trimmed_kernel(&job, t),
                             &sink,
                             &fix,

@@ -12,9 +12,16 @@
 //! patched into the output. The merge is position-wise, so the output has the same bits as
 //! with the thresholds known beforehand (a test compares whole files).
 //!
-//! The kept inputs cost (N + 2)·4 bytes per deferred position; when the first pass shows
-//! they would exceed the budget (a tensor whose deltas tie at the threshold, as quantized
-//! fine-tunes can), the thresholds are finished by a second histogram pass instead.
+//! Deferring is worth it only while few positions are deferred: each costs a gather, a
+//! second merge and a patch, where the second histogram pass it saves is cheap per position
+//! (inputs in the page cache, vectorized decoding). The first pass counts the entries in
+//! each bucket, an upper bound on the deferred positions; above [`Limits`] (a share of the
+//! tensor, and the bytes of kept inputs, (N + 2)·4 per position) the thresholds are finished
+//! by a second histogram pass instead. Deltas that tie at the threshold do that: a sparse
+//! delta whose threshold is 0 (every zero entry lies in the bucket), or bf16 fine-tunes whose
+//! deltas are few multiples of the base's rounding step. Measured (`engram bench merge`, rows
+//! `ties` and `ties_select_first`; README "Speed"): with warm caches about as fast as two
+//! selection passes or a few per cent faster, with inputs partly evicted 25–30 % faster.
 
 use super::{ChunkKernel, TensorJob};
 use crate::select::{Bucket, keep_count, resolve_buckets, top_buckets};
@@ -22,8 +29,21 @@ use crate::stream::Chunk;
 use engram_ckpt::{Error, Result};
 use rayon::prelude::*;
 
-/// Most bytes of kept inputs per tensor before the merge falls back to a second pass.
-pub const DEFERRED_BUDGET: u64 = 256 << 20;
+/// When the merge pass may defer positions rather than run a second histogram pass.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Most bytes of kept inputs per tensor.
+    pub bytes: u64,
+    /// Most in-bucket entries (summed over the models) as a share of the tensor's positions.
+    pub share: f64,
+}
+
+/// The engine's limits: 256 MiB, and 4 % of the positions (measured: `engram bench merge`
+/// on the synthetic and the torch-made families; see the README's speed section).
+pub const LIMITS: Limits = Limits {
+    bytes: 256 << 20,
+    share: 0.04,
+};
 
 /// A chunk's deferred positions and their inputs, as a compact chunk.
 struct Deferred {
@@ -63,7 +83,7 @@ pub fn merge_trimmed<'j>(
     job: &'j TensorJob<'j>,
     densities: &[f64],
     rows: bool,
-    budget: u64,
+    limits: Limits,
     kernel: &dyn Fn(Vec<Option<f32>>) -> Result<Box<dyn ChunkKernel + 'j>>,
     sink: &(dyn Fn(&Chunk, &[f32]) -> Result<()> + Sync),
     fix: &Fix,
@@ -87,7 +107,7 @@ pub fn merge_trimmed<'j>(
         job.apply(k.as_ref(), rows, sink)?;
         return Ok(Passes::MergeOnly);
     }
-    if kept * (n + 2) * 4 > budget {
+    if kept * (n + 2) * 4 > limits.bytes || kept as f64 > limits.share * total as f64 {
         let exact = resolve_buckets(job, &buckets)?;
         let k = kernel(finish(&provisional, &exact))?;
         job.apply(k.as_ref(), rows, sink)?;
@@ -295,8 +315,9 @@ mod tests {
     }
 
     /// The merge itself, outside the engine: the deferred path is taken on the tensor of
-    /// several chunks, a zero budget takes the exact path, and both give, position by
-    /// position, what the kernel gives with the exact thresholds.
+    /// several chunks (with no limit on the share deferred), a zero budget takes the exact
+    /// path, and both give, position by position, what the kernel gives with the exact
+    /// thresholds.
     #[test]
     fn deferred_positions_are_fixed_to_the_exact_merge() {
         let dir = tempfile::tempdir().unwrap();
@@ -331,14 +352,22 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-            for (budget, passes) in [(DEFERRED_BUDGET, Passes::Deferred), (0, Passes::Exact)] {
+            let any = Limits {
+                bytes: LIMITS.bytes,
+                share: 1.0,
+            };
+            let none = Limits {
+                bytes: 0,
+                share: 1.0,
+            };
+            for (limits, passes) in [(any, Passes::Deferred), (none, Passes::Exact)] {
                 let got = Mutex::new(vec![f32::NAN; job.numel()]);
                 let fixed = Mutex::new(0usize);
                 let took = merge_trimmed(
                     &job,
                     &dens,
                     false,
-                    budget,
+                    limits,
                     &|t| method.trimmed_kernel(&job, t),
                     &|c, v| {
                         got.lock().unwrap()[c.start..c.start + c.len].copy_from_slice(v);

@@ -22,7 +22,8 @@ pub struct MergeRequest<'a> {
     pub check_finite: bool,
     pub max_shard_bytes: Option<u64>,
     /// Let magnitude trims (ties per tensor) finish their thresholds during the merge pass
-    /// ([`super::onepass`]); off: two selection passes first. Same output either way.
+    /// where few positions would wait for them ([`super::onepass`]); off: a second
+    /// selection pass first. The output is the same either way.
     pub one_pass: bool,
 }
 
