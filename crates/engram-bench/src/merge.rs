@@ -2,7 +2,12 @@
 //! N fine-tunes, times Task Arithmetic, TIES (density 0.2), TALL masks (statistics) and
 //! Consensus with engram, and TA and TIES with mergekit (`mergekit-pytorch`, CPU) on the same
 //! files, in the same run; plus the read-and-write bound (input bytes read once from a warm
-//! page cache, output bytes written once).
+//! page cache, output bytes written once and synced, as engram's outputs are; the median of
+//! `repeat` measurements).
+//!
+//! Order within a case (a family and N): the bound, every engram step, then mergekit's TA and
+//! TIES. mergekit holds gigabytes resident, which evicts the page cache: an engram step run
+//! right after it would read its inputs partly from disk, and its time would depend on that.
 //!
 //! Every measured command runs as a child of the same wrapper ([`machine::measure`]), so that
 //! engram and mergekit are measured the same way. Where both compute the same thing (TA; TIES
@@ -15,6 +20,7 @@ use anyhow::{Context, Result, bail};
 use engram_ckpt::Model;
 use engram_weights::synth::ArchConfig;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -322,9 +328,22 @@ fn measure_all(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value>
                 .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
                 .sum();
             let out_bytes = std::fs::metadata(file_of(&base))?.len();
-            let (bound_read, bound_write) = bound(&inputs, out_bytes, &o.dir.join("bound.tmp"))?;
+            // The bound's median over `repeat` measurements (its synced write varies with the
+            // disk's state, run to run).
+            let mut reads = Vec::new();
+            let mut writes = Vec::new();
+            for _ in 0..o.repeat {
+                let (r, w) = bound(&inputs, out_bytes, &o.dir.join("bound.tmp"))?;
+                reads.push(r);
+                writes.push(w);
+            }
+            let (bound_read, bound_write) = (median(&reads), median(&writes));
             let bound = bound_read + bound_write;
             let out = o.dir.join("out");
+            // Every engram step of the case first, then mergekit: mergekit's resident
+            // gigabytes evict the page cache, and an engram step run after it would read its
+            // inputs partly from disk.
+            let mut rows = Vec::new();
             for (name, args) in engram_steps(&base, &models, &out) {
                 let mut times = Vec::new();
                 let mut peak = 0;
@@ -336,52 +355,57 @@ fn measure_all(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value>
                     peak = peak.max(m.peak);
                 }
                 let med = median(&times);
-                let mut case = json!({
+                rows.push(json!({
                     "params": params, "n": n, "method": name, "family": generator, "input_bytes": in_bytes, "output_bytes": out_bytes,
                     "engram": {"seconds": times, "median_s": med, "peak_rss_bytes": peak, "gbps_read": in_bytes as f64 / med / 1e9},
-                    "bound": {"read_s": bound_read, "write_s": bound_write, "total_s": bound, "share_of_bound": bound / med},
-                });
+                    "bound": {"read_s": bound_read, "write_s": bound_write, "total_s": bound, "share_of_bound": bound / med,
+                              "read_runs_s": reads, "write_runs_s": writes},
+                }));
+            }
+            // mergekit once per (family, N, method), after engram's steps; its output is compared
+            // with engram's of the same method.
+            let mut mk_runs: BTreeMap<&str, Value> = BTreeMap::new();
+            if let Some(mk) = &mergekit
+                && params <= mk_max
+            {
+                for mk_name in ["task_arithmetic", "ties"] {
+                    let key = format!("{size}-{n}-{mk_name}");
+                    let cfg = o.dir.join(format!("mk-{mk_name}.yml"));
+                    std::fs::write(&cfg, mergekit_config(mk_name, &base, &models))?;
+                    let mk_out = out.join(format!("mk-{mk_name}"));
+                    remove(&mk_out)?;
+                    let m = measure(&[
+                        arg(mk),
+                        arg(&cfg),
+                        arg(&mk_out),
+                        "--quiet".into(),
+                        "--no-cuda".into(),
+                    ])?;
+                    let engram_out = out.join(if mk_name == "ties" { "ties" } else { "ta" });
+                    let agree = agreement(&engram_out, &mk_out)?;
+                    remove(&mk_out)?;
+                    mk_runs.insert(
+                        mk_name,
+                        json!({"key": key, "method": mk_name, "seconds": m.seconds, "peak_rss_bytes": m.peak, "agreement": agree}),
+                    );
+                }
+            }
+            for mut case in rows {
                 // TALL and Consensus compare with mergekit's TIES.
-                let mk_name = match name {
-                    "task_arithmetic" => "task_arithmetic",
+                let mk_name = match case["method"].as_str() {
+                    Some("task_arithmetic") => "task_arithmetic",
                     _ => "ties",
                 };
-                if let Some(mk) = &mergekit
-                    && params <= mk_max
-                {
-                    // mergekit runs once per (size, N, method).
-                    let key = format!("{size}-{n}-{mk_name}");
-                    let prev = cases.iter().find_map(|c: &Value| {
-                        (c["mergekit"]["key"] == key).then(|| c["mergekit"].clone())
-                    });
-                    let mkres = match prev {
-                        Some(p) => p,
-                        None => {
-                            let cfg = o.dir.join(format!("mk-{mk_name}.yml"));
-                            std::fs::write(&cfg, mergekit_config(mk_name, &base, &models))?;
-                            let mk_out = out.join(format!("mk-{mk_name}"));
-                            remove(&mk_out)?;
-                            let m = measure(&[
-                                arg(mk),
-                                arg(&cfg),
-                                arg(&mk_out),
-                                "--quiet".into(),
-                                "--no-cuda".into(),
-                            ])?;
-                            let engram_out =
-                                out.join(if mk_name == "ties" { "ties" } else { "ta" });
-                            let agree = agreement(&engram_out, &mk_out)?;
-                            json!({"key": key, "method": mk_name, "seconds": m.seconds, "peak_rss_bytes": m.peak, "agreement": agree})
-                        }
-                    };
+                if let Some(mkres) = mk_runs.get(mk_name) {
                     let secs = mkres["seconds"].as_f64().unwrap_or(f64::NAN);
-                    case["mergekit"] = mkres;
+                    let med = case["engram"]["median_s"].as_f64().unwrap_or(f64::NAN);
+                    case["mergekit"] = mkres.clone();
                     case["speedup_vs_mergekit"] = json!(secs / med);
                 }
                 progress(Progress::Output(row(&case)));
                 cases.push(case);
-                write_json(&o.json_out, threads, o.repeat, &cases)?;
             }
+            write_json(&o.json_out, threads, o.repeat, &cases)?;
             remove(&out)?;
         }
     }

@@ -61,3 +61,114 @@ pub fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         .try_into_vec::<f32>()
         .unwrap_or_default()
 }
+
+/// Where the trainer computes (`train.device` in a run file, `--device` on the command line):
+/// the CPU through burn's `flex` backend (always built, the default), or a GPU through burn's
+/// wgpu backend pinned to Vulkan, which only a build with the cargo feature `gpu` has
+/// (`cargo build --release --features gpu`; see the README). A GPU asked of a build without
+/// it is an error, never a quiet run on the CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compute {
+    /// burn's `flex` CPU backend with engram's own kernels (convolutions, pooling, Adam).
+    #[default]
+    Cpu,
+    /// The first discrete GPU, through Vulkan.
+    Gpu,
+    /// Vulkan's CPU device (Mesa's lavapipe): the GPU code path on a machine without a GPU,
+    /// for checking it, not for speed.
+    VulkanCpu,
+}
+
+impl Compute {
+    /// The run-file and command-line spellings.
+    pub const NAMES: [&'static str; 3] = ["cpu", "gpu", "vulkan-cpu"];
+
+    pub fn parse(s: &str) -> crate::Result<Compute> {
+        match s {
+            "cpu" => Ok(Compute::Cpu),
+            "gpu" => Ok(Compute::Gpu),
+            "vulkan-cpu" => Ok(Compute::VulkanCpu),
+            _ => Err(crate::err!(
+                "device {s:?}: expected one of {}",
+                Compute::NAMES.join(", ")
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compute::Cpu => "cpu",
+            Compute::Gpu => "gpu",
+            Compute::VulkanCpu => "vulkan-cpu",
+        }
+    }
+
+    /// Whether this build can compute there (an error saying how to get a build that can).
+    pub fn available(self) -> crate::Result<()> {
+        if self == Compute::Cpu || cfg!(feature = "gpu") {
+            return Ok(());
+        }
+        Err(crate::err!(
+            "device {:?}: this engram was built without the `gpu` feature; build one with \
+             `cargo build --release --features gpu` (burn's Vulkan backend; a clean build takes \
+             about half an hour)",
+            self.name()
+        ))
+    }
+
+    /// The device (without autodiff).
+    pub fn device(self) -> crate::Result<Device> {
+        self.available()?;
+        match self {
+            Compute::Cpu => Ok(Device::flex()),
+            #[cfg(feature = "gpu")]
+            Compute::Gpu => Ok(Device::vulkan(burn::tensor::DeviceKind::DiscreteGpu(0))),
+            #[cfg(feature = "gpu")]
+            Compute::VulkanCpu => Ok(Device::vulkan(burn::tensor::DeviceKind::Cpu)),
+            #[cfg(not(feature = "gpu"))]
+            _ => unreachable!("refused by available()"),
+        }
+    }
+}
+
+/// Whether tensors on `device` live in host memory on the `flex` backend, the one engram's own
+/// kernels (convolutions, pooling, the fused optimizer) run on.
+pub fn is_flex(device: &Device) -> bool {
+    *device == Device::flex()
+}
+
+/// The device `net`'s parameters are on (the CPU for a module without parameters).
+pub fn device_of<M: burn::module::Module>(net: &M) -> Device {
+    net.devices()
+        .into_iter()
+        .next()
+        .unwrap_or_else(Device::flex)
+}
+
+#[cfg(test)]
+mod compute_tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_bad_names_are_refused() {
+        for n in Compute::NAMES {
+            assert_eq!(Compute::parse(n).unwrap().name(), n);
+        }
+        let e = Compute::parse("cuda").unwrap_err().to_string();
+        assert!(e.contains("cuda") && e.contains("vulkan-cpu"), "{e}");
+    }
+
+    #[test]
+    fn the_cpu_is_always_there_and_a_gpu_only_with_the_feature() {
+        assert!(is_flex(&Compute::Cpu.device().unwrap()));
+        assert!(is_flex(&Compute::Cpu.device().unwrap().autodiff()));
+        let gpu = Compute::Gpu.available();
+        if cfg!(feature = "gpu") {
+            assert!(gpu.is_ok());
+        } else {
+            let e = gpu.unwrap_err().to_string();
+            assert!(e.contains("--features gpu"), "{e}");
+        }
+    }
+}

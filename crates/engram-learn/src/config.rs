@@ -359,6 +359,13 @@ impl CurriculumConfig {
             );
         }
         self.train.validate()?;
+        if self.train.device != crate::backend::Compute::Cpu {
+            return Err(err!(
+                "train.device = {:?}: curricula train on the CPU only (a run file without \
+                 [[phase]] tables trains on a GPU)",
+                self.train.device.name()
+            ));
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (k, p) in self.phases.iter().enumerate() {
             engram_ckpt::names::plain_name(&format!("phase[{k}].name"), &p.name)?;
@@ -577,6 +584,48 @@ lr = 0.01
             let e = RunConfig::parse_toml(&text).map_or_else(|e| e.to_string(), |_| "ok".into());
             assert!(e.contains(key), "{to}: {e}");
         }
+    }
+
+    /// `train.device`: unknown names are refused; `cpu` is the default and leaves the
+    /// normalized settings (and so run ids) as they were before the key existed; a GPU is
+    /// refused by a build without the `gpu` feature and by curricula in any build.
+    #[test]
+    fn the_device_key_is_checked() {
+        let with = |d: &str| {
+            RUN.replacen(
+                "[train.optimizer]",
+                &format!("[train]\ndevice = \"{d}\"\n[train.optimizer]"),
+                1,
+            )
+        };
+        let e = RunConfig::parse_toml(&with("tpu")).unwrap_err().to_string();
+        assert!(e.contains("tpu"), "{e}");
+        let norm = |t: &str| {
+            serde_json::to_value(RunConfig::parse_toml(t).unwrap().normalized().unwrap()).unwrap()
+        };
+        assert_eq!(norm(&with("cpu")), norm(RUN));
+        assert!(!norm(RUN).to_string().contains("device"));
+        let gpu = RunConfig::parse_toml(&with("gpu"));
+        if cfg!(feature = "gpu") {
+            assert!(
+                norm(&with("gpu"))
+                    .to_string()
+                    .contains("\"device\":\"gpu\"")
+            );
+        } else {
+            let e = gpu.unwrap_err().to_string();
+            assert!(
+                e.contains("train.device") && e.contains("--features gpu"),
+                "{e}"
+            );
+        }
+        let mut cur = CurriculumConfig::parse_toml(
+            "[[phase]]\nname = \"a\"\nscenario = { kind = \"joint\", dataset = \"blobs\" }\n",
+        )
+        .unwrap();
+        cur.train.device = crate::backend::Compute::Gpu;
+        let e = cur.validate().unwrap_err().to_string();
+        assert!(e.contains("train.device"), "{e}");
     }
 
     /// The same settings written differently normalize to the same settings; different ones

@@ -336,8 +336,8 @@ pub fn evaluate_all_with(
     Ok(e)
 }
 
-/// [`evaluate`] on the CPU device in batches of 1000: the scenario-mode and Task-IL rows of
+/// [`evaluate`] on `net`'s device in batches of 1000: the scenario-mode and Task-IL rows of
 /// the accuracy matrix for `net` after task `k`.
 pub fn accuracy_rows(net: &Net, s: &Scenario, k: Option<usize>) -> (Vec<f64>, Vec<f64>) {
-    evaluate(net, s, k, &Device::flex(), 1000)
+    evaluate(net, s, k, &crate::backend::device_of(net), 1000)
 }

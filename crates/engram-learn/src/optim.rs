@@ -264,6 +264,29 @@ impl<F: AdamFloat> AdamStep<F> {
     }
 }
 
+impl AdamStep<f32> {
+    /// [`AdamStep::apply`] on whole tensors (a GPU's parameters, flattened): the same formula
+    /// in the same order, element by element. Returns the new weight and moments.
+    pub fn apply_tensors(
+        &self,
+        w: burn::prelude::Tensor<1>,
+        g: burn::prelude::Tensor<1>,
+        m: burn::prelude::Tensor<1>,
+        v: burn::prelude::Tensor<1>,
+    ) -> [burn::prelude::Tensor<1>; 3] {
+        let g = if self.l2 != 0.0 {
+            g + w.clone().mul_scalar(self.l2)
+        } else {
+            g
+        };
+        let m = m.mul_scalar(self.b1) + g.clone().mul_scalar(1.0 - self.b1);
+        let v = v.mul_scalar(self.b2) + (g.clone() * g).mul_scalar(1.0 - self.b2);
+        let den = v.clone().sqrt().mul_scalar(self.rc2).add_scalar(self.eps);
+        let w = w.mul_scalar(self.keep) - m.clone().mul_scalar(self.step) / den;
+        [w, m, v]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,7 @@
 use crate::Progress;
 use crate::machine;
 use anyhow::{Context, Result, bail};
+use engram_learn::backend::Compute;
 use engram_learn::model::ModelConfig;
 use engram_learn::optim::{OptimConfig, OptimKind, Schedule};
 use engram_learn::scenario::{Common, Part, Scenario, joint};
@@ -66,6 +67,9 @@ pub struct Options {
     pub install_torch: bool,
     /// engram only.
     pub no_torch: bool,
+    /// Where both sides train: the CPU (default), or the GPU (engram through Vulkan, a build
+    /// with the `gpu` feature; PyTorch on CUDA), or Vulkan's CPU device (engram only).
+    pub device: Compute,
     pub json_out: PathBuf,
 }
 
@@ -82,6 +86,7 @@ impl Default for Options {
             python: None,
             install_torch: false,
             no_torch: false,
+            device: Compute::Cpu,
             json_out: "bench-out/train.json".into(),
         }
     }
@@ -169,6 +174,7 @@ fn engram_epoch(s: &Scenario, model: &ModelConfig, o: &Options, seed: u64) -> Re
                 eps: 1e-8,
                 ..OptimConfig::default()
             },
+            device: o.device,
             ..TrainConfig::default()
         },
         seed,
@@ -348,6 +354,7 @@ impl Torch {
             "lr": o.lr,
             "threads": threads,
             "model": net.torch,
+            "device": if o.device == Compute::Gpu { "cuda" } else { "cpu" },
         });
         let n = threads.to_string();
         // stderr goes to a file (read on failure), so that a chatty script never blocks.
@@ -515,6 +522,15 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
             );
         }
     }
+    if o.device == Compute::VulkanCpu && !o.no_torch {
+        bail!(
+            "--device vulkan-cpu checks engram's GPU path on Vulkan's CPU device, which PyTorch \
+             has no counterpart of: add --no-torch"
+        );
+    }
+    o.device
+        .available()
+        .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
     machine::check_json_out(&o.json_out, "--json-out")?;
     let nets = o
         .models
@@ -659,6 +675,7 @@ pub fn run(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value> {
         },
         "seed": o.seed,
         "threads": threads,
+        "device": o.device.name(),
         "machine": machine,
         "results": results,
     });
@@ -698,8 +715,9 @@ pub fn render_text(doc: &Value, json_out: &Path) -> String {
         doc["threads"],
     );
     o += &format!(
-        "machine: {}\n",
-        doc["machine"]["cpu"].as_str().unwrap_or("?")
+        "machine: {}; device: {}\n",
+        doc["machine"]["cpu"].as_str().unwrap_or("?"),
+        doc["device"].as_str().unwrap_or("cpu")
     );
     o += &format!(
         "{:<5} {:>10} {:>10} {:>7} {:>9} {:>9} {:>13} {:>13}\n",

@@ -2,7 +2,8 @@
 # argv[1]: a JSON object of settings. Loads the data, prints one JSON line {"torch", "threads"},
 # then answers requests on stdin, one JSON line each, so that engram can interleave its epochs
 # with these: {"epoch": SEED} -> one epoch's record; {"batches": true} -> {"batch_s"}.
-# Ends at the end of stdin.
+# Ends at the end of stdin. cfg["device"]: "cpu" (default) or "cuda" (data, network and steps on
+# the GPU; the epoch's clock stops after torch.cuda.synchronize()).
 import json, math, os, sys, time
 cfg = json.loads(sys.argv[1])
 import numpy as np
@@ -23,6 +24,12 @@ ytr = arr("train_y.i64", "<i8", cfg["n_train"]).reshape(-1)
 xte = arr("test_x.f32", "<f4", cfg["n_test"])
 yte = arr("test_y.i64", "<i8", cfg["n_test"]).reshape(-1)
 n = xtr.shape[0]
+dev = torch.device(cfg.get("device", "cpu"))
+if dev.type == "cuda":
+    xtr, ytr, xte, yte = (t.to(dev) for t in (xtr, ytr, xte, yte))
+def sync():
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
 
 def build(m):
     if m["kind"] == "mlp":
@@ -53,10 +60,11 @@ def cpu_ns():
 
 def epoch(seed):
     torch.manual_seed(seed)
-    model = build(cfg["model"])
+    model = build(cfg["model"]).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(dev)
     model.train()
+    sync()
     c0, t0 = cpu_ns(), time.perf_counter()
     for i in range(0, n, bs):
         idx = perm[i:i + bs]
@@ -67,6 +75,7 @@ def epoch(seed):
         opt.step()
         if not math.isfinite(loss.item()):
             sys.exit("the loss is not finite")
+    sync()
     wall = time.perf_counter() - t0
     c1 = cpu_ns()
     per = [c1[t] - c0.get(t, 0) for t in c1]
@@ -89,7 +98,9 @@ def batches_only():
         s += float(x[0, 0]) + float(y[0])
     return time.perf_counter() - t0
 
-print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
+print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
+                  "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}),
+      flush=True)
 for line in sys.stdin:
     req = json.loads(line)
     if "epoch" in req:

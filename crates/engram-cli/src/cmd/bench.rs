@@ -519,13 +519,19 @@ pub struct TrainArgs {
     /// engram only.
     #[arg(long)]
     pub no_torch: bool,
+    /// Where both sides train: cpu (default); gpu (engram through Vulkan, which needs a build
+    /// with `--features gpu`, against PyTorch on CUDA; the warm-up epochs take the kernel
+    /// compilation); vulkan-cpu (engram's GPU path on Vulkan's CPU device, with --no-torch).
+    #[arg(long, default_value = "cpu", value_parser = engram_learn::backend::Compute::NAMES)]
+    pub device: String,
     #[arg(long, default_value = "bench-out/train.json", value_name = "FILE")]
     pub json_out: PathBuf,
 }
 
-impl From<TrainArgs> for train::Options {
-    fn from(a: TrainArgs) -> Self {
-        train::Options {
+impl TryFrom<TrainArgs> for train::Options {
+    type Error = anyhow::Error;
+    fn try_from(a: TrainArgs) -> Result<Self> {
+        Ok(train::Options {
             models: a.models,
             repeat: a.repeat,
             batch_size: a.batch_size,
@@ -536,8 +542,9 @@ impl From<TrainArgs> for train::Options {
             python: a.python,
             install_torch: a.install_torch,
             no_torch: a.no_torch,
+            device: engram_learn::backend::Compute::parse(&a.device)?,
             json_out: a.json_out,
-        }
+        })
     }
 }
 
@@ -675,7 +682,7 @@ pub fn run(ctx: &Ctx, b: Bench) -> Result<()> {
         Bench::Io(a) => io::run(&a.into(), &mut |p| r.show(p)),
         Bench::Merge(a) => merge::run(&a.into(), &mut |p| r.show(p)),
         Bench::Lora(a) => lora::run(&a.into(), &mut |p| r.show(p)),
-        Bench::Train(a) => train::run(&a.into(), &mut |p| r.show(p)),
+        Bench::Train(a) => train::run(&a.try_into()?, &mut |p| r.show(p)),
         Bench::Compress(a) => compress::run(&a.into(), &mut |p| r.show(p)),
         Bench::Cl(a) => cl::run(&a.options(ctx), &mut |p| r.show(p)),
         Bench::Finetune(a) => finetune::run(&a.into(), &mut |p| r.show(p)),

@@ -54,6 +54,12 @@ pub struct Args {
     /// name; a resumed run hides those of the work it redoes.
     #[arg(long, value_name = "DIR")]
     pub tensorboard: Option<PathBuf>,
+    /// Where to train, instead of the run file's `train.device`: cpu (the default), gpu (the
+    /// first discrete GPU, through Vulkan) or vulkan-cpu (Vulkan's CPU device, to check the GPU
+    /// path without a GPU). gpu and vulkan-cpu need a build with `--features gpu`; the first
+    /// GPU epoch includes compiling its kernels.
+    #[arg(long, value_name = "DEVICE", value_parser = engram_learn::backend::Compute::NAMES)]
+    pub device: Option<String>,
     /// Stop after this many tasks (the checkpoint lets `--resume` finish the run).
     #[arg(long, hide = true)]
     pub stop_after: Option<usize>,
@@ -63,11 +69,30 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     let shown = |p: &std::path::Path| esc(&p.display().to_string()).into_owned();
     // Held for the whole run: no output of it may replace the run file.
     let (text, _input) = super::util::read_run_file(&a.config)?;
+    let device = a
+        .device
+        .as_deref()
+        .map(engram_learn::backend::Compute::parse)
+        .transpose()?;
     let cfg = match RunFile::parse_toml_in(&text, a.config.parent())
         .map_err(|e| anyhow::anyhow!("{}: {e}", shown(&a.config)))?
     {
-        RunFile::Run(cfg) => *cfg,
-        RunFile::Curriculum(cfg) => return curriculum(ctx, &a, &cfg),
+        RunFile::Run(mut cfg) => {
+            if let Some(d) = device {
+                cfg.train.device = d;
+                cfg.validate()
+                    .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+            }
+            *cfg
+        }
+        RunFile::Curriculum(mut cfg) => {
+            if let Some(d) = device {
+                cfg.train.device = d;
+                cfg.validate()
+                    .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+            }
+            return curriculum(ctx, &a, &cfg);
+        }
     };
     let dir = a.out.join(cfg.run_name());
     if a.if_needed && engram_learn::run::finished(&cfg, &dir)?.is_some() {

@@ -39,6 +39,30 @@ struct Slot {
     t: u64,
     m: Vec<f32>,
     v: Vec<f32>,
+    /// The moments of a parameter that lives on a GPU, kept there (flattened); the host
+    /// vectors are then empty.
+    dev: Option<[Option<Tensor<1>>; 2]>,
+}
+
+impl Slot {
+    /// The moments as host vectors (read back from the device where they live there).
+    fn host_moments(&self) -> [Vec<f32>; 2] {
+        match &self.dev {
+            Some([m, v]) => [m, v].map(|t| t.clone().map(host_f32).unwrap_or_default()),
+            None => [self.m.clone(), self.v.clone()],
+        }
+    }
+
+    /// Moments held, in values.
+    fn len(&self) -> usize {
+        match &self.dev {
+            Some([m, v]) => [m, v]
+                .iter()
+                .map(|t| t.as_ref().map_or(0, |t| t.shape().num_elements()))
+                .sum(),
+            None => self.m.len() + self.v.len(),
+        }
+    }
 }
 
 /// SGD, Adam or AdamW over a module's float parameters (see the module comment).
@@ -83,10 +107,10 @@ impl Optimizer {
                 continue;
             };
             steps.insert(p.name.clone(), slot.t.into());
-            for (key, v) in [("m", &slot.m), ("v", &slot.v)] {
+            for (key, v) in ["m", "v"].into_iter().zip(slot.host_moments()) {
                 if !v.is_empty() {
                     st.tensors
-                        .push((format!("{key}.{}", p.name), p.shape.clone(), v.clone()));
+                        .push((format!("{key}.{}", p.name), p.shape.clone(), v));
                 }
             }
         }
@@ -166,16 +190,62 @@ impl Optimizer {
 
     /// Bytes of optimizer state held.
     pub fn state_bytes(&self) -> usize {
-        self.slots
-            .values()
-            .map(|s| 4 * (s.m.len() + s.v.len()))
-            .sum()
+        self.slots.values().map(|s| 4 * s.len()).sum()
     }
 
     /// Parameter updates so far that wrote a new tensor instead of updating in place: the
     /// parameter's storage was shared (a clone of the network alive) or not flex f32.
     pub fn copied_updates(&self) -> usize {
         self.copies
+    }
+
+    /// [`Optimizer::update`] for a parameter on a GPU: the same formulas as tensor operations
+    /// on the device (the moments stay there), `w` and `g` flattened.
+    fn update_on_device(&self, lr: f64, slot: &mut Slot, w: Tensor<1>, g: Tensor<1>) -> Tensor<1> {
+        let c = &self.cfg;
+        let n = w.shape().num_elements();
+        assert_eq!(
+            n,
+            g.shape().num_elements(),
+            "gradient and parameter sizes differ"
+        );
+        let device = w.device();
+        slot.t += 1;
+        // Moments imported from a saved state move to the device at the first step.
+        let [m, v] = slot.dev.take().unwrap_or_else(|| {
+            [std::mem::take(&mut slot.m), std::mem::take(&mut slot.v)].map(|h| {
+                (!h.is_empty()).then(|| Tensor::<1>::from_data(TensorData::new(h, [n]), &device))
+            })
+        });
+        let wd = c.weight_decay;
+        let (w, m, v) = match c.kind {
+            OptimKind::Sgd => {
+                let d = if wd != 0.0 {
+                    g + w.clone().mul_scalar(wd)
+                } else {
+                    g
+                };
+                if c.momentum == 0.0 {
+                    (w - d.mul_scalar(lr), None, None)
+                } else {
+                    // PyTorch: the velocity starts as the first gradient (dampening 0).
+                    let b = match m {
+                        Some(b) => b.mul_scalar(c.momentum) + d,
+                        None => d,
+                    };
+                    (w - b.clone().mul_scalar(lr), Some(b), None)
+                }
+            }
+            OptimKind::Adam | OptimKind::Adamw => {
+                let zeros = || Tensor::<1>::zeros([n], &device);
+                let k = c.adam_step(lr, slot.t);
+                let [w, m, v] =
+                    k.apply_tensors(w, g, m.unwrap_or_else(zeros), v.unwrap_or_else(zeros));
+                (w, Some(m), Some(v))
+            }
+        };
+        slot.dev = Some([m, v]);
+        w
     }
 
     /// `w` updated in place from its gradient `g`, advancing `slot`.
@@ -311,14 +381,27 @@ impl ModuleMapper for Stepper<'_> {
         let device = tensor.device();
         let mut slot = self.opt.slots.remove(&id).unwrap_or_default();
         let scale = self.scale;
-        let (updated, in_place) = update_tensor(tensor.inner(), grad.inner(), |w, g| {
-            if scale == 1.0 {
-                self.opt.update(self.lr, &mut slot, w, g)
-            } else {
-                let g: Vec<f32> = g.iter().map(|v| v * scale).collect();
-                self.opt.update(self.lr, &mut slot, w, &g)
-            }
-        });
+        let (updated, in_place) = if crate::backend::is_flex(&device) {
+            update_tensor(tensor.inner(), grad.inner(), |w, g| {
+                if scale == 1.0 {
+                    self.opt.update(self.lr, &mut slot, w, g)
+                } else {
+                    let g: Vec<f32> = g.iter().map(|v| v * scale).collect();
+                    self.opt.update(self.lr, &mut slot, w, &g)
+                }
+            })
+        } else {
+            // A GPU's parameter: the update runs there, in f32 (`flex` alone runs engram's
+            // kernels; reading every parameter back to the host each step would cost more).
+            let (w, g) = (tensor.inner(), grad.inner());
+            let (shape, dtype) = (w.shape(), w.dtype());
+            let n = shape.num_elements();
+            let g = g.cast(DType::F32).reshape([n]);
+            let g = if scale == 1.0 { g } else { g.mul_scalar(scale) };
+            let w1 = w.cast(DType::F32).reshape([n]);
+            let w = self.opt.update_on_device(self.lr, &mut slot, w1, g);
+            (w.reshape(shape).cast(dtype), false)
+        };
         self.opt.slots.insert(id, slot);
         self.opt.copies += usize::from(!in_place);
         let mut updated = match checkpointing {

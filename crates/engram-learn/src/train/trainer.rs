@@ -9,6 +9,7 @@
 
 use super::checkpoint::{self, Saved};
 use super::fused::Optimizer;
+use crate::backend::Compute;
 use crate::eval::{accuracy, class_mask, evaluate_all_with, evaluate_with, scores_of};
 use crate::metrics::{ClassMask, ece_from_logits};
 use crate::model::{ModelConfig, Net};
@@ -57,6 +58,16 @@ pub struct TrainConfig {
     /// the step, and the method's loss weights (see `crate::robust`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adversarial: Option<crate::robust::Adversarial>,
+    /// Where to compute: `cpu` (the default), `gpu` (the first discrete GPU through Vulkan) or
+    /// `vulkan-cpu`; the last two only in a build with the `gpu` feature
+    /// ([`crate::backend::Compute`]). Left out of the written settings when `cpu`, so that
+    /// run files and run ids from before the key existed stay what they were.
+    #[serde(default, skip_serializing_if = "is_cpu")]
+    pub device: Compute,
+}
+
+fn is_cpu(c: &Compute) -> bool {
+    *c == Compute::Cpu
 }
 
 /// Logit masking in the training loss (`train.masking`).
@@ -100,12 +111,16 @@ impl Default for TrainConfig {
             reset_optimizer: default_reset_optimizer(),
             masking: Masking::None,
             adversarial: None,
+            device: Compute::Cpu,
         }
     }
 }
 
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
+        self.device
+            .available()
+            .map_err(|e| err!("train.device: {e}"))?;
         if self.epochs == 0 && self.iterations.is_none() {
             return Err("train.epochs must be at least 1".into());
         }
@@ -295,7 +310,8 @@ pub fn seeded_net(
     feedback: bool,
     device: &Device,
 ) -> Result<Net> {
-    let rng = crate::backend::seeded(&Device::flex(), seed);
+    // The generator of the device the network is built on (the CPU's for `cpu`).
+    let rng = crate::backend::seeded(&device.clone().inner(), seed);
     let net =
         model.build_with_feedback(s.train.dim, s.train.image, s.num_outputs, feedback, device);
     drop(rng);
@@ -446,7 +462,7 @@ impl Trainer<'_> {
     }
 
     pub fn run_net(&mut self, on: &mut dyn FnMut(Event)) -> Result<(RunOutput, Net)> {
-        let base = Device::flex();
+        let base = self.train.device.device()?;
         let ad = base.clone().autodiff();
         let mut net = self.start_net(&ad)?;
         let s = self.scenario;

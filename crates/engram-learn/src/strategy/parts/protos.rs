@@ -74,8 +74,11 @@ pub fn square_image(name: &str, s: &Scenario) -> Result<(usize, usize, usize)> {
 
 /// The width of `net`'s features (one forward pass of a zero input of `dim` values).
 pub fn feature_width(net: &Net, dim: usize) -> usize {
-    net.features(Tensor::<2>::zeros([1, dim], &Device::flex()))
-        .dims()[1]
+    net.features(Tensor::<2>::zeros(
+        [1, dim],
+        &crate::backend::device_of(net),
+    ))
+    .dims()[1]
 }
 
 /// Per-class feature statistics: sum and sum of squares per dimension, and the count.
@@ -115,7 +118,7 @@ pub fn class_stats(
     classes: &[u32],
     rotate: Option<(usize, usize, usize)>,
 ) -> BTreeMap<u32, ClassStats> {
-    let device = Device::flex();
+    let device = crate::backend::device_of(net);
     let ids: Vec<(usize, usize)> = s.tasks[task].train.iter().map(|&i| (task, i)).collect();
     let mut out: BTreeMap<u32, ClassStats> = BTreeMap::new();
     for chunk in ids.chunks(250) {

@@ -260,3 +260,73 @@ fn exported_state_continues_exactly_and_a_bad_one_is_refused() {
         .expect_err("no second moment");
     assert!(e.to_string().contains("moments"), "{e}");
 }
+
+/// The device path (a GPU's parameters: the update as tensor operations, moments kept as
+/// tensors) against the host path, run here on flex tensors: the same formulas, for SGD with
+/// and without momentum, Adam and AdamW with weight decay, over steps; and its moments export
+/// and import as the host path's do.
+#[test]
+fn device_updates_match_host_updates() {
+    let d = Device::flex();
+    let n = 1000;
+    let w0: Vec<f32> = (0..n)
+        .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+        .collect();
+    let grad = |t: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 13 + t * 7) % 29) as f32 - 14.0) / 10.0)
+            .collect()
+    };
+    for (kind, mom, wd) in [
+        (OptimKind::Sgd, 0.0, 0.0),
+        (OptimKind::Sgd, 0.9, 1e-2),
+        (OptimKind::Adam, 0.0, 1e-2),
+        (OptimKind::Adamw, 0.0, 1e-2),
+    ] {
+        let opt = Optimizer::new(&config(kind, mom, wd));
+        let (mut host_slot, mut dev_slot) = (Slot::default(), Slot::default());
+        let mut w_host = w0.clone();
+        let mut w_dev = Tensor::<1>::from_data(TensorData::new(w0.clone(), [n]), &d);
+        for t in 0..4 {
+            let g = grad(t);
+            opt.update(1e-2, &mut host_slot, &mut w_host, &g);
+            let gt = Tensor::<1>::from_data(TensorData::new(g, [n]), &d);
+            w_dev = opt.update_on_device(1e-2, &mut dev_slot, w_dev, gt);
+        }
+        let w_dev = host_f32(w_dev);
+        let worst = w_host
+            .iter()
+            .zip(&w_dev)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-6, "{kind:?}: worst difference {worst}");
+        assert_eq!(host_slot.t, dev_slot.t);
+        let [hm, hv] = host_slot.host_moments();
+        let [dm, dv] = dev_slot.host_moments();
+        assert_eq!((hm.len(), hv.len()), (dm.len(), dv.len()), "{kind:?}");
+        for (a, b) in hm.iter().chain(&hv).zip(dm.iter().chain(&dv)) {
+            assert!((a - b).abs() < 1e-6, "{kind:?}: moments {a} vs {b}");
+        }
+        assert_eq!(host_slot.len(), dev_slot.len());
+        // Host moments (an imported state) move to the device at the next step.
+        let mut moved = Slot {
+            t: host_slot.t,
+            m: hm,
+            v: hv,
+            dev: None,
+        };
+        let g = grad(9);
+        let mut w_next = w_host.clone();
+        opt.update(1e-2, &mut host_slot, &mut w_next, &g);
+        let w_moved = host_f32(opt.update_on_device(
+            1e-2,
+            &mut moved,
+            Tensor::<1>::from_data(TensorData::new(w_host, [n]), &d),
+            Tensor::<1>::from_data(TensorData::new(g, [n]), &d),
+        ));
+        for (a, b) in w_next.iter().zip(&w_moved) {
+            assert!((a - b).abs() < 1e-6, "{kind:?}: after import {a} vs {b}");
+        }
+        assert!(moved.m.is_empty() && moved.v.is_empty());
+    }
+}
