@@ -715,9 +715,12 @@ pub fn render_text(doc: &Value, json_out: &Path) -> String {
         doc["threads"],
     );
     o += &format!(
-        "machine: {}; device: {}\n",
+        "machine: {}{}\n",
         doc["machine"]["cpu"].as_str().unwrap_or("?"),
-        doc["device"].as_str().unwrap_or("cpu")
+        match doc["device"].as_str() {
+            Some(d) if d != "cpu" => format!("; device: {d}"),
+            _ => String::new(),
+        }
     );
     o += &format!(
         "{:<5} {:>10} {:>10} {:>7} {:>9} {:>9} {:>13} {:>13}\n",
