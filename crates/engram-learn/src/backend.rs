@@ -65,8 +65,8 @@ pub fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 /// Where the trainer computes (`train.device` in a run file, `--device` on the command line):
 /// the CPU through burn's `flex` backend (always built, the default), or a GPU through burn's
 /// wgpu backend pinned to Vulkan, which only a build with the cargo feature `gpu` has
-/// (`cargo build --release --features gpu`; see the README). A GPU asked of a build without
-/// it is an error, never a quiet run on the CPU.
+/// (`cargo build --release -p engram-cli --features gpu`; see the README). A GPU asked of a
+/// build without it is an error, never a quiet run on the CPU.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Compute {
@@ -111,8 +111,8 @@ impl Compute {
         }
         Err(crate::err!(
             "device {:?}: this engram was built without the `gpu` feature; build one with \
-             `cargo build --release --features gpu` (burn's Vulkan backend; a clean build takes \
-             about half an hour)",
+             `cargo build --release -p engram-cli --features gpu` (burn's Vulkan backend; a \
+             clean build takes about an hour on two cores)",
             self.name()
         ))
     }
