@@ -18,6 +18,7 @@ pub mod header;
 pub mod model;
 pub mod names;
 pub mod peft;
+mod simd;
 pub mod stats;
 pub mod writer;
 

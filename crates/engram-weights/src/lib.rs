@@ -13,7 +13,6 @@ pub mod patch;
 pub mod quant;
 pub mod rng;
 pub mod select;
-pub(crate) mod simd;
 pub mod spectral;
 pub mod spelling;
 pub mod stream;

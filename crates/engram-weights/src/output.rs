@@ -165,7 +165,12 @@ pub fn check_values(
 ) -> Result<()> {
     let lim = range_limit(dt);
     let fits = |v: f32| v.abs() < lim; // false for NaN
-    if vals.iter().all(|&v| fits(v)) {
+    // Blocks folded without stopping early: `all` over the values stops at the first failure
+    // and compiled to one value per iteration (a tenth of a Task Arithmetic merge in `perf`).
+    if vals
+        .chunks(256)
+        .all(|b| b.iter().fold(true, |ok, &v| ok & fits(v)))
+    {
         return Ok(());
     }
     for (k, v) in vals.iter().enumerate().filter(|(_, v)| !fits(**v)) {

@@ -9,7 +9,7 @@
 
 use super::params::{Domain, ParamSpec};
 use super::{Chunk, ChunkKernel, TensorJob, TrimScope};
-use crate::simd::avx2_dispatch;
+use engram_ckpt::avx2_dispatch;
 use engram_ckpt::{Error, Result};
 
 /// mergekit's `rescale` for methods that default it off (ties, breadcrumbs): restore each

@@ -3,8 +3,8 @@
 
 use super::params::{INT8_MASK, LAMBDA, NORMALIZE_OFF, WEIGHT};
 use super::{Chunk, ChunkKernel, MergeMethod, ParamSpec, TensorJob};
-use crate::simd::avx2_dispatch;
 use engram_ckpt::Result;
+use engram_ckpt::avx2_dispatch;
 
 pub struct TaskArithmetic;
 

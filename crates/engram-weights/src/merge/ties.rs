@@ -4,8 +4,8 @@
 use super::gta::{RESCALE_OFF, Sparsifier, gta_kernel};
 use super::params::{DENSITY, INT8_MASK, LAMBDA, NORMALIZE, WEIGHT};
 use super::{ChunkKernel, MergeMethod, ParamSpec, TensorJob, TrimScope, keep};
-use crate::simd::avx2_dispatch;
 use engram_ckpt::Result;
+use engram_ckpt::avx2_dispatch;
 
 /// `ties` as mergekit's generalized task arithmetic ([`super::gta`]) with magnitude
 /// sparsification and `sum` consensus:

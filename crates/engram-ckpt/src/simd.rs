@@ -5,7 +5,10 @@
 
 /// Defines `fn $name(args) -> ret` that runs `$inner(args)` (a function marked
 /// `#[inline(always)]`, so that it is compiled anew inside the AVX2 wrapper) with AVX2 when the
-/// CPU has it, else as compiled for the baseline.
+/// CPU has it, else as compiled for the baseline. Exported for the crates above (merge
+/// kernels in engram-weights); the decoders and encoders of [`crate::dtype`] use it here.
+#[doc(hidden)]
+#[macro_export]
 macro_rules! avx2_dispatch {
     ($vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? = $inner:path;) => {
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
@@ -24,7 +27,6 @@ macro_rules! avx2_dispatch {
         }
     };
 }
-pub(crate) use avx2_dispatch;
 
 #[cfg(test)]
 mod tests {
