@@ -48,7 +48,7 @@ pub fn resolve_buckets(
     if !wanted.iter().any(|&w| w) {
         return Ok(known);
     }
-    let lo = histograms(s, &wanted, |i, x: u32| {
+    let lo = histograms::<{ 1 << 16 }>(s, &wanted, |i, x: u32| {
         picks[i]
             .filter(|b| b.holds(x))
             .map(|_| (x & 0xffff) as usize)
@@ -131,11 +131,12 @@ pub fn top_buckets(
     if !wanted.iter().any(|&w| w) {
         return Ok(vec![None; ks.len()]);
     }
-    // |x| has its top bit clear, so bins from 2^15 up are free: exact zeros are counted in
-    // bin 2^15 (then moved back into bin 0), at no extra cost per value.
-    const ZEROS: usize = 1 << 15;
-    let hi = histograms(s, &wanted, |_, x: u32| {
-        Some((x >> 16) as usize | (usize::from(x == 0) << 15))
+    // |x| has its top bit clear and NaNs are skipped, so the high bits stay at or below
+    // 0x7f80 (infinity) and bin 0x7fff is free: exact zeros are counted there (then moved back
+    // into bin 0), at no extra cost per value.
+    const ZEROS: usize = 0x7fff;
+    let hi = histograms::<{ 1 << 15 }>(s, &wanted, |_, x: u32| {
+        Some((x >> 16) as usize | (usize::from(x == 0) * ZEROS))
     })?;
     Ok(ks
         .iter()
@@ -158,9 +159,10 @@ pub fn top_buckets(
         .collect())
 }
 
-/// Per wanted set, a 2^16-bin histogram of `bin(set, bits of |x|)` over all pieces (NaNs and
-/// `None` bins skipped); empty for the other sets. `bin` must return bins below 2^16.
-fn histograms(
+/// Per wanted set, a `B`-bin histogram of `bin(set, bits of |x|)` over all pieces (NaNs and
+/// `None` bins skipped); empty for the other sets. `bin` must return bins below `B`, a power
+/// of 2 (2^15 for the high bits of |x|, 2^16 for the low bits).
+fn histograms<const B: usize>(
     s: &dyn Pieces,
     wanted: &[bool],
     bin: impl Fn(usize, u32) -> Option<usize> + Sync,
@@ -169,17 +171,19 @@ fn histograms(
     let empty = || -> Vec<Vec<u64>> {
         wanted
             .iter()
-            .map(|&w| if w { vec![0u64; BINS] } else { Vec::new() })
+            .map(|&w| if w { vec![0u64; B] } else { Vec::new() })
             .collect()
     };
     // One accumulator per thread over a contiguous run of pieces (pieces are of equal size),
-    // rather than one per rayon split: each accumulator is 1.5 MiB per wanted set to zero.
+    // rather than one per rayon split: each accumulator is 16·B bytes per wanted set to zero
+    // and add up, and the passes run once per tensor.
     let pieces = s.pieces();
     let runs = rayon::current_num_threads().clamp(1, pieces.max(1));
     (0..runs)
         .into_par_iter()
         .map(|r| {
-            let mut h: Vec<Option<Counts>> = wanted.iter().map(|&w| w.then(Counts::new)).collect();
+            let mut h: Vec<Option<Counts<B>>> =
+                wanted.iter().map(|&w| w.then(Counts::new)).collect();
             for p in r * pieces / runs..(r + 1) * pieces / runs {
                 s.piece(p, wanted, &mut |i, xs| {
                     if let Some(c) = h[i].as_mut() {
@@ -201,44 +205,43 @@ fn histograms(
         })
 }
 
-const BINS: usize = 1 << 16;
-
 /// A histogram counted in four interleaved tables (value j of a slice goes to table j mod 4),
 /// added up at the end. With one table, runs of values in one bin (deltas of bf16 fine-tunes
 /// take few distinct values) wait on each other's increment, a store and a reload each;
 /// four tables make four independent chains. Measured (`perf` on a TIES merge of the
 /// synthetic 100M family, N = 2): the two histogram passes took a third of the samples.
 /// The tables count in u32, emptied into the u64 totals before any could overflow.
-struct Counts {
-    ways: [Box<[u32; BINS]>; 4],
+struct Counts<const B: usize> {
+    ways: [Box<[u32; B]>; 4],
     /// Values counted into `ways` since they were last emptied.
     pending: u64,
+    /// Empty until the tables are first emptied (most histograms never overflow a table).
     totals: Vec<u64>,
 }
 
-impl Counts {
-    fn new() -> Counts {
-        let table = || -> Box<[u32; BINS]> {
-            vec![0u32; BINS]
+impl<const B: usize> Counts<B> {
+    fn new() -> Counts<B> {
+        let table = || -> Box<[u32; B]> {
+            vec![0u32; B]
                 .into_boxed_slice()
                 .try_into()
-                .expect("BINS entries")
+                .expect("B entries")
         };
         Counts {
             ways: [table(), table(), table(), table()],
             pending: 0,
-            totals: vec![0u64; BINS],
+            totals: Vec::new(),
         }
     }
 
     fn add(&mut self, xs: &[f32], bin: impl Fn(u32) -> Option<usize>) {
         #[inline(always)]
-        fn count(t: &mut [u32; BINS], x: f32, bin: &impl Fn(u32) -> Option<usize>) {
+        fn count<const B: usize>(t: &mut [u32; B], x: f32, bin: &impl Fn(u32) -> Option<usize>) {
             if !x.is_nan()
                 && let Some(b) = bin(x.abs().to_bits())
             {
-                debug_assert!(b < BINS, "bin {b}");
-                t[b & (BINS - 1)] += 1;
+                debug_assert!(b < B, "bin {b}");
+                t[b & (B - 1)] += 1;
             }
         }
         // No table can pass u32::MAX: each slice part adds at most its length to one table.
@@ -262,6 +265,7 @@ impl Counts {
     }
 
     fn empty_ways(&mut self) {
+        self.totals.resize(B, 0);
         for t in &mut self.ways {
             for (total, n) in self.totals.iter_mut().zip(t.iter_mut()) {
                 *total += u64::from(std::mem::take(n));
@@ -271,6 +275,12 @@ impl Counts {
     }
 
     fn finish(mut self) -> Vec<u64> {
+        if self.totals.is_empty() {
+            let [a, b, c, d] = &self.ways;
+            return (0..B)
+                .map(|j| u64::from(a[j]) + u64::from(b[j]) + u64::from(c[j]) + u64::from(d[j]))
+                .collect();
+        }
         self.empty_ways();
         self.totals
     }
@@ -339,18 +349,23 @@ mod tests {
             .collect();
         xs.extend(std::iter::repeat_n(3.0f32, 1003));
         let bin = |x: u32| (x >> 16 != 0x3f80).then_some((x >> 16) as usize);
+        const BINS: usize = 1 << 16;
         let mut want = vec![0u64; BINS];
         for x in xs.iter().filter(|x| !x.is_nan()) {
             if let Some(b) = bin(x.abs().to_bits()) {
                 want[b] += 1;
             }
         }
-        let mut c = Counts::new();
+        let mut c = Counts::<BINS>::new();
         for part in xs.chunks(333) {
             c.add(part, bin);
             // As if four billion values had been counted: the next slice empties the tables.
             c.pending = u64::from(u32::MAX) - 100;
         }
+        assert_eq!(c.finish(), want);
+        // Never emptied before the end.
+        let mut c = Counts::<BINS>::new();
+        c.add(&xs, bin);
         assert_eq!(c.finish(), want);
     }
 
