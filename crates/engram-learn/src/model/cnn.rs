@@ -6,6 +6,7 @@
 //! convolution block through `fb` (Linear + LeakyReLU), added to every position's channels.
 
 use super::conv::{Conv, relu_max_pool2_nhwc};
+use super::dense::linear;
 use burn::nn::{Linear, LinearConfig, Relu};
 use burn::prelude::*;
 
@@ -77,15 +78,15 @@ impl Cnn {
         let x = relu_max_pool2_nhwc(self.conv2.forward_nhwc(x));
         let [_, ph, pw, pc] = x.dims();
         let x: Tensor<2> = x.permute([0, 3, 1, 2]).reshape([b, pc * ph * pw]);
-        self.act.forward(self.fc1.forward(x))
+        linear(&self.fc1, x, true)
     }
 
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        self.fc2.forward(self.features(x))
+        linear(&self.fc2, self.features(x), false)
     }
 
     pub fn forward_fb(&self, x: Tensor<2>, y: Option<Tensor<2>>) -> Tensor<2> {
-        self.fc2.forward(self.features_fb(x, y))
+        linear(&self.fc2, self.features_fb(x, y), false)
     }
 }
 

@@ -12,8 +12,8 @@
 //!
 //! So each convolution here is im2col + one matrix product: a small kernel copies the k×k
 //! windows of the input into rows (plus a column of ones, so that the bias is a row of the same
-//! product), and burn's `matmul` does the arithmetic and its gradients. Only the two data
-//! movements have hand-written gradients: im2col's is col2im (the windows summed back), and the
+//! product), and engram's dense product (dense.rs, gemm in fixed pieces on rayon's pool) does
+//! the arithmetic and its gradients. The two data movements have hand-written gradients too: im2col's is col2im (the windows summed back), and the
 //! fused ReLU + 2×2 max-pool's sends each output gradient to the input that won its window.
 //! Activations stay channels-last (NHWC) between layers, so that every window row is one
 //! contiguous copy; [`Conv::forward`] also takes and returns NCHW like burn's `Conv2d`.
@@ -126,7 +126,7 @@ impl Conv {
         let [_, o] = self.channels();
         let cols = im2col(x, k, layout);
         let (ho, wo) = (h + 1 - k, w + 1 - k);
-        cols.matmul(self.weight_matrix(layout).transpose())
+        super::dense::dense(cols, self.weight_matrix(layout).transpose(), None, false)
             .reshape([b, ho, wo, o])
     }
 

@@ -4,7 +4,8 @@
 //! The output layer is a plain linear layer or SCoLe's weight-normalised head
 //! (`shared/methods/theory.md`, SCoLe, `head=weightnorm`): logits = x·(W_j/‖W_j‖₂)ᵀ per
 //! class j, no bias, Kaiming-normal initial rows; the norm is part of the forward pass, so
-//! gradients flow through it.
+//! gradients flow through it. Each linear layer (with its ReLU) is engram's dense layer
+//! (dense.rs): the same parameters as burn's `Linear`, computed faster on the CPU.
 
 use super::Head;
 use crate::{Result, err};
@@ -96,7 +97,7 @@ impl Mlp {
         let mut h = x;
         let mut y = y;
         for (i, l) in self.fc[..self.fc.len() - 1].iter().enumerate() {
-            h = self.act.forward(l.forward(h));
+            h = super::dense::linear(l, h, true);
             if i == 0
                 && let Some(fb) = &self.fb
             {
@@ -115,7 +116,7 @@ impl Mlp {
         let h = self.features_fb(x, y);
         let out = &self.fc[self.fc.len() - 1];
         if !self.norm_head {
-            return out.forward(h);
+            return super::dense::linear(out, h, false);
         }
         // burn stores the weight as [features, classes]: class j's row is column j.
         let w = out.weight.val();

@@ -9,6 +9,7 @@ pub mod calib;
 pub mod char_lm;
 pub mod cnn;
 pub mod conv;
+pub mod dense;
 pub mod io;
 pub mod mlp;
 pub mod params;

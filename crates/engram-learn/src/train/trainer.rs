@@ -461,7 +461,49 @@ impl Trainer<'_> {
         Ok(net)
     }
 
+    ///
+    /// The run executes on a rayon pool of its own, with as many threads as the pool of the
+    /// caller (the global one: `--threads`), and `on` is called on this thread with the events
+    /// the run sends, in order. Why: a thread outside a pool that starts parallel work sleeps
+    /// until the work is done and is woken afterwards, at every matrix product of every step;
+    /// on one of the pool's threads the trainer computes its own share of each product, and the
+    /// other threads are often still awake for the next one. At two threads that is a tenth of
+    /// an MLP epoch (B4, BENCHMARKS.md). A pool of its own rather than the global one, so that
+    /// trainers run side by side (tests, a library user's threads) never run inside each
+    /// other's waits. Called from a pool's thread (a study running trainers in parallel), the
+    /// run stays on that thread.
     pub fn run_net(&mut self, on: &mut dyn FnMut(Event)) -> Result<(RunOutput, Net)> {
+        if rayon::current_thread_index().is_some() {
+            return self.run_net_here(on);
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(rayon::current_num_threads())
+            // The stack of a main thread: the run used to execute on the caller's.
+            .stack_size(8 << 20)
+            .thread_name(|i| format!("engram-train-{i}"))
+            .build()
+            .map_err(|e| err!("cannot start the trainer's threads: {e}"))?;
+        let (tx, rx) = std::sync::mpsc::channel::<Event>();
+        let me = &mut *self;
+        let res = std::thread::scope(|sc| {
+            let pool = &pool;
+            let h = sc.spawn(move || {
+                pool.install(move || {
+                    // The sender is dropped when the run ends, which ends the loop below.
+                    me.run_net_here(&mut |e| {
+                        let _ = tx.send(e);
+                    })
+                })
+            });
+            for e in rx {
+                on(e);
+            }
+            h.join()
+        });
+        res.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+
+    fn run_net_here(&mut self, on: &mut dyn FnMut(Event)) -> Result<(RunOutput, Net)> {
         let base = self.train.device.device()?;
         let ad = base.clone().autodiff();
         let mut net = self.start_net(&ad)?;

@@ -330,3 +330,27 @@ fn device_updates_match_host_updates() {
         assert!(moved.m.is_empty() && moved.v.is_empty());
     }
 }
+
+/// The MLP's layers (model/dense.rs) keep the weights they saw for the backward pass; the pass
+/// consumes them, so that the optimizer still updates every parameter in place.
+#[test]
+fn mlp_steps_update_in_place() {
+    let d = Device::flex().autodiff();
+    let net = {
+        let _g = crate::backend::seeded(&Device::flex(), 3);
+        crate::model::mlp::Mlp::new(20, &[64, 32], 5, &d)
+    };
+    let c = config(OptimKind::Adam, 0.0, 0.0);
+    let mut o = Optimizer::new(&c);
+    let mut net = net;
+    for t in 0..3 {
+        let x: Vec<f32> = (0..8 * 20)
+            .map(|i| ((i * 13 + t) % 17) as f32 / 8.0 - 1.0)
+            .collect();
+        let x = Tensor::<2>::from_data(TensorData::new(x, [8, 20]), &d);
+        let loss = net.forward(x).powi_scalar(2).mean();
+        let g = GradientsParams::from_grads(loss.backward(), &net);
+        net = o.step(c.lr, net, g);
+    }
+    assert_eq!(o.copied_updates(), 0, "updates were not in place");
+}
