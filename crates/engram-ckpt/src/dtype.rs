@@ -130,11 +130,7 @@ pub fn decode_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) {
                 *o = f32::from_le_bytes(*b);
             }
         }
-        DType::BF16 => {
-            for (o, b) in out.iter_mut().zip(bytes.as_chunks::<2>().0) {
-                *o = f32::from_bits((u16::from_le_bytes(*b) as u32) << 16);
-            }
-        }
+        DType::BF16 => decode_bf16(bytes, out),
         DType::F16 => {
             for (o, b) in out.iter_mut().zip(bytes.as_chunks::<2>().0) {
                 *o = f16::from_bits(u16::from_le_bytes(*b)).to_f32();
@@ -285,6 +281,16 @@ fn decode_bf16_vec_any(bytes: &[u8]) -> Vec<f32> {
 }
 
 crate::avx2_dispatch!(fn decode_bf16_vec(bytes: &[u8]) -> Vec<f32> = decode_bf16_vec_any;);
+
+/// [`decode_bf16_vec_any`] into a slice (the chunk pieces of the merge kernels).
+#[inline(always)]
+fn decode_bf16_any(bytes: &[u8], out: &mut [f32]) {
+    for (o, b) in out.iter_mut().zip(bytes.as_chunks::<2>().0) {
+        *o = f32::from_bits((u16::from_le_bytes(*b) as u32) << 16);
+    }
+}
+
+crate::avx2_dispatch!(fn decode_bf16(bytes: &[u8], out: &mut [f32]) = decode_bf16_any;);
 
 #[inline(always)]
 fn encode_bf16_any(vals: &[f32], out: &mut [u8]) {
