@@ -7,7 +7,7 @@
 
 use super::conv::{Conv, relu_max_pool2_nhwc};
 use super::dense::linear;
-use burn::nn::{Linear, LinearConfig, Relu};
+use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 
 #[derive(Module, Debug)]
@@ -18,7 +18,6 @@ pub struct Cnn {
     pub fc2: Linear,
     /// Feedback input (classes → first convolution's channels); `None` for a plain CNN.
     pub fb: Option<Linear>,
-    act: Relu,
     #[module(skip)]
     image: [usize; 3],
 }
@@ -41,7 +40,6 @@ impl Cnn {
             fc1: LinearConfig::new(channels[1] * side(h) * side(w), hidden).init(device),
             fc2: LinearConfig::new(hidden, outputs).init(device),
             fb: None,
-            act: Relu::new(),
             image,
         }
     }
@@ -111,11 +109,12 @@ mod tests {
             padding: burn::nn::PaddingConfig2d::Valid,
         };
         let pool = MaxPool2dConfig::new([2, 2]).init();
+        let act = burn::nn::Relu::new();
         let x: Tensor<4> = x.reshape([b, c, h, w]);
-        let x = pool.forward(m.act.forward(conv(&m.conv1).forward(x)));
-        let x = pool.forward(m.act.forward(conv(&m.conv2).forward(x)));
+        let x = pool.forward(act.forward(conv(&m.conv1).forward(x)));
+        let x = pool.forward(act.forward(conv(&m.conv2).forward(x)));
         let x: Tensor<2> = x.flatten(1, 3);
-        m.fc2.forward(m.act.forward(m.fc1.forward(x)))
+        m.fc2.forward(act.forward(m.fc1.forward(x)))
     }
 
     #[test]

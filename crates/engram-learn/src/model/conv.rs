@@ -13,8 +13,9 @@
 //! So each convolution here is im2col + one matrix product: a small kernel copies the k×k
 //! windows of the input into rows (plus a column of ones, so that the bias is a row of the same
 //! product), and engram's dense product (dense.rs, gemm in fixed pieces on rayon's pool) does
-//! the arithmetic and its gradients. The two data movements have hand-written gradients too: im2col's is col2im (the windows summed back), and the
-//! fused ReLU + 2×2 max-pool's sends each output gradient to the input that won its window.
+//! the arithmetic and its gradients. The two data movements have hand-written gradients too:
+//! im2col's is col2im (the windows summed back), and the fused ReLU + 2×2 max-pool's sends
+//! each output gradient to the input that won its window.
 //! Activations stay channels-last (NHWC) between layers, so that every window row is one
 //! contiguous copy; [`Conv::forward`] also takes and returns NCHW like burn's `Conv2d`.
 //!

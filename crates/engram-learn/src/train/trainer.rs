@@ -409,7 +409,6 @@ impl Trainer<'_> {
         self.run_net(on).map(|(out, _)| out)
     }
 
-    /// [`Trainer::run`], also handing back the trained network.
     /// Every check made at the start of a run (settings, sizes, the strategy's parameters
     /// against the scenario and the network), without training: a caller that must not
     /// change anything before a run can start (replacing an earlier run) asks first.
@@ -461,6 +460,7 @@ impl Trainer<'_> {
         Ok(net)
     }
 
+    /// [`Trainer::run`], also handing back the trained network.
     ///
     /// The run executes on a rayon pool of its own, with as many threads as the pool of the
     /// caller (the global one: `--threads`), and `on` is called on this thread with the events
