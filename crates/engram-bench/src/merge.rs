@@ -1,6 +1,8 @@
 //! `engram bench merge`: B1 of BENCHMARKS.md. On synthetic bf16 families of several sizes and
 //! N fine-tunes, times Task Arithmetic, TIES (density 0.2), TALL masks (statistics) and
-//! Consensus with engram, and TA and TIES with mergekit (`mergekit-pytorch`, CPU) on the same
+//! Consensus with engram (and, each beside its `_select_first` twin that finds the thresholds
+//! by two selection passes first: TIES over the whole model, breadcrumbs, Consensus over
+//! TIES), and TA and TIES with mergekit (`mergekit-pytorch`, CPU) on the same
 //! files, in the same run; plus the read-and-write bound (input bytes read once from a warm
 //! page cache, output bytes written once and synced, as engram's outputs are; the median of
 //! `repeat` measurements).
@@ -185,7 +187,7 @@ fn engram_steps(base: &Path, models: &[PathBuf], out: &Path) -> Vec<(&'static st
         arg(&out.join("ties")),
         arg(&out.join("consensus")),
     );
-    vec![
+    let mut steps = vec![
         (
             "task_arithmetic",
             with_models(&[
@@ -236,7 +238,64 @@ fn engram_steps(base: &Path, models: &[PathBuf], out: &Path) -> Vec<(&'static st
             "consensus",
             with_models(&["consensus", "-q", "--base", &b, "-o", &cons]),
         ),
-    ]
+    ];
+    // Selections finished during the pass (issue #25) against two selection passes first:
+    // TIES over the whole model, breadcrumbs' band (two cuts per model), Consensus over TIES.
+    let scratch = arg(&out.join("scratch"));
+    let variants: [(&str, &str, &[&str]); 3] = [
+        (
+            "ties_model",
+            "merge",
+            &[
+                "--method",
+                "ties",
+                "--density",
+                "0.2",
+                "--trim-scope",
+                "model",
+            ],
+        ),
+        (
+            "breadcrumbs",
+            "merge",
+            &["--method", "breadcrumbs", "--density", "0.2"],
+        ),
+        (
+            "consensus_ties",
+            "consensus",
+            &["--tau", "ties", "--density", "0.2"],
+        ),
+    ];
+    for (name, cmd, flags) in variants {
+        for first in [false, true] {
+            let mut head = vec![cmd, "-q", "--base", &b];
+            head.extend(flags);
+            if first {
+                head.push("--select-first");
+            }
+            head.extend(["-o", &scratch]);
+            let label = match (name, first) {
+                ("ties_model", false) => "ties_model",
+                ("ties_model", true) => "ties_model_select_first",
+                ("breadcrumbs", false) => "breadcrumbs",
+                ("breadcrumbs", true) => "breadcrumbs_select_first",
+                (_, false) => "consensus_ties",
+                (_, true) => "consensus_ties_select_first",
+            };
+            steps.push((label, with_models(&head)));
+        }
+    }
+    steps
+}
+
+/// The mergekit run an engram step is compared with: Task Arithmetic, or TIES (per-tensor
+/// TIES, and TALL and Consensus, which the card compares with TIES); none for the others.
+fn mergekit_peer(step: &str) -> Option<&'static str> {
+    match step {
+        "task_arithmetic" => Some("task_arithmetic"),
+        "ties" | "ties_select_first" | "tall_masks" | "consensus" => Some("ties"),
+        _ => None,
+    }
 }
 
 /// The read-and-write bound of a case: `inputs` read once (warm cache, after one untimed
@@ -391,12 +450,8 @@ fn measure_all(o: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Value>
                 }
             }
             for mut case in rows {
-                // TALL and Consensus compare with mergekit's TIES.
-                let mk_name = match case["method"].as_str() {
-                    Some("task_arithmetic") => "task_arithmetic",
-                    _ => "ties",
-                };
-                if let Some(mkres) = mk_runs.get(mk_name) {
+                let peer = case["method"].as_str().and_then(mergekit_peer);
+                if let Some(mkres) = peer.and_then(|p| mk_runs.get(p)) {
                     let secs = mkres["seconds"].as_f64().unwrap_or(f64::NAN);
                     let med = case["engram"]["median_s"].as_f64().unwrap_or(f64::NAN);
                     case["mergekit"] = mkres.clone();

@@ -21,6 +21,39 @@ pub trait Pieces: Sync {
     ) -> Result<(), engram_ckpt::Error>;
 }
 
+/// Several selections over the same sets: `times` copies of `inner`'s sets, copy c's set i
+/// being set c·n + i (n = `inner`'s sets). Each value is decoded once and counted into every
+/// copy that wants it, so two cuts of one model's |τ| (breadcrumbs' band) share their passes.
+pub struct Repeated<'p> {
+    pub inner: &'p dyn Pieces,
+    /// Sets of `inner`.
+    pub sets: usize,
+}
+
+impl Pieces for Repeated<'_> {
+    fn pieces(&self) -> usize {
+        self.inner.pieces()
+    }
+    fn piece(
+        &self,
+        p: usize,
+        wanted: &[bool],
+        f: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<(), engram_ckpt::Error> {
+        let n = self.sets;
+        let inner: Vec<bool> = (0..n)
+            .map(|i| wanted.iter().skip(i).step_by(n).any(|&w| w))
+            .collect();
+        self.inner.piece(p, &inner, &mut |i, xs| {
+            for (j, &w) in wanted.iter().enumerate().skip(i).step_by(n) {
+                if w {
+                    f(j, xs);
+                }
+            }
+        })
+    }
+}
+
 /// The k-th largest |x| (NaNs ignored) of every set `i` with `ks[i] = Some(k)`, k ≥ 1
 /// (`None` for the others, for k = 0, and when the set holds fewer than k values), in two
 /// parallel passes over the pieces whatever the number of sets. Counts are integers, so the result does not depend on the thread

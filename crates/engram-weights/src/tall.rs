@@ -6,11 +6,22 @@
 //! reference code, so a weight no task moved is in no mask. Task t is rebuilt as
 //! θ₀ + m_t ⊙ τ_MTL; Consensus keeps the weights at least k masks share:
 //! θ₀ + α·(1{Σ_t m_t ≥ k} ⊙ τ_MTL). Everything streams chunk by chunk.
+//!
+//! The TIES recipe's thresholds take one histogram pass; mask statistics and the models
+//! built from the masks (Consensus, rebuilt tasks) finish them during their own pass, as
+//! TIES merging does ([`crate::merge::onepass`]): positions where some model's |τ| lies in
+//! its threshold's bucket wait, and are counted or patched once the pass has given the exact
+//! thresholds. Other visitors (bundles, whose masks are coded chunk by chunk) get the exact
+//! thresholds from a second histogram pass first.
 
-use crate::merge::{ModelDeltas, TensorJob, TrimScope, elect_sign};
+use crate::merge::onepass::{Deferred, LIMITS, Passes, Selection};
+use crate::merge::{ModelDeltas, TensorJob, TrimScope, elected, sign_vote};
+use crate::select::keep_count;
 use crate::stream::{Chunk, TensorChunks};
+use engram_ckpt::avx2_dispatch;
 use engram_ckpt::dtype::round_through;
 use engram_ckpt::{DType, Error, Model, Result, TensorView};
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
@@ -38,8 +49,10 @@ pub struct Tall<'a> {
     pub lambdas: Vec<f32>,
     /// Float tensors covered by masks, in base order; other base tensors are copied.
     pub tensors: Vec<String>,
-    /// Per model |τ| threshold of the TIES recipe.
-    thresholds: Vec<Option<f32>>,
+    /// Per model |τ| threshold of the TIES recipe: exact, or provisional while `pending`
+    /// holds the selection that finishes them.
+    thresholds: Mutex<Vec<Option<f32>>>,
+    pending: Mutex<Option<Selection>>,
 }
 
 /// One chunk of τ_MTL and the task masks.
@@ -144,8 +157,8 @@ pub fn choose_lambda(grid: &[f32], score: &mut dyn FnMut(f32) -> f64) -> (f32, V
 
 impl<'a> Tall<'a> {
     /// Checks that every model has the base's float tensors with equal shapes and no tensor
-    /// the base lacks, and for the
-    /// TIES recipe finds each model's global threshold (one streaming pass per model).
+    /// the base lacks, and for the TIES recipe runs the histogram pass of each model's global
+    /// threshold (one streaming pass for all models; see the module's note).
     pub fn new(
         base: &'a Model,
         models: Vec<&'a Model>,
@@ -219,6 +232,7 @@ impl<'a> Tall<'a> {
                 return Err(Error::tensor(m.source(), x.name(), why));
             }
         }
+        let models_len = models.len();
         let mut tall = Tall {
             base,
             models,
@@ -226,12 +240,12 @@ impl<'a> Tall<'a> {
             recipe,
             lambdas,
             tensors,
-            thresholds: Vec::new(),
+            thresholds: Mutex::new(vec![None; models_len]),
+            pending: Mutex::new(None),
         };
-        tall.thresholds = match recipe {
-            MtlRecipe::Sum => vec![None; tall.models.len()],
-            MtlRecipe::Ties { density } => tall.ties_thresholds(density)?,
-        };
+        if let MtlRecipe::Ties { density } = recipe {
+            tall.ties_selection(density)?;
+        }
         Ok(tall)
     }
 
@@ -254,118 +268,169 @@ impl<'a> Tall<'a> {
         })
     }
 
-    fn ties_thresholds(&self, density: f64) -> Result<Vec<Option<f32>>> {
+    fn jobs(&self) -> Result<Vec<TensorJob<'_>>> {
+        self.tensors.iter().map(|n| self.job(n)).collect()
+    }
+
+    /// The TIES recipe's histogram pass: exact thresholds when it fixes them (or when too
+    /// many entries lie in the buckets, by a second pass at once), else provisional ones and
+    /// the selection pending.
+    fn ties_selection(&mut self, density: f64) -> Result<()> {
         if density >= 1.0 {
-            return Ok(vec![None; self.models.len()]);
+            return Ok(());
         }
-        let jobs = self
-            .tensors
-            .iter()
-            .map(|n| self.job(n))
-            .collect::<Result<Vec<_>>>()?;
-        ModelDeltas::new(&jobs).thresholds(&vec![density; self.models.len()])
+        let jobs = self.jobs()?;
+        let total = jobs.iter().map(|j| j.numel() as u64).sum();
+        let deltas = ModelDeltas::new(&jobs);
+        let k = keep_count(density, total);
+        let sel = Selection::first_pass(&deltas, &vec![Some(k); self.models.len()], total)?;
+        let (thresholds, pending) = match sel.passes(self.models.len(), LIMITS) {
+            Passes::MergeOnly => (sel.provisional(), None),
+            Passes::Exact => (sel.second_pass(&deltas)?, None),
+            Passes::Deferred => (sel.provisional(), Some(sel)),
+        };
+        drop(jobs);
+        *self.thresholds.get_mut().map_err(poisoned)? = thresholds;
+        *self.pending.get_mut().map_err(poisoned)? = pending;
+        Ok(())
     }
 
-    pub fn thresholds(&self) -> &[Option<f32>] {
-        &self.thresholds
+    /// The TIES recipe's exact per-model |τ| thresholds (`None`: all kept), by a second
+    /// histogram pass the first time if no pass over the masks has finished them yet.
+    pub fn thresholds(&self) -> Result<Vec<Option<f32>>> {
+        let mut pending = self.pending.lock().map_err(poisoned)?;
+        if let Some(sel) = pending.take() {
+            let exact = sel.second_pass(&ModelDeltas::new(&self.jobs()?))?;
+            *self.thresholds.lock().map_err(poisoned)? = exact;
+        }
+        Ok(self.thresholds.lock().map_err(poisoned)?.clone())
     }
 
-    /// Visits τ_MTL and the masks of tensor `name`, chunk by chunk, in parallel.
+    /// The selection still to finish, if any, and the thresholds to use meanwhile.
+    fn provisional(&self) -> Result<(Option<Selection>, Vec<Option<f32>>)> {
+        let pending = self.pending.lock().map_err(poisoned)?.clone();
+        Ok((pending, self.thresholds.lock().map_err(poisoned)?.clone()))
+    }
+
+    /// The exact thresholds from every deferred chunk of one pass over all the tensors
+    /// (kept for later visits).
+    fn resolve<'d>(
+        &self,
+        sel: &Selection,
+        parts: impl Iterator<Item = &'d Deferred> + Clone,
+    ) -> Result<Vec<Option<f32>>> {
+        let exact = sel.resolve(parts, "the TIES recipe's thresholds")?;
+        *self.thresholds.lock().map_err(poisoned)? = exact.clone();
+        *self.pending.lock().map_err(poisoned)? = None;
+        Ok(exact)
+    }
+
+    /// Visits τ_MTL and the masks of tensor `name`, chunk by chunk, in parallel (with the
+    /// exact thresholds: [`Self::thresholds`]).
     pub fn visit(&self, name: &str, f: &(dyn Fn(&MaskChunk) -> Result<()> + Sync)) -> Result<()> {
+        let thresholds = self.thresholds()?;
+        let (base, models) = self.views(name)?;
+        TensorChunks::new(Some(base), &models)
+            .for_each(&|c: &Chunk| f(&self.mask_chunk(c, &thresholds)))
+    }
+
+    /// Like [`Self::visit`], but with provisional thresholds when `sel` is given: `f` also gets
+    /// the chunk's positions that must wait for the exact ones (their masks and τ_MTL are
+    /// not final), which come back, in chunk order, to be finished later.
+    fn visit_deferring(
+        &self,
+        name: &str,
+        sel: Option<&Selection>,
+        thresholds: &[Option<f32>],
+        f: &(dyn Fn(&MaskChunk, &[u32]) -> Result<()> + Sync),
+    ) -> Result<Vec<Deferred>> {
+        let (base, models) = self.views(name)?;
+        TensorChunks::new(Some(base), &models)
+            .map(&|c: &Chunk| {
+                let mc = self.mask_chunk(c, thresholds);
+                match sel {
+                    None => f(&mc, &[]).map(|_| None),
+                    Some(sel) => {
+                        let d = sel.defer(c);
+                        f(&mc, d.positions())?;
+                        Ok(Some(d))
+                    }
+                }
+            })
+            .map(|v| v.into_iter().flatten().collect())
+    }
+
+    /// The base's and the models' tensor `name`.
+    fn views(&self, name: &str) -> Result<(TensorView<'a>, Vec<TensorView<'a>>)> {
         let base = self.base.require(name)?;
         let models = self
             .models
             .iter()
             .map(|m| m.require(name))
             .collect::<Result<Vec<TensorView>>>()?;
-        TensorChunks::new(Some(base), &models).for_each(&|c: &Chunk| {
-            let base = c.base;
-            let n = base.len();
-            let deltas: Vec<Vec<f32>> = c
-                .models
-                .iter()
-                .map(|m| m.iter().zip(base).map(|(x, b)| x - b).collect())
-                .collect();
-            let tau = self.tau_mtl(&deltas, n);
-            let masks = deltas
-                .iter()
-                .zip(&self.lambdas)
-                .map(|(d, &l)| {
-                    d.iter()
-                        .zip(&tau)
-                        .map(|(&dt, &tm)| dt.abs() > l * (tm - dt).abs())
-                        .collect()
-                })
-                .collect();
-            f(&MaskChunk {
-                index: c.index,
-                start: c.start,
-                base,
-                deltas,
-                tau,
-                masks,
-            })
-        })
+        Ok((base, models))
     }
 
-    fn tau_mtl(&self, deltas: &[Vec<f32>], n: usize) -> Vec<f32> {
+    /// τ_MTL and the masks of chunk `c` with the given TIES thresholds.
+    fn mask_chunk<'c>(&self, c: &Chunk<'c>, thresholds: &[Option<f32>]) -> MaskChunk<'c> {
+        let base = c.base;
+        let n = c.len;
+        let deltas = task_vectors(c.models, base, n);
+        let tau = self.tau_mtl(&deltas, n, thresholds);
+        let masks = task_masks(&deltas, &tau, &self.lambdas);
+        MaskChunk {
+            index: c.index,
+            start: c.start,
+            base,
+            deltas,
+            tau,
+            masks,
+        }
+    }
+
+    fn tau_mtl(&self, deltas: &[Vec<f32>], n: usize, thresholds: &[Option<f32>]) -> Vec<f32> {
         match self.recipe {
-            MtlRecipe::Sum => (0..n).map(|k| deltas.iter().map(|d| d[k]).sum()).collect(),
-            MtlRecipe::Ties { .. } => (0..n)
-                .map(|k| {
-                    let trimmed = deltas.iter().zip(&self.thresholds).map(move |(d, t)| {
-                        let x = d[k];
-                        if t.is_none_or(|t| x.abs() >= t) {
-                            x
-                        } else {
-                            0.0
-                        }
-                    });
-                    let sign = elect_sign(trimmed.clone());
-                    trimmed.filter(|x| *x != 0.0 && x.signum() == sign).sum()
-                })
-                .collect(),
+            MtlRecipe::Sum => tau_sum(deltas, n),
+            MtlRecipe::Ties { .. } => tau_ties(deltas, n, thresholds),
         }
     }
 
     /// Mask statistics per tensor and in total.
     pub fn stats(&self, progress: &(dyn Fn(u64) + Sync)) -> Result<TallStats> {
         let t = self.models.len();
-        let mut total = MaskCounts::new(t);
+        let (sel, thresholds) = self.provisional()?;
         let mut tensors = Vec::with_capacity(self.tensors.len());
+        let mut deferred = Vec::new();
         for name in &self.tensors {
             let acc = Mutex::new(MaskCounts::new(t));
-            self.visit(name, &|c| {
-                let mut local = MaskCounts::new(t);
-                for k in 0..c.tau.len() {
-                    let cnt = c.count(k);
-                    local.params += 1;
-                    local.histogram[cnt] += 1;
-                    match cnt {
-                        0 if c.tau[k] == 0.0 => local.untouched += 1,
-                        0 => local.catastrophic += 1,
-                        1 => local.selfish += 1,
-                        _ => local.shared += 1,
-                    }
-                }
-                for (d, m) in local.mask_density.iter_mut().zip(&c.masks) {
-                    *d = m.iter().filter(|&&b| b).count() as f64;
-                }
+            let parts = self.visit_deferring(name, sel.as_ref(), &thresholds, &|c, wait| {
+                let local = self.count(c, wait);
                 progress(c.tau.len() as u64);
-                acc.lock()
-                    .map_err(|_| Error::Invalid("worker panicked".into()))?
-                    .add(&local);
+                acc.lock().map_err(poisoned)?.add(&local);
                 Ok(())
             })?;
-            let mut counts = acc
-                .into_inner()
-                .map_err(|_| Error::Invalid("worker panicked".into()))?;
-            total.add(&counts);
-            counts.finish();
+            deferred.push(parts);
             tensors.push(TensorCounts {
                 name: name.clone(),
-                counts,
+                counts: acc.into_inner().map_err(poisoned)?,
             });
+        }
+        // The positions that waited, counted with the exact thresholds.
+        if let Some(sel) = &sel {
+            let exact = self.resolve(sel, deferred.iter().flatten())?;
+            for (parts, counts) in deferred.iter().zip(&mut tensors) {
+                for d in parts {
+                    let c = d.chunk();
+                    counts
+                        .counts
+                        .add(&self.count(&self.mask_chunk(&c, &exact), &[]));
+                }
+            }
+        }
+        let mut total = MaskCounts::new(t);
+        for c in &mut tensors {
+            total.add(&c.counts);
+            c.counts.finish();
         }
         total.finish();
         Ok(TallStats {
@@ -377,8 +442,39 @@ impl<'a> Tall<'a> {
         })
     }
 
+    /// The counts of chunk `c` but for the positions in `skip` (ascending).
+    fn count(&self, c: &MaskChunk, skip: &[u32]) -> MaskCounts {
+        let mut local = MaskCounts::new(self.models.len());
+        let mut skip = skip.iter().peekable();
+        let mut densities = vec![0u64; self.models.len()];
+        for k in 0..c.tau.len() {
+            if skip.next_if(|&&p| p as usize == k).is_some() {
+                continue;
+            }
+            let cnt = c.count(k);
+            local.params += 1;
+            local.histogram[cnt] += 1;
+            match cnt {
+                0 if c.tau[k] == 0.0 => local.untouched += 1,
+                0 => local.catastrophic += 1,
+                1 => local.selfish += 1,
+                _ => local.shared += 1,
+            }
+            for (d, m) in densities.iter_mut().zip(&c.masks) {
+                *d += u64::from(m[k]);
+            }
+        }
+        for (d, n) in local.mask_density.iter_mut().zip(densities) {
+            *d = n as f64;
+        }
+        local
+    }
+
     /// Writes a model built chunk by chunk from (base, masks, τ_MTL): float tensors from
     /// `build`, the others copied from the base. Output dtype: `out_dtype` or the base's.
+    /// `build` must work position by position (its value at a position depends only on that
+    /// position's inputs, masks and τ_MTL, not on chunk numbers): positions that wait for the
+    /// TIES recipe's exact thresholds are built at the end and patched in.
     pub fn write_model(
         &self,
         out: &Path,
@@ -393,21 +489,48 @@ impl<'a> Tall<'a> {
             crate::output::specs(self.base.tensors(), out_dtype),
             metadata,
         )?;
+        let (sel, thresholds) = self.provisional()?;
+        let mut deferred = Vec::new();
         for v in self.base.tensors() {
             if !v.dtype().is_float() {
                 w.write_bytes(v.name(), v.bytes)?;
                 continue;
             }
             let dt = out_dtype.unwrap_or(v.dtype());
-            self.visit(v.name(), &|c| {
+            let parts = self.visit_deferring(v.name(), sel.as_ref(), &thresholds, &|c, wait| {
                 let mut out = vec![0f32; c.tau.len()];
                 build(c, &mut out);
+                // A placeholder until the patch (finite where the base is).
+                for &p in wait {
+                    out[p as usize] = c.base[p as usize];
+                }
                 let finite =
                     |k: usize| c.base[k].is_finite() && c.deltas.iter().all(|d| d[k].is_finite());
                 crate::output::check_values(dest, v.name(), dt, c.start, &out, false, &finite)?;
                 progress(out.len() as u64);
                 w.write_f32_at(v.name(), c.start, &out)
             })?;
+            deferred.push((v.name(), dt, parts));
+        }
+        if let Some(sel) = &sel {
+            let exact = self.resolve(sel, deferred.iter().flat_map(|(_, _, p)| p))?;
+            for (name, dt, parts) in &deferred {
+                parts.par_iter().try_for_each(|d| {
+                    if d.positions().is_empty() {
+                        return Ok(());
+                    }
+                    let c = self.mask_chunk(&d.chunk(), &exact);
+                    let mut out = vec![0f32; c.tau.len()];
+                    build(&c, &mut out);
+                    for (j, (&p, &v)) in d.positions().iter().zip(&out).enumerate() {
+                        let finite =
+                            |_| c.base[j].is_finite() && c.deltas.iter().all(|d| d[j].is_finite());
+                        let at = d.start() + p as usize;
+                        crate::output::check_values(dest, name, *dt, at, &[v], false, &finite)?;
+                    }
+                    w.patch_f32(name, d.start(), d.positions(), &out)
+                })?;
+            }
         }
         w.finish(self.base.side_files())
     }
@@ -440,6 +563,103 @@ impl<'a> Tall<'a> {
             }
         }
     }
+}
+
+/// τ_t = θ_t − θ₀ of a chunk (`n` values), in straight loops.
+#[inline(always)]
+fn task_vectors_any(models: &[Vec<f32>], base: &[f32], n: usize) -> Vec<Vec<f32>> {
+    models
+        .iter()
+        .map(|m| {
+            let mut d = vec![0f32; n];
+            for ((o, &x), &b) in d.iter_mut().zip(&m[..n]).zip(&base[..n]) {
+                *o = x - b;
+            }
+            d
+        })
+        .collect()
+}
+
+/// m_t = 1{|τ_t| > λ_t·|τ_MTL − τ_t|}, in straight loops.
+#[inline(always)]
+fn task_masks_any(deltas: &[Vec<f32>], tau: &[f32], lambdas: &[f32]) -> Vec<Vec<bool>> {
+    deltas
+        .iter()
+        .zip(lambdas)
+        .map(|(d, &l)| {
+            let mut m = vec![false; tau.len()];
+            for ((o, &dt), &tm) in m.iter_mut().zip(d).zip(tau) {
+                *o = dt.abs() > l * (tm - dt).abs();
+            }
+            m
+        })
+        .collect()
+}
+
+avx2_dispatch!(fn task_vectors(models: &[Vec<f32>], base: &[f32], n: usize) -> Vec<Vec<f32>> = task_vectors_any;);
+avx2_dispatch!(fn task_masks(deltas: &[Vec<f32>], tau: &[f32], lambdas: &[f32]) -> Vec<Vec<bool>> = task_masks_any;);
+
+/// Σ_t τ_t per position, column by column (straight loops that vectorize), the additions in
+/// the order of `Iterator::sum` from its −0.0, so the same bits as summing each position.
+#[inline(always)]
+fn tau_sum_any(deltas: &[Vec<f32>], n: usize) -> Vec<f32> {
+    let mut out = vec![-0.0f32; n];
+    for d in deltas {
+        for (o, &x) in out.iter_mut().zip(&d[..n]) {
+            *o += x;
+        }
+    }
+    out
+}
+
+/// The TIES τ_MTL per position (trim by `thresholds`, elect the sign, sum the agreeing
+/// entries), column by column; the same bits as one position at a time with
+/// [`elect_sign`] and `Iterator::sum` (a test compares).
+#[inline(always)]
+fn tau_ties_any(deltas: &[Vec<f32>], n: usize, thresholds: &[Option<f32>]) -> Vec<f32> {
+    let trimmed: Vec<Vec<f32>> = deltas
+        .iter()
+        .zip(thresholds)
+        .map(|(d, t)| {
+            let mut v = d[..n].to_vec();
+            if let Some(t) = *t {
+                // A select, as `keep` with a threshold: the loop vectorizes.
+                for x in v.iter_mut() {
+                    *x = if x.abs() >= t { *x } else { 0.0 };
+                }
+            }
+            v
+        })
+        .collect();
+    let mut sign = vec![0f32; n];
+    let mut votes = vec![0f32; n];
+    for d in &trimmed {
+        for ((s, v), &x) in sign.iter_mut().zip(votes.iter_mut()).zip(d) {
+            *s += x;
+            *v += sign_vote(x);
+        }
+    }
+    for (s, &v) in sign.iter_mut().zip(&votes) {
+        *s = elected(*s, v);
+    }
+    // Σ over the entries that agree (non-zero, of the elected sign; a NaN agrees with none),
+    // from −0.0 as `Iterator::sum`; a select rather than adding 0.0, which would turn a −0.0
+    // sum into +0.0.
+    let mut out = vec![-0.0f32; n];
+    for d in &trimmed {
+        for ((o, &x), &g) in out.iter_mut().zip(d).zip(&sign) {
+            let agree = ((x > 0.0) & (g > 0.0)) | ((x < 0.0) & (g < 0.0));
+            *o = if agree { *o + x } else { *o };
+        }
+    }
+    out
+}
+
+avx2_dispatch!(fn tau_sum(deltas: &[Vec<f32>], n: usize) -> Vec<f32> = tau_sum_any;);
+avx2_dispatch!(fn tau_ties(deltas: &[Vec<f32>], n: usize, thresholds: &[Option<f32>]) -> Vec<f32> = tau_ties_any;);
+
+fn poisoned<T>(_: T) -> Error {
+    Error::Invalid("a worker panicked".into())
 }
 
 #[cfg(test)]
@@ -587,7 +807,129 @@ mod tests {
                 .collect();
             all.sort_by(|a, b| b.total_cmp(a));
             let k = (0.2 * all.len() as f64) as usize;
-            assert_eq!(tall.thresholds()[i], Some(all[k - 1]));
+            assert_eq!(tall.thresholds().unwrap()[i], Some(all[k - 1]));
+        }
+    }
+
+    /// The TIES recipe finished during the pass over the masks (statistics, Consensus, a
+    /// rebuilt task) gives what it gives with the exact thresholds found first, on one thread
+    /// and on three, and leaves the exact thresholds behind.
+    #[test]
+    fn ties_recipe_in_one_pass_equals_thresholds_found_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, models) = random_family(dir.path(), SHAPES, 3, 17);
+        let new = || {
+            Tall::new(
+                &base,
+                models.iter().collect(),
+                vec!["a".into(), "b".into(), "c".into()],
+                MtlRecipe::Ties { density: 0.3 },
+                vec![0.3, 0.5, 0.4],
+            )
+            .unwrap()
+        };
+        let outputs = |tall: &Tall, tag: &str| {
+            let stats = serde_json::to_string(&tall.stats(&|_| {}).unwrap()).unwrap();
+            let mut files = Vec::new();
+            for (i, build) in [
+                &Tall::consensus_kernel(2, 0.7) as &(dyn Fn(&MaskChunk, &mut [f32]) + Sync),
+                &Tall::reconstruct_kernel(1, DType::BF16),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let out = dir.path().join(format!("{tag}-{i}"));
+                tall.write_model(&out, Some(DType::F32), &BTreeMap::new(), &|_| {}, build)
+                    .unwrap();
+                files.push(std::fs::read(out.join("model.safetensors")).unwrap());
+            }
+            (stats, files)
+        };
+        let first = new();
+        let exact = first.thresholds().unwrap();
+        let want = outputs(&first, "first");
+        for threads in [1, 3] {
+            let tall = new();
+            assert!(
+                tall.pending.lock().unwrap().is_some(),
+                "the selection waits"
+            );
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            // Statistics first (they finish the thresholds), then a model; and a model alone.
+            let got = pool.install(|| outputs(&tall, &format!("one{threads}")));
+            assert_eq!(got.0, want.0, "{threads} threads");
+            assert!(got.1 == want.1, "{threads} threads");
+            assert!(tall.pending.lock().unwrap().is_none());
+            assert_eq!(tall.thresholds().unwrap(), exact);
+            let alone = new();
+            let out = dir.path().join(format!("alone{threads}"));
+            pool.install(|| {
+                alone.write_model(
+                    &out,
+                    Some(DType::F32),
+                    &BTreeMap::new(),
+                    &|_| {},
+                    &Tall::consensus_kernel(2, 0.7),
+                )
+            })
+            .unwrap();
+            assert!(std::fs::read(out.join("model.safetensors")).unwrap() == want.1[0]);
+        }
+        // The provisional thresholds differ from the exact ones (the test sees the fix).
+        assert_ne!(new().provisional().unwrap().1, exact);
+    }
+
+    /// τ_MTL column by column has the bits of the per-position formulas (`Iterator::sum`
+    /// from −0.0, [`elect_sign`]), on deltas with zeros of both signs, exact cancellations,
+    /// values at the thresholds, sign ties and NaNs.
+    #[test]
+    fn tau_mtl_by_columns_has_the_bits_of_the_per_position_formulas() {
+        use crate::merge::{elect_sign, keep};
+        let pool = [
+            0.0f32,
+            -0.0,
+            0.5,
+            -0.5,
+            0.25,
+            -0.25,
+            1.0,
+            -1.0,
+            0.75,
+            f32::NAN,
+        ];
+        let mut rng = crate::rng::Rng::keyed(5, "tau", 0);
+        for models in 1..=4 {
+            let n = 3000;
+            let deltas: Vec<Vec<f32>> = (0..models)
+                .map(|_| {
+                    (0..n)
+                        .map(|_| pool[(rng.uniform() * pool.len() as f32) as usize % pool.len()])
+                        .collect()
+                })
+                .collect();
+            let thresholds: Vec<Option<f32>> =
+                [None, Some(0.5), Some(0.25), Some(f32::INFINITY)][..models].to_vec();
+            let sum: Vec<f32> = (0..n).map(|k| deltas.iter().map(|d| d[k]).sum()).collect();
+            let ties: Vec<f32> = (0..n)
+                .map(|k| {
+                    let trimmed = deltas
+                        .iter()
+                        .zip(&thresholds)
+                        .map(move |(d, t)| if keep(d[k], *t) { d[k] } else { 0.0 });
+                    let sign = elect_sign(trimmed.clone());
+                    trimmed.filter(|x| *x != 0.0 && x.signum() == sign).sum()
+                })
+                .collect();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&tau_sum(&deltas, n)), bits(&sum), "{models} models");
+            assert_eq!(
+                bits(&tau_ties(&deltas, n, &thresholds)),
+                bits(&ties),
+                "{models} models"
+            );
         }
     }
 

@@ -106,7 +106,8 @@ impl TallOptions {
         })
     }
 
-    /// The masks' plan over the opened `base` and `models` (TIES thresholds take one pass).
+    /// The masks' plan over the opened `base` and `models` (the TIES recipe's histogram pass;
+    /// [`Tall`] finishes its thresholds later).
     pub fn tall<'a>(&self, base: &'a Model, models: &'a [Model]) -> engram_ckpt::Result<Tall<'a>> {
         let (tasks, lambdas) = (self.task_names(), self.lambdas());
         let recipe = self.recipe(Spelling::Flags);

@@ -394,6 +394,7 @@ mod tests {
         .unwrap();
         let thr: Vec<f32> = tall
             .thresholds()
+            .unwrap()
             .iter()
             .map(|t| t.expect("a model-scope threshold"))
             .collect();

@@ -74,8 +74,9 @@ pub struct Args {
     /// With a multi-stage config: run this stage and the stages it needs (default: all).
     #[arg(long, value_name = "NAME")]
     pub stage: Option<String>,
-    /// Find TIES' per-tensor thresholds with two selection passes before the merge pass,
-    /// as engram did before it finished them during the merge pass (the same output; for
+    /// Find TIES' and breadcrumbs' thresholds (per tensor, or over the model with
+    /// --trim-scope model) with two selection passes before the merge pass, as engram did
+    /// before it finished them during the merge pass (the same output; for
     /// `engram bench merge`'s comparison).
     #[arg(long, hide = true)]
     pub select_first: bool,

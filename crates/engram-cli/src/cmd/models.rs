@@ -37,6 +37,11 @@ pub struct TallArgs {
     /// (default 0.2).
     #[arg(long)]
     pub density: Option<f64>,
+    /// With --tau ties: find the thresholds by two selection passes first, as engram did
+    /// before it finished them during the pass over the masks (the same output; for
+    /// `engram bench merge`'s comparison).
+    #[arg(long, hide = true)]
+    pub select_first: bool,
 }
 
 impl TallArgs {
@@ -65,8 +70,13 @@ impl TallArgs {
         Ok((open(&self.base)?, open_all(&self.models)?))
     }
 
-    /// The masks' plan (TIES thresholds take one pass).
+    /// The masks' plan (the TIES recipe's histogram pass; its thresholds are finished
+    /// during the pass over the masks, or first with --select-first).
     pub fn tall<'a>(&self, base: &'a Model, models: &'a [Model]) -> Result<Tall<'a>> {
-        Ok(self.options().tall(base, models)?)
+        let tall = self.options().tall(base, models)?;
+        if self.select_first {
+            tall.thresholds()?;
+        }
+        Ok(tall)
     }
 }

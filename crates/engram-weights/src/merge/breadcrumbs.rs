@@ -4,7 +4,7 @@
 use super::gta::{RESCALE_OFF, Sparsifier, gta_kernel, tensor_scope_only};
 use super::params::{DENSITY, INT8_MASK, LAMBDA, NORMALIZE_OFF, WEIGHT};
 use super::{ChunkKernel, Domain, MergeMethod, ParamSpec, Params, TensorJob};
-use crate::select::{keep_count, kth_largest_abs_sets};
+use crate::select::{Repeated, keep_count, kth_largest_abs_sets};
 use engram_ckpt::Result;
 
 /// `breadcrumbs`, as mergekit's `magnitude_outliers` sparsification: per tensor of n entries,
@@ -13,17 +13,18 @@ use engram_ckpt::Result;
 /// engram refuses gamma + density > 1 instead (at density < 1), so the band is as asked.
 /// Then θ = θ₀ + λ·Σ_i w_i·τ̃_i (÷ Σ w_i with `normalize`, off by default as in mergekit).
 ///
-/// engram takes the two cuts as exact magnitude thresholds (radix select): an entry is kept
-/// if its |τ| is at least the (n_top + target)-th largest and at most the (n_top + 1)-th
-/// largest. Ties at either cut are kept (the card's rule), where mergekit keeps exactly
-/// `target` entries in sort order. mergekit also keeps nothing when n_top = 0 (its slice
-/// `[n_bot:-0]` is empty, e.g. tensors under 100 entries at gamma 0.01); engram keeps the
-/// `target` largest then. At density ≥ 1 nothing is dropped, whatever gamma (as mergekit).
-/// `rescale` (off by default) restores the L1 norm per tensor, as in [`super::dare`].
-pub struct Breadcrumbs;
-
-/// `breadcrumbs_ties`: the same masks, then the TIES election and disjoint merge.
-pub struct BreadcrumbsTies;
+/// engram takes the two cuts as exact magnitude thresholds (radix select, both cuts of
+/// every model in the same passes, finished during the merge pass: [`super::onepass`]): an
+/// entry is kept if its |τ| is at least the (n_top + target)-th largest and at most the
+/// (n_top + 1)-th largest. Ties at either cut are kept (the card's rule), where mergekit
+/// keeps exactly `target` entries in sort order. mergekit also keeps nothing when n_top = 0
+/// (its slice `[n_bot:-0]` is empty, e.g. tensors under 100 entries at gamma 0.01); engram
+/// keeps the `target` largest then. At density ≥ 1 nothing is dropped, whatever gamma (as
+/// mergekit). `rescale` (off by default) restores the L1 norm per tensor, as in
+/// [`super::dare`].
+///
+/// With `TIES`, `breadcrumbs_ties`: the same masks, then the TIES election and disjoint merge.
+pub struct Breadcrumbs<const TIES: bool>;
 
 pub const GAMMA: ParamSpec = ParamSpec {
     name: "gamma",
@@ -54,12 +55,20 @@ fn check_band(p: &Params) -> std::result::Result<(), String> {
     Ok(())
 }
 
-impl MergeMethod for Breadcrumbs {
+impl<const TIES: bool> MergeMethod for Breadcrumbs<TIES> {
     fn name(&self) -> &'static str {
-        "breadcrumbs"
+        if TIES {
+            "breadcrumbs_ties"
+        } else {
+            "breadcrumbs"
+        }
     }
     fn summary(&self) -> &'static str {
-        "drop the largest (gamma) and smallest delta entries, keep a density share, and sum"
+        if TIES {
+            "breadcrumbs masks, then TIES sign election and disjoint merge"
+        } else {
+            "drop the largest (gamma) and smallest delta entries, keep a density share, and sum"
+        }
     }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
@@ -69,72 +78,90 @@ impl MergeMethod for Breadcrumbs {
     }
     fn prepare<'a>(&self, job: &'a TensorJob<'a>) -> Result<Box<dyn ChunkKernel + 'a>> {
         tensor_scope_only(job, self.name(), PARAMS)?;
-        gta_kernel(job, PARAMS, Band::new(job)?, false, false)
+        gta_kernel(job, PARAMS, Band::new(job)?, TIES, false)
     }
-}
-
-impl MergeMethod for BreadcrumbsTies {
-    fn name(&self) -> &'static str {
-        "breadcrumbs_ties"
+    fn trim_ranks(&self, job: &TensorJob, total: u64) -> Option<Vec<Option<u64>>> {
+        band_ranks(job, total)
     }
-    fn summary(&self) -> &'static str {
-        "breadcrumbs masks, then TIES sign election and disjoint merge"
-    }
-    fn params(&self) -> &'static [ParamSpec] {
-        PARAMS
-    }
-    fn check_params(&self, p: &Params) -> std::result::Result<(), String> {
-        check_band(p)
-    }
-    fn prepare<'a>(&self, job: &'a TensorJob<'a>) -> Result<Box<dyn ChunkKernel + 'a>> {
+    fn trimmed_kernel<'a>(
+        &self,
+        job: &'a TensorJob<'a>,
+        cuts: Vec<Option<f32>>,
+    ) -> Result<Box<dyn ChunkKernel + 'a>> {
         tensor_scope_only(job, self.name(), PARAMS)?;
-        gta_kernel(job, PARAMS, Band::new(job)?, true, false)
+        gta_kernel(job, PARAMS, Band::from_cuts(job, &cuts), TIES, false)
     }
 }
 
 /// Per model, keep lo ≤ |x| ≤ hi; `None` keeps the model's task vector whole.
 struct Band(Vec<Option<(f32, Option<f32>)>>);
 
+/// Per model (target, n_top) over `n` entries, or `None` when the task vector stays whole.
+fn band_counts(job: &TensorJob, n: u64) -> Vec<Option<(u64, u64)>> {
+    job.model_params
+        .iter()
+        .map(|p| {
+            let density = p.value(PARAMS, "density");
+            (density < 1.0).then(|| {
+                let target = keep_count(density, n);
+                (target, keep_count(p.value(PARAMS, "gamma"), n))
+            })
+        })
+        .collect()
+}
+
+/// The band's cuts as selections (N models): selection i is model i's lower cut, the
+/// (n_top + target)-th largest |τ|, and selection N + i its upper cut, the (n_top + 1)-th;
+/// `None` where there is no cut.
+fn cut_ranks(job: &TensorJob, n: u64) -> Vec<Option<u64>> {
+    let counts = band_counts(job, n);
+    let lo = counts
+        .iter()
+        .map(|c| c.filter(|&(t, _)| t > 0).map(|(t, top)| top + t));
+    let hi = counts.iter().map(|c| {
+        c.filter(|&(t, top)| t > 0 && top > 0)
+            .map(|(_, top)| top + 1)
+    });
+    lo.chain(hi).collect()
+}
+
+/// [`cut_ranks`] for the engine's one-pass merge: not with `rescale` (its L1 factors need the
+/// band first), nor where `prepare` refuses the request (model scope).
+fn band_ranks(job: &TensorJob, n: u64) -> Option<Vec<Option<u64>>> {
+    let refused = tensor_scope_only(job, "", PARAMS).is_err();
+    (!refused && !job.global.flag(PARAMS, "rescale")).then(|| cut_ranks(job, n))
+}
+
 impl Band {
+    /// Both cuts of every model's band, in two passes over the tensor for all of them
+    /// ([`Repeated`]: each chunk decoded once for both cuts).
     fn new(job: &TensorJob) -> Result<Band> {
-        let n = job.numel() as u64;
-        // Per model (target, n_top), or None when the task vector stays whole.
-        let counts: Vec<Option<(u64, u64)>> = job
-            .model_params
-            .iter()
-            .map(|p| {
-                let density = p.value(PARAMS, "density");
-                (density < 1.0).then(|| {
-                    let target = keep_count(density, n);
-                    (target, keep_count(p.value(PARAMS, "gamma"), n))
-                })
-            })
-            .collect();
-        // Both bounds of every model's band: two selections, each over all models at once.
-        let lo_k: Vec<Option<u64>> = counts
-            .iter()
-            .map(|c| c.filter(|&(t, _)| t > 0).map(|(t, top)| top + t))
-            .collect();
-        let hi_k: Vec<Option<u64>> = counts
-            .iter()
-            .map(|c| {
-                c.filter(|&(t, top)| t > 0 && top > 0)
-                    .map(|(_, top)| top + 1)
-            })
-            .collect();
-        let lo = kth_largest_abs_sets(job, &lo_k)?;
-        let hi = kth_largest_abs_sets(job, &hi_k)?;
-        Ok(Band(
-            counts
+        let sets = Repeated {
+            inner: job,
+            sets: job.models.len(),
+        };
+        let cuts = kth_largest_abs_sets(&sets, &cut_ranks(job, job.numel() as u64))?;
+        Ok(Band::from_cuts(job, &cuts))
+    }
+
+    /// The band from its cuts as [`band_ranks`] orders them (`None`: no cut, or fewer values
+    /// than the rank).
+    fn from_cuts(job: &TensorJob, cuts: &[Option<f32>]) -> Band {
+        let n = job.models.len();
+        Band(
+            band_counts(job, job.numel() as u64)
                 .iter()
                 .enumerate()
                 .map(|(i, c)| match c {
                     None => None,
                     Some((0, _)) => Some((f32::INFINITY, None)),
-                    Some(_) => Some((lo[i].unwrap_or(f32::INFINITY), hi[i])),
+                    Some(_) => Some((
+                        cuts[i].unwrap_or(f32::INFINITY),
+                        cuts.get(n + i).copied().flatten(),
+                    )),
                 })
                 .collect(),
-        ))
+        )
     }
 }
 

@@ -3,13 +3,13 @@
 //! chunks processed in parallel, written straight to the output files.
 
 use super::Chunk;
-use super::onepass::{LIMITS, merge_trimmed};
+use super::onepass::{LIMITS, fix_deferred, merge_deferring, merge_trimmed};
 use super::plan::{MergePlan, Step};
 pub use super::plan::{layer_index, layer_positions};
 pub use super::request::MergeRequest;
 use crate::output::check_values;
 pub use crate::output::copy_as_f32;
-use engram_ckpt::{ModelWriter, Result, WriteOptions};
+use engram_ckpt::{DType, ModelWriter, Result, WriteOptions};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -53,7 +53,10 @@ pub fn run_merge<'a>(
             metadata: metadata.clone(),
         },
     )?;
-    for (t, spec) in plan.tensors.iter().zip(&specs) {
+    // With model-scope thresholds finished during the merge pass: each merged tensor's
+    // deferred positions, fixed once every tensor is merged.
+    let mut deferred = Vec::new();
+    for (ti, (t, spec)) in plan.tensors.iter().zip(&specs).enumerate() {
         let name = t.view.name();
         match t.step {
             Step::Copy => writer.write_bytes(name, t.view.bytes)?,
@@ -84,31 +87,22 @@ pub fn run_merge<'a>(
                     )?;
                     writer.write_f32_at(name, c.start, vals)
                 };
-                match req.method.trim_densities(&job).filter(|_| req.one_pass) {
-                    Some(densities) => {
-                        // Values found after the merge pass: checked as the sink checks,
-                        // then patched over the placeholders.
-                        let fix = |c: &Chunk, start: usize, at: &[u32], vals: &[f32]| {
-                            for (j, (&p, &v)) in at.iter().zip(vals).enumerate() {
-                                let finite = |_| {
-                                    c.base.get(j).is_none_or(|b| b.is_finite())
-                                        && c.models.iter().all(|m| m[j].is_finite())
-                                };
-                                check_values(
-                                    out,
-                                    name,
-                                    spec.dtype,
-                                    start + p as usize,
-                                    &[v],
-                                    req.check_finite,
-                                    &finite,
-                                )?;
-                            }
-                            writer.patch_f32(name, start, at, vals)
-                        };
+                let fix = fixer(req, &writer, out, name, spec.dtype);
+                let ranks = (req.one_pass && job.model_thresholds.is_none())
+                    .then(|| req.method.trim_ranks(&job, job.numel() as u64))
+                    .flatten();
+                match (ranks, &plan.model_selection, &plan.model_thresholds) {
+                    // Model scope, thresholds provisional: merge now, fix at the end.
+                    (_, Some(sel), Some(provisional)) => {
+                        let first = req.method.trimmed_kernel(&job, provisional.clone())?;
+                        let parts = merge_deferring(&job, rows, sel, first.as_ref(), &sink)?;
+                        deferred.push((ti, parts));
+                    }
+                    // Per tensor.
+                    (Some(ks), _, _) => {
                         merge_trimmed(
                             &job,
-                            &densities,
+                            &ks,
                             rows,
                             LIMITS,
                             &|t| req.method.trimmed_kernel(&job, t),
@@ -116,7 +110,7 @@ pub fn run_merge<'a>(
                             &fix,
                         )?;
                     }
-                    None => {
+                    _ => {
                         let kernel = req.method.prepare(&job)?;
                         job.apply(kernel.as_ref(), rows, &sink)?;
                     }
@@ -127,9 +121,53 @@ pub fn run_merge<'a>(
         }
         progress(t.view.numel() as u64);
     }
+    if let Some(sel) = &plan.model_selection {
+        let exact = sel.resolve(
+            deferred.iter().flat_map(|(_, parts)| parts.iter()),
+            "the model-scope trim",
+        )?;
+        for (ti, parts) in &deferred {
+            let (t, spec) = (&plan.tensors[*ti], &specs[*ti]);
+            let mut job = plan.job(req, t)?;
+            job.model_thresholds = Some(exact.clone());
+            let kernel = req.method.trimmed_kernel(&job, exact.clone())?;
+            let fix = fixer(req, &writer, out, t.view.name(), spec.dtype);
+            fix_deferred(parts, kernel.as_ref(), &fix)?;
+        }
+        report.model_thresholds = Some(exact);
+    }
     let files = writer.finish(plan.template.side_files())?;
     report.files = files.iter().map(|f| f.display().to_string()).collect();
     Ok(report)
+}
+
+/// Where the values a merge finds after its pass go: checked as the merge pass's are, then
+/// patched over the placeholders of tensor `name` (`dtype` in the output).
+fn fixer<'f>(
+    req: &'f MergeRequest<'f>,
+    writer: &'f ModelWriter,
+    out: &'f Path,
+    name: &'f str,
+    dtype: DType,
+) -> impl Fn(&Chunk, usize, &[u32], &[f32]) -> Result<()> + Sync + 'f {
+    move |c: &Chunk, start: usize, at: &[u32], vals: &[f32]| {
+        for (j, (&p, &v)) in at.iter().zip(vals).enumerate() {
+            let finite = |_| {
+                c.base.get(j).is_none_or(|b| b.is_finite())
+                    && c.models.iter().all(|m| m[j].is_finite())
+            };
+            check_values(
+                out,
+                name,
+                dtype,
+                start + p as usize,
+                &[v],
+                req.check_finite,
+                &finite,
+            )?;
+        }
+        writer.patch_f32(name, start, at, vals)
+    }
 }
 
 #[cfg(test)]

@@ -92,15 +92,17 @@ pub trait MergeMethod: Sync {
         Ok(())
     }
     fn prepare<'a>(&self, job: &'a TensorJob<'a>) -> Result<Box<dyn ChunkKernel + 'a>>;
-    /// For a method whose only whole-tensor statistic is a magnitude threshold per model
-    /// (ties): the share of |τ_i| each model keeps on this tensor, so that the engine can
-    /// finish the thresholds during the merge pass ([`onepass`]) and build the kernel with
+    /// For a method whose only whole-tensor statistics are magnitude cuts of the task vectors
+    /// (ties, breadcrumbs): the ranks of its selections over `total` values per model (this
+    /// tensor's, or the whole model's with `trim_scope: model`). Selection j is the k-th
+    /// largest |τ| of model j mod N; `None` cuts nothing. The engine then finishes the
+    /// thresholds during the merge pass ([`onepass`]) and builds the kernel with
     /// [`Self::trimmed_kernel`]. `None` (the default): the engine calls [`Self::prepare`].
-    fn trim_densities(&self, _job: &TensorJob) -> Option<Vec<f64>> {
+    fn trim_ranks(&self, _job: &TensorJob, _total: u64) -> Option<Vec<Option<u64>>> {
         None
     }
-    /// The kernel for given per-model thresholds (as [`TensorJob::delta_thresholds`] returns
-    /// them), for methods with [`Self::trim_densities`]; it merges position by position.
+    /// The kernel for given thresholds, one per selection of [`Self::trim_ranks`] (`None`:
+    /// no cut; `+inf`: nothing reaches it); it merges position by position.
     fn trimmed_kernel<'a>(
         &self,
         job: &'a TensorJob<'a>,
@@ -118,8 +120,8 @@ pub fn registry() -> &'static [&'static dyn MergeMethod] {
         &ties::Ties,
         &dare::DareLinear,
         &dare::DareTies,
-        &breadcrumbs::Breadcrumbs,
-        &breadcrumbs::BreadcrumbsTies,
+        &breadcrumbs::Breadcrumbs::<false>,
+        &breadcrumbs::Breadcrumbs::<true>,
         &della::Della,
         &della::DellaLinear,
         &model_stock::ModelStock,

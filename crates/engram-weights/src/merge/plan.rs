@@ -1,13 +1,16 @@
 //! Planning a merge, before anything is written: the request is checked, every tensor of the
 //! template gets its step (merge, copy, keep the base's), and with model-scope trimming the
 //! plan holds each model's |τ| threshold over the whole model (the first of the two streaming
-//! passes the card asks for). Execution ([`super::engine`]) then only follows the plan, so a
+//! passes the card asks for; for TIES, the histogram pass alone when the merge pass can
+//! finish the thresholds, [`super::onepass`]). Execution ([`super::engine`]) then only follows the plan, so a
 //! bad request fails before the output exists.
 
 use super::TrimScope;
 use super::job::{ModelDeltas, TensorJob};
+use super::onepass::{LIMITS, Passes, Selection};
 use super::params::{ParamSource, ParamValue};
 use super::request::MergeRequest;
+use crate::select::keep_count;
 use engram_ckpt::{DType, Error, Model, Result, TensorSpec, TensorView};
 use std::collections::BTreeMap;
 
@@ -37,8 +40,13 @@ pub struct MergePlan<'a> {
     pub tensors: Vec<TensorPlan<'a>>,
     /// The request's parameters with one map per model.
     pub params: ParamSource,
-    /// With model-scope trimming: per model, the |τ| threshold over the whole model.
+    /// With model-scope trimming: per model, the |τ| threshold over the whole model
+    /// (provisional while `model_selection` is set).
     pub model_thresholds: Option<Vec<Option<f32>>>,
+    /// With model-scope trimming finished during the merge pass ([`super::onepass`]): the
+    /// selection after its histogram pass, whose deferred positions the engine fixes once
+    /// every tensor is merged.
+    pub model_selection: Option<Selection>,
     /// Tensors present in a model but not in the template: not in the output
     /// (`allow_missing`; otherwise an error).
     pub ignored: Vec<String>,
@@ -133,6 +141,7 @@ impl<'a> MergePlan<'a> {
             tensors,
             params,
             model_thresholds: None,
+            model_selection: None,
             ignored,
         };
         if req.scope == TrimScope::Model && m.trims_by_magnitude() {
@@ -145,7 +154,29 @@ impl<'a> MergePlan<'a> {
             let densities = (0..req.models.len())
                 .map(|i| plan.model_density(req, i))
                 .collect::<Result<Vec<_>>>()?;
-            plan.model_thresholds = Some(ModelDeltas::new(&jobs).thresholds(&densities)?);
+            let deltas = ModelDeltas::new(&jobs);
+            // One histogram pass, the rest finished during the merge pass, for a method whose
+            // kernel merges position by position given the thresholds; two passes otherwise.
+            let total = jobs.iter().map(|j| j.numel() as u64).sum();
+            let one_pass = req.one_pass && jobs.iter().all(|j| m.trim_ranks(j, total).is_some());
+            if one_pass {
+                let ks: Vec<Option<u64>> = densities
+                    .iter()
+                    .map(|&d| (d < 1.0).then(|| keep_count(d, total)))
+                    .collect();
+                let sel = Selection::first_pass(&deltas, &ks, total)?;
+                plan.model_thresholds = Some(match sel.passes(ks.len(), LIMITS) {
+                    Passes::MergeOnly => sel.provisional(),
+                    Passes::Exact => sel.second_pass(&deltas)?,
+                    Passes::Deferred => {
+                        let t = sel.provisional();
+                        plan.model_selection = Some(sel);
+                        t
+                    }
+                });
+            } else {
+                plan.model_thresholds = Some(deltas.thresholds(&densities)?);
+            }
         }
         Ok(plan)
     }

@@ -3,7 +3,8 @@
 
 use super::gta::{RESCALE_OFF, Sparsifier, gta_kernel};
 use super::params::{DENSITY, INT8_MASK, LAMBDA, NORMALIZE, WEIGHT};
-use super::{ChunkKernel, MergeMethod, ParamSpec, TensorJob, TrimScope, keep};
+use super::{ChunkKernel, MergeMethod, ParamSpec, TensorJob, keep};
+use crate::select::keep_count;
 use engram_ckpt::Result;
 use engram_ckpt::avx2_dispatch;
 
@@ -40,11 +41,16 @@ impl MergeMethod for Ties {
         let thresholds = job.delta_thresholds(&densities(job))?;
         self.trimmed_kernel(job, thresholds)
     }
-    /// Per tensor and without `rescale` (whose L1 factors need the exact thresholds before
-    /// the merge pass), the thresholds can be finished during the merge pass.
-    fn trim_densities(&self, job: &TensorJob) -> Option<Vec<f64>> {
-        let per_tensor = job.scope == TrimScope::Tensor || job.model_thresholds.is_none();
-        (per_tensor && !job.global.flag(PARAMS, "rescale")).then(|| densities(job))
+    /// One cut per model, keeping its `density` share of |τ| (ties at the cut kept).
+    /// Without `rescale` (whose L1 factors need the exact thresholds before the merge pass),
+    /// the thresholds can be finished during the merge pass, per tensor or over the model.
+    fn trim_ranks(&self, job: &TensorJob, total: u64) -> Option<Vec<Option<u64>>> {
+        (!job.global.flag(PARAMS, "rescale")).then(|| {
+            densities(job)
+                .iter()
+                .map(|&d| (d < 1.0).then(|| keep_count(d, total)))
+                .collect()
+        })
     }
     fn trimmed_kernel<'a>(
         &self,
