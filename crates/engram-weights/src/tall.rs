@@ -320,8 +320,10 @@ impl<'a> Tall<'a> {
         parts: impl Iterator<Item = &'d Deferred> + Clone,
     ) -> Result<Vec<Option<f32>>> {
         let exact = sel.resolve(parts, "the TIES recipe's thresholds")?;
+        // `pending` before `thresholds`, as everywhere.
+        let mut pending = self.pending.lock().map_err(poisoned)?;
         *self.thresholds.lock().map_err(poisoned)? = exact.clone();
-        *self.pending.lock().map_err(poisoned)? = None;
+        *pending = None;
         Ok(exact)
     }
 
