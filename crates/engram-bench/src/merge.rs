@@ -242,9 +242,11 @@ fn engram_steps(base: &Path, models: &[PathBuf], out: &Path) -> Vec<(&'static st
     // Selections finished during the pass (issue #25) against two selection passes first:
     // TIES over the whole model, breadcrumbs' band (two cuts per model), Consensus over TIES.
     let scratch = arg(&out.join("scratch"));
-    let variants: [(&str, &str, &[&str]); 3] = [
+    // (label, label with --select-first, command, flags)
+    let variants: [(&str, &str, &str, &[&str]); 3] = [
         (
             "ties_model",
+            "ties_model_select_first",
             "merge",
             &[
                 "--method",
@@ -257,31 +259,25 @@ fn engram_steps(base: &Path, models: &[PathBuf], out: &Path) -> Vec<(&'static st
         ),
         (
             "breadcrumbs",
+            "breadcrumbs_select_first",
             "merge",
             &["--method", "breadcrumbs", "--density", "0.2"],
         ),
         (
             "consensus_ties",
+            "consensus_ties_select_first",
             "consensus",
             &["--tau", "ties", "--density", "0.2"],
         ),
     ];
-    for (name, cmd, flags) in variants {
-        for first in [false, true] {
+    for (label, label_first, cmd, flags) in variants {
+        for (label, first) in [(label, false), (label_first, true)] {
             let mut head = vec![cmd, "-q", "--base", &b];
             head.extend(flags);
             if first {
                 head.push("--select-first");
             }
             head.extend(["-o", &scratch]);
-            let label = match (name, first) {
-                ("ties_model", false) => "ties_model",
-                ("ties_model", true) => "ties_model_select_first",
-                ("breadcrumbs", false) => "breadcrumbs",
-                ("breadcrumbs", true) => "breadcrumbs_select_first",
-                (_, false) => "consensus_ties",
-                (_, true) => "consensus_ties_select_first",
-            };
             steps.push((label, with_models(&head)));
         }
     }

@@ -21,9 +21,10 @@ pub trait Pieces: Sync {
     ) -> Result<(), engram_ckpt::Error>;
 }
 
-/// Several selections over the same sets: `times` copies of `inner`'s sets, copy c's set i
-/// being set c·n + i (n = `inner`'s sets). Each value is decoded once and counted into every
-/// copy that wants it, so two cuts of one model's |τ| (breadcrumbs' band) share their passes.
+/// Several selections over the same sets: `inner`'s n sets repeated, set j being `inner`'s
+/// set j mod n, as many times as the caller's `wanted` asks. Each value is decoded once and
+/// counted into every copy that wants it, so two cuts of one model's |τ| (breadcrumbs' band)
+/// share their passes.
 pub struct Repeated<'p> {
     pub inner: &'p dyn Pieces,
     /// Sets of `inner`.
@@ -335,6 +336,15 @@ fn find_from_top(h: &[u64], k: u64) -> Option<(usize, u64)> {
 /// Number of values to keep for a density: mergekit's `int(density * n)`.
 pub fn keep_count(density: f64, n: u64) -> u64 {
     ((density.clamp(0.0, 1.0)) * n as f64) as u64
+}
+
+/// Per density, the rank of the magnitude that keeps that share of `n` values ([`keep_count`]);
+/// `None` for a density ≥ 1, which keeps all.
+pub fn keep_ranks(densities: &[f64], n: u64) -> Vec<Option<u64>> {
+    densities
+        .iter()
+        .map(|&d| (d < 1.0).then(|| keep_count(d, n)))
+        .collect()
 }
 
 #[cfg(test)]

@@ -14,13 +14,13 @@
 //! thresholds. Other visitors (bundles, whose masks are coded chunk by chunk) get the exact
 //! thresholds from a second histogram pass first.
 
-use crate::merge::onepass::{Deferred, LIMITS, Passes, Selection};
+use crate::merge::onepass::{Deferred, LIMITS, Selection};
 use crate::merge::{ModelDeltas, TensorJob, TrimScope, elected, sign_vote};
-use crate::select::keep_count;
-use crate::stream::{Chunk, TensorChunks};
+use crate::select::keep_ranks;
+use crate::stream::Chunk;
 use engram_ckpt::avx2_dispatch;
 use engram_ckpt::dtype::round_through;
-use engram_ckpt::{DType, Error, Model, Result, TensorView};
+use engram_ckpt::{DType, Error, Model, Result};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -49,10 +49,17 @@ pub struct Tall<'a> {
     pub lambdas: Vec<f32>,
     /// Float tensors covered by masks, in base order; other base tensors are copied.
     pub tensors: Vec<String>,
-    /// Per model |τ| threshold of the TIES recipe: exact, or provisional while `pending`
-    /// holds the selection that finishes them.
-    thresholds: Mutex<Vec<Option<f32>>>,
-    pending: Mutex<Option<Selection>>,
+    /// The TIES recipe's per-model |τ| thresholds, and the selection finishing them while
+    /// they are provisional.
+    cuts: Mutex<Cuts>,
+}
+
+/// Per model |τ| threshold of the TIES recipe (`None`: all kept): exact while `pending` is
+/// `None`, else provisional until a pass resolves `pending`.
+#[derive(Clone)]
+struct Cuts {
+    thresholds: Vec<Option<f32>>,
+    pending: Option<Selection>,
 }
 
 /// One chunk of τ_MTL and the task masks.
@@ -240,8 +247,10 @@ impl<'a> Tall<'a> {
             recipe,
             lambdas,
             tensors,
-            thresholds: Mutex::new(vec![None; models_len]),
-            pending: Mutex::new(None),
+            cuts: Mutex::new(Cuts {
+                thresholds: vec![None; models_len],
+                pending: None,
+            }),
         };
         if let MtlRecipe::Ties { density } = recipe {
             tall.ties_selection(density)?;
@@ -279,37 +288,35 @@ impl<'a> Tall<'a> {
         if density >= 1.0 {
             return Ok(());
         }
+        let n = self.models.len();
         let jobs = self.jobs()?;
         let total = jobs.iter().map(|j| j.numel() as u64).sum();
-        let deltas = ModelDeltas::new(&jobs);
-        let k = keep_count(density, total);
-        let sel = Selection::first_pass(&deltas, &vec![Some(k); self.models.len()], total)?;
-        let (thresholds, pending) = match sel.passes(self.models.len(), LIMITS) {
-            Passes::MergeOnly => (sel.provisional(), None),
-            Passes::Exact => (sel.second_pass(&deltas)?, None),
-            Passes::Deferred => (sel.provisional(), Some(sel)),
-        };
+        let ks = keep_ranks(&vec![density; n], total);
+        let (thresholds, pending) =
+            Selection::start(&ModelDeltas::new(&jobs), &ks, total, n, LIMITS)?;
         drop(jobs);
-        *self.thresholds.get_mut().map_err(poisoned)? = thresholds;
-        *self.pending.get_mut().map_err(poisoned)? = pending;
+        *self.cuts.get_mut().map_err(poisoned)? = Cuts {
+            thresholds,
+            pending,
+        };
         Ok(())
     }
 
     /// The TIES recipe's exact per-model |τ| thresholds (`None`: all kept), by a second
     /// histogram pass the first time if no pass over the masks has finished them yet.
     pub fn thresholds(&self) -> Result<Vec<Option<f32>>> {
-        let mut pending = self.pending.lock().map_err(poisoned)?;
-        if let Some(sel) = pending.take() {
-            let exact = sel.second_pass(&ModelDeltas::new(&self.jobs()?))?;
-            *self.thresholds.lock().map_err(poisoned)? = exact;
+        let mut guard = self.cuts.lock().map_err(poisoned)?;
+        let cuts = &mut *guard;
+        if let Some(sel) = &cuts.pending {
+            cuts.thresholds = sel.second_pass(&ModelDeltas::new(&self.jobs()?))?;
+            cuts.pending = None;
         }
-        Ok(self.thresholds.lock().map_err(poisoned)?.clone())
+        Ok(cuts.thresholds.clone())
     }
 
-    /// The selection still to finish, if any, and the thresholds to use meanwhile.
-    fn provisional(&self) -> Result<(Option<Selection>, Vec<Option<f32>>)> {
-        let pending = self.pending.lock().map_err(poisoned)?.clone();
-        Ok((pending, self.thresholds.lock().map_err(poisoned)?.clone()))
+    /// The thresholds to use now, and the selection still to finish them, if any.
+    fn provisional(&self) -> Result<Cuts> {
+        Ok(self.cuts.lock().map_err(poisoned)?.clone())
     }
 
     /// The exact thresholds from every deferred chunk of one pass over all the tensors
@@ -320,10 +327,10 @@ impl<'a> Tall<'a> {
         parts: impl Iterator<Item = &'d Deferred> + Clone,
     ) -> Result<Vec<Option<f32>>> {
         let exact = sel.resolve(parts, "the TIES recipe's thresholds")?;
-        // `pending` before `thresholds`, as everywhere.
-        let mut pending = self.pending.lock().map_err(poisoned)?;
-        *self.thresholds.lock().map_err(poisoned)? = exact.clone();
-        *pending = None;
+        *self.cuts.lock().map_err(poisoned)? = Cuts {
+            thresholds: exact.clone(),
+            pending: None,
+        };
         Ok(exact)
     }
 
@@ -331,8 +338,8 @@ impl<'a> Tall<'a> {
     /// exact thresholds: [`Self::thresholds`]).
     pub fn visit(&self, name: &str, f: &(dyn Fn(&MaskChunk) -> Result<()> + Sync)) -> Result<()> {
         let thresholds = self.thresholds()?;
-        let (base, models) = self.views(name)?;
-        TensorChunks::new(Some(base), &models)
+        self.job(name)?
+            .chunks(false)
             .for_each(&|c: &Chunk| f(&self.mask_chunk(c, &thresholds)))
     }
 
@@ -346,8 +353,8 @@ impl<'a> Tall<'a> {
         thresholds: &[Option<f32>],
         f: &(dyn Fn(&MaskChunk, &[u32]) -> Result<()> + Sync),
     ) -> Result<Vec<Deferred>> {
-        let (base, models) = self.views(name)?;
-        TensorChunks::new(Some(base), &models)
+        self.job(name)?
+            .chunks(false)
             .map(&|c: &Chunk| {
                 let mc = self.mask_chunk(c, thresholds);
                 match sel {
@@ -360,17 +367,6 @@ impl<'a> Tall<'a> {
                 }
             })
             .map(|v| v.into_iter().flatten().collect())
-    }
-
-    /// The base's and the models' tensor `name`.
-    fn views(&self, name: &str) -> Result<(TensorView<'a>, Vec<TensorView<'a>>)> {
-        let base = self.base.require(name)?;
-        let models = self
-            .models
-            .iter()
-            .map(|m| m.require(name))
-            .collect::<Result<Vec<TensorView>>>()?;
-        Ok((base, models))
     }
 
     /// τ_MTL and the masks of chunk `c` with the given TIES thresholds.
@@ -400,7 +396,10 @@ impl<'a> Tall<'a> {
     /// Mask statistics per tensor and in total.
     pub fn stats(&self, progress: &(dyn Fn(u64) + Sync)) -> Result<TallStats> {
         let t = self.models.len();
-        let (sel, thresholds) = self.provisional()?;
+        let Cuts {
+            thresholds,
+            pending: sel,
+        } = self.provisional()?;
         let mut tensors = Vec::with_capacity(self.tensors.len());
         let mut deferred = Vec::new();
         for name in &self.tensors {
@@ -491,7 +490,10 @@ impl<'a> Tall<'a> {
             crate::output::specs(self.base.tensors(), out_dtype),
             metadata,
         )?;
-        let (sel, thresholds) = self.provisional()?;
+        let Cuts {
+            thresholds,
+            pending: sel,
+        } = self.provisional()?;
         let mut deferred = Vec::new();
         for v in self.base.tensors() {
             if !v.dtype().is_float() {
@@ -853,7 +855,7 @@ mod tests {
         for threads in [1, 3] {
             let tall = new();
             assert!(
-                tall.pending.lock().unwrap().is_some(),
+                tall.cuts.lock().unwrap().pending.is_some(),
                 "the selection waits"
             );
             let pool = rayon::ThreadPoolBuilder::new()
@@ -864,7 +866,7 @@ mod tests {
             let got = pool.install(|| outputs(&tall, &format!("one{threads}")));
             assert_eq!(got.0, want.0, "{threads} threads");
             assert!(got.1 == want.1, "{threads} threads");
-            assert!(tall.pending.lock().unwrap().is_none());
+            assert!(tall.cuts.lock().unwrap().pending.is_none());
             assert_eq!(tall.thresholds().unwrap(), exact);
             let alone = new();
             let out = dir.path().join(format!("alone{threads}"));
@@ -881,7 +883,7 @@ mod tests {
             assert!(std::fs::read(out.join("model.safetensors")).unwrap() == want.1[0]);
         }
         // The provisional thresholds differ from the exact ones (the test sees the fix).
-        assert_ne!(new().provisional().unwrap().1, exact);
+        assert_ne!(new().provisional().unwrap().thresholds, exact);
     }
 
     /// τ_MTL column by column has the bits of the per-position formulas (`Iterator::sum`

@@ -4,7 +4,7 @@
 
 use super::params::Params;
 use super::{ChunkKernel, TrimScope};
-use crate::select::{Pieces, keep_count, kth_largest_abs_sets};
+use crate::select::{Pieces, keep_ranks, kth_largest_abs_sets};
 use crate::stream::{Chunk, TensorChunks, row_len};
 use engram_ckpt::{Result, TensorView};
 
@@ -157,10 +157,7 @@ impl Pieces for ModelDeltas<'_, '_> {
 /// Per set of `s` (one per model, `total` values each), the magnitude keeping a
 /// `densities[i]` share: `None` for density ≥ 1, `+inf` when nothing is kept.
 fn magnitude_thresholds(s: &dyn Pieces, densities: &[f64], total: u64) -> Result<Vec<Option<f32>>> {
-    let ks: Vec<Option<u64>> = densities
-        .iter()
-        .map(|&d| (d < 1.0).then(|| keep_count(d, total)))
-        .collect();
+    let ks = keep_ranks(densities, total);
     let found = kth_largest_abs_sets(s, &ks)?;
     Ok(ks
         .iter()

@@ -38,9 +38,9 @@ use rayon::prelude::*;
 /// When the merge pass may defer positions rather than run a second histogram pass.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Most bytes of kept inputs per tensor.
+    /// Most bytes of kept inputs per selection (a tensor, or a whole model).
     pub bytes: u64,
-    /// Most in-bucket entries (summed over the models) as a share of the tensor's positions.
+    /// Most in-bucket entries (summed over the selections) as a share of the positions.
     pub share: f64,
 }
 
@@ -157,6 +157,24 @@ impl Selection {
         } else {
             Passes::Deferred
         }
+    }
+
+    /// The histogram pass, then as [`Self::passes`] decides: the exact thresholds (by the
+    /// second pass now, if needed) and no selection pending, or the provisional thresholds
+    /// and the selection that a pass over the values will finish ([`Self::resolve`]).
+    pub fn start(
+        s: &dyn Pieces,
+        ks: &[Option<u64>],
+        total: u64,
+        models: usize,
+        limits: Limits,
+    ) -> Result<(Vec<Option<f32>>, Option<Selection>)> {
+        let sel = Selection::first_pass(s, ks, total)?;
+        Ok(match sel.passes(models, limits) {
+            Passes::MergeOnly => (sel.provisional(), None),
+            Passes::Exact => (sel.second_pass(s)?, None),
+            Passes::Deferred => (sel.provisional(), Some(sel)),
+        })
     }
 
     /// The thresholds to merge with before the exact ones are known.

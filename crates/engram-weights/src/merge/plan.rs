@@ -2,15 +2,15 @@
 //! template gets its step (merge, copy, keep the base's), and with model-scope trimming the
 //! plan holds each model's |τ| threshold over the whole model (the first of the two streaming
 //! passes the card asks for; for TIES, the histogram pass alone when the merge pass can
-//! finish the thresholds, [`super::onepass`]). Execution ([`super::engine`]) then only follows the plan, so a
-//! bad request fails before the output exists.
+//! finish the thresholds, [`super::onepass`]). Execution ([`super::engine`]) then only
+//! follows the plan, so a bad request fails before the output exists.
 
 use super::TrimScope;
 use super::job::{ModelDeltas, TensorJob};
-use super::onepass::{LIMITS, Passes, Selection};
+use super::onepass::{LIMITS, Selection};
 use super::params::{ParamSource, ParamValue};
 use super::request::MergeRequest;
-use crate::select::keep_count;
+use crate::select::keep_ranks;
 use engram_ckpt::{DType, Error, Model, Result, TensorSpec, TensorView};
 use std::collections::BTreeMap;
 
@@ -160,20 +160,11 @@ impl<'a> MergePlan<'a> {
             let total = jobs.iter().map(|j| j.numel() as u64).sum();
             let one_pass = req.one_pass && jobs.iter().all(|j| m.trim_ranks(j, total).is_some());
             if one_pass {
-                let ks: Vec<Option<u64>> = densities
-                    .iter()
-                    .map(|&d| (d < 1.0).then(|| keep_count(d, total)))
-                    .collect();
-                let sel = Selection::first_pass(&deltas, &ks, total)?;
-                plan.model_thresholds = Some(match sel.passes(ks.len(), LIMITS) {
-                    Passes::MergeOnly => sel.provisional(),
-                    Passes::Exact => sel.second_pass(&deltas)?,
-                    Passes::Deferred => {
-                        let t = sel.provisional();
-                        plan.model_selection = Some(sel);
-                        t
-                    }
-                });
+                let ks = keep_ranks(&densities, total);
+                let (thresholds, pending) =
+                    Selection::start(&deltas, &ks, total, ks.len(), LIMITS)?;
+                plan.model_thresholds = Some(thresholds);
+                plan.model_selection = pending;
             } else {
                 plan.model_thresholds = Some(deltas.thresholds(&densities)?);
             }

@@ -4,7 +4,7 @@
 use super::gta::{RESCALE_OFF, Sparsifier, gta_kernel};
 use super::params::{DENSITY, INT8_MASK, LAMBDA, NORMALIZE, WEIGHT};
 use super::{ChunkKernel, MergeMethod, ParamSpec, TensorJob, keep};
-use crate::select::keep_count;
+use crate::select::keep_ranks;
 use engram_ckpt::Result;
 use engram_ckpt::avx2_dispatch;
 
@@ -45,12 +45,7 @@ impl MergeMethod for Ties {
     /// Without `rescale` (whose L1 factors need the exact thresholds before the merge pass),
     /// the thresholds can be finished during the merge pass, per tensor or over the model.
     fn trim_ranks(&self, job: &TensorJob, total: u64) -> Option<Vec<Option<u64>>> {
-        (!job.global.flag(PARAMS, "rescale")).then(|| {
-            densities(job)
-                .iter()
-                .map(|&d| (d < 1.0).then(|| keep_count(d, total)))
-                .collect()
-        })
+        (!job.global.flag(PARAMS, "rescale")).then(|| keep_ranks(&densities(job), total))
     }
     fn trimmed_kernel<'a>(
         &self,
